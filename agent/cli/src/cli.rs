@@ -1,0 +1,115 @@
+//! Command-line syntax.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  internal error (I/O, database, bug)
+  2  usage or configuration error
+  3  invalid desired state (manifest, schema, kinds, paths)
+  4  verification failed (hash or length mismatch, broken audit chain)
+  5  the state directory is in use by another ferry
+  6  the state database is corrupt
+  7  an activation failed; the transition was rolled back
+  8  refused in the current state (e.g. nothing to roll back to)
+ 10  `plan --exit-code` only: the plan is not empty";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Declarative, signed, crash-safe updates for IoT and edge gateways",
+    long_about = "ferry fetches a desired state from a source, plans it against what runs, \
+and switches to it atomically as a new generation, recording every transition in a \
+hash-chained audit journal.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// Configuration file; replaces /usr/lib/ferry/ferry.toml and /etc/ferry/ferry.toml.
+    #[arg(long, global = true, env = "FERRY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory; overrides `state_dir` from the configuration.
+    #[arg(long, global = true, env = "FERRY_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log filter for stderr (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct JsonFlag {
+    /// Machine-readable output (JSON on stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the current generation, the last transition and anything pending.
+    Status(JsonFlag),
+    /// Fetch the desired state and show what would change, without changing anything.
+    Plan {
+        #[command(flatten)]
+        out: JsonFlag,
+        /// Exit with 10 when the plan is not empty.
+        #[arg(long)]
+        exit_code: bool,
+    },
+    /// Fetch, verify, plan and switch to the desired state (one reconcile).
+    Apply(JsonFlag),
+    /// List generations, or pin/unpin one so gc keeps it.
+    Generations {
+        #[command(flatten)]
+        out: JsonFlag,
+        #[command(subcommand)]
+        action: Option<GenerationsAction>,
+    },
+    /// Switch back to the previous generation (or to generation N).
+    Rollback {
+        /// The generation to switch to.
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Delete generations and blobs that are not current, previous, pinned or in use.
+    Gc(JsonFlag),
+    /// Read or verify the audit journal.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+    /// Run a complete reconcile from an embedded example repository in a temp dir.
+    Demo {
+        /// Work in DIR (kept afterwards) instead of a temporary directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerationsAction {
+    /// Keep generation N through gc.
+    Pin { n: u64 },
+    /// Let gc collect generation N again.
+    Unpin { n: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Print audit entries, oldest first.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+        /// Only the last N entries.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+    },
+    /// Recompute the hash chain; name the first broken entry.
+    Verify(JsonFlag),
+}

@@ -1,0 +1,98 @@
+//! Carries out one command.
+
+use anyhow::{Context, Result};
+use ferry_engine::{Config, Engine, source};
+
+use crate::cli::{AuditAction, Cli, Command, GenerationsAction};
+use crate::exit::Code;
+use crate::output;
+
+pub fn load_config(args: &Cli) -> Result<Config> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(dir) = &args.state_dir {
+        config.state_dir = std::path::absolute(dir).with_context(|| format!("state dir {}", dir.display()))?;
+    }
+    Ok(config)
+}
+
+pub fn run(args: Cli) -> Result<Code> {
+    if let Command::Demo { dir } = &args.command {
+        return crate::demo::run(dir.as_deref());
+    }
+    let config = load_config(&args)?;
+    match args.command {
+        Command::Status(out) => {
+            let status = match Engine::open_read_only(config.clone())? {
+                Some(engine) => Some(engine.status()?),
+                None => None,
+            };
+            output::status(&config.state_dir, status.as_ref(), out.json)?;
+        }
+        Command::Plan { out, exit_code } => {
+            let src = source::from_config(&config)?;
+            let engine = Engine::open_read_only(config.clone())?;
+            let actual = match &engine {
+                Some(e) => e.actual()?,
+                None => Default::default(),
+            };
+            let rev = src.fetch()?;
+            let desired = ferry_engine::manifest::load(&*rev, src.manifest_path())?;
+            let plan = ferry_core::plan(&desired.resources, &actual);
+            output::plan(rev.id(), &plan, out.json)?;
+            if exit_code && !plan.is_empty() {
+                return Ok(Code::PlanNotEmpty);
+            }
+        }
+        Command::Apply(out) => {
+            let src = source::from_config(&config)?;
+            let mut engine = Engine::open(config)?;
+            let outcome = engine.apply(&*src)?;
+            output::outcome(&outcome, out.json)?;
+        }
+        Command::Rollback { to, out } => {
+            let mut engine = Engine::open(config)?;
+            let outcome = engine.rollback(to)?;
+            output::outcome(&outcome, out.json)?;
+        }
+        Command::Gc(out) => {
+            let mut engine = Engine::open(config)?;
+            let outcome = engine.gc()?;
+            output::gc(&outcome, out.json)?;
+        }
+        Command::Generations { out, action } => match action {
+            None => {
+                let (gens, current, previous) = match Engine::open_read_only(config)? {
+                    Some(e) => (e.generations()?, e.db().current_generation()?, e.db().previous_generation()?),
+                    None => (Vec::new(), None, None),
+                };
+                output::generations(&gens, current, previous, out.json)?;
+            }
+            Some(GenerationsAction::Pin { n }) => Engine::open(config)?.pin(n, true)?,
+            Some(GenerationsAction::Unpin { n }) => Engine::open(config)?.pin(n, false)?,
+        },
+        Command::Audit { action } => {
+            let engine = Engine::open_read_only(config)?;
+            match action {
+                AuditAction::List { out, last } => {
+                    let mut entries = match &engine {
+                        Some(e) => e.audit_entries()?,
+                        None => Vec::new(),
+                    };
+                    if let Some(n) = last {
+                        entries.drain(..entries.len().saturating_sub(n));
+                    }
+                    output::audit(&entries, out.json)?;
+                }
+                AuditAction::Verify(out) => {
+                    let n = match &engine {
+                        Some(e) => e.audit_verify()?,
+                        None => 0,
+                    };
+                    output::audit_ok(n, out.json)?;
+                }
+            }
+        }
+        Command::Demo { .. } => unreachable!("handled above"),
+    }
+    Ok(Code::Success)
+}

@@ -1,0 +1,223 @@
+//! Human and JSON renderings of command results.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::Result;
+use ferry_core::audit::AuditEntry;
+use ferry_core::{Op, Plan};
+use ferry_engine::state::GenerationRow;
+use ferry_engine::{ApplyOutcome, GcOutcome, Status};
+use serde::Serialize;
+use serde_json::json;
+
+fn print_json(v: &impl Serialize) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn time(ms: i64) -> String {
+    // UTC, RFC 3339 to the second, without a date library.
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub fn status(state_dir: &Path, s: Option<&Status>, as_json: bool) -> Result<()> {
+    if as_json {
+        return match s {
+            Some(s) => print_json(s),
+            None => print_json(&json!({"state_dir": state_dir, "current": null, "generations": 0})),
+        };
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "state dir:   {}", state_dir.display())?;
+    let Some(s) = s else {
+        writeln!(out, "generation:  none (nothing applied yet)")?;
+        return Ok(());
+    };
+    match &s.current {
+        Some(g) => writeln!(
+            out,
+            "generation:  {} (revision {}, {} resources, since {})",
+            g.id,
+            g.revision,
+            g.resources,
+            time(g.created_ms)
+        )?,
+        None => writeln!(out, "generation:  none")?,
+    }
+    if let Some(p) = s.previous {
+        writeln!(out, "previous:    {p}")?;
+    }
+    writeln!(out, "generations: {}", s.generations)?;
+    if let Some(t) = &s.last_transition {
+        write!(out, "last:        {} #{} {} at {}", t.kind, t.id, t.phase, time(t.updated_ms))?;
+        if let Some(e) = &t.error {
+            write!(out, " ({e})")?;
+        }
+        writeln!(out)?;
+    }
+    for t in &s.open_transitions {
+        writeln!(out, "pending:     {} #{} in phase {} (recovered at the next apply)", t.kind, t.id, t.phase)?;
+    }
+    if s.current_link != s.current.as_ref().map(|g| g.id) {
+        writeln!(out, "warning:     `current` link points to {:?}; recovered at the next apply", s.current_link)?;
+    }
+    writeln!(out, "audit:       {} entries", s.audit_entries)?;
+    Ok(())
+}
+
+pub fn plan(revision: &str, p: &Plan, as_json: bool) -> Result<()> {
+    let (add, change, remove) = p.counts();
+    if as_json {
+        return print_json(&json!({
+            "revision": revision,
+            "summary": {"add": add, "change": change, "remove": remove},
+            "steps": p.steps.iter().map(|s| json!({
+                "op": s.op,
+                "kind": s.id.kind,
+                "name": s.id.name,
+                "reasons": s.reasons,
+                "from": s.from,
+                "to": s.to,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    let mut out = io::stdout().lock();
+    if p.is_empty() {
+        writeln!(out, "revision {revision}: no changes")?;
+        return Ok(());
+    }
+    writeln!(out, "revision {revision}:")?;
+    for s in &p.steps {
+        let sign = match s.op {
+            Op::Add => '+',
+            Op::Change => '~',
+            Op::Remove => '-',
+        };
+        let reasons: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
+        writeln!(out, "  {sign} {:<44} {}", s.id.to_string(), reasons.join(", "))?;
+    }
+    writeln!(out, "{add} to add, {change} to change, {remove} to remove")?;
+    Ok(())
+}
+
+pub fn outcome(o: &ApplyOutcome, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(o);
+    }
+    let mut out = io::stdout().lock();
+    match o {
+        ApplyOutcome::NoChange { generation, revision } => writeln!(
+            out,
+            "revision {revision}: no changes (generation {})",
+            generation.map_or("none".to_owned(), |g| g.to_string())
+        )?,
+        ApplyOutcome::Switched { from, to, revision, added, changed, removed, .. } => writeln!(
+            out,
+            "switched {} → generation {to} (revision {revision}: {added} added, {changed} changed, {removed} removed)",
+            from.map_or("nothing".to_owned(), |g| format!("generation {g}"))
+        )?,
+    }
+    Ok(())
+}
+
+pub fn gc(o: &GcOutcome, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(o);
+    }
+    let gens: Vec<String> = o.generations.iter().map(ToString::to_string).collect();
+    println!(
+        "collected {} generation(s) [{}], {} blob(s), {} bytes",
+        o.generations.len(),
+        gens.join(", "),
+        o.blobs,
+        o.bytes
+    );
+    Ok(())
+}
+
+pub fn generations(gens: &[GenerationRow], current: Option<u64>, previous: Option<u64>, as_json: bool) -> Result<()> {
+    if as_json {
+        let rows: Vec<_> = gens
+            .iter()
+            .map(|g| {
+                let mut v = serde_json::to_value(g).expect("rows serialise");
+                v["current"] = json!(Some(g.id) == current);
+                v["previous"] = json!(Some(g.id) == previous);
+                v
+            })
+            .collect();
+        return print_json(&rows);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "{:>4}  {:<9} {:<24} {:>9}  created", "gen", "", "revision", "resources")?;
+    for g in gens {
+        let mut mark = String::new();
+        if Some(g.id) == current {
+            mark.push_str("current");
+        } else if Some(g.id) == previous {
+            mark.push_str("previous");
+        }
+        if g.pinned {
+            mark.push_str(if mark.is_empty() { "pinned" } else { ",pin" });
+        }
+        writeln!(out, "{:>4}  {:<9} {:<24} {:>9}  {}", g.id, mark, g.revision, g.resources, time(g.created_ms))?;
+    }
+    Ok(())
+}
+
+pub fn audit_line(e: &AuditEntry) -> String {
+    format!(
+        "{:>5} {} gen={} {:<13} by {:<22} {}",
+        e.seq,
+        time(e.time_ms),
+        e.generation.map_or("-".to_owned(), |g| g.to_string()),
+        e.event,
+        e.actor,
+        e.details
+    )
+}
+
+pub fn audit(entries: &[AuditEntry], as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(&entries);
+    }
+    let mut out = io::stdout().lock();
+    for e in entries {
+        writeln!(out, "{}", audit_line(e))?;
+    }
+    Ok(())
+}
+
+pub fn audit_ok(n: u64, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(&json!({"ok": true, "entries": n}));
+    }
+    println!("audit chain ok: {n} entries verified");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_formats_utc() {
+        assert_eq!(super::time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::time(1_764_115_200_000), "2025-11-26T00:00:00Z");
+        assert_eq!(super::time(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,19 @@
+//! The pure core of ferry.
+//!
+//! Everything here is a function of its inputs: no file system, no network,
+//! no clock. Time, when a decision needs it, is a parameter. The rest of ferry
+//! (state, store, sources, activators, the binary) is built around these types.
+
+pub mod audit;
+pub mod canonical;
+pub mod digest;
+pub mod path;
+pub mod plan;
+pub mod resource;
+pub mod transition;
+
+pub use digest::{ContentRef, DigestParseError, Sha256};
+pub use path::{RepoPath, RepoPathError};
+pub use plan::{Op, Plan, Reason, Step, plan};
+pub use resource::{DuplicateResource, Kind, Resource, ResourceId, ResourceSet, UnknownKind};
+pub use transition::{IllegalTransition, Phase, RecoveryAction, TransitionKind};

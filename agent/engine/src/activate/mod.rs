@@ -1,0 +1,64 @@
+//! Activators: one per resource kind, one trait.
+//!
+//! The engine calls, for each step of a plan and in plan order:
+//! `prepare` (save what undo needs; no visible effect) → the engine records
+//! the intent with the undo record → `apply` → the engine records completion.
+//! On failure, or in `recover()` after a crash, `undo` runs for every recorded
+//! step in reverse order. `undo` must be idempotent: it may run for a step
+//! whose `apply` never happened, or happened twice.
+
+use ferry_core::{Kind, Sha256, Step};
+use serde_json::Value;
+
+use crate::store::Store;
+
+pub mod file;
+
+#[derive(Debug, thiserror::Error)]
+#[error("activating {resource}: {message}")]
+pub struct ActivateError {
+    pub resource: String,
+    pub message: String,
+}
+
+impl ActivateError {
+    pub fn new(resource: impl ToString, message: impl ToString) -> Self {
+        ActivateError {
+            resource: resource.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+pub trait Activator: std::fmt::Debug {
+    fn kind(&self) -> Kind;
+    /// Saves what undoing `step` needs (e.g. the present content, into the
+    /// store) and returns it as a record the engine persists before `apply`.
+    fn prepare(&self, step: &Step, store: &Store) -> Result<Value, ActivateError>;
+    /// Carries out `step`. The new content is in the store.
+    fn apply(&self, step: &Step, store: &Store) -> Result<(), ActivateError>;
+    /// Restores what `prepare` saved. Idempotent.
+    fn undo(&self, step: &Step, undo: &Value, store: &Store) -> Result<(), ActivateError>;
+    /// Blobs an undo record refers to (kept by GC while it may be needed).
+    fn undo_blobs(&self, undo: &Value) -> Vec<Sha256>;
+}
+
+/// The activators of this build, one per kind.
+#[derive(Debug)]
+pub struct Activators {
+    items: Vec<Box<dyn Activator>>,
+}
+
+impl Activators {
+    pub fn new(items: Vec<Box<dyn Activator>>) -> Self {
+        Activators { items }
+    }
+
+    pub fn get(&self, kind: Kind) -> Result<&dyn Activator, ActivateError> {
+        self.items
+            .iter()
+            .find(|a| a.kind() == kind)
+            .map(|a| a.as_ref())
+            .ok_or_else(|| ActivateError::new(kind, "no activator for this kind in this build"))
+    }
+}

@@ -1,0 +1,252 @@
+//! `ferry.toml`: layered, validated at load, errors name the file and key.
+//!
+//! Layers, later wins: built-in defaults → `/usr/lib/ferry/ferry.toml` →
+//! `/etc/ferry/ferry.toml`. `--config FILE` replaces both files, so a test or
+//! a workstation run never picks up the machine's configuration. Every key is
+//! documented in `docs/configuration.md`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const VENDOR_CONFIG: &str = "/usr/lib/ferry/ferry.toml";
+pub const SYSTEM_CONFIG: &str = "/etc/ferry/ferry.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where state.db, the store and the generations live.
+    pub state_dir: PathBuf,
+    pub source: SourceConfig,
+    pub files: FilesConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// `dir` for now; `tuf` and `git` arrive with their sources.
+    pub kind: Option<String>,
+    pub dir: DirSourceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirSourceConfig {
+    pub path: Option<PathBuf>,
+    /// Must be `true`: the dir source is not signed.
+    pub insecure: bool,
+    /// The manifest inside the directory.
+    pub manifest: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Prefix for the absolute paths of `file` resources (`/` on a device).
+    pub root: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/ferry"),
+            source: SourceConfig::default(),
+            files: FilesConfig::default(),
+        }
+    }
+}
+
+impl Default for DirSourceConfig {
+    fn default() -> Self {
+        DirSourceConfig {
+            path: None,
+            insecure: false,
+            manifest: "ferry.yaml".to_owned(),
+        }
+    }
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            root: PathBuf::from("/"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the layers: `explicit` alone if given, else the vendor and system files that exist.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let layers: Vec<PathBuf> = match explicit {
+            Some(p) => vec![p.to_path_buf()],
+            None => [VENDOR_CONFIG, SYSTEM_CONFIG]
+                .into_iter()
+                .map(PathBuf::from)
+                .filter(|p| p.exists())
+                .collect(),
+        };
+        let mut merged = toml::Table::new();
+        for path in &layers {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            merge(&mut merged, parse_layer(path, &text)?);
+        }
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: layers.last().cloned().unwrap_or_default(),
+                message: e.message().to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a configuration from text (one layer over the defaults).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let table = parse_layer(path, text)?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.message().to_owned(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.state_dir.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "state_dir",
+                message: format!("must be an absolute path, not {:?}", self.state_dir),
+            });
+        }
+        if !self.files.root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "files.root",
+                message: format!("must be an absolute path, not {:?}", self.files.root),
+            });
+        }
+        match self.source.kind.as_deref() {
+            None => {}
+            Some("dir") => {
+                if !self.source.dir.insecure {
+                    return Err(ConfigError::Invalid {
+                        key: "source.dir.insecure",
+                        message: "the dir source is unsigned and for development only; \
+                                  set `insecure = true` to use it"
+                            .to_owned(),
+                    });
+                }
+                if self.source.dir.path.is_none() {
+                    return Err(ConfigError::Invalid {
+                        key: "source.dir.path",
+                        message: "required when source.kind = \"dir\"".to_owned(),
+                    });
+                }
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "source.kind",
+                    message: format!("unknown source kind {other:?} (known: dir)"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses one file and checks it alone, so that errors carry its line and key.
+fn parse_layer(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    let err = |e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: describe(text, &e),
+    };
+    let table: toml::Table = toml::from_str(text).map_err(err)?;
+    toml::from_str::<Config>(text).map_err(err)?;
+    Ok(table)
+}
+
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", e.message())
+        }
+        None => e.message().to_owned(),
+    }
+}
+
+fn merge(into: &mut toml::Table, layer: toml::Table) {
+    for (k, v) in layer {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_dir_source() {
+        let c = Config::from_toml(
+            Path::new("t.toml"),
+            "state_dir = \"/tmp/s\"\n[source]\nkind = \"dir\"\n[source.dir]\npath = \"/r\"\ninsecure = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, Path::new("/tmp/s"));
+        assert_eq!(c.source.dir.manifest, "ferry.yaml");
+        assert_eq!(c.files.root, Path::new("/"));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = Config::from_toml(Path::new("t.toml"), "state_dir = \"/x\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.toml") && e.contains("line 2") && e.contains("bogus"), "{e}");
+
+        let e = Config::from_toml(
+            Path::new("t.toml"),
+            "[source]\nkind = \"dir\"\n[source.dir]\npath = \"/r\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("source.dir.insecure"), "{e}");
+
+        let e = Config::from_toml(Path::new("t.toml"), "state_dir = \"rel\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("state_dir") && e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn layers_merge_tables() {
+        let mut a: toml::Table = toml::from_str("[source]\nkind = \"dir\"\n[source.dir]\npath = \"/a\"\n").unwrap();
+        merge(&mut a, toml::from_str("[source.dir]\ninsecure = true\n").unwrap());
+        let c: Config = toml::Value::Table(a).try_into().unwrap();
+        assert_eq!(c.source.dir.path.as_deref(), Some(Path::new("/a")));
+        assert!(c.source.dir.insecure);
+    }
+}

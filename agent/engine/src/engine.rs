@@ -1,0 +1,736 @@
+//! Apply, rollback, gc and `recover()`.
+//!
+//! Each step is recorded durably in the state database *before* its side
+//! effect, so that `recover()` (run at every read-write open, under the state
+//! directory's lock) can finish or undo whatever a crash interrupted. The
+//! decision for each phase is the pure `Phase::recovery` in ferry-core.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use fail::fail_point;
+use ferry_core::audit::{AuditEntry, verify_chain};
+use ferry_core::{Phase, Plan, RecoveryAction, ResourceSet, Sha256, Step, TransitionKind, plan};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::activate::file::FileActivator;
+use crate::activate::{ActivateError, Activators};
+use crate::config::Config;
+use crate::error::EngineError;
+#[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
+use crate::failpoints as fp;
+use crate::generations::{GenerationManifest, Generations};
+use crate::manifest::{self, DesiredState};
+use crate::source::{Source, VerifiedRevision};
+use crate::state::{AuditEvent, Db, GenerationRow, NewGeneration, TransitionRow};
+use crate::store::Store;
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// The actor recorded for commands run by an operator on the device.
+pub const LOCAL_OPERATOR: &str = "local-operator";
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum ApplyOutcome {
+    /// Nothing to do: the desired state is what runs.
+    NoChange { generation: Option<u64>, revision: String },
+    /// A new generation (apply) or an older one (rollback) is current.
+    Switched {
+        transition: i64,
+        from: Option<u64>,
+        to: u64,
+        revision: String,
+        added: usize,
+        changed: usize,
+        removed: usize,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcOutcome {
+    pub generations: Vec<u64>,
+    pub blobs: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub state_dir: PathBuf,
+    pub current: Option<GenerationRow>,
+    pub previous: Option<u64>,
+    /// What the `current` link points to (equal to `current` unless a crash is pending recovery).
+    pub current_link: Option<u64>,
+    pub resources: usize,
+    pub generations: usize,
+    pub last_transition: Option<TransitionRow>,
+    pub open_transitions: Vec<TransitionRow>,
+    pub audit_entries: u64,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    state_dir: PathBuf,
+    db: Db,
+    store: Store,
+    gens: Generations,
+    activators: Activators,
+    /// The exclusive lock on the state directory (read-write engines only).
+    _lock: Option<File>,
+}
+
+impl Engine {
+    /// Opens the state directory for changes: creates it, takes its lock,
+    /// opens the database and runs `recover()`.
+    pub fn open(config: Config) -> Result<Engine> {
+        let state_dir = config.state_dir.clone();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&state_dir)
+            .map_err(|e| EngineError::io("cannot create state directory", &state_dir, e))?;
+        let lock_path = state_dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| EngineError::io("cannot write to state directory", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(EngineError::Locked(state_dir)),
+            Err(fs::TryLockError::Error(e)) => return Err(EngineError::io("cannot lock", &lock_path, e)),
+        }
+        let db = Db::open(&state_dir.join("state.db"), true)?;
+        let store = Store::open(state_dir.join("store"))
+            .map_err(|e| EngineError::io("cannot create store", state_dir.join("store"), e))?;
+        let gens = Generations::open(&state_dir)
+            .map_err(|e| EngineError::io("cannot create", state_dir.join("generations"), e))?;
+        let mut engine = Engine {
+            activators: default_activators(&config),
+            config,
+            state_dir,
+            db,
+            store,
+            gens,
+            _lock: Some(lock),
+        };
+        engine.recover()?;
+        Ok(engine)
+    }
+
+    /// Opens the state directory for reading only (no lock, no recovery).
+    /// `None` when nothing was ever applied there.
+    pub fn open_read_only(config: Config) -> Result<Option<Engine>> {
+        let state_dir = config.state_dir.clone();
+        let db_path = state_dir.join("state.db");
+        if !db_path.exists() {
+            return Ok(None);
+        }
+        let db = Db::open(&db_path, false)?;
+        let store = Store::open(state_dir.join("store"))
+            .map_err(|e| EngineError::io("cannot open store", state_dir.join("store"), e))?;
+        let gens = Generations::open(&state_dir)
+            .map_err(|e| EngineError::io("cannot open", state_dir.join("generations"), e))?;
+        Ok(Some(Engine {
+            activators: default_activators(&config),
+            config,
+            state_dir,
+            db,
+            store,
+            gens,
+            _lock: None,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    // ---- planning -----------------------------------------------------------------
+
+    /// The resources of the current generation.
+    pub fn actual(&self) -> Result<ResourceSet> {
+        Ok(match self.db.current_generation()? {
+            Some(n) => self.db.resources(n)?,
+            None => ResourceSet::new(),
+        })
+    }
+
+    /// Fetches and resolves the desired state of `source`, and plans it.
+    pub fn plan(&self, source: &dyn Source) -> Result<(String, DesiredState, Plan)> {
+        let rev = source.fetch()?;
+        let desired = manifest::load(&*rev, source.manifest_path())?;
+        let p = plan(&desired.resources, &self.actual()?);
+        Ok((rev.id().to_owned(), desired, p))
+    }
+
+    // ---- apply ----------------------------------------------------------------------
+
+    /// One reconcile: fetch, verify, plan, and if anything changed, stage,
+    /// build a generation, activate and switch.
+    pub fn apply(&mut self, source: &dyn Source) -> Result<ApplyOutcome> {
+        let rev = source.fetch()?;
+        let desired = manifest::load(&*rev, source.manifest_path())?;
+        self.apply_desired(&*rev, &desired)
+    }
+
+    pub fn apply_desired(&mut self, rev: &dyn VerifiedRevision, desired: &DesiredState) -> Result<ApplyOutcome> {
+        let from = self.db.current_generation()?;
+        let p = plan(&desired.resources, &self.actual()?);
+        if p.is_empty() {
+            // A no-change poll touches no blob and records no transition.
+            return Ok(ApplyOutcome::NoChange {
+                generation: from,
+                revision: rev.id().to_owned(),
+            });
+        }
+        for step in &p.steps {
+            self.activators.get(step.id.kind).map_err(|e| EngineError::Refused(e.to_string()))?;
+        }
+        let details = plan_summary(&p);
+        let mut t = self.db.with_tx(|tx| {
+            let n = Db::allocate_generation(tx)?;
+            Db::insert_transition(tx, TransitionKind::Apply, from, Some(n), Some(rev.id()), rev.actor(), &details)
+        })?;
+        let to = t.to_gen.expect("apply transitions have a target");
+        fail_point!(fp::PLANNED);
+        if let Err(e) = self.stage(&mut t, rev, desired) {
+            self.fail(&mut t, &e);
+            return Err(e);
+        }
+        fail_point!(fp::STAGED);
+        self.activate_and_switch(&mut t, &p, to)?;
+        let (added, changed, removed) = p.counts();
+        Ok(ApplyOutcome::Switched {
+            transition: t.id,
+            from,
+            to,
+            revision: rev.id().to_owned(),
+            added,
+            changed,
+            removed,
+        })
+    }
+
+    fn stage(&mut self, t: &mut TransitionRow, rev: &dyn VerifiedRevision, desired: &DesiredState) -> Result<()> {
+        self.advance(t, Phase::Staging, None)?;
+        for r in desired.resources.iter() {
+            if self.store.contains(&r.content.sha256) {
+                continue;
+            }
+            let path = &desired.sources[&r.id()];
+            let mut reader = rev.open(path)?;
+            self.store.put(&mut reader, r.content, &format!("{path} ({})", r.id()))?;
+        }
+        let to = t.to_gen.expect("apply transitions have a target");
+        let manifest = GenerationManifest {
+            generation: to,
+            revision: rev.id().to_owned(),
+            source: rev.source_name().to_owned(),
+            resources: desired.resources.clone(),
+        };
+        self.gens
+            .build(&manifest)
+            .map_err(|e| EngineError::io("cannot build generation", self.gens.path(to), e))?;
+        let new = NewGeneration {
+            id: to,
+            revision: rev.id(),
+            source: rev.source_name(),
+            resources: &desired.resources,
+        };
+        self.advance_with(t, Phase::Staged, None, |tx| Db::insert_generation(tx, &new))
+    }
+
+    // ---- rollback -------------------------------------------------------------------
+
+    /// Switches back to generation `to` (default: the previous one).
+    pub fn rollback(&mut self, to: Option<u64>) -> Result<ApplyOutcome> {
+        let current = self
+            .db
+            .current_generation()?
+            .ok_or_else(|| EngineError::Refused("no generation is active; nothing to roll back".into()))?;
+        let target = match to {
+            Some(n) => n,
+            None => self
+                .db
+                .previous_generation()?
+                .ok_or_else(|| EngineError::Refused("no previous generation to roll back to".into()))?,
+        };
+        if target == current {
+            return Err(EngineError::Refused(format!("generation {target} is already current")));
+        }
+        let row = self
+            .db
+            .generation(target)?
+            .ok_or_else(|| EngineError::Refused(format!("generation {target} does not exist (collected?)")))?;
+        let desired = self.db.resources(target)?;
+        let p = plan(&desired, &self.db.resources(current)?);
+        let details = plan_summary(&p);
+        let mut t = self.db.with_tx(|tx| {
+            Db::insert_transition(
+                tx,
+                TransitionKind::Rollback,
+                Some(current),
+                Some(target),
+                Some(&row.revision),
+                LOCAL_OPERATOR,
+                &details,
+            )
+        })?;
+        fail_point!(fp::PLANNED);
+        let staged = (|| {
+            self.advance(&mut t, Phase::Staging, None)?;
+            for r in desired.iter() {
+                if !self.store.contains(&r.content.sha256) {
+                    return Err(crate::store::StoreError::Missing(r.content.sha256).into());
+                }
+            }
+            if self.gens.read_manifest(target).is_err() {
+                // Rebuild a damaged directory from the database (same content).
+                let m = GenerationManifest {
+                    generation: target,
+                    revision: row.revision.clone(),
+                    source: row.source.clone(),
+                    resources: desired.clone(),
+                };
+                self.gens
+                    .build(&m)
+                    .map_err(|e| EngineError::io("cannot rebuild generation", self.gens.path(target), e))?;
+            }
+            self.advance(&mut t, Phase::Staged, None)
+        })();
+        if let Err(e) = staged {
+            self.fail(&mut t, &e);
+            return Err(e);
+        }
+        fail_point!(fp::STAGED);
+        self.activate_and_switch(&mut t, &p, target)?;
+        let (added, changed, removed) = p.counts();
+        Ok(ApplyOutcome::Switched {
+            transition: t.id,
+            from: Some(current),
+            to: target,
+            revision: row.revision,
+            added,
+            changed,
+            removed,
+        })
+    }
+
+    // ---- activation and switch --------------------------------------------------------
+
+    fn activate_and_switch(&mut self, t: &mut TransitionRow, p: &Plan, to: u64) -> Result<()> {
+        self.advance(t, Phase::Activating, None)?;
+        for (seq, step) in p.steps.iter().enumerate() {
+            if let Err(failure) = self.activate_step(t, seq as u64, step) {
+                return Err(self.roll_back(t, failure));
+            }
+        }
+        let from = t.from_gen;
+        let previous_before = self.db.previous_generation()?;
+        let seq = p.steps.len() as u64;
+        let record = json!({"switch": {"from": from, "to": to, "previous": previous_before}});
+        self.db
+            .with_tx(|tx| Db::insert_activation(tx, t.id, seq, &record, &Value::Null))?;
+        if let Err(e) = self.gens.switch(Some(to)) {
+            let failure = ActivateError::new(format!("switch to generation {to}"), e);
+            return Err(self.roll_back(t, failure));
+        }
+        let id = t.id;
+        self.advance_with(t, Phase::Switched, None, |tx| {
+            Db::set_current(tx, from, Some(to))?;
+            Db::mark_activation(tx, id, seq, false)
+        })?;
+        fail_point!(fp::SWITCHED);
+        self.advance(t, Phase::Confirmed, None)
+    }
+
+    fn activate_step(&mut self, t: &TransitionRow, seq: u64, step: &Step) -> Result<(), ActivateError> {
+        let act = self.activators.get(step.id.kind)?;
+        let undo = act.prepare(step, &self.store)?;
+        let record = serde_json::to_value(step).expect("steps serialise");
+        let db_err = |e: crate::state::StateError| ActivateError::new(&step.id, e);
+        self.db
+            .with_tx(|tx| Db::insert_activation(tx, t.id, seq, &record, &undo))
+            .map_err(db_err)?;
+        fail_point!(fp::ACTIVATE_BEFORE_APPLY, |_| Err(ActivateError::new(
+            &step.id,
+            "injected failure (failpoint activate::before-apply)"
+        )));
+        act.apply(step, &self.store)?;
+        fail_point!(fp::ACTIVATE_AFTER_APPLY);
+        let actor = t.actor.clone();
+        self.db
+            .with_tx(|tx| {
+                Db::mark_activation(tx, t.id, seq, false)?;
+                Db::append_audit(
+                    tx,
+                    &AuditEvent {
+                        generation: t.to_gen,
+                        event: "activated",
+                        actor: &actor,
+                        details: json!({"transition": t.id, "op": step.op.as_str(), "kind": step.id.kind.as_str(), "resource": step.id.name}),
+                    },
+                )
+            })
+            .map_err(db_err)
+    }
+
+    /// Undoes the recorded activations of `t` after `failure`.
+    fn roll_back(&mut self, t: &mut TransitionRow, failure: ActivateError) -> EngineError {
+        let message = failure.to_string();
+        if t.phase != Phase::RollingBack {
+            if let Err(e) = self.advance(t, Phase::RollingBack, Some(&message)) {
+                return e;
+            }
+        }
+        match self.undo_activations(t) {
+            Ok(()) => {
+                if let Err(e) = self.advance(t, Phase::RolledBack, None) {
+                    return e;
+                }
+                let restored = match t.from_gen {
+                    Some(n) => format!("generation {n}"),
+                    None => "the state before any generation".to_owned(),
+                };
+                EngineError::RolledBack { failure, restored }
+            }
+            Err(undo) => EngineError::UndoFailed { failure: message, undo },
+        }
+    }
+
+    fn undo_activations(&mut self, t: &TransitionRow) -> Result<(), ActivateError> {
+        let rows = self.db.activations(t.id).map_err(|e| ActivateError::new("rollback", e))?;
+        for row in rows.iter().rev().filter(|r| !r.undone) {
+            let label;
+            if let Some(sw) = row.step.get("switch") {
+                let from = sw["from"].as_u64();
+                let previous = sw["previous"].as_u64();
+                label = format!("switch back to {}", from.map_or("nothing".to_owned(), |n| format!("generation {n}")));
+                self.gens.switch(from).map_err(|e| ActivateError::new(&label, e))?;
+                self.db
+                    .with_tx(|tx| {
+                        // Restore exactly the current/previous pair from before the switch.
+                        Db::restore_current(tx, from, previous)?;
+                        Db::mark_activation(tx, t.id, row.seq, true)
+                    })
+                    .map_err(|e| ActivateError::new(&label, e))?;
+            } else {
+                let step: Step = serde_json::from_value(row.step.clone())
+                    .map_err(|e| ActivateError::new("rollback", format!("activation record {}: {e}", row.seq)))?;
+                label = step.id.to_string();
+                let act = self.activators.get(step.id.kind)?;
+                act.undo(&step, &row.undo, &self.store)?;
+                let actor = t.actor.clone();
+                self.db
+                    .with_tx(|tx| {
+                        Db::mark_activation(tx, t.id, row.seq, true)?;
+                        Db::append_audit(
+                            tx,
+                            &AuditEvent {
+                                generation: t.from_gen,
+                                event: "undone",
+                                actor: &actor,
+                                details: json!({"transition": t.id, "op": step.op.as_str(), "kind": step.id.kind.as_str(), "resource": step.id.name}),
+                            },
+                        )
+                    })
+                    .map_err(|e| ActivateError::new(&label, e))?;
+            }
+            fail_point!(fp::UNDO_AFTER_STEP);
+        }
+        Ok(())
+    }
+
+    // ---- gc -----------------------------------------------------------------------------
+
+    /// Generations that must survive GC: current, previous, pinned, and any
+    /// an open transition refers to.
+    fn kept_generations(&self) -> Result<BTreeSet<u64>> {
+        let mut keep = BTreeSet::new();
+        keep.extend(self.db.current_generation()?);
+        keep.extend(self.db.previous_generation()?);
+        keep.extend(self.db.generations()?.iter().filter(|g| g.pinned).map(|g| g.id));
+        for t in self.db.open_transitions()? {
+            keep.extend(t.from_gen);
+            keep.extend(t.to_gen);
+        }
+        Ok(keep)
+    }
+
+    /// Blobs referenced by surviving generations and open transitions.
+    fn referenced_blobs(&self, except_transition: Option<i64>) -> Result<BTreeSet<Sha256>> {
+        let mut refs = BTreeSet::new();
+        for g in self.db.generations()? {
+            refs.extend(self.db.resources(g.id)?.iter().map(|r| r.content.sha256));
+        }
+        for t in self.db.open_transitions()? {
+            if Some(t.id) == except_transition {
+                continue;
+            }
+            for a in self.db.activations(t.id)? {
+                if let Some(kind) = a.step.get("id").and_then(|id| id.get("kind")).and_then(Value::as_str) {
+                    if let Ok(act) = kind.parse().map_err(|_| ()).and_then(|k| self.activators.get(k).map_err(|_| ())) {
+                        refs.extend(act.undo_blobs(&a.undo));
+                    }
+                }
+            }
+        }
+        Ok(refs)
+    }
+
+    pub fn gc(&mut self) -> Result<GcOutcome> {
+        let keep = self.kept_generations()?;
+        let collect: Vec<u64> = self.db.generations()?.iter().map(|g| g.id).filter(|g| !keep.contains(g)).collect();
+        let referenced = self.referenced_blobs(None)?;
+        let (blobs, _) = self.store.list().map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
+        let garbage = blobs.iter().filter(|b| !referenced.contains(b)).count();
+        if collect.is_empty() && garbage == 0 {
+            return Ok(GcOutcome::default());
+        }
+        let current = self.db.current_generation()?;
+        let details = json!({"generations": collect, "blobs": garbage});
+        let mut t = self.db.with_tx(|tx| {
+            Db::insert_transition(tx, TransitionKind::Gc, current, None, None, LOCAL_OPERATOR, &details)
+        })?;
+        fail_point!(fp::GC_PLANNED);
+        self.finish_gc(&mut t)
+    }
+
+    fn finish_gc(&mut self, t: &mut TransitionRow) -> Result<GcOutcome> {
+        if t.phase == Phase::Planned {
+            self.advance(t, Phase::Activating, None)?;
+        }
+        let collect: Vec<u64> = t.details["generations"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        let mut outcome = GcOutcome::default();
+        for &g in &collect {
+            self.gens
+                .remove(g)
+                .map_err(|e| EngineError::io("cannot remove generation", self.gens.path(g), e))?;
+            self.db.with_tx(|tx| Db::delete_generation(tx, g))?;
+            outcome.generations.push(g);
+            fail_point!(fp::GC_AFTER_GENERATION);
+        }
+        let referenced = self.referenced_blobs(Some(t.id))?;
+        let (blobs, leftovers) = self.store.list().map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
+        for b in blobs.iter().filter(|b| !referenced.contains(b)) {
+            let path = self.store.path(b);
+            outcome.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            self.store.remove(b).map_err(|e| EngineError::io("cannot remove blob", path, e))?;
+            outcome.blobs += 1;
+            fail_point!(fp::GC_AFTER_BLOB);
+        }
+        for l in leftovers {
+            let _ = fs::remove_file(l);
+        }
+        self.advance(t, Phase::Confirmed, None)?;
+        Ok(outcome)
+    }
+
+    // ---- recovery -------------------------------------------------------------------------
+
+    /// Finishes or undoes every transition a crash left open, then removes
+    /// leftovers and makes `current` agree with the database.
+    pub fn recover(&mut self) -> Result<()> {
+        for mut t in self.db.open_transitions()? {
+            let action = t.phase.recovery(t.kind);
+            tracing::warn!(transition = t.id, kind = %t.kind, phase = %t.phase, ?action, "recovering interrupted transition");
+            match action {
+                RecoveryAction::Nothing => {}
+                RecoveryAction::MarkFailed => {
+                    self.advance(&mut t, Phase::Failed, Some("interrupted before activation; recovered at start"))?;
+                }
+                RecoveryAction::Undo => {
+                    let failure = ActivateError::new(
+                        format!("{} transition {}", t.kind, t.id),
+                        format!("interrupted in phase {}; recovered at start", t.phase),
+                    );
+                    match self.roll_back(&mut t, failure) {
+                        EngineError::RolledBack { .. } => {}
+                        other => return Err(other),
+                    }
+                }
+                RecoveryAction::Confirm => {
+                    let to = t.to_gen.expect("switched transitions have a target");
+                    self.gens
+                        .switch(Some(to))
+                        .map_err(|e| EngineError::io("cannot switch", self.gens.current_link(), e))?;
+                    self.advance(&mut t, Phase::Confirmed, None)?;
+                }
+                RecoveryAction::FinishGc => {
+                    self.finish_gc(&mut t)?;
+                }
+            }
+        }
+        self.remove_leftovers()?;
+        let want = self.db.current_generation()?;
+        let link = self
+            .gens
+            .current()
+            .map_err(|e| EngineError::io("cannot read", self.gens.current_link(), e))?;
+        if link != want {
+            tracing::warn!(?link, ?want, "`current` disagrees with the state database; repairing");
+            self.gens
+                .switch(want)
+                .map_err(|e| EngineError::io("cannot switch", self.gens.current_link(), e))?;
+            self.db.with_tx(|tx| {
+                Db::append_audit(
+                    tx,
+                    &AuditEvent {
+                        generation: want,
+                        event: "repaired-current",
+                        actor: "ferry",
+                        details: json!({"link_was": link, "now": want}),
+                    },
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Temp files and directories, and generation directories the database
+    /// does not know (built by a transition that never reached `staged`).
+    fn remove_leftovers(&mut self) -> Result<()> {
+        let (dirs, leftovers) = self
+            .gens
+            .list_dirs()
+            .map_err(|e| EngineError::io("cannot list", self.state_dir.join("generations"), e))?;
+        for l in leftovers {
+            fs::remove_dir_all(&l).map_err(|e| EngineError::io("cannot remove", &l, e))?;
+        }
+        let known: BTreeSet<u64> = self.db.generations()?.iter().map(|g| g.id).collect();
+        for n in dirs.into_iter().filter(|n| !known.contains(n)) {
+            self.gens.remove(n).map_err(|e| EngineError::io("cannot remove", self.gens.path(n), e))?;
+        }
+        let (_, tmp) = self.store.list().map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
+        for f in tmp {
+            let _ = fs::remove_file(f);
+        }
+        let _ = fs::remove_file(self.state_dir.join(".current.tmp"));
+        Ok(())
+    }
+
+    // ---- bookkeeping ------------------------------------------------------------------------
+
+    fn advance(&mut self, t: &mut TransitionRow, to: Phase, error: Option<&str>) -> Result<()> {
+        self.advance_with(t, to, error, |_| Ok(()))
+    }
+
+    /// Moves `t` to `to`, committing `extra` and the audit entry with it.
+    fn advance_with(
+        &mut self,
+        t: &mut TransitionRow,
+        to: Phase,
+        error: Option<&str>,
+        extra: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<()> {
+        t.phase.advance(t.kind, to)?;
+        self.db.with_tx(|tx| {
+            extra(tx)?;
+            Db::set_phase(tx, t, to, error)
+        })?;
+        Ok(())
+    }
+
+    /// Best effort: records that `t` failed before activation.
+    fn fail(&mut self, t: &mut TransitionRow, e: &EngineError) {
+        if let Err(e2) = self.advance(t, Phase::Failed, Some(&e.to_string())) {
+            tracing::error!(transition = t.id, error = %e2, "could not record failure; recover() will at next start");
+        }
+    }
+
+    // ---- read-only views ------------------------------------------------------------------
+
+    pub fn status(&self) -> Result<Status> {
+        let current = match self.db.current_generation()? {
+            Some(n) => self.db.generation(n)?,
+            None => None,
+        };
+        Ok(Status {
+            state_dir: self.state_dir.clone(),
+            resources: current.as_ref().map_or(0, |g| g.resources as usize),
+            current,
+            previous: self.db.previous_generation()?,
+            current_link: self.gens.current().ok().flatten(),
+            generations: self.db.generations()?.len(),
+            last_transition: self.db.last_transition()?,
+            open_transitions: self.db.open_transitions()?,
+            audit_entries: self.db.audit_head()?.map_or(0, |(s, _)| s),
+        })
+    }
+
+    pub fn generations(&self) -> Result<Vec<GenerationRow>> {
+        Ok(self.db.generations()?)
+    }
+
+    pub fn pin(&mut self, n: u64, pinned: bool) -> Result<()> {
+        if !self.db.set_pinned(n, pinned)? {
+            return Err(EngineError::Refused(format!("generation {n} does not exist")));
+        }
+        let event = if pinned { "pinned" } else { "unpinned" };
+        self.db.with_tx(|tx| {
+            Db::append_audit(
+                tx,
+                &AuditEvent {
+                    generation: Some(n),
+                    event,
+                    actor: LOCAL_OPERATOR,
+                    details: json!({}),
+                },
+            )
+        })?;
+        Ok(())
+    }
+
+    pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
+        Ok(self.db.audit_entries()?.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// Recomputes the audit chain; returns the number of entries.
+    pub fn audit_verify(&self) -> Result<u64> {
+        let rows = self.db.audit_entries()?;
+        // An unparseable stored hash can never match: treat it as zero.
+        let hashes: Vec<Sha256> = rows.iter().map(|(_, h)| h.parse().unwrap_or(Sha256::ZERO)).collect();
+        let head = self
+            .db
+            .audit_head()?
+            .map(|(seq, h)| (seq, h.parse().unwrap_or(Sha256::ZERO)));
+        Ok(verify_chain(rows.iter().map(|(e, _)| e).zip(hashes.iter()), head)?)
+    }
+}
+
+fn default_activators(config: &Config) -> Activators {
+    Activators::new(vec![Box::new(FileActivator::new(&config.files.root))])
+}
+
+/// The plan as recorded in a transition and its audit entry.
+fn plan_summary(p: &Plan) -> Value {
+    let (added, changed, removed) = p.counts();
+    json!({
+        "added": added,
+        "changed": changed,
+        "removed": removed,
+        "steps": p.steps.iter().map(|s| json!({
+            "op": s.op.as_str(),
+            "kind": s.id.kind.as_str(),
+            "name": s.id.name,
+            "reasons": s.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,103 @@
+//! The engine's error type and the classes the binary maps to exit codes.
+
+use std::path::PathBuf;
+
+use ferry_core::IllegalTransition;
+use ferry_core::audit::ChainError;
+
+use crate::activate::ActivateError;
+use crate::config::ConfigError;
+use crate::manifest::ManifestError;
+use crate::source::SourceError;
+use crate::state::StateError;
+use crate::store::StoreError;
+
+/// Broad classes of failure; each has a documented exit code in the binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// I/O or database failure, or a bug.
+    Internal,
+    /// Configuration is invalid.
+    Config,
+    /// The desired state (manifest, paths, kinds) is invalid.
+    InvalidInput,
+    /// Content or history failed verification (hash, length, signature, audit chain).
+    Verification,
+    /// Another ferry holds the state directory.
+    Busy,
+    /// The state database is corrupt.
+    Corrupt,
+    /// An activation failed and the transition was rolled back.
+    RolledBack,
+    /// The request is not possible in the current state (e.g. no generation to roll back to).
+    Refused,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{0}")]
+    AuditBroken(#[from] ChainError),
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state directory {0} is in use by another ferry process")]
+    Locked(PathBuf),
+    #[error("{failure}; rolled back to {restored}")]
+    RolledBack {
+        failure: ActivateError,
+        restored: String,
+    },
+    #[error("{failure}; rolling back also failed: {undo}")]
+    UndoFailed {
+        failure: String,
+        undo: ActivateError,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl EngineError {
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        EngineError::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EngineError::Config(_) => ErrorClass::Config,
+            EngineError::State(StateError::Corrupt { .. }) => ErrorClass::Corrupt,
+            EngineError::State(_) | EngineError::Io { .. } | EngineError::UndoFailed { .. } => {
+                ErrorClass::Internal
+            }
+            EngineError::IllegalTransition(_) => ErrorClass::Internal,
+            EngineError::Store(e) if e.is_verification() => ErrorClass::Verification,
+            EngineError::Store(_) => ErrorClass::Internal,
+            EngineError::Source(e) if e.is_invalid_input() => ErrorClass::InvalidInput,
+            EngineError::Source(_) => ErrorClass::Internal,
+            EngineError::Manifest(_) => ErrorClass::InvalidInput,
+            EngineError::AuditBroken(_) => ErrorClass::Verification,
+            EngineError::Locked(_) => ErrorClass::Busy,
+            EngineError::RolledBack { .. } => ErrorClass::RolledBack,
+            EngineError::Refused(_) => ErrorClass::Refused,
+        }
+    }
+}

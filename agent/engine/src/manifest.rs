@@ -1,0 +1,312 @@
+//! From a verified revision to a checked desired state.
+//!
+//! The manifest (YAML, or JSON, which is YAML) is read from the revision with
+//! a size bound, parsed (errors carry line and column), validated against
+//! `schemas/desired-state.schema.json` (errors carry the JSON pointer), and
+//! resolved: each resource gets the content address of its source file from
+//! the revision's signed metadata, or from the manifest's pin.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::OnceLock;
+
+use ferry_core::{ContentRef, Kind, RepoPath, Resource, ResourceId, ResourceSet, Sha256};
+use serde_json::Value;
+use sha2::Digest as _;
+
+use crate::source::{SourceError, VerifiedRevision};
+
+/// Largest manifest accepted, in bytes.
+pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
+pub const DESIRED_STATE_SCHEMA: &str = include_str!("../../../schemas/desired-state.schema.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest {file}: line {line}, column {column}: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("manifest {file}: {message}")]
+    Unparseable { file: String, message: String },
+    #[error("manifest {file}: {pointer}: unknown resource kind {kind:?} (known: {known})")]
+    UnknownKind {
+        file: String,
+        pointer: String,
+        kind: String,
+        known: String,
+    },
+    #[error("manifest {file}: {pointer}: {message}")]
+    Schema {
+        file: String,
+        pointer: String,
+        message: String,
+    },
+    #[error("manifest {file}: {pointer}: duplicate resource {id} (first at {first})")]
+    Duplicate {
+        file: String,
+        pointer: String,
+        id: ResourceId,
+        first: String,
+    },
+    #[error("manifest {file}: {pointer}: {message}")]
+    Invalid {
+        file: String,
+        pointer: String,
+        message: String,
+    },
+    #[error("manifest {file}: {pointer}: {source}")]
+    Source {
+        file: String,
+        pointer: String,
+        #[source]
+        source: SourceError,
+    },
+}
+
+/// A resolved desired state: the resources and where each one's content is
+/// in the revision.
+#[derive(Debug, Clone)]
+pub struct DesiredState {
+    pub resources: ResourceSet,
+    pub sources: BTreeMap<ResourceId, RepoPath>,
+}
+
+fn validator() -> &'static jsonschema::Validator {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let schema: Value = serde_json::from_str(DESIRED_STATE_SCHEMA).expect("schema is JSON");
+        jsonschema::draft202012::new(&schema).expect("schema compiles")
+    })
+}
+
+/// Reads, parses, validates and resolves the manifest of `rev`.
+pub fn load(rev: &dyn VerifiedRevision, manifest: &RepoPath) -> Result<DesiredState, ManifestError> {
+    let file = manifest.to_string();
+    let bytes = rev
+        .read_small(manifest, MAX_MANIFEST_BYTES)
+        .map_err(|source| ManifestError::Source {
+            file: file.clone(),
+            pointer: "(file)".to_owned(),
+            source,
+        })?;
+    let doc = parse(&file, &bytes)?;
+    check(&file, &doc)?;
+    resolve(rev, &file, &doc)
+}
+
+/// Parses YAML (or JSON) into a JSON value.
+pub fn parse(file: &str, bytes: &[u8]) -> Result<Value, ManifestError> {
+    serde_norway::from_slice::<Value>(bytes).map_err(|e| match e.location() {
+        Some(loc) => ManifestError::Syntax {
+            file: file.to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+            message: e.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
+        },
+        None => ManifestError::Unparseable {
+            file: file.to_owned(),
+            message: e.to_string(),
+        },
+    })
+}
+
+/// Validates a parsed document: kinds first (for a plain message), then the schema.
+pub fn check(file: &str, doc: &Value) -> Result<(), ManifestError> {
+    if let Some(items) = doc.get("resources").and_then(Value::as_array) {
+        for (i, item) in items.iter().enumerate() {
+            if let Some(kind) = item.get("kind").and_then(Value::as_str) {
+                if kind.parse::<Kind>().is_err() {
+                    return Err(ManifestError::UnknownKind {
+                        file: file.to_owned(),
+                        pointer: format!("/resources/{i}/kind"),
+                        kind: kind.to_owned(),
+                        known: Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
+                    });
+                }
+            }
+        }
+    }
+    // Report the first error in document order, so the message is stable.
+    let mut errors: Vec<(String, String)> = validator()
+        .iter_errors(doc)
+        .map(|e| (e.instance_path().to_string(), e.to_string()))
+        .collect();
+    errors.sort();
+    if let Some((pointer, message)) = errors.into_iter().next() {
+        return Err(ManifestError::Schema {
+            file: file.to_owned(),
+            pointer: if pointer.is_empty() { "/".to_owned() } else { pointer },
+            message,
+        });
+    }
+    Ok(())
+}
+
+fn resolve(rev: &dyn VerifiedRevision, file: &str, doc: &Value) -> Result<DesiredState, ManifestError> {
+    let items = doc["resources"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut resources = ResourceSet::new();
+    let mut sources = BTreeMap::new();
+    let mut first_seen: BTreeMap<ResourceId, String> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let pointer = format!("/resources/{i}");
+        let invalid = |field: &str, message: String| ManifestError::Invalid {
+            file: file.to_owned(),
+            pointer: format!("{pointer}/{field}"),
+            message,
+        };
+        // The schema guarantees the shape; kinds are matched exhaustively.
+        let kind: Kind = item["kind"].as_str().unwrap_or_default().parse().map_err(|e: ferry_core::UnknownKind| invalid("kind", e.to_string()))?;
+        let (name, settings) = match kind {
+            Kind::File => {
+                let path = item["path"].as_str().unwrap_or_default();
+                // The schema pattern refuses empty components; refuse `.`/`..` too.
+                RepoPath::new(&path[1..]).map_err(|e| invalid("path", e.reason.to_owned()))?;
+                let mode = item.get("mode").and_then(Value::as_str).unwrap_or("0644");
+                let bits = u32::from_str_radix(mode, 8).map_err(|e| invalid("mode", e.to_string()))?;
+                (
+                    path.to_owned(),
+                    BTreeMap::from([("mode".to_owned(), Value::String(format!("{bits:04o}")))]),
+                )
+            }
+        };
+        let source_path = RepoPath::new(item["source"].as_str().unwrap_or_default())
+            .map_err(|e| invalid("source", e.to_string()))?;
+        let id = ResourceId { kind, name: name.clone() };
+        if let Some(first) = first_seen.get(&id) {
+            return Err(ManifestError::Duplicate {
+                file: file.to_owned(),
+                pointer,
+                id,
+                first: first.clone(),
+            });
+        }
+        first_seen.insert(id.clone(), pointer.clone());
+        let content = content_of(rev, item, &source_path).map_err(|e| match e {
+            Resolve::Source(source) => ManifestError::Source {
+                file: file.to_owned(),
+                pointer: format!("{pointer}/source"),
+                source,
+            },
+            Resolve::Invalid(field, message) => invalid(field, message),
+        })?;
+        resources
+            .insert(Resource {
+                kind,
+                name,
+                content,
+                settings,
+            })
+            .expect("duplicates checked above");
+        sources.insert(id, source_path);
+    }
+    Ok(DesiredState { resources, sources })
+}
+
+enum Resolve {
+    Source(SourceError),
+    Invalid(&'static str, String),
+}
+
+/// The content address of a resource: signed metadata wins; a pin in the
+/// manifest must agree with it. Only an unsigned source without a pin makes
+/// ferry hash the bytes itself.
+fn content_of(rev: &dyn VerifiedRevision, item: &Value, source: &RepoPath) -> Result<ContentRef, Resolve> {
+    let pin_sha = match item.get("sha256").and_then(Value::as_str) {
+        Some(s) => Some(s.parse::<Sha256>().map_err(|e| Resolve::Invalid("sha256", e.to_string()))?),
+        None => None,
+    };
+    let pin_len = item.get("length").and_then(Value::as_u64);
+    let signed = rev.signed_target(source).map_err(Resolve::Source)?;
+    let content = match signed {
+        Some(c) => c,
+        None => match (pin_sha, pin_len) {
+            (Some(sha256), Some(length)) => return Ok(ContentRef { sha256, length }),
+            _ => hash_stream(rev, source)?,
+        },
+    };
+    if let Some(sha) = pin_sha {
+        if sha != content.sha256 {
+            return Err(Resolve::Invalid(
+                "sha256",
+                format!("pins {sha} but {source} has {}", content.sha256),
+            ));
+        }
+    }
+    if let Some(len) = pin_len {
+        if len != content.length {
+            return Err(Resolve::Invalid(
+                "length",
+                format!("pins {len} bytes but {source} has {}", content.length),
+            ));
+        }
+    }
+    Ok(content)
+}
+
+fn hash_stream(rev: &dyn VerifiedRevision, path: &RepoPath) -> Result<ContentRef, Resolve> {
+    let mut reader = rev.open(path).map_err(Resolve::Source)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut length = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|source| {
+            Resolve::Source(SourceError::Io {
+                source_name: rev.source_name().to_owned(),
+                what: format!("reading {path}"),
+                source,
+            })
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        length += n as u64;
+    }
+    Ok(ContentRef {
+        sha256: Sha256::from_bytes(h.finalize().into()),
+        length,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let e = parse("ferry.yaml", b"apiVersion: ferry.dev/v1\nresources:\n  - kind: file\n   path: x\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ManifestError::Syntax { line: 4, .. }), "{msg}");
+        assert!(msg.starts_with("manifest ferry.yaml: line 4, column"), "{msg}");
+    }
+
+    #[test]
+    fn schema_errors_name_the_pointer() {
+        let doc = json!({"apiVersion": "ferry.dev/v1", "resources": [
+            {"kind": "file", "path": "/etc/a", "source": "a"},
+            {"kind": "file", "path": "relative", "source": "b"}
+        ]});
+        let e = check("m.yaml", &doc).unwrap_err().to_string();
+        assert!(e.contains("/resources/1/path"), "{e}");
+
+        let doc = json!({"apiVersion": "ferry.dev/v1", "resources": [{"kind": "file", "path": "/a", "source": "a", "mode": "4755"}]});
+        let e = check("m.yaml", &doc).unwrap_err().to_string();
+        assert!(e.contains("/resources/0/mode"), "{e}");
+
+        let doc = json!({"apiVersion": "ferry.dev/v2", "resources": []});
+        let e = check("m.yaml", &doc).unwrap_err().to_string();
+        assert!(e.contains("/apiVersion"), "{e}");
+    }
+
+    #[test]
+    fn unknown_kind_is_named() {
+        let doc = json!({"apiVersion": "ferry.dev/v1", "resources": [{"kind": "docker", "name": "x"}]});
+        let e = check("m.yaml", &doc).unwrap_err().to_string();
+        assert_eq!(e, "manifest m.yaml: /resources/0/kind: unknown resource kind \"docker\" (known: file)");
+    }
+}

@@ -1,0 +1,111 @@
+//! Sources: where a desired state comes from.
+//!
+//! Every source yields a [`VerifiedRevision`]: an id, who vouched for it, and
+//! access to its files. For signed sources (TUF, git) the content address of
+//! every file comes from signed metadata; the engine streams file bytes into
+//! the store through a reader that enforces that address.
+
+use std::io::Read;
+
+use ferry_core::{ContentRef, RepoPath};
+
+pub mod dir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{source_name}: {path}: not found in revision")]
+    NotFound { source_name: String, path: RepoPath },
+    #[error("{source_name}: {path}: {reason}")]
+    Refused {
+        source_name: String,
+        path: String,
+        reason: String,
+    },
+    #[error("{source_name}: {path}: larger than the limit of {limit} bytes")]
+    TooLarge {
+        source_name: String,
+        path: RepoPath,
+        limit: u64,
+    },
+    #[error("{source_name}: {what}: {source}")]
+    Io {
+        source_name: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SourceError {
+    /// Whether the revision's content is at fault (not the machine).
+    pub fn is_invalid_input(&self) -> bool {
+        !matches!(self, SourceError::Io { .. })
+    }
+}
+
+/// One verified revision of a source.
+pub trait VerifiedRevision {
+    /// Stable id of the revision (a TUF targets version + hash, a commit id, a tree hash).
+    fn id(&self) -> &str;
+    /// A short name of the source, for messages and `generations`.
+    fn source_name(&self) -> &str;
+    /// Who vouched for this revision (key ids), for the audit journal.
+    fn actor(&self) -> &str;
+    /// The content address of `path` from signed metadata, if the source has
+    /// signed metadata for it (`None` for the unsigned dir source).
+    fn signed_target(&self, path: &RepoPath) -> Result<Option<ContentRef>, SourceError>;
+    /// Streams the bytes of `path`. Callers enforce the content address.
+    fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError>;
+    /// Reads a small file completely (the manifest), refusing more than `limit` bytes.
+    fn read_small(&self, path: &RepoPath, limit: u64) -> Result<Vec<u8>, SourceError> {
+        let mut buf = Vec::new();
+        let mut reader = self.open(path)?.take(limit + 1);
+        reader.read_to_end(&mut buf).map_err(|source| SourceError::Io {
+            source_name: self.source_name().to_owned(),
+            what: format!("reading {path}"),
+            source,
+        })?;
+        if buf.len() as u64 > limit {
+            return Err(SourceError::TooLarge {
+                source_name: self.source_name().to_owned(),
+                path: path.clone(),
+                limit,
+            });
+        }
+        Ok(buf)
+    }
+}
+
+/// A place to fetch revisions from.
+pub trait Source {
+    /// Fetches and verifies the newest revision.
+    fn fetch(&self) -> Result<Box<dyn VerifiedRevision + '_>, SourceError>;
+    /// The manifest to render inside each revision.
+    fn manifest_path(&self) -> &RepoPath;
+}
+
+/// Builds the source named by the configuration.
+pub fn from_config(config: &crate::Config) -> Result<Box<dyn Source>, crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    match config.source.kind.as_deref() {
+        Some("dir") => {
+            let path = config.source.dir.path.clone().ok_or(ConfigError::Invalid {
+                key: "source.dir.path",
+                message: "required when source.kind = \"dir\"".to_owned(),
+            })?;
+            let manifest = RepoPath::new(config.source.dir.manifest.clone()).map_err(|e| ConfigError::Invalid {
+                key: "source.dir.manifest",
+                message: e.to_string(),
+            })?;
+            Ok(Box::new(dir::DirSource::new(path, manifest)))
+        }
+        Some(other) => Err(ConfigError::Invalid {
+            key: "source.kind",
+            message: format!("unknown source kind {other:?} (known: dir)"),
+        }),
+        None => Err(ConfigError::Invalid {
+            key: "source.kind",
+            message: "no source configured; set [source] kind in ferry.toml".to_owned(),
+        }),
+    }
+}

@@ -1,0 +1,335 @@
+//! The content-addressed blob store: `store/<sha256>`, immutable.
+//!
+//! Blobs are streamed into a temp file while being hashed and counted against
+//! the `ContentRef` taken from signed metadata. Too many bytes abort at once,
+//! too few or a wrong digest abort at the end; either way the temp file is
+//! removed and nothing enters the store. A complete blob is fsynced, made
+//! read-only and renamed into place, then the directory is fsynced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use fail::fail_point;
+use ferry_core::{ContentRef, Sha256};
+use sha2::Digest as _;
+
+#[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
+use crate::failpoints as fp;
+use crate::fsutil::fsync_dir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what}: expected {expected} bytes, got {got} (truncated)")]
+    Truncated {
+        what: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("{what}: longer than the declared {expected} bytes")]
+    TooLong { what: String, expected: u64 },
+    #[error("{what}: sha256 mismatch: expected {expected}, got {got}")]
+    HashMismatch {
+        what: String,
+        expected: Sha256,
+        got: Sha256,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("blob {0} is not in the store (collected?)")]
+    Missing(Sha256),
+}
+
+impl StoreError {
+    /// Whether the content itself was wrong (as opposed to an I/O failure).
+    pub fn is_verification(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Truncated { .. } | StoreError::TooLong { .. } | StoreError::HashMismatch { .. }
+        )
+    }
+}
+
+/// A reader that enforces a `ContentRef` while reading: it fails as soon as
+/// more bytes than declared arrive, and at EOF unless length and sha256 match.
+/// Nothing downstream can see unverified bytes past the end of a good read.
+#[derive(Debug)]
+pub struct VerifyingReader<R> {
+    inner: R,
+    expected: ContentRef,
+    what: String,
+    hasher: sha2::Sha256,
+    count: u64,
+    done: bool,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    pub fn new(inner: R, expected: ContentRef, what: impl Into<String>) -> Self {
+        VerifyingReader {
+            inner,
+            expected,
+            what: what.into(),
+            hasher: sha2::Sha256::new(),
+            count: 0,
+            done: false,
+        }
+    }
+
+    fn fail(&self, e: StoreError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        // Ask for at most one byte more than is still allowed, so an overlong
+        // stream is caught without reading it all.
+        let remaining = self.expected.length - self.count;
+        let want = buf.len().min(usize::try_from(remaining.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > remaining {
+            return Err(self.fail(StoreError::TooLong {
+                what: self.what.clone(),
+                expected: self.expected.length,
+            }));
+        }
+        self.count += n as u64;
+        self.hasher.update(&buf[..n]);
+        if n == 0 {
+            self.done = true;
+            if self.count != self.expected.length {
+                return Err(self.fail(StoreError::Truncated {
+                    what: self.what.clone(),
+                    expected: self.expected.length,
+                    got: self.count,
+                }));
+            }
+            let got = Sha256::from_bytes(self.hasher.clone().finalize().into());
+            if got != self.expected.sha256 {
+                return Err(self.fail(StoreError::HashMismatch {
+                    what: self.what.clone(),
+                    expected: self.expected.sha256,
+                    got,
+                }));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Turns an error from a read through `VerifyingReader` back into its `StoreError`.
+pub fn store_error(what: &str, e: io::Error) -> StoreError {
+    if e.get_ref().is_some_and(|inner| inner.is::<StoreError>()) {
+        if let Ok(inner) = e.into_inner().expect("checked").downcast::<StoreError>() {
+            return *inner;
+        }
+        unreachable!("checked the type above");
+    }
+    StoreError::Io {
+        what: what.to_owned(),
+        source: e,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Store> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir)?;
+        Ok(Store { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, sha256: &Sha256) -> PathBuf {
+        self.dir.join(sha256.to_hex())
+    }
+
+    pub fn contains(&self, sha256: &Sha256) -> bool {
+        self.path(sha256).is_file()
+    }
+
+    /// Streams `src` into the store as the blob `expected`. `what` names the
+    /// content in errors. A blob already present is not read again.
+    pub fn put(&self, src: &mut dyn Read, expected: ContentRef, what: &str) -> Result<PathBuf, StoreError> {
+        let dest = self.path(&expected.sha256);
+        if dest.is_file() {
+            return Ok(dest);
+        }
+        let tmp = self.dir.join(format!(".tmp-{}", expected.sha256));
+        let result = self.write_verified(src, expected, what, &tmp, &dest);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| dest)
+    }
+
+    fn write_verified(
+        &self,
+        src: &mut dyn Read,
+        expected: ContentRef,
+        what: &str,
+        tmp: &Path,
+        dest: &Path,
+    ) -> Result<(), StoreError> {
+        let io_err = |source| StoreError::Io {
+            what: format!("writing blob {} for {what}", expected.sha256),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(tmp)
+            .map_err(io_err)?;
+        let mut reader = VerifyingReader::new(src, expected, what);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| store_error(what, e))?;
+            if n == 0 {
+                break;
+            }
+            fail_point!(fp::STORE_WRITE, |_| Err(io_err(io::Error::from_raw_os_error(
+                libc::ENOSPC
+            ))));
+            f.write_all(&buf[..n]).map_err(io_err)?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(0o444)).map_err(io_err)?;
+        f.sync_all().map_err(io_err)?;
+        drop(f);
+        fail_point!(fp::STORE_BEFORE_RENAME);
+        fs::rename(tmp, dest).map_err(io_err)?;
+        fsync_dir(&self.dir).map_err(io_err)?;
+        Ok(())
+    }
+
+    /// Puts an in-memory byte string.
+    pub fn put_bytes(&self, data: &[u8], what: &str) -> Result<ContentRef, StoreError> {
+        let content = ContentRef::of(data);
+        self.put(&mut &data[..], content, what)?;
+        Ok(content)
+    }
+
+    /// Opens a blob for reading, re-verified while read (catches bit rot).
+    pub fn open_verified(&self, content: ContentRef) -> Result<VerifyingReader<File>, StoreError> {
+        let path = self.path(&content.sha256);
+        let f = File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StoreError::Missing(content.sha256)
+            } else {
+                StoreError::Io {
+                    what: format!("opening {}", path.display()),
+                    source: e,
+                }
+            }
+        })?;
+        Ok(VerifyingReader::new(f, content, format!("store blob {}", content.sha256)))
+    }
+
+    /// Digests of the blobs present, and names of leftover temp files.
+    pub fn list(&self) -> io::Result<(Vec<Sha256>, Vec<PathBuf>)> {
+        let mut blobs = Vec::new();
+        let mut leftovers = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            match name.parse::<Sha256>() {
+                Ok(d) => blobs.push(d),
+                Err(_) if name.starts_with(".tmp-") => leftovers.push(entry.path()),
+                Err(_) => {}
+            }
+        }
+        blobs.sort();
+        Ok((blobs, leftovers))
+    }
+
+    /// Deletes a blob (absent is fine).
+    pub fn remove(&self, sha256: &Sha256) -> io::Result<()> {
+        match fs::remove_file(self.path(sha256)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().join("store")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn put_verifies_and_is_read_only() {
+        let (_d, s) = store();
+        let data = b"hello world";
+        let c = ContentRef::of(data);
+        let p = s.put(&mut &data[..], c, "t").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), data);
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o444);
+        let mut back = Vec::new();
+        s.open_verified(c).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn mismatch_truncation_and_overlong_leave_nothing() {
+        let (_d, s) = store();
+        let good = ContentRef::of(b"hello");
+        let cases: [(&[u8], &str); 3] = [
+            (b"hellp", "sha256 mismatch"),
+            (b"hell", "truncated"),
+            (b"hello, and then some", "longer than"),
+        ];
+        for (data, want) in cases {
+            let e = s.put(&mut &data[..], good, "files/x").unwrap_err();
+            assert!(e.is_verification());
+            assert!(e.to_string().contains(want), "{e}");
+            assert!(e.to_string().contains("files/x"), "{e}");
+            let (blobs, tmps) = s.list().unwrap();
+            assert!(blobs.is_empty() && tmps.is_empty(), "{blobs:?} {tmps:?}");
+        }
+    }
+
+    #[test]
+    fn overlong_stream_is_not_read_to_the_end() {
+        let (_d, s) = store();
+        let expected = ContentRef::of(b"abc");
+        // An endless stream must be cut off after the declared length.
+        let mut endless = io::repeat(b'a');
+        let e = s.put(&mut endless, expected, "endless").unwrap_err();
+        assert!(matches!(e, StoreError::TooLong { .. }), "{e}");
+    }
+
+    #[test]
+    fn bit_rot_in_store_is_detected_on_read() {
+        let (_d, s) = store();
+        let c = s.put_bytes(b"content", "t").unwrap();
+        let p = s.path(&c.sha256);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"CONTENT").unwrap();
+        let mut out = Vec::new();
+        let e = s.open_verified(c).unwrap().read_to_end(&mut out).unwrap_err();
+        assert!(matches!(store_error("x", e), StoreError::HashMismatch { .. }));
+    }
+}
