@@ -79,7 +79,9 @@ mod tests {
             for (i, _) in text.match_indices("fail_point!(fp::") {
                 let rest = &text[i + "fail_point!(fp::".len()..];
                 let end = rest.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap();
-                used.push(rest[..end].to_owned());
+                if end > 0 {
+                    used.push(rest[..end].to_owned());
+                }
             }
         }
         used.sort();
