@@ -52,6 +52,8 @@ pub struct JsonFlag {
 pub enum Command {
     /// Show the current generation, the last transition and anything pending.
     Status(JsonFlag),
+    /// Finish or undo a transition interrupted by a crash (also runs before every change).
+    Recover,
     /// Fetch the desired state and show what would change, without changing anything.
     Plan {
         #[command(flatten)]

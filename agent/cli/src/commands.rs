@@ -10,7 +10,8 @@ use crate::output;
 pub fn load_config(args: &Cli) -> Result<Config> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(dir) = &args.state_dir {
-        config.state_dir = std::path::absolute(dir).with_context(|| format!("state dir {}", dir.display()))?;
+        config.state_dir =
+            std::path::absolute(dir).with_context(|| format!("state dir {}", dir.display()))?;
     }
     Ok(config)
 }
@@ -43,6 +44,16 @@ pub fn run(args: Cli) -> Result<Code> {
                 return Ok(Code::PlanNotEmpty);
             }
         }
+        Command::Recover => {
+            let engine = Engine::open(config)?;
+            let status = engine.status()?;
+            println!(
+                "recovered: generation {} is current",
+                status
+                    .current
+                    .map_or("none".to_owned(), |g| g.id.to_string())
+            );
+        }
         Command::Apply(out) => {
             let src = source::from_config(&config)?;
             let mut engine = Engine::open(config)?;
@@ -62,7 +73,11 @@ pub fn run(args: Cli) -> Result<Code> {
         Command::Generations { out, action } => match action {
             None => {
                 let (gens, current, previous) = match Engine::open_read_only(config)? {
-                    Some(e) => (e.generations()?, e.db().current_generation()?, e.db().previous_generation()?),
+                    Some(e) => (
+                        e.generations()?,
+                        e.db().current_generation()?,
+                        e.db().previous_generation()?,
+                    ),
                     None => (Vec::new(), None, None),
                 };
                 output::generations(&gens, current, previous, out.json)?;

@@ -16,16 +16,28 @@ use crate::output;
 
 const REV1: &[(&str, &str)] = &[
     ("ferry.yaml", include_str!("../demo/rev1/ferry.yaml")),
-    ("files/bridge.conf", include_str!("../demo/rev1/files/bridge.conf")),
-    ("files/site.env", include_str!("../demo/rev1/files/site.env")),
+    (
+        "files/bridge.conf",
+        include_str!("../demo/rev1/files/bridge.conf"),
+    ),
+    (
+        "files/site.env",
+        include_str!("../demo/rev1/files/site.env"),
+    ),
     ("files/motd", include_str!("../demo/rev1/files/motd")),
 ];
 
 const REV2: &[(&str, &str)] = &[
     ("ferry.yaml", include_str!("../demo/rev2/ferry.yaml")),
-    ("files/bridge.conf", include_str!("../demo/rev2/files/bridge.conf")),
+    (
+        "files/bridge.conf",
+        include_str!("../demo/rev2/files/bridge.conf"),
+    ),
     ("files/motd", include_str!("../demo/rev2/files/motd")),
-    ("files/maintenance.txt", include_str!("../demo/rev2/files/maintenance.txt")),
+    (
+        "files/maintenance.txt",
+        include_str!("../demo/rev2/files/maintenance.txt"),
+    ),
 ];
 
 fn write_revision(repo: &Path, files: &[(&str, &str)]) -> Result<()> {
@@ -45,8 +57,17 @@ fn show_transitions(engine: &Engine, seen: usize) -> Result<usize> {
     let entries = engine.audit_entries()?;
     for e in &entries[seen.min(entries.len())..] {
         let what = match (e.details.get("resource"), e.details.get("kind")) {
-            (Some(r), Some(k)) => format!("{} {} {}", e.details["op"].as_str().unwrap_or("?"), k.as_str().unwrap_or("?"), r.as_str().unwrap_or("?")),
-            (None, Some(k)) => format!("{} transition #{}", k.as_str().unwrap_or("?"), e.details["transition"]),
+            (Some(r), Some(k)) => format!(
+                "{} {} {}",
+                e.details["op"].as_str().unwrap_or("?"),
+                k.as_str().unwrap_or("?"),
+                r.as_str().unwrap_or("?")
+            ),
+            (None, Some(k)) => format!(
+                "{} transition #{}",
+                k.as_str().unwrap_or("?"),
+                e.details["transition"]
+            ),
             _ => String::new(),
         };
         println!(
@@ -84,7 +105,11 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     let src = source::from_config(&config)?;
 
     println!("ferry demo in {}", base.display());
-    println!("  config {}; files are installed under {}", config_path.display(), root.display());
+    println!(
+        "  config {}; files are installed under {}",
+        config_path.display(),
+        root.display()
+    );
     println!("  (the dir source is unsigned, for development; devices use signed sources)\n");
 
     let mut engine = Engine::open(config.clone())?;
@@ -107,12 +132,26 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     output::outcome(&engine.apply(&*src)?, false)?;
     seen = show_transitions(&engine, seen)?;
     let bridge = root.join("etc/mosquitto/conf.d/bridge.conf");
-    println!("    {}: {}", bridge.display(), fs::read_to_string(&bridge)?.lines().last().unwrap_or_default());
+    println!(
+        "    {}: {}",
+        bridge.display(),
+        fs::read_to_string(&bridge)?
+            .lines()
+            .last()
+            .unwrap_or_default()
+    );
 
     println!("\n4. an operator rolls back to the previous generation:");
     output::outcome(&engine.rollback(None)?, false)?;
     seen = show_transitions(&engine, seen)?;
-    println!("    {}: {}", bridge.display(), fs::read_to_string(&bridge)?.lines().last().unwrap_or_default());
+    println!(
+        "    {}: {}",
+        bridge.display(),
+        fs::read_to_string(&bridge)?
+            .lines()
+            .last()
+            .unwrap_or_default()
+    );
     let _ = seen;
 
     println!("\n5. the audit chain verifies:");
@@ -121,7 +160,11 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     println!("\n6. status:");
     output::status(&state, Some(&engine.status()?), false)?;
     if dir.is_some() {
-        println!("\nkept {}; try: ferry --config {} generations", base.display(), config_path.display());
+        println!(
+            "\nkept {}; try: ferry --config {} generations",
+            base.display(),
+            config_path.display()
+        );
     }
     Ok(Code::Success)
 }

@@ -15,5 +15,8 @@ pub fn init(level: &str) {
         l.with_syslog_identifier("ferry".to_owned())
             .with_filter(Targets::new().with_default(LevelFilter::INFO))
     });
-    let _ = tracing_subscriber::registry().with(stderr).with(journald).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(journald)
+        .try_init();
 }

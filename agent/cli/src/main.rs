@@ -14,8 +14,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     logging::init(&args.log_level);
-    #[cfg(feature = "failpoints")]
-    let _failpoints = arm_failpoints();
+    let _failpoints = ferry_engine::failpoints::ENABLED.then(arm_failpoints);
     match commands::run(args) {
         Ok(code) => code.into(),
         Err(e) => {
@@ -26,18 +25,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Test builds only: `FAILPOINTS` (the fail crate's syntax) injects errors,
-/// and `FERRY_CRASH_AT=<failpoint>:abort|hang` crashes the process there:
-/// `abort` calls abort(3); `hang` prints a line to stderr and waits to be
-/// killed, so a test can SIGKILL the process at exactly that step.
-#[cfg(feature = "failpoints")]
+/// Test builds only (the engine's `failpoints` feature): `FAILPOINTS` (the
+/// fail crate's syntax) injects errors, and
+/// `FERRY_CRASH_AT=<failpoint>:abort|hang[:N]` crashes the process at the Nth
+/// time (default 1st) it reaches that failpoint: `abort` calls abort(3);
+/// `hang` prints a line to stderr and waits to be killed, so a test can
+/// SIGKILL the process at exactly that step.
 fn arm_failpoints() -> fail::FailScenario<'static> {
     let scenario = fail::FailScenario::setup();
     if let Ok(spec) = std::env::var("FERRY_CRASH_AT") {
-        let (name, mode) = spec.split_once(':').unwrap_or((spec.as_str(), "abort"));
-        let label = name.to_owned();
+        // Failpoint names contain `::`: split from the right.
+        let (rest, nth) = match spec.rsplit_once(':') {
+            Some((rest, n)) if n.parse::<usize>().is_ok() => (rest, n.parse().unwrap_or(1)),
+            _ => (spec.as_str(), 1),
+        };
+        let (name, mode) = rest.rsplit_once(':').unwrap_or((rest, "abort"));
         let hang = mode == "hang";
+        let label = name.to_owned();
+        let hits = std::sync::atomic::AtomicUsize::new(0);
         fail::cfg_callback(name, move || {
+            if hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 < nth {
+                return;
+            }
             if hang {
                 eprintln!("ferry: failpoint {label} reached");
                 loop {

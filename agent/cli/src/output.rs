@@ -33,7 +33,12 @@ fn time(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 pub fn status(state_dir: &Path, s: Option<&Status>, as_json: bool) -> Result<()> {
@@ -65,17 +70,32 @@ pub fn status(state_dir: &Path, s: Option<&Status>, as_json: bool) -> Result<()>
     }
     writeln!(out, "generations: {}", s.generations)?;
     if let Some(t) = &s.last_transition {
-        write!(out, "last:        {} #{} {} at {}", t.kind, t.id, t.phase, time(t.updated_ms))?;
+        write!(
+            out,
+            "last:        {} #{} {} at {}",
+            t.kind,
+            t.id,
+            t.phase,
+            time(t.updated_ms)
+        )?;
         if let Some(e) = &t.error {
             write!(out, " ({e})")?;
         }
         writeln!(out)?;
     }
     for t in &s.open_transitions {
-        writeln!(out, "pending:     {} #{} in phase {} (recovered at the next apply)", t.kind, t.id, t.phase)?;
+        writeln!(
+            out,
+            "pending:     {} #{} in phase {} (recovered at the next apply)",
+            t.kind, t.id, t.phase
+        )?;
     }
     if s.current_link != s.current.as_ref().map(|g| g.id) {
-        writeln!(out, "warning:     `current` link points to {:?}; recovered at the next apply", s.current_link)?;
+        writeln!(
+            out,
+            "warning:     `current` link points to {:?}; recovered at the next apply",
+            s.current_link
+        )?;
     }
     writeln!(out, "audit:       {} entries", s.audit_entries)?;
     Ok(())
@@ -110,7 +130,12 @@ pub fn plan(revision: &str, p: &Plan, as_json: bool) -> Result<()> {
             Op::Remove => '-',
         };
         let reasons: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
-        writeln!(out, "  {sign} {:<44} {}", s.id.to_string(), reasons.join(", "))?;
+        writeln!(
+            out,
+            "  {sign} {:<44} {}",
+            s.id.to_string(),
+            reasons.join(", ")
+        )?;
     }
     writeln!(out, "{add} to add, {change} to change, {remove} to remove")?;
     Ok(())
@@ -122,12 +147,23 @@ pub fn outcome(o: &ApplyOutcome, as_json: bool) -> Result<()> {
     }
     let mut out = io::stdout().lock();
     match o {
-        ApplyOutcome::NoChange { generation, revision } => writeln!(
+        ApplyOutcome::NoChange {
+            generation,
+            revision,
+        } => writeln!(
             out,
             "revision {revision}: no changes (generation {})",
             generation.map_or("none".to_owned(), |g| g.to_string())
         )?,
-        ApplyOutcome::Switched { from, to, revision, added, changed, removed, .. } => writeln!(
+        ApplyOutcome::Switched {
+            from,
+            to,
+            revision,
+            added,
+            changed,
+            removed,
+            ..
+        } => writeln!(
             out,
             "switched {} → generation {to} (revision {revision}: {added} added, {changed} changed, {removed} removed)",
             from.map_or("nothing".to_owned(), |g| format!("generation {g}"))
@@ -151,7 +187,12 @@ pub fn gc(o: &GcOutcome, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn generations(gens: &[GenerationRow], current: Option<u64>, previous: Option<u64>, as_json: bool) -> Result<()> {
+pub fn generations(
+    gens: &[GenerationRow],
+    current: Option<u64>,
+    previous: Option<u64>,
+    as_json: bool,
+) -> Result<()> {
     if as_json {
         let rows: Vec<_> = gens
             .iter()
@@ -165,7 +206,11 @@ pub fn generations(gens: &[GenerationRow], current: Option<u64>, previous: Optio
         return print_json(&rows);
     }
     let mut out = io::stdout().lock();
-    writeln!(out, "{:>4}  {:<9} {:<24} {:>9}  created", "gen", "", "revision", "resources")?;
+    writeln!(
+        out,
+        "{:>4}  {:<9} {:<24} {:>9}  created",
+        "gen", "", "revision", "resources"
+    )?;
     for g in gens {
         let mut mark = String::new();
         if Some(g.id) == current {
@@ -176,7 +221,15 @@ pub fn generations(gens: &[GenerationRow], current: Option<u64>, previous: Optio
         if g.pinned {
             mark.push_str(if mark.is_empty() { "pinned" } else { ",pin" });
         }
-        writeln!(out, "{:>4}  {:<9} {:<24} {:>9}  {}", g.id, mark, g.revision, g.resources, time(g.created_ms))?;
+        writeln!(
+            out,
+            "{:>4}  {:<9} {:<24} {:>9}  {}",
+            g.id,
+            mark,
+            g.revision,
+            g.resources,
+            time(g.created_ms)
+        )?;
     }
     Ok(())
 }

@@ -128,7 +128,11 @@ mod tests {
         (entries, hashes)
     }
 
-    fn check(e: &[AuditEntry], h: &[Sha256], head: Option<(u64, Sha256)>) -> Result<u64, ChainError> {
+    fn check(
+        e: &[AuditEntry],
+        h: &[Sha256],
+        head: Option<(u64, Sha256)>,
+    ) -> Result<u64, ChainError> {
         verify_chain(e.iter().zip(h.iter()), head)
     }
 
@@ -144,24 +148,37 @@ mod tests {
         let (mut e, h) = chain(5);
         let head = Some((5, h[4]));
         e[2].details = json!({"n": 99});
-        assert_eq!(check(&e, &h, head), Err(ChainError::HashMismatch { seq: 3 }));
+        assert_eq!(
+            check(&e, &h, head),
+            Err(ChainError::HashMismatch { seq: 3 })
+        );
 
         let (mut e, mut h) = chain(5);
         e.remove(1);
         h.remove(1);
         assert_eq!(
             check(&e, &h, head),
-            Err(ChainError::Missing { seq: 2, prev: 1, next: 3 })
+            Err(ChainError::Missing {
+                seq: 2,
+                prev: 1,
+                next: 3
+            })
         );
 
         let (e, h) = chain(5);
         assert_eq!(
             check(&e[..4], &h[..4], head),
-            Err(ChainError::TailMissing { seq: 5, head_seq: 5 })
+            Err(ChainError::TailMissing {
+                seq: 5,
+                head_seq: 5
+            })
         );
         assert_eq!(
             check(&e, &h, Some((4, h[3]))),
-            Err(ChainError::BeyondHead { seq: 5, head_seq: 4 })
+            Err(ChainError::BeyondHead {
+                seq: 5,
+                head_seq: 4
+            })
         );
     }
 }

@@ -95,7 +95,15 @@ mod tests {
     #[test]
     fn refuses_escapes() {
         for bad in [
-            "", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", "a\\..\\b", "a\0b",
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\..\\b",
+            "a\0b",
         ] {
             assert!(RepoPath::new(bad).is_err(), "{bad:?} was accepted");
         }

@@ -36,8 +36,13 @@ pub enum Reason {
     New,
     /// Present now, absent from the desired state.
     NoLongerDesired,
-    ContentChanged { from: ContentRef, to: ContentRef },
-    SettingChanged { key: String },
+    ContentChanged {
+        from: ContentRef,
+        to: ContentRef,
+    },
+    SettingChanged {
+        key: String,
+    },
 }
 
 impl std::fmt::Display for Reason {
@@ -80,11 +85,13 @@ impl Plan {
 
     /// Counts of (add, change, remove).
     pub fn counts(&self) -> (usize, usize, usize) {
-        self.steps.iter().fold((0, 0, 0), |(a, c, r), s| match s.op {
-            Op::Add => (a + 1, c, r),
-            Op::Change => (a, c + 1, r),
-            Op::Remove => (a, c, r + 1),
-        })
+        self.steps
+            .iter()
+            .fold((0, 0, 0), |(a, c, r), s| match s.op {
+                Op::Add => (a + 1, c, r),
+                Op::Change => (a, c + 1, r),
+                Op::Remove => (a, c, r + 1),
+            })
     }
 
     /// The state that results from carrying out this plan on `actual`.
@@ -219,12 +226,13 @@ mod tests {
                 (Op::Add, "/etc/d", 1)
             ]
         );
-        assert!(matches!(p.steps[0].reasons[0], Reason::ContentChanged { .. }));
+        assert!(matches!(
+            p.steps[0].reasons[0],
+            Reason::ContentChanged { .. }
+        ));
         assert_eq!(
             p.steps[0].reasons[1],
-            Reason::SettingChanged {
-                key: "mode".into()
-            }
+            Reason::SettingChanged { key: "mode".into() }
         );
         assert_eq!(p.counts(), (1, 1, 1));
         assert_eq!(p.apply_to(&actual), desired);

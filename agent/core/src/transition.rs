@@ -123,7 +123,10 @@ impl Phase {
                 | (Switched, Confirmed)
                 | (Activating | Switched, RollingBack)
                 | (RollingBack, RolledBack)
-                | (Fetching | Verified | Planned | Staging | Staged | RollingBack, Failed)
+                | (
+                    Fetching | Verified | Planned | Staging | Staged | RollingBack,
+                    Failed
+                )
         )
     }
 

@@ -106,12 +106,13 @@ impl Config {
             })?;
             merge(&mut merged, parse_layer(path, &text)?);
         }
-        let config: Config = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: layers.last().cloned().unwrap_or_default(),
-                message: e.message().to_owned(),
-            })?;
+        let config: Config =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: layers.last().cloned().unwrap_or_default(),
+                    message: e.message().to_owned(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -225,7 +226,10 @@ mod tests {
         let e = Config::from_toml(Path::new("t.toml"), "state_dir = \"/x\"\nbogus = 1\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("t.toml") && e.contains("line 2") && e.contains("bogus"), "{e}");
+        assert!(
+            e.contains("t.toml") && e.contains("line 2") && e.contains("bogus"),
+            "{e}"
+        );
 
         let e = Config::from_toml(
             Path::new("t.toml"),
@@ -243,8 +247,12 @@ mod tests {
 
     #[test]
     fn layers_merge_tables() {
-        let mut a: toml::Table = toml::from_str("[source]\nkind = \"dir\"\n[source.dir]\npath = \"/a\"\n").unwrap();
-        merge(&mut a, toml::from_str("[source.dir]\ninsecure = true\n").unwrap());
+        let mut a: toml::Table =
+            toml::from_str("[source]\nkind = \"dir\"\n[source.dir]\npath = \"/a\"\n").unwrap();
+        merge(
+            &mut a,
+            toml::from_str("[source.dir]\ninsecure = true\n").unwrap(),
+        );
         let c: Config = toml::Value::Table(a).try_into().unwrap();
         assert_eq!(c.source.dir.path.as_deref(), Some(Path::new("/a")));
         assert!(c.source.dir.insecure);

@@ -37,7 +37,10 @@ pub const LOCAL_OPERATOR: &str = "local-operator";
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum ApplyOutcome {
     /// Nothing to do: the desired state is what runs.
-    NoChange { generation: Option<u64>, revision: String },
+    NoChange {
+        generation: Option<u64>,
+        revision: String,
+    },
     /// A new generation (apply) or an older one (rollback) is current.
     Switched {
         transition: i64,
@@ -103,7 +106,9 @@ impl Engine {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(EngineError::Locked(state_dir)),
-            Err(fs::TryLockError::Error(e)) => return Err(EngineError::io("cannot lock", &lock_path, e)),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(EngineError::io("cannot lock", &lock_path, e));
+            }
         }
         let db = Db::open(&state_dir.join("state.db"), true)?;
         let store = Store::open(state_dir.join("store"))
@@ -187,7 +192,11 @@ impl Engine {
         self.apply_desired(&*rev, &desired)
     }
 
-    pub fn apply_desired(&mut self, rev: &dyn VerifiedRevision, desired: &DesiredState) -> Result<ApplyOutcome> {
+    pub fn apply_desired(
+        &mut self,
+        rev: &dyn VerifiedRevision,
+        desired: &DesiredState,
+    ) -> Result<ApplyOutcome> {
         let from = self.db.current_generation()?;
         let p = plan(&desired.resources, &self.actual()?);
         if p.is_empty() {
@@ -198,12 +207,22 @@ impl Engine {
             });
         }
         for step in &p.steps {
-            self.activators.get(step.id.kind).map_err(|e| EngineError::Refused(e.to_string()))?;
+            self.activators
+                .get(step.id.kind)
+                .map_err(|e| EngineError::Refused(e.to_string()))?;
         }
         let details = plan_summary(&p);
         let mut t = self.db.with_tx(|tx| {
             let n = Db::allocate_generation(tx)?;
-            Db::insert_transition(tx, TransitionKind::Apply, from, Some(n), Some(rev.id()), rev.actor(), &details)
+            Db::insert_transition(
+                tx,
+                TransitionKind::Apply,
+                from,
+                Some(n),
+                Some(rev.id()),
+                rev.actor(),
+                &details,
+            )
         })?;
         let to = t.to_gen.expect("apply transitions have a target");
         fail_point!(fp::PLANNED);
@@ -225,7 +244,12 @@ impl Engine {
         })
     }
 
-    fn stage(&mut self, t: &mut TransitionRow, rev: &dyn VerifiedRevision, desired: &DesiredState) -> Result<()> {
+    fn stage(
+        &mut self,
+        t: &mut TransitionRow,
+        rev: &dyn VerifiedRevision,
+        desired: &DesiredState,
+    ) -> Result<()> {
         self.advance(t, Phase::Staging, None)?;
         for r in desired.resources.iter() {
             if self.store.contains(&r.content.sha256) {
@@ -233,7 +257,8 @@ impl Engine {
             }
             let path = &desired.sources[&r.id()];
             let mut reader = rev.open(path)?;
-            self.store.put(&mut reader, r.content, &format!("{path} ({})", r.id()))?;
+            self.store
+                .put(&mut reader, r.content, &format!("{path} ({})", r.id()))?;
         }
         let to = t.to_gen.expect("apply transitions have a target");
         let manifest = GenerationManifest {
@@ -258,24 +283,23 @@ impl Engine {
 
     /// Switches back to generation `to` (default: the previous one).
     pub fn rollback(&mut self, to: Option<u64>) -> Result<ApplyOutcome> {
-        let current = self
-            .db
-            .current_generation()?
-            .ok_or_else(|| EngineError::Refused("no generation is active; nothing to roll back".into()))?;
+        let current = self.db.current_generation()?.ok_or_else(|| {
+            EngineError::Refused("no generation is active; nothing to roll back".into())
+        })?;
         let target = match to {
             Some(n) => n,
-            None => self
-                .db
-                .previous_generation()?
-                .ok_or_else(|| EngineError::Refused("no previous generation to roll back to".into()))?,
+            None => self.db.previous_generation()?.ok_or_else(|| {
+                EngineError::Refused("no previous generation to roll back to".into())
+            })?,
         };
         if target == current {
-            return Err(EngineError::Refused(format!("generation {target} is already current")));
+            return Err(EngineError::Refused(format!(
+                "generation {target} is already current"
+            )));
         }
-        let row = self
-            .db
-            .generation(target)?
-            .ok_or_else(|| EngineError::Refused(format!("generation {target} does not exist (collected?)")))?;
+        let row = self.db.generation(target)?.ok_or_else(|| {
+            EngineError::Refused(format!("generation {target} does not exist (collected?)"))
+        })?;
         let desired = self.db.resources(target)?;
         let p = plan(&desired, &self.db.resources(current)?);
         let details = plan_summary(&p);
@@ -306,9 +330,9 @@ impl Engine {
                     source: row.source.clone(),
                     resources: desired.clone(),
                 };
-                self.gens
-                    .build(&m)
-                    .map_err(|e| EngineError::io("cannot rebuild generation", self.gens.path(target), e))?;
+                self.gens.build(&m).map_err(|e| {
+                    EngineError::io("cannot rebuild generation", self.gens.path(target), e)
+                })?;
             }
             self.advance(&mut t, Phase::Staged, None)
         })();
@@ -358,7 +382,12 @@ impl Engine {
         self.advance(t, Phase::Confirmed, None)
     }
 
-    fn activate_step(&mut self, t: &TransitionRow, seq: u64, step: &Step) -> Result<(), ActivateError> {
+    fn activate_step(
+        &mut self,
+        t: &TransitionRow,
+        seq: u64,
+        step: &Step,
+    ) -> Result<(), ActivateError> {
         let act = self.activators.get(step.id.kind)?;
         let undo = act.prepare(step, &self.store)?;
         let record = serde_json::to_value(step).expect("steps serialise");
@@ -408,19 +437,30 @@ impl Engine {
                 };
                 EngineError::RolledBack { failure, restored }
             }
-            Err(undo) => EngineError::UndoFailed { failure: message, undo },
+            Err(undo) => EngineError::UndoFailed {
+                failure: message,
+                undo,
+            },
         }
     }
 
     fn undo_activations(&mut self, t: &TransitionRow) -> Result<(), ActivateError> {
-        let rows = self.db.activations(t.id).map_err(|e| ActivateError::new("rollback", e))?;
+        let rows = self
+            .db
+            .activations(t.id)
+            .map_err(|e| ActivateError::new("rollback", e))?;
         for row in rows.iter().rev().filter(|r| !r.undone) {
             let label;
             if let Some(sw) = row.step.get("switch") {
                 let from = sw["from"].as_u64();
                 let previous = sw["previous"].as_u64();
-                label = format!("switch back to {}", from.map_or("nothing".to_owned(), |n| format!("generation {n}")));
-                self.gens.switch(from).map_err(|e| ActivateError::new(&label, e))?;
+                label = format!(
+                    "switch back to {}",
+                    from.map_or("nothing".to_owned(), |n| format!("generation {n}"))
+                );
+                self.gens
+                    .switch(from)
+                    .map_err(|e| ActivateError::new(&label, e))?;
                 self.db
                     .with_tx(|tx| {
                         // Restore exactly the current/previous pair from before the switch.
@@ -429,8 +469,9 @@ impl Engine {
                     })
                     .map_err(|e| ActivateError::new(&label, e))?;
             } else {
-                let step: Step = serde_json::from_value(row.step.clone())
-                    .map_err(|e| ActivateError::new("rollback", format!("activation record {}: {e}", row.seq)))?;
+                let step: Step = serde_json::from_value(row.step.clone()).map_err(|e| {
+                    ActivateError::new("rollback", format!("activation record {}: {e}", row.seq))
+                })?;
                 label = step.id.to_string();
                 let act = self.activators.get(step.id.kind)?;
                 act.undo(&step, &row.undo, &self.store)?;
@@ -463,7 +504,13 @@ impl Engine {
         let mut keep = BTreeSet::new();
         keep.extend(self.db.current_generation()?);
         keep.extend(self.db.previous_generation()?);
-        keep.extend(self.db.generations()?.iter().filter(|g| g.pinned).map(|g| g.id));
+        keep.extend(
+            self.db
+                .generations()?
+                .iter()
+                .filter(|g| g.pinned)
+                .map(|g| g.id),
+        );
         for t in self.db.open_transitions()? {
             keep.extend(t.from_gen);
             keep.extend(t.to_gen);
@@ -482,8 +529,17 @@ impl Engine {
                 continue;
             }
             for a in self.db.activations(t.id)? {
-                if let Some(kind) = a.step.get("id").and_then(|id| id.get("kind")).and_then(Value::as_str) {
-                    if let Ok(act) = kind.parse().map_err(|_| ()).and_then(|k| self.activators.get(k).map_err(|_| ())) {
+                if let Some(kind) = a
+                    .step
+                    .get("id")
+                    .and_then(|id| id.get("kind"))
+                    .and_then(Value::as_str)
+                {
+                    if let Ok(act) = kind
+                        .parse()
+                        .map_err(|_| ())
+                        .and_then(|k| self.activators.get(k).map_err(|_| ()))
+                    {
                         refs.extend(act.undo_blobs(&a.undo));
                     }
                 }
@@ -494,9 +550,18 @@ impl Engine {
 
     pub fn gc(&mut self) -> Result<GcOutcome> {
         let keep = self.kept_generations()?;
-        let collect: Vec<u64> = self.db.generations()?.iter().map(|g| g.id).filter(|g| !keep.contains(g)).collect();
+        let collect: Vec<u64> = self
+            .db
+            .generations()?
+            .iter()
+            .map(|g| g.id)
+            .filter(|g| !keep.contains(g))
+            .collect();
         let referenced = self.referenced_blobs(None)?;
-        let (blobs, _) = self.store.list().map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
+        let (blobs, _) = self
+            .store
+            .list()
+            .map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
         let garbage = blobs.iter().filter(|b| !referenced.contains(b)).count();
         if collect.is_empty() && garbage == 0 {
             return Ok(GcOutcome::default());
@@ -504,7 +569,15 @@ impl Engine {
         let current = self.db.current_generation()?;
         let details = json!({"generations": collect, "blobs": garbage});
         let mut t = self.db.with_tx(|tx| {
-            Db::insert_transition(tx, TransitionKind::Gc, current, None, None, LOCAL_OPERATOR, &details)
+            Db::insert_transition(
+                tx,
+                TransitionKind::Gc,
+                current,
+                None,
+                None,
+                LOCAL_OPERATOR,
+                &details,
+            )
         })?;
         fail_point!(fp::GC_PLANNED);
         self.finish_gc(&mut t)
@@ -528,11 +601,16 @@ impl Engine {
             fail_point!(fp::GC_AFTER_GENERATION);
         }
         let referenced = self.referenced_blobs(Some(t.id))?;
-        let (blobs, leftovers) = self.store.list().map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
+        let (blobs, leftovers) = self
+            .store
+            .list()
+            .map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
         for b in blobs.iter().filter(|b| !referenced.contains(b)) {
             let path = self.store.path(b);
             outcome.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            self.store.remove(b).map_err(|e| EngineError::io("cannot remove blob", path, e))?;
+            self.store
+                .remove(b)
+                .map_err(|e| EngineError::io("cannot remove blob", path, e))?;
             outcome.blobs += 1;
             fail_point!(fp::GC_AFTER_BLOB);
         }
@@ -554,7 +632,11 @@ impl Engine {
             match action {
                 RecoveryAction::Nothing => {}
                 RecoveryAction::MarkFailed => {
-                    self.advance(&mut t, Phase::Failed, Some("interrupted before activation; recovered at start"))?;
+                    self.advance(
+                        &mut t,
+                        Phase::Failed,
+                        Some("interrupted before activation; recovered at start"),
+                    )?;
                 }
                 RecoveryAction::Undo => {
                     let failure = ActivateError::new(
@@ -568,9 +650,9 @@ impl Engine {
                 }
                 RecoveryAction::Confirm => {
                     let to = t.to_gen.expect("switched transitions have a target");
-                    self.gens
-                        .switch(Some(to))
-                        .map_err(|e| EngineError::io("cannot switch", self.gens.current_link(), e))?;
+                    self.gens.switch(Some(to)).map_err(|e| {
+                        EngineError::io("cannot switch", self.gens.current_link(), e)
+                    })?;
                     self.advance(&mut t, Phase::Confirmed, None)?;
                 }
                 RecoveryAction::FinishGc => {
@@ -585,7 +667,11 @@ impl Engine {
             .current()
             .map_err(|e| EngineError::io("cannot read", self.gens.current_link(), e))?;
         if link != want {
-            tracing::warn!(?link, ?want, "`current` disagrees with the state database; repairing");
+            tracing::warn!(
+                ?link,
+                ?want,
+                "`current` disagrees with the state database; repairing"
+            );
             self.gens
                 .switch(want)
                 .map_err(|e| EngineError::io("cannot switch", self.gens.current_link(), e))?;
@@ -616,9 +702,14 @@ impl Engine {
         }
         let known: BTreeSet<u64> = self.db.generations()?.iter().map(|g| g.id).collect();
         for n in dirs.into_iter().filter(|n| !known.contains(n)) {
-            self.gens.remove(n).map_err(|e| EngineError::io("cannot remove", self.gens.path(n), e))?;
+            self.gens
+                .remove(n)
+                .map_err(|e| EngineError::io("cannot remove", self.gens.path(n), e))?;
         }
-        let (_, tmp) = self.store.list().map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
+        let (_, tmp) = self
+            .store
+            .list()
+            .map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
         for f in tmp {
             let _ = fs::remove_file(f);
         }
@@ -681,7 +772,9 @@ impl Engine {
 
     pub fn pin(&mut self, n: u64, pinned: bool) -> Result<()> {
         if !self.db.set_pinned(n, pinned)? {
-            return Err(EngineError::Refused(format!("generation {n} does not exist")));
+            return Err(EngineError::Refused(format!(
+                "generation {n} does not exist"
+            )));
         }
         let event = if pinned { "pinned" } else { "unpinned" };
         self.db.with_tx(|tx| {
@@ -699,19 +792,30 @@ impl Engine {
     }
 
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
-        Ok(self.db.audit_entries()?.into_iter().map(|(e, _)| e).collect())
+        Ok(self
+            .db
+            .audit_entries()?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
     }
 
     /// Recomputes the audit chain; returns the number of entries.
     pub fn audit_verify(&self) -> Result<u64> {
         let rows = self.db.audit_entries()?;
         // An unparseable stored hash can never match: treat it as zero.
-        let hashes: Vec<Sha256> = rows.iter().map(|(_, h)| h.parse().unwrap_or(Sha256::ZERO)).collect();
+        let hashes: Vec<Sha256> = rows
+            .iter()
+            .map(|(_, h)| h.parse().unwrap_or(Sha256::ZERO))
+            .collect();
         let head = self
             .db
             .audit_head()?
             .map(|(seq, h)| (seq, h.parse().unwrap_or(Sha256::ZERO)));
-        Ok(verify_chain(rows.iter().map(|(e, _)| e).zip(hashes.iter()), head)?)
+        Ok(verify_chain(
+            rows.iter().map(|(e, _)| e).zip(hashes.iter()),
+            head,
+        )?)
     }
 }
 

@@ -6,6 +6,9 @@
 //! `integration/tests/crash.rs`). `all_failpoints_are_listed` keeps this list
 //! equal to the `fail_point!` calls in the source.
 
+/// Whether this build has the failpoints compiled in.
+pub const ENABLED: bool = cfg!(feature = "failpoints");
+
 /// Every failpoint, in the order an apply meets them.
 pub const ALL: &[&str] = &[
     PLANNED,
@@ -73,12 +76,17 @@ mod tests {
     #[test]
     fn all_failpoints_are_listed() {
         let mut files = Vec::new();
-        sources(Path::new(env!("CARGO_MANIFEST_DIR")).join("src").as_path(), &mut files);
+        sources(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("src").as_path(),
+            &mut files,
+        );
         let mut used: Vec<String> = Vec::new();
         for text in &files {
             for (i, _) in text.match_indices("fail_point!(fp::") {
                 let rest = &text[i + "fail_point!(fp::".len()..];
-                let end = rest.find(|c: char| !(c.is_ascii_uppercase() || c == '_')).unwrap();
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                    .unwrap();
                 if end > 0 {
                     used.push(rest[..end].to_owned());
                 }
@@ -86,6 +94,10 @@ mod tests {
         }
         used.sort();
         used.dedup();
-        assert_eq!(used.len(), ALL.len(), "fail_point! constants used: {used:?}");
+        assert_eq!(
+            used.len(),
+            ALL.len(),
+            "fail_point! constants used: {used:?}"
+        );
     }
 }

@@ -74,7 +74,10 @@ mod tests {
         fs::write(&p, "old").unwrap();
         write_atomic(&p, 0o640, &mut &b"new"[..]).unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "new");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
         assert!(!temp_beside(&p).exists());
     }
 }

@@ -70,7 +70,11 @@ impl Generations {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(tmp.join("blobs"))?;
-        let blobs: BTreeSet<Sha256> = manifest.resources.iter().map(|r| r.content.sha256).collect();
+        let blobs: BTreeSet<Sha256> = manifest
+            .resources
+            .iter()
+            .map(|r| r.content.sha256)
+            .collect();
         for sha in &blobs {
             symlink(
                 Path::new("../../../store").join(sha.to_hex()),

@@ -84,7 +84,10 @@ fn validator() -> &'static jsonschema::Validator {
 }
 
 /// Reads, parses, validates and resolves the manifest of `rev`.
-pub fn load(rev: &dyn VerifiedRevision, manifest: &RepoPath) -> Result<DesiredState, ManifestError> {
+pub fn load(
+    rev: &dyn VerifiedRevision,
+    manifest: &RepoPath,
+) -> Result<DesiredState, ManifestError> {
     let file = manifest.to_string();
     let bytes = rev
         .read_small(manifest, MAX_MANIFEST_BYTES)
@@ -105,7 +108,12 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Value, ManifestError> {
             file: file.to_owned(),
             line: loc.line(),
             column: loc.column(),
-            message: e.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
+            message: e
+                .to_string()
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
         },
         None => ManifestError::Unparseable {
             file: file.to_owned(),
@@ -124,7 +132,11 @@ pub fn check(file: &str, doc: &Value) -> Result<(), ManifestError> {
                         file: file.to_owned(),
                         pointer: format!("/resources/{i}/kind"),
                         kind: kind.to_owned(),
-                        known: Kind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
+                        known: Kind::ALL
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     });
                 }
             }
@@ -139,15 +151,26 @@ pub fn check(file: &str, doc: &Value) -> Result<(), ManifestError> {
     if let Some((pointer, message)) = errors.into_iter().next() {
         return Err(ManifestError::Schema {
             file: file.to_owned(),
-            pointer: if pointer.is_empty() { "/".to_owned() } else { pointer },
+            pointer: if pointer.is_empty() {
+                "/".to_owned()
+            } else {
+                pointer
+            },
             message,
         });
     }
     Ok(())
 }
 
-fn resolve(rev: &dyn VerifiedRevision, file: &str, doc: &Value) -> Result<DesiredState, ManifestError> {
-    let items = doc["resources"].as_array().map(Vec::as_slice).unwrap_or_default();
+fn resolve(
+    rev: &dyn VerifiedRevision,
+    file: &str,
+    doc: &Value,
+) -> Result<DesiredState, ManifestError> {
+    let items = doc["resources"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let mut resources = ResourceSet::new();
     let mut sources = BTreeMap::new();
     let mut first_seen: BTreeMap<ResourceId, String> = BTreeMap::new();
@@ -159,14 +182,19 @@ fn resolve(rev: &dyn VerifiedRevision, file: &str, doc: &Value) -> Result<Desire
             message,
         };
         // The schema guarantees the shape; kinds are matched exhaustively.
-        let kind: Kind = item["kind"].as_str().unwrap_or_default().parse().map_err(|e: ferry_core::UnknownKind| invalid("kind", e.to_string()))?;
+        let kind: Kind = item["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: ferry_core::UnknownKind| invalid("kind", e.to_string()))?;
         let (name, settings) = match kind {
             Kind::File => {
                 let path = item["path"].as_str().unwrap_or_default();
                 // The schema pattern refuses empty components; refuse `.`/`..` too.
                 RepoPath::new(&path[1..]).map_err(|e| invalid("path", e.reason.to_owned()))?;
                 let mode = item.get("mode").and_then(Value::as_str).unwrap_or("0644");
-                let bits = u32::from_str_radix(mode, 8).map_err(|e| invalid("mode", e.to_string()))?;
+                let bits =
+                    u32::from_str_radix(mode, 8).map_err(|e| invalid("mode", e.to_string()))?;
                 (
                     path.to_owned(),
                     BTreeMap::from([("mode".to_owned(), Value::String(format!("{bits:04o}")))]),
@@ -175,7 +203,10 @@ fn resolve(rev: &dyn VerifiedRevision, file: &str, doc: &Value) -> Result<Desire
         };
         let source_path = RepoPath::new(item["source"].as_str().unwrap_or_default())
             .map_err(|e| invalid("source", e.to_string()))?;
-        let id = ResourceId { kind, name: name.clone() };
+        let id = ResourceId {
+            kind,
+            name: name.clone(),
+        };
         if let Some(first) = first_seen.get(&id) {
             return Err(ManifestError::Duplicate {
                 file: file.to_owned(),
@@ -214,9 +245,16 @@ enum Resolve {
 /// The content address of a resource: signed metadata wins; a pin in the
 /// manifest must agree with it. Only an unsigned source without a pin makes
 /// ferry hash the bytes itself.
-fn content_of(rev: &dyn VerifiedRevision, item: &Value, source: &RepoPath) -> Result<ContentRef, Resolve> {
+fn content_of(
+    rev: &dyn VerifiedRevision,
+    item: &Value,
+    source: &RepoPath,
+) -> Result<ContentRef, Resolve> {
     let pin_sha = match item.get("sha256").and_then(Value::as_str) {
-        Some(s) => Some(s.parse::<Sha256>().map_err(|e| Resolve::Invalid("sha256", e.to_string()))?),
+        Some(s) => Some(
+            s.parse::<Sha256>()
+                .map_err(|e| Resolve::Invalid("sha256", e.to_string()))?,
+        ),
         None => None,
     };
     let pin_len = item.get("length").and_then(Value::as_u64);
@@ -279,10 +317,17 @@ mod tests {
 
     #[test]
     fn syntax_errors_have_line_and_column() {
-        let e = parse("ferry.yaml", b"apiVersion: ferry.dev/v1\nresources:\n  - kind: file\n   path: x\n").unwrap_err();
+        let e = parse(
+            "ferry.yaml",
+            b"apiVersion: ferry.dev/v1\nresources:\n  - kind: file\n   path: x\n",
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, ManifestError::Syntax { line: 4, .. }), "{msg}");
-        assert!(msg.starts_with("manifest ferry.yaml: line 4, column"), "{msg}");
+        assert!(
+            msg.starts_with("manifest ferry.yaml: line 4, column"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -305,8 +350,12 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_named() {
-        let doc = json!({"apiVersion": "ferry.dev/v1", "resources": [{"kind": "docker", "name": "x"}]});
+        let doc =
+            json!({"apiVersion": "ferry.dev/v1", "resources": [{"kind": "docker", "name": "x"}]});
         let e = check("m.yaml", &doc).unwrap_err().to_string();
-        assert_eq!(e, "manifest m.yaml: /resources/0/kind: unknown resource kind \"docker\" (known: file)");
+        assert_eq!(
+            e,
+            "manifest m.yaml: /resources/0/kind: unknown resource kind \"docker\" (known: file)"
+        );
     }
 }

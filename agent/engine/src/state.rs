@@ -24,10 +24,18 @@ pub enum StateError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("state database {path} is corrupt: {detail} (restore it from a backup or move it aside)")]
+    #[error(
+        "state database {path} is corrupt: {detail} (restore it from a backup or move it aside)"
+    )]
     Corrupt { path: PathBuf, detail: String },
-    #[error("state database {path} has schema version {found}, newer than this ferry understands ({known})")]
-    TooNew { path: PathBuf, found: i64, known: i64 },
+    #[error(
+        "state database {path} has schema version {found}, newer than this ferry understands ({known})"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("state database {path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -165,14 +173,17 @@ impl Db {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let conn = Connection::open_with_flags(path, flags).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
         let mut db = Db {
             conn,
             path: path.to_path_buf(),
         };
         db.check_integrity()?;
         db.conn
-            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )
             .map_err(err)?;
         db.migrate()?;
         Ok(db)
@@ -249,7 +260,8 @@ impl Db {
             };
             let tx = self.conn.transaction().map_err(err)?;
             tx.execute_batch(sql).map_err(err)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1).map_err(err)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(err)?;
             tx.commit().map_err(err)?;
         }
         Ok(())
@@ -300,7 +312,11 @@ impl Db {
     }
 
     /// Records `to` as current (and the old current as previous), inside `tx`.
-    pub fn set_current(tx: &Transaction<'_>, from: Option<u64>, to: Option<u64>) -> rusqlite::Result<()> {
+    pub fn set_current(
+        tx: &Transaction<'_>,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> rusqlite::Result<()> {
         meta_set_opt(tx, "current_generation", to)?;
         if from != to {
             meta_set_opt(tx, "previous_generation", from)?;
@@ -309,7 +325,11 @@ impl Db {
     }
 
     /// Sets the current and previous generation exactly, inside `tx`.
-    pub fn restore_current(tx: &Transaction<'_>, current: Option<u64>, previous: Option<u64>) -> rusqlite::Result<()> {
+    pub fn restore_current(
+        tx: &Transaction<'_>,
+        current: Option<u64>,
+        previous: Option<u64>,
+    ) -> rusqlite::Result<()> {
         meta_set_opt(tx, "current_generation", current)?;
         meta_set_opt(tx, "previous_generation", previous)
     }
@@ -317,7 +337,11 @@ impl Db {
     /// Allocates the next generation number (never reused), inside `tx`.
     pub fn allocate_generation(tx: &Transaction<'_>) -> rusqlite::Result<u64> {
         let last: Option<String> = tx
-            .query_row("SELECT value FROM meta WHERE key = 'last_generation'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'last_generation'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         let n = last.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
         meta_set(tx, "last_generation", &n.to_string())?;
@@ -413,8 +437,12 @@ impl Db {
         };
         let mut set = ResourceSet::new();
         for (kind, name, sha, length, settings) in rows {
-            let kind: Kind = kind.parse().map_err(|e| invalid(format!("generation {generation}: {e}")))?;
-            let sha256: Sha256 = sha.parse().map_err(|e| invalid(format!("generation {generation}: {e}")))?;
+            let kind: Kind = kind
+                .parse()
+                .map_err(|e| invalid(format!("generation {generation}: {e}")))?;
+            let sha256: Sha256 = sha
+                .parse()
+                .map_err(|e| invalid(format!("generation {generation}: {e}")))?;
             let settings = serde_json::from_str(&settings)
                 .map_err(|e| invalid(format!("generation {generation} {name}: settings: {e}")))?;
             set.insert(Resource {
@@ -455,8 +483,7 @@ impl Db {
         })
     }
 
-    const TRANSITION_COLUMNS: &'static str =
-        "id, kind, phase, from_gen, to_gen, revision, actor, details, error, started_ms, updated_ms";
+    const TRANSITION_COLUMNS: &'static str = "id, kind, phase, from_gen, to_gen, revision, actor, details, error, started_ms, updated_ms";
 
     /// Transitions not in a terminal phase, oldest first.
     pub fn open_transitions(&self) -> Result<Vec<TransitionRow>, StateError> {
@@ -544,7 +571,11 @@ impl Db {
         Self::audit_transition(tx, t, error)
     }
 
-    fn audit_transition(tx: &Transaction<'_>, t: &TransitionRow, error: Option<&str>) -> rusqlite::Result<()> {
+    fn audit_transition(
+        tx: &Transaction<'_>,
+        t: &TransitionRow,
+        error: Option<&str>,
+    ) -> rusqlite::Result<()> {
         let mut details = serde_json::json!({
             "transition": t.id,
             "kind": t.kind.as_str(),
@@ -587,7 +618,12 @@ impl Db {
         Ok(())
     }
 
-    pub fn mark_activation(tx: &Transaction<'_>, transition: i64, seq: u64, undone: bool) -> rusqlite::Result<()> {
+    pub fn mark_activation(
+        tx: &Transaction<'_>,
+        transition: i64,
+        seq: u64,
+        undone: bool,
+    ) -> rusqlite::Result<()> {
         let col = if undone { "undone" } else { "done" };
         tx.execute(
             &format!("UPDATE activations SET {col} = 1 WHERE transition = ?1 AND seq = ?2"),
@@ -602,7 +638,9 @@ impl Db {
             .prepare("SELECT seq, step, undo, done, undone FROM activations WHERE transition = ?1 ORDER BY seq")
             .map_err(self.err())?;
         let rows: Vec<(i64, String, String, i64, i64)> = stmt
-            .query_map([transition], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_map([transition], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .and_then(|rows| rows.collect())
             .map_err(self.err())?;
         rows.into_iter()
@@ -629,16 +667,20 @@ impl Db {
     /// Appends an audit entry inside `tx`, chaining it to the recorded head.
     pub fn append_audit(tx: &Transaction<'_>, ev: &AuditEvent<'_>) -> rusqlite::Result<()> {
         let head_seq: u64 = tx
-            .query_row("SELECT value FROM meta WHERE key = 'audit_head_seq'", [], |r| {
-                r.get::<_, String>(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'audit_head_seq'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let prev_hash: Sha256 = tx
-            .query_row("SELECT value FROM meta WHERE key = 'audit_head_hash'", [], |r| {
-                r.get::<_, String>(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'audit_head_hash'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .optional()?
             .and_then(|v| v.parse().ok())
             .unwrap_or(Sha256::ZERO);
@@ -688,7 +730,15 @@ impl Db {
             .map_err(self.err())?;
         let rows: Vec<(i64, i64, Option<i64>, String, String, String, String)> = stmt
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
             })
             .and_then(|rows| rows.collect())
             .map_err(self.err())?;
@@ -729,7 +779,9 @@ fn meta_set(tx: &Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<()
 fn meta_set_opt(tx: &Transaction<'_>, key: &str, value: Option<u64>) -> rusqlite::Result<()> {
     match value {
         Some(v) => meta_set(tx, key, &v.to_string()),
-        None => tx.execute("DELETE FROM meta WHERE key = ?1", [key]).map(|_| ()),
+        None => tx
+            .execute("DELETE FROM meta WHERE key = ?1", [key])
+            .map(|_| ()),
     }
 }
 

@@ -50,7 +50,9 @@ impl StoreError {
     pub fn is_verification(&self) -> bool {
         matches!(
             self,
-            StoreError::Truncated { .. } | StoreError::TooLong { .. } | StoreError::HashMismatch { .. }
+            StoreError::Truncated { .. }
+                | StoreError::TooLong { .. }
+                | StoreError::HashMismatch { .. }
         )
     }
 }
@@ -93,7 +95,9 @@ impl<R: Read> Read for VerifyingReader<R> {
         // Ask for at most one byte more than is still allowed, so an overlong
         // stream is caught without reading it all.
         let remaining = self.expected.length - self.count;
-        let want = buf.len().min(usize::try_from(remaining.saturating_add(1)).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(remaining.saturating_add(1)).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > remaining {
             return Err(self.fail(StoreError::TooLong {
@@ -165,7 +169,12 @@ impl Store {
 
     /// Streams `src` into the store as the blob `expected`. `what` names the
     /// content in errors. A blob already present is not read again.
-    pub fn put(&self, src: &mut dyn Read, expected: ContentRef, what: &str) -> Result<PathBuf, StoreError> {
+    pub fn put(
+        &self,
+        src: &mut dyn Read,
+        expected: ContentRef,
+        what: &str,
+    ) -> Result<PathBuf, StoreError> {
         let dest = self.path(&expected.sha256);
         if dest.is_file() {
             return Ok(dest);
@@ -204,12 +213,13 @@ impl Store {
             if n == 0 {
                 break;
             }
-            fail_point!(fp::STORE_WRITE, |_| Err(io_err(io::Error::from_raw_os_error(
-                libc::ENOSPC
-            ))));
+            fail_point!(fp::STORE_WRITE, |_| Err(io_err(
+                io::Error::from_raw_os_error(libc::ENOSPC)
+            )));
             f.write_all(&buf[..n]).map_err(io_err)?;
         }
-        f.set_permissions(fs::Permissions::from_mode(0o444)).map_err(io_err)?;
+        f.set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(io_err)?;
         f.sync_all().map_err(io_err)?;
         drop(f);
         fail_point!(fp::STORE_BEFORE_RENAME);
@@ -238,7 +248,11 @@ impl Store {
                 }
             }
         })?;
-        Ok(VerifyingReader::new(f, content, format!("store blob {}", content.sha256)))
+        Ok(VerifyingReader::new(
+            f,
+            content,
+            format!("store blob {}", content.sha256),
+        ))
     }
 
     /// Digests of the blobs present, and names of leftover temp files.
@@ -286,7 +300,10 @@ mod tests {
         let c = ContentRef::of(data);
         let p = s.put(&mut &data[..], c, "t").unwrap();
         assert_eq!(fs::read(&p).unwrap(), data);
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o444);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
         let mut back = Vec::new();
         s.open_verified(c).unwrap().read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
@@ -329,7 +346,14 @@ mod tests {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&p, b"CONTENT").unwrap();
         let mut out = Vec::new();
-        let e = s.open_verified(c).unwrap().read_to_end(&mut out).unwrap_err();
-        assert!(matches!(store_error("x", e), StoreError::HashMismatch { .. }));
+        let e = s
+            .open_verified(c)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert!(matches!(
+            store_error("x", e),
+            StoreError::HashMismatch { .. }
+        ));
     }
 }

@@ -49,7 +49,10 @@ impl FileActivator {
         let mut parts = rel.components().peekable();
         while let Some(c) = parts.next() {
             let Component::Normal(part) = c else {
-                return Err(ActivateError::new(format!("file {name}"), "path must be normalised (no `.` or `..`)"));
+                return Err(ActivateError::new(
+                    format!("file {name}"),
+                    "path must be normalised (no `.` or `..`)",
+                ));
             };
             dest.push(part);
             if parts.peek().is_some() {
@@ -67,21 +70,39 @@ impl FileActivator {
     }
 
     fn mode(resource: &Resource) -> Result<u32, ActivateError> {
-        let text = resource.settings.get("mode").and_then(Value::as_str).unwrap_or("0644");
-        let bits = u32::from_str_radix(text, 8).map_err(|e| ActivateError::new(resource.id(), format!("mode {text:?}: {e}")))?;
+        let text = resource
+            .settings
+            .get("mode")
+            .and_then(Value::as_str)
+            .unwrap_or("0644");
+        let bits = u32::from_str_radix(text, 8)
+            .map_err(|e| ActivateError::new(resource.id(), format!("mode {text:?}: {e}")))?;
         if bits & !0o777 != 0 {
-            return Err(ActivateError::new(resource.id(), format!("mode {text} has special bits")));
+            return Err(ActivateError::new(
+                resource.id(),
+                format!("mode {text} has special bits"),
+            ));
         }
         Ok(bits)
     }
 
-    fn install(&self, dest: &Path, content: ContentRef, mode: u32, store: &Store, what: &str) -> Result<(), ActivateError> {
+    fn install(
+        &self,
+        dest: &Path,
+        content: ContentRef,
+        mode: u32,
+        store: &Store,
+        what: &str,
+    ) -> Result<(), ActivateError> {
         let fail = |m: String| ActivateError::new(what, m);
         if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(|e| fail(format!("creating {}: {e}", parent.display())))?;
+            fs::create_dir_all(parent)
+                .map_err(|e| fail(format!("creating {}: {e}", parent.display())))?;
         }
         // The blob is re-verified while copied, so a damaged store is caught.
-        let mut reader = store.open_verified(content).map_err(|e| fail(e.to_string()))?;
+        let mut reader = store
+            .open_verified(content)
+            .map_err(|e| fail(e.to_string()))?;
         write_atomic(dest, mode, &mut reader).map_err(|e| {
             if e.kind() == io::ErrorKind::InvalidData {
                 fail(store_error(what, e).to_string())
@@ -103,12 +124,22 @@ impl Activator for FileActivator {
         let what = step.id.to_string();
         let previous = match fs::symlink_metadata(&dest) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(ActivateError::new(&what, format!("stat {}: {e}", dest.display()))),
+            Err(e) => {
+                return Err(ActivateError::new(
+                    &what,
+                    format!("stat {}: {e}", dest.display()),
+                ));
+            }
             Ok(m) if !m.is_file() => {
-                return Err(ActivateError::new(&what, format!("{} exists and is not a regular file", dest.display())));
+                return Err(ActivateError::new(
+                    &what,
+                    format!("{} exists and is not a regular file", dest.display()),
+                ));
             }
             Ok(m) => {
-                let data = fs::read(&dest).map_err(|e| ActivateError::new(&what, format!("reading {}: {e}", dest.display())))?;
+                let data = fs::read(&dest).map_err(|e| {
+                    ActivateError::new(&what, format!("reading {}: {e}", dest.display()))
+                })?;
                 let content = store
                     .put_bytes(&data, &format!("previous content of {}", dest.display()))
                     .map_err(|e| ActivateError::new(&what, e))?;
@@ -125,8 +156,12 @@ impl Activator for FileActivator {
         let dest = self.destination(&step.id.name)?;
         let what = step.id.to_string();
         match (step.op, &step.to) {
-            (Op::Add | Op::Change, Some(to)) => self.install(&dest, to.content, Self::mode(to)?, store, &what),
-            (Op::Remove, _) => remove_durable(&dest).map_err(|e| ActivateError::new(&what, format!("removing {}: {e}", dest.display()))),
+            (Op::Add | Op::Change, Some(to)) => {
+                self.install(&dest, to.content, Self::mode(to)?, store, &what)
+            }
+            (Op::Remove, _) => remove_durable(&dest).map_err(|e| {
+                ActivateError::new(&what, format!("removing {}: {e}", dest.display()))
+            }),
             _ => Err(ActivateError::new(&what, "step has no target resource")),
         }
     }
@@ -134,10 +169,13 @@ impl Activator for FileActivator {
     fn undo(&self, step: &Step, undo: &Value, store: &Store) -> Result<(), ActivateError> {
         let dest = self.destination(&step.id.name)?;
         let what = step.id.to_string();
-        let undo: Undo = serde_json::from_value(undo.clone()).map_err(|e| ActivateError::new(&what, format!("undo record: {e}")))?;
+        let undo: Undo = serde_json::from_value(undo.clone())
+            .map_err(|e| ActivateError::new(&what, format!("undo record: {e}")))?;
         match undo.previous {
             Some(prev) => self.install(&dest, prev.content, prev.mode & 0o777, store, &what),
-            None => remove_durable(&dest).map_err(|e| ActivateError::new(&what, format!("removing {}: {e}", dest.display()))),
+            None => remove_durable(&dest).map_err(|e| {
+                ActivateError::new(&what, format!("removing {}: {e}", dest.display()))
+            }),
         }
     }
 
@@ -159,7 +197,10 @@ mod tests {
     fn step(op: Op, name: &str, to: Option<ContentRef>) -> Step {
         Step {
             op,
-            id: ResourceId { kind: Kind::File, name: name.into() },
+            id: ResourceId {
+                kind: Kind::File,
+                name: name.into(),
+            },
             from: None,
             to: to.map(|content| Resource {
                 kind: Kind::File,
@@ -185,11 +226,25 @@ mod tests {
         let undo = act.prepare(&s, &store).unwrap();
         act.apply(&s, &store).unwrap();
         assert_eq!(fs::read_to_string(root.join("etc/a.conf")).unwrap(), "new");
-        assert_eq!(fs::metadata(root.join("etc/a.conf")).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(root.join("etc/a.conf"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o640
+        );
         act.undo(&s, &undo, &store).unwrap();
         act.undo(&s, &undo, &store).unwrap();
         assert_eq!(fs::read_to_string(root.join("etc/a.conf")).unwrap(), "old");
-        assert_eq!(fs::metadata(root.join("etc/a.conf")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(root.join("etc/a.conf"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
 
         // A new file is removed again on undo, also when apply never ran.
         let s = step(Op::Add, "/etc/new/b.conf", Some(new));
@@ -207,7 +262,9 @@ mod tests {
         let root = dir.path().join("root");
         fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(dir.path(), root.join("etc")).unwrap();
-        let e = FileActivator::new(&root).destination("/etc/passwd").unwrap_err();
+        let e = FileActivator::new(&root)
+            .destination("/etc/passwd")
+            .unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
     }
 }

@@ -29,7 +29,11 @@ impl DirSource {
     pub fn new(root: impl Into<PathBuf>, manifest: RepoPath) -> Self {
         let root = root.into();
         let name = format!("dir:{}", root.display());
-        DirSource { root, manifest, name }
+        DirSource {
+            root,
+            manifest,
+            name,
+        }
     }
 
     fn io(&self, what: impl Into<String>, source: io::Error) -> SourceError {
@@ -55,13 +59,25 @@ impl DirSource {
         Ok(format!("dir-{}", hex::encode(&h.finalize()[..10])))
     }
 
-    fn walk(&self, dir: &Path, prefix: String, out: &mut Vec<(String, Sha256)>) -> Result<(), SourceError> {
-        let read = fs::read_dir(dir).map_err(|e| self.io(format!("listing {}", dir.display()), e))?;
+    fn walk(
+        &self,
+        dir: &Path,
+        prefix: String,
+        out: &mut Vec<(String, Sha256)>,
+    ) -> Result<(), SourceError> {
+        let read =
+            fs::read_dir(dir).map_err(|e| self.io(format!("listing {}", dir.display()), e))?;
         for entry in read {
             let entry = entry.map_err(|e| self.io(format!("listing {}", dir.display()), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-            let ft = entry.file_type().map_err(|e| self.io(format!("stat {rel}"), e))?;
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let ft = entry
+                .file_type()
+                .map_err(|e| self.io(format!("stat {rel}"), e))?;
             if ft.is_dir() {
                 if !name.starts_with('.') {
                     self.walk(&entry.path(), rel, out)?;
@@ -74,12 +90,14 @@ impl DirSource {
                         reason: format!("more than {MAX_FILES} files in the tree"),
                     });
                 }
-                let mut f = File::open(entry.path()).map_err(|e| self.io(format!("opening {rel}"), e))?;
+                let mut f =
+                    File::open(entry.path()).map_err(|e| self.io(format!("opening {rel}"), e))?;
                 let mut h = sha2::Sha256::new();
                 io::copy(&mut f, &mut h).map_err(|e| self.io(format!("reading {rel}"), e))?;
                 out.push((rel, Sha256::from_bytes(h.finalize().into())));
             } else if ft.is_symlink() {
-                let target = fs::read_link(entry.path()).map_err(|e| self.io(format!("readlink {rel}"), e))?;
+                let target = fs::read_link(entry.path())
+                    .map_err(|e| self.io(format!("readlink {rel}"), e))?;
                 out.push((rel, Sha256::of(target.as_os_str().as_encoded_bytes())));
             }
         }
@@ -96,7 +114,9 @@ impl DirSource {
                     return Err(SourceError::Refused {
                         source_name: self.name.clone(),
                         path: path.to_string(),
-                        reason: "is or passes through a symlink, which the dir source does not follow".to_owned(),
+                        reason:
+                            "is or passes through a symlink, which the dir source does not follow"
+                                .to_owned(),
                     });
                 }
                 Ok(_) => {}
@@ -115,7 +135,8 @@ impl DirSource {
 
 impl Source for DirSource {
     fn fetch(&self) -> Result<Box<dyn VerifiedRevision + '_>, SourceError> {
-        let meta = fs::metadata(&self.root).map_err(|e| self.io("opening the source directory", e))?;
+        let meta =
+            fs::metadata(&self.root).map_err(|e| self.io("opening the source directory", e))?;
         if !meta.is_dir() {
             return Err(self.io(
                 "opening the source directory",
@@ -164,7 +185,11 @@ impl VerifiedRevision for DirRevision<'_> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&full)
             .map_err(|e| self.source.io(format!("opening {path}"), e))?;
-        if !f.metadata().map_err(|e| self.source.io(format!("stat {path}"), e))?.is_file() {
+        if !f
+            .metadata()
+            .map_err(|e| self.source.io(format!("stat {path}"), e))?
+            .is_file()
+        {
             return Err(SourceError::Refused {
                 source_name: self.source.name.clone(),
                 path: path.to_string(),
@@ -199,11 +224,17 @@ mod tests {
         let rev = src.fetch().unwrap();
         assert_ne!(rev.id(), id1);
         let mut s = String::new();
-        rev.open(&rp("files/a")).unwrap().read_to_string(&mut s).unwrap();
+        rev.open(&rp("files/a"))
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "b");
         let e = rev.open(&rp("files/link")).err().unwrap().to_string();
         assert!(e.contains("symlink"), "{e}");
-        assert!(matches!(rev.open(&rp("nope")).err().unwrap(), SourceError::NotFound { .. }));
+        assert!(matches!(
+            rev.open(&rp("nope")).err().unwrap(),
+            SourceError::NotFound { .. }
+        ));
         let e = rev.read_small(&rp("files/a"), 0).unwrap_err();
         assert!(matches!(e, SourceError::TooLarge { .. }));
     }

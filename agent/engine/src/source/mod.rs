@@ -60,11 +60,13 @@ pub trait VerifiedRevision {
     fn read_small(&self, path: &RepoPath, limit: u64) -> Result<Vec<u8>, SourceError> {
         let mut buf = Vec::new();
         let mut reader = self.open(path)?.take(limit + 1);
-        reader.read_to_end(&mut buf).map_err(|source| SourceError::Io {
-            source_name: self.source_name().to_owned(),
-            what: format!("reading {path}"),
-            source,
-        })?;
+        reader
+            .read_to_end(&mut buf)
+            .map_err(|source| SourceError::Io {
+                source_name: self.source_name().to_owned(),
+                what: format!("reading {path}"),
+                source,
+            })?;
         if buf.len() as u64 > limit {
             return Err(SourceError::TooLarge {
                 source_name: self.source_name().to_owned(),
@@ -93,9 +95,11 @@ pub fn from_config(config: &crate::Config) -> Result<Box<dyn Source>, crate::con
                 key: "source.dir.path",
                 message: "required when source.kind = \"dir\"".to_owned(),
             })?;
-            let manifest = RepoPath::new(config.source.dir.manifest.clone()).map_err(|e| ConfigError::Invalid {
-                key: "source.dir.manifest",
-                message: e.to_string(),
+            let manifest = RepoPath::new(config.source.dir.manifest.clone()).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "source.dir.manifest",
+                    message: e.to_string(),
+                }
             })?;
             Ok(Box::new(dir::DirSource::new(path, manifest)))
         }

@@ -1,0 +1,228 @@
+//! Helpers for the end-to-end tests: a fixture with a dir-source repository,
+//! a files root and a state directory in a temp dir, and the real `ferry`
+//! binary run against it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// One file resource of a test revision: destination, content, mode.
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    pub path: &'static str,
+    pub content: String,
+    pub mode: &'static str,
+}
+
+pub fn file(path: &'static str, content: &str, mode: &'static str) -> FileSpec {
+    FileSpec {
+        path,
+        content: content.to_owned(),
+        mode,
+    }
+}
+
+/// What the files root should contain: relative path → (content, mode).
+pub type Snapshot = BTreeMap<String, (Vec<u8>, u32)>;
+
+pub fn expected(files: &[FileSpec]) -> Snapshot {
+    files
+        .iter()
+        .map(|f| {
+            (
+                f.path.trim_start_matches('/').to_owned(),
+                (
+                    f.content.clone().into_bytes(),
+                    u32::from_str_radix(f.mode, 8).unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+pub fn manifest(files: &[FileSpec]) -> String {
+    let mut m = String::from("apiVersion: ferry.dev/v1\nresources:\n");
+    for (i, f) in files.iter().enumerate() {
+        m.push_str(&format!(
+            "  - kind: file\n    path: {}\n    source: files/{i}\n    mode: \"{}\"\n",
+            f.path, f.mode
+        ));
+    }
+    m
+}
+
+#[derive(Debug)]
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-test-")
+            .tempdir()
+            .unwrap();
+        let repo = dir.path().join("repo");
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        fs::create_dir_all(&repo).unwrap();
+        fs::create_dir_all(&root).unwrap();
+        let config = dir.path().join("ferry.toml");
+        fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\n[source]\nkind = \"dir\"\n[source.dir]\npath = {repo:?}\ninsecure = true\n[files]\nroot = {root:?}\n"
+            ),
+        )
+        .unwrap();
+        Fixture {
+            dir,
+            repo,
+            root,
+            state,
+            config,
+        }
+    }
+
+    /// Publishes a revision made of `files` (replacing the previous one).
+    pub fn publish(&self, files: &[FileSpec]) {
+        self.publish_raw(
+            &manifest(files),
+            &files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (format!("files/{i}"), f.content.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+
+    /// Publishes a raw manifest and source files.
+    pub fn publish_raw(&self, manifest: &str, files: &[(String, String)]) {
+        fs::remove_dir_all(&self.repo).unwrap();
+        fs::create_dir_all(self.repo.join("files")).unwrap();
+        fs::write(self.repo.join("ferry.yaml"), manifest).unwrap();
+        for (path, content) in files {
+            let p = self.repo.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, content).unwrap();
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(FERRY);
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("FAILPOINTS")
+            .env_remove("FERRY_CRASH_AT")
+            .env_remove("FERRY_STATE_DIR");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed ({:?}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    /// The generation the `current` link names; panics if it dangles.
+    pub fn current_link(&self) -> Option<u64> {
+        let link = self.state.join("current");
+        let target = match fs::read_link(&link) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("reading {}: {e}", link.display()),
+        };
+        let n: u64 = target
+            .strip_prefix("generations")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            self.state
+                .join("generations")
+                .join(n.to_string())
+                .join("manifest.json")
+                .is_file(),
+            "`current` -> {} dangles",
+            target.display()
+        );
+        Some(n)
+    }
+
+    /// Every regular file under the files root with its content and mode.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut out = Snapshot::new();
+        walk(&self.root, &self.root, &mut out);
+        out
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.state.join("state.db")).unwrap()
+    }
+
+    pub fn integrity_ok(&self) -> bool {
+        let r: String = self
+            .db()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        r == "ok"
+    }
+
+    /// Files in the store that are not complete blobs (temp leftovers).
+    pub fn store_leftovers(&self) -> Vec<String> {
+        match fs::read_dir(self.state.join("store")) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.len() != 64)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut Snapshot) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            walk(base, &p, out);
+        } else {
+            let mode = fs::symlink_metadata(&p).unwrap().permissions().mode() & 0o7777;
+            out.insert(
+                p.strip_prefix(base).unwrap().to_string_lossy().into_owned(),
+                (fs::read(&p).unwrap(), mode),
+            );
+        }
+    }
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,327 @@
+//! Crash safety: the real binary is killed at every failpoint of apply,
+//! rollback and gc, by abort(3) at the failpoint and by SIGKILL while it
+//! waits there. After a restart, `current` names exactly the old or the new
+//! generation and the files on disk are exactly that generation's, the
+//! database passes `PRAGMA integrity_check`, the audit chain verifies, and
+//! another apply converges to an empty plan.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry_engine::failpoints as fp;
+
+fn rev_a() -> Vec<FileSpec> {
+    vec![
+        file("/etc/app/a.conf", "alpha v1\n", "0644"),
+        file("/etc/app/b.conf", "bravo v1\n", "0600"),
+        file("/etc/app/gone.conf", "removed in B\n", "0644"),
+    ]
+}
+
+fn rev_b() -> Vec<FileSpec> {
+    vec![
+        file("/etc/app/a.conf", "alpha v2\n", "0640"),
+        file("/etc/app/b.conf", "bravo v1\n", "0600"),
+        file("/etc/app/new/c.conf", "new in B\n", "0644"),
+    ]
+}
+
+fn rev_c() -> Vec<FileSpec> {
+    vec![file("/etc/app/a.conf", "alpha v3\n", "0644")]
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Abort,
+    Kill,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scenario {
+    /// gen 1 = A is current; `ferry apply` of B.
+    Apply,
+    /// gen 1 = A, gen 2 = B current; `ferry rollback` to 1.
+    Rollback,
+    /// gens 1..3 = A, B, C, 3 current; `ferry gc` collects 1.
+    Gc,
+}
+
+fn setup(s: Scenario) -> Fixture {
+    let f = Fixture::new();
+    f.publish(&rev_a());
+    f.ok(&["apply"]);
+    match s {
+        Scenario::Apply => f.publish(&rev_b()),
+        Scenario::Rollback => {
+            f.publish(&rev_b());
+            f.ok(&["apply"]);
+        }
+        Scenario::Gc => {
+            f.publish(&rev_b());
+            f.ok(&["apply"]);
+            f.publish(&rev_c());
+            f.ok(&["apply"]);
+        }
+    }
+    f
+}
+
+fn command(s: Scenario) -> &'static [&'static str] {
+    match s {
+        Scenario::Apply => &["apply"],
+        Scenario::Rollback => &["rollback"],
+        Scenario::Gc => &["gc"],
+    }
+}
+
+/// Runs the scenario's command, crashing the `nth` time it reaches
+/// failpoint `point`, with `failpoints` armed; asserts that it really
+/// crashed there.
+fn crash(f: &Fixture, s: Scenario, point: &str, nth: usize, mode: Mode, failpoints: Option<&str>) {
+    let how = match mode {
+        Mode::Abort => "abort",
+        Mode::Kill => "hang",
+    };
+    let spec = format!("{point}:{how}:{nth}");
+    let mut cmd = f.cmd(command(s));
+    cmd.env("FERRY_CRASH_AT", &spec);
+    if let Some(fps) = failpoints {
+        cmd.env("FAILPOINTS", fps);
+    }
+    match mode {
+        Mode::Abort => {
+            let out = cmd.output().unwrap();
+            assert_eq!(
+                out.status.signal(),
+                Some(6),
+                "{s:?} at {spec}: expected SIGABRT, got {:?}; stderr: {}",
+                out.status,
+                stderr(&out)
+            );
+        }
+        Mode::Kill => {
+            let mut child = cmd
+                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut seen = Vec::new();
+            let reached = loop {
+                match lines.next() {
+                    Some(Ok(l)) if l.contains("failpoint") && l.contains("reached") => break true,
+                    Some(Ok(l)) => seen.push(l),
+                    _ => break false,
+                }
+                assert!(Instant::now() < deadline, "timed out waiting for {spec}");
+            };
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            assert!(
+                reached,
+                "{s:?}: never reached {spec} ({status:?}); stderr: {seen:?}"
+            );
+            assert_eq!(status.signal(), Some(9));
+        }
+    }
+}
+
+/// The checks after a crash; returns the generation that survived.
+fn check_recovered(f: &Fixture, s: Scenario, label: &str) -> u64 {
+    // Before any restart: `current` must not dangle (checked by current_link).
+    let before = f.current_link();
+    let (old, new, old_files, new_files) = match s {
+        Scenario::Apply => (1, 2, rev_a(), rev_b()),
+        Scenario::Rollback => (2, 1, rev_b(), rev_a()),
+        Scenario::Gc => (3, 3, rev_c(), rev_c()),
+    };
+    assert!(
+        before == Some(old) || before == Some(new),
+        "{label}: current link {before:?} before restart"
+    );
+
+    let out = f.ok(&["recover"]);
+    assert!(out.contains("recovered"), "{label}: {out}");
+    let now = f
+        .current_link()
+        .unwrap_or_else(|| panic!("{label}: no current after recovery"));
+    assert!(
+        now == old || now == new,
+        "{label}: current {now} is neither {old} nor {new}"
+    );
+    let want = if now == old {
+        expected(&old_files)
+    } else {
+        expected(&new_files)
+    };
+    assert_eq!(
+        f.snapshot(),
+        want,
+        "{label}: files are not exactly generation {now}"
+    );
+
+    let status = f.json(&["status", "--json"]);
+    assert_eq!(
+        status["current"]["id"], now,
+        "{label}: database disagrees with link"
+    );
+    assert_eq!(
+        status["open_transitions"].as_array().unwrap().len(),
+        0,
+        "{label}: {status}"
+    );
+    assert!(f.integrity_ok(), "{label}: integrity_check");
+    f.ok(&["audit", "verify"]);
+    assert!(
+        f.store_leftovers().is_empty(),
+        "{label}: {:?}",
+        f.store_leftovers()
+    );
+    now
+}
+
+fn converge(f: &Fixture, s: Scenario, label: &str) {
+    match s {
+        Scenario::Gc => {
+            f.ok(&["gc"]);
+            let gens = f.json(&["generations", "--json"]);
+            let ids: Vec<u64> = gens
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["id"].as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                ids,
+                vec![2, 3],
+                "{label}: gc must keep current and previous only"
+            );
+        }
+        Scenario::Apply | Scenario::Rollback => {
+            f.ok(&["apply"]);
+        }
+    }
+    let out = f.run(&["plan", "--exit-code"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{label}: plan not empty after apply: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let files = if s == Scenario::Gc { rev_c() } else { rev_b() };
+    assert_eq!(f.snapshot(), expected(&files), "{label}: not converged");
+    f.ok(&["audit", "verify"]);
+    assert!(f.integrity_ok());
+}
+
+/// The failpoints each command passes through on its normal path.
+fn path_of(s: Scenario) -> Vec<&'static str> {
+    match s {
+        Scenario::Apply => vec![
+            fp::PLANNED,
+            fp::STORE_WRITE,
+            fp::STORE_BEFORE_RENAME,
+            fp::GENERATION_BEFORE_RENAME,
+            fp::STAGED,
+            fp::ACTIVATE_BEFORE_APPLY,
+            fp::ACTIVATE_AFTER_APPLY,
+            fp::SWITCH_BEFORE_RENAME,
+            fp::SWITCH_AFTER_RENAME,
+            fp::SWITCHED,
+        ],
+        Scenario::Rollback => vec![
+            fp::PLANNED,
+            fp::STAGED,
+            fp::ACTIVATE_BEFORE_APPLY,
+            fp::ACTIVATE_AFTER_APPLY,
+            fp::SWITCH_BEFORE_RENAME,
+            fp::SWITCH_AFTER_RENAME,
+            fp::SWITCHED,
+        ],
+        Scenario::Gc => vec![fp::GC_PLANNED, fp::GC_AFTER_GENERATION, fp::GC_AFTER_BLOB],
+    }
+}
+
+fn run_scenario(s: Scenario) {
+    for point in path_of(s) {
+        for mode in [Mode::Abort, Mode::Kill] {
+            let label = format!("{s:?} crash at {point} by {mode:?}");
+            let f = setup(s);
+            crash(&f, s, point, 1, mode, None);
+            check_recovered(&f, s, &label);
+            converge(&f, s, &label);
+        }
+    }
+}
+
+#[test]
+fn crash_during_apply_at_every_failpoint() {
+    run_scenario(Scenario::Apply);
+}
+
+#[test]
+fn crash_during_rollback_at_every_failpoint() {
+    run_scenario(Scenario::Rollback);
+}
+
+#[test]
+fn crash_during_gc_at_every_failpoint() {
+    run_scenario(Scenario::Gc);
+}
+
+#[test]
+fn crash_between_activations_is_undone() {
+    // Killed after the second of three activations: a mixed state on disk
+    // that recovery must undo completely.
+    for point in [fp::ACTIVATE_BEFORE_APPLY, fp::ACTIVATE_AFTER_APPLY] {
+        for mode in [Mode::Abort, Mode::Kill] {
+            let label = format!("apply crash at 2nd {point} by {mode:?}");
+            let f = setup(Scenario::Apply);
+            crash(&f, Scenario::Apply, point, 2, mode, None);
+            let now = check_recovered(&f, Scenario::Apply, &label);
+            assert_eq!(now, 1, "{label}: an interrupted activation is undone");
+            converge(&f, Scenario::Apply, &label);
+        }
+    }
+}
+
+#[test]
+fn crash_while_undoing_a_failed_activation() {
+    // The third activation fails, the undo of the first two is interrupted:
+    // recovery finishes the undo.
+    for mode in [Mode::Abort, Mode::Kill] {
+        let label = format!("crash in undo by {mode:?}");
+        let f = setup(Scenario::Apply);
+        crash(
+            &f,
+            Scenario::Apply,
+            fp::UNDO_AFTER_STEP,
+            1,
+            mode,
+            Some("activate::before-apply=2*off->return"),
+        );
+        let now = check_recovered(&f, Scenario::Apply, &label);
+        assert_eq!(now, 1, "{label}");
+        converge(&f, Scenario::Apply, &label);
+    }
+}
+
+#[test]
+fn every_failpoint_is_exercised() {
+    let mut covered: Vec<&str> = [Scenario::Apply, Scenario::Rollback, Scenario::Gc]
+        .into_iter()
+        .flat_map(path_of)
+        .chain([fp::UNDO_AFTER_STEP])
+        .collect();
+    covered.sort_unstable();
+    covered.dedup();
+    let mut all = fp::ALL.to_vec();
+    all.sort_unstable();
+    assert_eq!(covered, all);
+}
