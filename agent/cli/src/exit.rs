@@ -2,6 +2,9 @@
 
 use std::process::ExitCode;
 
+use ferry_engine::config::ConfigError;
+use ferry_engine::manifest::ManifestError;
+use ferry_engine::source::SourceError;
 use ferry_engine::{EngineError, ErrorClass};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +23,22 @@ pub enum Code {
 
 impl Code {
     pub fn of(e: &anyhow::Error) -> Code {
-        match e.downcast_ref::<EngineError>().map(EngineError::class) {
+        let class = if let Some(e) = e.downcast_ref::<EngineError>() {
+            Some(e.class())
+        } else if e.is::<ConfigError>() {
+            Some(ErrorClass::Config)
+        } else if e.is::<ManifestError>() {
+            Some(ErrorClass::InvalidInput)
+        } else if let Some(e) = e.downcast_ref::<SourceError>() {
+            Some(if e.is_invalid_input() {
+                ErrorClass::InvalidInput
+            } else {
+                ErrorClass::Internal
+            })
+        } else {
+            None
+        };
+        match class {
             Some(ErrorClass::Internal) | None => Code::Internal,
             Some(ErrorClass::Config) => Code::Config,
             Some(ErrorClass::InvalidInput) => Code::InvalidInput,
