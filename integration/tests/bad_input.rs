@@ -2,6 +2,8 @@
 //! names what and where, and leaves the running generation, the files and
 //! the state exactly as they were.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::fs;

@@ -1,1 +1,286 @@
+//! The command-line interface end to end: demo, plan/apply/rollback/gc,
+//! JSON output, exit codes, and the README's promises.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+#[test]
+fn demo_runs_offline_without_root_and_ends_with_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(FERRY)
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    for needle in [
+        "switched nothing → generation 1",
+        "no changes (generation 1)",
+        "switched generation 1 → generation 2",
+        "switched generation 2 → generation 1",
+        "audit chain ok",
+        "generation:  1",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle:?} missing from demo output:\n{text}"
+        );
+    }
+    // The demo's files really are on disk, at generation 1's content.
+    let bridge =
+        fs::read_to_string(dir.path().join("root/etc/mosquitto/conf.d/bridge.conf")).unwrap();
+    assert!(bridge.contains("mqttv311"));
+    // And its state directory is a normal one the other commands read.
+    let status = std::process::Command::new(FERRY)
+        .args(["--config"])
+        .arg(dir.path().join("ferry.toml"))
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["current"]["id"], 1);
+    assert_eq!(v["previous"], 2);
+}
+
+#[test]
+fn readme_quick_start_is_exactly_two_commands_that_exist() {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let start = readme
+        .find("## Quick start")
+        .expect("README has a Quick start section");
+    let section = &readme[start..];
+    let block_start = section.find("```sh\n").expect("a sh block") + 6;
+    let block = &section[block_start..block_start + section[block_start..].find("```").unwrap()];
+    let commands: Vec<&str> = block
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect();
+    assert_eq!(
+        commands,
+        vec!["cargo run -p ferry -- demo", "integration/run-tests"],
+        "{block}"
+    );
+    let ci =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.ci/run")).unwrap();
+    assert!(
+        ci.contains("integration/run-tests"),
+        "CI runs the README's test command"
+    );
+}
+
+#[test]
+fn help_documents_commands_and_exit_codes() {
+    let out = std::process::Command::new(FERRY)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "status",
+        "plan",
+        "apply",
+        "generations",
+        "rollback",
+        "gc",
+        "audit",
+        "demo",
+        "recover",
+        "Exit codes:",
+        "7  an activation failed",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from --help");
+    }
+    let out = std::process::Command::new(FERRY)
+        .arg("bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn status_before_anything_is_applied() {
+    let f = Fixture::new();
+    let out = f.ok(&["status"]);
+    assert!(out.contains("nothing applied yet"), "{out}");
+    let v = f.json(&["status", "--json"]);
+    assert!(v["current"].is_null());
+    assert!(!f.state.exists(), "read-only commands create nothing");
+    let out = f.run(&["rollback"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing to roll back"));
+}
+
+#[test]
+fn plan_shows_changes_human_and_json_and_changes_nothing() {
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a", "1\n", "0644"), file("/etc/b", "1\n", "0644")]);
+    f.ok(&["apply"]);
+    f.publish(&[file("/etc/a", "2\n", "0600"), file("/etc/c", "1\n", "0644")]);
+    let human = f.ok(&["plan"]);
+    assert!(
+        human.contains("~ file /etc/a") && human.contains("mode changed"),
+        "{human}"
+    );
+    assert!(
+        human.contains("- file /etc/b") && human.contains("no longer desired"),
+        "{human}"
+    );
+    assert!(
+        human.contains("+ file /etc/c") && human.contains("new"),
+        "{human}"
+    );
+    assert!(
+        human.contains("1 to add, 1 to change, 1 to remove"),
+        "{human}"
+    );
+    let j = f.json(&["plan", "--json"]);
+    assert_eq!(
+        j["summary"],
+        serde_json::json!({"add": 1, "change": 1, "remove": 1})
+    );
+    let ops: Vec<&str> = j["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, vec!["change", "remove", "add"]);
+    assert_eq!(f.run(&["plan", "--exit-code"]).status.code(), Some(10));
+    // Nothing was applied by planning.
+    assert_eq!(fs::read_to_string(f.root.join("etc/a")).unwrap(), "1\n");
+    assert_eq!(f.current_link(), Some(1));
+}
+
+#[test]
+fn no_change_apply_records_no_transition_and_writes_no_blob() {
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a", "1\n", "0644")]);
+    f.ok(&["apply"]);
+    let audit = f
+        .json(&["audit", "list", "--json"])
+        .as_array()
+        .unwrap()
+        .len();
+    let store_before: Vec<_> = fs::read_dir(f.state.join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let j = f.json(&["apply", "--json"]);
+    assert_eq!(j["result"], "no-change");
+    assert_eq!(
+        f.json(&["audit", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        audit
+    );
+    let store_after: Vec<_> = fs::read_dir(f.state.join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(store_before, store_after);
+}
+
+#[test]
+fn rollback_to_any_generation_and_back() {
+    let f = Fixture::new();
+    for v in 1..=3 {
+        f.publish(&[file("/etc/a", &format!("{v}\n"), "0644")]);
+        f.ok(&["apply"]);
+    }
+    let j = f.json(&["rollback", "--to", "1", "--json"]);
+    assert_eq!(j["result"], "switched");
+    assert_eq!((j["from"].as_u64(), j["to"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(fs::read_to_string(f.root.join("etc/a")).unwrap(), "1\n");
+    // The previous generation is now 3: `rollback` alone goes back there.
+    f.ok(&["rollback"]);
+    assert_eq!(fs::read_to_string(f.root.join("etc/a")).unwrap(), "3\n");
+    assert_eq!(f.current_link(), Some(3));
+    let out = f.run(&["rollback", "--to", "3"]);
+    assert_eq!(out.status.code(), Some(8));
+    assert!(stderr(&out).contains("already current"));
+    let out = f.run(&["rollback", "--to", "42"]);
+    assert_eq!(out.status.code(), Some(8));
+    assert!(stderr(&out).contains("generation 42 does not exist"));
+}
+
+#[test]
+fn gc_keeps_current_previous_and_pinned() {
+    let f = Fixture::new();
+    for v in 1..=5 {
+        f.publish(&[
+            file("/etc/a", &format!("{v}\n"), "0644"),
+            file("/etc/const", "same\n", "0644"),
+        ]);
+        f.ok(&["apply"]);
+    }
+    f.ok(&["generations", "pin", "2"]);
+    let j = f.json(&["gc", "--json"]);
+    assert_eq!(j["generations"], serde_json::json!([1, 3]));
+    let gens = f.json(&["generations", "--json"]);
+    let ids: Vec<u64> = gens
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 4, 5]);
+    assert!(!f.state.join("generations/1").exists() && !f.state.join("generations/3").exists());
+    // Every blob left is referenced by a surviving generation, and every
+    // surviving generation can still be switched to.
+    let blobs = fs::read_dir(f.state.join("store")).unwrap().count();
+    assert_eq!(blobs, 4, "3 versions of /etc/a kept + the shared file");
+    f.ok(&["rollback", "--to", "2"]);
+    assert_eq!(fs::read_to_string(f.root.join("etc/a")).unwrap(), "2\n");
+    // gc with nothing to collect records nothing.
+    f.ok(&["generations", "unpin", "2"]);
+    let j = f.json(&["gc", "--json"]);
+    assert_eq!(
+        j["generations"],
+        serde_json::json!([4]),
+        "current 2, previous 5 stay"
+    );
+    let j = f.json(&["gc", "--json"]);
+    assert_eq!(j["generations"], serde_json::json!([]));
+    f.ok(&["audit", "verify"]);
+}
+
+#[test]
+fn generations_listing_marks_current_previous_and_pinned() {
+    let f = Fixture::new();
+    for v in 1..=2 {
+        f.publish(&[file("/etc/a", &format!("{v}\n"), "0644")]);
+        f.ok(&["apply"]);
+    }
+    f.ok(&["generations", "pin", "1"]);
+    let text = f.ok(&["generations"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[1].contains("previous") && lines[1].contains("pin"),
+        "{text}"
+    );
+    assert!(lines[2].contains("current"), "{text}");
+    let out = f.run(&["generations", "pin", "9"]);
+    assert_eq!(out.status.code(), Some(8));
+}
+
+#[test]
+fn state_dir_flag_and_env_override_config() {
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a", "1\n", "0644")]);
+    let other = f.dir.path().join("other-state");
+    f.cmd(&["apply"])
+        .env("FERRY_STATE_DIR", &other)
+        .output()
+        .unwrap();
+    assert!(other.join("state.db").is_file());
+    assert!(!f.state.exists());
+}

@@ -5,6 +5,8 @@
 //! database passes `PRAGMA integrity_check`, the audit chain verifies, and
 //! another apply converges to an empty plan.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::io::{BufRead, BufReader};

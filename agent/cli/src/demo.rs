@@ -80,6 +80,16 @@ fn show_transitions(engine: &Engine, seen: usize) -> Result<usize> {
     Ok(entries.len())
 }
 
+fn show_last_line(path: &Path) -> Result<()> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    println!(
+        "    {}: {}",
+        path.display(),
+        text.lines().last().unwrap_or_default()
+    );
+    Ok(())
+}
+
 pub fn run(dir: Option<&Path>) -> Result<Code> {
     let temp;
     let base: PathBuf = match dir {
@@ -132,26 +142,12 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     output::outcome(&engine.apply(&*src)?, false)?;
     seen = show_transitions(&engine, seen)?;
     let bridge = root.join("etc/mosquitto/conf.d/bridge.conf");
-    println!(
-        "    {}: {}",
-        bridge.display(),
-        fs::read_to_string(&bridge)?
-            .lines()
-            .last()
-            .unwrap_or_default()
-    );
+    show_last_line(&bridge)?;
 
     println!("\n4. an operator rolls back to the previous generation:");
     output::outcome(&engine.rollback(None)?, false)?;
     seen = show_transitions(&engine, seen)?;
-    println!(
-        "    {}: {}",
-        bridge.display(),
-        fs::read_to_string(&bridge)?
-            .lines()
-            .last()
-            .unwrap_or_default()
-    );
+    show_last_line(&bridge)?;
     let _ = seen;
 
     println!("\n5. the audit chain verifies:");

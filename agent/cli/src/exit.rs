@@ -29,14 +29,14 @@ impl Code {
             Some(ErrorClass::Config)
         } else if e.is::<ManifestError>() {
             Some(ErrorClass::InvalidInput)
-        } else if let Some(e) = e.downcast_ref::<SourceError>() {
-            Some(if e.is_invalid_input() {
-                ErrorClass::InvalidInput
-            } else {
-                ErrorClass::Internal
-            })
         } else {
-            None
+            e.downcast_ref::<SourceError>().map(|e| {
+                if e.is_invalid_input() {
+                    ErrorClass::InvalidInput
+                } else {
+                    ErrorClass::Internal
+                }
+            })
         };
         match class {
             Some(ErrorClass::Internal) | None => Code::Internal,

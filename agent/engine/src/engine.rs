@@ -224,24 +224,9 @@ impl Engine {
                 &details,
             )
         })?;
-        let to = t.to_gen.expect("apply transitions have a target");
         fail_point!(fp::PLANNED);
-        if let Err(e) = self.stage(&mut t, rev, desired) {
-            self.fail(&mut t, &e);
-            return Err(e);
-        }
-        fail_point!(fp::STAGED);
-        self.activate_and_switch(&mut t, &p, to)?;
-        let (added, changed, removed) = p.counts();
-        Ok(ApplyOutcome::Switched {
-            transition: t.id,
-            from,
-            to,
-            revision: rev.id().to_owned(),
-            added,
-            changed,
-            removed,
-        })
+        let staged = self.stage(&mut t, rev, desired);
+        self.complete(t, &p, staged)
     }
 
     fn stage(
@@ -336,18 +321,32 @@ impl Engine {
             }
             self.advance(&mut t, Phase::Staged, None)
         })();
+        self.complete(t, &p, staged)
+    }
+
+    /// The common end of apply and rollback: record a staging failure, or
+    /// activate, switch and confirm.
+    fn complete(
+        &mut self,
+        mut t: TransitionRow,
+        p: &Plan,
+        staged: Result<()>,
+    ) -> Result<ApplyOutcome> {
         if let Err(e) = staged {
             self.fail(&mut t, &e);
             return Err(e);
         }
         fail_point!(fp::STAGED);
-        self.activate_and_switch(&mut t, &p, target)?;
+        let to = t
+            .to_gen
+            .expect("apply and rollback transitions have a target");
+        self.activate_and_switch(&mut t, p, to)?;
         let (added, changed, removed) = p.counts();
         Ok(ApplyOutcome::Switched {
             transition: t.id,
-            from: Some(current),
-            to: target,
-            revision: row.revision,
+            from: t.from_gen,
+            to,
+            revision: t.revision.clone().unwrap_or_default(),
             added,
             changed,
             removed,
@@ -421,10 +420,10 @@ impl Engine {
     /// Undoes the recorded activations of `t` after `failure`.
     fn roll_back(&mut self, t: &mut TransitionRow, failure: ActivateError) -> EngineError {
         let message = failure.to_string();
-        if t.phase != Phase::RollingBack {
-            if let Err(e) = self.advance(t, Phase::RollingBack, Some(&message)) {
-                return e;
-            }
+        if t.phase != Phase::RollingBack
+            && let Err(e) = self.advance(t, Phase::RollingBack, Some(&message))
+        {
+            return e;
         }
         match self.undo_activations(t) {
             Ok(()) => {
@@ -534,14 +533,12 @@ impl Engine {
                     .get("id")
                     .and_then(|id| id.get("kind"))
                     .and_then(Value::as_str)
-                {
-                    if let Ok(act) = kind
+                    && let Ok(act) = kind
                         .parse()
                         .map_err(|_| ())
                         .and_then(|k| self.activators.get(k).map_err(|_| ()))
-                    {
-                        refs.extend(act.undo_blobs(&a.undo));
-                    }
+                {
+                    refs.extend(act.undo_blobs(&a.undo));
                 }
             }
         }

@@ -126,19 +126,19 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Value, ManifestError> {
 pub fn check(file: &str, doc: &Value) -> Result<(), ManifestError> {
     if let Some(items) = doc.get("resources").and_then(Value::as_array) {
         for (i, item) in items.iter().enumerate() {
-            if let Some(kind) = item.get("kind").and_then(Value::as_str) {
-                if kind.parse::<Kind>().is_err() {
-                    return Err(ManifestError::UnknownKind {
-                        file: file.to_owned(),
-                        pointer: format!("/resources/{i}/kind"),
-                        kind: kind.to_owned(),
-                        known: Kind::ALL
-                            .iter()
-                            .map(|k| k.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    });
-                }
+            if let Some(kind) = item.get("kind").and_then(Value::as_str)
+                && kind.parse::<Kind>().is_err()
+            {
+                return Err(ManifestError::UnknownKind {
+                    file: file.to_owned(),
+                    pointer: format!("/resources/{i}/kind"),
+                    kind: kind.to_owned(),
+                    known: Kind::ALL
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
             }
         }
     }
@@ -266,21 +266,21 @@ fn content_of(
             _ => hash_stream(rev, source)?,
         },
     };
-    if let Some(sha) = pin_sha {
-        if sha != content.sha256 {
-            return Err(Resolve::Invalid(
-                "sha256",
-                format!("pins {sha} but {source} has {}", content.sha256),
-            ));
-        }
+    if let Some(sha) = pin_sha
+        && sha != content.sha256
+    {
+        return Err(Resolve::Invalid(
+            "sha256",
+            format!("pins {sha} but {source} has {}", content.sha256),
+        ));
     }
-    if let Some(len) = pin_len {
-        if len != content.length {
-            return Err(Resolve::Invalid(
-                "length",
-                format!("pins {len} bytes but {source} has {}", content.length),
-            ));
-        }
+    if let Some(len) = pin_len
+        && len != content.length
+    {
+        return Err(Resolve::Invalid(
+            "length",
+            format!("pins {len} bytes but {source} has {}", content.length),
+        ));
     }
     Ok(content)
 }

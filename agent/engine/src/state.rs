@@ -196,16 +196,16 @@ impl Db {
     fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
         move |source| {
             // SQLITE_CORRUPT / SQLITE_NOTADB surface here too: name them.
-            if let rusqlite::Error::SqliteFailure(f, _) = &source {
-                if matches!(
+            if let rusqlite::Error::SqliteFailure(f, _) = &source
+                && matches!(
                     f.code,
                     rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-                ) {
-                    return StateError::Corrupt {
-                        path: self.path.clone(),
-                        detail: source.to_string(),
-                    };
-                }
+                )
+            {
+                return StateError::Corrupt {
+                    path: self.path.clone(),
+                    detail: source.to_string(),
+                };
             }
             StateError::Sqlite {
                 path: self.path.clone(),
@@ -728,36 +728,24 @@ impl Db {
             .conn
             .prepare("SELECT seq, time_ms, generation, event, actor, details, hash FROM audit ORDER BY seq")
             .map_err(self.err())?;
-        let rows: Vec<(i64, i64, Option<i64>, String, String, String, String)> = stmt
+        let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(self.err())?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, time_ms, generation, event, actor, details, hash)| {
+                let details: String = r.get(5)?;
                 let entry = AuditEntry {
-                    seq: seq as u64,
-                    time_ms,
-                    generation: generation.map(|g| g as u64),
-                    event,
-                    actor,
+                    seq: r.get::<_, i64>(0)? as u64,
+                    time_ms: r.get(1)?,
+                    generation: r.get::<_, Option<i64>>(2)?.map(|g| g as u64),
+                    event: r.get(3)?,
+                    actor: r.get(4)?,
                     // Unparseable details cannot match the hash: keep them as a
                     // string so verification names this entry.
                     details: serde_json::from_str(&details).unwrap_or(Value::String(details)),
                 };
-                (entry, hash)
+                Ok((entry, r.get::<_, String>(6)?))
             })
-            .collect())
+            .and_then(|rows| rows.collect())
+            .map_err(self.err())?;
+        Ok(rows)
     }
 
     /// The recorded head `(seq, hash)` of the audit chain.

@@ -1,7 +1,7 @@
 //! Helpers for the end-to-end tests: a fixture with a dir-source repository,
 //! a files root and a state directory in a temp dir, and the real `ferry`
 //! binary run against it.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -55,15 +55,14 @@ impl FileActivator {
                 ));
             };
             dest.push(part);
-            if parts.peek().is_some() {
-                if let Ok(m) = fs::symlink_metadata(&dest) {
-                    if m.file_type().is_symlink() {
-                        return Err(ActivateError::new(
-                            format!("file {name}"),
-                            format!("{} is a symlink; name the real path", dest.display()),
-                        ));
-                    }
-                }
+            if parts.peek().is_some()
+                && let Ok(m) = fs::symlink_metadata(&dest)
+                && m.file_type().is_symlink()
+            {
+                return Err(ActivateError::new(
+                    format!("file {name}"),
+                    format!("{} is a symlink; name the real path", dest.display()),
+                ));
             }
         }
         Ok(dest)
