@@ -355,7 +355,7 @@ fn unwritable_state_dir_is_reported() {
     fs::create_dir(&ro).unwrap();
     fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
     fs::set_permissions(f.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = if nix_is_root() {
+    let mut cmd = if is_root() {
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .arg(FERRY);
@@ -383,11 +383,6 @@ fn unwritable_state_dir_is_reported() {
     );
     assert_eq!(fs::read_dir(&ro).unwrap().count(), 0);
     untouched(&f, 0);
-}
-
-fn nix_is_root() -> bool {
-    let out = std::process::Command::new("id").arg("-u").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
 }
 
 #[test]

@@ -31,15 +31,12 @@ pub fn run(args: Cli) -> Result<Code> {
         }
         Command::Plan { out, exit_code } => {
             let src = source::from_config(&config)?;
-            let engine = Engine::open_read_only(config.clone())?;
-            let actual = match &engine {
-                Some(e) => e.actual()?,
-                None => Default::default(),
+            // Planning works before anything was applied: against nothing.
+            let (revision, _, plan) = match Engine::open_read_only(config.clone())? {
+                Some(engine) => engine.plan(&*src)?,
+                None => ferry_engine::engine::plan_source(&*src, &Default::default())?,
             };
-            let rev = src.fetch()?;
-            let desired = ferry_engine::manifest::load(&*rev, src.manifest_path())?;
-            let plan = ferry_core::plan(&desired.resources, &actual);
-            output::plan(rev.id(), &plan, out.json)?;
+            output::plan(&revision, &plan, out.json)?;
             if exit_code && !plan.is_empty() {
                 return Ok(Code::PlanNotEmpty);
             }

@@ -13,6 +13,7 @@ pub fn init(level: &str) {
         .with_filter(stderr_filter);
     let journald = tracing_journald::layer().ok().map(|l| {
         l.with_syslog_identifier("ferry".to_owned())
+            .with_field_prefix(Some("FERRY".to_owned()))
             .with_filter(Targets::new().with_default(LevelFilter::INFO))
     });
     let _ = tracing_subscriber::registry()

@@ -176,10 +176,7 @@ impl Engine {
 
     /// Fetches and resolves the desired state of `source`, and plans it.
     pub fn plan(&self, source: &dyn Source) -> Result<(String, DesiredState, Plan)> {
-        let rev = source.fetch()?;
-        let desired = manifest::load(&*rev, source.manifest_path())?;
-        let p = plan(&desired.resources, &self.actual()?);
-        Ok((rev.id().to_owned(), desired, p))
+        plan_source(source, &self.actual()?)
     }
 
     // ---- apply ----------------------------------------------------------------------
@@ -814,6 +811,18 @@ impl Engine {
             head,
         )?)
     }
+}
+
+/// Fetches and resolves the desired state of `source`, and plans it
+/// against `actual`. Changes nothing.
+pub fn plan_source(
+    source: &dyn Source,
+    actual: &ResourceSet,
+) -> Result<(String, DesiredState, Plan)> {
+    let rev = source.fetch()?;
+    let desired = manifest::load(&*rev, source.manifest_path())?;
+    let p = plan(&desired.resources, actual);
+    Ok((rev.id().to_owned(), desired, p))
 }
 
 fn default_activators(config: &Config) -> Activators {
