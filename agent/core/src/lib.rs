@@ -15,5 +15,8 @@ pub mod transition;
 pub use digest::{ContentRef, DigestParseError, Sha256};
 pub use path::{RepoPath, RepoPathError};
 pub use plan::{Op, Plan, Reason, Step, plan};
-pub use resource::{DuplicateResource, Kind, Resource, ResourceId, ResourceSet, UnknownKind};
+pub use resource::{
+    ActualState, DesiredState, DuplicateResource, Kind, Resource, ResourceId, ResourceSet,
+    UnknownKind,
+};
 pub use transition::{IllegalTransition, Phase, RecoveryAction, TransitionKind};

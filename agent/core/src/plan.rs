@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::ContentRef;
-use crate::resource::{Resource, ResourceId, ResourceSet};
+use crate::resource::{ActualState, DesiredState, Resource, ResourceId, ResourceSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -110,7 +110,7 @@ impl Plan {
 }
 
 /// Diffs `desired` against `actual`.
-pub fn plan(desired: &ResourceSet, actual: &ResourceSet) -> Plan {
+pub fn plan(desired: &DesiredState, actual: &ActualState) -> Plan {
     let mut steps = Vec::new();
     let mut d = desired.map().iter().peekable();
     let mut a = actual.map().iter().peekable();

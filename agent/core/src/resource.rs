@@ -88,6 +88,12 @@ impl Resource {
 #[error("duplicate resource {0}")]
 pub struct DuplicateResource(pub ResourceId);
 
+/// What should run: the resources resolved from a verified revision.
+pub type DesiredState = ResourceSet;
+
+/// What runs: the resources of the current generation.
+pub type ActualState = ResourceSet;
+
 /// A set of resources keyed by identity: a desired state or an actual state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResourceSet {

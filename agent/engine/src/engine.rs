@@ -23,7 +23,7 @@ use crate::error::EngineError;
 #[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
 use crate::failpoints as fp;
 use crate::generations::{GenerationManifest, Generations};
-use crate::manifest::{self, DesiredState};
+use crate::manifest::{self, ResolvedManifest};
 use crate::source::{Source, VerifiedRevision};
 use crate::state::{AuditEvent, Db, GenerationRow, NewGeneration, TransitionRow};
 use crate::store::Store;
@@ -175,7 +175,7 @@ impl Engine {
     }
 
     /// Fetches and resolves the desired state of `source`, and plans it.
-    pub fn plan(&self, source: &dyn Source) -> Result<(String, DesiredState, Plan)> {
+    pub fn plan(&self, source: &dyn Source) -> Result<(String, ResolvedManifest, Plan)> {
         plan_source(source, &self.actual()?)
     }
 
@@ -192,7 +192,7 @@ impl Engine {
     pub fn apply_desired(
         &mut self,
         rev: &dyn VerifiedRevision,
-        desired: &DesiredState,
+        desired: &ResolvedManifest,
     ) -> Result<ApplyOutcome> {
         let from = self.db.current_generation()?;
         let p = plan(&desired.resources, &self.actual()?);
@@ -230,7 +230,7 @@ impl Engine {
         &mut self,
         t: &mut TransitionRow,
         rev: &dyn VerifiedRevision,
-        desired: &DesiredState,
+        desired: &ResolvedManifest,
     ) -> Result<()> {
         self.advance(t, Phase::Staging, None)?;
         for r in desired.resources.iter() {
@@ -818,7 +818,7 @@ impl Engine {
 pub fn plan_source(
     source: &dyn Source,
     actual: &ResourceSet,
-) -> Result<(String, DesiredState, Plan)> {
+) -> Result<(String, ResolvedManifest, Plan)> {
     let rev = source.fetch()?;
     let desired = manifest::load(&*rev, source.manifest_path())?;
     let p = plan(&desired.resources, actual);

@@ -70,7 +70,7 @@ pub enum ManifestError {
 /// A resolved desired state: the resources and where each one's content is
 /// in the revision.
 #[derive(Debug, Clone)]
-pub struct DesiredState {
+pub struct ResolvedManifest {
     pub resources: ResourceSet,
     pub sources: BTreeMap<ResourceId, RepoPath>,
 }
@@ -87,7 +87,7 @@ fn validator() -> &'static jsonschema::Validator {
 pub fn load(
     rev: &dyn VerifiedRevision,
     manifest: &RepoPath,
-) -> Result<DesiredState, ManifestError> {
+) -> Result<ResolvedManifest, ManifestError> {
     let file = manifest.to_string();
     let bytes = rev
         .read_small(manifest, MAX_MANIFEST_BYTES)
@@ -166,7 +166,7 @@ fn resolve(
     rev: &dyn VerifiedRevision,
     file: &str,
     doc: &Value,
-) -> Result<DesiredState, ManifestError> {
+) -> Result<ResolvedManifest, ManifestError> {
     let items = doc["resources"]
         .as_array()
         .map(Vec::as_slice)
@@ -234,7 +234,7 @@ fn resolve(
             .expect("duplicates checked above");
         sources.insert(id, source_path);
     }
-    Ok(DesiredState { resources, sources })
+    Ok(ResolvedManifest { resources, sources })
 }
 
 enum Resolve {
