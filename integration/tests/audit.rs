@@ -43,11 +43,7 @@ fn verify_after(f: &Fixture, case: &str, sql: &str) -> (Option<i32>, String) {
 fn intact_journal_verifies() {
     let f = history();
     let out = f.ok(&["audit", "verify"]);
-    let n = f
-        .json(&["audit", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .len();
+    let n = f.audit_len();
     assert!(n > 20, "{n}");
     assert!(out.contains(&format!("{n} entries verified")), "{out}");
     let j = f.json(&["audit", "verify", "--json"]);
@@ -62,11 +58,7 @@ fn editing_any_column_of_any_row_is_named() {
     f.db()
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .unwrap();
-    let n = f
-        .json(&["audit", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .len();
+    let n = f.audit_len();
     for seq in 1..=n {
         for (col, value) in [
             ("details", "'{\"forged\":true}'"),
@@ -104,11 +96,7 @@ fn deleting_any_row_is_named() {
     f.db()
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .unwrap();
-    let n = f
-        .json(&["audit", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .len();
+    let n = f.audit_len();
     for seq in 1..=n {
         let (code, err) = verify_after(
             &f,

@@ -30,11 +30,7 @@ fn applied() -> Fixture {
 /// Runs `args`, expects exit `code` and a single stderr line containing all
 /// of `needles`; then checks that nothing changed.
 fn refused(f: &Fixture, args: &[&str], code: i32, needles: &[&str]) -> String {
-    let before_audit = f
-        .json(&["audit", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .len();
+    let before_audit = f.audit_len();
     let out = f.run(args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(code), "ferry {args:?}: {err}");
@@ -61,13 +57,7 @@ fn untouched(f: &Fixture, audit_before: usize) {
     assert!(f.integrity_ok());
     f.ok(&["audit", "verify"]);
     assert!(f.store_leftovers().is_empty(), "{:?}", f.store_leftovers());
-    assert!(
-        f.json(&["audit", "list", "--json"])
-            .as_array()
-            .unwrap()
-            .len()
-            >= audit_before
-    );
+    assert!(f.audit_len() >= audit_before);
     let gens = f.json(&["generations", "--json"]);
     assert!(
         gens.as_array()
@@ -277,11 +267,7 @@ fn overlong_blob_is_refused() {
 fn disk_full_while_staging_is_a_clean_failure() {
     let f = applied();
     f.publish(&[file("/etc/app/a.conf", "a new version\n", "0644")]);
-    let before = f
-        .json(&["audit", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .len();
+    let before = f.audit_len();
     let out = f
         .cmd(&["apply"])
         .env("FAILPOINTS", "store::write=return")

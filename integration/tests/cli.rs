@@ -164,24 +164,14 @@ fn no_change_apply_records_no_transition_and_writes_no_blob() {
     let f = Fixture::new();
     f.publish(&[file("/etc/a", "1\n", "0644")]);
     f.ok(&["apply"]);
-    let audit = f
-        .json(&["audit", "list", "--json"])
-        .as_array()
-        .unwrap()
-        .len();
+    let audit = f.audit_len();
     let store_before: Vec<_> = fs::read_dir(f.state.join("store"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     let j = f.json(&["apply", "--json"]);
     assert_eq!(j["result"], "no-change");
-    assert_eq!(
-        f.json(&["audit", "list", "--json"])
-            .as_array()
-            .unwrap()
-            .len(),
-        audit
-    );
+    assert_eq!(f.audit_len(), audit);
     let store_after: Vec<_> = fs::read_dir(f.state.join("store"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -225,13 +215,7 @@ fn gc_keeps_current_previous_and_pinned() {
     f.ok(&["generations", "pin", "2"]);
     let j = f.json(&["gc", "--json"]);
     assert_eq!(j["generations"], serde_json::json!([1, 3]));
-    let gens = f.json(&["generations", "--json"]);
-    let ids: Vec<u64> = gens
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["id"].as_u64().unwrap())
-        .collect();
+    let ids = f.generation_ids();
     assert_eq!(ids, vec![2, 4, 5]);
     assert!(!f.state.join("generations/1").exists() && !f.state.join("generations/3").exists());
     // Every blob left is referenced by a surviving generation, and every

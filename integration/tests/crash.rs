@@ -192,13 +192,7 @@ fn converge(f: &Fixture, s: Scenario, label: &str) {
     match s {
         Scenario::Gc => {
             f.ok(&["gc"]);
-            let gens = f.json(&["generations", "--json"]);
-            let ids: Vec<u64> = gens
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|g| g["id"].as_u64().unwrap())
-                .collect();
+            let ids = f.generation_ids();
             assert_eq!(
                 ids,
                 vec![2, 3],

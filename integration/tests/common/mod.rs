@@ -147,6 +147,24 @@ impl Fixture {
         serde_json::from_str(&self.ok(args)).unwrap()
     }
 
+    /// Ids of the generations `ferry generations --json` lists.
+    pub fn generation_ids(&self) -> Vec<u64> {
+        let gens = self.json(&["generations", "--json"]);
+        gens.as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["id"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// Number of audit entries `ferry audit list --json` prints.
+    pub fn audit_len(&self) -> usize {
+        self.json(&["audit", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len()
+    }
+
     /// The generation the `current` link names; panics if it dangles.
     pub fn current_link(&self) -> Option<u64> {
         let link = self.state.join("current");
