@@ -34,6 +34,9 @@ pub struct Cli {
     /// State directory; overrides `state_dir` from the configuration.
     #[arg(long, global = true, env = "FERRY_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Device facts file; replaces probing this system (plan for another device, tests).
+    #[arg(long, global = true, env = "FERRY_FACTS", value_name = "FILE")]
+    pub facts: Option<PathBuf>,
     /// Log filter for stderr (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
     pub log_level: String,
@@ -61,6 +64,17 @@ pub enum Command {
         /// Exit with 10 when the plan is not empty.
         #[arg(long)]
         exit_code: bool,
+        /// Plan against this revision instead of the newest (dir source: a directory).
+        #[arg(long, value_name = "R")]
+        revision: Option<String>,
+    },
+    /// Show the desired state the manifest renders to for this device.
+    Render {
+        #[command(flatten)]
+        out: JsonFlag,
+        /// Render this revision instead of the newest (dir source: a directory).
+        #[arg(long, value_name = "R")]
+        revision: Option<String>,
     },
     /// Fetch, verify, plan and switch to the desired state (one reconcile).
     Apply(JsonFlag),

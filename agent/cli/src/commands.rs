@@ -1,6 +1,8 @@
 //! Carries out one command.
 
 use anyhow::{Context, Result};
+use ferry_engine::facts::Facts;
+use ferry_engine::report::report;
 use ferry_engine::{Config, Engine, source};
 
 use crate::cli::{AuditAction, Cli, Command, GenerationsAction};
@@ -16,11 +18,21 @@ pub fn load_config(args: &Cli) -> Result<Config> {
     Ok(config)
 }
 
+/// `--facts FILE` as given, else this system's facts plus the configured facts file.
+pub fn load_facts(file: Option<&std::path::Path>, config: &Config) -> Result<Facts> {
+    Ok(match file {
+        Some(path) => Facts::from_file(path)?,
+        None => Facts::probe(&config.facts)?,
+    })
+}
+
 pub fn run(args: Cli) -> Result<Code> {
     if let Command::Demo { dir } = &args.command {
         return crate::demo::run(dir.as_deref());
     }
     let config = load_config(&args)?;
+    let facts_file = args.facts.clone();
+    let facts = || load_facts(facts_file.as_deref(), &config);
     match args.command {
         Command::Status(out) => {
             let status = match Engine::open_read_only(config.clone())? {
@@ -29,17 +41,40 @@ pub fn run(args: Cli) -> Result<Code> {
             };
             output::status(&config.state_dir, status.as_ref(), out.json)?;
         }
-        Command::Plan { out, exit_code } => {
+        Command::Plan {
+            out,
+            exit_code,
+            revision,
+        } => {
             let src = source::from_config(&config)?;
+            let facts = facts()?;
             // Planning works before anything was applied: against nothing.
-            let (revision, _, plan) = match Engine::open_read_only(config.clone())? {
-                Some(engine) => engine.plan(&*src)?,
-                None => ferry_engine::engine::plan_source(&*src, &Default::default())?,
+            let engine = Engine::open_read_only(config.clone())?;
+            let (rev, desired, plan) = match &engine {
+                Some(e) => e.plan(&*src, revision.as_deref(), &facts)?,
+                None => ferry_engine::engine::plan_source(
+                    &*src,
+                    revision.as_deref(),
+                    &facts,
+                    &Default::default(),
+                )?,
             };
-            output::plan(&revision, &plan, out.json)?;
+            let report = report(&plan, &*rev, &desired, engine.as_ref().map(Engine::store));
+            output::plan(&report, out.json)?;
             if exit_code && !plan.is_empty() {
                 return Ok(Code::PlanNotEmpty);
             }
+        }
+        Command::Render { out, revision } => {
+            let src = source::from_config(&config)?;
+            let facts = facts()?;
+            let (rev, desired, _) = ferry_engine::engine::plan_source(
+                &*src,
+                revision.as_deref(),
+                &facts,
+                &Default::default(),
+            )?;
+            output::desired(rev.id(), &desired.resources, out.json)?;
         }
         Command::Recover => {
             let engine = Engine::open(config)?;
@@ -53,8 +88,9 @@ pub fn run(args: Cli) -> Result<Code> {
         }
         Command::Apply(out) => {
             let src = source::from_config(&config)?;
+            let facts = facts()?;
             let mut engine = Engine::open(config)?;
-            let outcome = engine.apply(&*src)?;
+            let outcome = engine.apply(&*src, &facts)?;
             output::outcome(&outcome, out.json)?;
         }
         Command::Rollback { to, out } => {

@@ -9,36 +9,40 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use ferry_engine::facts::Facts;
+use ferry_engine::report::report;
 use ferry_engine::{Config, Engine, source};
 
 use crate::exit::Code;
 use crate::output;
 
-const REV1: &[(&str, &str)] = &[
-    ("ferry.yaml", include_str!("../demo/rev1/ferry.yaml")),
-    (
-        "files/bridge.conf",
-        include_str!("../demo/rev1/files/bridge.conf"),
-    ),
-    (
-        "files/site.env",
-        include_str!("../demo/rev1/files/site.env"),
-    ),
-    ("files/motd", include_str!("../demo/rev1/files/motd")),
-];
+macro_rules! files {
+    ($rev:literal: $($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../demo/", $rev, "/", $path)))),*]
+    };
+}
 
-const REV2: &[(&str, &str)] = &[
-    ("ferry.yaml", include_str!("../demo/rev2/ferry.yaml")),
-    (
-        "files/bridge.conf",
-        include_str!("../demo/rev2/files/bridge.conf"),
-    ),
-    ("files/motd", include_str!("../demo/rev2/files/motd")),
-    (
-        "files/maintenance.txt",
-        include_str!("../demo/rev2/files/maintenance.txt"),
-    ),
-];
+const REV1: &[(&str, &str)] = files!("rev1":
+    "ferry.yaml.j2",
+    "templates/bridge.conf.j2",
+    "templates/site.env.j2",
+    "files/motd",
+    "files/gw3000-serial.conf",
+    "vars/common.yaml",
+    "vars/sites/plant-7.yaml",
+);
+
+const REV2: &[(&str, &str)] = files!("rev2":
+    "ferry.yaml.j2",
+    "templates/bridge.conf.j2",
+    "templates/site.env.j2",
+    "files/maintenance.txt",
+    "files/gw3000-serial.conf",
+    "vars/common.yaml",
+    "vars/sites/plant-7.yaml",
+);
+
+const FACTS: &str = include_str!("../demo/facts.toml");
 
 fn write_revision(repo: &Path, files: &[(&str, &str)]) -> Result<()> {
     if repo.exists() {
@@ -80,6 +84,11 @@ fn show_transitions(engine: &Engine, seen: usize) -> Result<usize> {
     Ok(entries.len())
 }
 
+fn show_plan(engine: &Engine, src: &dyn source::Source, facts: &Facts) -> Result<()> {
+    let (rev, desired, plan) = engine.plan(src, None, facts)?;
+    output::plan(&report(&plan, &*rev, &desired, Some(engine.store())), false)
+}
+
 fn show_last_line(path: &Path) -> Result<()> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     println!(
@@ -106,13 +115,16 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     let root = base.join("root");
     let state = base.join("state");
     fs::create_dir_all(&root)?;
+    let facts_path = base.join("facts.toml");
+    fs::write(&facts_path, FACTS)?;
     let config_text = format!(
-        "state_dir = {state:?}\n\n[source]\nkind = \"dir\"\n\n[source.dir]\npath = {repo:?}\ninsecure = true\n\n[files]\nroot = {root:?}\n",
+        "state_dir = {state:?}\nfacts = {facts_path:?}\n\n[source]\nkind = \"dir\"\n\n[source.dir]\npath = {repo:?}\ninsecure = true\nmanifest = \"ferry.yaml.j2\"\n\n[files]\nroot = {root:?}\n",
     );
     let config_path = base.join("ferry.toml");
     fs::write(&config_path, &config_text)?;
     let config = Config::from_toml(&config_path, &config_text)?;
     let src = source::from_config(&config)?;
+    let facts = Facts::from_file(&facts_path)?;
 
     println!("ferry demo in {}", base.display());
     println!(
@@ -127,19 +139,17 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
 
     println!("1. revision 1 is published; plan and apply:");
     write_revision(&repo, REV1)?;
-    let (rev, _, plan) = engine.plan(&*src)?;
-    output::plan(&rev, &plan, false)?;
-    output::outcome(&engine.apply(&*src)?, false)?;
+    show_plan(&engine, &*src, &facts)?;
+    output::outcome(&engine.apply(&*src, &facts)?, false)?;
     seen = show_transitions(&engine, seen)?;
 
     println!("\n2. a second apply of the same revision changes nothing:");
-    output::outcome(&engine.apply(&*src)?, false)?;
+    output::outcome(&engine.apply(&*src, &facts)?, false)?;
 
     println!("\n3. revision 2 is published; plan and apply:");
     write_revision(&repo, REV2)?;
-    let (rev, _, plan) = engine.plan(&*src)?;
-    output::plan(&rev, &plan, false)?;
-    output::outcome(&engine.apply(&*src)?, false)?;
+    show_plan(&engine, &*src, &facts)?;
+    output::outcome(&engine.apply(&*src, &facts)?, false)?;
     seen = show_transitions(&engine, seen)?;
     let bridge = root.join("etc/mosquitto/conf.d/bridge.conf");
     show_last_line(&bridge)?;

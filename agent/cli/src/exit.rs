@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use ferry_engine::config::ConfigError;
+use ferry_engine::facts::FactsError;
 use ferry_engine::manifest::ManifestError;
 use ferry_engine::source::SourceError;
 use ferry_engine::{EngineError, ErrorClass};
@@ -25,7 +26,7 @@ impl Code {
     pub fn of(e: &anyhow::Error) -> Code {
         let class = if let Some(e) = e.downcast_ref::<EngineError>() {
             Some(e.class())
-        } else if e.is::<ConfigError>() {
+        } else if e.is::<ConfigError>() || e.is::<FactsError>() {
             Some(ErrorClass::Config)
         } else if e.is::<ManifestError>() {
             Some(ErrorClass::InvalidInput)

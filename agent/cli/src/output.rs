@@ -5,7 +5,8 @@ use std::path::Path;
 
 use anyhow::Result;
 use ferry_core::audit::AuditEntry;
-use ferry_core::{Op, Plan};
+use ferry_core::{Op, ResourceSet};
+use ferry_engine::report::PlanReport;
 use ferry_engine::state::GenerationRow;
 use ferry_engine::{ApplyOutcome, GcOutcome, Status};
 use serde::Serialize;
@@ -101,43 +102,78 @@ pub fn status(state_dir: &Path, s: Option<&Status>, as_json: bool) -> Result<()>
     Ok(())
 }
 
-pub fn plan(revision: &str, p: &Plan, as_json: bool) -> Result<()> {
-    let (add, change, remove) = p.counts();
+pub fn plan(r: &PlanReport, as_json: bool) -> Result<()> {
     if as_json {
-        return print_json(&json!({
-            "revision": revision,
-            "summary": {"add": add, "change": change, "remove": remove},
-            "steps": p.steps.iter().map(|s| json!({
-                "op": s.op,
-                "kind": s.id.kind,
-                "name": s.id.name,
-                "reasons": s.reasons,
-                "from": s.from,
-                "to": s.to,
-            })).collect::<Vec<_>>(),
-        }));
+        return print_json(r);
     }
     let mut out = io::stdout().lock();
-    if p.is_empty() {
-        writeln!(out, "revision {revision}: no changes")?;
+    if r.steps.is_empty() {
+        writeln!(out, "revision {}: no changes", r.revision)?;
         return Ok(());
     }
-    writeln!(out, "revision {revision}:")?;
-    for s in &p.steps {
+    writeln!(out, "revision {}:", r.revision)?;
+    for s in &r.steps {
         let sign = match s.op {
             Op::Add => '+',
             Op::Change => '~',
             Op::Remove => '-',
         };
-        let reasons: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
+        let id = format!("{} {}", s.kind, s.name);
+        writeln!(out, "  {sign} {id:<44} {}", s.reason_texts().join(", "))?;
+        if let Some(diff) = &s.diff {
+            for line in diff.lines() {
+                writeln!(out, "      {line}")?;
+            }
+        }
+        if let Some(note) = &s.note {
+            writeln!(out, "      ({note})")?;
+        }
+    }
+    let sum = &r.summary;
+    writeln!(
+        out,
+        "{} to add, {} to change, {} to remove",
+        sum.add, sum.change, sum.remove
+    )?;
+    Ok(())
+}
+
+/// The resolved desired state (`ferry render`), secrets redacted.
+pub fn desired(revision: &str, resources: &ResourceSet, as_json: bool) -> Result<()> {
+    let items: Vec<serde_json::Value> = resources
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).expect("resources serialise");
+            if r.secret {
+                v["content"] = json!("<redacted>");
+            }
+            v
+        })
+        .collect();
+    if as_json {
+        return print_json(&json!({"revision": revision, "resources": items}));
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "revision {revision}: {} resources", resources.len())?;
+    for r in resources.iter() {
+        let content = if r.secret {
+            "secret".to_owned()
+        } else {
+            r.content.to_string()
+        };
+        let settings: Vec<String> = r
+            .settings
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_owned)))
+            .collect();
         writeln!(
             out,
-            "  {sign} {:<44} {}",
-            s.id.to_string(),
-            reasons.join(", ")
+            "  {} {:<40} {content} {}",
+            r.kind,
+            r.name,
+            settings.join(" ")
         )?;
     }
-    writeln!(out, "{add} to add, {change} to change, {remove} to remove")?;
     Ok(())
 }
 

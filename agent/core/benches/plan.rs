@@ -17,6 +17,7 @@ fn set(n: usize, changed_every: usize) -> ResourceSet {
             name: format!("/etc/app/conf.d/{i:05}.conf"),
             content: ContentRef::of(body.as_bytes()),
             settings: BTreeMap::from([("mode".to_owned(), serde_json::json!("0644"))]),
+            secret: false,
         }
     }))
     .expect("unique names")

@@ -45,6 +45,16 @@ pub enum Reason {
     },
 }
 
+impl Reason {
+    /// The reason for humans; content digests are left out for secrets.
+    pub fn describe(&self, secret: bool) -> String {
+        match self {
+            Reason::ContentChanged { .. } if secret => "content changed (secret)".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -71,6 +81,19 @@ pub struct Step {
     /// The resource as it will be (add, change).
     pub to: Option<Resource>,
     pub reasons: Vec<Reason>,
+}
+
+impl Step {
+    /// Whether either side of the step is secret.
+    pub fn is_secret(&self) -> bool {
+        self.from.as_ref().is_some_and(|r| r.secret) || self.to.as_ref().is_some_and(|r| r.secret)
+    }
+
+    /// The reasons for humans, redacted if the step is secret.
+    pub fn describe_reasons(&self) -> Vec<String> {
+        let secret = self.is_secret();
+        self.reasons.iter().map(|r| r.describe(secret)).collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,7 +218,24 @@ mod tests {
             name: name.to_owned(),
             content: ContentRef::of(body),
             settings: BTreeMap::from([("mode".to_owned(), serde_json::json!(mode))]),
+            secret: false,
         }
+    }
+
+    #[test]
+    fn secret_reasons_hide_digests() {
+        let a = file("/s", b"one", "0600");
+        let mut b = file("/s", b"two", "0600");
+        b.secret = true;
+        let p = plan(
+            &ResourceSet::from_resources([b]).unwrap(),
+            &ResourceSet::from_resources([a]).unwrap(),
+        );
+        assert_eq!(
+            p.steps[0].describe_reasons(),
+            vec!["content changed (secret)"]
+        );
+        assert!(p.steps[0].is_secret());
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct Resource {
     pub content: ContentRef,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, Value>,
+    /// Content is secret: its bytes, diffs and digests are never shown,
+    /// logged or audited. Not a difference in itself for `plan`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 impl Resource {

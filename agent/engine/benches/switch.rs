@@ -16,6 +16,7 @@ fn bench(c: &mut Criterion) {
             name: format!("/etc/app/{i}.conf"),
             content: ContentRef::of(format!("{n}-{i}").as_bytes()),
             settings: BTreeMap::new(),
+            secret: false,
         }))
         .expect("unique");
         gens.build(&GenerationManifest {

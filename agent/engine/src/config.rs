@@ -30,6 +30,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Where state.db, the store and the generations live.
     pub state_dir: PathBuf,
+    /// Device facts file (labels, variables, secrets); see docs/facts.md.
+    pub facts: PathBuf,
     pub source: SourceConfig,
     pub files: FilesConfig,
 }
@@ -63,6 +65,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             state_dir: PathBuf::from("/var/lib/ferry"),
+            facts: PathBuf::from(crate::facts::FACTS_FILE),
             source: SourceConfig::default(),
             files: FilesConfig::default(),
         }

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fail::fail_point;
 use ferry_core::audit::{AuditEntry, verify_chain};
@@ -20,10 +21,11 @@ use crate::activate::file::FileActivator;
 use crate::activate::{ActivateError, Activators};
 use crate::config::Config;
 use crate::error::EngineError;
+use crate::facts::Facts;
 #[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
 use crate::failpoints as fp;
 use crate::generations::{GenerationManifest, Generations};
-use crate::manifest::{self, ResolvedManifest};
+use crate::manifest::{self, Content, ResolvedManifest};
 use crate::source::{Source, VerifiedRevision};
 use crate::state::{AuditEvent, Db, GenerationRow, NewGeneration, TransitionRow};
 use crate::store::Store;
@@ -164,6 +166,10 @@ impl Engine {
         &self.db
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     // ---- planning -----------------------------------------------------------------
 
     /// The resources of the current generation.
@@ -175,17 +181,22 @@ impl Engine {
     }
 
     /// Fetches and resolves the desired state of `source`, and plans it.
-    pub fn plan(&self, source: &dyn Source) -> Result<(String, ResolvedManifest, Plan)> {
-        plan_source(source, &self.actual()?)
+    pub fn plan(
+        &self,
+        source: &dyn Source,
+        revision: Option<&str>,
+        facts: &Facts,
+    ) -> Result<(Arc<dyn VerifiedRevision>, ResolvedManifest, Plan)> {
+        plan_source(source, revision, facts, &self.actual()?)
     }
 
     // ---- apply ----------------------------------------------------------------------
 
     /// One reconcile: fetch, verify, plan, and if anything changed, stage,
     /// build a generation, activate and switch.
-    pub fn apply(&mut self, source: &dyn Source) -> Result<ApplyOutcome> {
+    pub fn apply(&mut self, source: &dyn Source, facts: &Facts) -> Result<ApplyOutcome> {
         let rev = source.fetch()?;
-        let desired = manifest::load(&*rev, source.manifest_path())?;
+        let desired = manifest::load(&rev, source.manifest_path(), facts)?;
         self.apply_desired(&*rev, &desired)
     }
 
@@ -237,10 +248,17 @@ impl Engine {
             if self.store.contains(&r.content.sha256) {
                 continue;
             }
-            let path = &desired.sources[&r.id()];
-            let mut reader = rev.open(path)?;
-            self.store
-                .put(&mut reader, r.content, &format!("{path} ({})", r.id()))?;
+            match &desired.contents[&r.id()] {
+                Content::Source(path) => {
+                    let mut reader = rev.open(path)?;
+                    self.store
+                        .put(&mut reader, r.content, &format!("{path} ({})", r.id()))?;
+                }
+                Content::Rendered(bytes) => {
+                    self.store
+                        .put(&mut &bytes[..], r.content, &format!("rendered {}", r.id()))?;
+                }
+            }
         }
         let to = t.to_gen.expect("apply transitions have a target");
         let manifest = GenerationManifest {
@@ -817,12 +835,17 @@ impl Engine {
 /// against `actual`. Changes nothing.
 pub fn plan_source(
     source: &dyn Source,
+    revision: Option<&str>,
+    facts: &Facts,
     actual: &ResourceSet,
-) -> Result<(String, ResolvedManifest, Plan)> {
-    let rev = source.fetch()?;
-    let desired = manifest::load(&*rev, source.manifest_path())?;
+) -> Result<(Arc<dyn VerifiedRevision>, ResolvedManifest, Plan)> {
+    let rev = match revision {
+        Some(r) => source.fetch_revision(r)?,
+        None => source.fetch()?,
+    };
+    let desired = manifest::load(&rev, source.manifest_path(), facts)?;
     let p = plan(&desired.resources, actual);
-    Ok((rev.id().to_owned(), desired, p))
+    Ok((rev, desired, p))
 }
 
 fn default_activators(config: &Config) -> Activators {
@@ -840,7 +863,7 @@ fn plan_summary(p: &Plan) -> Value {
             "op": s.op.as_str(),
             "kind": s.id.kind.as_str(),
             "name": s.id.name,
-            "reasons": s.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "reasons": s.describe_reasons(),
         })).collect::<Vec<_>>(),
     })
 }

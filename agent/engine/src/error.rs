@@ -43,8 +43,9 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// Boxed: manifest errors carry several strings and are rare.
     #[error(transparent)]
-    Manifest(#[from] ManifestError),
+    Manifest(Box<ManifestError>),
     #[error("{0}")]
     AuditBroken(#[from] ChainError),
     #[error(transparent)]
@@ -70,6 +71,12 @@ pub enum EngineError {
     },
     #[error("{0}")]
     Refused(String),
+}
+
+impl From<ManifestError> for EngineError {
+    fn from(e: ManifestError) -> Self {
+        EngineError::Manifest(Box::new(e))
+    }
 }
 
 impl EngineError {

@@ -1,25 +1,36 @@
 //! From a verified revision to a checked desired state.
 //!
-//! The manifest (YAML, or JSON, which is YAML) is read from the revision with
-//! a size bound, parsed (errors carry line and column), validated against
-//! `schemas/desired-state.schema.json` (errors carry the JSON pointer), and
-//! resolved: each resource gets the content address of its source file from
-//! the revision's signed metadata, or from the manifest's pin.
+//! The manifest is read from the revision with a size bound; a name ending
+//! in `.j2` is first rendered for this device (see [`crate::render`]). The
+//! YAML (or JSON) is parsed (errors carry line and column), validated
+//! against `schemas/desired-state.schema.json` and the per-kind schemas in
+//! `schemas/kinds/` (errors carry the JSON pointer), filtered by each
+//! resource's `match:` selector, and resolved: each resource gets the
+//! content address of its source file from the revision's signed metadata
+//! (or the manifest's pin), or of its rendered template.
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ferry_core::{ContentRef, Kind, RepoPath, Resource, ResourceId, ResourceSet, Sha256};
 use serde_json::Value;
 use sha2::Digest as _;
 
+use crate::facts::{Facts, glob_match};
+use crate::render::{RenderError, Renderer};
 use crate::source::{SourceError, VerifiedRevision};
 
 /// Largest manifest accepted, in bytes.
 pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
 pub const DESIRED_STATE_SCHEMA: &str = include_str!("../../../schemas/desired-state.schema.json");
+
+/// The per-kind schemas, by the URI the desired-state schema refers to them with.
+const KIND_SCHEMAS: &[(&str, &str)] = &[(
+    "https://ferry.dev/schemas/kinds/file.schema.json",
+    include_str!("../../../schemas/kinds/file.schema.json"),
+)];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -59,6 +70,13 @@ pub enum ManifestError {
         message: String,
     },
     #[error("manifest {file}: {pointer}: {source}")]
+    Render {
+        file: String,
+        pointer: String,
+        #[source]
+        source: Box<RenderError>,
+    },
+    #[error("manifest {file}: {pointer}: {source}")]
     Source {
         file: String,
         pointer: String,
@@ -67,38 +85,101 @@ pub enum ManifestError {
     },
 }
 
-/// A resolved desired state: the resources and where each one's content is
-/// in the revision.
+/// Where a resource's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// A file of the revision.
+    Source(RepoPath),
+    /// A rendered template (already in memory).
+    Rendered(Arc<Vec<u8>>),
+}
+
+/// A resolved desired state: the resources and where each one's content is.
 #[derive(Debug, Clone)]
 pub struct ResolvedManifest {
     pub resources: ResourceSet,
-    pub sources: BTreeMap<ResourceId, RepoPath>,
+    pub contents: BTreeMap<ResourceId, Content>,
+}
+
+/// Serves the embedded per-kind schemas to the validator; nothing is
+/// ever fetched from the network.
+struct EmbeddedSchemas;
+
+impl jsonschema::Retrieve for EmbeddedSchemas {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let (_, text) = KIND_SCHEMAS
+            .iter()
+            .find(|(u, _)| *u == uri.as_str())
+            .ok_or_else(|| format!("no embedded schema {}", uri.as_str()))?;
+        Ok(serde_json::from_str(text)?)
+    }
 }
 
 fn validator() -> &'static jsonschema::Validator {
     static V: OnceLock<jsonschema::Validator> = OnceLock::new();
     V.get_or_init(|| {
         let schema: Value = serde_json::from_str(DESIRED_STATE_SCHEMA).expect("schema is JSON");
-        jsonschema::draft202012::new(&schema).expect("schema compiles")
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .with_retriever(EmbeddedSchemas)
+            .build(&schema)
+            .expect("schema compiles")
     })
 }
 
-/// Reads, parses, validates and resolves the manifest of `rev`.
+/// Reads, renders, parses, validates and resolves the manifest of `rev`
+/// for the device described by `facts`.
 pub fn load(
-    rev: &dyn VerifiedRevision,
+    rev: &Arc<dyn VerifiedRevision>,
     manifest: &RepoPath,
+    facts: &Facts,
 ) -> Result<ResolvedManifest, ManifestError> {
+    let renderer = Renderer::new(rev.clone(), facts).map_err(|e| ManifestError::Render {
+        file: manifest.to_string(),
+        pointer: "(variables)".to_owned(),
+        source: Box::new(e),
+    })?;
+    let doc = document(&**rev, &renderer, manifest)?;
+    check(manifest.as_str(), &doc)?;
+    resolve(&**rev, &renderer, facts, manifest.as_str(), &doc)
+}
+
+/// The manifest as a parsed document (rendered first if it is a template).
+pub fn document(
+    rev: &dyn VerifiedRevision,
+    renderer: &Renderer,
+    manifest: &RepoPath,
+) -> Result<Value, ManifestError> {
     let file = manifest.to_string();
-    let bytes = rev
-        .read_small(manifest, MAX_MANIFEST_BYTES)
-        .map_err(|source| ManifestError::Source {
-            file: file.clone(),
-            pointer: "(file)".to_owned(),
-            source,
-        })?;
-    let doc = parse(&file, &bytes)?;
-    check(&file, &doc)?;
-    resolve(rev, &file, &doc)
+    let bytes = if file.ends_with(".j2") {
+        let rendered = renderer
+            .render(manifest)
+            .map_err(|e| ManifestError::Render {
+                file: file.clone(),
+                pointer: "(render)".to_owned(),
+                source: Box::new(e),
+            })?;
+        if rendered.used_secrets {
+            // The manifest is shown in plans and recorded in the audit journal.
+            return Err(ManifestError::Invalid {
+                file,
+                pointer: "(render)".to_owned(),
+                message: "the manifest may not read `secrets`; use them in file templates, which are redacted".to_owned(),
+            });
+        }
+        rendered.text.into_bytes()
+    } else {
+        rev.read_small(manifest, MAX_MANIFEST_BYTES)
+            .map_err(|source| ManifestError::Source {
+                file: file.clone(),
+                pointer: "(file)".to_owned(),
+                source,
+            })?
+    };
+    parse(&file, &bytes)
 }
 
 /// Parses YAML (or JSON) into a JSON value.
@@ -122,7 +203,7 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Value, ManifestError> {
     })
 }
 
-/// Validates a parsed document: kinds first (for a plain message), then the schema.
+/// Validates a parsed document: kinds first (for a plain message), then the schemas.
 pub fn check(file: &str, doc: &Value) -> Result<(), ManifestError> {
     if let Some(items) = doc.get("resources").and_then(Value::as_array) {
         for (i, item) in items.iter().enumerate() {
@@ -143,10 +224,27 @@ pub fn check(file: &str, doc: &Value) -> Result<(), ManifestError> {
         }
     }
     // Report the first error in document order, so the message is stable.
-    let mut errors: Vec<(String, String)> = validator()
+    // Properties a failing kind schema did not get to evaluate are also
+    // reported as "unevaluated"; that is noise beside the real error.
+    let mut errors: Vec<(bool, String, String)> = validator()
         .iter_errors(doc)
-        .map(|e| (e.instance_path().to_string(), e.to_string()))
+        .map(|e| {
+            use jsonschema::error::ValidationErrorKind as K;
+            let unevaluated = matches!(e.kind(), K::UnevaluatedProperties { .. });
+            let message = match e.kind() {
+                K::OneOfNotValid { .. } | K::OneOfMultipleValid { .. } => {
+                    "needs exactly one of `source` or `template` (pins `sha256`/`length` only with `source`)"
+                        .to_owned()
+                }
+                _ => e.to_string(),
+            };
+            (unevaluated, e.instance_path().to_string(), message)
+        })
         .collect();
+    if errors.iter().any(|(unevaluated, _, _)| !unevaluated) {
+        errors.retain(|(unevaluated, _, _)| !unevaluated);
+    }
+    let mut errors: Vec<(String, String)> = errors.into_iter().map(|(_, p, m)| (p, m)).collect();
     errors.sort();
     if let Some((pointer, message)) = errors.into_iter().next() {
         return Err(ManifestError::Schema {
@@ -164,6 +262,8 @@ pub fn check(file: &str, doc: &Value) -> Result<(), ManifestError> {
 
 fn resolve(
     rev: &dyn VerifiedRevision,
+    renderer: &Renderer,
+    facts: &Facts,
     file: &str,
     doc: &Value,
 ) -> Result<ResolvedManifest, ManifestError> {
@@ -172,10 +272,13 @@ fn resolve(
         .map(Vec::as_slice)
         .unwrap_or_default();
     let mut resources = ResourceSet::new();
-    let mut sources = BTreeMap::new();
+    let mut contents = BTreeMap::new();
     let mut first_seen: BTreeMap<ResourceId, String> = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
         let pointer = format!("/resources/{i}");
+        if !selected(item, facts) {
+            continue;
+        }
         let invalid = |field: &str, message: String| ManifestError::Invalid {
             file: file.to_owned(),
             pointer: format!("{pointer}/{field}"),
@@ -201,8 +304,6 @@ fn resolve(
                 )
             }
         };
-        let source_path = RepoPath::new(item["source"].as_str().unwrap_or_default())
-            .map_err(|e| invalid("source", e.to_string()))?;
         let id = ResourceId {
             kind,
             name: name.clone(),
@@ -216,25 +317,59 @@ fn resolve(
             });
         }
         first_seen.insert(id.clone(), pointer.clone());
-        let content = content_of(rev, item, &source_path).map_err(|e| match e {
-            Resolve::Source(source) => ManifestError::Source {
+        let mut secret = item.get("secret").and_then(Value::as_bool).unwrap_or(false);
+        let (content, bytes) = if let Some(template) = item.get("template").and_then(Value::as_str)
+        {
+            let path = RepoPath::new(template).map_err(|e| invalid("template", e.to_string()))?;
+            let rendered = renderer.render(&path).map_err(|e| ManifestError::Render {
                 file: file.to_owned(),
-                pointer: format!("{pointer}/source"),
-                source,
-            },
-            Resolve::Invalid(field, message) => invalid(field, message),
-        })?;
+                pointer: format!("{pointer}/template"),
+                source: Box::new(e),
+            })?;
+            secret |= rendered.used_secrets;
+            let bytes = rendered.text.into_bytes();
+            (ContentRef::of(&bytes), Content::Rendered(Arc::new(bytes)))
+        } else {
+            let source_path = RepoPath::new(item["source"].as_str().unwrap_or_default())
+                .map_err(|e| invalid("source", e.to_string()))?;
+            let content = content_of(rev, item, &source_path).map_err(|e| match e {
+                Resolve::Source(source) => ManifestError::Source {
+                    file: file.to_owned(),
+                    pointer: format!("{pointer}/source"),
+                    source,
+                },
+                Resolve::Invalid(field, message) => invalid(field, message),
+            })?;
+            (content, Content::Source(source_path))
+        };
         resources
             .insert(Resource {
                 kind,
                 name,
                 content,
                 settings,
+                secret,
             })
             .expect("duplicates checked above");
-        sources.insert(id, source_path);
+        contents.insert(id, bytes);
     }
-    Ok(ResolvedManifest { resources, sources })
+    Ok(ResolvedManifest {
+        resources,
+        contents,
+    })
+}
+
+/// Whether the resource's `match:` selector (if any) selects this device.
+fn selected(item: &Value, facts: &Facts) -> bool {
+    let Some(selector) = item.get("match").and_then(Value::as_object) else {
+        return true;
+    };
+    selector.iter().all(|(key, pattern)| {
+        let pattern = pattern.as_str().unwrap_or_default();
+        facts
+            .lookup(key)
+            .is_some_and(|value| glob_match(pattern, value))
+    })
 }
 
 enum Resolve {

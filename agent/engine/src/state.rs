@@ -42,7 +42,8 @@ pub enum StateError {
 
 /// Schema migrations, applied in order; `user_version` is the count applied.
 /// Never edit one that has shipped: add a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -95,7 +96,11 @@ CREATE TABLE audit (
     details    TEXT NOT NULL,
     hash       TEXT NOT NULL
 ) STRICT;
-"#];
+"#,
+    r#"
+ALTER TABLE resources ADD COLUMN secret INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationRow {
@@ -356,8 +361,8 @@ impl Db {
             params![g.id as i64, g.revision, g.source, now_ms()],
         )?;
         let mut stmt = tx.prepare(
-            "INSERT OR REPLACE INTO resources (generation, kind, name, sha256, length, settings)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR REPLACE INTO resources (generation, kind, name, sha256, length, settings, secret)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for r in g.resources.iter() {
             stmt.execute(params![
@@ -367,6 +372,7 @@ impl Db {
                 r.content.sha256.to_hex(),
                 r.content.length as i64,
                 serde_json::to_string(&r.settings).expect("settings serialise"),
+                r.secret as i64,
             ])?;
         }
         Ok(())
@@ -421,13 +427,21 @@ impl Db {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT kind, name, sha256, length, settings FROM resources
+                "SELECT kind, name, sha256, length, settings, secret FROM resources
                  WHERE generation = ?1 ORDER BY kind, name",
             )
             .map_err(self.err())?;
-        let rows: Vec<(String, String, String, i64, String)> = stmt
+        type Row = (String, String, String, i64, String, i64);
+        let rows: Vec<Row> = stmt
             .query_map([generation as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .and_then(|rows| rows.collect())
             .map_err(self.err())?;
@@ -436,7 +450,7 @@ impl Db {
             message,
         };
         let mut set = ResourceSet::new();
-        for (kind, name, sha, length, settings) in rows {
+        for (kind, name, sha, length, settings, secret) in rows {
             let kind: Kind = kind
                 .parse()
                 .map_err(|e| invalid(format!("generation {generation}: {e}")))?;
@@ -453,6 +467,7 @@ impl Db {
                     length: length as u64,
                 },
                 settings,
+                secret: secret != 0,
             })
             .map_err(|e| invalid(e.to_string()))?;
         }

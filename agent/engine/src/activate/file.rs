@@ -206,6 +206,7 @@ mod tests {
                 name: name.into(),
                 content,
                 settings: BTreeMap::from([("mode".into(), Value::from("0640"))]),
+                secret: false,
             }),
             reasons: vec![Reason::New],
         }

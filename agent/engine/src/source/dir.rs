@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ferry_core::{ContentRef, RepoPath, Sha256};
 use sha2::Digest as _;
@@ -134,7 +135,7 @@ impl DirSource {
 }
 
 impl Source for DirSource {
-    fn fetch(&self) -> Result<Box<dyn VerifiedRevision + '_>, SourceError> {
+    fn fetch(&self) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
         let meta =
             fs::metadata(&self.root).map_err(|e| self.io("opening the source directory", e))?;
         if !meta.is_dir() {
@@ -143,10 +144,19 @@ impl Source for DirSource {
                 io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
             ));
         }
-        Ok(Box::new(DirRevision {
+        Ok(Arc::new(DirRevision {
             id: self.tree_id()?,
-            source: self,
+            source: DirSource {
+                root: self.root.clone(),
+                manifest: self.manifest.clone(),
+                name: self.name.clone(),
+            },
         }))
+    }
+
+    /// A revision of a dir source is a directory: `revision` is its path.
+    fn fetch_revision(&self, revision: &str) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
+        DirSource::new(revision, self.manifest.clone()).fetch()
     }
 
     fn manifest_path(&self) -> &RepoPath {
@@ -155,12 +165,12 @@ impl Source for DirSource {
 }
 
 #[derive(Debug)]
-struct DirRevision<'a> {
+struct DirRevision {
     id: String,
-    source: &'a DirSource,
+    source: DirSource,
 }
 
-impl VerifiedRevision for DirRevision<'_> {
+impl VerifiedRevision for DirRevision {
     fn id(&self) -> &str {
         &self.id
     }

@@ -6,6 +6,7 @@
 //! the store through a reader that enforces that address.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use ferry_core::{ContentRef, RepoPath};
 
@@ -43,8 +44,9 @@ impl SourceError {
     }
 }
 
-/// One verified revision of a source.
-pub trait VerifiedRevision {
+/// One verified revision of a source. Owned and shareable, so the renderer
+/// can load templates from it on demand.
+pub trait VerifiedRevision: Send + Sync {
     /// Stable id of the revision (a TUF targets version + hash, a commit id, a tree hash).
     fn id(&self) -> &str;
     /// A short name of the source, for messages and `generations`.
@@ -56,6 +58,14 @@ pub trait VerifiedRevision {
     fn signed_target(&self, path: &RepoPath) -> Result<Option<ContentRef>, SourceError>;
     /// Streams the bytes of `path`. Callers enforce the content address.
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError>;
+    /// Whether `path` exists in the revision.
+    fn exists(&self, path: &RepoPath) -> Result<bool, SourceError> {
+        match self.open(path) {
+            Ok(_) => Ok(true),
+            Err(SourceError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
     /// Reads a small file completely (the manifest), refusing more than `limit` bytes.
     fn read_small(&self, path: &RepoPath, limit: u64) -> Result<Vec<u8>, SourceError> {
         let mut buf = Vec::new();
@@ -81,7 +91,10 @@ pub trait VerifiedRevision {
 /// A place to fetch revisions from.
 pub trait Source {
     /// Fetches and verifies the newest revision.
-    fn fetch(&self) -> Result<Box<dyn VerifiedRevision + '_>, SourceError>;
+    fn fetch(&self) -> Result<Arc<dyn VerifiedRevision>, SourceError>;
+    /// Fetches and verifies a given revision (`ferry plan --revision`).
+    /// What `revision` names depends on the source.
+    fn fetch_revision(&self, revision: &str) -> Result<Arc<dyn VerifiedRevision>, SourceError>;
     /// The manifest to render inside each revision.
     fn manifest_path(&self) -> &RepoPath;
 }

@@ -1,0 +1,198 @@
+//! What `ferry plan` shows: each step with its reasons, a unified diff for
+//! text content, and secrets redacted. The JSON form is documented by
+//! `schemas/plan.schema.json`.
+
+use std::io::Read;
+
+use ferry_core::{ContentRef, Op, Plan, Reason, Resource, Step};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::manifest::{Content, ResolvedManifest};
+use crate::source::VerifiedRevision;
+use crate::store::{Store, VerifyingReader};
+
+/// Content larger than this is not diffed.
+pub const MAX_DIFF_BYTES: u64 = 256 * 1024;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub revision: String,
+    pub summary: Summary,
+    pub steps: Vec<StepReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub op: Op,
+    pub kind: String,
+    pub name: String,
+    pub secret: bool,
+    pub reasons: Vec<Value>,
+    /// The resource now (change, remove), secrets redacted.
+    pub from: Option<Value>,
+    /// The resource as planned (add, change), secrets redacted.
+    pub to: Option<Value>,
+    /// A unified diff of the content, for text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// Why there is no diff (secret, binary, too large), when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl StepReport {
+    /// Reasons for humans.
+    pub fn reason_texts(&self) -> Vec<String> {
+        self.reasons
+            .iter()
+            .map(|r| match r["reason"].as_str() {
+                Some("new") => "new".to_owned(),
+                Some("no_longer_desired") => "no longer desired".to_owned(),
+                Some("content_changed") if self.secret => "content changed (secret)".to_owned(),
+                Some("content_changed") => format!(
+                    "content {}… → {}…",
+                    short(&r["from"]["sha256"]),
+                    short(&r["to"]["sha256"])
+                ),
+                Some("setting_changed") => format!("{} changed", r["key"].as_str().unwrap_or("?")),
+                _ => r.to_string(),
+            })
+            .collect()
+    }
+}
+
+fn short(v: &Value) -> String {
+    v.as_str().unwrap_or_default().chars().take(12).collect()
+}
+
+/// A resource for display: digests and length removed for secrets.
+fn view(r: &Resource, secret: bool) -> Value {
+    let mut v = serde_json::to_value(r).expect("resources serialise");
+    if secret {
+        v["content"] = json!("<redacted>");
+        v["secret"] = json!(true);
+    }
+    v
+}
+
+fn reason_value(r: &Reason, secret: bool) -> Value {
+    match r {
+        Reason::ContentChanged { .. } if secret => json!({"reason": "content_changed"}),
+        other => serde_json::to_value(other).expect("reasons serialise"),
+    }
+}
+
+/// Builds the report. `store` holds the content of the current generation
+/// (absent before the first apply).
+pub fn report(
+    plan: &Plan,
+    rev: &dyn VerifiedRevision,
+    desired: &ResolvedManifest,
+    store: Option<&Store>,
+) -> PlanReport {
+    let (add, change, remove) = plan.counts();
+    let steps = plan
+        .steps
+        .iter()
+        .map(|s| {
+            let secret = s.is_secret();
+            let (diff, note) = diff(s, secret, rev, desired, store);
+            StepReport {
+                op: s.op,
+                kind: s.id.kind.as_str().to_owned(),
+                name: s.id.name.clone(),
+                secret,
+                reasons: s.reasons.iter().map(|r| reason_value(r, secret)).collect(),
+                from: s.from.as_ref().map(|r| view(r, secret)),
+                to: s.to.as_ref().map(|r| view(r, secret)),
+                diff,
+                note,
+            }
+        })
+        .collect();
+    PlanReport {
+        revision: rev.id().to_owned(),
+        summary: Summary {
+            add,
+            change,
+            remove,
+        },
+        steps,
+    }
+}
+
+fn diff(
+    s: &Step,
+    secret: bool,
+    rev: &dyn VerifiedRevision,
+    desired: &ResolvedManifest,
+    store: Option<&Store>,
+) -> (Option<String>, Option<String>) {
+    let content_changed = s.op == Op::Add
+        || s.reasons
+            .iter()
+            .any(|r| matches!(r, Reason::ContentChanged { .. }));
+    if s.op == Op::Remove || !content_changed {
+        return (None, None);
+    }
+    if secret {
+        return (None, Some("secret content; diff not shown".to_owned()));
+    }
+    let old = match (&s.from, store) {
+        (Some(from), Some(store)) => match store.open_verified(from.content) {
+            Ok(reader) => read_text(reader, from.content),
+            Err(e) => Err(format!("current content unavailable: {e}")),
+        },
+        (Some(_), None) => Err("current content unavailable".to_owned()),
+        (None, _) => Ok(String::new()),
+    };
+    let new = match (s.to.as_ref(), desired.contents.get(&s.id)) {
+        (Some(to), Some(Content::Rendered(bytes))) => read_text(&bytes[..], to.content),
+        (Some(to), Some(Content::Source(path))) => match rev.open(path) {
+            Ok(reader) => read_text(reader, to.content),
+            Err(e) => Err(e.to_string()),
+        },
+        _ => Err("planned content unavailable".to_owned()),
+    };
+    match (old, new) {
+        (Ok(old), Ok(new)) => {
+            let name = &s.id.name;
+            let from_label = if s.from.is_some() {
+                format!("a{name}")
+            } else {
+                "/dev/null".to_owned()
+            };
+            let text = similar::TextDiff::from_lines(&old, &new)
+                .unified_diff()
+                .context_radius(3)
+                .header(&from_label, &format!("b{name}"))
+                .to_string();
+            (Some(text), None)
+        }
+        (Err(note), _) | (_, Err(note)) => (None, Some(note)),
+    }
+}
+
+/// Reads content for a diff, verified against its address; refuses binary
+/// and large content.
+fn read_text(reader: impl Read, content: ContentRef) -> Result<String, String> {
+    if content.length > MAX_DIFF_BYTES {
+        return Err(format!("{} bytes; diff not shown", content.length));
+    }
+    let mut bytes = Vec::with_capacity(content.length as usize);
+    VerifyingReader::new(reader, content, "content")
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.contains(&0) {
+        return Err("binary content; diff not shown".to_owned());
+    }
+    String::from_utf8(bytes).map_err(|_| "binary content; diff not shown".to_owned())
+}
