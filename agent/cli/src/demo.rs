@@ -132,6 +132,10 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
         config_path.display(),
         root.display()
     );
+    println!(
+        "  device facts {} (gw-demo-01, an Acme GW-3000 at site plant-7)",
+        facts_path.display()
+    );
     println!("  (the dir source is unsigned, for development; devices use signed sources)\n");
 
     let mut engine = Engine::open(config.clone())?;

@@ -77,20 +77,33 @@ impl Fixture {
         fs::create_dir_all(&repo).unwrap();
         fs::create_dir_all(&root).unwrap();
         let config = dir.path().join("ferry.toml");
-        fs::write(
-            &config,
-            format!(
-                "state_dir = {state:?}\n[source]\nkind = \"dir\"\n[source.dir]\npath = {repo:?}\ninsecure = true\n[files]\nroot = {root:?}\n"
-            ),
-        )
-        .unwrap();
-        Fixture {
+        let f = Fixture {
             dir,
             repo,
             root,
             state,
             config,
-        }
+        };
+        f.write_config("ferry.yaml");
+        f
+    }
+
+    /// Rewrites the configuration with `manifest` as the entry.
+    pub fn write_config(&self, manifest: &str) {
+        let (state, repo, root) = (&self.state, &self.repo, &self.root);
+        fs::write(
+            &self.config,
+            format!(
+                "state_dir = {state:?}\n[source]\nkind = \"dir\"\n[source.dir]\npath = {repo:?}\ninsecure = true\nmanifest = {manifest:?}\n[files]\nroot = {root:?}\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Replaces the repository with a copy of `src` (a directory tree).
+    pub fn publish_tree(&self, src: &Path) {
+        fs::remove_dir_all(&self.repo).unwrap();
+        copy_tree(src, &self.repo);
     }
 
     /// Publishes a revision made of `files` (replacing the previous one).
@@ -221,6 +234,45 @@ impl Fixture {
             Err(_) => Vec::new(),
         }
     }
+}
+
+pub fn copy_tree(src: &Path, dest: &Path) {
+    fs::create_dir_all(dest).unwrap();
+    for e in fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dest.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// The directory of the end-to-end tests' data (`integration/`).
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../integration")
+}
+
+/// Compares `actual` with the golden file `name` under integration/fleet/golden;
+/// `FERRY_BLESS=1` rewrites the golden file instead.
+pub fn golden(name: &str, actual: &str) {
+    let path = data_dir().join("fleet/golden").join(name);
+    if std::env::var_os("FERRY_BLESS").is_some() {
+        fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with FERRY_BLESS=1 to create it)",
+            path.display()
+        )
+    });
+    assert!(
+        want == actual,
+        "{} differs (FERRY_BLESS=1 rewrites it after review):\n--- want\n{want}\n--- got\n{actual}",
+        path.display()
+    );
 }
 
 fn walk(base: &Path, dir: &Path, out: &mut Snapshot) {
