@@ -37,18 +37,37 @@ fn parse(mut d: &[u8]) -> BTreeMap<String, String> {
     fields
 }
 
-#[test]
-fn audit_events_go_to_journald_with_structured_fields() {
-    let f = Fixture::new();
-    f.publish(&[file("/etc/a", "1\n", "0644")]);
+/// Runs `ferry ARGS` with a private /run holding a journal socket; returns
+/// every datagram it sent, parsed.
+fn journal_of(f: &Fixture, args: &[&str]) -> Vec<BTreeMap<String, String>> {
     let run = f.dir.path().join("run");
+    let sock_path = run.join("systemd/journal/socket");
+    let _ = fs::remove_file(&sock_path);
     fs::create_dir_all(run.join("systemd/journal")).unwrap();
-    let sock = UnixDatagram::bind(run.join("systemd/journal/socket")).unwrap();
-    sock.set_nonblocking(true).unwrap();
-
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    // Read while ferry runs: a full socket buffer would block its sends.
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut entries = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut idle = 0;
+        while idle < 10 {
+            match sock.recv(&mut buf) {
+                Ok(n) => {
+                    idle = 0;
+                    entries.push(parse(&buf[..n]));
+                }
+                Err(_) => idle += 1,
+            }
+        }
+        entries
+    });
+    let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
     let script = format!(
-        "mount --bind {run:?} /run && exec {FERRY:?} --config {:?} apply",
-        f.config
+        "mount --bind {run:?} /run && exec {FERRY:?} --config {:?} {}",
+        f.config,
+        quoted.join(" ")
     );
     let mut unshare = std::process::Command::new("unshare");
     if !is_root() {
@@ -60,12 +79,15 @@ fn audit_events_go_to_journald_with_structured_fields() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    // The reader stops after two quiet seconds.
+    reader.join().unwrap()
+}
 
-    let mut entries = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    while let Ok(n) = sock.recv(&mut buf) {
-        entries.push(parse(&buf[..n]));
-    }
+#[test]
+fn audit_events_go_to_journald_with_structured_fields() {
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a", "1\n", "0644")]);
+    let entries = journal_of(&f, &["apply"]);
     let audit: Vec<&BTreeMap<String, String>> = entries
         .iter()
         .filter(|e| e.contains_key("FERRY_SEQ"))
@@ -91,4 +113,33 @@ fn audit_events_go_to_journald_with_structured_fields() {
     assert_eq!(confirmed["SYSLOG_IDENTIFIER"], "ferry");
     let details: serde_json::Value = serde_json::from_str(&confirmed["FERRY_DETAILS"]).unwrap();
     assert_eq!(details["kind"], "apply");
+}
+
+#[test]
+fn secrets_do_not_reach_the_journal() {
+    let f = Fixture::new();
+    f.write_config("ferry.yaml.j2");
+    f.publish_tree(&data_dir().join("fleet/repo"));
+    let facts = data_dir().join("fleet/facts/gw-a.toml");
+    let entries = journal_of(
+        &f,
+        &[
+            "--log-level",
+            "trace",
+            "--facts",
+            facts.to_str().unwrap(),
+            "apply",
+        ],
+    );
+    assert!(entries.len() > 5, "the apply was journaled");
+    for e in &entries {
+        for v in e.values() {
+            assert!(
+                !v.contains("gw-a01-S3CRET-7f2b"),
+                "secret in journal entry {e:?}"
+            );
+        }
+    }
+    let creds = fs::read_to_string(f.root.join("etc/collector/credentials")).unwrap();
+    assert!(creds.contains("gw-a01-S3CRET-7f2b"));
 }

@@ -246,6 +246,19 @@ mod tests {
     }
 
     #[test]
+    fn probing_this_system() {
+        let f = Facts::probe(Path::new("/nonexistent/facts.toml")).unwrap();
+        assert_eq!(f.arch.as_deref(), Some(std::env::consts::ARCH));
+        let hostname = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(f.hostname.as_deref(), Some(hostname.trim()));
+        assert!(!f.macs.contains_key("lo"));
+        if Path::new("/etc/os-release").exists() {
+            assert!(f.os.contains_key("id"), "{:?}", f.os);
+        }
+        assert!(f.secrets.is_empty() && f.labels.is_empty());
+    }
+
+    #[test]
     fn os_release_parsing() {
         let m = parse_os_release("NAME=\"Debian GNU/Linux\"\nID=debian\n# c\nVERSION_ID='12'\n");
         assert_eq!(m["name"], "Debian GNU/Linux");
