@@ -68,12 +68,8 @@ pub fn run(args: Cli) -> Result<Code> {
         Command::Render { out, revision } => {
             let src = source::from_config(&config)?;
             let facts = facts()?;
-            let (rev, desired, _) = ferry_engine::engine::plan_source(
-                &*src,
-                revision.as_deref(),
-                &facts,
-                &Default::default(),
-            )?;
+            let (rev, desired) =
+                ferry_engine::engine::resolve_source(&*src, revision.as_deref(), &facts)?;
             output::desired(rev.id(), &desired.resources, out.json)?;
         }
         Command::Recover => {

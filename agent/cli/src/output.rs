@@ -119,7 +119,7 @@ pub fn plan(r: &PlanReport, as_json: bool) -> Result<()> {
             Op::Remove => '-',
         };
         let id = format!("{} {}", s.kind, s.name);
-        writeln!(out, "  {sign} {id:<44} {}", s.reason_texts().join(", "))?;
+        writeln!(out, "  {sign} {id:<44} {}", s.reason_texts.join(", "))?;
         if let Some(diff) = &s.diff {
             for line in diff.lines() {
                 writeln!(out, "      {line}")?;

@@ -831,19 +831,29 @@ impl Engine {
     }
 }
 
-/// Fetches and resolves the desired state of `source`, and plans it
-/// against `actual`. Changes nothing.
+/// Fetches `revision` (default: the newest) of `source` and resolves its
+/// desired state for the device described by `facts`. Changes nothing.
+pub fn resolve_source(
+    source: &dyn Source,
+    revision: Option<&str>,
+    facts: &Facts,
+) -> Result<(Arc<dyn VerifiedRevision>, ResolvedManifest)> {
+    let rev = match revision {
+        Some(r) => source.fetch_revision(r)?,
+        None => source.fetch()?,
+    };
+    let desired = manifest::load(&rev, source.manifest_path(), facts)?;
+    Ok((rev, desired))
+}
+
+/// `resolve_source`, then the plan against `actual`. Changes nothing.
 pub fn plan_source(
     source: &dyn Source,
     revision: Option<&str>,
     facts: &Facts,
     actual: &ResourceSet,
 ) -> Result<(Arc<dyn VerifiedRevision>, ResolvedManifest, Plan)> {
-    let rev = match revision {
-        Some(r) => source.fetch_revision(r)?,
-        None => source.fetch()?,
-    };
-    let desired = manifest::load(&rev, source.manifest_path(), facts)?;
+    let (rev, desired) = resolve_source(source, revision, facts)?;
     let p = plan(&desired.resources, actual);
     Ok((rev, desired, p))
 }

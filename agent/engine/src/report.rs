@@ -46,31 +46,9 @@ pub struct StepReport {
     /// Why there is no diff (secret, binary, too large), when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-}
-
-impl StepReport {
-    /// Reasons for humans.
-    pub fn reason_texts(&self) -> Vec<String> {
-        self.reasons
-            .iter()
-            .map(|r| match r["reason"].as_str() {
-                Some("new") => "new".to_owned(),
-                Some("no_longer_desired") => "no longer desired".to_owned(),
-                Some("content_changed") if self.secret => "content changed (secret)".to_owned(),
-                Some("content_changed") => format!(
-                    "content {}… → {}…",
-                    short(&r["from"]["sha256"]),
-                    short(&r["to"]["sha256"])
-                ),
-                Some("setting_changed") => format!("{} changed", r["key"].as_str().unwrap_or("?")),
-                _ => r.to_string(),
-            })
-            .collect()
-    }
-}
-
-fn short(v: &Value) -> String {
-    v.as_str().unwrap_or_default().chars().take(12).collect()
+    /// The reasons for humans (redacted like the rest).
+    #[serde(skip)]
+    pub reason_texts: Vec<String>,
 }
 
 /// A resource for display: digests and length removed for secrets.
@@ -115,6 +93,7 @@ pub fn report(
                 to: s.to.as_ref().map(|r| view(r, secret)),
                 diff,
                 note,
+                reason_texts: s.describe_reasons(),
             }
         })
         .collect();
