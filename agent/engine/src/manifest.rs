@@ -187,31 +187,25 @@ pub fn document(
 /// A document that starts with `{` is JSON (a subset of YAML) and is read
 /// with the much faster JSON parser; errors carry line and column either way.
 pub fn parse(file: &str, bytes: &[u8]) -> Result<Value, ManifestError> {
+    // Both parsers append " at line L column C" to their messages; the
+    // location is reported in its own fields.
+    let syntax = |line, column, e: &dyn std::fmt::Display| ManifestError::Syntax {
+        file: file.to_owned(),
+        line,
+        column,
+        message: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    };
     if bytes.trim_ascii_start().starts_with(b"{") {
-        return serde_json::from_slice::<Value>(bytes).map_err(|e| ManifestError::Syntax {
-            file: file.to_owned(),
-            line: e.line(),
-            column: e.column(),
-            message: e
-                .to_string()
-                .split(" at line ")
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        });
+        return serde_json::from_slice::<Value>(bytes)
+            .map_err(|e| syntax(e.line(), e.column(), &e));
     }
     serde_norway::from_slice::<Value>(bytes).map_err(|e| match e.location() {
-        Some(loc) => ManifestError::Syntax {
-            file: file.to_owned(),
-            line: loc.line(),
-            column: loc.column(),
-            message: e
-                .to_string()
-                .split(" at line ")
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        },
+        Some(loc) => syntax(loc.line(), loc.column(), &e),
         None => ManifestError::Unparseable {
             file: file.to_owned(),
             message: e.to_string(),
@@ -541,6 +535,28 @@ mod tests {
         assert!(
             msg.starts_with("manifest ferry.yaml: line 4, column"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn json_manifests_are_parsed_as_json_with_positions() {
+        let v = parse(
+            "m.json",
+            b" {\"apiVersion\": \"ferry.dev/v1\", \"resources\": []}",
+        )
+        .unwrap();
+        assert_eq!(v["apiVersion"], "ferry.dev/v1");
+        let e = parse("m.json", b"{\n  \"a\": 1,\n  oops\n}").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ManifestError::Syntax {
+                    line: 3,
+                    column: 3,
+                    ..
+                }
+            ),
+            "{e}"
         );
     }
 
