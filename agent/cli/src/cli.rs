@@ -95,6 +95,11 @@ pub enum Command {
     },
     /// Delete generations and blobs that are not current, previous, pinned or in use.
     Gc(JsonFlag),
+    /// A/B firmware slots: show them, or mark the booted slot good.
+    Firmware {
+        #[command(subcommand)]
+        action: FirmwareAction,
+    },
     /// Read or verify the audit journal.
     Audit {
         #[command(subcommand)]
@@ -114,6 +119,14 @@ pub enum GenerationsAction {
     Pin { n: u64 },
     /// Let gc collect generation N again.
     Unpin { n: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirmwareAction {
+    /// Slots, boot order, booted slot and what the boot environment says of each.
+    Status(JsonFlag),
+    /// Mark the booted slot good (run after a healthy boot).
+    MarkGood,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use ferry_engine::facts::Facts;
 use ferry_engine::report::report;
 use ferry_engine::{Config, Engine, source};
 
-use crate::cli::{AuditAction, Cli, Command, GenerationsAction};
+use crate::cli::{AuditAction, Cli, Command, FirmwareAction, GenerationsAction};
 use crate::exit::Code;
 use crate::output;
 
@@ -113,6 +113,23 @@ pub fn run(args: Cli) -> Result<Code> {
             }
             Some(GenerationsAction::Pin { n }) => Engine::open(config)?.pin(n, true)?,
             Some(GenerationsAction::Unpin { n }) => Engine::open(config)?.pin(n, false)?,
+        },
+        Command::Firmware { action } => match action {
+            FirmwareAction::Status(out) => {
+                let fw = ferry_engine::firmware::Firmware::from_config(&config.firmware)?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("no [firmware] boot environment is configured")
+                    })?;
+                output::firmware(
+                    &fw.status().map_err(ferry_engine::EngineError::from)?,
+                    out.json,
+                )?;
+            }
+            FirmwareAction::MarkGood => match Engine::open(config)?.firmware_mark_good()? {
+                Some((slot, true)) => println!("slot {slot} marked good"),
+                Some((slot, false)) => println!("slot {slot} was already marked good"),
+                None => anyhow::bail!("no [firmware] boot environment is configured"),
+            },
         },
         Command::Audit { action } => {
             let engine = Engine::open_read_only(config)?;

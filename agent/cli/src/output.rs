@@ -301,6 +301,41 @@ pub fn audit_ok(n: u64, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+pub fn firmware(s: &ferry_engine::firmware::FirmwareStatus, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(s);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "scheme:  {}", s.scheme)?;
+    match (&s.booted, &s.booted_error) {
+        (Some(b), _) => writeln!(out, "booted:  {b}")?,
+        (None, e) => writeln!(out, "booted:  unknown ({})", e.as_deref().unwrap_or("?"))?,
+    }
+    writeln!(out, "order:   {}", s.order.join(" "))?;
+    for slot in &s.slots {
+        let b = &slot.boot;
+        let mut state = vec![if b.good { "good" } else { "bad" }.to_owned()];
+        if b.trying {
+            state.push("trying".to_owned());
+        }
+        if let Some(n) = b.attempts_left {
+            state.push(format!("{n} attempts left"));
+        }
+        if !b.bootable {
+            state.push("not bootable".to_owned());
+        }
+        writeln!(
+            out,
+            "slot {}{} {}: {}",
+            slot.name,
+            if slot.booted { " (booted)" } else { "" },
+            slot.device.display(),
+            state.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

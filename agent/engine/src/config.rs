@@ -34,6 +34,44 @@ pub struct Config {
     pub facts: PathBuf,
     pub source: SourceConfig,
     pub files: FilesConfig,
+    pub firmware: FirmwareConfig,
+}
+
+/// `[firmware]`: A/B slots and the boot environment (docs/configuration.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirmwareConfig {
+    /// `grub`, `uboot` or `file`; none: no firmware management.
+    pub bootenv: Option<String>,
+    pub grubenv: PathBuf,
+    pub uboot_config: PathBuf,
+    /// The `file` backend's path.
+    pub envfile: PathBuf,
+    /// `grub` (try once) or `uboot` (boot counting); default follows `bootenv`.
+    pub scheme: Option<String>,
+    /// Boot attempts for the `uboot` scheme.
+    pub attempts: u32,
+    /// Where the kernel command line is read from.
+    pub cmdline: PathBuf,
+    /// The command-line parameter naming the booted slot.
+    pub slot_param: String,
+    pub slots: Vec<crate::firmware::slot::SlotConfig>,
+}
+
+impl Default for FirmwareConfig {
+    fn default() -> Self {
+        FirmwareConfig {
+            bootenv: None,
+            grubenv: PathBuf::from("/boot/efi/EFI/ferry/grubenv"),
+            uboot_config: PathBuf::from("/etc/fw_env.config"),
+            envfile: PathBuf::from("/var/lib/ferry/bootenv"),
+            scheme: None,
+            attempts: 3,
+            cmdline: PathBuf::from("/proc/cmdline"),
+            slot_param: "rauc.slot".to_owned(),
+            slots: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -68,6 +106,7 @@ impl Default for Config {
             facts: PathBuf::from(crate::facts::FACTS_FILE),
             source: SourceConfig::default(),
             files: FilesConfig::default(),
+            firmware: FirmwareConfig::default(),
         }
     }
 }
@@ -146,6 +185,43 @@ impl Config {
                 key: "files.root",
                 message: format!("must be an absolute path, not {:?}", self.files.root),
             });
+        }
+        let fw = &self.firmware;
+        if !matches!(
+            fw.bootenv.as_deref(),
+            None | Some("grub" | "uboot" | "file")
+        ) {
+            return Err(ConfigError::Invalid {
+                key: "firmware.bootenv",
+                message: format!(
+                    "unknown boot environment {:?} (known: grub, uboot, file)",
+                    fw.bootenv
+                ),
+            });
+        }
+        if !matches!(fw.scheme.as_deref(), None | Some("grub" | "uboot")) {
+            return Err(ConfigError::Invalid {
+                key: "firmware.scheme",
+                message: format!("unknown scheme {:?} (known: grub, uboot)", fw.scheme),
+            });
+        }
+        if fw.bootenv.is_some() {
+            let names: Vec<&str> = fw.slots.iter().map(|s| s.name.as_str()).collect();
+            let valid = |n: &&str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric());
+            if names.len() != 2 || !names.iter().all(valid) || names[0] == names[1] {
+                return Err(ConfigError::Invalid {
+                    key: "firmware.slots",
+                    message: format!(
+                        "want two slots with distinct alphanumeric names, got {names:?}"
+                    ),
+                });
+            }
+            if fw.attempts == 0 {
+                return Err(ConfigError::Invalid {
+                    key: "firmware.attempts",
+                    message: "must be at least 1".to_owned(),
+                });
+            }
         }
         match self.source.kind.as_deref() {
             None => {}

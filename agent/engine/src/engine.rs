@@ -803,6 +803,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Marks the booted firmware slot good (after a healthy boot), audited
+    /// when it changed anything. `None` without `[firmware]`.
+    pub fn firmware_mark_good(&mut self) -> Result<Option<(String, bool)>> {
+        let Some(fw) = crate::firmware::Firmware::from_config(&self.config.firmware)? else {
+            return Ok(None);
+        };
+        let (slot, changed) = fw.mark_good()?;
+        if changed {
+            self.db.with_tx(|tx| {
+                Db::append_audit(
+                    tx,
+                    &AuditEvent {
+                        generation: None,
+                        event: "firmware-marked-good",
+                        actor: LOCAL_OPERATOR,
+                        details: json!({"slot": slot}),
+                    },
+                )
+            })?;
+        }
+        Ok(Some((slot, changed)))
+    }
+
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
         Ok(self
             .db

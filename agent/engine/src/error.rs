@@ -69,6 +69,8 @@ pub enum EngineError {
         failure: String,
         undo: ActivateError,
     },
+    #[error(transparent)]
+    Firmware(#[from] crate::firmware::FirmwareError),
     #[error("{0}")]
     Refused(String),
 }
@@ -105,6 +107,8 @@ impl EngineError {
             EngineError::Locked(_) => ErrorClass::Busy,
             EngineError::RolledBack { .. } => ErrorClass::RolledBack,
             EngineError::Refused(_) => ErrorClass::Refused,
+            EngineError::Firmware(crate::firmware::FirmwareError::Booted(_)) => ErrorClass::Refused,
+            EngineError::Firmware(_) => ErrorClass::Internal,
         }
     }
 }

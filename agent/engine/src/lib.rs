@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod facts;
 pub mod failpoints;
+pub mod firmware;
 pub mod fsutil;
 pub mod generations;
 pub mod manifest;

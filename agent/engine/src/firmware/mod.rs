@@ -1,0 +1,167 @@
+//! Firmware A/B: boot environments, the slot scheme, slot writes.
+//!
+//! - [`env`]: an ordered set of boot variables and the [`BootEnvStore`] trait;
+//! - [`grub`]: the GRUB environment block, byte-compatible with `grub-editenv`;
+//! - [`uboot`]: the U-Boot environment (single or redundant, CRC32), as
+//!   `fw_printenv`/`fw_setenv`/`mkenvimage` read and write it;
+//! - [`plain`]: a `name=value` file for tests and custom boot scripts;
+//! - [`scheme`]: the RAUC-compatible variables for boot order, try-once and
+//!   boot counting, and the booted-slot detection;
+//! - [`slot`]: streaming a verified image into a slot.
+
+pub mod env;
+pub mod grub;
+pub mod plain;
+pub mod scheme;
+pub mod slot;
+pub mod uboot;
+
+use std::path::PathBuf;
+
+pub use env::{BootEnv, BootEnvStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirmwareError {
+    #[error("boot environment {path}: {message}")]
+    Env { path: PathBuf, message: String },
+    #[error("boot environment {path}: {source}")]
+    EnvIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("slot {slot}: {message}")]
+    Slot { slot: String, message: String },
+    #[error("booted slot: {0}")]
+    Booted(String),
+}
+
+/// The configured firmware set-up: boot environment, scheme, slots.
+#[derive(Debug)]
+pub struct Firmware {
+    pub env: Box<dyn BootEnvStore>,
+    pub scheme: scheme::Scheme,
+    pub slots: Vec<slot::SlotConfig>,
+    cmdline: PathBuf,
+    slot_param: String,
+}
+
+/// `ferry firmware status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FirmwareStatus {
+    pub scheme: String,
+    /// The booted slot, if the kernel command line names one.
+    pub booted: Option<String>,
+    /// Why the booted slot is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub booted_error: Option<String>,
+    pub order: Vec<String>,
+    pub slots: Vec<SlotStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotStatus {
+    pub name: String,
+    pub device: PathBuf,
+    pub booted: bool,
+    #[serde(flatten)]
+    pub boot: scheme::SlotBootState,
+}
+
+impl Firmware {
+    /// From `[firmware]`; `None` when no boot environment is configured.
+    pub fn from_config(
+        c: &crate::config::FirmwareConfig,
+    ) -> Result<Option<Firmware>, FirmwareError> {
+        let Some(kind) = c.bootenv.as_deref() else {
+            return Ok(None);
+        };
+        let env: Box<dyn BootEnvStore> = match kind {
+            "grub" => Box::new(grub::GrubEnv {
+                path: c.grubenv.clone(),
+            }),
+            "uboot" => Box::new(uboot::parse_config(&c.uboot_config)?),
+            _ => Box::new(plain::PlainEnv {
+                path: c.envfile.clone(),
+            }),
+        };
+        let scheme =
+            match c
+                .scheme
+                .as_deref()
+                .unwrap_or(if kind == "grub" { "grub" } else { "uboot" })
+            {
+                "grub" => scheme::Scheme::Grub,
+                _ => scheme::Scheme::Uboot {
+                    attempts: c.attempts,
+                },
+            };
+        Ok(Some(Firmware {
+            env,
+            scheme,
+            slots: c.slots.clone(),
+            cmdline: c.cmdline.clone(),
+            slot_param: c.slot_param.clone(),
+        }))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.slots.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The slot the running system booted from (kernel command line).
+    pub fn booted(&self) -> Result<String, FirmwareError> {
+        let cmdline = std::fs::read_to_string(&self.cmdline).map_err(|e| {
+            FirmwareError::Booted(format!("reading {}: {e}", self.cmdline.display()))
+        })?;
+        scheme::booted_slot(&cmdline, &self.slot_param, &self.names())
+            .map_err(FirmwareError::Booted)
+    }
+
+    /// The slot an update goes into: the one not booted.
+    pub fn inactive(&self) -> Result<&slot::SlotConfig, FirmwareError> {
+        let booted = self.booted()?;
+        Ok(self
+            .slots
+            .iter()
+            .find(|s| s.name != booted)
+            .expect("two distinct slots"))
+    }
+
+    pub fn status(&self) -> Result<FirmwareStatus, FirmwareError> {
+        let env = self.env.load()?;
+        let booted = self.booted().map_err(|e| e.to_string());
+        Ok(FirmwareStatus {
+            scheme: match self.scheme {
+                scheme::Scheme::Grub => "grub (try once)".to_owned(),
+                scheme::Scheme::Uboot { attempts } => format!("uboot ({attempts} attempts)"),
+            },
+            order: self.scheme.order(&env),
+            slots: self
+                .slots
+                .iter()
+                .map(|s| SlotStatus {
+                    name: s.name.clone(),
+                    device: s.device.clone(),
+                    booted: booted.as_deref().ok() == Some(s.name.as_str()),
+                    boot: self.scheme.state(&env, &s.name),
+                })
+                .collect(),
+            booted_error: booted.as_ref().err().cloned(),
+            booted: booted.ok(),
+        })
+    }
+
+    /// Marks the booted slot good. Returns its name and whether anything changed.
+    pub fn mark_good(&self) -> Result<(String, bool), FirmwareError> {
+        let booted = self.booted()?;
+        let mut env = self.env.load()?;
+        let before = env.clone();
+        self.scheme.mark_good(&mut env, &booted);
+        let changed = env != before;
+        if changed {
+            self.env.store(&env)?;
+        }
+        Ok((booted, changed))
+    }
+}

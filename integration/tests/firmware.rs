@@ -1,0 +1,419 @@
+//! Firmware boot environments, cross-checked with the real tools
+//! (`grub-editenv` from grub-common, `fw_printenv`/`fw_setenv` from
+//! libubootenv-tool, `mkenvimage` from u-boot-tools), and
+//! `ferry firmware status|mark-good` against a boot simulated with them.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use ferry_engine::firmware::env::{BootEnv, BootEnvStore};
+use ferry_engine::firmware::grub::{self, GrubEnv};
+use ferry_engine::firmware::uboot::{self, UbootEnv};
+
+fn tool(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn tricky() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("ORDER", "A B"),
+        ("A_OK", "1"),
+        ("A_TRY", "0"),
+        ("path", "C:\\boot\\x"),
+        ("multi", "line one\nline two"),
+        ("eq", "a=b # not a comment"),
+        ("utf8", "Grüße ✓"),
+    ]
+}
+
+#[test]
+fn grub_blocks_are_byte_identical_with_grub_editenv() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("grubenv");
+    let ps = p.to_str().unwrap();
+    tool("grub-editenv", &[ps, "create"]);
+    for (n, v) in tricky() {
+        tool("grub-editenv", &[ps, "set", &format!("{n}={v}")]);
+    }
+    let theirs = fs::read(&p).unwrap();
+    let env: BootEnv = tricky().into_iter().collect();
+    assert_eq!(
+        grub::serialize(&env, 1024).unwrap(),
+        theirs,
+        "ferry writes what grub-editenv writes"
+    );
+    assert_eq!(
+        grub::parse(&theirs).unwrap(),
+        env,
+        "ferry reads what grub-editenv writes"
+    );
+
+    // Updates in place keep the order; unset shrinks; grub-editenv reads ferry's file.
+    let store = GrubEnv { path: p.clone() };
+    let mut env = store.load().unwrap();
+    env.set("A_TRY", "1");
+    env.unset("eq");
+    env.set("NEW", "x");
+    store.store(&env).unwrap();
+    tool("grub-editenv", &[ps, "unset", "NEW"]);
+    tool("grub-editenv", &[ps, "set", "NEW=x"]);
+    assert_eq!(fs::read(&p).unwrap(), grub::serialize(&env, 1024).unwrap());
+    let listed = tool("grub-editenv", &[ps, "list"]);
+    assert!(
+        listed.starts_with(
+            "ORDER=A B\nA_OK=1\nA_TRY=1\npath=C:\\boot\\x\nmulti=line one\nline two\n"
+        ),
+        "{listed}"
+    );
+}
+
+#[test]
+fn grub_block_overflow_and_garbage_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = GrubEnv {
+        path: dir.path().join("grubenv"),
+    };
+    let big: BootEnv = [("V", "x".repeat(1100))].into_iter().collect();
+    let e = store.store(&big).unwrap_err().to_string();
+    assert!(e.contains("grubenv") && e.contains("too small"), "{e}");
+    assert!(!store.path.exists(), "nothing written");
+    fs::write(&store.path, "not an environment").unwrap();
+    let e = store.load().unwrap_err().to_string();
+    assert!(e.contains("header missing"), "{e}");
+    let e = GrubEnv {
+        path: dir.path().join("missing"),
+    }
+    .load()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("missing") && e.contains("No such file"), "{e}");
+}
+
+fn env_file(dir: &Path, name: &str, vars: &[(&str, &str)], redundant: bool) -> std::path::PathBuf {
+    let txt = dir.join(format!("{name}.txt"));
+    let body: String = vars.iter().map(|(n, v)| format!("{n}={v}\n")).collect();
+    fs::write(&txt, body).unwrap();
+    let bin = dir.join(format!("{name}.bin"));
+    let mut args = vec![
+        "-s",
+        "0x2000",
+        "-o",
+        bin.to_str().unwrap(),
+        txt.to_str().unwrap(),
+    ];
+    if redundant {
+        args.insert(0, "-r");
+    }
+    tool("mkenvimage", &args);
+    bin
+}
+
+fn sorted_lines(vars: &[(&str, &str)]) -> String {
+    let mut v: Vec<String> = vars.iter().map(|(n, val)| format!("{n}={val}")).collect();
+    v.sort();
+    v.join("\n") + "\n"
+}
+
+#[test]
+fn uboot_single_copy_matches_the_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [
+        ("bootcmd", "run ferry_boot"),
+        ("BOOT_ORDER", "A B"),
+        ("BOOT_A_LEFT", "3"),
+        ("BOOT_B_LEFT", "0"),
+    ];
+    let bin = env_file(dir.path(), "env", &vars, false);
+    let cfg = dir.path().join("fw_env.config");
+    fs::write(&cfg, format!("{} 0x0 0x2000\n", bin.display())).unwrap();
+    let store = uboot::parse_config(&cfg).unwrap();
+    assert_eq!(
+        store.load().unwrap().sorted(),
+        vars.iter().copied().collect::<BootEnv>().sorted()
+    );
+    let mut env = store.load().unwrap();
+    env.set("BOOT_ORDER", "B A");
+    env.set("BOOT_B_LEFT", "3");
+    store.store(&env).unwrap();
+    let c = cfg.to_str().unwrap();
+    assert_eq!(
+        tool("fw_printenv", &["-c", c]),
+        sorted_lines(&[
+            ("bootcmd", "run ferry_boot"),
+            ("BOOT_ORDER", "B A"),
+            ("BOOT_A_LEFT", "3"),
+            ("BOOT_B_LEFT", "3")
+        ])
+    );
+    tool("fw_setenv", &["-c", c, "BOOT_B_LEFT", "2"]);
+    assert_eq!(store.load().unwrap().get("BOOT_B_LEFT"), Some("2"));
+}
+
+#[test]
+fn uboot_redundant_copies_agree_with_libubootenv() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [("BOOT_ORDER", "A B"), ("BOOT_A_LEFT", "3")];
+    let image = env_file(dir.path(), "env", &vars, true);
+    let (c1, c2) = (dir.path().join("copy1.bin"), dir.path().join("copy2.bin"));
+    fs::copy(&image, &c1).unwrap();
+    fs::copy(&image, &c2).unwrap();
+    let cfg = dir.path().join("fw_env.config");
+    fs::write(
+        &cfg,
+        format!("{} 0x0 0x2000\n{} 0x0 0x2000\n", c1.display(), c2.display()),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let store: UbootEnv = uboot::parse_config(&cfg).unwrap();
+    let printenv = || tool("fw_printenv", &["-c", c]);
+    let ours = |s: &UbootEnv| {
+        let e = s.load().unwrap();
+        e.sorted()
+            .iter()
+            .map(|(n, v)| format!("{n}={v}\n"))
+            .collect::<String>()
+    };
+
+    // Alternate writers; each reads what the other wrote.
+    for i in 0..6 {
+        if i % 2 == 0 {
+            tool("fw_setenv", &["-c", c, "BOOT_A_LEFT", &i.to_string()]);
+        } else {
+            let mut e = store.load().unwrap();
+            e.set("BOOT_A_LEFT", &i.to_string());
+            store.store(&e).unwrap();
+        }
+        assert_eq!(ours(&store), printenv(), "after write {i}");
+        assert!(printenv().contains(&format!("BOOT_A_LEFT={i}\n")));
+    }
+
+    // Corrupt the copy in use: both fall back to the other one.
+    let (current, _, _) = store.current().unwrap();
+    let victim = if current == 0 { &c1 } else { &c2 };
+    let mut bytes = fs::read(victim).unwrap();
+    bytes[20] ^= 0xff;
+    fs::write(victim, &bytes).unwrap();
+    assert_eq!(ours(&store), printenv());
+    assert!(
+        printenv().contains("BOOT_A_LEFT=4\n"),
+        "the previous write survives"
+    );
+    // A write now goes over the corrupt copy and becomes current for both.
+    let mut e = store.load().unwrap();
+    e.set("BOOT_A_LEFT", "9");
+    store.store(&e).unwrap();
+    assert!(printenv().contains("BOOT_A_LEFT=9\n"));
+
+    // Flag wrap-around: 0x00 is newer than 0xff.
+    let old: BootEnv = [("V", "old")].into_iter().collect();
+    let new: BootEnv = [("V", "new")].into_iter().collect();
+    fs::write(&c1, uboot::encode(&old, 0x2000, Some(0xff)).unwrap()).unwrap();
+    fs::write(&c2, uboot::encode(&new, 0x2000, Some(0x00)).unwrap()).unwrap();
+    assert_eq!(printenv(), "V=new\n");
+    assert_eq!(ours(&store), "V=new\n");
+
+    // Neither copy valid: both refuse.
+    for f in [&c1, &c2] {
+        fs::write(f, vec![0u8; 0x2000]).unwrap();
+    }
+    let out = Command::new("fw_printenv")
+        .args(["-c", c])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = store.load().unwrap_err().to_string();
+    assert!(
+        e.contains("no valid environment copy") && e.contains("bad CRC"),
+        "{e}"
+    );
+}
+
+/// A device with a GRUB environment, two image-file slots and a kernel
+/// command line file; the test plays the bootloader with grub-editenv,
+/// following the script in images/bootloader/grub.cfg.
+struct Device {
+    f: Fixture,
+    grubenv: std::path::PathBuf,
+    cmdline: std::path::PathBuf,
+}
+
+impl Device {
+    fn new() -> Device {
+        let f = Fixture::new();
+        let grubenv = f.dir.path().join("grubenv");
+        let cmdline = f.dir.path().join("cmdline");
+        let text = fs::read_to_string(&f.config).unwrap();
+        fs::write(
+            &f.config,
+            format!(
+                "{text}[firmware]\nbootenv = \"grub\"\ngrubenv = {grubenv:?}\ncmdline = {cmdline:?}\nslots = [{{ name = \"A\", device = {:?}, size = 1048576 }}, {{ name = \"B\", device = {:?}, size = 1048576 }}]\n",
+                f.dir.path().join("slot-a.img"),
+                f.dir.path().join("slot-b.img"),
+            ),
+        )
+        .unwrap();
+        let g = grubenv.to_str().unwrap();
+        tool("grub-editenv", &[g, "create"]);
+        tool(
+            "grub-editenv",
+            &[
+                g,
+                "set",
+                "ORDER=A B",
+                "A_OK=1",
+                "A_TRY=0",
+                "B_OK=0",
+                "B_TRY=0",
+            ],
+        );
+        Device {
+            f,
+            grubenv,
+            cmdline,
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        let list = tool("grub-editenv", &[self.grubenv.to_str().unwrap(), "list"]);
+        list.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_owned))
+    }
+
+    /// The GRUB script: first slot in ORDER with OK=1 and TRY=0; TRY=1 saved; booted.
+    fn boot(&self) -> Option<String> {
+        let order = self.get("ORDER").unwrap_or_default();
+        for slot in order.split_whitespace() {
+            if self.get(&format!("{slot}_OK")).as_deref() == Some("1")
+                && self.get(&format!("{slot}_TRY")).as_deref() == Some("0")
+            {
+                tool(
+                    "grub-editenv",
+                    &[
+                        self.grubenv.to_str().unwrap(),
+                        "set",
+                        &format!("{slot}_TRY=1"),
+                    ],
+                );
+                fs::write(
+                    &self.cmdline,
+                    format!("quiet root=/dev/slot{slot} rauc.slot={slot}\n"),
+                )
+                .unwrap();
+                return Some(slot.to_owned());
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn booted_slot_is_marked_good_and_audited() {
+    let d = Device::new();
+    assert_eq!(d.boot().as_deref(), Some("A"));
+    let status = d.f.json(&["firmware", "status", "--json"]);
+    assert_eq!(status["booted"], "A");
+    assert_eq!(status["slots"][0]["trying"], true);
+    assert!(
+        d.f.ok(&["firmware", "mark-good"])
+            .contains("slot A marked good")
+    );
+    assert_eq!(d.get("A_TRY").as_deref(), Some("0"));
+    assert!(
+        d.f.ok(&["firmware", "mark-good"])
+            .contains("already marked good")
+    );
+    let audit = d.f.json(&["audit", "list", "--json"]);
+    let marks: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "firmware-marked-good")
+        .collect();
+    assert_eq!(marks.len(), 1, "audited once");
+    assert_eq!(marks[0]["details"]["slot"], "A");
+    // The next boot picks A again; an unmarked boot would not be retried.
+    assert_eq!(d.boot().as_deref(), Some("A"));
+    assert_eq!(
+        d.boot(),
+        None,
+        "A was tried and not marked good: GRUB skips it"
+    );
+    let human = d.f.ok(&["firmware", "status"]);
+    assert!(
+        human.contains("booted:  A") && human.contains("trying"),
+        "{human}"
+    );
+}
+
+#[test]
+fn unknown_booted_slot_and_broken_env_are_clear_errors() {
+    let d = Device::new();
+    fs::write(&d.cmdline, "quiet root=/dev/sda2\n").unwrap();
+    let out = d.f.run(&["firmware", "mark-good"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no rauc.slot="), "{}", stderr(&out));
+    fs::write(&d.cmdline, "rauc.slot=Z\n").unwrap();
+    let out = d.f.run(&["firmware", "mark-good"]);
+    assert!(
+        stderr(&out).contains("rauc.slot=Z names no configured slot"),
+        "{}",
+        stderr(&out)
+    );
+    let status = d.f.json(&["firmware", "status", "--json"]);
+    assert!(status["booted"].is_null());
+    assert!(
+        status["booted_error"]
+            .as_str()
+            .unwrap()
+            .contains("rauc.slot=Z")
+    );
+    fs::write(&d.grubenv, "garbage").unwrap();
+    fs::write(&d.cmdline, "rauc.slot=A\n").unwrap();
+    let out = d.f.run(&["firmware", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("grubenv") && stderr(&out).contains("header missing"),
+        "{}",
+        stderr(&out)
+    );
+    let out = d.f.run(&["firmware", "mark-good"]);
+    assert!(stderr(&out).contains("header missing"));
+    assert_eq!(
+        fs::read_to_string(&d.grubenv).unwrap(),
+        "garbage",
+        "nothing written over it"
+    );
+}
+
+#[test]
+fn firmware_config_is_validated() {
+    let f = Fixture::new();
+    let text = fs::read_to_string(&f.config).unwrap();
+    fs::write(&f.config, format!("{text}[firmware]\nbootenv = \"lilo\"\n")).unwrap();
+    let out = f.run(&["firmware", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("firmware.bootenv"),
+        "{}",
+        stderr(&out)
+    );
+    fs::write(&f.config, format!("{text}[firmware]\nbootenv = \"grub\"\nslots = [{{ name = \"A\", device = \"/dev/null\" }}]\n")).unwrap();
+    let out = f.run(&["firmware", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("firmware.slots"), "{}", stderr(&out));
+}
