@@ -314,6 +314,8 @@ fn every_failpoint_is_exercised() {
         .into_iter()
         .flat_map(path_of)
         .chain([fp::UNDO_AFTER_STEP])
+        // The firmware install flow's own points: integration/tests/firmware.rs.
+        .chain(fp::FIRMWARE.iter().copied())
         .collect();
     covered.sort_unstable();
     covered.dedup();

@@ -417,3 +417,358 @@ fn firmware_config_is_validated() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("firmware.slots"), "{}", stderr(&out));
 }
+
+// ---- the install flow against a simulated GRUB boot -----------------------
+
+const SLOT_SIZE: usize = 4 << 20;
+
+fn image(version: &str) -> Vec<u8> {
+    // 3 MiB: several write chunks, so a crash can land mid-write.
+    let mut out = Vec::with_capacity(3 << 20);
+    let mut i: u32 = 0;
+    while out.len() < 3 << 20 {
+        out.extend_from_slice(format!("{version}:{i:08}\n").as_bytes());
+        i += 1;
+    }
+    out
+}
+
+/// A device with two 4 MiB image-file slots, slot A holding firmware v1,
+/// GRUB booting A; health = a marker file; reboots counted in a file.
+struct Gateway {
+    d: Device,
+    healthy: std::path::PathBuf,
+    reboots: std::path::PathBuf,
+    boot_id: std::path::PathBuf,
+    boots: std::cell::Cell<u32>,
+}
+
+impl Gateway {
+    fn new() -> Gateway {
+        let d = Device::new();
+        let dir = d.f.dir.path().to_path_buf();
+        let (healthy, reboots, boot_id) = (
+            dir.join("healthy"),
+            dir.join("reboots"),
+            dir.join("boot_id"),
+        );
+        let text = fs::read_to_string(&d.f.config)
+            .unwrap()
+            .replace("size = 1048576", &format!("size = {SLOT_SIZE}"));
+        fs::write(
+            &d.f.config,
+            text.replace(
+                "[firmware]\n",
+                &format!(
+                    "[firmware]\nboot_id = {boot_id:?}\nreboot_command = [\"sh\", \"-c\", \"echo reboot >> {}\"]\n",
+                    reboots.display()
+                ),
+            ) + &format!("[[health.check]]\ncommand = [\"test\", \"-e\", {healthy:?}]\n"),
+        )
+        .unwrap();
+        fs::write(dir.join("slot-a.img"), image("v1")).unwrap();
+        fs::write(dir.join("slot-b.img"), b"").unwrap();
+        let g = Gateway {
+            d,
+            healthy,
+            reboots,
+            boot_id,
+            boots: std::cell::Cell::new(0),
+        };
+        g.power_on();
+        g
+    }
+
+    /// Power on: a new boot id, GRUB picks a slot; returns it. The slot it
+    /// boots must hold a complete, verified image.
+    fn power_on(&self) -> String {
+        self.boots.set(self.boots.get() + 1);
+        fs::write(&self.boot_id, format!("boot-{}\n", self.boots.get())).unwrap();
+        let slot = self.d.boot().expect("GRUB finds a bootable slot");
+        let content = fs::read(
+            self.d
+                .f
+                .dir
+                .path()
+                .join(format!("slot-{}.img", slot.to_lowercase())),
+        )
+        .unwrap();
+        assert!(
+            content == image("v1") || content == image("v2"),
+            "slot {slot} booted with an incomplete image ({} bytes)",
+            content.len()
+        );
+        slot
+    }
+
+    fn reboots(&self) -> usize {
+        fs::read_to_string(&self.reboots)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn publish(&self, version: &str) {
+        self.d.f.publish_raw(
+            &format!(
+                "apiVersion: ferry.dev/v1\nresources:\n  - {{kind: file, path: /etc/os-version, source: files/version}}\n  - {{kind: firmware, name: gateway-os, version: \"{version}\", source: images/os.img}}\n"
+            ),
+            &[("files/version".to_owned(), format!("{version}\n")), ("images/os.img".to_owned(), String::from_utf8(image(version)).unwrap())],
+        );
+    }
+
+    fn slot_image(&self, slot: &str) -> Vec<u8> {
+        fs::read(
+            self.d
+                .f
+                .dir
+                .path()
+                .join(format!("slot-{}.img", slot.to_lowercase())),
+        )
+        .unwrap()
+    }
+
+    fn open_transitions(&self) -> usize {
+        self.d.f.json(&["status", "--json"])["open_transitions"]
+            .as_array()
+            .unwrap()
+            .len()
+    }
+
+    fn audit_events(&self) -> Vec<String> {
+        let a = self.d.f.json(&["audit", "list", "--json"]);
+        a.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+#[test]
+fn update_then_healthy_boot_is_marked_good() {
+    let g = Gateway::new();
+    g.d.f.ok(&["firmware", "mark-good"]);
+    g.publish("v1");
+    // The running firmware is v1 already, but ferry does not know it: the
+    // first apply writes v1 into B. Start from there.
+    g.d.f.ok(&["apply"]);
+    assert_eq!(g.reboots(), 1, "the reboot command ran");
+    fs::write(&g.healthy, "").unwrap();
+    assert_eq!(g.power_on(), "B");
+    g.d.f.ok(&["recover"]);
+    assert_eq!(g.open_transitions(), 0);
+
+    g.publish("v2");
+    let out = g.d.f.ok(&["apply", "--no-reboot"]);
+    assert!(out.contains("firmware written to slot A"), "{out}");
+    assert_eq!(g.reboots(), 1, "--no-reboot");
+    assert_eq!(g.slot_image("A"), image("v2"));
+    assert_eq!(g.d.get("ORDER").as_deref(), Some("A B"));
+    assert_eq!(
+        fs::read_to_string(g.d.f.root.join("etc/os-version")).unwrap(),
+        "v2\n"
+    );
+    // Before the reboot: nothing else may change, and recovery waits.
+    let refused = g.d.f.run(&["apply"]);
+    assert_eq!(refused.status.code(), Some(8), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("waits for a reboot into firmware slot A"));
+    g.d.f.ok(&["recover"]);
+    assert_eq!(g.open_transitions(), 1);
+
+    assert_eq!(g.power_on(), "A");
+    g.d.f.ok(&["recover"]);
+    assert_eq!(g.open_transitions(), 0);
+    assert_eq!(g.d.get("A_TRY").as_deref(), Some("0"), "marked good");
+    assert!(
+        g.audit_events()
+            .ends_with(&["firmware-marked-good".to_owned(), "confirmed".to_owned()])
+    );
+    assert_eq!(g.power_on(), "A", "stays on the new firmware");
+    assert_eq!(g.d.f.run(&["plan", "--exit-code"]).status.code(), Some(0));
+    g.d.f.ok(&["audit", "verify"]);
+}
+
+#[test]
+fn failing_health_falls_back_and_is_audited() {
+    let g = Gateway::new();
+    g.d.f.ok(&["firmware", "mark-good"]);
+    g.publish("v2");
+    g.d.f.ok(&["apply"]);
+    assert_eq!(g.power_on(), "B");
+    // No health marker: the checks fail.
+    g.d.f.ok(&["recover"]);
+    assert_eq!(g.reboots(), 2, "ferry rebooted back");
+    assert_eq!(g.open_transitions(), 0);
+    let audit = g.d.f.json(&["audit", "list", "--json"]);
+    let rb = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "rolling-back")
+        .unwrap();
+    assert!(
+        rb["details"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("health check failed"),
+        "{rb}"
+    );
+    assert_eq!(g.power_on(), "A", "back on the old firmware");
+    assert_eq!(g.slot_image("A"), image("v1"));
+    assert!(
+        !g.d.f.root.join("etc/os-version").exists(),
+        "the files of the transition are undone too"
+    );
+    assert_eq!(
+        g.d.f.json(&["status", "--json"])["current"],
+        serde_json::Value::Null
+    );
+    g.d.f.ok(&["audit", "verify"]);
+}
+
+#[test]
+fn bootloader_fallback_is_recorded_as_rollback() {
+    let g = Gateway::new();
+    g.d.f.ok(&["firmware", "mark-good"]);
+    g.publish("v2");
+    g.d.f.ok(&["apply", "--no-reboot"]);
+    // B boots but hangs before ferry runs; the next boot falls back to A.
+    assert_eq!(g.power_on(), "B");
+    assert_eq!(g.power_on(), "A");
+    g.d.f.ok(&["recover"]);
+    let audit = g.d.f.json(&["audit", "list", "--json"]);
+    let rb = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "rolling-back")
+        .unwrap();
+    assert!(
+        rb["details"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("fell back to slot A"),
+        "{rb}"
+    );
+    assert!(g.audit_events().ends_with(&["rolled-back".to_owned()]));
+    assert_eq!(g.d.get("B_OK").as_deref(), Some("0"));
+    assert_eq!(g.power_on(), "A");
+}
+
+#[test]
+fn power_cut_at_every_step_of_the_install_boots_a_complete_image() {
+    use ferry_engine::failpoints as fp;
+    let points: Vec<&str> = fp::FIRMWARE
+        .iter()
+        .copied()
+        .chain([
+            fp::ACTIVATE_AFTER_APPLY,
+            fp::SWITCH_AFTER_RENAME,
+            fp::SWITCHED,
+        ])
+        .collect();
+    for point in points {
+        let g = Gateway::new();
+        g.d.f.ok(&["firmware", "mark-good"]);
+        fs::write(&g.healthy, "").unwrap();
+        g.publish("v2");
+        let out =
+            g.d.f
+                .cmd(&["apply"])
+                .env("FERRY_CRASH_AT", format!("{point}:abort"))
+                .output()
+                .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(6),
+            "{point}: {}",
+            stderr(&out)
+        );
+        // Power cut: the next boot runs a complete image (checked in power_on).
+        let mut booted = g.power_on();
+        let before = g.reboots();
+        g.d.f.ok(&["recover"]);
+        if g.reboots() > before {
+            booted = g.power_on();
+            g.d.f.ok(&["recover"]);
+        }
+        assert_eq!(g.open_transitions(), 0, "{point}");
+        g.d.f.ok(&["audit", "verify"]);
+        // Converge: apply again until the new firmware runs.
+        for _ in 0..2 {
+            if booted == "B"
+                && g.slot_image("B") == image("v2")
+                && g.d.f.run(&["plan", "--exit-code"]).status.code() == Some(0)
+            {
+                break;
+            }
+            g.d.f.ok(&["apply", "--no-reboot"]);
+            booted = g.power_on();
+            g.d.f.ok(&["recover"]);
+        }
+        assert_eq!(booted, "B", "{point}: converged onto the new firmware");
+        assert_eq!(g.slot_image("B"), image("v2"));
+        assert_eq!(
+            g.slot_image("A"),
+            image("v1"),
+            "{point}: the old slot was never touched"
+        );
+        assert_eq!(
+            g.d.f.run(&["plan", "--exit-code"]).status.code(),
+            Some(0),
+            "{point}"
+        );
+        assert_eq!(g.open_transitions(), 0);
+    }
+}
+
+#[test]
+fn bad_images_leave_the_running_slot_alone() {
+    let g = Gateway::new();
+    g.d.f.ok(&["firmware", "mark-good"]);
+    // Larger than the slot.
+    let big = "x".repeat(SLOT_SIZE + 1);
+    g.d.f.publish_raw(
+        "apiVersion: ferry.dev/v1\nresources:\n  - {kind: firmware, name: os, version: \"9\", source: images/os.img}\n",
+        &[("images/os.img".to_owned(), big)],
+    );
+    let out = g.d.f.run(&["apply"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not fit the slot"),
+        "{}",
+        stderr(&out)
+    );
+    // Hash mismatch mid-stream: the pinned digest is not the content's.
+    let good = image("v2");
+    let pin = ferry_core::Sha256::of(&good);
+    let mut forged = good.clone();
+    forged[2 << 20] ^= 1;
+    g.d.f.publish_raw(
+        &format!("apiVersion: ferry.dev/v1\nresources:\n  - {{kind: firmware, name: os, version: \"2\", source: images/os.img, sha256: \"{pin}\", length: {}}}\n", good.len()),
+        &[("images/os.img".to_owned(), String::from_utf8(forged).unwrap())],
+    );
+    let out = g.d.f.run(&["apply"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("sha256 mismatch"), "{}", stderr(&out));
+    assert_eq!(
+        g.d.get("B_OK").as_deref(),
+        Some("0"),
+        "inactive slot stays invalid"
+    );
+    assert_eq!(g.slot_image("A"), image("v1"));
+    assert_eq!(g.power_on(), "A");
+    assert_eq!(g.reboots(), 0);
+    // Two firmware resources for one device.
+    g.d.f.publish_raw(
+        "apiVersion: ferry.dev/v1\nresources:\n  - {kind: firmware, name: a, version: \"1\", source: f}\n  - {kind: firmware, name: b, version: \"1\", source: f}\n",
+        &[("f".to_owned(), "x".to_owned())],
+    );
+    let out = g.d.f.run(&["apply"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("more than one firmware resource"),
+        "{}",
+        stderr(&out)
+    );
+}

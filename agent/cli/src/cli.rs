@@ -77,7 +77,13 @@ pub enum Command {
         revision: Option<String>,
     },
     /// Fetch, verify, plan and switch to the desired state (one reconcile).
-    Apply(JsonFlag),
+    Apply {
+        #[command(flatten)]
+        out: JsonFlag,
+        /// After writing firmware, do not run firmware.reboot_command.
+        #[arg(long)]
+        no_reboot: bool,
+    },
     /// List generations, or pin/unpin one so gc keeps it.
     Generations {
         #[command(flatten)]

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use ferry_engine::facts::Facts;
 use ferry_engine::report::report;
-use ferry_engine::{Config, Engine, source};
+use ferry_engine::{ApplyOutcome, Config, Engine, source};
 
 use crate::cli::{AuditAction, Cli, Command, FirmwareAction, GenerationsAction};
 use crate::exit::Code;
@@ -82,12 +82,17 @@ pub fn run(args: Cli) -> Result<Code> {
                     .map_or("none".to_owned(), |g| g.id.to_string())
             );
         }
-        Command::Apply(out) => {
+        Command::Apply { out, no_reboot } => {
             let src = source::from_config(&config)?;
             let facts = facts()?;
+            let reboot_command = config.firmware.reboot_command.clone();
             let mut engine = Engine::open(config)?;
             let outcome = engine.apply(&*src, &facts)?;
             output::outcome(&outcome, out.json)?;
+            if matches!(outcome, ApplyOutcome::RebootRequired { .. }) && !no_reboot {
+                drop(engine);
+                ferry_engine::health::reboot(&reboot_command);
+            }
         }
         Command::Rollback { to, out } => {
             let mut engine = Engine::open(config)?;

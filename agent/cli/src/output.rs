@@ -183,6 +183,12 @@ pub fn outcome(o: &ApplyOutcome, as_json: bool) -> Result<()> {
     }
     let mut out = io::stdout().lock();
     match o {
+        ApplyOutcome::RebootRequired {
+            to, revision, slot, ..
+        } => writeln!(
+            out,
+            "firmware written to slot {slot} (generation {to}, revision {revision}); it is confirmed after a reboot into it"
+        )?,
         ApplyOutcome::NoChange {
             generation,
             revision,

@@ -16,18 +16,20 @@ use crate::digest::ContentRef;
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     File,
+    Firmware,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown resource kind {0:?} (known: file)")]
+#[error("unknown resource kind {0:?} (known: file, firmware)")]
 pub struct UnknownKind(pub String);
 
 impl Kind {
-    pub const ALL: &'static [Kind] = &[Kind::File];
+    pub const ALL: &'static [Kind] = &[Kind::File, Kind::Firmware];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::File => "file",
+            Kind::Firmware => "firmware",
         }
     }
 }

@@ -35,6 +35,29 @@ pub struct Config {
     pub source: SourceConfig,
     pub files: FilesConfig,
     pub firmware: FirmwareConfig,
+    pub health: HealthConfig,
+}
+
+/// `[health]`: what must pass after a boot into new firmware.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// `[[health.check]]` entries; all must exit 0.
+    pub check: Vec<HealthCheck>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Program and arguments (no shell).
+    pub command: Vec<String>,
+    /// Seconds before the check counts as failed.
+    #[serde(default = "default_health_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_health_timeout() -> u64 {
+    60
 }
 
 /// `[firmware]`: A/B slots and the boot environment (docs/configuration.md).
@@ -55,6 +78,10 @@ pub struct FirmwareConfig {
     pub cmdline: PathBuf,
     /// The command-line parameter naming the booted slot.
     pub slot_param: String,
+    /// Changes on every boot: tells "not rebooted yet" from "rebooted".
+    pub boot_id: PathBuf,
+    /// Run after a firmware image is written (`ferry apply --no-reboot` skips it).
+    pub reboot_command: Vec<String>,
     pub slots: Vec<crate::firmware::slot::SlotConfig>,
 }
 
@@ -69,6 +96,8 @@ impl Default for FirmwareConfig {
             attempts: 3,
             cmdline: PathBuf::from("/proc/cmdline"),
             slot_param: "rauc.slot".to_owned(),
+            boot_id: PathBuf::from("/proc/sys/kernel/random/boot_id"),
+            reboot_command: vec!["systemctl".to_owned(), "reboot".to_owned()],
             slots: Vec::new(),
         }
     }
@@ -107,6 +136,7 @@ impl Default for Config {
             source: SourceConfig::default(),
             files: FilesConfig::default(),
             firmware: FirmwareConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -222,6 +252,12 @@ impl Config {
                     message: "must be at least 1".to_owned(),
                 });
             }
+        }
+        if self.health.check.iter().any(|c| c.command.is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "health.check.command",
+                message: "must name a program".to_owned(),
+            });
         }
         match self.source.kind.as_deref() {
             None => {}

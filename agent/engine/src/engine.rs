@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::activate::file::FileActivator;
+use crate::activate::firmware::{FirmwareActivator, FirmwareUndo};
 use crate::activate::{ActivateError, Activators};
 use crate::config::Config;
 use crate::error::EngineError;
@@ -42,6 +43,15 @@ pub enum ApplyOutcome {
     NoChange {
         generation: Option<u64>,
         revision: String,
+    },
+    /// Firmware was written into `slot`; the transition completes after a
+    /// reboot into it (or is rolled back if the bootloader falls back).
+    RebootRequired {
+        transition: i64,
+        from: Option<u64>,
+        to: u64,
+        revision: String,
+        slot: String,
     },
     /// A new generation (apply) or an older one (rollback) is current.
     Switched {
@@ -205,6 +215,7 @@ impl Engine {
         rev: &dyn VerifiedRevision,
         desired: &ResolvedManifest,
     ) -> Result<ApplyOutcome> {
+        self.refuse_while_reboot_pending()?;
         let from = self.db.current_generation()?;
         let p = plan(&desired.resources, &self.actual()?);
         if p.is_empty() {
@@ -283,6 +294,7 @@ impl Engine {
 
     /// Switches back to generation `to` (default: the previous one).
     pub fn rollback(&mut self, to: Option<u64>) -> Result<ApplyOutcome> {
+        self.refuse_while_reboot_pending()?;
         let current = self.db.current_generation()?.ok_or_else(|| {
             EngineError::Refused("no generation is active; nothing to roll back".into())
         })?;
@@ -356,6 +368,15 @@ impl Engine {
             .to_gen
             .expect("apply and rollback transitions have a target");
         self.activate_and_switch(&mut t, p, to)?;
+        if let Some(fw) = pending_firmware(&self.db, &t)? {
+            return Ok(ApplyOutcome::RebootRequired {
+                transition: t.id,
+                from: t.from_gen,
+                to,
+                revision: t.revision.clone().unwrap_or_default(),
+                slot: fw.target,
+            });
+        }
         let (added, changed, removed) = p.counts();
         Ok(ApplyOutcome::Switched {
             transition: t.id,
@@ -393,6 +414,10 @@ impl Engine {
             Db::mark_activation(tx, id, seq, false)
         })?;
         fail_point!(fp::SWITCHED);
+        if pending_firmware(&self.db, t)?.is_some() {
+            // Confirmed only after the reboot into the new slot (recover()).
+            return Ok(());
+        }
         self.advance(t, Phase::Confirmed, None)
     }
 
@@ -508,6 +533,113 @@ impl Engine {
             fail_point!(fp::UNDO_AFTER_STEP);
         }
         Ok(())
+    }
+
+    // ---- firmware ------------------------------------------------------------------
+
+    /// The firmware undo records of `t`'s activations.
+    fn firmware_records(&self, t: &TransitionRow) -> Result<Vec<FirmwareUndo>> {
+        Ok(self
+            .db
+            .activations(t.id)?
+            .into_iter()
+            .filter(|a| {
+                a.step
+                    .get("id")
+                    .and_then(|id| id.get("kind"))
+                    .and_then(Value::as_str)
+                    == Some("firmware")
+            })
+            .filter_map(|a| serde_json::from_value(a.undo).ok())
+            .collect())
+    }
+
+    /// A crash after a slot was activated, then a reboot into it, then the
+    /// undo of that activation: the device runs firmware the state no longer
+    /// has. The undo made the old slot boot next; reboot into it.
+    fn reboot_if_running_undone_firmware(&self, records: &[FirmwareUndo]) {
+        let Ok(Some(fw)) = crate::firmware::Firmware::from_config(&self.config.firmware) else {
+            return;
+        };
+        let Ok(booted) = fw.booted() else {
+            return;
+        };
+        if records
+            .iter()
+            .any(|r| r.target == booted && r.booted != booted)
+        {
+            crate::health::reboot(&self.config.firmware.reboot_command);
+        }
+    }
+
+    fn refuse_while_reboot_pending(&self) -> Result<()> {
+        for t in self.db.open_transitions()? {
+            if let Some(fw) = pending_firmware(&self.db, &t)? {
+                return Err(EngineError::Refused(format!(
+                    "transition {} waits for a reboot into firmware slot {}; reboot first",
+                    t.id, fw.target
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// After firmware was written: decides, from the booted slot and the
+    /// health checks, whether the transition is confirmed or rolled back.
+    fn firmware_followup(&mut self, t: &mut TransitionRow) -> Result<()> {
+        let pending = pending_firmware(&self.db, t)?.expect("checked by the caller");
+        let fw =
+            crate::firmware::Firmware::from_config(&self.config.firmware)?.ok_or_else(|| {
+                EngineError::Refused(
+                    "a firmware transition is open but [firmware] is not configured".into(),
+                )
+            })?;
+        if fw.boot_id()? == pending.boot_id {
+            tracing::info!(transition = t.id, slot = %pending.target, "firmware written; waiting for the reboot");
+            return Ok(());
+        }
+        let booted = fw.booted()?;
+        if booted != pending.target {
+            let failure = ActivateError::new(
+                format!("firmware slot {}", pending.target),
+                format!("the bootloader fell back to slot {booted}"),
+            );
+            return match self.roll_back(t, failure) {
+                EngineError::RolledBack { .. } => Ok(()),
+                other => Err(other),
+            };
+        }
+        match crate::health::run(&self.config.health) {
+            Ok(()) => {
+                fw.mark_good()?;
+                let actor = t.actor.clone();
+                let id = t.id;
+                self.advance_with(t, Phase::Confirmed, None, |tx| {
+                    Db::append_audit(
+                        tx,
+                        &AuditEvent {
+                            generation: None,
+                            event: "firmware-marked-good",
+                            actor: &actor,
+                            details: json!({"transition": id, "slot": booted}),
+                        },
+                    )
+                })
+            }
+            Err(why) => {
+                // Undo makes the old slot boot again; the reboot takes it there.
+                let failure = ActivateError::new(
+                    format!("firmware slot {booted}"),
+                    format!("health check failed: {why}"),
+                );
+                match self.roll_back(t, failure) {
+                    EngineError::RolledBack { .. } => {}
+                    other => return Err(other),
+                }
+                crate::health::reboot(&self.config.firmware.reboot_command);
+                Ok(())
+            }
+        }
     }
 
     // ---- gc -----------------------------------------------------------------------------
@@ -655,10 +787,15 @@ impl Engine {
                         format!("{} transition {}", t.kind, t.id),
                         format!("interrupted in phase {}; recovered at start", t.phase),
                     );
+                    let firmware = self.firmware_records(&t)?;
                     match self.roll_back(&mut t, failure) {
                         EngineError::RolledBack { .. } => {}
                         other => return Err(other),
                     }
+                    self.reboot_if_running_undone_firmware(&firmware);
+                }
+                RecoveryAction::Confirm if pending_firmware(&self.db, &t)?.is_some() => {
+                    self.firmware_followup(&mut t)?;
                 }
                 RecoveryAction::Confirm => {
                     let to = t.to_gen.expect("switched transitions have a target");
@@ -882,7 +1019,34 @@ pub fn plan_source(
 }
 
 fn default_activators(config: &Config) -> Activators {
-    Activators::new(vec![Box::new(FileActivator::new(&config.files.root))])
+    let fw = crate::firmware::Firmware::from_config(&config.firmware);
+    Activators::new(vec![
+        Box::new(FileActivator::new(&config.files.root)),
+        Box::new(FirmwareActivator::new(fw)),
+    ])
+}
+
+/// The firmware step of `t` whose new slot awaits a reboot, if any: done,
+/// not undone, in a transition that reached `switched`.
+fn pending_firmware(db: &Db, t: &TransitionRow) -> Result<Option<FirmwareUndo>> {
+    if t.phase != Phase::Switched {
+        return Ok(None);
+    }
+    for a in db.activations(t.id)? {
+        let is_firmware = a
+            .step
+            .get("id")
+            .and_then(|id| id.get("kind"))
+            .and_then(Value::as_str)
+            == Some("firmware");
+        if is_firmware && a.done && !a.undone && !a.undo.is_null() {
+            let undo: FirmwareUndo = serde_json::from_value(a.undo).map_err(|e| {
+                EngineError::Refused(format!("transition {}: firmware record: {e}", t.id))
+            })?;
+            return Ok(Some(undo));
+        }
+    }
+    Ok(None)
 }
 
 /// The plan as recorded in a transition and its audit entry.

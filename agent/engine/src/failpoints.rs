@@ -25,6 +25,18 @@ pub const ALL: &[&str] = &[
     GC_PLANNED,
     GC_AFTER_GENERATION,
     GC_AFTER_BLOB,
+    FIRMWARE_INVALIDATED,
+    FIRMWARE_WRITE,
+    FIRMWARE_WRITTEN,
+    FIRMWARE_ACTIVATED,
+];
+
+/// The firmware install flow's failpoints, in order.
+pub const FIRMWARE: &[&str] = &[
+    FIRMWARE_INVALIDATED,
+    FIRMWARE_WRITE,
+    FIRMWARE_WRITTEN,
+    FIRMWARE_ACTIVATED,
 ];
 
 /// A transition was recorded as planned; nothing staged yet.
@@ -50,6 +62,14 @@ pub const SWITCH_AFTER_RENAME: &str = "switch::after-rename";
 pub const SWITCHED: &str = "transition::switched";
 /// One activation has been undone during a rollback of a failed transition.
 pub const UNDO_AFTER_STEP: &str = "undo::after-step";
+/// The inactive slot is marked bad in the boot environment; nothing written.
+pub const FIRMWARE_INVALIDATED: &str = "firmware::invalidated";
+/// Inside the streaming write into the slot (a power cut mid-write).
+pub const FIRMWARE_WRITE: &str = "firmware::write";
+/// The image is in the slot and verified; the slot is still marked bad.
+pub const FIRMWARE_WRITTEN: &str = "firmware::written";
+/// The slot is marked active (tried at the next boot); not recorded as done.
+pub const FIRMWARE_ACTIVATED: &str = "firmware::activated";
 /// gc recorded what it will delete.
 pub const GC_PLANNED: &str = "gc::planned";
 /// gc deleted one generation.

@@ -17,6 +17,7 @@ pub mod failpoints;
 pub mod firmware;
 pub mod fsutil;
 pub mod generations;
+pub mod health;
 pub mod manifest;
 pub mod render;
 pub mod report;

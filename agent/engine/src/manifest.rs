@@ -27,10 +27,16 @@ pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 pub const DESIRED_STATE_SCHEMA: &str = include_str!("../../../schemas/desired-state.schema.json");
 
 /// The per-kind schemas, by the URI the desired-state schema refers to them with.
-const KIND_SCHEMAS: &[(&str, &str)] = &[(
-    "https://ferry.dev/schemas/kinds/file.schema.json",
-    include_str!("../../../schemas/kinds/file.schema.json"),
-)];
+const KIND_SCHEMAS: &[(&str, &str)] = &[
+    (
+        "https://ferry.dev/schemas/kinds/file.schema.json",
+        include_str!("../../../schemas/kinds/file.schema.json"),
+    ),
+    (
+        "https://ferry.dev/schemas/kinds/firmware.schema.json",
+        include_str!("../../../schemas/kinds/firmware.schema.json"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -314,6 +320,10 @@ fn resolve(
                     BTreeMap::from([("mode".to_owned(), Value::String(format!("{bits:04o}")))]),
                 )
             }
+            Kind::Firmware => (
+                item["name"].as_str().unwrap_or_default().to_owned(),
+                BTreeMap::from([("version".to_owned(), item["version"].clone())]),
+            ),
         };
         let id = ResourceId {
             kind,
@@ -363,6 +373,19 @@ fn resolve(
             })
             .expect("duplicates checked above");
         contents.insert(id, bytes);
+    }
+    // One device has one pair of slots: two images would overwrite each other.
+    if resources
+        .iter()
+        .filter(|r| r.kind == Kind::Firmware)
+        .count()
+        > 1
+    {
+        return Err(ManifestError::Invalid {
+            file: file.to_owned(),
+            pointer: "/resources".to_owned(),
+            message: "more than one firmware resource selected for this device".to_owned(),
+        });
     }
     Ok(ResolvedManifest {
         resources,
@@ -585,7 +608,7 @@ mod tests {
         let e = check("m.yaml", &doc).unwrap_err().to_string();
         assert_eq!(
             e,
-            "manifest m.yaml: /resources/0/kind: unknown resource kind \"docker\" (known: file)"
+            "manifest m.yaml: /resources/0/kind: unknown resource kind \"docker\" (known: file, firmware)"
         );
     }
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::store::Store;
 
 pub mod file;
+pub mod firmware;
 
 #[derive(Debug, thiserror::Error)]
 #[error("activating {resource}: {message}")]

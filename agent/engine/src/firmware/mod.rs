@@ -44,6 +44,7 @@ pub struct Firmware {
     pub slots: Vec<slot::SlotConfig>,
     cmdline: PathBuf,
     slot_param: String,
+    boot_id: PathBuf,
 }
 
 /// `ferry firmware status`.
@@ -102,10 +103,18 @@ impl Firmware {
             slots: c.slots.clone(),
             cmdline: c.cmdline.clone(),
             slot_param: c.slot_param.clone(),
+            boot_id: c.boot_id.clone(),
         }))
     }
 
-    fn names(&self) -> Vec<String> {
+    /// The current boot's id (changes at every boot).
+    pub fn boot_id(&self) -> Result<String, FirmwareError> {
+        std::fs::read_to_string(&self.boot_id)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| FirmwareError::Booted(format!("reading {}: {e}", self.boot_id.display())))
+    }
+
+    pub fn names(&self) -> Vec<String> {
         self.slots.iter().map(|s| s.name.clone()).collect()
     }
 

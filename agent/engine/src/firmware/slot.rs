@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use ferry_core::ContentRef;
 use serde::{Deserialize, Serialize};
 
+use fail::fail_point;
+
 use super::FirmwareError;
+#[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
+use crate::failpoints as fp;
 use crate::store::{VerifyingReader, store_error};
 
 /// Streaming buffer: the whole write uses this much memory.
@@ -91,6 +95,7 @@ impl SlotConfig {
             out.write_all(&buf[..n])
                 .map_err(|e| self.err(format!("writing {}: {e}", self.device.display())))?;
             written += n as u64;
+            fail_point!(fp::FIRMWARE_WRITE);
         }
         if is_file {
             out.set_len(written)

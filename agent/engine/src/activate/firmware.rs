@@ -1,0 +1,142 @@
+//! The `firmware` activator: an image into the inactive A/B slot.
+//!
+//! The order is never changed (Bottlerocket's): mark the inactive slot bad
+//! → stream the image into it (verified while written, fsynced) → read it
+//! back and verify → mark it active (first in the boot order, one fresh
+//! try). A power cut anywhere leaves either the old boot environment with
+//! the inactive slot marked bad (the bootloader keeps booting the running
+//! slot), or a complete, verified image marked for one try.
+//!
+//! The new firmware runs only after a reboot; the engine keeps the
+//! transition in `switched` until the device has booted the new slot and
+//! its health checks passed (then `mark-good` and `confirmed`), or the
+//! bootloader fell back (then the transition is rolled back).
+//!
+//! Undo restores the boot environment as it was before the step and marks
+//! the written slot bad: its old content is gone.
+
+use std::fs::File;
+
+use fail::fail_point;
+use ferry_core::{Kind, Op, Sha256, Step};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{ActivateError, Activator};
+#[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
+use crate::failpoints as fp;
+use crate::firmware::{BootEnv, Firmware};
+use crate::store::Store;
+
+#[derive(Debug)]
+pub struct FirmwareActivator {
+    /// The configured firmware, or why there is none.
+    fw: Result<Firmware, String>,
+}
+
+/// What undo and the post-boot check need.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirmwareUndo {
+    /// The boot environment before the step.
+    pub env: Vec<(String, String)>,
+    /// The slot running when the update was written.
+    pub booted: String,
+    /// The slot written.
+    pub target: String,
+    /// The boot id when the update was written.
+    pub boot_id: String,
+}
+
+impl FirmwareActivator {
+    pub fn new(fw: Result<Option<Firmware>, crate::firmware::FirmwareError>) -> Self {
+        let fw = match fw {
+            Ok(Some(fw)) => Ok(fw),
+            Ok(None) => {
+                Err("firmware resources need a [firmware] section in ferry.toml".to_owned())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        FirmwareActivator { fw }
+    }
+
+    fn fw(&self, step: &Step) -> Result<&Firmware, ActivateError> {
+        self.fw
+            .as_ref()
+            .map_err(|e| ActivateError::new(&step.id, e))
+    }
+}
+
+fn err(step: &Step) -> impl Fn(crate::firmware::FirmwareError) -> ActivateError + '_ {
+    move |e| ActivateError::new(&step.id, e)
+}
+
+impl Activator for FirmwareActivator {
+    fn kind(&self) -> Kind {
+        Kind::Firmware
+    }
+
+    fn prepare(&self, step: &Step, _store: &Store) -> Result<Value, ActivateError> {
+        if step.op == Op::Remove {
+            // Dropping a firmware resource leaves the running firmware alone.
+            return Ok(Value::Null);
+        }
+        let fw = self.fw(step)?;
+        let booted = fw.booted().map_err(err(step))?;
+        let target = fw.inactive().map_err(err(step))?.name.clone();
+        let env = fw.env.load().map_err(err(step))?;
+        let undo = FirmwareUndo {
+            env: env
+                .iter()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
+            booted,
+            target,
+            boot_id: fw.boot_id().map_err(err(step))?,
+        };
+        Ok(serde_json::to_value(undo).expect("undo record serialises"))
+    }
+
+    fn apply(&self, step: &Step, store: &Store) -> Result<(), ActivateError> {
+        let Some(to) = step.to.as_ref().filter(|_| step.op != Op::Remove) else {
+            return Ok(());
+        };
+        let fw = self.fw(step)?;
+        let slot = fw.inactive().map_err(err(step))?;
+        let names = fw.names();
+        // 1. Invalidate: the bootloader must not pick a half-written slot.
+        let mut env = fw.env.load().map_err(err(step))?;
+        fw.scheme.mark_bad(&mut env, &slot.name);
+        fw.env.store(&env).map_err(err(step))?;
+        fail_point!(fp::FIRMWARE_INVALIDATED);
+        // 2.+3. Write (verified while streaming) and read back.
+        let path = store.path(&to.content.sha256);
+        let mut image = File::open(&path).map_err(|e| {
+            ActivateError::new(&step.id, format!("opening {}: {e}", path.display()))
+        })?;
+        slot.write_image(&mut image, to.content)
+            .map_err(err(step))?;
+        fail_point!(fp::FIRMWARE_WRITTEN);
+        // 4. Activate: first in the order, one fresh try.
+        let mut env = fw.env.load().map_err(err(step))?;
+        fw.scheme.mark_active(&mut env, &slot.name, &names);
+        fw.env.store(&env).map_err(err(step))?;
+        fail_point!(fp::FIRMWARE_ACTIVATED);
+        Ok(())
+    }
+
+    fn undo(&self, step: &Step, undo: &Value, _store: &Store) -> Result<(), ActivateError> {
+        if undo.is_null() {
+            return Ok(());
+        }
+        let fw = self.fw(step)?;
+        let undo: FirmwareUndo = serde_json::from_value(undo.clone())
+            .map_err(|e| ActivateError::new(&step.id, format!("undo record: {e}")))?;
+        let mut env: BootEnv = undo.env.iter().cloned().collect();
+        fw.scheme.mark_bad(&mut env, &undo.target);
+        fw.env.store(&env).map_err(err(step))
+    }
+
+    fn undo_blobs(&self, _undo: &Value) -> Vec<Sha256> {
+        Vec::new()
+    }
+}
