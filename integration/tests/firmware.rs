@@ -422,7 +422,7 @@ fn firmware_config_is_validated() {
 
 const SLOT_SIZE: usize = 4 << 20;
 
-fn image(version: &str) -> Vec<u8> {
+fn image_bytes(version: &str) -> Vec<u8> {
     // 3 MiB: several write chunks, so a crash can land mid-write.
     let mut out = Vec::with_capacity(3 << 20);
     let mut i: u32 = 0;
@@ -466,7 +466,7 @@ impl Gateway {
             ) + &format!("[[health.check]]\ncommand = [\"test\", \"-e\", {healthy:?}]\n"),
         )
         .unwrap();
-        fs::write(dir.join("slot-a.img"), image("v1")).unwrap();
+        fs::write(dir.join("slot-a.img"), image_bytes("v1")).unwrap();
         fs::write(dir.join("slot-b.img"), b"").unwrap();
         let g = Gateway {
             d,
@@ -494,7 +494,7 @@ impl Gateway {
         )
         .unwrap();
         assert!(
-            content == image("v1") || content == image("v2"),
+            content == image_bytes("v1") || content == image_bytes("v2"),
             "slot {slot} booted with an incomplete image ({} bytes)",
             content.len()
         );
@@ -512,7 +512,7 @@ impl Gateway {
             &format!(
                 "apiVersion: ferry.dev/v1\nresources:\n  - {{kind: file, path: /etc/os-version, source: files/version}}\n  - {{kind: firmware, name: gateway-os, version: \"{version}\", source: images/os.img}}\n"
             ),
-            &[("files/version".to_owned(), format!("{version}\n")), ("images/os.img".to_owned(), String::from_utf8(image(version)).unwrap())],
+            &[("files/version".to_owned(), format!("{version}\n")), ("images/os.img".to_owned(), String::from_utf8(image_bytes(version)).unwrap())],
         );
     }
 
@@ -562,7 +562,7 @@ fn update_then_healthy_boot_is_marked_good() {
     let out = g.d.f.ok(&["apply", "--no-reboot"]);
     assert!(out.contains("firmware written to slot A"), "{out}");
     assert_eq!(g.reboots(), 1, "--no-reboot");
-    assert_eq!(g.slot_image("A"), image("v2"));
+    assert_eq!(g.slot_image("A"), image_bytes("v2"));
     assert_eq!(g.d.get("ORDER").as_deref(), Some("A B"));
     assert_eq!(
         fs::read_to_string(g.d.f.root.join("etc/os-version")).unwrap(),
@@ -614,7 +614,7 @@ fn failing_health_falls_back_and_is_audited() {
         "{rb}"
     );
     assert_eq!(g.power_on(), "A", "back on the old firmware");
-    assert_eq!(g.slot_image("A"), image("v1"));
+    assert_eq!(g.slot_image("A"), image_bytes("v1"));
     assert!(
         !g.d.f.root.join("etc/os-version").exists(),
         "the files of the transition are undone too"
@@ -697,7 +697,7 @@ fn power_cut_at_every_step_of_the_install_boots_a_complete_image() {
         // Converge: apply again until the new firmware runs.
         for _ in 0..2 {
             if booted == "B"
-                && g.slot_image("B") == image("v2")
+                && g.slot_image("B") == image_bytes("v2")
                 && g.d.f.run(&["plan", "--exit-code"]).status.code() == Some(0)
             {
                 break;
@@ -707,10 +707,10 @@ fn power_cut_at_every_step_of_the_install_boots_a_complete_image() {
             g.d.f.ok(&["recover"]);
         }
         assert_eq!(booted, "B", "{point}: converged onto the new firmware");
-        assert_eq!(g.slot_image("B"), image("v2"));
+        assert_eq!(g.slot_image("B"), image_bytes("v2"));
         assert_eq!(
             g.slot_image("A"),
-            image("v1"),
+            image_bytes("v1"),
             "{point}: the old slot was never touched"
         );
         assert_eq!(
@@ -740,7 +740,7 @@ fn bad_images_leave_the_running_slot_alone() {
         stderr(&out)
     );
     // Hash mismatch mid-stream: the pinned digest is not the content's.
-    let good = image("v2");
+    let good = image_bytes("v2");
     let pin = ferry_core::Sha256::of(&good);
     let mut forged = good.clone();
     forged[2 << 20] ^= 1;
@@ -756,7 +756,7 @@ fn bad_images_leave_the_running_slot_alone() {
         Some("0"),
         "inactive slot stays invalid"
     );
-    assert_eq!(g.slot_image("A"), image("v1"));
+    assert_eq!(g.slot_image("A"), image_bytes("v1"));
     assert_eq!(g.power_on(), "A");
     assert_eq!(g.reboots(), 0);
     // Two firmware resources for one device.
@@ -771,4 +771,126 @@ fn bad_images_leave_the_running_slot_alone() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The U-Boot script of images/bootloader/boot.cmd, played with the real
+/// fw_printenv/fw_setenv on a redundant environment.
+fn uboot_boot(cfg: &Path, cmdline: &Path) -> Option<String> {
+    let c = cfg.to_str().unwrap();
+    let vars = tool("fw_printenv", &["-c", c]);
+    let get = |n: &str| {
+        vars.lines()
+            .find_map(|l| l.strip_prefix(&format!("{n}=")))
+            .map(str::to_owned)
+    };
+    for slot in get("BOOT_ORDER").unwrap_or_default().split_whitespace() {
+        let var = format!("BOOT_{slot}_LEFT");
+        let left: u32 = get(&var).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if left > 0 {
+            tool("fw_setenv", &["-c", c, &var, &(left - 1).to_string()]);
+            fs::write(cmdline, format!("console=ttyS0 rauc.slot={slot}\n")).unwrap();
+            return Some(slot.to_owned());
+        }
+    }
+    None
+}
+
+#[test]
+fn uboot_boot_counting_end_to_end() {
+    let f = Fixture::new();
+    let dir = f.dir.path();
+    let (cmdline, boot_id, reboots) = (
+        dir.join("cmdline"),
+        dir.join("boot_id"),
+        dir.join("reboots"),
+    );
+    let image = env_file(
+        dir,
+        "env",
+        &[
+            ("BOOT_ORDER", "A B"),
+            ("BOOT_A_LEFT", "3"),
+            ("BOOT_B_LEFT", "0"),
+        ],
+        true,
+    );
+    let (c1, c2) = (dir.join("copy1.bin"), dir.join("copy2.bin"));
+    fs::copy(&image, &c1).unwrap();
+    fs::copy(&image, &c2).unwrap();
+    let cfg = dir.join("fw_env.config");
+    fs::write(
+        &cfg,
+        format!("{} 0x0 0x2000\n{} 0x0 0x2000\n", c1.display(), c2.display()),
+    )
+    .unwrap();
+    fs::write(dir.join("slot-a.img"), image_bytes("v1")).unwrap();
+    let text = fs::read_to_string(&f.config).unwrap();
+    fs::write(
+        &f.config,
+        format!(
+            "{text}[firmware]\nbootenv = \"uboot\"\nuboot_config = {cfg:?}\ncmdline = {cmdline:?}\nboot_id = {boot_id:?}\nreboot_command = [\"sh\", \"-c\", \"echo reboot >> {}\"]\nslots = [{{ name = \"A\", device = {:?}, size = {SLOT_SIZE} }}, {{ name = \"B\", device = {:?}, size = {SLOT_SIZE} }}]\n",
+            reboots.display(),
+            dir.join("slot-a.img"),
+            dir.join("slot-b.img"),
+        ),
+    )
+    .unwrap();
+    let mut boots = 0;
+    let mut power_on = || {
+        boots += 1;
+        fs::write(&boot_id, format!("boot-{boots}\n")).unwrap();
+        uboot_boot(&cfg, &cmdline)
+    };
+    let left = |slot: &str| {
+        let vars = tool("fw_printenv", &["-c", cfg.to_str().unwrap()]);
+        vars.lines()
+            .find_map(|l| l.strip_prefix(&format!("BOOT_{slot}_LEFT=")))
+            .map(str::to_owned)
+    };
+    assert_eq!(power_on().as_deref(), Some("A"));
+    f.ok(&["firmware", "mark-good"]);
+    assert_eq!(left("A").as_deref(), Some("3"));
+
+    let publish = |v: &str| {
+        f.publish_raw(
+            &format!("apiVersion: ferry.dev/v1\nresources:\n  - {{kind: firmware, name: os, version: \"{v}\", source: os.img}}\n"),
+            &[("os.img".to_owned(), String::from_utf8(image_bytes(v)).unwrap())],
+        )
+    };
+    publish("v2");
+    f.ok(&["apply"]);
+    assert_eq!(left("B").as_deref(), Some("3"));
+    assert_eq!(power_on().as_deref(), Some("B"));
+    assert_eq!(
+        left("B").as_deref(),
+        Some("2"),
+        "the bootloader counted the attempt"
+    );
+    f.ok(&["recover"]);
+    assert_eq!(
+        left("B").as_deref(),
+        Some("3"),
+        "marked good: attempts restored"
+    );
+
+    // A bad update into A that never comes up far enough to run ferry: after
+    // three attempts U-Boot falls back to B, and ferry records the rollback.
+    publish("v3");
+    f.ok(&["apply", "--no-reboot"]);
+    for _ in 0..3 {
+        assert_eq!(power_on().as_deref(), Some("A"));
+    }
+    assert_eq!(power_on().as_deref(), Some("B"));
+    f.ok(&["recover"]);
+    let audit = f.json(&["audit", "list", "--json"]);
+    let events: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events.last(), Some(&"rolled-back"));
+    assert!(audit.to_string().contains("fell back to slot B"));
+    assert_eq!(f.json(&["firmware", "status", "--json"])["booted"], "B");
+    assert_eq!(fs::read(dir.join("slot-b.img")).unwrap(), image_bytes("v2"));
 }
