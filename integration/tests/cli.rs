@@ -268,3 +268,56 @@ fn state_dir_flag_and_env_override_config() {
     assert!(other.join("state.db").is_file());
     assert!(!f.state.exists());
 }
+
+#[test]
+fn removing_a_taken_over_file_restores_the_original() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    // A file the OS shipped, before ferry manages it.
+    fs::create_dir_all(f.root.join("etc/mosquitto")).unwrap();
+    let os_file = f.root.join("etc/mosquitto/mosquitto.conf");
+    fs::write(&os_file, "# shipped by the OS\n").unwrap();
+    fs::set_permissions(&os_file, fs::Permissions::from_mode(0o600)).unwrap();
+    f.publish(&[
+        file("/etc/mosquitto/mosquitto.conf", "managed v1\n", "0644"),
+        file("/etc/new", "new\n", "0644"),
+    ]);
+    f.ok(&["apply"]);
+    f.publish(&[
+        file("/etc/mosquitto/mosquitto.conf", "managed v2\n", "0644"),
+        file("/etc/new", "new\n", "0644"),
+    ]);
+    f.ok(&["apply"]);
+    f.publish(&[file("/etc/new", "new\n", "0644")]);
+    f.ok(&["apply"]);
+    // Three generations later, and after gc, the OS's file is back as it was.
+    f.ok(&["gc"]);
+    assert_eq!(
+        fs::read_to_string(&os_file).unwrap(),
+        "# shipped by the OS\n"
+    );
+    assert_eq!(
+        fs::metadata(&os_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Taking it over again and removing it again works the same; a file
+    // ferry created is simply deleted.
+    f.publish(&[file(
+        "/etc/mosquitto/mosquitto.conf",
+        "managed v3\n",
+        "0644",
+    )]);
+    f.ok(&["apply"]);
+    f.ok(&["gc"]);
+    assert!(!f.root.join("etc/new").exists());
+    f.publish(&[]);
+    f.ok(&["apply"]);
+    assert_eq!(
+        fs::read_to_string(&os_file).unwrap(),
+        "# shipped by the OS\n"
+    );
+    // A rollback to a generation that managed it takes it over again.
+    f.ok(&["rollback"]);
+    assert_eq!(fs::read_to_string(&os_file).unwrap(), "managed v3\n");
+    f.ok(&["audit", "verify"]);
+}

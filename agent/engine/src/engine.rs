@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use fail::fail_point;
 use ferry_core::audit::{AuditEntry, verify_chain};
-use ferry_core::{Phase, Plan, RecoveryAction, ResourceSet, Sha256, Step, TransitionKind, plan};
+use ferry_core::{
+    Op, Phase, Plan, RecoveryAction, ResourceSet, Sha256, Step, TransitionKind, plan,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -431,18 +433,36 @@ impl Engine {
         let undo = act.prepare(step, &self.store)?;
         let record = serde_json::to_value(step).expect("steps serialise");
         let db_err = |e: crate::state::StateError| ActivateError::new(&step.id, e);
+        let (kind, name) = (step.id.kind.as_str(), step.id.name.as_str());
+        // Removing what ferry took over restores what was there before it.
+        let original = match step.op {
+            Op::Remove => self.db.original(kind, name).map_err(db_err)?,
+            _ => None,
+        };
         self.db
-            .with_tx(|tx| Db::insert_activation(tx, t.id, seq, &record, &undo))
+            .with_tx(|tx| {
+                Db::insert_activation(tx, t.id, seq, &record, &undo)?;
+                if step.op == Op::Add && act.is_original(&undo) {
+                    Db::insert_original(tx, kind, name, &undo)?;
+                }
+                Ok(())
+            })
             .map_err(db_err)?;
         fail_point!(fp::ACTIVATE_BEFORE_APPLY, |_| Err(ActivateError::new(
             &step.id,
             "injected failure (failpoint activate::before-apply)"
         )));
-        act.apply(step, &self.store)?;
+        match &original {
+            Some(original) => act.undo(step, original, &self.store)?,
+            None => act.apply(step, &self.store)?,
+        }
         fail_point!(fp::ACTIVATE_AFTER_APPLY);
         let actor = t.actor.clone();
         self.db
             .with_tx(|tx| {
+                if original.is_some() {
+                    Db::delete_original(tx, kind, name)?;
+                }
                 Db::mark_activation(tx, t.id, seq, false)?;
                 Db::append_audit(
                     tx,
@@ -517,6 +537,10 @@ impl Engine {
                 let actor = t.actor.clone();
                 self.db
                     .with_tx(|tx| {
+                        if step.op == Op::Add {
+                            // The take-over is undone: what is there is unmanaged again.
+                            Db::delete_original(tx, step.id.kind.as_str(), &step.id.name)?;
+                        }
                         Db::mark_activation(tx, t.id, row.seq, true)?;
                         Db::append_audit(
                             tx,
@@ -667,6 +691,15 @@ impl Engine {
     /// Blobs referenced by surviving generations and open transitions.
     fn referenced_blobs(&self, except_transition: Option<i64>) -> Result<BTreeSet<Sha256>> {
         let mut refs = BTreeSet::new();
+        for (kind, undo) in self.db.originals()? {
+            if let Ok(act) = kind
+                .parse()
+                .map_err(|_| ())
+                .and_then(|k| self.activators.get(k).map_err(|_| ()))
+            {
+                refs.extend(act.undo_blobs(&undo));
+            }
+        }
         for g in self.db.generations()? {
             refs.extend(self.db.resources(g.id)?.iter().map(|r| r.content.sha256));
         }

@@ -100,6 +100,14 @@ CREATE TABLE audit (
     r#"
 ALTER TABLE resources ADD COLUMN secret INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+CREATE TABLE originals (
+    kind       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    undo       TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+) STRICT;
+"#,
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -675,6 +683,67 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    // ---- originals ------------------------------------------------------------
+    // What was at a resource's place before ferry first managed it (e.g. a
+    // configuration file shipped by the OS), as the activator's undo record;
+    // removing the resource restores it.
+
+    pub fn insert_original(
+        tx: &Transaction<'_>,
+        kind: &str,
+        name: &str,
+        undo: &Value,
+    ) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT OR IGNORE INTO originals (kind, name, undo) VALUES (?1, ?2, ?3)",
+            params![kind, name, undo.to_string()],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_original(tx: &Transaction<'_>, kind: &str, name: &str) -> rusqlite::Result<()> {
+        tx.execute(
+            "DELETE FROM originals WHERE kind = ?1 AND name = ?2",
+            params![kind, name],
+        )?;
+        Ok(())
+    }
+
+    pub fn original(&self, kind: &str, name: &str) -> Result<Option<Value>, StateError> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT undo FROM originals WHERE kind = ?1 AND name = ?2",
+                params![kind, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| StateError::Invalid {
+                path: self.path.clone(),
+                message: format!("original of {kind} {name}: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// Every recorded original: (kind, undo record).
+    pub fn originals(&self) -> Result<Vec<(String, Value)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, undo FROM originals")
+            .map_err(self.err())?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(self.err())?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, u)| serde_json::from_str(&u).ok().map(|u| (k, u)))
+            .collect())
     }
 
     // ---- audit ------------------------------------------------------------------

@@ -46,6 +46,9 @@ pub fn expected(files: &[FileSpec]) -> Snapshot {
 }
 
 pub fn manifest(files: &[FileSpec]) -> String {
+    if files.is_empty() {
+        return "apiVersion: ferry.dev/v1\nresources: []\n".to_owned();
+    }
     let mut m = String::from("apiVersion: ferry.dev/v1\nresources:\n");
     for (i, f) in files.iter().enumerate() {
         m.push_str(&format!(

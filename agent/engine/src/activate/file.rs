@@ -178,6 +178,10 @@ impl Activator for FileActivator {
         }
     }
 
+    fn is_original(&self, undo: &Value) -> bool {
+        serde_json::from_value::<Undo>(undo.clone()).is_ok_and(|u| u.previous.is_some())
+    }
+
     fn undo_blobs(&self, undo: &Value) -> Vec<Sha256> {
         serde_json::from_value::<Undo>(undo.clone())
             .ok()

@@ -42,6 +42,12 @@ pub trait Activator: std::fmt::Debug {
     fn undo(&self, step: &Step, undo: &Value, store: &Store) -> Result<(), ActivateError>;
     /// Blobs an undo record refers to (kept by GC while it may be needed).
     fn undo_blobs(&self, undo: &Value) -> Vec<Sha256>;
+    /// Whether `undo`, recorded for an `add`, holds something that was there
+    /// before ferry managed the resource, to be restored when the resource
+    /// is removed again (instead of deleting it).
+    fn is_original(&self, _undo: &Value) -> bool {
+        false
+    }
 }
 
 /// The activators of this build, one per kind.
