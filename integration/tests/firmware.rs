@@ -894,3 +894,54 @@ fn uboot_boot_counting_end_to_end() {
     assert_eq!(f.json(&["firmware", "status", "--json"])["booted"], "B");
     assert_eq!(fs::read(dir.join("slot-b.img")).unwrap(), image_bytes("v2"));
 }
+
+/// A loop device, detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn block_device_slots_take_their_capacity_from_the_device() {
+    use ferry_engine::firmware::slot::SlotConfig;
+    assert!(
+        is_root(),
+        "this test attaches a loop device and needs root (CI runs as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("disk.img");
+    fs::write(&backing, vec![0xaau8; 8 << 20]).unwrap();
+    let dev = Loop(
+        tool("losetup", &["-f", "--show", backing.to_str().unwrap()])
+            .trim()
+            .to_owned(),
+    );
+    let slot = SlotConfig {
+        name: "B".into(),
+        device: dev.0.clone().into(),
+        size: None,
+    };
+    assert_eq!(slot.capacity().unwrap(), 8 << 20);
+    let img = image_bytes("v2");
+    let content = ferry_core::ContentRef::of(&img);
+    assert_eq!(
+        slot.write_image(&mut &img[..], content).unwrap(),
+        img.len() as u64
+    );
+    slot.verify(content).unwrap();
+    let on_disk = fs::read(&backing).unwrap();
+    assert_eq!(&on_disk[..img.len()], &img[..]);
+    assert!(
+        on_disk[img.len()..].iter().all(|&b| b == 0xaa),
+        "nothing written past the image"
+    );
+    let big = vec![1u8; 9 << 20];
+    let e = slot
+        .write_image(&mut &big[..], ferry_core::ContentRef::of(&big))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not fit the slot (8388608 bytes)"), "{e}");
+}
