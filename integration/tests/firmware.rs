@@ -575,10 +575,19 @@ fn update_then_healthy_boot_is_marked_good() {
     g.d.f.ok(&["recover"]);
     assert_eq!(g.open_transitions(), 1);
 
+    let status = g.d.f.json(&["firmware", "status", "--json"]);
+    assert_eq!(status["slots"][0]["image"]["version"], "v2");
+    assert_eq!(status["slots"][0]["image"]["state"], "pending");
+    assert_eq!(status["slots"][1]["image"]["state"], "confirmed");
     assert_eq!(g.power_on(), "A");
     g.d.f.ok(&["recover"]);
     assert_eq!(g.open_transitions(), 0);
     assert_eq!(g.d.get("A_TRY").as_deref(), Some("0"), "marked good");
+    let human = g.d.f.ok(&["firmware", "status"]);
+    assert!(
+        human.contains("slot A (booted)") && human.contains("gateway-os v2 (confirmed)"),
+        "{human}"
+    );
     assert!(
         g.audit_events()
             .ends_with(&["firmware-marked-good".to_owned(), "confirmed".to_owned()])
@@ -614,6 +623,9 @@ fn failing_health_falls_back_and_is_audited() {
         "{rb}"
     );
     assert_eq!(g.power_on(), "A", "back on the old firmware");
+    let status = g.d.f.json(&["firmware", "status", "--json"]);
+    assert_eq!(status["slots"][1]["image"]["state"], "rolled-back");
+    assert_eq!(status["slots"][1]["bootable"], false);
     assert_eq!(g.slot_image("A"), image_bytes("v1"));
     assert!(
         !g.d.f.root.join("etc/os-version").exists(),

@@ -121,14 +121,19 @@ pub fn run(args: Cli) -> Result<Code> {
         },
         Command::Firmware { action } => match action {
             FirmwareAction::Status(out) => {
-                let fw = ferry_engine::firmware::Firmware::from_config(&config.firmware)?
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("no [firmware] boot environment is configured")
-                    })?;
-                output::firmware(
-                    &fw.status().map_err(ferry_engine::EngineError::from)?,
-                    out.json,
-                )?;
+                // Read-only: with no state yet, only the boot environment's view.
+                let status = match Engine::open_read_only(config.clone())? {
+                    Some(engine) => engine.firmware_status()?,
+                    None => ferry_engine::firmware::Firmware::from_config(&config.firmware)
+                        .map_err(ferry_engine::EngineError::from)?
+                        .map(|fw| fw.status())
+                        .transpose()
+                        .map_err(ferry_engine::EngineError::from)?,
+                };
+                let status = status.ok_or_else(|| {
+                    anyhow::anyhow!("no [firmware] boot environment is configured")
+                })?;
+                output::firmware(&status, out.json)?;
             }
             FirmwareAction::MarkGood => match Engine::open(config)?.firmware_mark_good()? {
                 Some((slot, true)) => println!("slot {slot} marked good"),

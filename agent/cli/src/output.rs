@@ -330,9 +330,12 @@ pub fn firmware(s: &ferry_engine::firmware::FirmwareStatus, as_json: bool) -> Re
         if !b.bootable {
             state.push("not bootable".to_owned());
         }
+        let image = slot.image.as_ref().map_or(String::new(), |i| {
+            format!(" — {} {} ({})", i.name, i.version, i.state)
+        });
         writeln!(
             out,
-            "slot {}{} {}: {}",
+            "slot {}{} {}: {}{image}",
             slot.name,
             if slot.booted { " (booted)" } else { "" },
             slot.device.display(),

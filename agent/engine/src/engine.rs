@@ -973,6 +973,20 @@ impl Engine {
         Ok(())
     }
 
+    /// `ferry firmware status`: the boot environment's view plus what the
+    /// state knows of each slot's image and of a pending update.
+    pub fn firmware_status(&self) -> Result<Option<crate::firmware::FirmwareStatus>> {
+        let Some(fw) = crate::firmware::Firmware::from_config(&self.config.firmware)? else {
+            return Ok(None);
+        };
+        let mut status = fw.status()?;
+        let installs = self.db.firmware_activations()?;
+        for slot in &mut status.slots {
+            slot.image = firmware_image(&installs, &slot.name);
+        }
+        Ok(Some(status))
+    }
+
     /// Marks the booted firmware slot good (after a healthy boot), audited
     /// when it changed anything. `None` without `[firmware]`.
     pub fn firmware_mark_good(&mut self) -> Result<Option<(String, bool)>> {
@@ -1057,6 +1071,35 @@ fn default_activators(config: &Config) -> Activators {
         Box::new(FileActivator::new(&config.files.root)),
         Box::new(FirmwareActivator::new(fw)),
     ])
+}
+
+/// The latest image written into `slot`, from the firmware activations.
+fn firmware_image(
+    installs: &[(Phase, Value, Value)],
+    slot: &str,
+) -> Option<crate::firmware::SlotImage> {
+    let (phase, step, _) = installs
+        .iter()
+        .rev()
+        .find(|(_, _, undo)| undo["target"] == slot)?;
+    let to = &step["to"];
+    Some(crate::firmware::SlotImage {
+        name: to["name"].as_str().unwrap_or_default().to_owned(),
+        version: to["settings"]["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        sha256: to["content"]["sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        state: match phase {
+            Phase::Confirmed => "confirmed",
+            Phase::RollingBack | Phase::RolledBack | Phase::Failed => "rolled-back",
+            _ => "pending",
+        }
+        .to_owned(),
+    })
 }
 
 /// The firmware step of `t` whose new slot awaits a reboot, if any: done,

@@ -655,6 +655,32 @@ impl Db {
         Ok(())
     }
 
+    /// Every firmware activation that ran: (transition phase, step, undo), oldest first.
+    pub fn firmware_activations(&self) -> Result<Vec<(Phase, Value, Value)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT t.phase, a.step, a.undo FROM activations a JOIN transitions t ON t.id = a.transition
+                 WHERE json_extract(a.step, '$.id.kind') = 'firmware' AND a.done = 1
+                 ORDER BY a.transition, a.seq",
+            )
+            .map_err(self.err())?;
+        let rows: Vec<(String, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(self.err())?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(phase, step, undo)| {
+                Some((
+                    phase.parse().ok()?,
+                    serde_json::from_str(&step).ok()?,
+                    serde_json::from_str(&undo).ok()?,
+                ))
+            })
+            .collect())
+    }
+
     pub fn activations(&self, transition: i64) -> Result<Vec<ActivationRow>, StateError> {
         let mut stmt = self
             .conn

@@ -65,8 +65,19 @@ pub struct SlotStatus {
     pub name: String,
     pub device: PathBuf,
     pub booted: bool,
+    /// The image ferry last wrote into this slot, as far as the state knows.
+    pub image: Option<SlotImage>,
     #[serde(flatten)]
     pub boot: scheme::SlotBootState,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotImage {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    /// `confirmed`, `pending` (waiting for the reboot) or `rolled-back`.
+    pub state: String,
 }
 
 impl Firmware {
@@ -153,6 +164,7 @@ impl Firmware {
                     name: s.name.clone(),
                     device: s.device.clone(),
                     booted: booted.as_deref().ok() == Some(s.name.as_str()),
+                    image: None,
                     boot: self.scheme.state(&env, &s.name),
                 })
                 .collect(),
