@@ -263,9 +263,21 @@ impl Engine {
             }
             match &desired.contents[&r.id()] {
                 Content::Source(path) => {
-                    let mut reader = rev.open(path)?;
-                    self.store
-                        .put(&mut reader, r.content, &format!("{path} ({})", r.id()))?;
+                    let what = format!("{path} ({})", r.id());
+                    // Resume what an interrupted fetch left; a partial that
+                    // fails verification is dropped and fetched again.
+                    let offset = self.store.partial_len(&r.content);
+                    let mut reader = rev.open_at(path, offset)?;
+                    match self.store.put_at(&mut reader, offset, r.content, &what) {
+                        Err(e) if offset > 0 && e.is_verification() => {
+                            tracing::warn!(blob = %r.content.sha256, error = %e, "resumed blob failed verification; fetching it again");
+                            let mut reader = rev.open(path)?;
+                            self.store.put(&mut reader, r.content, &what)?;
+                        }
+                        other => {
+                            other?;
+                        }
+                    }
                 }
                 Content::Rendered(bytes) => {
                     self.store
@@ -735,10 +747,14 @@ impl Engine {
             .filter(|g| !keep.contains(g))
             .collect();
         let referenced = self.referenced_blobs(None)?;
-        let (blobs, _) = self
+        let (blobs, partials) = self
             .store
             .list()
             .map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
+        // Partial fetches are never referenced; they only speed up a retry.
+        for p in partials {
+            let _ = fs::remove_file(p);
+        }
         let garbage = blobs.iter().filter(|b| !referenced.contains(b)).count();
         if collect.is_empty() && garbage == 0 {
             return Ok(GcOutcome::default());
@@ -888,13 +904,8 @@ impl Engine {
                 .remove(n)
                 .map_err(|e| EngineError::io("cannot remove", self.gens.path(n), e))?;
         }
-        let (_, tmp) = self
-            .store
-            .list()
-            .map_err(|e| EngineError::io("cannot list", self.store.dir(), e))?;
-        for f in tmp {
-            let _ = fs::remove_file(f);
-        }
+        // Partial blobs in the store stay: the next apply resumes them (and
+        // verifies them whole); gc removes them.
         let _ = fs::remove_file(self.state_dir.join(".current.tmp"));
         Ok(())
     }

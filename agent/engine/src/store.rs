@@ -43,6 +43,12 @@ pub enum StoreError {
     },
     #[error("blob {0} is not in the store (collected?)")]
     Missing(Sha256),
+    #[error("{what}: reading the source: {source}")]
+    SourceRead {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl StoreError {
@@ -72,12 +78,23 @@ pub struct VerifyingReader<R> {
 
 impl<R: Read> VerifyingReader<R> {
     pub fn new(inner: R, expected: ContentRef, what: impl Into<String>) -> Self {
+        Self::resume(inner, expected, what, sha2::Sha256::new(), 0)
+    }
+
+    /// Continues a verification: `hasher` has seen the first `count` bytes.
+    pub fn resume(
+        inner: R,
+        expected: ContentRef,
+        what: impl Into<String>,
+        hasher: sha2::Sha256,
+        count: u64,
+    ) -> Self {
         VerifyingReader {
             inner,
             expected,
             what: what.into(),
-            hasher: sha2::Sha256::new(),
-            count: 0,
+            hasher,
+            count,
             done: false,
         }
     }
@@ -94,7 +111,7 @@ impl<R: Read> Read for VerifyingReader<R> {
         }
         // Ask for at most one byte more than is still allowed, so an overlong
         // stream is caught without reading it all.
-        let remaining = self.expected.length - self.count;
+        let remaining = self.expected.length.saturating_sub(self.count);
         let want = buf
             .len()
             .min(usize::try_from(remaining.saturating_add(1)).unwrap_or(usize::MAX));
@@ -175,14 +192,54 @@ impl Store {
         expected: ContentRef,
         what: &str,
     ) -> Result<PathBuf, StoreError> {
+        self.discard_partial(&expected.sha256);
+        self.put_at(src, 0, expected, what)
+    }
+
+    /// Bytes of `expected` already fetched by an interrupted `put_at`: the
+    /// source may be asked for the rest only (HTTP `Range`, a seek).
+    pub fn partial_len(&self, expected: &ContentRef) -> u64 {
+        let len = fs::metadata(self.partial(&expected.sha256)).map_or(0, |m| m.len());
+        if len > expected.length {
+            self.discard_partial(&expected.sha256);
+            return 0;
+        }
+        len
+    }
+
+    pub fn discard_partial(&self, sha256: &Sha256) {
+        let _ = fs::remove_file(self.partial(sha256));
+    }
+
+    fn partial(&self, sha256: &Sha256) -> PathBuf {
+        self.dir.join(format!(".tmp-{sha256}"))
+    }
+
+    /// Like `put`, but `src` yields the content from byte `offset` on, which
+    /// must be what `partial_len` said; the bytes already there are hashed
+    /// first, so the whole blob is still verified. If reading `src` fails
+    /// (a dropped connection), what arrived is kept for the next attempt;
+    /// any other failure removes it.
+    pub fn put_at(
+        &self,
+        src: &mut dyn Read,
+        offset: u64,
+        expected: ContentRef,
+        what: &str,
+    ) -> Result<PathBuf, StoreError> {
         let dest = self.path(&expected.sha256);
         if dest.is_file() {
+            self.discard_partial(&expected.sha256);
             return Ok(dest);
         }
-        let tmp = self.dir.join(format!(".tmp-{}", expected.sha256));
-        let result = self.write_verified(src, expected, what, &tmp, &dest);
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let tmp = self.partial(&expected.sha256);
+        let result = self.write_verified(src, offset, expected, what, &tmp, &dest);
+        match &result {
+            Err(StoreError::SourceRead { .. }) => {
+                tracing::info!(blob = %expected.sha256, "keeping the partial blob to resume");
+            }
+            Err(_) => self.discard_partial(&expected.sha256),
+            Ok(()) => {}
         }
         result.map(|()| dest)
     }
@@ -190,6 +247,7 @@ impl Store {
     fn write_verified(
         &self,
         src: &mut dyn Read,
+        offset: u64,
         expected: ContentRef,
         what: &str,
         tmp: &Path,
@@ -200,16 +258,33 @@ impl Store {
             source,
         };
         let mut f = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(offset == 0)
             .mode(0o600)
             .open(tmp)
             .map_err(io_err)?;
-        let mut reader = VerifyingReader::new(src, expected, what);
+        // Hash what an earlier attempt fetched, then append the rest.
+        let mut hasher = sha2::Sha256::new();
+        let have = io::copy(&mut (&mut f).take(offset), &mut hasher).map_err(io_err)?;
+        if have != offset {
+            return Err(io_err(io::Error::other(format!(
+                "partial blob has {have} bytes, expected {offset}"
+            ))));
+        }
+        if offset > 0 {
+            tracing::info!(blob = %expected.sha256, offset, "resuming blob at byte {offset}");
+        }
+        let mut reader = VerifyingReader::resume(src, expected, what, hasher, offset);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = reader.read(&mut buf).map_err(|e| store_error(what, e))?;
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| match store_error(what, e) {
+                    StoreError::Io { what, source } => StoreError::SourceRead { what, source },
+                    other => other,
+                })?;
             if n == 0 {
                 break;
             }
@@ -336,6 +411,60 @@ mod tests {
         let mut endless = io::repeat(b'a');
         let e = s.put(&mut endless, expected, "endless").unwrap_err();
         assert!(matches!(e, StoreError::TooLong { .. }), "{e}");
+    }
+
+    /// A source that fails after `n` bytes, like a dropped connection.
+    struct Flaky<'a>(&'a [u8], usize);
+
+    impl Read for Flaky<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.1 == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "connection reset",
+                ));
+            }
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            self.1 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn interrupted_put_resumes_where_it_stopped() {
+        let (_d, s) = store();
+        let data: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let c = ContentRef::of(&data);
+        let e = s
+            .put_at(&mut Flaky(&data, 200_000), 0, c, "img")
+            .unwrap_err();
+        assert!(matches!(e, StoreError::SourceRead { .. }), "{e}");
+        assert_eq!(s.partial_len(&c), 200_000);
+        // The rest only; the whole is verified.
+        s.put_at(&mut &data[200_000..], 200_000, c, "img").unwrap();
+        assert_eq!(fs::read(s.path(&c.sha256)).unwrap(), data);
+        assert_eq!(s.partial_len(&c), 0);
+    }
+
+    #[test]
+    fn a_corrupt_partial_fails_verification_and_is_dropped() {
+        let (_d, s) = store();
+        let data = vec![5u8; 100_000];
+        let c = ContentRef::of(&data);
+        s.put_at(&mut Flaky(&data, 50_000), 0, c, "img")
+            .unwrap_err();
+        let p = s.dir().join(format!(".tmp-{}", c.sha256));
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[10] = 6;
+        fs::write(&p, bytes).unwrap();
+        let e = s
+            .put_at(&mut &data[50_000..], 50_000, c, "img")
+            .unwrap_err();
+        assert!(e.is_verification(), "{e}");
+        assert_eq!(s.partial_len(&c), 0, "dropped");
+        s.put_at(&mut &data[..], 0, c, "img").unwrap();
     }
 
     #[test]

@@ -188,6 +188,20 @@ impl VerifiedRevision for DirRevision {
     }
 
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError> {
+        Ok(Box::new(self.open_file(path)?))
+    }
+
+    fn open_at(&self, path: &RepoPath, offset: u64) -> Result<Box<dyn Read + '_>, SourceError> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = self.open_file(path)?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.source.io(format!("seeking in {path}"), e))?;
+        Ok(Box::new(f))
+    }
+}
+
+impl DirRevision {
+    fn open_file(&self, path: &RepoPath) -> Result<File, SourceError> {
         let full = self.source.resolve(path)?;
         // O_NOFOLLOW closes the window between the check above and the open.
         let f = fs::OpenOptions::new()
@@ -206,7 +220,7 @@ impl VerifiedRevision for DirRevision {
                 reason: "not a regular file".to_owned(),
             });
         }
-        Ok(Box::new(f))
+        Ok(f)
     }
 }
 

@@ -58,6 +58,20 @@ pub trait VerifiedRevision: Send + Sync {
     fn signed_target(&self, path: &RepoPath) -> Result<Option<ContentRef>, SourceError>;
     /// Streams the bytes of `path`. Callers enforce the content address.
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError>;
+    /// Streams the bytes of `path` from byte `offset` on (to resume an
+    /// interrupted fetch). Sources that can seek or send ranges override it.
+    fn open_at(&self, path: &RepoPath, offset: u64) -> Result<Box<dyn Read + '_>, SourceError> {
+        let mut reader = self.open(path)?;
+        std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink()).map_err(|source| {
+            SourceError::Io {
+                source_name: self.source_name().to_owned(),
+                what: format!("skipping to byte {offset} of {path}"),
+                source,
+            }
+        })?;
+        Ok(reader)
+    }
+
     /// Whether `path` exists in the revision.
     fn exists(&self, path: &RepoPath) -> Result<bool, SourceError> {
         match self.open(path) {
