@@ -74,15 +74,8 @@ impl Scheme {
     /// Makes `slot` the one to try at the next boot (after a successful write).
     pub fn mark_active(self, env: &mut BootEnv, slot: &str, all: &[String]) {
         self.set_first(env, slot, all);
-        match self {
-            Scheme::Grub => {
-                env.set(&format!("{slot}_OK"), "1");
-                env.set(&format!("{slot}_TRY"), "0");
-            }
-            Scheme::Uboot { attempts } => {
-                env.set(&format!("BOOT_{slot}_LEFT"), &attempts.to_string())
-            }
-        }
+        // A fresh try is the same variables as a good slot.
+        self.mark_good(env, slot);
     }
 
     /// Records that `slot` booted and is healthy.
