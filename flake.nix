@@ -20,6 +20,7 @@
           postInstall = ''
             install -Dm644 images/ferry.toml $out/lib/ferry/ferry.toml
             install -Dm644 images/ferry-recover.service $out/lib/systemd/system/ferry-recover.service
+            install -Dm644 images/ferry-firmware-check.service $out/lib/systemd/system/ferry-firmware-check.service
           '';
         };
       });

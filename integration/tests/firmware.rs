@@ -580,6 +580,11 @@ fn update_then_healthy_boot_is_marked_good() {
     assert_eq!(status["slots"][0]["image"]["state"], "pending");
     assert_eq!(status["slots"][1]["image"]["state"], "confirmed");
     assert_eq!(g.power_on(), "A");
+    // Early boot (ferry-recover.service) leaves the decision to later.
+    g.d.f.ok(&["recover", "--early"]);
+    assert_eq!(g.open_transitions(), 1);
+    assert_eq!(g.d.get("A_TRY").as_deref(), Some("1"));
+    // Once the system is up (ferry-firmware-check.service).
     g.d.f.ok(&["recover"]);
     assert_eq!(g.open_transitions(), 0);
     assert_eq!(g.d.get("A_TRY").as_deref(), Some("0"), "marked good");

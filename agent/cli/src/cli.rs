@@ -56,7 +56,12 @@ pub enum Command {
     /// Show the current generation, the last transition and anything pending.
     Status(JsonFlag),
     /// Finish or undo a transition interrupted by a crash (also runs before every change).
-    Recover,
+    Recover {
+        /// Early boot: leave a firmware update waiting for confirmation
+        /// (its health checks need the running system) to a later run.
+        #[arg(long)]
+        early: bool,
+    },
     /// Fetch the desired state and show what would change, without changing anything.
     Plan {
         #[command(flatten)]

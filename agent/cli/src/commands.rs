@@ -72,8 +72,12 @@ pub fn run(args: Cli) -> Result<Code> {
                 ferry_engine::engine::resolve_source(&*src, revision.as_deref(), &facts)?;
             output::desired(rev.id(), &desired.resources, out.json)?;
         }
-        Command::Recover => {
-            let engine = Engine::open(config)?;
+        Command::Recover { early } => {
+            let engine = if early {
+                Engine::open_early(config)?
+            } else {
+                Engine::open(config)?
+            };
             let status = engine.status()?;
             println!(
                 "recovered: generation {} is current",

@@ -98,12 +98,25 @@ pub struct Engine {
     activators: Activators,
     /// The exclusive lock on the state directory (read-write engines only).
     _lock: Option<File>,
+    /// Opened at early boot: leave firmware confirmation for later.
+    early: bool,
 }
 
 impl Engine {
     /// Opens the state directory for changes: creates it, takes its lock,
     /// opens the database and runs `recover()`.
     pub fn open(config: Config) -> Result<Engine> {
+        Self::open_with(config, false)
+    }
+
+    /// Like `open`, for early boot (before services run): a firmware update
+    /// waiting for confirmation is left alone, because its health checks
+    /// need the system up. A later `ferry recover` (or any change) decides it.
+    pub fn open_early(config: Config) -> Result<Engine> {
+        Self::open_with(config, true)
+    }
+
+    fn open_with(config: Config, early: bool) -> Result<Engine> {
         let state_dir = config.state_dir.clone();
         fs::DirBuilder::new()
             .recursive(true)
@@ -137,7 +150,9 @@ impl Engine {
             store,
             gens,
             _lock: Some(lock),
+            early: false,
         };
+        engine.early = early;
         engine.recover()?;
         Ok(engine)
     }
@@ -163,6 +178,7 @@ impl Engine {
             store,
             gens,
             _lock: None,
+            early: false,
         }))
     }
 
@@ -844,7 +860,9 @@ impl Engine {
                     self.reboot_if_running_undone_firmware(&firmware);
                 }
                 RecoveryAction::Confirm if pending_firmware(&self.db, &t)?.is_some() => {
-                    self.firmware_followup(&mut t)?;
+                    if !self.early {
+                        self.firmware_followup(&mut t)?;
+                    }
                 }
                 RecoveryAction::Confirm => {
                     let to = t.to_gen.expect("switched transitions have a target");
