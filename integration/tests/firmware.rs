@@ -574,6 +574,11 @@ fn update_then_healthy_boot_is_marked_good() {
     assert!(stderr(&refused).contains("waits for a reboot into firmware slot A"));
     g.d.f.ok(&["recover"]);
     assert_eq!(g.open_transitions(), 1);
+    let status = g.d.f.ok(&["status"]);
+    assert!(
+        status.contains("waits for a reboot into firmware slot A"),
+        "{status}"
+    );
 
     let status = g.d.f.json(&["firmware", "status", "--json"]);
     assert_eq!(status["slots"][0]["image"]["version"], "v2");

@@ -85,11 +85,18 @@ pub fn status(state_dir: &Path, s: Option<&Status>, as_json: bool) -> Result<()>
         writeln!(out)?;
     }
     for t in &s.open_transitions {
-        writeln!(
-            out,
-            "pending:     {} #{} in phase {} (recovered at the next apply)",
-            t.kind, t.id, t.phase
-        )?;
+        match &s.awaiting_reboot {
+            Some(slot) => writeln!(
+                out,
+                "pending:     {} #{} waits for a reboot into firmware slot {slot}",
+                t.kind, t.id
+            )?,
+            None => writeln!(
+                out,
+                "pending:     {} #{} in phase {} (recovered at the next apply)",
+                t.kind, t.id, t.phase
+            )?,
+        }
     }
     if s.current_link != s.current.as_ref().map(|g| g.id) {
         writeln!(

@@ -85,6 +85,8 @@ pub struct Status {
     pub generations: usize,
     pub last_transition: Option<TransitionRow>,
     pub open_transitions: Vec<TransitionRow>,
+    /// The firmware slot an open transition waits to boot into.
+    pub awaiting_reboot: Option<String>,
     pub audit_entries: u64,
 }
 
@@ -972,6 +974,16 @@ impl Engine {
             current_link: self.gens.current().ok().flatten(),
             generations: self.db.generations()?.len(),
             last_transition: self.db.last_transition()?,
+            awaiting_reboot: self
+                .db
+                .open_transitions()?
+                .iter()
+                .map(|t| pending_firmware(&self.db, t))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .map(|fw| fw.target)
+                .next(),
             open_transitions: self.db.open_transitions()?,
             audit_entries: self.db.audit_head()?.map_or(0, |(s, _)| s),
         })
