@@ -967,3 +967,46 @@ fn block_device_slots_take_their_capacity_from_the_device() {
         .to_string();
     assert!(e.contains("does not fit the slot (8388608 bytes)"), "{e}");
 }
+
+#[test]
+fn rolling_back_firmware_reuses_the_slot_that_still_holds_it() {
+    let g = Gateway::new();
+    fs::write(&g.healthy, "").unwrap();
+    g.d.f.ok(&["firmware", "mark-good"]);
+    g.publish("v1");
+    g.d.f.ok(&["apply", "--no-reboot"]);
+    assert_eq!(g.power_on(), "B");
+    g.d.f.ok(&["recover"]);
+    g.publish("v2");
+    g.d.f.ok(&["apply", "--no-reboot"]);
+    assert_eq!(g.power_on(), "A");
+    g.d.f.ok(&["recover"]);
+    assert_eq!(
+        (g.slot_image("A"), g.slot_image("B")),
+        (image_bytes("v2"), image_bytes("v1"))
+    );
+    // Back to generation 1 (firmware v1), which slot B still holds.
+    let before = fs::metadata(g.d.f.dir.path().join("slot-b.img"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let out = g.d.f.run(&["--log-level", "info", "rollback"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("slot already holds the image"),
+        "{}",
+        stderr(&out)
+    );
+    let after = fs::metadata(g.d.f.dir.path().join("slot-b.img"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after, "not rewritten");
+    assert_eq!(g.reboots(), 1, "rollback reboots into the other slot");
+    assert_eq!(g.power_on(), "B");
+    g.d.f.ok(&["recover"]);
+    assert_eq!(g.open_transitions(), 0);
+    let status = g.d.f.json(&["status", "--json"]);
+    assert_eq!(status["current"]["id"], 1);
+    assert_eq!(g.slot_image("B"), image_bytes("v1"));
+}

@@ -103,6 +103,9 @@ pub enum Command {
         to: Option<u64>,
         #[command(flatten)]
         out: JsonFlag,
+        /// After switching firmware, do not run firmware.reboot_command.
+        #[arg(long)]
+        no_reboot: bool,
     },
     /// Delete generations and blobs that are not current, previous, pinned or in use.
     Gc(JsonFlag),

@@ -26,6 +26,15 @@ pub fn load_facts(file: Option<&std::path::Path>, config: &Config) -> Result<Fac
     })
 }
 
+/// After firmware was switched: release the state directory, then reboot
+/// (unless told not to).
+fn reboot_if_required(engine: Engine, outcome: &ApplyOutcome, no_reboot: bool, command: &[String]) {
+    if matches!(outcome, ApplyOutcome::RebootRequired { .. }) && !no_reboot {
+        drop(engine);
+        ferry_engine::health::reboot(command);
+    }
+}
+
 pub fn run(args: Cli) -> Result<Code> {
     if let Command::Demo { dir } = &args.command {
         return crate::demo::run(dir.as_deref());
@@ -93,15 +102,14 @@ pub fn run(args: Cli) -> Result<Code> {
             let mut engine = Engine::open(config)?;
             let outcome = engine.apply(&*src, &facts)?;
             output::outcome(&outcome, out.json)?;
-            if matches!(outcome, ApplyOutcome::RebootRequired { .. }) && !no_reboot {
-                drop(engine);
-                ferry_engine::health::reboot(&reboot_command);
-            }
+            reboot_if_required(engine, &outcome, no_reboot, &reboot_command);
         }
-        Command::Rollback { to, out } => {
+        Command::Rollback { to, out, no_reboot } => {
+            let reboot_command = config.firmware.reboot_command.clone();
             let mut engine = Engine::open(config)?;
             let outcome = engine.rollback(to)?;
             output::outcome(&outcome, out.json)?;
+            reboot_if_required(engine, &outcome, no_reboot, &reboot_command);
         }
         Command::Gc(out) => {
             let mut engine = Engine::open(config)?;

@@ -103,19 +103,26 @@ impl Activator for FirmwareActivator {
         let fw = self.fw(step)?;
         let slot = fw.inactive().map_err(err(step))?;
         let names = fw.names();
-        // 1. Invalidate: the bootloader must not pick a half-written slot.
-        let mut env = fw.env.load().map_err(err(step))?;
-        fw.scheme.mark_bad(&mut env, &slot.name);
-        fw.env.store(&env).map_err(err(step))?;
-        fail_point!(fp::FIRMWARE_INVALIDATED);
-        // 2.+3. Write (verified while streaming) and read back.
-        let path = store.path(&to.content.sha256);
-        let mut image = File::open(&path).map_err(|e| {
-            ActivateError::new(&step.id, format!("opening {}: {e}", path.display()))
-        })?;
-        slot.write_image(&mut image, to.content)
-            .map_err(err(step))?;
-        fail_point!(fp::FIRMWARE_WRITTEN);
+        if slot.verify(to.content).is_ok() {
+            // The slot holds exactly this image already (a rollback to the
+            // firmware that ran before): activating it is enough, and saves
+            // the flash a rewrite.
+            tracing::info!(slot = %slot.name, "slot already holds the image; not rewriting it");
+        } else {
+            // 1. Invalidate: the bootloader must not pick a half-written slot.
+            let mut env = fw.env.load().map_err(err(step))?;
+            fw.scheme.mark_bad(&mut env, &slot.name);
+            fw.env.store(&env).map_err(err(step))?;
+            fail_point!(fp::FIRMWARE_INVALIDATED);
+            // 2.+3. Write (verified while streaming) and read back.
+            let path = store.path(&to.content.sha256);
+            let mut image = File::open(&path).map_err(|e| {
+                ActivateError::new(&step.id, format!("opening {}: {e}", path.display()))
+            })?;
+            slot.write_image(&mut image, to.content)
+                .map_err(err(step))?;
+            fail_point!(fp::FIRMWARE_WRITTEN);
+        }
         // 4. Activate: first in the order, one fresh try.
         let mut env = fw.env.load().map_err(err(step))?;
         fw.scheme.mark_active(&mut env, &slot.name, &names);
