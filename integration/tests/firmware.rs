@@ -985,12 +985,27 @@ fn rolling_back_firmware_reuses_the_slot_that_still_holds_it() {
         (g.slot_image("A"), g.slot_image("B")),
         (image_bytes("v2"), image_bytes("v1"))
     );
+    // Installed images live in their slots: gc drops them from the store,
+    // and a later change that leaves the firmware alone does not fetch it.
+    g.d.f.ok(&["generations", "pin", "1"]);
+    g.d.f.ok(&["gc"]);
+    let large_blobs = || {
+        fs::read_dir(g.d.f.state.join("store"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().metadata().unwrap().len() > 1 << 20)
+            .count()
+    };
+    assert_eq!(large_blobs(), 0);
+    fs::write(g.d.f.repo.join("files/version"), "v2 (patched)\n").unwrap();
+    let out = g.d.f.ok(&["apply"]);
+    assert!(out.contains("1 changed"), "{out}");
+    assert_eq!(large_blobs(), 0, "the unchanged image was not staged again");
     // Back to generation 1 (firmware v1), which slot B still holds.
     let before = fs::metadata(g.d.f.dir.path().join("slot-b.img"))
         .unwrap()
         .modified()
         .unwrap();
-    let out = g.d.f.run(&["--log-level", "info", "rollback"]);
+    let out = g.d.f.run(&["--log-level", "info", "rollback", "--to", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("slot already holds the image"),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use fail::fail_point;
 use ferry_core::audit::{AuditEntry, verify_chain};
 use ferry_core::{
-    Op, Phase, Plan, RecoveryAction, ResourceSet, Sha256, Step, TransitionKind, plan,
+    Kind, Op, Phase, Plan, RecoveryAction, ResourceSet, Sha256, Step, TransitionKind, plan,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -264,7 +264,7 @@ impl Engine {
             )
         })?;
         fail_point!(fp::PLANNED);
-        let staged = self.stage(&mut t, rev, desired);
+        let staged = self.stage(&mut t, rev, desired, &p);
         self.complete(t, &p, staged)
     }
 
@@ -273,9 +273,12 @@ impl Engine {
         t: &mut TransitionRow,
         rev: &dyn VerifiedRevision,
         desired: &ResolvedManifest,
+        p: &Plan,
     ) -> Result<()> {
         self.advance(t, Phase::Staging, None)?;
-        for r in desired.resources.iter() {
+        // Only what the plan installs: unchanged resources are in place (and
+        // a firmware image that gc dropped is not fetched again).
+        for r in p.steps.iter().filter_map(|s| s.to.as_ref()) {
             if self.store.contains(&r.content.sha256) {
                 continue;
             }
@@ -361,8 +364,9 @@ impl Engine {
         fail_point!(fp::PLANNED);
         let staged = (|| {
             self.advance(&mut t, Phase::Staging, None)?;
-            for r in desired.iter() {
-                if !self.store.contains(&r.content.sha256) {
+            for r in p.steps.iter().filter_map(|s| s.to.as_ref()) {
+                let in_place = || self.activators.get(r.kind).is_ok_and(|a| a.holds(r));
+                if !self.store.contains(&r.content.sha256) && !in_place() {
                     return Err(crate::store::StoreError::Missing(r.content.sha256).into());
                 }
             }
@@ -730,8 +734,23 @@ impl Engine {
                 refs.extend(act.undo_blobs(&undo));
             }
         }
+        // Firmware images live in their slots once installed: the store keeps
+        // them only while a transition that installs them is open.
+        let open_gens: BTreeSet<u64> = self
+            .db
+            .open_transitions()?
+            .iter()
+            .filter(|t| Some(t.id) != except_transition && t.kind != TransitionKind::Gc)
+            .flat_map(|t| t.from_gen.into_iter().chain(t.to_gen))
+            .collect();
         for g in self.db.generations()? {
-            refs.extend(self.db.resources(g.id)?.iter().map(|r| r.content.sha256));
+            refs.extend(
+                self.db
+                    .resources(g.id)?
+                    .iter()
+                    .filter(|r| r.kind != Kind::Firmware || open_gens.contains(&g.id))
+                    .map(|r| r.content.sha256),
+            );
         }
         for t in self.db.open_transitions()? {
             if Some(t.id) == except_transition {

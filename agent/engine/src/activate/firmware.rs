@@ -18,7 +18,7 @@
 use std::fs::File;
 
 use fail::fail_point;
-use ferry_core::{Kind, Op, Sha256, Step};
+use ferry_core::{Kind, Op, Resource, Sha256, Step};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -141,6 +141,15 @@ impl Activator for FirmwareActivator {
         let mut env: BootEnv = undo.env.iter().cloned().collect();
         fw.scheme.mark_bad(&mut env, &undo.target);
         fw.env.store(&env).map_err(err(step))
+    }
+
+    /// The inactive slot holds the image already (a rollback).
+    fn holds(&self, resource: &Resource) -> bool {
+        self.fw
+            .as_ref()
+            .ok()
+            .and_then(|fw| fw.inactive().ok())
+            .is_some_and(|slot| slot.verify(resource.content).is_ok())
     }
 
     fn undo_blobs(&self, _undo: &Value) -> Vec<Sha256> {

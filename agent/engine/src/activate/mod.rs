@@ -7,7 +7,7 @@
 //! step in reverse order. `undo` must be idempotent: it may run for a step
 //! whose `apply` never happened, or happened twice.
 
-use ferry_core::{Kind, Sha256, Step};
+use ferry_core::{Kind, Resource, Sha256, Step};
 use serde_json::Value;
 
 use crate::store::Store;
@@ -46,6 +46,11 @@ pub trait Activator: std::fmt::Debug {
     /// before ferry managed the resource, to be restored when the resource
     /// is removed again (instead of deleting it).
     fn is_original(&self, _undo: &Value) -> bool {
+        false
+    }
+    /// Whether activating `resource` needs no blob from the store because
+    /// its content is already where the activation takes it from.
+    fn holds(&self, _resource: &Resource) -> bool {
         false
     }
 }
