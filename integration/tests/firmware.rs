@@ -572,7 +572,8 @@ fn update_then_healthy_boot_is_marked_good() {
     let refused = g.d.f.run(&["apply"]);
     assert_eq!(refused.status.code(), Some(8), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("waits for a reboot into firmware slot A"));
-    g.d.f.ok(&["recover"]);
+    let out = g.d.f.ok(&["recover"]);
+    assert!(out.contains("waits for a reboot into slot A"), "{out}");
     assert_eq!(g.open_transitions(), 1);
     let status = g.d.f.ok(&["status"]);
     assert!(

@@ -94,6 +94,9 @@ pub fn run(args: Cli) -> Result<Code> {
                     .current
                     .map_or("none".to_owned(), |g| g.id.to_string())
             );
+            if let Some(slot) = status.awaiting_reboot {
+                println!("a firmware update waits for a reboot into slot {slot}");
+            }
         }
         Command::Apply { out, no_reboot } => {
             let src = source::from_config(&config)?;
