@@ -601,13 +601,7 @@ impl Engine {
             .db
             .activations(t.id)?
             .into_iter()
-            .filter(|a| {
-                a.step
-                    .get("id")
-                    .and_then(|id| id.get("kind"))
-                    .and_then(Value::as_str)
-                    == Some("firmware")
-            })
+            .filter(|a| a.kind() == Some(Kind::Firmware))
             .filter_map(|a| serde_json::from_value(a.undo).ok())
             .collect())
     }
@@ -722,17 +716,18 @@ impl Engine {
         Ok(keep)
     }
 
+    /// Blobs an activator's undo record keeps alive.
+    fn undo_blobs(&self, kind: Option<Kind>, undo: &Value) -> Vec<Sha256> {
+        kind.and_then(|k| self.activators.get(k).ok())
+            .map(|act| act.undo_blobs(undo))
+            .unwrap_or_default()
+    }
+
     /// Blobs referenced by surviving generations and open transitions.
     fn referenced_blobs(&self, except_transition: Option<i64>) -> Result<BTreeSet<Sha256>> {
         let mut refs = BTreeSet::new();
         for (kind, undo) in self.db.originals()? {
-            if let Ok(act) = kind
-                .parse()
-                .map_err(|_| ())
-                .and_then(|k| self.activators.get(k).map_err(|_| ()))
-            {
-                refs.extend(act.undo_blobs(&undo));
-            }
+            refs.extend(self.undo_blobs(kind.parse().ok(), &undo));
         }
         // Firmware images live in their slots once installed: the store keeps
         // them only while a transition that installs them is open.
@@ -757,18 +752,7 @@ impl Engine {
                 continue;
             }
             for a in self.db.activations(t.id)? {
-                if let Some(kind) = a
-                    .step
-                    .get("id")
-                    .and_then(|id| id.get("kind"))
-                    .and_then(Value::as_str)
-                    && let Ok(act) = kind
-                        .parse()
-                        .map_err(|_| ())
-                        .and_then(|k| self.activators.get(k).map_err(|_| ()))
-                {
-                    refs.extend(act.undo_blobs(&a.undo));
-                }
+                refs.extend(self.undo_blobs(a.kind(), &a.undo));
             }
         }
         Ok(refs)
@@ -1169,13 +1153,7 @@ fn pending_firmware(db: &Db, t: &TransitionRow) -> Result<Option<FirmwareUndo>> 
         return Ok(None);
     }
     for a in db.activations(t.id)? {
-        let is_firmware = a
-            .step
-            .get("id")
-            .and_then(|id| id.get("kind"))
-            .and_then(Value::as_str)
-            == Some("firmware");
-        if is_firmware && a.done && !a.undone && !a.undo.is_null() {
+        if a.kind() == Some(Kind::Firmware) && a.done && !a.undone && !a.undo.is_null() {
             let undo: FirmwareUndo = serde_json::from_value(a.undo).map_err(|e| {
                 EngineError::Refused(format!("transition {}: firmware record: {e}", t.id))
             })?;

@@ -144,6 +144,13 @@ pub struct ActivationRow {
     pub undone: bool,
 }
 
+impl ActivationRow {
+    /// The resource kind of a step record (`None` for the switch record).
+    pub fn kind(&self) -> Option<Kind> {
+        self.step.get("id")?.get("kind")?.as_str()?.parse().ok()
+    }
+}
+
 /// A generation to record together with its resources.
 #[derive(Debug)]
 pub struct NewGeneration<'a> {
