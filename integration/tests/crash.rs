@@ -333,6 +333,14 @@ fn every_failpoint_is_exercised() {
     assert_eq!(covered, all);
 }
 
+/// `ferry apply`, aborted the `nth` time it writes a chunk into the store.
+fn apply_killed_at_write(f: &Fixture, nth: usize) -> std::process::Output {
+    f.cmd(&["apply"])
+        .env("FERRY_CRASH_AT", format!("{}:abort:{nth}", fp::STORE_WRITE))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn an_interrupted_fetch_resumes_where_it_stopped() {
     let f = Fixture::new();
@@ -341,11 +349,7 @@ fn an_interrupted_fetch_resumes_where_it_stopped() {
         .collect();
     f.publish(&[file("/etc/big.conf", &big, "0644")]);
     // Killed after two 64 KiB chunks were written.
-    let out = f
-        .cmd(&["apply"])
-        .env("FERRY_CRASH_AT", format!("{}:abort:3", fp::STORE_WRITE))
-        .output()
-        .unwrap();
+    let out = apply_killed_at_write(&f, 3);
     assert_eq!(out.status.signal(), Some(6), "{}", stderr(&out));
     let partial = f.store_leftovers();
     assert_eq!(partial.len(), 1, "{partial:?}");
@@ -366,11 +370,7 @@ fn an_interrupted_fetch_resumes_where_it_stopped() {
     // verification and is fetched again from the start.
     let big2 = big.replace("line", "LINE");
     f.publish(&[file("/etc/big.conf", &big2, "0644")]);
-    let out = f
-        .cmd(&["apply"])
-        .env("FERRY_CRASH_AT", format!("{}:abort:3", fp::STORE_WRITE))
-        .output()
-        .unwrap();
+    let out = apply_killed_at_write(&f, 3);
     assert_eq!(out.status.signal(), Some(6));
     let partial = f.state.join("store").join(&f.store_leftovers()[0]);
     let mut bytes = fs::read(&partial).unwrap();
@@ -389,11 +389,7 @@ fn an_interrupted_fetch_resumes_where_it_stopped() {
     );
     // gc drops partials nobody will resume.
     f.publish(&[file("/etc/big.conf", &big.replace("line", "row"), "0644")]);
-    let _ = f
-        .cmd(&["apply"])
-        .env("FERRY_CRASH_AT", format!("{}:abort:2", fp::STORE_WRITE))
-        .output()
-        .unwrap();
+    let _ = apply_killed_at_write(&f, 2);
     assert_eq!(f.store_leftovers().len(), 1);
     f.ok(&["gc"]);
     assert!(f.store_leftovers().is_empty());

@@ -216,6 +216,10 @@ mod tests {
         }
     }
 
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
     #[test]
     fn apply_then_undo_restores_previous_content_and_mode() {
         let dir = tempfile::tempdir().unwrap();
@@ -230,25 +234,11 @@ mod tests {
         let undo = act.prepare(&s, &store).unwrap();
         act.apply(&s, &store).unwrap();
         assert_eq!(fs::read_to_string(root.join("etc/a.conf")).unwrap(), "new");
-        assert_eq!(
-            fs::metadata(root.join("etc/a.conf"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o640
-        );
+        assert_eq!(mode_of(&root.join("etc/a.conf")), 0o640);
         act.undo(&s, &undo, &store).unwrap();
         act.undo(&s, &undo, &store).unwrap();
         assert_eq!(fs::read_to_string(root.join("etc/a.conf")).unwrap(), "old");
-        assert_eq!(
-            fs::metadata(root.join("etc/a.conf"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
+        assert_eq!(mode_of(&root.join("etc/a.conf")), 0o600);
 
         // A new file is removed again on undo, also when apply never ran.
         let s = step(Op::Add, "/etc/new/b.conf", Some(new));
