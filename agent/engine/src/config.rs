@@ -106,9 +106,44 @@ impl Default for FirmwareConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
-    /// `dir` for now; `tuf` and `git` arrive with their sources.
+    /// `tuf` (signed, for devices) or `dir` (development only).
     pub kind: Option<String>,
     pub dir: DirSourceConfig,
+    pub tuf: TufSourceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TufSourceConfig {
+    /// Base URL of the metadata (`https://…/metadata/` or `file:///…`).
+    pub metadata_url: Option<String>,
+    /// Base URL of the targets.
+    pub targets_url: Option<String>,
+    /// The trusted `root.json` baked into the image.
+    pub root: PathBuf,
+    /// The target holding the desired-state manifest.
+    pub manifest: String,
+    /// Seconds of silence after which a fetch gives up (stalled server).
+    pub stall_timeout_secs: u64,
+    /// Seconds a whole metadata file may take (slow-drip server).
+    pub metadata_timeout_secs: u64,
+    /// A time the device knows has passed (RFC 3339, e.g. the image build
+    /// time): the secure time floor starts here.
+    pub time_floor: Option<String>,
+}
+
+impl Default for TufSourceConfig {
+    fn default() -> Self {
+        TufSourceConfig {
+            metadata_url: None,
+            targets_url: None,
+            root: PathBuf::from("/etc/ferry/trust/root.json"),
+            manifest: "ferry/manifest.yaml".to_owned(),
+            stall_timeout_secs: 30,
+            metadata_timeout_secs: 60,
+            time_floor: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,10 +312,51 @@ impl Config {
                     });
                 }
             }
+            Some("tuf") => {
+                let tuf = &self.source.tuf;
+                for (key, url) in [
+                    ("source.tuf.metadata_url", &tuf.metadata_url),
+                    ("source.tuf.targets_url", &tuf.targets_url),
+                ] {
+                    match url.as_deref() {
+                        None => {
+                            return Err(ConfigError::Invalid {
+                                key,
+                                message: "required when source.kind = \"tuf\"".to_owned(),
+                            });
+                        }
+                        Some(u)
+                            if !["https://", "http://", "file://"]
+                                .iter()
+                                .any(|p| u.starts_with(p)) =>
+                        {
+                            return Err(ConfigError::Invalid {
+                                key,
+                                message: format!("{u:?} is not an https, http or file URL"),
+                            });
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if tuf.stall_timeout_secs == 0 || tuf.metadata_timeout_secs == 0 {
+                    return Err(ConfigError::Invalid {
+                        key: "source.tuf.stall_timeout_secs",
+                        message: "timeouts must be at least 1 second".to_owned(),
+                    });
+                }
+                if let Some(t) = &tuf.time_floor
+                    && t.parse::<jiff::Timestamp>().is_err()
+                {
+                    return Err(ConfigError::Invalid {
+                        key: "source.tuf.time_floor",
+                        message: format!("{t:?} is not an RFC 3339 time"),
+                    });
+                }
+            }
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     key: "source.kind",
-                    message: format!("unknown source kind {other:?} (known: dir)"),
+                    message: format!("unknown source kind {other:?} (known: tuf, dir)"),
                 });
             }
         }

@@ -224,10 +224,49 @@ impl Engine {
 
     /// One reconcile: fetch, verify, plan, and if anything changed, stage,
     /// build a generation, activate and switch.
+    ///
+    /// A revision the source refuses (bad signatures, rollback, expiry) or
+    /// whose manifest is invalid is audited; nothing else changes.
     pub fn apply(&mut self, source: &dyn Source, facts: &Facts) -> Result<ApplyOutcome> {
-        let rev = source.fetch()?;
-        let desired = manifest::load(&rev, source.manifest_path(), facts)?;
+        let rev = match source.fetch() {
+            Ok(rev) => rev,
+            Err(e) => {
+                if let Some(details) = e.audit_details() {
+                    self.audit_refusal("source-refused", "source", details)?;
+                }
+                return Err(e.into());
+            }
+        };
+        let desired = match manifest::load(&rev, source.manifest_path(), facts) {
+            Ok(d) => d,
+            Err(e) => {
+                let details = json!({"revision": rev.id(), "source": rev.source_name(), "error": e.to_string()});
+                self.audit_refusal("revision-refused", rev.actor(), details)?;
+                return Err(e.into());
+            }
+        };
         self.apply_desired(&*rev, &desired)
+    }
+
+    fn audit_refusal(
+        &mut self,
+        event: &str,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Result<()> {
+        let generation = self.db.current_generation()?;
+        self.db.with_tx(|tx| {
+            Db::append_audit(
+                tx,
+                &AuditEvent {
+                    generation,
+                    event,
+                    actor,
+                    details,
+                },
+            )
+        })?;
+        Ok(())
     }
 
     pub fn apply_desired(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ferry_core::{ContentRef, RepoPath};
 
 pub mod dir;
+pub mod tuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -28,6 +29,12 @@ pub enum SourceError {
         path: RepoPath,
         limit: u64,
     },
+    /// The TUF repository failed verification, or could not be reached.
+    #[error("{source_name}: {error}")]
+    Tuf {
+        source_name: String,
+        error: Box<tuf::TufError>,
+    },
     #[error("{source_name}: {what}: {source}")]
     Io {
         source_name: String,
@@ -40,7 +47,37 @@ pub enum SourceError {
 impl SourceError {
     /// Whether the revision's content is at fault (not the machine).
     pub fn is_invalid_input(&self) -> bool {
-        !matches!(self, SourceError::Io { .. })
+        match self {
+            SourceError::Io { .. } => false,
+            SourceError::Tuf { error, .. } => error.is_untrusted_input(),
+            _ => true,
+        }
+    }
+
+    /// What the audit journal records when a revision is refused: the
+    /// source, and for TUF the role, version and reason.
+    pub fn audit_details(&self) -> Option<serde_json::Value> {
+        use serde_json::json;
+        match self {
+            SourceError::Tuf { source_name, error } if error.is_untrusted_input() => {
+                let mut d = json!({"source": source_name, "error": error.to_string()});
+                if let tuf::TufError::Refused {
+                    role,
+                    version,
+                    reason,
+                } = &**error
+                {
+                    d["role"] = json!(role);
+                    d["version"] = json!(version);
+                    d["reason"] = json!(reason);
+                }
+                Some(d)
+            }
+            SourceError::Refused { source_name, .. } => {
+                Some(json!({"source": source_name, "error": self.to_string()}))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -130,9 +167,13 @@ pub fn from_config(config: &crate::Config) -> Result<Box<dyn Source>, crate::con
             })?;
             Ok(Box::new(dir::DirSource::new(path, manifest)))
         }
+        Some("tuf") => Ok(Box::new(tuf::TufSource::from_config(
+            &config.source.tuf,
+            &config.state_dir,
+        )?)),
         Some(other) => Err(ConfigError::Invalid {
             key: "source.kind",
-            message: format!("unknown source kind {other:?} (known: dir)"),
+            message: format!("unknown source kind {other:?} (known: tuf, dir)"),
         }),
         None => Err(ConfigError::Invalid {
             key: "source.kind",

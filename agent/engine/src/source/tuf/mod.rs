@@ -1,0 +1,390 @@
+//! The `tuf` source: a TUF repository (metadata + targets) over HTTP(S) or
+//! `file://`, trusted through the `root.json` baked into the image.
+//!
+//! Every file a revision exposes is a TUF target: its length and hashes come
+//! from verified targets metadata, and the bytes are checked while they
+//! stream (into the store, or into the renderer for the manifest and
+//! templates). Expiry is judged against the *secure time floor*: the newest
+//! clock reading at which a refresh verified, never decreasing, so a device
+//! whose clock fell back to 1970 cannot be fed metadata that expired since.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_core::{ContentRef, RepoPath, Sha256};
+
+use super::{Source, SourceError, VerifiedRevision};
+use crate::config::{ConfigError, TufSourceConfig};
+use crate::fsutil;
+
+pub mod client;
+pub mod meta;
+pub mod transport;
+
+pub use client::{Client, ClientConfig, Limits, TargetInfo, TufError};
+pub use transport::Timeouts;
+
+/// The system clock in Unix seconds.
+pub fn clock_now() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The secure time floor, kept in one small file outside the metadata dir.
+#[derive(Debug, Clone)]
+pub struct TimeFloor {
+    path: PathBuf,
+    /// From configuration (the image's build time), if any.
+    baked: Option<i64>,
+}
+
+impl TimeFloor {
+    pub fn new(path: PathBuf, baked: Option<i64>) -> Self {
+        TimeFloor { path, baked }
+    }
+
+    /// The stored floor (0 when none).
+    pub fn get(&self) -> i64 {
+        let stored = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        stored.max(self.baked.unwrap_or(0))
+    }
+
+    /// `max(clock, floor)`: the reference time for expiry checks.
+    pub fn now(&self) -> i64 {
+        clock_now().max(self.get())
+    }
+
+    /// Raises the floor to `t` (never lowers it).
+    pub fn raise(&self, t: i64) -> std::io::Result<()> {
+        if t <= self.get() {
+            return Ok(());
+        }
+        fsutil::write_atomic(&self.path, 0o644, &mut t.to_string().as_bytes())?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct TufSource {
+    name: String,
+    client: ClientConfig,
+    trusted_root: PathBuf,
+    manifest: RepoPath,
+    floor: TimeFloor,
+    cache: PathBuf,
+}
+
+impl TufSource {
+    pub fn from_config(cfg: &TufSourceConfig, state_dir: &Path) -> Result<Self, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let metadata_url = cfg
+            .metadata_url
+            .clone()
+            .ok_or_else(|| invalid("source.tuf.metadata_url", "required".to_owned()))?;
+        let targets_url = cfg
+            .targets_url
+            .clone()
+            .ok_or_else(|| invalid("source.tuf.targets_url", "required".to_owned()))?;
+        let manifest = RepoPath::new(cfg.manifest.clone())
+            .map_err(|e| invalid("source.tuf.manifest", e.to_string()))?;
+        let baked = match &cfg.time_floor {
+            Some(t) => Some(
+                t.parse::<jiff::Timestamp>()
+                    .map_err(|e| invalid("source.tuf.time_floor", e.to_string()))?
+                    .as_second(),
+            ),
+            None => None,
+        };
+        let dir = state_dir.join("tuf");
+        Ok(TufSource {
+            name: format!("tuf:{metadata_url}"),
+            client: ClientConfig {
+                metadata_url,
+                targets_url,
+                metadata_dir: dir.join("metadata"),
+                limits: Limits::default(),
+                timeouts: Timeouts {
+                    stall: Duration::from_secs(cfg.stall_timeout_secs),
+                    metadata: Duration::from_secs(cfg.metadata_timeout_secs),
+                },
+            },
+            trusted_root: cfg.root.clone(),
+            manifest,
+            floor: TimeFloor::new(dir.join("time-floor"), baked),
+            cache: dir.join("cache"),
+        })
+    }
+
+    fn err(&self, e: TufError) -> SourceError {
+        SourceError::Tuf {
+            source_name: self.name.clone(),
+            error: Box::new(e),
+        }
+    }
+
+    /// Verifies the newest metadata: root rotation, timestamp, snapshot,
+    /// targets. On success the time floor rises to the clock.
+    pub fn refresh(&self) -> Result<Client, SourceError> {
+        let dir = &self.client.metadata_dir;
+        if !dir.join("root.json").exists() {
+            let root = std::fs::read(&self.trusted_root).map_err(|source| SourceError::Io {
+                source_name: self.name.clone(),
+                what: format!("reading the trusted root {}", self.trusted_root.display()),
+                source,
+            })?;
+            client::init(dir, &root).map_err(|e| self.err(e))?;
+        }
+        let clock = clock_now();
+        let now = clock.max(self.floor.get());
+        let mut c = Client::load(self.client.clone(), now).map_err(|e| self.err(e))?;
+        c.refresh().map_err(|e| self.err(e))?;
+        self.floor.raise(clock).map_err(|source| SourceError::Io {
+            source_name: self.name.clone(),
+            what: "recording the secure time floor".to_owned(),
+            source,
+        })?;
+        Ok(c)
+    }
+}
+
+impl Source for TufSource {
+    fn fetch(&self) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
+        let mut c = self.refresh()?;
+        let info = c
+            .target_info(self.manifest.as_str())
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| SourceError::NotFound {
+                source_name: self.name.clone(),
+                path: self.manifest.clone(),
+            })?;
+        let digest = info
+            .file
+            .hashes
+            .get("sha256")
+            .map(|h| h.chars().take(12).collect::<String>())
+            .unwrap_or_default();
+        let id = format!("tuf-{}-{}", c.targets_version().unwrap_or_default(), digest);
+        let actor = format!(
+            "tuf:{}@{}",
+            info.role,
+            info.signers
+                .iter()
+                .map(|k| k.chars().take(12).collect::<String>())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        Ok(Arc::new(TufRevision {
+            client: Mutex::new(c),
+            id,
+            actor,
+            name: self.name.clone(),
+            cache: self.cache.clone(),
+        }))
+    }
+
+    fn fetch_revision(&self, revision: &str) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
+        let rev = self.fetch()?;
+        if rev.id() != revision {
+            return Err(SourceError::Refused {
+                source_name: self.name.clone(),
+                path: revision.to_owned(),
+                reason: format!(
+                    "a TUF repository serves only its newest revision, which is {}",
+                    rev.id()
+                ),
+            });
+        }
+        Ok(rev)
+    }
+
+    fn manifest_path(&self) -> &RepoPath {
+        &self.manifest
+    }
+}
+
+/// One verified refresh; targets are looked up (and delegated roles
+/// fetched) on demand.
+#[derive(Debug)]
+pub struct TufRevision {
+    client: Mutex<Client>,
+    id: String,
+    actor: String,
+    name: String,
+    /// Small verified targets (manifest, templates) by sha256, so that a
+    /// poll that finds nothing new downloads no target at all.
+    cache: PathBuf,
+}
+
+/// Targets up to this size are kept in the cache.
+const CACHE_MAX_TARGET: u64 = 1024 * 1024;
+/// Cache entries kept, newest first.
+const CACHE_MAX_ENTRIES: usize = 256;
+
+impl TufRevision {
+    fn err(&self, e: TufError) -> SourceError {
+        SourceError::Tuf {
+            source_name: self.name.clone(),
+            error: Box::new(e),
+        }
+    }
+
+    fn info(
+        &self,
+        path: &RepoPath,
+    ) -> Result<(TargetInfo, std::sync::MutexGuard<'_, Client>), SourceError> {
+        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        match c.target_info(path.as_str()).map_err(|e| self.err(e))? {
+            Some(info) => Ok((info, c)),
+            None => Err(SourceError::NotFound {
+                source_name: self.name.clone(),
+                path: path.clone(),
+            }),
+        }
+    }
+
+    fn open_from(&self, path: &RepoPath, offset: u64) -> Result<Box<dyn Read + '_>, SourceError> {
+        let (info, mut c) = self.info(path)?;
+        let sha = info.file.hashes.get("sha256").map(str::to_ascii_lowercase);
+        let Some(sha) = sha.filter(|s| {
+            offset == 0
+                && info.file.length <= CACHE_MAX_TARGET
+                && s.len() == 64
+                && s.bytes().all(|b| b.is_ascii_hexdigit())
+        }) else {
+            let r = c.open_target(&info, offset).map_err(|e| self.err(e))?;
+            return Ok(Box::new(r));
+        };
+        let cached = self.cache.join(&sha);
+        if let Ok(f) = std::fs::File::open(&cached) {
+            // Still checked against the signed length and hashes as it is read.
+            return Ok(Box::new(client::TargetReader::new(f, &info, 0)));
+        }
+        let mut r = c.open_target(&info, 0).map_err(|e| self.err(e))?;
+        drop(c);
+        let mut bytes = Vec::with_capacity(usize::try_from(info.file.length).unwrap_or(0));
+        r.read_to_end(&mut bytes)
+            .map_err(|e| self.read_err(path, e))?;
+        // The cache is an optimisation: failing to write it is not an error.
+        let _ = std::fs::create_dir_all(&self.cache)
+            .and_then(|()| fsutil::write_atomic(&cached, 0o644, &mut &bytes[..]))
+            .map(|_| prune_cache(&self.cache));
+        Ok(Box::new(std::io::Cursor::new(bytes)))
+    }
+
+    /// A verification failure while reading is the repository's fault.
+    fn read_err(&self, path: &RepoPath, e: std::io::Error) -> SourceError {
+        if e.kind() == std::io::ErrorKind::InvalidData
+            && let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<TufError>())
+            && let TufError::BadTarget { name, reason } = inner
+        {
+            return self.err(TufError::BadTarget {
+                name: name.clone(),
+                reason: reason.clone(),
+            });
+        }
+        SourceError::Io {
+            source_name: self.name.clone(),
+            what: format!("reading {path}"),
+            source: e,
+        }
+    }
+}
+
+impl VerifiedRevision for TufRevision {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn source_name(&self) -> &str {
+        &self.name
+    }
+
+    fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    fn signed_target(&self, path: &RepoPath) -> Result<Option<ContentRef>, SourceError> {
+        let (info, guard) = self.info(path)?;
+        drop(guard);
+        let sha = info
+            .file
+            .hashes
+            .get("sha256")
+            .ok_or_else(|| SourceError::Refused {
+                source_name: self.name.clone(),
+                path: path.to_string(),
+                reason: "its TUF metadata lists no sha256 hash, which ferry's store needs".into(),
+            })?;
+        let sha256: Sha256 = sha.to_ascii_lowercase().parse().map_err(
+            |e: ferry_core::digest::DigestParseError| SourceError::Refused {
+                source_name: self.name.clone(),
+                path: path.to_string(),
+                reason: e.to_string(),
+            },
+        )?;
+        Ok(Some(ContentRef {
+            sha256,
+            length: info.file.length,
+        }))
+    }
+
+    fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError> {
+        self.open_from(path, 0)
+    }
+
+    /// Resumes with an HTTP Range request; the store re-verifies the whole
+    /// blob (the bytes it already has included) against the signed address.
+    fn open_at(&self, path: &RepoPath, offset: u64) -> Result<Box<dyn Read + '_>, SourceError> {
+        self.open_from(path, offset)
+    }
+
+    fn read_small(&self, path: &RepoPath, limit: u64) -> Result<Vec<u8>, SourceError> {
+        let (info, guard) = self.info(path)?;
+        drop(guard);
+        if info.file.length > limit {
+            return Err(SourceError::TooLarge {
+                source_name: self.name.clone(),
+                path: path.clone(),
+                limit,
+            });
+        }
+        let mut buf = Vec::new();
+        self.open(path)?
+            .read_to_end(&mut buf)
+            .map_err(|e| self.read_err(path, e))?;
+        Ok(buf)
+    }
+
+    fn exists(&self, path: &RepoPath) -> Result<bool, SourceError> {
+        match self.info(path) {
+            Ok(_) => Ok(true),
+            Err(SourceError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Keeps the newest `CACHE_MAX_ENTRIES` cache files.
+fn prune_cache(dir: &Path) {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<(SystemTime, PathBuf)> = read
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if entries.len() <= CACHE_MAX_ENTRIES {
+        return;
+    }
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, p) in entries.into_iter().skip(CACHE_MAX_ENTRIES) {
+        let _ = std::fs::remove_file(p);
+    }
+}

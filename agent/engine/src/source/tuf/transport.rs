@@ -1,0 +1,232 @@
+//! Fetching metadata and targets: HTTP(S) through reqwest, and `file://`
+//! (bundles on a stick). Sizes are bounded by the caller; stalled servers
+//! time out.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Timeouts for remote fetches.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting, and the longest silence while reading a body.
+    pub stall: Duration,
+    /// A whole metadata file (small; a slow drip must not hold the agent).
+    pub metadata: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            stall: Duration::from_secs(30),
+            metadata: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The server says the file is not there (HTTP 403/404, no such file).
+    #[error("{url}: not found")]
+    NotFound { url: String },
+    #[error("{url}: HTTP status {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: more than {limit} bytes")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{url}: {message}")]
+    Io { url: String, message: String },
+}
+
+/// A base URL with a trailing slash, and a way to fetch below it.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    client: Option<reqwest::blocking::Client>,
+    timeouts: Timeouts,
+}
+
+impl Transport {
+    pub fn new(timeouts: Timeouts) -> Result<Self, FetchError> {
+        Ok(Transport {
+            client: None,
+            timeouts,
+        })
+    }
+
+    fn client(&mut self, url: &str) -> Result<reqwest::blocking::Client, FetchError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let c = reqwest::blocking::Client::builder()
+            .connect_timeout(self.timeouts.stall)
+            .timeout(self.timeouts.stall)
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Io {
+                url: url.to_owned(),
+                message: format!("cannot set up HTTP client: {e}"),
+            })?;
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Fetches a whole small file, refusing more than `limit` bytes.
+    pub fn fetch_bounded(&mut self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+        let deadline = self.timeouts.metadata;
+        let reader = self.open(url, 0, Some(deadline))?;
+        read_bounded(reader, url, limit)
+    }
+
+    /// Opens `url` for streaming from byte `offset` on (HTTP Range).
+    pub fn open(
+        &mut self,
+        url: &str,
+        offset: u64,
+        deadline: Option<Duration>,
+    ) -> Result<Box<dyn Read + Send>, FetchError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            let decoded = percent_encoding::percent_decode_str(path)
+                .decode_utf8()
+                .map_err(|_| FetchError::Io {
+                    url: url.to_owned(),
+                    message: "path is not UTF-8".into(),
+                })?;
+            let path = PathBuf::from(&*decoded);
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(FetchError::NotFound {
+                        url: url.to_owned(),
+                    });
+                }
+                Err(e) => {
+                    return Err(FetchError::Io {
+                        url: url.to_owned(),
+                        message: e.to_string(),
+                    });
+                }
+            };
+            if offset > 0 {
+                use std::io::Seek;
+                f.seek(io::SeekFrom::Start(offset))
+                    .map_err(|e| FetchError::Io {
+                        url: url.to_owned(),
+                        message: e.to_string(),
+                    })?;
+            }
+            return Ok(Box::new(f));
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(FetchError::Io {
+                url: url.to_owned(),
+                message: "only http, https and file URLs are supported".into(),
+            });
+        }
+        let client = self.client(url)?;
+        let mut req = client.get(url);
+        if let Some(d) = deadline {
+            req = req.timeout(d);
+        }
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        let resp = req.send().map_err(|e| FetchError::Io {
+            url: url.to_owned(),
+            message: error_chain(&e),
+        })?;
+        let status = resp.status().as_u16();
+        match status {
+            200 if offset > 0 => {
+                // The server ignored the range: skip what we have.
+                let mut r: Box<dyn Read + Send> = Box::new(resp);
+                io::copy(&mut (&mut r).take(offset), &mut io::sink()).map_err(|e| {
+                    FetchError::Io {
+                        url: url.to_owned(),
+                        message: e.to_string(),
+                    }
+                })?;
+                Ok(r)
+            }
+            200 => Ok(Box::new(resp)),
+            206 if offset > 0 => Ok(Box::new(resp)),
+            403 | 404 => Err(FetchError::NotFound {
+                url: url.to_owned(),
+            }),
+            _ => Err(FetchError::Status {
+                url: url.to_owned(),
+                status,
+            }),
+        }
+    }
+}
+
+/// reqwest hides the useful part of an error (timed out, refused) in its
+/// source chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Reads all of `r`, refusing more than `limit` bytes (endless-data attack).
+pub fn read_bounded(r: impl Read, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+    let mut buf = Vec::new();
+    r.take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| FetchError::Io {
+            url: url.to_owned(),
+            message: error_chain(&e),
+        })?;
+    if buf.len() as u64 > limit {
+        return Err(FetchError::TooLarge {
+            url: url.to_owned(),
+            limit,
+        });
+    }
+    Ok(buf)
+}
+
+/// Percent-encodes a role name for a URL or file name: everything but
+/// unreserved characters (like Python's `quote(role, safe="")`).
+pub fn quote_all(s: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const SET: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(s, SET).to_string()
+}
+
+/// Percent-encodes a target path for a URL, keeping its `/` separators.
+pub fn quote_path(s: &str) -> String {
+    s.split('/').map(quote_all).collect::<Vec<_>>().join("/")
+}
+
+/// `base` with exactly one trailing slash.
+pub fn with_slash(base: &str) -> String {
+    format!("{}/", base.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_matches_python_quote_with_no_safe_characters() {
+        assert_eq!(quote_all("/delegatedrole"), "%2Fdelegatedrole");
+        assert_eq!(quote_all("../x"), "..%2Fx");
+        assert_eq!(quote_all("?"), "%3F");
+        assert_eq!(quote_all("#"), "%23");
+        assert_eq!(quote_all("a b~c"), "a%20b~c");
+        assert_eq!(quote_path("dir/a b.txt"), "dir/a%20b.txt");
+    }
+}

@@ -1,0 +1,268 @@
+//! TUF test helpers: repositories built by python-tuf (`integration/tuf/repo.py`)
+//! and a loopback HTTP server that serves them, logs every request and can
+//! misbehave on purpose (stall, endless data, drop the connection).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the server answers one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Accept the request and never answer.
+    Stall,
+    /// 200 with no length and bytes forever.
+    Endless,
+    /// Send the headers and this many body bytes, then close.
+    CutAfter(usize),
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    requests: Vec<String>,
+    ranges: Vec<(String, u64)>,
+    faults: HashMap<String, Fault>,
+}
+
+/// A static file server on 127.0.0.1 for one directory.
+#[derive(Debug)]
+pub struct Server {
+    pub url: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Server {
+    pub fn serve(root: &Path) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (root, s) = (root.to_path_buf(), shared.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (root, s) = (root.clone(), s.clone());
+                std::thread::spawn(move || {
+                    let _ = handle(conn, &root, &s);
+                });
+            }
+        });
+        Server { url, shared }
+    }
+
+    /// Paths requested so far, in order (`/metadata/timestamp.json`).
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.lock().unwrap().requests.clone()
+    }
+
+    /// Requests that carried a `Range: bytes=N-` header.
+    pub fn ranges(&self) -> Vec<(String, u64)> {
+        self.shared.lock().unwrap().ranges.clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.lock().unwrap().requests.clear();
+    }
+
+    pub fn fault(&self, path: &str, fault: Option<Fault>) {
+        let mut s = self.shared.lock().unwrap();
+        match fault {
+            Some(f) => s.faults.insert(path.to_owned(), f),
+            None => s.faults.remove(path),
+        };
+    }
+}
+
+fn handle(conn: TcpStream, root: &Path, shared: &Mutex<Shared>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("range: bytes=") {
+            range = v.trim().trim_end_matches('-').parse::<u64>().ok();
+        }
+    }
+    let fault = {
+        let mut s = shared.lock().unwrap();
+        s.requests.push(path.clone());
+        if let Some(r) = range {
+            s.ranges.push((path.clone(), r));
+        }
+        s.faults.get(&path).copied()
+    };
+    let mut conn = conn;
+    match fault {
+        Some(Fault::Stall) => {
+            std::thread::sleep(Duration::from_secs(120));
+            return Ok(());
+        }
+        Some(Fault::Endless) => {
+            conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let chunk = vec![b' '; 64 * 1024];
+            loop {
+                conn.write_all(&chunk)?;
+            }
+        }
+        _ => {}
+    }
+    // Files are stored under their quoted names (`1.%2Fdelegatedrole.json`)
+    // or plain ones (`dir/a b.txt`): try both.
+    let raw = root.join(path.trim_start_matches('/'));
+    let decoded = root.join(percent_decode(&path).trim_start_matches('/'));
+    let Ok(data) = std::fs::read(&raw).or_else(|_| std::fs::read(&decoded)) else {
+        conn.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
+        return Ok(());
+    };
+    let (status, body) = match range {
+        Some(off) if (off as usize) <= data.len() => ("206 Partial Content", &data[off as usize..]),
+        _ => ("200 OK", &data[..]),
+    };
+    let body = match fault {
+        Some(Fault::CutAfter(n)) => {
+            conn.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )?;
+            conn.write_all(&body[..n.min(body.len())])?;
+            return Ok(());
+        }
+        _ => body,
+    };
+    conn.write_all(
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    conn.write_all(body)?;
+    Ok(())
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The Python with python-tuf that `integration/run-tests` sets up.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("FERRY_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fixture-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run integration/run-tests, which creates the python-tuf venv",
+        p.display()
+    );
+    p
+}
+
+/// A TUF repository made and changed by python-tuf.
+#[derive(Debug)]
+pub struct Repo {
+    pub dir: PathBuf,
+}
+
+impl Repo {
+    pub fn init(dir: &Path, args: &[&str]) -> Repo {
+        let r = Repo {
+            dir: dir.to_path_buf(),
+        };
+        r.tool(&[&["init", dir.to_str().unwrap()], args].concat());
+        r
+    }
+
+    /// Runs `repo.py CMD DIR ARGS…`.
+    pub fn run(&self, cmd: &str, args: &[&str]) {
+        self.tool(&[&[cmd, self.dir.to_str().unwrap()], args].concat());
+    }
+
+    fn tool(&self, args: &[&str]) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../integration/tuf/repo.py");
+        let out = Command::new(python())
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "repo.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Adds or replaces target `name` (in `role`) and publishes.
+    pub fn target(&self, name: &str, content: &[u8], role: &str) {
+        let tmp = self.dir.join(".content");
+        std::fs::write(&tmp, content).unwrap();
+        self.run("target", &[name, tmp.to_str().unwrap(), "--role", role]);
+    }
+
+    pub fn metadata(&self) -> PathBuf {
+        self.dir.join("metadata")
+    }
+
+    /// The first root, to bake into a device.
+    pub fn root_v1(&self) -> PathBuf {
+        self.metadata().join("1.root.json")
+    }
+
+    /// Copies the published metadata aside (to replay it later).
+    pub fn save(&self, name: &str) -> PathBuf {
+        let dest = self.dir.join("saved").join(name);
+        let _ = std::fs::remove_dir_all(&dest);
+        super::copy_tree(&self.metadata(), &dest);
+        dest
+    }
+
+    /// Serves saved metadata again in place of the current (a replay).
+    pub fn restore(&self, saved: &Path, files: &[&str]) {
+        for f in files {
+            std::fs::copy(saved.join(f), self.metadata().join(f)).unwrap();
+        }
+    }
+
+    pub fn read_json(&self, file: &str) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.metadata().join(file)).unwrap()).unwrap()
+    }
+}
+
+/// Runs the conformance client.
+pub fn conformance(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry-tuf-conformance"))
+        .args(args)
+        .output()
+        .unwrap()
+}

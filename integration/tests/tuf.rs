@@ -1,0 +1,552 @@
+//! The `tuf` source and the conformance client against repositories built
+//! by python-tuf and served over loopback HTTP: the update workflow of the
+//! TUF specification, and every refusal audited with the running
+//! generation untouched.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::tuf::{Fault, Repo, Server, conformance};
+use common::{FERRY, Fixture, file, manifest, stderr};
+
+/// A device whose source is a TUF repository served by `server`.
+struct Device {
+    fx: Fixture,
+    repo: Repo,
+    server: Server,
+}
+
+impl Device {
+    fn new(init_args: &[&str]) -> Device {
+        let fx = Fixture::new();
+        let repo = Repo::init(&fx.dir.path().join("tufrepo"), init_args);
+        let server = Server::serve(&repo.dir);
+        let d = Device { fx, repo, server };
+        d.configure(&d.repo.root_v1());
+        d
+    }
+
+    fn configure(&self, root: &Path) {
+        let (state, files) = (&self.fx.state, &self.fx.root);
+        let url = &self.server.url;
+        fs::write(
+            &self.fx.config,
+            format!(
+                "state_dir = {state:?}\n[source]\nkind = \"tuf\"\n[source.tuf]\n\
+                 metadata_url = \"{url}/metadata\"\ntargets_url = \"{url}/targets\"\n\
+                 root = {root:?}\nstall_timeout_secs = 2\nmetadata_timeout_secs = 3\n\
+                 [files]\nroot = {files:?}\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Publishes a revision: one target per file, then the manifest.
+    fn publish(&self, files: &[common::FileSpec]) {
+        for (i, f) in files.iter().enumerate() {
+            self.repo
+                .target(&format!("files/{i}"), f.content.as_bytes(), "targets");
+        }
+        self.repo
+            .target("ferry/manifest.yaml", manifest(files).as_bytes(), "targets");
+    }
+
+    /// Runs `ferry apply`, expecting a refusal that names `needles`; checks
+    /// that nothing changed and that the refusal was audited.
+    fn refused(&self, needles: &[&str]) -> String {
+        let before_gens = self.fx.generation_ids();
+        let before_files = self.fx.snapshot();
+        let before_audit = self.fx.audit_len();
+        let out = self.fx.run(&["apply", "--no-reboot"]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "apply succeeded:\n{err}");
+        for n in needles {
+            assert!(err.contains(n), "error lacks {n:?}:\n{err}");
+        }
+        assert_eq!(self.fx.generation_ids(), before_gens);
+        assert_eq!(self.fx.snapshot(), before_files);
+        let audit = self.fx.json(&["audit", "list", "--json"]);
+        let entries = audit.as_array().unwrap();
+        assert!(entries.len() > before_audit, "audited: {audit:#}");
+        let last = entries.last().unwrap();
+        assert!(
+            ["source-refused", "revision-refused", "failed"]
+                .contains(&last["event"].as_str().unwrap()),
+            "{last:#}"
+        );
+        self.fx.ok(&["audit", "verify"]);
+        err
+    }
+}
+
+#[test]
+fn device_applies_a_signed_revision_and_a_no_change_poll_fetches_only_timestamp() {
+    let d = Device::new(&[]);
+    let files = [file("/etc/app.conf", "a = 1\n", "0644")];
+    d.publish(&files);
+    d.fx.ok(&["apply", "--no-reboot"]);
+    assert_eq!(d.fx.snapshot(), common::expected(&files));
+    let audit = d.fx.json(&["audit", "list", "--json"]);
+    let switched = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "switched")
+        .unwrap();
+    assert!(
+        switched["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("tuf:targets@"),
+        "{switched:#}"
+    );
+
+    d.server.clear_requests();
+    let out = d.fx.ok(&["apply", "--no-reboot"]);
+    assert!(out.contains("no changes"), "{out}");
+    assert_eq!(
+        d.server.requests(),
+        ["/metadata/2.root.json", "/metadata/timestamp.json"],
+        "a no-change poll probes the next root and fetches only timestamp"
+    );
+
+    // A new revision: only what changed is downloaded.
+    let files2 = [file("/etc/app.conf", "a = 2\n", "0644")];
+    d.publish(&files2);
+    d.fx.ok(&["apply", "--no-reboot"]);
+    assert_eq!(d.fx.snapshot(), common::expected(&files2));
+}
+
+#[test]
+fn root_rotation_with_changing_thresholds_is_followed_and_a_short_signed_root_refused() {
+    let d = Device::new(&[]);
+    let files = [file("/etc/a", "1\n", "0644")];
+    d.publish(&files);
+    // 1 → 2: two root keys, threshold 2; 2 → 3: three keys, threshold 2;
+    // 3 → 4: new timestamp key (fast-forward recovery of the timestamp).
+    d.repo.run(
+        "rotate",
+        &["--role", "root", "--keys", "2", "--threshold", "2"],
+    );
+    d.repo.run(
+        "rotate",
+        &["--role", "root", "--keys", "3", "--threshold", "2"],
+    );
+    d.repo.run("rotate", &["--role", "timestamp"]);
+    d.fx.ok(&["apply", "--no-reboot"]);
+    assert_eq!(d.fx.snapshot(), common::expected(&files));
+    let trusted: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.fx.state.join("tuf/metadata/root.json")).unwrap())
+            .unwrap();
+    assert_eq!(trusted["signed"]["version"], 4);
+    // Stored byte for byte as served.
+    assert_eq!(
+        fs::read(d.fx.state.join("tuf/metadata/root.json")).unwrap(),
+        fs::read(d.repo.metadata().join("4.root.json")).unwrap()
+    );
+
+    // v5 signed by the old root keys but by only one of its own two.
+    d.repo.run(
+        "rotate",
+        &[
+            "--role",
+            "root",
+            "--keys",
+            "2",
+            "--threshold",
+            "2",
+            "--sign-with-new",
+            "1",
+        ],
+    );
+    let err = d.refused(&["root v5", "threshold"]);
+    assert!(err.contains("own keys"), "{err}");
+}
+
+#[test]
+fn version_rollbacks_are_refused() {
+    let d = Device::new(&[]);
+    d.publish(&[file("/etc/a", "1\n", "0644")]);
+    let old = d.repo.save("old");
+    d.publish(&[file("/etc/a", "2\n", "0644")]);
+    d.fx.ok(&["apply", "--no-reboot"]);
+
+    // Timestamp: the old file served again.
+    let current_ts = fs::read(d.repo.metadata().join("timestamp.json")).unwrap();
+    d.repo.restore(&old, &["timestamp.json"]);
+    d.refused(&["timestamp v", "version rollback"]);
+    fs::write(d.repo.metadata().join("timestamp.json"), current_ts).unwrap();
+
+    // Snapshot: a newer timestamp naming an older snapshot.
+    let snap_v = d.repo.read_json("snapshot.json")["signed"]["version"]
+        .as_u64()
+        .unwrap();
+    d.repo.run(
+        "timestamp",
+        &["--snapshot-version", &(snap_v - 1).to_string()],
+    );
+    d.refused(&["timestamp v", "snapshot version rollback"]);
+
+    // Targets: a newer snapshot listing an older targets version.
+    let targets_v = d.repo.read_json("targets.json")["signed"]["version"]
+        .as_u64()
+        .unwrap();
+    d.repo
+        .run("publish", &["--pin", &format!("targets={}", targets_v - 1)]);
+    d.refused(&["snapshot v", "version rollback of targets.json"]);
+}
+
+#[test]
+fn expired_metadata_is_refused_also_with_the_clock_reset_to_1970() {
+    let d = Device::new(&[]);
+    d.publish(&[file("/etc/a", "1\n", "0644")]);
+    d.fx.ok(&["apply", "--no-reboot"]);
+    let floor: i64 = fs::read_to_string(d.fx.state.join("tuf/time-floor"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(floor > 1_700_000_000, "floor {floor}");
+
+    // The repository (or an attacker replaying it) serves a timestamp that
+    // expired a day ago.
+    d.repo.run("expire", &["timestamp", "--days", "-1"]);
+    d.refused(&["timestamp v", "expired"]);
+
+    // A device whose RTC fell back to 1970 still refuses it: the floor holds.
+    let run_1970 = |cmd: &mut Command| {
+        cmd.env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .output()
+            .unwrap()
+    };
+    let mut apply = Command::new("faketime");
+    apply
+        .args(["-f", "@1970-01-02 00:00:00", FERRY, "--config"])
+        .arg(&d.fx.config)
+        .args(["apply", "--no-reboot"]);
+    let out = run_1970(&mut apply);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+
+    // Without a floor (the bare conformance client), 1970 would accept it:
+    // the check above is the floor's doing.
+    let md = d.fx.dir.path().join("md");
+    fs::create_dir_all(&md).unwrap();
+    let root = d.repo.root_v1();
+    let out = conformance(&[
+        "--metadata-dir",
+        md.to_str().unwrap(),
+        "init",
+        root.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let url = format!("{}/metadata", d.server.url);
+    let mut refresh = Command::new("faketime");
+    refresh
+        .args([
+            "-f",
+            "@1970-01-02 00:00:00",
+            env!("CARGO_BIN_EXE_ferry-tuf-conformance"),
+        ])
+        .args([
+            "--metadata-url",
+            &url,
+            "--metadata-dir",
+            md.to_str().unwrap(),
+            "refresh",
+        ]);
+    let out = run_1970(&mut refresh);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // And the floor never decreased.
+    let after: i64 = fs::read_to_string(d.fx.state.join("tuf/time-floor"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(after >= floor);
+}
+
+#[test]
+fn mix_and_match_and_tampered_targets_are_refused() {
+    let d = Device::new(&[]);
+    d.publish(&[file("/etc/a", "1\n", "0644")]);
+    d.fx.ok(&["apply", "--no-reboot"]);
+    d.publish(&[file("/etc/a", "2\n", "0644")]);
+
+    // Mix and match: the snapshot version the timestamp names is served
+    // with the bytes of an older snapshot.
+    let v = d.repo.read_json("snapshot.json")["signed"]["version"]
+        .as_u64()
+        .unwrap();
+    let newest = d.repo.metadata().join(format!("{v}.snapshot.json"));
+    let good = fs::read(&newest).unwrap();
+    fs::copy(
+        d.repo.metadata().join(format!("{}.snapshot.json", v - 1)),
+        &newest,
+    )
+    .unwrap();
+    d.refused(&["snapshot v", "mix-and-match"]);
+    fs::write(&newest, good).unwrap();
+
+    // A target whose bytes differ from its signed hash (same length).
+    let t = d.repo.read_json("targets.json");
+    let sha = t["signed"]["targets"]["files/0"]["hashes"]["sha256"]
+        .as_str()
+        .unwrap();
+    fs::write(d.repo.dir.join(format!("targets/files/{sha}.0")), "X\n").unwrap();
+    let err = d.refused(&[]);
+    assert!(err.contains("sha256") || err.contains("mismatch"), "{err}");
+
+    // A target longer than signed.
+    fs::write(
+        d.repo.dir.join(format!("targets/files/{sha}.0")),
+        "2\nmore\n",
+    )
+    .unwrap();
+    let err = d.refused(&[]);
+    assert!(err.contains("signed length"), "{err}");
+}
+
+#[test]
+fn endless_and_stalled_servers_are_cut_off() {
+    let d = Device::new(&[]);
+    d.publish(&[file("/etc/a", "1\n", "0644")]);
+    d.server
+        .fault("/metadata/timestamp.json", Some(Fault::Endless));
+    let err = d.refused(&["timestamp", "more than 16384 bytes"]);
+    assert!(!err.is_empty());
+
+    d.server
+        .fault("/metadata/timestamp.json", Some(Fault::Stall));
+    let out = d.fx.run(&["apply", "--no-reboot"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("timed out") || stderr(&out).contains("timeout"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(d.fx.generation_ids().is_empty());
+
+    d.server.fault("/metadata/timestamp.json", None);
+    d.fx.ok(&["apply", "--no-reboot"]);
+}
+
+#[test]
+fn a_download_cut_midway_resumes_with_an_http_range_request() {
+    let d = Device::new(&[]);
+    let big: String = (0..200_000).map(|i| format!("{i}\n")).collect();
+    let files = [file("/opt/big.bin", &big, "0644")];
+    d.publish(&files);
+    let t = d.repo.read_json("targets.json");
+    let sha = t["signed"]["targets"]["files/0"]["hashes"]["sha256"]
+        .as_str()
+        .unwrap();
+    let path = format!("/targets/files/{sha}.0");
+    d.server.fault(&path, Some(Fault::CutAfter(300_000)));
+    let out = d.fx.run(&["apply", "--no-reboot"]);
+    assert!(!out.status.success());
+    assert!(d.fx.generation_ids().is_empty());
+
+    d.server.fault(&path, None);
+    d.fx.ok(&["apply", "--no-reboot"]);
+    assert_eq!(d.fx.snapshot(), common::expected(&files));
+    assert_eq!(d.server.ranges(), [(path, 300_000)]);
+}
+
+#[test]
+fn delegations_are_searched_in_order_and_terminating_ones_end_the_search() {
+    let d = Device::new(&[]);
+    // Two delegations for apps/*: "first" wins over "second".
+    d.repo.run("delegate", &["first", "--paths", "apps/*"]);
+    d.repo.run("delegate", &["second", "--paths", "apps/*"]);
+    d.repo.target("apps/x", b"from first\n", "first");
+    d.repo.target("apps/x", b"from second\n", "second");
+    d.repo.target("apps/y", b"only second\n", "second");
+    // A terminating delegation for cfg/* without the target hides a later one.
+    d.repo
+        .run("delegate", &["term", "--paths", "cfg/*", "--terminating"]);
+    d.repo.run("delegate", &["later", "--paths", "cfg/*"]);
+    d.repo.target("cfg/z", b"hidden\n", "later");
+
+    let md = d.fx.dir.path().join("md");
+    let td = d.fx.dir.path().join("td");
+    fs::create_dir_all(&md).unwrap();
+    fs::create_dir_all(&td).unwrap();
+    let (md_s, td_s) = (md.to_str().unwrap(), td.to_str().unwrap());
+    let root = d.repo.root_v1();
+    assert!(
+        conformance(&["--metadata-dir", md_s, "init", root.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let murl = format!("{}/metadata", d.server.url);
+    let turl = format!("{}/targets", d.server.url);
+    let download = |name: &str| {
+        conformance(&[
+            "--metadata-url",
+            &murl,
+            "--metadata-dir",
+            md_s,
+            "--target-name",
+            name,
+            "--target-dir",
+            td_s,
+            "--target-base-url",
+            &turl,
+            "download",
+        ])
+    };
+    assert!(download("apps/x").status.success());
+    assert_eq!(fs::read(td.join("apps%2Fx")).unwrap(), b"from first\n");
+    assert!(download("apps/y").status.success());
+    assert_eq!(fs::read(td.join("apps%2Fy")).unwrap(), b"only second\n");
+
+    d.server.clear_requests();
+    let out = download("cfg/z");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cfg/z"), "{}", stderr(&out));
+    let reqs = d.server.requests();
+    assert!(reqs.iter().any(|r| r.ends_with(".term.json")), "{reqs:?}");
+    assert!(!reqs.iter().any(|r| r.contains("later")), "{reqs:?}");
+}
+
+#[test]
+fn conformance_client_init_refresh_download_against_python_tuf() {
+    let d = Device::new(&[]);
+    d.repo.target("a.txt", b"alpha\n", "targets");
+    d.repo.target("dir/b.txt", b"beta\n", "targets");
+    d.repo
+        .run("delegate", &["/delegatedrole", "--paths", "deleg/*"]);
+    d.repo.target("deleg/c.txt", b"gamma\n", "/delegatedrole");
+
+    let md = d.fx.dir.path().join("md");
+    let td = d.fx.dir.path().join("td");
+    fs::create_dir_all(&md).unwrap();
+    fs::create_dir_all(&td).unwrap();
+    let (md_s, td_s) = (md.to_str().unwrap(), td.to_str().unwrap());
+    let root = d.repo.root_v1();
+    let out = conformance(&["--metadata-dir", md_s, "init", root.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(d.server.requests().is_empty(), "init makes no request");
+
+    let murl = format!("{}/metadata", d.server.url);
+    let out = conformance(&["--metadata-url", &murl, "--metadata-dir", md_s, "refresh"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let snap_v = d.repo.read_json("snapshot.json")["signed"]["version"]
+        .as_u64()
+        .unwrap();
+    let targets_v = d.repo.read_json("targets.json")["signed"]["version"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        d.server.requests(),
+        [
+            "/metadata/2.root.json".to_owned(),
+            "/metadata/timestamp.json".to_owned(),
+            format!("/metadata/{snap_v}.snapshot.json"),
+            format!("/metadata/{targets_v}.targets.json"),
+        ]
+    );
+    // Only trusted top-level metadata, byte for byte as served.
+    let mut names: Vec<String> = fs::read_dir(&md)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "root.json",
+            "snapshot.json",
+            "targets.json",
+            "timestamp.json"
+        ]
+    );
+    for n in &names {
+        assert_eq!(
+            fs::read(md.join(n)).unwrap(),
+            fs::read(d.repo.metadata().join(n)).unwrap(),
+            "{n}"
+        );
+    }
+
+    d.server.clear_requests();
+    let turl = format!("{}/targets", d.server.url);
+    let out = conformance(&[
+        "--metadata-url",
+        &murl,
+        "--metadata-dir",
+        md_s,
+        "--target-name",
+        "dir/b.txt",
+        "--target-name",
+        "deleg/c.txt",
+        "--target-dir",
+        td_s,
+        "--target-base-url",
+        &turl,
+        "download",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(td.join("dir%2Fb.txt")).unwrap(), b"beta\n");
+    assert_eq!(fs::read(td.join("deleg%2Fc.txt")).unwrap(), b"gamma\n");
+    let reqs = d.server.requests();
+    assert!(
+        reqs.contains(&"/metadata/1.%2Fdelegatedrole.json".to_owned())
+            || reqs.iter().any(|r| r.ends_with(".%2Fdelegatedrole.json")),
+        "{reqs:?}"
+    );
+    // Consistent snapshots: targets by hash, in their directory.
+    let b = d.repo.read_json("targets.json");
+    let sha = b["signed"]["targets"]["dir/b.txt"]["hashes"]["sha256"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reqs.contains(&format!("/targets/dir/{sha}.b.txt")),
+        "{reqs:?}"
+    );
+    assert!(md.join("%2Fdelegatedrole.json").exists());
+
+    // Cached targets are not downloaded again.
+    d.server.clear_requests();
+    let out = conformance(&[
+        "--metadata-url",
+        &murl,
+        "--metadata-dir",
+        md_s,
+        "--target-name",
+        "dir/b.txt",
+        "--target-dir",
+        td_s,
+        "--target-base-url",
+        &turl,
+        "download",
+    ]);
+    assert!(out.status.success());
+    assert!(
+        !d.server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("/targets/"))
+    );
+
+    // A missing target fails; so does a target-name that is not listed.
+    let out = conformance(&[
+        "--metadata-url",
+        &murl,
+        "--metadata-dir",
+        md_s,
+        "--target-name",
+        "nope",
+        "--target-dir",
+        td_s,
+        "--target-base-url",
+        &turl,
+        "download",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
