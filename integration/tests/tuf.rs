@@ -550,3 +550,51 @@ fn conformance_client_init_refresh_download_against_python_tuf() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn configured_time_floor_and_bad_tuf_configuration() {
+    let d = Device::new(&[]);
+    d.publish(&[file("/etc/a", "1\n", "0644")]);
+    // A floor after every expiry (the repository's metadata expires in a
+    // year): refused as frozen, naming the role.
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    let future = text.replace("[files]", "time_floor = \"2099-01-01T00:00:00Z\"\n[files]");
+    fs::write(&d.fx.config, &future).unwrap();
+    d.refused(&["root v1", "expired"]);
+
+    // Configuration errors name the key.
+    for (bad, key) in [
+        (
+            text.replace("metadata_url", "# metadata_url"),
+            "source.tuf.metadata_url",
+        ),
+        (
+            text.replace("metadata_url = \"http", "metadata_url = \"ftp"),
+            "source.tuf.metadata_url",
+        ),
+        (
+            text.replace("[files]", "time_floor = \"yesterday\"\n[files]"),
+            "source.tuf.time_floor",
+        ),
+        (
+            text.replace("stall_timeout_secs = 2", "stall_timeout_secs = 0"),
+            "source.tuf.stall_timeout_secs",
+        ),
+    ] {
+        fs::write(&d.fx.config, &bad).unwrap();
+        let out = d.fx.run(&["plan"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(key), "{key}: {}", stderr(&out));
+    }
+
+    // A fresh device whose baked root is not valid JSON: refused, naming
+    // the root. (An initialised device keeps the root it has verified.)
+    fs::write(&d.fx.config, &text).unwrap();
+    fs::remove_dir_all(d.fx.state.join("tuf")).unwrap();
+    let bad_root = d.fx.dir.path().join("bad-root.json");
+    fs::write(&bad_root, "{not json").unwrap();
+    d.configure(&bad_root);
+    let out = d.fx.run(&["apply", "--no-reboot"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("root"), "{}", stderr(&out));
+}

@@ -16,6 +16,7 @@ leaves a consistent, signed repository behind unless told otherwise.
 
 import argparse
 import os
+import shutil
 import sys
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
@@ -153,9 +154,7 @@ def cmd_init(a) -> None:
 
 def cmd_target(a) -> None:
     r = Repo(a.dir)
-    with open(a.file, "rb") as f:
-        data = f.read()
-    tf = TargetFile.from_data(a.name, data, ["sha256"])
+    tf = TargetFile.from_file(a.name, a.file, ["sha256"])
     md = r.load(a.role)
     md.signed.targets[a.name] = tf
     md.signed.version += 1
@@ -164,8 +163,7 @@ def cmd_target(a) -> None:
     out_dir = os.path.join(r.targets_dir, dirname)
     os.makedirs(out_dir, exist_ok=True)
     for name in (base, f"{tf.hashes['sha256']}.{base}"):
-        with open(os.path.join(out_dir, name), "wb") as f:
-            f.write(data)
+        shutil.copyfile(a.file, os.path.join(out_dir, name))
     r.publish()
 
 

@@ -1,9 +1,13 @@
-//! `ferry demo`: a complete reconcile from an embedded example repository,
-//! in a temporary directory, with no network and no root.
+//! `ferry demo`: a complete signed reconcile from an embedded example
+//! repository, in a temporary directory, with no network beyond loopback and
+//! no root.
 //!
-//! It applies revision 1, shows the plan for revision 2 and applies it, rolls
-//! back, verifies the audit chain and prints the status, showing every
-//! transition as it is recorded.
+//! It generates a key, signs a TUF repository with it (tough's
+//! `RepositoryEditor`) and serves it on 127.0.0.1 from inside the process.
+//! The device trusts only that repository's `root.json`. It applies revision
+//! 1, shows the plan for revision 2 and applies it, rolls back, verifies the
+//! audit chain and prints the status, showing every transition as it is
+//! recorded.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,6 +17,7 @@ use ferry_engine::facts::Facts;
 use ferry_engine::report::report;
 use ferry_engine::{Config, Engine, source};
 
+use crate::demo_repo::DemoRepo;
 use crate::exit::Code;
 use crate::output;
 
@@ -43,18 +48,6 @@ const REV2: &[(&str, &str)] = files!("rev2":
 );
 
 const FACTS: &str = include_str!("../demo/facts.toml");
-
-fn write_revision(repo: &Path, files: &[(&str, &str)]) -> Result<()> {
-    if repo.exists() {
-        fs::remove_dir_all(repo).with_context(|| format!("clearing {}", repo.display()))?;
-    }
-    for (path, content) in files {
-        let p = repo.join(path);
-        fs::create_dir_all(p.parent().expect("relative paths have parents"))?;
-        fs::write(&p, content).with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(())
-}
 
 /// Prints the audit entries recorded since `seen`, returns the new count.
 fn show_transitions(engine: &Engine, seen: usize) -> Result<usize> {
@@ -111,14 +104,17 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
             temp.path().to_path_buf()
         }
     };
-    let repo = base.join("repo");
+    let published = base.join("repository");
     let root = base.join("root");
     let state = base.join("state");
     fs::create_dir_all(&root)?;
     let facts_path = base.join("facts.toml");
     fs::write(&facts_path, FACTS)?;
+    let repo = DemoRepo::create(&published).context("creating the demo TUF repository")?;
+    let url = repo.serve().context("serving the demo repository")?;
+    let trusted_root = repo.root();
     let config_text = format!(
-        "state_dir = {state:?}\nfacts = {facts_path:?}\n\n[source]\nkind = \"dir\"\n\n[source.dir]\npath = {repo:?}\ninsecure = true\nmanifest = \"ferry.yaml.j2\"\n\n[files]\nroot = {root:?}\n",
+        "state_dir = {state:?}\nfacts = {facts_path:?}\n\n[source]\nkind = \"tuf\"\n\n[source.tuf]\nmetadata_url = \"{url}/metadata\"\ntargets_url = \"{url}/targets\"\nroot = {trusted_root:?}\nmanifest = \"ferry.yaml.j2\"\n\n[files]\nroot = {root:?}\n",
     );
     let config_path = base.join("ferry.toml");
     fs::write(&config_path, &config_text)?;
@@ -136,13 +132,17 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
         "  device facts {} (gw-demo-01, an Acme GW-3000 at site plant-7)",
         facts_path.display()
     );
-    println!("  (the dir source is unsigned, for development; devices use signed sources)\n");
+    println!(
+        "  TUF repository {} signed with a key made just now, served at {url};\n  the device trusts only {}\n",
+        published.display(),
+        trusted_root.display()
+    );
 
     let mut engine = Engine::open(config.clone())?;
     let mut seen = 0;
 
     println!("1. revision 1 is published; plan and apply:");
-    write_revision(&repo, REV1)?;
+    repo.publish(1, REV1)?;
     show_plan(&engine, &*src, &facts)?;
     output::outcome(&engine.apply(&*src, &facts)?, false)?;
     seen = show_transitions(&engine, seen)?;
@@ -151,7 +151,7 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     output::outcome(&engine.apply(&*src, &facts)?, false)?;
 
     println!("\n3. revision 2 is published; plan and apply:");
-    write_revision(&repo, REV2)?;
+    repo.publish(2, REV2)?;
     show_plan(&engine, &*src, &facts)?;
     output::outcome(&engine.apply(&*src, &facts)?, false)?;
     seen = show_transitions(&engine, seen)?;

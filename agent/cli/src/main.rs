@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod demo_repo;
 mod exit;
 mod logging;
 mod output;
