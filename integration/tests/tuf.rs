@@ -331,6 +331,12 @@ fn endless_and_stalled_servers_are_cut_off() {
     );
     assert!(d.fx.generation_ids().is_empty());
 
+    // Bytes keep coming, too slowly: the whole-file deadline ends it.
+    d.server.fault("/metadata/timestamp.json", Some(Fault::Drip));
+    let out = d.fx.run(&["apply", "--no-reboot"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+
     d.server.fault("/metadata/timestamp.json", None);
     d.fx.ok(&["apply", "--no-reboot"]);
 }
@@ -597,4 +603,25 @@ fn configured_time_floor_and_bad_tuf_configuration() {
     let out = d.fx.run(&["apply", "--no-reboot"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("root"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_repository_on_a_file_url_is_verified_the_same_way() {
+    let d = Device::new(&[]);
+    let files = [file("/etc/a", "from a stick\n", "0644")];
+    d.publish(&files);
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    let local = format!("file://{}", d.repo.dir.display());
+    fs::write(&d.fx.config, text.replace(&d.server.url, &local)).unwrap();
+    d.fx.ok(&["apply", "--no-reboot"]);
+    assert_eq!(d.fx.snapshot(), common::expected(&files));
+    assert!(d.server.requests().is_empty());
+
+    // Tampered metadata on the stick is refused like on the network.
+    let ts = d.repo.metadata().join("timestamp.json");
+    let tampered = fs::read_to_string(&ts)
+        .unwrap()
+        .replacen("\"version\": ", "\"version\": 9", 1);
+    fs::write(&ts, tampered).unwrap();
+    d.refused(&["timestamp", "threshold"]);
 }

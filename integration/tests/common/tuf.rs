@@ -20,6 +20,8 @@ pub enum Fault {
     Endless,
     /// Send the headers and this many body bytes, then close.
     CutAfter(usize),
+    /// Send the real file one byte every 100 ms (a slow-drip server).
+    Drip,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +133,20 @@ fn handle(conn: TcpStream, root: &Path, shared: &Mutex<Shared>) -> std::io::Resu
         _ => ("200 OK", &data[..]),
     };
     let body = match fault {
+        Some(Fault::Drip) => {
+            conn.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )?;
+            for b in body {
+                conn.write_all(&[*b])?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return Ok(());
+        }
         Some(Fault::CutAfter(n)) => {
             conn.write_all(
                 format!(
