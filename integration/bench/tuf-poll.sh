@@ -71,7 +71,7 @@ mkdir -p "$work/pymd"
 cp "$work/tuf/metadata/1.root.json" "$work/pymd/root.json"
 cat > "$work/refresh.py" <<PY
 from tuf.ngclient import Updater
-Updater("$work/pymd", "http://127.0.0.1:$port/metadata/").refresh()
+Updater("$work/pymd", "http://127.0.0.1:$port/metadata/", bootstrap=None).refresh()
 PY
 "$py" "$work/refresh.py"
 

@@ -332,7 +332,8 @@ fn endless_and_stalled_servers_are_cut_off() {
     assert!(d.fx.generation_ids().is_empty());
 
     // Bytes keep coming, too slowly: the whole-file deadline ends it.
-    d.server.fault("/metadata/timestamp.json", Some(Fault::Drip));
+    d.server
+        .fault("/metadata/timestamp.json", Some(Fault::Drip));
     let out = d.fx.run(&["apply", "--no-reboot"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));

@@ -168,6 +168,16 @@ impl Client {
     /// is signed by its own threshold (§5.2). `now` is the reference time for
     /// every expiry check (the caller applies the secure time floor).
     pub fn load(cfg: ClientConfig, now: i64) -> Result<Client> {
+        let transport = Transport::new(cfg.timeouts).map_err(|e| TufError::Fetch {
+            role: "root".into(),
+            error: e,
+        })?;
+        Self::load_with(cfg, now, transport)
+    }
+
+    /// [`Client::load`] with an existing transport (a long-running agent
+    /// keeps one HTTP client across polls).
+    pub fn load_with(cfg: ClientConfig, now: i64, transport: Transport) -> Result<Client> {
         let path = role_file(&cfg.metadata_dir, "root");
         let bytes = std::fs::read(&path).map_err(|source| TufError::Local {
             what: format!("reading the trusted root {}", path.display()),
@@ -178,10 +188,7 @@ impl Client {
         env.verify(&root.keys, root.role("root"))
             .map_err(|e| TufError::refused("root", Some(root.version), e))?;
         Ok(Client {
-            transport: Transport::new(cfg.timeouts).map_err(|e| TufError::Fetch {
-                role: "root".into(),
-                error: e,
-            })?,
+            transport,
             cfg,
             now,
             root,

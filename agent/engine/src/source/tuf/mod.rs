@@ -34,6 +34,9 @@ pub fn clock_now() -> i64 {
     }
 }
 
+/// How far the clock must have moved before the stored floor is rewritten.
+pub const FLOOR_STEP_SECS: i64 = 3600;
+
 /// The secure time floor, kept in one small file outside the metadata dir.
 #[derive(Debug, Clone)]
 pub struct TimeFloor {
@@ -61,9 +64,13 @@ impl TimeFloor {
         clock_now().max(self.get())
     }
 
-    /// Raises the floor to `t` (never lowers it).
+    /// Raises the floor to `t` (never lowers it). The file is rewritten
+    /// only when the floor moves by at least `FLOOR_STEP_SECS`, so a poll
+    /// every few minutes does not cost a durable write each time; the floor
+    /// then lags the clock by at most that step.
     pub fn raise(&self, t: i64) -> std::io::Result<()> {
-        if t <= self.get() {
+        let current = self.get();
+        if t <= current || (current > 0 && t - current < FLOOR_STEP_SECS) {
             return Ok(());
         }
         fsutil::write_atomic(&self.path, 0o644, &mut t.to_string().as_bytes())?;
@@ -79,6 +86,7 @@ pub struct TufSource {
     manifest: RepoPath,
     floor: TimeFloor,
     cache: PathBuf,
+    transport: std::sync::OnceLock<transport::Transport>,
 }
 
 impl TufSource {
@@ -119,6 +127,7 @@ impl TufSource {
             manifest,
             floor: TimeFloor::new(dir.join("time-floor"), baked),
             cache: dir.join("cache"),
+            transport: std::sync::OnceLock::new(),
         })
     }
 
@@ -143,7 +152,20 @@ impl TufSource {
         }
         let clock = clock_now();
         let now = clock.max(self.floor.get());
-        let mut c = Client::load(self.client.clone(), now).map_err(|e| self.err(e))?;
+        let transport = match self.transport.get() {
+            Some(t) => t.clone(),
+            None => {
+                let t = transport::Transport::new(self.client.timeouts).map_err(|e| {
+                    self.err(TufError::Fetch {
+                        role: "root".into(),
+                        error: e,
+                    })
+                })?;
+                self.transport.get_or_init(|| t).clone()
+            }
+        };
+        let mut c =
+            Client::load_with(self.client.clone(), now, transport).map_err(|e| self.err(e))?;
         c.refresh().map_err(|e| self.err(e))?;
         self.floor.raise(clock).map_err(|source| SourceError::Io {
             source_name: self.name.clone(),

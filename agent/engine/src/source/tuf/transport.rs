@@ -38,40 +38,30 @@ pub enum FetchError {
     Io { url: String, message: String },
 }
 
-/// A base URL with a trailing slash, and a way to fetch below it.
+/// Fetches below base URLs. Cheap to clone: clones share one HTTP client
+/// (connection pool, TLS roots loaded once).
 #[derive(Debug, Clone)]
 pub struct Transport {
-    client: Option<reqwest::blocking::Client>,
+    client: reqwest::blocking::Client,
     timeouts: Timeouts,
 }
 
 impl Transport {
     pub fn new(timeouts: Timeouts) -> Result<Self, FetchError> {
-        Ok(Transport {
-            client: None,
-            timeouts,
-        })
-    }
-
-    fn client(&mut self, url: &str) -> Result<reqwest::blocking::Client, FetchError> {
-        if let Some(c) = &self.client {
-            return Ok(c.clone());
-        }
-        let c = reqwest::blocking::Client::builder()
-            .connect_timeout(self.timeouts.stall)
-            .timeout(self.timeouts.stall)
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(timeouts.stall)
+            .timeout(timeouts.stall)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| FetchError::Io {
-                url: url.to_owned(),
-                message: format!("cannot set up HTTP client: {e}"),
+                url: String::new(),
+                message: format!("cannot set up the HTTP client: {}", error_chain(&e)),
             })?;
-        self.client = Some(c.clone());
-        Ok(c)
+        Ok(Transport { client, timeouts })
     }
 
     /// Fetches a whole small file, refusing more than `limit` bytes.
-    pub fn fetch_bounded(&mut self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+    pub fn fetch_bounded(&self, url: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
         let deadline = self.timeouts.metadata;
         let reader = self.open(url, 0, Some(deadline))?;
         read_bounded(reader, url, limit)
@@ -79,7 +69,7 @@ impl Transport {
 
     /// Opens `url` for streaming from byte `offset` on (HTTP Range).
     pub fn open(
-        &mut self,
+        &self,
         url: &str,
         offset: u64,
         deadline: Option<Duration>,
@@ -122,8 +112,7 @@ impl Transport {
                 message: "only http, https and file URLs are supported".into(),
             });
         }
-        let client = self.client(url)?;
-        let mut req = client.get(url);
+        let mut req = self.client.get(url);
         if let Some(d) = deadline {
             req = req.timeout(d);
         }
