@@ -626,3 +626,26 @@ fn a_repository_on_a_file_url_is_verified_the_same_way() {
     fs::write(&ts, tampered).unwrap();
     d.refused(&["timestamp", "threshold"]);
 }
+
+#[test]
+fn a_tampered_large_target_is_refused_by_the_store_check() {
+    let d = Device::new(&[]);
+    let big = "x".repeat(3 * 1024 * 1024);
+    d.publish(&[file("/opt/big.bin", &big, "0644")]);
+    let t = d.repo.read_json("targets.json");
+    let sha = t["signed"]["targets"]["files/0"]["hashes"]["sha256"]
+        .as_str()
+        .unwrap();
+    fs::write(
+        d.repo.dir.join(format!("targets/files/{sha}.0")),
+        "y".repeat(3 * 1024 * 1024),
+    )
+    .unwrap();
+    let err = d.refused(&["files/0"]);
+    assert!(err.contains("sha256") || err.contains("mismatch"), "{err}");
+    assert!(
+        d.fx.store_leftovers().is_empty(),
+        "{:?}",
+        d.fx.store_leftovers()
+    );
+}

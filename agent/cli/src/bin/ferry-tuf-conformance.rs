@@ -103,7 +103,7 @@ fn run(args: Args) -> Result<()> {
                 if client::matches_target(&dest, &info.file) {
                     continue;
                 }
-                let mut reader = c.open_target(&info, 0)?;
+                let mut reader = c.open_target(&info, 0, false)?;
                 let tmp = dir.join(format!(".{}.part", transport::quote_all(name)));
                 let mut f = std::fs::File::create(&tmp)
                     .with_context(|| format!("creating {}", tmp.display()))?;

@@ -168,7 +168,8 @@ impl Client {
     /// is signed by its own threshold (§5.2). `now` is the reference time for
     /// every expiry check (the caller applies the secure time floor).
     pub fn load(cfg: ClientConfig, now: i64) -> Result<Client> {
-        let transport = Transport::new(cfg.timeouts).map_err(|e| TufError::Fetch {
+        let urls = [cfg.metadata_url.as_str(), cfg.targets_url.as_str()];
+        let transport = Transport::new(cfg.timeouts, &urls).map_err(|e| TufError::Fetch {
             role: "root".into(),
             error: e,
         })?;
@@ -612,10 +613,15 @@ impl Client {
     /// Streams a target from byte `offset` on. The reader fails with
     /// `InvalidData` as soon as more than the signed length arrives, and at
     /// the end when the length or (for `offset == 0`) any hash differs.
+    ///
+    /// `sha256_checked_by_caller`: the caller streams into a store that
+    /// enforces the signed sha256 and length itself, so this reader skips
+    /// its own sha256 pass (other listed hashes are still checked here).
     pub fn open_target(
         &mut self,
         info: &TargetInfo,
         offset: u64,
+        sha256_checked_by_caller: bool,
     ) -> Result<TargetReader<Box<dyn Read + Send>>> {
         let url = self.target_url(info);
         let inner = self
@@ -625,7 +631,11 @@ impl Client {
                 role: format!("target {}", info.name),
                 error: source,
             })?;
-        Ok(TargetReader::new(inner, info, offset))
+        let mut r = TargetReader::new(inner, info, offset);
+        if sha256_checked_by_caller {
+            r.skip_sha256();
+        }
+        Ok(r)
     }
 }
 
@@ -637,6 +647,7 @@ pub struct TargetReader<R> {
     expected: TargetFile,
     seen: u64,
     hasher: Option<Hasher>,
+    skip_sha256: bool,
     done: bool,
 }
 
@@ -648,7 +659,22 @@ impl<R: Read> TargetReader<R> {
             seen: offset,
             hasher: (offset == 0).then(|| Hasher::new(info.file.hashes.get("sha512").is_some())),
             expected: info.file.clone(),
+            skip_sha256: false,
             done: false,
+        }
+    }
+
+    /// Leaves the sha256 check to the consumer (see `Client::open_target`).
+    pub fn skip_sha256(&mut self) {
+        if self.expected.hashes.get("sha256").is_none() {
+            return;
+        }
+        self.skip_sha256 = true;
+        let others = self.expected.hashes.0.iter().any(|(a, _)| a != "sha256");
+        if !others {
+            self.hasher = None;
+        } else if let Some(h) = &mut self.hasher {
+            h.skip_sha256();
         }
     }
 
@@ -691,8 +717,11 @@ impl<R: Read> Read for TargetReader<R> {
                 )));
             }
             if let Some(h) = self.hasher.take() {
-                meta::check_hashes(&self.expected.hashes, &h.finish())
-                    .map_err(|e| self.fail(e.0))?;
+                let mut hashes = self.expected.hashes.clone();
+                if self.skip_sha256 {
+                    hashes.0.retain(|(a, _)| a != "sha256");
+                }
+                meta::check_hashes(&hashes, &h.finish()).map_err(|e| self.fail(e.0))?;
             }
         }
         Ok(n)

@@ -638,7 +638,7 @@ pub struct Digests {
 /// Hashes bytes with every algorithm ferry checks.
 #[derive(Debug, Clone, Default)]
 pub struct Hasher {
-    sha256: sha2::Sha256,
+    sha256: Option<sha2::Sha256>,
     sha512: Option<sha2::Sha512>,
 }
 
@@ -647,13 +647,19 @@ impl Hasher {
     pub fn new(want_sha512: bool) -> Self {
         use sha2::Digest;
         Hasher {
-            sha256: sha2::Sha256::new(),
+            sha256: Some(sha2::Sha256::new()),
             sha512: want_sha512.then(sha2::Sha512::new),
         }
     }
+    /// Stops computing sha256 (someone else checks it).
+    pub fn skip_sha256(&mut self) {
+        self.sha256 = None;
+    }
     pub fn update(&mut self, data: &[u8]) {
         use sha2::Digest;
-        self.sha256.update(data);
+        if let Some(h) = &mut self.sha256 {
+            h.update(data);
+        }
         if let Some(h) = &mut self.sha512 {
             h.update(data);
         }
@@ -661,7 +667,10 @@ impl Hasher {
     pub fn finish(self) -> Digests {
         use sha2::Digest;
         Digests {
-            sha256: hex::encode(self.sha256.finalize()),
+            sha256: self
+                .sha256
+                .map(|h| hex::encode(h.finalize()))
+                .unwrap_or_default(),
             sha512: self
                 .sha512
                 .map(|h| hex::encode(h.finalize()))
