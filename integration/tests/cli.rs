@@ -27,12 +27,22 @@ fn demo_runs_offline_without_root_and_ends_with_status() {
         "switched generation 2 → generation 1",
         "audit chain ok",
         "generation:  1",
+        // Reconciled from the signed TUF repository, not a plain directory.
+        "revision tuf-1-",
+        "revision tuf-2-",
     ] {
         assert!(
             text.contains(needle),
             "{needle:?} missing from demo output:\n{text}"
         );
     }
+    // The device trusted the repository through its root, and kept the
+    // verified metadata byte for byte.
+    assert_eq!(
+        fs::read(dir.path().join("state/tuf/metadata/root.json")).unwrap(),
+        fs::read(dir.path().join("repository/root.json")).unwrap()
+    );
+    assert!(dir.path().join("state/tuf/metadata/timestamp.json").exists());
     // The demo's files really are on disk, at generation 1's content.
     let bridge =
         fs::read_to_string(dir.path().join("root/etc/mosquitto/conf.d/bridge.conf")).unwrap();
