@@ -42,7 +42,11 @@ fn demo_runs_offline_without_root_and_ends_with_status() {
         fs::read(dir.path().join("state/tuf/metadata/root.json")).unwrap(),
         fs::read(dir.path().join("repository/root.json")).unwrap()
     );
-    assert!(dir.path().join("state/tuf/metadata/timestamp.json").exists());
+    assert!(
+        dir.path()
+            .join("state/tuf/metadata/timestamp.json")
+            .exists()
+    );
     // The demo's files really are on disk, at generation 1's content.
     let bridge =
         fs::read_to_string(dir.path().join("root/etc/mosquitto/conf.d/bridge.conf")).unwrap();

@@ -10,6 +10,7 @@ pub mod digest;
 pub mod path;
 pub mod plan;
 pub mod resource;
+pub mod schedule;
 pub mod transition;
 
 pub use digest::{ContentRef, DigestParseError, Sha256};

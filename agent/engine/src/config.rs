@@ -36,6 +36,111 @@ pub struct Config {
     pub files: FilesConfig,
     pub firmware: FirmwareConfig,
     pub health: HealthConfig,
+    pub agent: AgentConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[agent]`: the daemon (`ferry run`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Time between polls (`30s`, `5m`, `1h`).
+    pub poll_interval: String,
+    /// Up to this much random delay is added to every poll.
+    pub jitter: String,
+    /// First retry delay after a failed poll; doubles per failure…
+    pub backoff_base: String,
+    /// …up to this.
+    pub backoff_cap: String,
+    /// How long health checks may take to pass after a switch before the
+    /// agent rolls back.
+    pub health_timeout: String,
+    /// Pause between health check rounds while waiting.
+    pub health_interval: String,
+    /// Control socket of the running agent (`ferry status`, `ferry apply --now`).
+    pub control_socket: PathBuf,
+    /// The update policy file inside each revision (absent: no restrictions).
+    pub policy: String,
+    /// Where the machine id for rollout waves comes from.
+    pub machine_id_file: PathBuf,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            poll_interval: "5m".into(),
+            jitter: "1m".into(),
+            backoff_base: "10s".into(),
+            backoff_cap: "30m".into(),
+            health_timeout: "2m".into(),
+            health_interval: "5s".into(),
+            control_socket: PathBuf::from("/run/ferry/ferry.sock"),
+            policy: "ferry/policy.toml".into(),
+            machine_id_file: PathBuf::from("/etc/machine-id"),
+        }
+    }
+}
+
+/// The agent's durations, parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentTimes {
+    pub poll_interval: std::time::Duration,
+    pub jitter: std::time::Duration,
+    pub backoff_base: std::time::Duration,
+    pub backoff_cap: std::time::Duration,
+    pub health_timeout: std::time::Duration,
+    pub health_interval: std::time::Duration,
+}
+
+impl AgentConfig {
+    pub fn times(&self) -> Result<AgentTimes, ConfigError> {
+        let d = |key: &'static str, v: &str| {
+            parse_duration(v).ok_or_else(|| ConfigError::Invalid {
+                key,
+                message: format!("{v:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"),
+            })
+        };
+        let t = AgentTimes {
+            poll_interval: d("agent.poll_interval", &self.poll_interval)?,
+            jitter: d("agent.jitter", &self.jitter)?,
+            backoff_base: d("agent.backoff_base", &self.backoff_base)?,
+            backoff_cap: d("agent.backoff_cap", &self.backoff_cap)?,
+            health_timeout: d("agent.health_timeout", &self.health_timeout)?,
+            health_interval: d("agent.health_interval", &self.health_interval)?,
+        };
+        if t.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "agent.poll_interval",
+                message: "must be more than 0".into(),
+            });
+        }
+        Ok(t)
+    }
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
+
+/// `[metrics]`: Prometheus text format over HTTP (off unless `listen` is set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `127.0.0.1:9469`; loopback addresses only.
+    pub listen: Option<String>,
 }
 
 /// `[health]`: what must pass after a boot into new firmware.
@@ -49,8 +154,15 @@ pub struct HealthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// Program and arguments (no shell).
+    /// Program and arguments (no shell). One of `command`, `unit`, `url`.
+    #[serde(default)]
     pub command: Vec<String>,
+    /// A systemd unit that must be active.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// A local HTTP URL that must answer 2xx.
+    #[serde(default)]
+    pub url: Option<String>,
     /// Seconds before the check counts as failed.
     #[serde(default = "default_health_timeout")]
     pub timeout_secs: u64,
@@ -172,6 +284,8 @@ impl Default for Config {
             files: FilesConfig::default(),
             firmware: FirmwareConfig::default(),
             health: HealthConfig::default(),
+            agent: AgentConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -288,11 +402,38 @@ impl Config {
                 });
             }
         }
-        if self.health.check.iter().any(|c| c.command.is_empty()) {
-            return Err(ConfigError::Invalid {
-                key: "health.check.command",
-                message: "must name a program".to_owned(),
-            });
+        for c in &self.health.check {
+            let kinds = usize::from(!c.command.is_empty())
+                + usize::from(c.unit.is_some())
+                + usize::from(c.url.is_some());
+            if kinds != 1 {
+                return Err(ConfigError::Invalid {
+                    key: "health.check",
+                    message: "each check needs exactly one of command, unit, url".to_owned(),
+                });
+            }
+            if let Some(u) = &c.url
+                && !(u.starts_with("http://127.0.0.1")
+                    || u.starts_with("http://localhost")
+                    || u.starts_with("http://[::1]"))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "health.check.url",
+                    message: format!("{u:?}: only http:// URLs on this device are checked"),
+                });
+            }
+        }
+        self.agent.times()?;
+        if let Some(l) = &self.metrics.listen {
+            match l.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => {}
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "metrics.listen",
+                        message: format!("{l:?} is not a loopback address:port"),
+                    });
+                }
+            }
         }
         match self.source.kind.as_deref() {
             None => {}

@@ -228,6 +228,17 @@ impl Engine {
     /// A revision the source refuses (bad signatures, rollback, expiry) or
     /// whose manifest is invalid is audited; nothing else changes.
     pub fn apply(&mut self, source: &dyn Source, facts: &Facts) -> Result<ApplyOutcome> {
+        let (rev, desired) = self.fetch_desired(source, facts)?;
+        self.apply_desired(&*rev, &desired)
+    }
+
+    /// Fetches, verifies and resolves the newest revision; refusals are
+    /// audited (see [`Engine::apply`]).
+    pub fn fetch_desired(
+        &mut self,
+        source: &dyn Source,
+        facts: &Facts,
+    ) -> Result<(Arc<dyn VerifiedRevision>, ResolvedManifest)> {
         let rev = match source.fetch() {
             Ok(rev) => rev,
             Err(e) => {
@@ -245,7 +256,31 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        self.apply_desired(&*rev, &desired)
+        Ok((rev, desired))
+    }
+
+    /// The revision rolled back after failing its health checks, if any.
+    pub fn rejected_revision(&self) -> Result<Option<String>> {
+        Ok(self.db.rejected_revision()?)
+    }
+
+    /// Remembers `revision` as rejected (not retried until another revision
+    /// arrives) and audits why.
+    pub fn reject_revision(&mut self, revision: &str, actor: &str, reason: &str) -> Result<()> {
+        let generation = self.db.current_generation()?;
+        self.db.with_tx(|tx| {
+            Db::set_rejected_revision(tx, revision)?;
+            Db::append_audit(
+                tx,
+                &AuditEvent {
+                    generation,
+                    event: "revision-rejected",
+                    actor,
+                    details: json!({"revision": revision, "reason": reason}),
+                },
+            )
+        })?;
+        Ok(())
     }
 
     fn audit_refusal(

@@ -1,16 +1,63 @@
-//! Health checks after a boot into new firmware, and the reboot command.
+//! Health checks (after a switch, and after a boot into new firmware), and
+//! the reboot command.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::HealthConfig;
 
+/// Runs the checks again and again until all pass or `deadline` passes;
+/// the error is the last failure.
+pub fn wait_healthy(
+    config: &HealthConfig,
+    deadline: Instant,
+    pause: Duration,
+) -> Result<(), String> {
+    loop {
+        match run(config) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() + pause >= deadline => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "health check not passing yet");
+                std::thread::sleep(pause);
+            }
+        }
+    }
+}
+
+fn check_url(url: &str, timeout: Duration) -> Result<(), String> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .tls_certs_only(std::iter::empty())
+        .build()
+        .map_err(|e| format!("{url}: {e}"))?;
+    let resp = client.get(url).send().map_err(|e| format!("{url}: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{url}: HTTP {}", resp.status()))
+    }
+}
+
 /// Runs every `[[health.check]]`; the first failure says which and why.
 pub fn run(config: &HealthConfig) -> Result<(), String> {
     for check in &config.check {
-        let label = check.command.join(" ");
-        let mut child = Command::new(&check.command[0])
-            .args(&check.command[1..])
+        if let Some(url) = &check.url {
+            check_url(url, Duration::from_secs(check.timeout_secs))?;
+            continue;
+        }
+        let command: Vec<String> = match &check.unit {
+            Some(unit) => vec![
+                "systemctl".into(),
+                "is-active".into(),
+                "--quiet".into(),
+                unit.clone(),
+            ],
+            None => check.command.clone(),
+        };
+        let label = command.join(" ");
+        let mut child = Command::new(&command[0])
+            .args(&command[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

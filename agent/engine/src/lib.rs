@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod generations;
 pub mod health;
 pub mod manifest;
+pub mod policy;
 pub mod render;
 pub mod report;
 pub mod source;

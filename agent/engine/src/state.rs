@@ -326,6 +326,16 @@ impl Db {
         self.meta_u64("current_generation")
     }
 
+    /// The revision the agent rolled back after failed health checks (not
+    /// retried until another revision arrives).
+    pub fn rejected_revision(&self) -> Result<Option<String>, StateError> {
+        self.meta_get("rejected_revision")
+    }
+
+    pub fn set_rejected_revision(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
+        meta_set(tx, "rejected_revision", id)
+    }
+
     /// The generation that was current before the current one.
     pub fn previous_generation(&self) -> Result<Option<u64>, StateError> {
         self.meta_u64("previous_generation")
