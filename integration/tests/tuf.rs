@@ -7,81 +7,10 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 
-use common::tuf::{Fault, Repo, Server, conformance};
-use common::{FERRY, Fixture, file, manifest, stderr};
-
-/// A device whose source is a TUF repository served by `server`.
-struct Device {
-    fx: Fixture,
-    repo: Repo,
-    server: Server,
-}
-
-impl Device {
-    fn new(init_args: &[&str]) -> Device {
-        let fx = Fixture::new();
-        let repo = Repo::init(&fx.dir.path().join("tufrepo"), init_args);
-        let server = Server::serve(&repo.dir);
-        let d = Device { fx, repo, server };
-        d.configure(&d.repo.root_v1());
-        d
-    }
-
-    fn configure(&self, root: &Path) {
-        let (state, files) = (&self.fx.state, &self.fx.root);
-        let url = &self.server.url;
-        fs::write(
-            &self.fx.config,
-            format!(
-                "state_dir = {state:?}\n[source]\nkind = \"tuf\"\n[source.tuf]\n\
-                 metadata_url = \"{url}/metadata\"\ntargets_url = \"{url}/targets\"\n\
-                 root = {root:?}\nstall_timeout_secs = 2\nmetadata_timeout_secs = 3\n\
-                 [files]\nroot = {files:?}\n"
-            ),
-        )
-        .unwrap();
-    }
-
-    /// Publishes a revision: one target per file, then the manifest.
-    fn publish(&self, files: &[common::FileSpec]) {
-        for (i, f) in files.iter().enumerate() {
-            self.repo
-                .target(&format!("files/{i}"), f.content.as_bytes(), "targets");
-        }
-        self.repo
-            .target("ferry/manifest.yaml", manifest(files).as_bytes(), "targets");
-    }
-
-    /// Runs `ferry apply`, expecting a refusal that names `needles`; checks
-    /// that nothing changed and that the refusal was audited.
-    fn refused(&self, needles: &[&str]) -> String {
-        let before_gens = self.fx.generation_ids();
-        let before_files = self.fx.snapshot();
-        let before_audit = self.fx.audit_len();
-        let out = self.fx.run(&["apply", "--no-reboot"]);
-        let err = stderr(&out);
-        assert!(!out.status.success(), "apply succeeded:\n{err}");
-        for n in needles {
-            assert!(err.contains(n), "error lacks {n:?}:\n{err}");
-        }
-        assert_eq!(self.fx.generation_ids(), before_gens);
-        assert_eq!(self.fx.snapshot(), before_files);
-        let audit = self.fx.json(&["audit", "list", "--json"]);
-        let entries = audit.as_array().unwrap();
-        assert!(entries.len() > before_audit, "audited: {audit:#}");
-        let last = entries.last().unwrap();
-        assert!(
-            ["source-refused", "revision-refused", "failed"]
-                .contains(&last["event"].as_str().unwrap()),
-            "{last:#}"
-        );
-        self.fx.ok(&["audit", "verify"]);
-        err
-    }
-}
+use common::tuf::{Device, Fault, conformance};
+use common::{FERRY, file, stderr};
 
 #[test]
 fn device_applies_a_signed_revision_and_a_no_change_poll_fetches_only_timestamp() {

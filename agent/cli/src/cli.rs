@@ -88,7 +88,12 @@ pub enum Command {
         /// After writing firmware, do not run firmware.reboot_command.
         #[arg(long)]
         no_reboot: bool,
+        /// Ask the running agent (`ferry run`) to reconcile now instead.
+        #[arg(long, conflicts_with = "no_reboot")]
+        now: bool,
     },
+    /// Run the agent: poll, apply, health-gate, roll back (for systemd).
+    Run,
     /// List generations, or pin/unpin one so gc keeps it.
     Generations {
         #[command(flatten)]

@@ -48,7 +48,21 @@ pub fn run(args: Cli) -> Result<Code> {
                 Some(engine) => Some(engine.status()?),
                 None => None,
             };
-            output::status(&config.state_dir, status.as_ref(), out.json)?;
+            // The running agent's view, when one answers on its socket.
+            let agent = config
+                .agent
+                .control_socket
+                .exists()
+                .then(|| {
+                    crate::control::call(
+                        &config.agent.control_socket,
+                        &serde_json::json!({"cmd": "status"}),
+                    )
+                    .ok()
+                })
+                .flatten()
+                .map(|v| v["agent"].clone());
+            output::status(&config.state_dir, status.as_ref(), agent.as_ref(), out.json)?;
         }
         Command::Plan {
             out,
@@ -98,7 +112,16 @@ pub fn run(args: Cli) -> Result<Code> {
                 println!("a firmware update waits for a reboot into slot {slot}");
             }
         }
-        Command::Apply { out, no_reboot } => {
+        Command::Apply { out, now: true, .. } => {
+            let answer = crate::daemon::request_now(&config.agent.control_socket)?;
+            if out.json {
+                println!("{answer}");
+            } else {
+                println!("the agent will reconcile now");
+            }
+        }
+        Command::Run => return crate::daemon::run(&args),
+        Command::Apply { out, no_reboot, .. } => {
             let src = source::from_config(&config)?;
             let facts = facts()?;
             let reboot_command = config.firmware.reboot_command.clone();

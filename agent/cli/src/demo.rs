@@ -168,7 +168,7 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     output::audit_ok(engine.audit_verify()?, false)?;
 
     println!("\n6. status:");
-    output::status(&state, Some(&engine.status()?), false)?;
+    output::status(&state, Some(&engine.status()?), None, false)?;
     if dir.is_some() {
         println!(
             "\nkept {}; try: ferry --config {} generations",

@@ -2,10 +2,13 @@
 
 mod cli;
 mod commands;
+mod control;
+mod daemon;
 mod demo;
 mod demo_repo;
 mod exit;
 mod logging;
+mod notify;
 mod output;
 
 use std::process::ExitCode;

@@ -42,15 +42,46 @@ fn time(ms: i64) -> String {
     )
 }
 
-pub fn status(state_dir: &Path, s: Option<&Status>, as_json: bool) -> Result<()> {
+pub fn status(
+    state_dir: &Path,
+    s: Option<&Status>,
+    agent: Option<&serde_json::Value>,
+    as_json: bool,
+) -> Result<()> {
     if as_json {
-        return match s {
-            Some(s) => print_json(s),
-            None => print_json(&json!({"state_dir": state_dir, "current": null, "generations": 0})),
+        let mut v = match s {
+            Some(s) => serde_json::to_value(s)?,
+            None => json!({"state_dir": state_dir, "current": null, "generations": 0}),
         };
+        v["agent"] = agent.cloned().unwrap_or(serde_json::Value::Null);
+        return print_json(&v);
     }
     let mut out = io::stdout().lock();
     writeln!(out, "state dir:   {}", state_dir.display())?;
+    match agent {
+        Some(a) => {
+            let t = |k: &str| {
+                a[k].as_u64().map_or("-".to_owned(), |s| {
+                    time(i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000))
+                })
+            };
+            writeln!(
+                out,
+                "agent:       {} (pid {}), last poll {}, next poll {}",
+                a["state"].as_str().unwrap_or("?"),
+                a["pid"],
+                t("last_poll"),
+                t("next_poll")
+            )?;
+            if let Some(r) = a["last_result"].as_str() {
+                writeln!(out, "last result: {r}")?;
+            }
+            if let Some(e) = a["last_error"].as_str() {
+                writeln!(out, "last error:  {e}")?;
+            }
+        }
+        None => writeln!(out, "agent:       not running")?,
+    }
     let Some(s) = s else {
         writeln!(out, "generation:  none (nothing applied yet)")?;
         return Ok(());

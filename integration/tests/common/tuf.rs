@@ -11,6 +11,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::fs;
+
+use super::{Fixture, manifest, stderr};
+
 /// How the server answers one path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -272,6 +276,84 @@ impl Repo {
 
     pub fn read_json(&self, file: &str) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.metadata().join(file)).unwrap()).unwrap()
+    }
+}
+
+/// A device whose source is a TUF repository served by `server`.
+pub struct Device {
+    pub fx: Fixture,
+    pub repo: Repo,
+    pub server: Server,
+    /// Extra configuration appended to ferry.toml.
+    pub extra: std::cell::RefCell<String>,
+}
+
+impl Device {
+    pub fn new(init_args: &[&str]) -> Device {
+        let fx = Fixture::new();
+        let repo = Repo::init(&fx.dir.path().join("tufrepo"), init_args);
+        let server = Server::serve(&repo.dir);
+        let d = Device {
+            fx,
+            repo,
+            server,
+            extra: Default::default(),
+        };
+        d.configure(&d.repo.root_v1());
+        d
+    }
+
+    pub fn configure(&self, root: &Path) {
+        let (state, files) = (&self.fx.state, &self.fx.root);
+        let url = &self.server.url;
+        fs::write(
+            &self.fx.config,
+            format!(
+                "state_dir = {state:?}\n[source]\nkind = \"tuf\"\n[source.tuf]\n\
+                 metadata_url = \"{url}/metadata\"\ntargets_url = \"{url}/targets\"\n\
+                 root = {root:?}\nstall_timeout_secs = 2\nmetadata_timeout_secs = 3\n\
+                 [files]\nroot = {files:?}\n{}",
+                self.extra.borrow()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Publishes a revision: one target per file, then the manifest.
+    pub fn publish(&self, files: &[super::FileSpec]) {
+        for (i, f) in files.iter().enumerate() {
+            self.repo
+                .target(&format!("files/{i}"), f.content.as_bytes(), "targets");
+        }
+        self.repo
+            .target("ferry/manifest.yaml", manifest(files).as_bytes(), "targets");
+    }
+
+    /// Runs `ferry apply`, expecting a refusal that names `needles`; checks
+    /// that nothing changed and that the refusal was audited.
+    pub fn refused(&self, needles: &[&str]) -> String {
+        let before_gens = self.fx.generation_ids();
+        let before_files = self.fx.snapshot();
+        let before_audit = self.fx.audit_len();
+        let out = self.fx.run(&["apply", "--no-reboot"]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "apply succeeded:\n{err}");
+        for n in needles {
+            assert!(err.contains(n), "error lacks {n:?}:\n{err}");
+        }
+        assert_eq!(self.fx.generation_ids(), before_gens);
+        assert_eq!(self.fx.snapshot(), before_files);
+        let audit = self.fx.json(&["audit", "list", "--json"]);
+        let entries = audit.as_array().unwrap();
+        assert!(entries.len() > before_audit, "audited: {audit:#}");
+        let last = entries.last().unwrap();
+        assert!(
+            ["source-refused", "revision-refused", "failed"]
+                .contains(&last["event"].as_str().unwrap()),
+            "{last:#}"
+        );
+        self.fx.ok(&["audit", "verify"]);
+        err
     }
 }
 

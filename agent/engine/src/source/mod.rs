@@ -140,7 +140,7 @@ pub trait VerifiedRevision: Send + Sync {
 }
 
 /// A place to fetch revisions from.
-pub trait Source {
+pub trait Source: Send {
     /// Fetches and verifies the newest revision.
     fn fetch(&self) -> Result<Arc<dyn VerifiedRevision>, SourceError>;
     /// Fetches and verifies a given revision (`ferry plan --revision`).

@@ -24,6 +24,24 @@ impl Default for Timeouts {
     }
 }
 
+static FETCHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes received from repositories by this process (for metrics).
+pub fn fetched_bytes() -> u64 {
+    FETCHED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts the bytes read through it into [`fetched_bytes`].
+struct Counting<R>(R);
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        FETCHED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -133,7 +151,7 @@ impl Transport {
         match status {
             200 if offset > 0 => {
                 // The server ignored the range: skip what we have.
-                let mut r: Box<dyn Read + Send> = Box::new(resp);
+                let mut r: Box<dyn Read + Send> = Box::new(Counting(resp));
                 io::copy(&mut (&mut r).take(offset), &mut io::sink()).map_err(|e| {
                     FetchError::Io {
                         url: url.to_owned(),
@@ -142,8 +160,8 @@ impl Transport {
                 })?;
                 Ok(r)
             }
-            200 => Ok(Box::new(resp)),
-            206 if offset > 0 => Ok(Box::new(resp)),
+            200 => Ok(Box::new(Counting(resp))),
+            206 if offset > 0 => Ok(Box::new(Counting(resp))),
             403 | 404 => Err(FetchError::NotFound {
                 url: url.to_owned(),
             }),

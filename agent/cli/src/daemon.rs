@@ -1,0 +1,443 @@
+//! `ferry run`: the pull agent.
+//!
+//! One worker thread owns the engine and the source and reconciles: poll
+//! (interval + jitter, exponential backoff after failures), check the update
+//! policy, apply, gate on health checks (roll back and remember the revision
+//! when they fail), reboot for firmware when the policy allows. The tokio
+//! side handles signals, the control socket, metrics and systemd
+//! notifications, and talks to the worker through a channel; a reconcile is
+//! never interrupted: SIGTERM lets the current one finish (an interrupted
+//! transition would be finished by `recover()` anyway).
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use ferry_core::schedule;
+use ferry_engine::policy::{self, UpdatePolicy};
+use ferry_engine::{ApplyOutcome, Config, Engine, source};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::Cli;
+use crate::commands::{load_config, load_facts};
+use crate::exit::Code;
+use crate::notify;
+
+/// Messages to the worker.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// Reconcile now (`ferry apply --now`).
+    Now,
+    /// Reload the configuration, then reconcile (SIGHUP).
+    Reload,
+    /// Finish and exit (SIGTERM, SIGINT).
+    Stop,
+}
+
+/// What the daemon tells `ferry status` and the metrics endpoint.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Shared {
+    pub pid: u32,
+    pub started: u64,
+    pub state: String,
+    pub last_poll: Option<u64>,
+    pub last_result: Option<String>,
+    pub last_error: Option<String>,
+    /// Why the last reload was refused (cleared by a good one).
+    pub config_error: Option<String>,
+    pub next_poll: Option<u64>,
+    pub revision: Option<String>,
+    pub generation: Option<u64>,
+    pub consecutive_failures: u32,
+    #[serde(skip)]
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub reconciles: std::collections::BTreeMap<&'static str, u64>,
+    pub last_success: Option<u64>,
+    pub rollbacks: u64,
+    pub activation_errors: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A cheap uniform draw in [0, 1) for jitter (not for anything secret).
+fn jitter_draw() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mixed = u64::from(nanos ^ std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn rollout_bucket(config: &Config) -> Option<u8> {
+    let id = std::fs::read_to_string(&config.agent.machine_id_file).ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| schedule::rollout_bucket(id))
+}
+
+/// The result of one reconcile, for status and metrics.
+enum Result1 {
+    NoChange,
+    Applied(String),
+    Held(String),
+    RolledBack(String),
+    Skipped(String),
+}
+
+struct Worker {
+    args_config: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    facts: Option<PathBuf>,
+    config: Config,
+    shared: Arc<Mutex<Shared>>,
+    /// Kept across polls (its HTTP client and connections); rebuilt on reload.
+    source: Option<Box<dyn source::Source>>,
+}
+
+impl Worker {
+    fn reload(&mut self) {
+        let loaded = Config::load(self.args_config.as_deref()).map(|mut c| {
+            if let Some(d) = &self.state_dir {
+                c.state_dir = d.clone();
+            }
+            c
+        });
+        match loaded {
+            Ok(c) if c.state_dir == self.config.state_dir => {
+                tracing::info!("configuration reloaded");
+                self.config = c;
+                self.source = None;
+                self.shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .config_error = None;
+            }
+            Ok(_) => tracing::error!(
+                "configuration not reloaded: state_dir cannot change while running (restart ferry)"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "configuration not reloaded; keeping the running one");
+                self.shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .config_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn reconcile(&mut self) -> Result<Result1> {
+        if self.source.is_none() {
+            self.source = Some(source::from_config(&self.config)?);
+        }
+        let src = self.source.as_deref().expect("set above");
+        let config = &self.config;
+        let facts = load_facts(self.facts.as_deref(), config)?;
+        let mut engine = Engine::open(config.clone())?;
+        let times = config.agent.times()?;
+        let now = policy::local_now();
+
+        // A firmware update waiting for its reboot: reboot when allowed.
+        if let Some(slot) = engine.status()?.awaiting_reboot {
+            let (rev, _) = engine.fetch_desired(src, &facts)?;
+            let pol = UpdatePolicy::load(&*rev, &config.agent.policy)?;
+            if pol.may_reboot(&now) {
+                drop(engine);
+                ferry_engine::health::reboot(&config.firmware.reboot_command);
+                return Ok(Result1::Held(format!("rebooting into slot {slot}")));
+            }
+            return Ok(Result1::Held(format!(
+                "firmware in slot {slot} waits for a reboot window"
+            )));
+        }
+
+        let (rev, desired) = engine.fetch_desired(src, &facts)?;
+        if engine.rejected_revision()?.as_deref() == Some(rev.id()) {
+            return Ok(Result1::Skipped(format!(
+                "revision {} was rolled back; waiting for a newer one",
+                rev.id()
+            )));
+        }
+        let pol = UpdatePolicy::load(&*rev, &config.agent.policy)?;
+        if let Err(hold) = pol.may_apply(rollout_bucket(config), &now) {
+            // Nothing changes anyway when the plan is empty.
+            return Ok(Result1::Held(format!("revision {}: {hold}", rev.id())));
+        }
+        let outcome = engine.apply_desired(&*rev, &desired)?;
+        match outcome {
+            ApplyOutcome::NoChange { .. } => Ok(Result1::NoChange),
+            ApplyOutcome::RebootRequired { .. } => {
+                if pol.may_reboot(&now) {
+                    drop(engine);
+                    ferry_engine::health::reboot(&config.firmware.reboot_command);
+                }
+                Ok(Result1::Applied(rev.id().to_owned()))
+            }
+            ApplyOutcome::Switched { .. } => {
+                let deadline = Instant::now() + times.health_timeout;
+                match ferry_engine::health::wait_healthy(
+                    &config.health,
+                    deadline,
+                    times.health_interval,
+                ) {
+                    Ok(()) => Ok(Result1::Applied(rev.id().to_owned())),
+                    Err(reason) => {
+                        tracing::error!(revision = rev.id(), %reason, "health checks failed; rolling back");
+                        let reason = match engine.rollback(None) {
+                            Ok(_) => reason,
+                            // The first generation has nothing to return to:
+                            // it stays, but is not applied again.
+                            Err(ferry_engine::EngineError::Refused(why)) => {
+                                format!("{reason} (not rolled back: {why})")
+                            }
+                            Err(e) => return Err(e.into()),
+                        };
+                        engine.reject_revision(
+                            rev.id(),
+                            "agent",
+                            &format!("health checks failed: {reason}"),
+                        )?;
+                        Ok(Result1::RolledBack(reason))
+                    }
+                }
+            }
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut failures = 0u32;
+        let mut delay = Duration::ZERO;
+        loop {
+            {
+                let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                s.next_poll = Some(unix_now() + delay.as_secs());
+                s.state = "idle".into();
+            }
+            match rx.recv_timeout(delay) {
+                Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(Msg::Reload) => self.reload(),
+                Ok(Msg::Now) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            self.shared.lock().unwrap_or_else(|p| p.into_inner()).state = "reconciling".into();
+            notify::status("reconciling");
+            let result = self.reconcile();
+            let (label, text) = {
+                let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                s.last_poll = Some(unix_now());
+                let (label, text) = match &result {
+                    Ok(Result1::NoChange) => ("no_change", "no changes".to_owned()),
+                    Ok(Result1::Applied(r)) => ("applied", format!("applied revision {r}")),
+                    Ok(Result1::Held(why)) => ("held", why.clone()),
+                    Ok(Result1::Skipped(why)) => ("skipped", why.clone()),
+                    Ok(Result1::RolledBack(why)) => {
+                        s.metrics.rollbacks += 1;
+                        ("rolled_back", format!("rolled back: {why}"))
+                    }
+                    Err(e) => {
+                        if let Some(ee) = e.downcast_ref::<ferry_engine::EngineError>()
+                            && matches!(
+                                ee,
+                                ferry_engine::EngineError::RolledBack { .. }
+                                    | ferry_engine::EngineError::UndoFailed { .. }
+                            )
+                        {
+                            s.metrics.activation_errors += 1;
+                        }
+                        ("failed", format!("{e:#}"))
+                    }
+                };
+                *s.metrics.reconciles.entry(label).or_default() += 1;
+                if result.is_ok() {
+                    s.metrics.last_success = s.last_poll;
+                    s.last_error = None;
+                    failures = 0;
+                } else {
+                    failures = failures.saturating_add(1);
+                    s.last_error = Some(text.clone());
+                }
+                s.consecutive_failures = failures;
+                s.last_result = Some(text.clone());
+                if let Ok(Some(engine)) = Engine::open_read_only(self.config.clone())
+                    && let Ok(st) = engine.status()
+                {
+                    s.generation = st.current.as_ref().map(|g| g.id);
+                    s.revision = st.current.as_ref().map(|g| g.revision.clone());
+                }
+                (label, text)
+            };
+            match label {
+                "failed" => tracing::warn!(result = label, "{text}"),
+                _ => tracing::info!(result = label, "{text}"),
+            }
+            notify::status(&text);
+            let times = self.config.agent.times().unwrap_or_else(|_| {
+                // Validated at load; a reload never installs a bad config.
+                Config::default().agent.times().expect("defaults are valid")
+            });
+            delay = schedule::poll_delay(
+                times.poll_interval,
+                times.jitter,
+                failures,
+                times.backoff_base,
+                times.backoff_cap,
+                jitter_draw(),
+            );
+        }
+        tracing::info!("agent stopped");
+    }
+}
+
+fn metrics_text(s: &Shared, bytes: u64) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP ferry_reconciles_total Reconciles by result.\n# TYPE ferry_reconciles_total counter\n");
+    for label in [
+        "applied",
+        "no_change",
+        "held",
+        "skipped",
+        "rolled_back",
+        "failed",
+    ] {
+        let n = s.metrics.reconciles.get(label).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "ferry_reconciles_total{{result=\"{label}\"}} {n}\n"
+        ));
+    }
+    out.push_str("# HELP ferry_last_success_timestamp_seconds Time of the last successful reconcile.\n# TYPE ferry_last_success_timestamp_seconds gauge\n");
+    out.push_str(&format!(
+        "ferry_last_success_timestamp_seconds {}\n",
+        s.metrics.last_success.unwrap_or(0)
+    ));
+    out.push_str("# HELP ferry_current_generation The current generation.\n# TYPE ferry_current_generation gauge\n");
+    out.push_str(&format!(
+        "ferry_current_generation {}\n",
+        s.generation.unwrap_or(0)
+    ));
+    out.push_str("# HELP ferry_fetched_bytes_total Bytes fetched from sources.\n# TYPE ferry_fetched_bytes_total counter\n");
+    out.push_str(&format!("ferry_fetched_bytes_total {bytes}\n"));
+    out.push_str("# HELP ferry_rollbacks_total Automatic rollbacks after failed health checks.\n# TYPE ferry_rollbacks_total counter\n");
+    out.push_str(&format!("ferry_rollbacks_total {}\n", s.metrics.rollbacks));
+    out.push_str("# HELP ferry_activation_errors_total Reconciles that failed in an activator.\n# TYPE ferry_activation_errors_total counter\n");
+    out.push_str(&format!(
+        "ferry_activation_errors_total {}\n",
+        s.metrics.activation_errors
+    ));
+    out
+}
+
+pub fn run(args: &Cli) -> Result<Code> {
+    let config = load_config(args)?;
+    config.agent.times()?;
+    let shared = Arc::new(Mutex::new(Shared {
+        pid: std::process::id(),
+        started: unix_now(),
+        state: "starting".into(),
+        ..Shared::default()
+    }));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Signal handlers first: a SIGTERM from now on is handled gracefully.
+    let (mut term, mut int, mut hup) = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        anyhow::Ok((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })?;
+    // Finish or undo an interrupted transition before anything else.
+    Engine::open(config.clone())
+        .and_then(|mut e| e.recover().map(|_| ()))
+        .context("recovering before start")?;
+
+    let (tx, rx) = mpsc::channel();
+    let worker = Worker {
+        args_config: args.config.clone(),
+        state_dir: config_state_override(args),
+        facts: args.facts.clone(),
+        config: config.clone(),
+        shared: shared.clone(),
+        source: None,
+    };
+    let mut handle = None;
+    rt.block_on(async {
+
+        let _socket = crate::control::serve(&config.agent.control_socket, shared.clone(), tx.clone())
+            .await
+            .with_context(|| format!("control socket {}", config.agent.control_socket.display()))?;
+        if let Some(listen) = &config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("metrics listener {listen}"))?;
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let mut buf = [0u8; 1024];
+                    let _ = conn.read(&mut buf).await;
+                    let body = {
+                        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        metrics_text(&s, ferry_engine::source::tuf::transport::fetched_bytes())
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                }
+            });
+        }
+        if let Some(period) = notify::watchdog_period() {
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(period);
+                loop {
+                    t.tick().await;
+                    notify::send("WATCHDOG=1");
+                }
+            });
+        }
+        notify::send("READY=1\nSTATUS=started");
+        tracing::info!(pid = std::process::id(), "agent started");
+        handle = Some(
+            std::thread::Builder::new()
+                .name("ferry-worker".into())
+                .spawn(move || worker.run(rx))?,
+        );
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => { let _ = tx.send(Msg::Reload); }
+            }
+        }
+        notify::send("STOPPING=1");
+        let _ = tx.send(Msg::Stop);
+        anyhow::Ok(())
+    })?;
+    // The worker finishes its current reconcile first.
+    if let Some(h) = handle {
+        let _ = h.join();
+    }
+    Ok(Code::Success)
+}
+
+fn config_state_override(args: &Cli) -> Option<PathBuf> {
+    args.state_dir
+        .as_ref()
+        .and_then(|d| std::path::absolute(d).ok())
+}
+
+/// Sends the running agent a reconcile request (`ferry apply --now`).
+pub fn request_now(socket: &std::path::Path) -> Result<serde_json::Value> {
+    crate::control::call(socket, &json!({"cmd": "apply"}))
+}

@@ -1,0 +1,344 @@
+//! `ferry run` end to end against a TUF repository on loopback: polling,
+//! health gating with automatic rollback, `apply --now`, SIGHUP reload,
+//! SIGTERM, sd_notify and metrics.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::tuf::Device;
+use common::{FERRY, file, stderr};
+
+struct Agent {
+    child: Child,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn start(d: &Device, env: &[(&str, &str)]) -> Agent {
+        let child = Command::new(FERRY)
+            .arg("--config")
+            .arg(&d.fx.config)
+            .args(["--log-level", "info", "run"])
+            .envs(env.iter().copied())
+            .env_remove("FAILPOINTS")
+            .env_remove("FERRY_CRASH_AT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Agent { child }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// Waits for the agent to exit; returns its stderr.
+    fn wait(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status, err);
+            }
+            assert!(Instant::now() < deadline, "agent did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn device(extra: &str) -> Device {
+    let d = Device::new(&[]);
+    let sock = d.fx.dir.path().join("ferry.sock");
+    let check = d.fx.root.join("etc/app.conf");
+    *d.extra.borrow_mut() = format!(
+        "[agent]\npoll_interval = \"1s\"\njitter = \"0s\"\nbackoff_base = \"1s\"\n\
+         health_timeout = \"1s\"\nhealth_interval = \"200ms\"\ncontrol_socket = {sock:?}\n\
+         {extra}\n[[health.check]]\ncommand = [\"grep\", \"-q\", \"healthy\", {check:?}]\n"
+    );
+    d.configure(&d.repo.root_v1());
+    d
+}
+
+fn current_content(d: &Device) -> String {
+    fs::read_to_string(d.fx.root.join("etc/app.conf")).unwrap_or_default()
+}
+
+fn events(d: &Device, name: &str) -> usize {
+    let audit = d.fx.json(&["audit", "list", "--json"]);
+    audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == name)
+        .count()
+}
+
+#[test]
+fn agent_applies_rolls_back_unhealthy_revisions_and_does_not_retry_them() {
+    let d = device("");
+    let notify_path = d.fx.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    fs::write(
+        &d.fx.config,
+        format!("{text}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+
+    d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
+    let agent = Agent::start(
+        &d,
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    // READY=1 first, then watchdog pings.
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    wait_for("revision 1", Duration::from_secs(20), || {
+        current_content(&d) == "healthy 1\n"
+    });
+    let mut seen = String::new();
+    wait_for("a watchdog ping", Duration::from_secs(5), || {
+        let n = notify.recv(&mut buf).unwrap_or(0);
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.contains("WATCHDOG=1")
+    });
+
+    // A revision that fails its health check is rolled back and remembered.
+    d.publish(&[file("/etc/app.conf", "broken 2\n", "0644")]);
+    wait_for("the rollback", Duration::from_secs(20), || {
+        events(&d, "revision-rejected") == 1
+    });
+    assert_eq!(current_content(&d), "healthy 1\n");
+    let applies = events(&d, "planned");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        events(&d, "planned"),
+        applies,
+        "the rejected revision was retried"
+    );
+    assert_eq!(current_content(&d), "healthy 1\n");
+    let status = d.fx.json(&["status", "--json"]);
+    assert!(
+        status["agent"]["last_result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rolled back"),
+        "{status:#}"
+    );
+
+    // Metrics.
+    let body = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let metric = |name: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{body}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(metric("ferry_rollbacks_total"), 1.0);
+    assert!(metric("ferry_reconciles_total{result=\"applied\"}") >= 1.0);
+    assert!(metric("ferry_fetched_bytes_total") > 0.0);
+    assert!(metric("ferry_current_generation") >= 1.0);
+
+    // A newer revision is applied.
+    d.publish(&[file("/etc/app.conf", "healthy 3\n", "0644")]);
+    wait_for("revision 3", Duration::from_secs(20), || {
+        current_content(&d) == "healthy 3\n"
+    });
+
+    agent.signal("TERM");
+    let (status, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}\n{err}");
+    assert!(err.contains("agent stopped"), "{err}");
+    d.fx.ok(&["audit", "verify"]);
+    let st = d.fx.json(&["status", "--json"]);
+    assert!(
+        st["open_transitions"].as_array().unwrap().is_empty(),
+        "{st:#}"
+    );
+}
+
+#[test]
+fn sighup_reconciles_now_and_keeps_the_old_config_when_the_new_one_is_bad() {
+    let d = device("");
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    // Poll rarely: only SIGHUP and `apply --now` make it act.
+    let slow = text.replace("poll_interval = \"1s\"", "poll_interval = \"1h\"");
+    fs::write(&d.fx.config, &slow).unwrap();
+    let agent = Agent::start(&d, &[]);
+    let sock = d.fx.dir.path().join("ferry.sock");
+    wait_for("the control socket", Duration::from_secs(10), || {
+        sock.exists()
+    });
+    // The first poll (at start) found nothing published yet.
+    std::thread::sleep(Duration::from_millis(500));
+
+    d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
+    agent.signal("HUP");
+    wait_for("revision 1 after SIGHUP", Duration::from_secs(15), || {
+        current_content(&d) == "healthy 1\n"
+    });
+
+    d.publish(&[file("/etc/app.conf", "healthy 2\n", "0644")]);
+    d.fx.ok(&["apply", "--now"]);
+    wait_for(
+        "revision 2 after apply --now",
+        Duration::from_secs(15),
+        || current_content(&d) == "healthy 2\n",
+    );
+
+    // A bad configuration: refused with the key named, the old one kept.
+    let good = d.fx.dir.path().join("good.toml");
+    fs::write(&good, &slow).unwrap();
+    fs::write(
+        &d.fx.config,
+        slow.replace("jitter = \"0s\"", "jitter = \"soon\""),
+    )
+    .unwrap();
+    agent.signal("HUP");
+    wait_for("the reload error", Duration::from_secs(10), || {
+        let out = Command::new(FERRY)
+            .arg("--config")
+            .arg(&good)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        st["agent"]["config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("agent.jitter"))
+    });
+    d.publish(&[file("/etc/app.conf", "healthy 3\n", "0644")]);
+    let out = Command::new(FERRY)
+        .arg("--config")
+        .arg(&good)
+        .args(["apply", "--now"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        "revision 3 with the old config",
+        Duration::from_secs(15),
+        || current_content(&d) == "healthy 3\n",
+    );
+    agent.signal("TERM");
+    let (status, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    assert!(err.contains("agent.jitter"), "{err}");
+}
+
+#[test]
+fn sigterm_at_every_step_of_a_transition_converges_after_restart() {
+    for fp in ferry_engine::failpoints::ALL {
+        let d = device("");
+        d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
+        // The step sleeps; SIGTERM arrives meanwhile; the agent finishes
+        // the reconcile it is in and exits.
+        let sock = d.fx.dir.path().join("ferry.sock");
+        let agent = Agent::start(&d, &[("FAILPOINTS", &format!("{fp}=sleep(1000)"))]);
+        wait_for("the control socket", Duration::from_secs(10), || {
+            sock.exists()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        agent.signal("TERM");
+        let (status, err) = agent.wait(Duration::from_secs(30));
+        assert!(status.success(), "{fp}: {status:?}\n{err}");
+        // Restart: it converges on revision 1 with nothing left open.
+        let agent = Agent::start(&d, &[]);
+        wait_for(fp, Duration::from_secs(20), || {
+            current_content(&d) == "healthy 1\n"
+                && d.fx.json(&["status", "--json"])["agent"]["last_poll"].is_u64()
+        });
+        agent.signal("TERM");
+        let (status, err) = agent.wait(Duration::from_secs(20));
+        assert!(status.success(), "{fp}: {err}");
+        let st = d.fx.json(&["status", "--json"]);
+        assert!(
+            st["open_transitions"].as_array().unwrap().is_empty(),
+            "{fp}: {st:#}"
+        );
+        d.fx.ok(&["audit", "verify"]);
+        assert!(d.fx.integrity_ok(), "{fp}");
+    }
+}
+
+#[test]
+fn a_bad_agent_configuration_is_refused_at_start() {
+    let d = device("");
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    fs::write(
+        &d.fx.config,
+        text.replace("poll_interval = \"1s\"", "poll_interval = \"0s\""),
+    )
+    .unwrap();
+    let out = d.fx.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("agent.poll_interval"),
+        "{}",
+        stderr(&out)
+    );
+    // No agent: `apply --now` says so.
+    fs::write(&d.fx.config, &text).unwrap();
+    let out = d.fx.run(&["apply", "--now"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no ferry agent"), "{}", stderr(&out));
+}
