@@ -342,3 +342,91 @@ fn a_bad_agent_configuration_is_refused_at_start() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no ferry agent"), "{}", stderr(&out));
 }
+
+#[test]
+fn unit_files_verify_with_systemd_analyze() {
+    let images = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images");
+    let dir = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&images).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "service") {
+            // Point ExecStart at the binary under test (verify checks it exists).
+            let text = fs::read_to_string(&p)
+                .unwrap()
+                .replace("/usr/bin/ferry", FERRY);
+            let name = p.file_name().unwrap().to_owned();
+            fs::write(dir.path().join(&name), text).unwrap();
+            names.push(name);
+        }
+    }
+    assert!(names.iter().any(|n| n == "ferry.service"));
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&names)
+        .current_dir(dir.path())
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.lines().any(|l| l.contains(".service")),
+        "systemd-analyze complains:\n{err}"
+    );
+    let agent = fs::read_to_string(images.join("ferry.service")).unwrap();
+    for needle in [
+        "Type=notify",
+        "WatchdogSec=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=",
+    ] {
+        assert!(agent.contains(needle), "ferry.service lacks {needle}");
+    }
+}
+
+#[test]
+fn the_signed_update_policy_holds_devices_outside_the_rollout_wave() {
+    let d = device("");
+    // This device's bucket, as documented: sha256("ferry-rollout\0" + id).
+    let machine_id = d.fx.dir.path().join("machine-id");
+    fs::write(&machine_id, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let bucket = ferry_core::schedule::rollout_bucket("0123456789abcdef0123456789abcdef");
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    fs::write(
+        &d.fx.config,
+        text.replace(
+            "[agent]\n",
+            &format!("[agent]\nmachine_id_file = {machine_id:?}\n"),
+        ),
+    )
+    .unwrap();
+    // Released to the buckets below this device's: held.
+    d.repo.target(
+        "ferry/policy.toml",
+        format!("[rollout]\npercent = {bucket}\n").as_bytes(),
+        "targets",
+    );
+    d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
+    let agent = Agent::start(&d, &[]);
+    wait_for("the hold", Duration::from_secs(15), || {
+        d.fx.json(&["status", "--json"])["agent"]["last_result"]
+            .as_str()
+            .is_some_and(|r| r.contains("rollout wave"))
+    });
+    assert_eq!(current_content(&d), "");
+    // Widened to include it: applied.
+    d.repo.target(
+        "ferry/policy.toml",
+        format!("[rollout]\npercent = {}\n", bucket + 1).as_bytes(),
+        "targets",
+    );
+    wait_for("the widened wave", Duration::from_secs(15), || {
+        current_content(&d) == "healthy 1\n"
+    });
+    agent.signal("TERM");
+    let (status, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+}

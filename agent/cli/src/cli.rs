@@ -38,7 +38,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "FERRY_FACTS", value_name = "FILE")]
     pub facts: Option<PathBuf>,
     /// Log filter for stderr (error, warn, info, debug, trace, or a tracing directive).
-    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_LOG_LEVEL",
+        default_value = "warn",
+        value_name = "LEVEL"
+    )]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,

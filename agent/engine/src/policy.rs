@@ -259,6 +259,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_policy_parses_and_matches_its_schema() {
+        let text = include_str!("../../../policies/update-policy.toml");
+        let p = UpdatePolicy::parse("policies/update-policy.toml", text).unwrap();
+        assert_eq!(p.rollout_percent, 25);
+        assert_eq!(p.update_windows.len(), 2);
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../schemas/update-policy.schema.json"))
+                .unwrap();
+        let doc: serde_json::Value =
+            serde_json::to_value(toml::from_str::<toml::Value>(text).unwrap()).unwrap();
+        let v = jsonschema::validator_for(&schema).unwrap();
+        assert!(v.is_valid(&doc));
+        let bad = serde_json::json!({"rollout": {"percent": 101}});
+        assert!(!v.is_valid(&bad));
+    }
+
+    #[test]
     fn bad_policies_name_the_key() {
         let e = UpdatePolicy::parse("p.toml", "[update]\nwindows = [\"* 99 * * *\"]\n")
             .unwrap_err()
