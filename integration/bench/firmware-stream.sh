@@ -21,11 +21,8 @@ cargo build --release -q -p ferry
 ferry=$PWD/target/release/ferry
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-venv=target/fixture-venv
-if ! "$venv/bin/python" -c 'import tuf, cryptography' >/dev/null 2>&1; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q -r integration/tuf/requirements.txt
-fi
+source integration/bench/lib.sh
+bench_venv
 mkdir -p "$work/root"
 head -c "$((size_mib * 1024 * 1024))" /dev/urandom > "$work/os.img"
 len=$(stat -c %s "$work/os.img")
@@ -34,7 +31,7 @@ apiVersion: ferry.dev/v1
 resources:
   - {kind: firmware, name: os, version: "1", source: images/os.img}
 YAML
-repo="$venv/bin/python integration/tuf/repo.py"
+repo="$py integration/tuf/repo.py"
 $repo init "$work/tuf"
 $repo target "$work/tuf" images/os.img "$work/os.img"
 $repo target "$work/tuf" ferry/manifest.yaml "$work/ferry.yaml"
@@ -43,7 +40,7 @@ grub-editenv "$work/grubenv" create
 grub-editenv "$work/grubenv" set ORDER="A B" A_OK=1 A_TRY=0 B_OK=0 B_TRY=0
 echo "rauc.slot=A" > "$work/cmdline"
 echo boot-1 > "$work/boot_id"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/tuf" >/dev/null 2>&1 &
 server=$!
 for _ in $(seq 50); do curl -sf -o /dev/null -r 0-0 "http://127.0.0.1:$port/targets/images/$sha.os.img" && break; sleep 0.1; done

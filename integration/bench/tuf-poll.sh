@@ -12,32 +12,15 @@ cd "$(dirname "$0")/../.."
 polls=${1:-50}
 cargo build --release -q -p ferry
 ferry=$PWD/target/release/ferry
-venv=target/fixture-venv
-if ! "$venv/bin/python" -c 'import tuf, cryptography' >/dev/null 2>&1; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q -r integration/tuf/requirements.txt
-fi
-py=$PWD/$venv/bin/python
+source integration/bench/lib.sh
+bench_venv
 work=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
-
-# A repository with a templated manifest and 20 files.
-mkdir -p "$work/files" "$work/root"
-{
-    echo "apiVersion: ferry.dev/v1"
-    echo "resources:"
-    for i in $(seq 20); do
-        echo "  - {kind: file, path: /etc/app/$i.conf, source: files/$i}"
-        echo "value = $i" > "$work/files/$i"
-    done
-} > "$work/manifest.yaml"
-repo="$py integration/tuf/repo.py"
-$repo init "$work/tuf"
-for i in $(seq 20); do $repo target "$work/tuf" "files/$i" "$work/files/$i"; done
-$repo target "$work/tuf" ferry/manifest.yaml "$work/manifest.yaml"
+mkdir -p "$work/root"
+bench_repo20 "$work"
 
 # A static server that logs "path bytes" for every response.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 python3 - "$port" "$work/tuf" "$work/requests.log" <<'PY' &
 import http.server, os, sys
 port, root, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -52,7 +35,7 @@ class H(http.server.SimpleHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 PY
 server=$!
-for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$port/metadata/timestamp.json" && break; sleep 0.1; done
+wait_http "http://127.0.0.1:$port/metadata/timestamp.json"
 
 cat > "$work/ferry.toml" <<TOML
 state_dir = "$work/state"
