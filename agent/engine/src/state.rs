@@ -272,19 +272,37 @@ impl Db {
                 known,
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let path = self.path.clone();
-            let err = |source| StateError::Sqlite {
-                path: path.clone(),
-                source,
+        if version == known {
+            return Ok(());
+        }
+        // Another process may be migrating the same database (an agent
+        // creating it while `ferry status` opens it): take the write lock
+        // first and read the version again under it.
+        let path = self.path.clone();
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let version: i64 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(err)?;
+            let Some(sql) = usize::try_from(version)
+                .ok()
+                .and_then(|v| MIGRATIONS.get(v))
+            else {
+                tx.commit().map_err(err)?;
+                return Ok(());
             };
-            let tx = self.conn.transaction().map_err(err)?;
             tx.execute_batch(sql).map_err(err)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)
+            tx.pragma_update(None, "user_version", version + 1)
                 .map_err(err)?;
             tx.commit().map_err(err)?;
         }
-        Ok(())
     }
 
     /// Runs `f` in one SQLite transaction, committed durably.
@@ -903,6 +921,25 @@ fn meta_set_opt(tx: &Transaction<'_>, key: &str, value: Option<u64>) -> rusqlite
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_first_opens_migrate_once() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("state.db");
+            // Create the empty file, as a first `Db::open(.., true)` does.
+            drop(Connection::open(&p).unwrap());
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = p.clone();
+                    std::thread::spawn(move || Db::open(&p, false).map(drop))
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        }
+    }
 
     #[test]
     fn migrates_and_refuses_newer_schema() {
