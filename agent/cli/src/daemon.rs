@@ -135,14 +135,25 @@ impl Worker {
         }
     }
 
+    /// One reconcile; records the generation it leaves for status/metrics.
     fn reconcile(&mut self) -> Result<Result1> {
+        let mut engine = Engine::open(self.config.clone())?;
+        let result = self.reconcile_with(&mut engine);
+        if let Ok(st) = engine.status() {
+            let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            s.generation = st.current.as_ref().map(|g| g.id);
+            s.revision = st.current.as_ref().map(|g| g.revision.clone());
+        }
+        result
+    }
+
+    fn reconcile_with(&mut self, engine: &mut Engine) -> Result<Result1> {
         if self.source.is_none() {
             self.source = Some(source::from_config(&self.config)?);
         }
         let src = self.source.as_deref().expect("set above");
         let config = &self.config;
         let facts = load_facts(self.facts.as_deref(), config)?;
-        let mut engine = Engine::open(config.clone())?;
         let times = config.agent.times()?;
         let now = policy::local_now();
 
@@ -151,7 +162,6 @@ impl Worker {
             let (rev, _) = engine.fetch_desired(src, &facts)?;
             let pol = UpdatePolicy::load(&*rev, &config.agent.policy)?;
             if pol.may_reboot(&now) {
-                drop(engine);
                 ferry_engine::health::reboot(&config.firmware.reboot_command);
                 return Ok(Result1::Held(format!("rebooting into slot {slot}")));
             }
@@ -177,7 +187,6 @@ impl Worker {
             ApplyOutcome::NoChange { .. } => Ok(Result1::NoChange),
             ApplyOutcome::RebootRequired { .. } => {
                 if pol.may_reboot(&now) {
-                    drop(engine);
                     ferry_engine::health::reboot(&config.firmware.reboot_command);
                 }
                 Ok(Result1::Applied(rev.id().to_owned()))
@@ -266,12 +275,6 @@ impl Worker {
                 }
                 s.consecutive_failures = failures;
                 s.last_result = Some(text.clone());
-                if let Ok(Some(engine)) = Engine::open_read_only(self.config.clone())
-                    && let Ok(st) = engine.status()
-                {
-                    s.generation = st.current.as_ref().map(|g| g.id);
-                    s.revision = st.current.as_ref().map(|g| g.revision.clone());
-                }
                 (label, text)
             };
             match label {
