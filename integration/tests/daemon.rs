@@ -430,3 +430,82 @@ fn the_signed_update_policy_holds_devices_outside_the_rollout_wave() {
     let (status, err) = agent.wait(Duration::from_secs(20));
     assert!(status.success(), "{err}");
 }
+
+#[test]
+fn firmware_reboots_wait_for_the_policy_reboot_window() {
+    let d = device("");
+    let dir = d.fx.dir.path();
+    let (grubenv, cmdline, boot_id, reboots) = (
+        dir.join("grubenv"),
+        dir.join("cmdline"),
+        dir.join("boot_id"),
+        dir.join("reboots"),
+    );
+    let g = grubenv.to_str().unwrap();
+    for args in [
+        vec![g, "create"],
+        vec![
+            g,
+            "set",
+            "ORDER=A B",
+            "A_OK=1",
+            "A_TRY=0",
+            "B_OK=0",
+            "B_TRY=0",
+        ],
+    ] {
+        assert!(
+            Command::new("grub-editenv")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    fs::write(&cmdline, "root=/dev/vda2 rauc.slot=A\n").unwrap();
+    fs::write(&boot_id, "boot-1\n").unwrap();
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    fs::write(
+        &d.fx.config,
+        format!(
+            "{text}[firmware]\nbootenv = \"grub\"\ngrubenv = {grubenv:?}\ncmdline = {cmdline:?}\n\
+             boot_id = {boot_id:?}\nreboot_command = [\"sh\", \"-c\", \"echo reboot >> {}\"]\n\
+             slots = [{{ name = \"A\", device = {:?}, size = 1048576 }}, {{ name = \"B\", device = {:?}, size = 1048576 }}]\n",
+            reboots.display(),
+            dir.join("slot-a.img"),
+            dir.join("slot-b.img"),
+        ),
+    )
+    .unwrap();
+    // Reboots only on 31 February, i.e. never.
+    d.repo.target(
+        "ferry/policy.toml",
+        b"[reboot]\nwindows = [\"0 0 31 2 *\"]\n",
+        "targets",
+    );
+    d.repo.target("images/os.img", &[7u8; 4096], "targets");
+    d.repo.target(
+        "ferry/manifest.yaml",
+        b"apiVersion: ferry.dev/v1\nresources:\n  - {kind: firmware, name: os, version: \"2\", source: images/os.img}\n",
+        "targets",
+    );
+    let agent = Agent::start(&d, &[]);
+    wait_for("the firmware write", Duration::from_secs(20), || {
+        d.fx.json(&["status", "--json"])["agent"]["last_result"]
+            .as_str()
+            .is_some_and(|r| r.contains("reboot window"))
+    });
+    assert_eq!(fs::read(dir.join("slot-b.img")).unwrap(), vec![7u8; 4096]);
+    assert!(!reboots.exists(), "rebooted outside the window");
+
+    // The window opens (any minute): the agent reboots.
+    d.repo.target(
+        "ferry/policy.toml",
+        b"[reboot]\nwindows = [\"* * * * *\"]\n",
+        "targets",
+    );
+    wait_for("the reboot", Duration::from_secs(20), || reboots.exists());
+    agent.signal("TERM");
+    let (status, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+}
