@@ -200,12 +200,34 @@ impl Db {
             path: path.to_path_buf(),
         };
         db.check_integrity()?;
-        db.conn
-            .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-            )
-            .map_err(err)?;
-        db.migrate()?;
+        // Switching a new database to WAL and migrating it take locks that
+        // SQLite's busy handler does not wait for when another process is
+        // doing the same (lock upgrades fail at once to avoid deadlock), so
+        // these steps are retried for a while.
+        let mut attempts = 0;
+        loop {
+            let step = db
+                .conn
+                .execute_batch(
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+                )
+                .map_err(err)
+                .and_then(|()| db.migrate());
+            match step {
+                Err(StateError::Sqlite { source, .. })
+                    if attempts < 100
+                        && source.sqlite_error_code()
+                            == Some(rusqlite::ErrorCode::DatabaseBusy) =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
         Ok(db)
     }
 
