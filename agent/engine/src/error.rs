@@ -100,6 +100,10 @@ impl EngineError {
             EngineError::IllegalTransition(_) => ErrorClass::Internal,
             EngineError::Store(e) if e.is_verification() => ErrorClass::Verification,
             EngineError::Store(_) => ErrorClass::Internal,
+            // Signed metadata or targets that do not verify.
+            EngineError::Source(crate::source::SourceError::Tuf { .. }) if matches!(self, EngineError::Source(e) if e.is_invalid_input()) => {
+                ErrorClass::Verification
+            }
             EngineError::Source(e) if e.is_invalid_input() => ErrorClass::InvalidInput,
             EngineError::Source(_) => ErrorClass::Internal,
             EngineError::Manifest(_) => ErrorClass::InvalidInput,

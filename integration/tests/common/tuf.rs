@@ -337,7 +337,11 @@ impl Device {
         let before_audit = self.fx.audit_len();
         let out = self.fx.run(&["apply", "--no-reboot"]);
         let err = stderr(&out);
-        assert!(!out.status.success(), "apply succeeded:\n{err}");
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "a refused update exits 4 (verification failed):\n{err}"
+        );
         for n in needles {
             assert!(err.contains(n), "error lacks {n:?}:\n{err}");
         }
