@@ -10,7 +10,8 @@ Exit codes:
   1  internal error (I/O, database, bug)
   2  usage or configuration error
   3  invalid desired state (manifest, schema, kinds, paths)
-  4  verification failed (hash or length mismatch, broken audit chain)
+  4  verification failed (signatures, rollback or expiry of signed metadata,
+     hash or length mismatch, broken audit chain)
   5  the state directory is in use by another ferry
   6  the state database is corrupt
   7  an activation failed; the transition was rolled back
