@@ -1,4 +1,4 @@
-//! `ferry`: the command-line interface and (later) the daemon.
+//! `ferry`: the command-line interface and the agent (`ferry run`).
 
 mod cli;
 mod commands;
