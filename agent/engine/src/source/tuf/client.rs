@@ -278,13 +278,7 @@ impl Client {
             self.root = new;
         }
         // §5.3.10: the final root must not be expired.
-        if self.root.expires.is_expired(self.now) {
-            return Err(TufError::refused(
-                "root",
-                Some(self.root.version),
-                format!("expired at {} (freeze attack?)", self.root.expires),
-            ));
-        }
+        self.not_expired("root", self.root.version, self.root.expires)?;
         Ok(())
     }
 
@@ -344,18 +338,24 @@ impl Client {
         Ok(())
     }
 
+    /// Expiry against the reference time (§5.3.10, §5.4.4, §5.5.6, §5.6.6).
+    fn not_expired(&self, role: &str, version: u64, expires: meta::Expires) -> Result<()> {
+        if expires.is_expired(self.now) {
+            return Err(TufError::refused(
+                role,
+                Some(version),
+                format!("expired at {expires} (freeze attack?)"),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_final_timestamp(&self) -> Result<&Timestamp> {
         let ts = self
             .timestamp
             .as_ref()
             .ok_or_else(|| TufError::refused("timestamp", None, "not loaded"))?;
-        if ts.expires.is_expired(self.now) {
-            return Err(TufError::refused(
-                "timestamp",
-                Some(ts.version),
-                format!("expired at {} (freeze attack?)", ts.expires),
-            ));
-        }
+        self.not_expired("timestamp", ts.version, ts.expires)?;
         Ok(ts)
     }
 
@@ -403,13 +403,7 @@ impl Client {
             .snapshot
             .as_ref()
             .ok_or_else(|| TufError::refused("snapshot", None, "not loaded"))?;
-        if s.expires.is_expired(self.now) {
-            return Err(TufError::refused(
-                "snapshot",
-                Some(s.version),
-                format!("expired at {} (freeze attack?)", s.expires),
-            ));
-        }
+        self.not_expired("snapshot", s.version, s.expires)?;
         if s.version != ts.snapshot().version {
             return Err(TufError::refused(
                 "snapshot",
@@ -507,13 +501,7 @@ impl Client {
                 ),
             ));
         }
-        if targets.expires.is_expired(self.now) {
-            return Err(TufError::refused(
-                role,
-                Some(targets.version),
-                format!("expired at {} (freeze attack?)", targets.expires),
-            ));
-        }
+        self.not_expired(role, targets.version, targets.expires)?;
         Ok(TrustedTargets { targets, signers })
     }
 
