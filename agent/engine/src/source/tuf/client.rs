@@ -466,7 +466,9 @@ impl Client {
         Ok((&d.keys, keys))
     }
 
-    fn verify_targets(&self, role: &str, parent: &str, bytes: &[u8]) -> Result<TrustedTargets> {
+    /// The final snapshot and its entry for `role` (§5.6.1: a delegated role
+    /// that snapshot does not list is refused).
+    fn snapshot_entry(&self, role: &str, parent: &str) -> Result<(&Snapshot, &MetaFile)> {
         let s = self.check_final_snapshot()?;
         let info = s.meta.get(&format!("{role}.json")).ok_or_else(|| {
             TufError::refused(
@@ -478,6 +480,11 @@ impl Client {
                 ),
             )
         })?;
+        Ok((s, info))
+    }
+
+    fn verify_targets(&self, role: &str, parent: &str, bytes: &[u8]) -> Result<TrustedTargets> {
+        let (s, info) = self.snapshot_entry(role, parent)?;
         meta::check_meta_bytes(info, bytes).map_err(|e| {
             TufError::refused(
                 role,
@@ -517,21 +524,7 @@ impl Client {
             self.targets.insert(role.to_owned(), t);
             return Ok(());
         }
-        let s = self.check_final_snapshot()?;
-        let info = s
-            .meta
-            .get(&format!("{role}.json"))
-            .cloned()
-            .ok_or_else(|| {
-                TufError::refused(
-                    role,
-                    None,
-                    format!(
-                        "delegated by {parent} but not listed in snapshot v{}",
-                        s.version
-                    ),
-                )
-            })?;
+        let info = self.snapshot_entry(role, parent)?.1.clone();
         let version = self.root.consistent_snapshot.then_some(info.version);
         let limit = info.length.unwrap_or(self.cfg.limits.targets);
         let bytes = self.fetch_meta(role, version, limit)?;
