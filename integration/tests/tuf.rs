@@ -9,7 +9,7 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use common::tuf::{Device, Fault, conformance};
+use common::tuf::{ConformanceClient, Device, Fault};
 use common::{FERRY, file, stderr};
 
 #[test]
@@ -163,17 +163,8 @@ fn expired_metadata_is_refused_also_with_the_clock_reset_to_1970() {
 
     // Without a floor (the bare conformance client), 1970 would accept it:
     // the check above is the floor's doing.
-    let md = d.fx.dir.path().join("md");
-    fs::create_dir_all(&md).unwrap();
-    let root = d.repo.root_v1();
-    let out = conformance(&[
-        "--metadata-dir",
-        md.to_str().unwrap(),
-        "init",
-        root.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
-    let url = format!("{}/metadata", d.server.url);
+    let c = ConformanceClient::new(&d);
+    assert!(c.init(&d.repo.root_v1()).status.success());
     let mut refresh = Command::new("faketime");
     refresh
         .args([
@@ -181,13 +172,9 @@ fn expired_metadata_is_refused_also_with_the_clock_reset_to_1970() {
             "@1970-01-02 00:00:00",
             env!("CARGO_BIN_EXE_ferry-tuf-conformance"),
         ])
-        .args([
-            "--metadata-url",
-            &url,
-            "--metadata-dir",
-            md.to_str().unwrap(),
-            "refresh",
-        ]);
+        .args(["--metadata-url", &c.murl, "--metadata-dir"])
+        .arg(&c.md)
+        .arg("refresh");
     let out = run_1970(&mut refresh);
     assert!(out.status.success(), "{}", stderr(&out));
     // And the floor never decreased.
@@ -308,34 +295,10 @@ fn delegations_are_searched_in_order_and_terminating_ones_end_the_search() {
     d.repo.run("delegate", &["later", "--paths", "cfg/*"]);
     d.repo.target("cfg/z", b"hidden\n", "later");
 
-    let md = d.fx.dir.path().join("md");
-    let td = d.fx.dir.path().join("td");
-    fs::create_dir_all(&md).unwrap();
-    fs::create_dir_all(&td).unwrap();
-    let (md_s, td_s) = (md.to_str().unwrap(), td.to_str().unwrap());
-    let root = d.repo.root_v1();
-    assert!(
-        conformance(&["--metadata-dir", md_s, "init", root.to_str().unwrap()])
-            .status
-            .success()
-    );
-    let murl = format!("{}/metadata", d.server.url);
-    let turl = format!("{}/targets", d.server.url);
-    let download = |name: &str| {
-        conformance(&[
-            "--metadata-url",
-            &murl,
-            "--metadata-dir",
-            md_s,
-            "--target-name",
-            name,
-            "--target-dir",
-            td_s,
-            "--target-base-url",
-            &turl,
-            "download",
-        ])
-    };
+    let c = ConformanceClient::new(&d);
+    assert!(c.init(&d.repo.root_v1()).status.success());
+    let download = |name: &str| c.download(&[name]);
+    let td = &c.td;
     assert!(download("apps/x").status.success());
     assert_eq!(fs::read(td.join("apps%2Fx")).unwrap(), b"from first\n");
     assert!(download("apps/y").status.success());
@@ -359,18 +322,13 @@ fn conformance_client_init_refresh_download_against_python_tuf() {
         .run("delegate", &["/delegatedrole", "--paths", "deleg/*"]);
     d.repo.target("deleg/c.txt", b"gamma\n", "/delegatedrole");
 
-    let md = d.fx.dir.path().join("md");
-    let td = d.fx.dir.path().join("td");
-    fs::create_dir_all(&md).unwrap();
-    fs::create_dir_all(&td).unwrap();
-    let (md_s, td_s) = (md.to_str().unwrap(), td.to_str().unwrap());
-    let root = d.repo.root_v1();
-    let out = conformance(&["--metadata-dir", md_s, "init", root.to_str().unwrap()]);
+    let c = ConformanceClient::new(&d);
+    let (md, td) = (&c.md, &c.td);
+    let out = c.init(&d.repo.root_v1());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(d.server.requests().is_empty(), "init makes no request");
 
-    let murl = format!("{}/metadata", d.server.url);
-    let out = conformance(&["--metadata-url", &murl, "--metadata-dir", md_s, "refresh"]);
+    let out = c.refresh();
     assert!(out.status.success(), "{}", stderr(&out));
     let snap_v = d.repo.read_json("snapshot.json")["signed"]["version"]
         .as_u64()
@@ -388,7 +346,7 @@ fn conformance_client_init_refresh_download_against_python_tuf() {
         ]
     );
     // Only trusted top-level metadata, byte for byte as served.
-    let mut names: Vec<String> = fs::read_dir(&md)
+    let mut names: Vec<String> = fs::read_dir(md)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
@@ -411,22 +369,7 @@ fn conformance_client_init_refresh_download_against_python_tuf() {
     }
 
     d.server.clear_requests();
-    let turl = format!("{}/targets", d.server.url);
-    let out = conformance(&[
-        "--metadata-url",
-        &murl,
-        "--metadata-dir",
-        md_s,
-        "--target-name",
-        "dir/b.txt",
-        "--target-name",
-        "deleg/c.txt",
-        "--target-dir",
-        td_s,
-        "--target-base-url",
-        &turl,
-        "download",
-    ]);
+    let out = c.download(&["dir/b.txt", "deleg/c.txt"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fs::read(td.join("dir%2Fb.txt")).unwrap(), b"beta\n");
     assert_eq!(fs::read(td.join("deleg%2Fc.txt")).unwrap(), b"gamma\n");
@@ -449,19 +392,7 @@ fn conformance_client_init_refresh_download_against_python_tuf() {
 
     // Cached targets are not downloaded again.
     d.server.clear_requests();
-    let out = conformance(&[
-        "--metadata-url",
-        &murl,
-        "--metadata-dir",
-        md_s,
-        "--target-name",
-        "dir/b.txt",
-        "--target-dir",
-        td_s,
-        "--target-base-url",
-        &turl,
-        "download",
-    ]);
+    let out = c.download(&["dir/b.txt"]);
     assert!(out.status.success());
     assert!(
         !d.server
@@ -471,19 +402,7 @@ fn conformance_client_init_refresh_download_against_python_tuf() {
     );
 
     // A missing target fails; so does a target-name that is not listed.
-    let out = conformance(&[
-        "--metadata-url",
-        &murl,
-        "--metadata-dir",
-        md_s,
-        "--target-name",
-        "nope",
-        "--target-dir",
-        td_s,
-        "--target-base-url",
-        &turl,
-        "download",
-    ]);
+    let out = c.download(&["nope"]);
     assert_eq!(out.status.code(), Some(1));
 }
 

@@ -368,3 +368,61 @@ pub fn conformance(args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// The conformance client pointed at a device's repository, with its own
+/// metadata and target directories.
+#[derive(Debug)]
+pub struct ConformanceClient {
+    pub md: PathBuf,
+    pub td: PathBuf,
+    pub murl: String,
+    pub turl: String,
+}
+
+impl ConformanceClient {
+    pub fn new(d: &Device) -> ConformanceClient {
+        let md = d.fx.dir.path().join("md");
+        let td = d.fx.dir.path().join("td");
+        fs::create_dir_all(&md).unwrap();
+        fs::create_dir_all(&td).unwrap();
+        ConformanceClient {
+            md,
+            td,
+            murl: format!("{}/metadata", d.server.url),
+            turl: format!("{}/targets", d.server.url),
+        }
+    }
+
+    fn md(&self) -> &str {
+        self.md.to_str().unwrap()
+    }
+
+    pub fn init(&self, root: &Path) -> std::process::Output {
+        conformance(&["--metadata-dir", self.md(), "init", root.to_str().unwrap()])
+    }
+
+    pub fn refresh(&self) -> std::process::Output {
+        conformance(&[
+            "--metadata-url",
+            &self.murl,
+            "--metadata-dir",
+            self.md(),
+            "refresh",
+        ])
+    }
+
+    pub fn download(&self, names: &[&str]) -> std::process::Output {
+        let mut args = vec!["--metadata-url", &self.murl, "--metadata-dir", self.md()];
+        for n in names {
+            args.extend(["--target-name", n]);
+        }
+        args.extend([
+            "--target-dir",
+            self.td.to_str().unwrap(),
+            "--target-base-url",
+            &self.turl,
+            "download",
+        ]);
+        conformance(&args)
+    }
+}
