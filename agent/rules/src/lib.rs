@@ -1,0 +1,26 @@
+//! ferry's edge rule language.
+//!
+//! `ON temperature > 85 THEN alert("overheat")`: a rule set is parsed
+//! ([`parse`]), checked and compiled ([`compile`]) into a [`Compiled`] set
+//! whose fields are slots and whose tests are pre-resolved operations, and
+//! evaluated event by event ([`Compiled::eval`]) with time passed in, so
+//! windows and rate limits are tested without clocks. [`runtime`] feeds it
+//! from MQTT and a local JSON-lines socket and swaps sets without losing an
+//! event. The language is described in `docs/rules.md`; the grammar is
+//! `src/rules.pest`.
+
+pub mod ast;
+pub mod compile;
+pub mod decode;
+pub mod error;
+mod eval;
+pub mod filter;
+pub mod parse;
+pub mod value;
+
+pub use compile::{Compiled, compile, compile_source};
+pub use decode::{DecodeError, Envelope};
+pub use error::{Diagnostic, RulesError};
+pub use eval::{MAX_WINDOW_SAMPLES, State};
+pub use parse::parse;
+pub use value::{Event, Output, Value};
