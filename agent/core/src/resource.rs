@@ -16,19 +16,21 @@ use crate::digest::ContentRef;
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     File,
+    Ruleset,
     Firmware,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown resource kind {0:?} (known: file, firmware)")]
+#[error("unknown resource kind {0:?} (known: file, ruleset, firmware)")]
 pub struct UnknownKind(pub String);
 
 impl Kind {
-    pub const ALL: &'static [Kind] = &[Kind::File, Kind::Firmware];
+    pub const ALL: &'static [Kind] = &[Kind::File, Kind::Ruleset, Kind::Firmware];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::File => "file",
+            Kind::Ruleset => "ruleset",
             Kind::Firmware => "firmware",
         }
     }

@@ -200,6 +200,25 @@ impl Engine {
         &self.store
     }
 
+    /// The current generation's number and its rule sets, compiled, in
+    /// name order (what the rule engine runs).
+    pub fn active_rulesets(&self) -> Result<(Option<u64>, Vec<(String, ferry_rules::Compiled)>)> {
+        let Some(n) = self.db.current_generation()? else {
+            return Ok((None, Vec::new()));
+        };
+        let mut sets = Vec::new();
+        for r in self
+            .db
+            .resources(n)?
+            .iter()
+            .filter(|r| r.kind == Kind::Ruleset)
+        {
+            let compiled = crate::activate::ruleset::load(&self.store, &r.name, r.content)?;
+            sets.push((r.name.clone(), compiled));
+        }
+        Ok((Some(n), sets))
+    }
+
     // ---- planning -----------------------------------------------------------------
 
     /// The resources of the current generation.
@@ -1187,6 +1206,7 @@ fn default_activators(config: &Config) -> Activators {
     let fw = crate::firmware::Firmware::from_config(&config.firmware);
     Activators::new(vec![
         Box::new(FileActivator::new(&config.files.root)),
+        Box::new(crate::activate::ruleset::RulesetActivator),
         Box::new(FirmwareActivator::new(fw)),
     ])
 }

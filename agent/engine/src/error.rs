@@ -73,6 +73,9 @@ pub enum EngineError {
     Firmware(#[from] crate::firmware::FirmwareError),
     #[error("{0}")]
     Refused(String),
+    /// Loading what an activator activated (e.g. the current rule sets).
+    #[error(transparent)]
+    Activate(#[from] ActivateError),
 }
 
 impl From<ManifestError> for EngineError {
@@ -111,6 +114,7 @@ impl EngineError {
             EngineError::Locked(_) => ErrorClass::Busy,
             EngineError::RolledBack { .. } => ErrorClass::RolledBack,
             EngineError::Refused(_) => ErrorClass::Refused,
+            EngineError::Activate(_) => ErrorClass::Internal,
             EngineError::Firmware(crate::firmware::FirmwareError::Booted(_)) => ErrorClass::Refused,
             EngineError::Firmware(_) => ErrorClass::Internal,
         }

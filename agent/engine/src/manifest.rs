@@ -33,6 +33,10 @@ const KIND_SCHEMAS: &[(&str, &str)] = &[
         include_str!("../../../schemas/kinds/file.schema.json"),
     ),
     (
+        "https://ferry.dev/schemas/kinds/ruleset.schema.json",
+        include_str!("../../../schemas/kinds/ruleset.schema.json"),
+    ),
+    (
         "https://ferry.dev/schemas/kinds/firmware.schema.json",
         include_str!("../../../schemas/kinds/firmware.schema.json"),
     ),
@@ -320,6 +324,10 @@ fn resolve(
                     BTreeMap::from([("mode".to_owned(), Value::String(format!("{bits:04o}")))]),
                 )
             }
+            Kind::Ruleset => (
+                item["name"].as_str().unwrap_or_default().to_owned(),
+                BTreeMap::new(),
+            ),
             Kind::Firmware => (
                 item["name"].as_str().unwrap_or_default().to_owned(),
                 BTreeMap::from([("version".to_owned(), item["version"].clone())]),

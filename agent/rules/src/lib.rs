@@ -16,6 +16,7 @@ pub mod error;
 mod eval;
 pub mod filter;
 pub mod parse;
+pub mod runtime;
 pub mod value;
 
 pub use compile::{Compiled, compile, compile_source};

@@ -14,6 +14,7 @@ use crate::store::Store;
 
 pub mod file;
 pub mod firmware;
+pub mod ruleset;
 
 #[derive(Debug, thiserror::Error)]
 #[error("activating {resource}: {message}")]

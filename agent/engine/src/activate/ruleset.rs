@@ -1,0 +1,70 @@
+//! The `ruleset` activator: a rule set is compiled when it is activated, so
+//! one that does not parse, type-check or compile fails the transition (which
+//! rolls back) and never reaches the running rule engine. The engine that
+//! evaluates events (`ferry run`) loads the sets of the current generation
+//! from the store with [`load`] and hot-swaps them in.
+
+use std::io::Read;
+
+use ferry_core::{ContentRef, Kind, Op, Sha256, Step};
+use ferry_rules::Compiled;
+use serde_json::Value;
+
+use super::{ActivateError, Activator};
+use crate::store::Store;
+
+#[derive(Debug, Clone, Default)]
+pub struct RulesetActivator;
+
+/// Reads a rule set from the store (re-verified while read) and compiles it.
+/// Errors are `name:line:col: message`, one per problem.
+pub fn load(store: &Store, name: &str, content: ContentRef) -> Result<Compiled, ActivateError> {
+    let what = format!("ruleset {name}");
+    if content.length > ferry_rules::parse::MAX_SOURCE_BYTES as u64 {
+        return Err(ActivateError::new(
+            &what,
+            format!(
+                "{} bytes; the limit is {}",
+                content.length,
+                ferry_rules::parse::MAX_SOURCE_BYTES
+            ),
+        ));
+    }
+    let mut text = String::new();
+    store
+        .open_verified(content)
+        .map_err(|e| ActivateError::new(&what, e))?
+        .read_to_string(&mut text)
+        .map_err(|e| ActivateError::new(&what, format!("reading the rule file: {e}")))?;
+    ferry_rules::compile_source(&text).map_err(|e| {
+        let rendered: Vec<String> = e.0.iter().map(|d| format!("{name}:{d}")).collect();
+        ActivateError::new(&what, rendered.join("; "))
+    })
+}
+
+impl Activator for RulesetActivator {
+    fn kind(&self) -> Kind {
+        Kind::Ruleset
+    }
+
+    fn prepare(&self, _step: &Step, _store: &Store) -> Result<Value, ActivateError> {
+        // Nothing outside the generation changes: the rule engine takes the
+        // sets from whichever generation is current.
+        Ok(Value::Null)
+    }
+
+    fn apply(&self, step: &Step, store: &Store) -> Result<(), ActivateError> {
+        match (&step.to, step.op) {
+            (Some(to), Op::Add | Op::Change) => load(store, &step.id.name, to.content).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    fn undo(&self, _step: &Step, _undo: &Value, _store: &Store) -> Result<(), ActivateError> {
+        Ok(())
+    }
+
+    fn undo_blobs(&self, _undo: &Value) -> Vec<Sha256> {
+        Vec::new()
+    }
+}

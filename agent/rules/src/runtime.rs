@@ -1,0 +1,456 @@
+//! The rule engine at run time: events in from MQTT and a local JSON-lines
+//! socket, evaluated by the current rule sets, actions out to MQTT and the
+//! journal.
+//!
+//! ```text
+//!  MQTT (rumqttc) ─┐                      ┌─► publisher task ─► MQTT
+//!                  ├─► events (bounded) ─►│ evaluator ─► alerts ─► journal
+//!  socket lines ───┘                      └─► call hook (WASM)
+//! ```
+//!
+//! One evaluator task takes events in arrival order and, for each event,
+//! loads the current sets from an `ArcSwap` once: the event is evaluated
+//! completely by the sets that were current when it was taken, and the next
+//! event by whatever is current then. A swap therefore never loses or
+//! repeats an event, and costs the swapping side one pointer store. When the
+//! evaluator first sees new sets it hands each set's state (windows,
+//! variables, rate limits) over by set name.
+//!
+//! The evaluator never waits for MQTT: actions go to the publisher task
+//! through an unbounded queue, so a full MQTT request channel cannot stall
+//! the event loop that feeds the evaluator (no wait cycle).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::compile::Compiled;
+use crate::decode::{Envelope, MAX_EVENT_BYTES};
+use crate::eval::State;
+use crate::value::{Event, Output};
+
+/// The rule sets that are running, and what they came from (e.g.
+/// `generation 7`).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub label: String,
+    pub sets: Vec<(Arc<str>, Arc<Compiled>)>,
+}
+
+/// Where the MQTT broker is: `mqtt://host[:port]` (TLS is not built in;
+/// gateways run their broker locally).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+impl MqttTarget {
+    pub fn parse(url: &str) -> Result<MqttTarget, String> {
+        let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
+            format!("{url:?}: only mqtt://host[:port] is supported (no TLS in this build; use a local broker)")
+        })?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{url:?}: port {p:?} is not a number"))?,
+            ),
+            _ => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(format!("{url:?}: expected mqtt://host[:port]"));
+        }
+        Ok(MqttTarget {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub mqtt: Option<MqttTarget>,
+    pub client_id: String,
+    /// A UNIX socket that accepts JSON-lines events (see [`Envelope`]).
+    pub socket: Option<PathBuf>,
+    /// Alerts are also published here (as JSON), besides the journal.
+    pub alert_topic: Option<String>,
+    /// Print every action as a JSON line on stdout (`ferry rules run`).
+    pub print_actions: bool,
+}
+
+/// Counters for metrics and status.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub events: AtomicU64,
+    pub bad_events: AtomicU64,
+    pub fired: AtomicU64,
+    pub actions: AtomicU64,
+    pub action_errors: AtomicU64,
+    pub swaps: AtomicU64,
+}
+
+/// Receives `call(module, export, payload)` actions. The WASM host
+/// implements it; without one, calls are counted as action errors.
+pub trait CallHook: Send + Sync + 'static {
+    fn call(&self, module: &str, export: &str, payload: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+struct Incoming {
+    topic: Arc<str>,
+    time_ms: Option<u64>,
+    payload: Arc<[u8]>,
+}
+
+/// A running rule engine. Dropping it does not stop the tasks; they end
+/// with the tokio runtime.
+#[derive(Clone)]
+pub struct Runtime {
+    current: Arc<ArcSwap<Loaded>>,
+    stats: Arc<Stats>,
+    mqtt: Option<AsyncClient>,
+    subscribed: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("label", &self.current.load().label)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("event socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Runtime {
+    /// Starts the engine's tasks on the current tokio runtime.
+    pub fn start(
+        options: Options,
+        initial: Loaded,
+        hook: Option<Arc<dyn CallHook>>,
+    ) -> Result<Runtime, RuntimeError> {
+        let current = Arc::new(ArcSwap::from_pointee(initial));
+        let stats = Arc::new(Stats::default());
+        let subscribed = Arc::new(Mutex::new(BTreeSet::new()));
+        let (events_tx, events_rx) = mpsc::channel::<Incoming>(4096);
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<Output>();
+
+        let mqtt = match &options.mqtt {
+            Some(target) => {
+                let mut opts =
+                    MqttOptions::new(options.client_id.clone(), target.host.clone(), target.port);
+                opts.set_keep_alive(Duration::from_secs(30));
+                opts.set_max_packet_size(MAX_EVENT_BYTES + 4096, MAX_EVENT_BYTES + 4096);
+                opts.set_clean_session(true);
+                let (client, eventloop) = AsyncClient::new(opts, 1024);
+                tokio::spawn(mqtt_loop(
+                    eventloop,
+                    client.clone(),
+                    current.clone(),
+                    subscribed.clone(),
+                    events_tx.clone(),
+                ));
+                Some(client)
+            }
+            None => None,
+        };
+        if let Some(path) = &options.socket {
+            let _ = std::fs::remove_file(path);
+            let listener =
+                tokio::net::UnixListener::bind(path).map_err(|source| RuntimeError::Socket {
+                    path: path.clone(),
+                    source,
+                })?;
+            // Events are accepted from local processes of the same user only
+            // (the agent's directory and this mode keep others out).
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            tokio::spawn(socket_loop(listener, events_tx.clone(), stats.clone()));
+        }
+        drop(events_tx);
+        tokio::spawn(evaluator(events_rx, current.clone(), stats.clone(), out_tx));
+        tokio::spawn(publisher(
+            out_rx,
+            mqtt.clone(),
+            options.alert_topic.clone(),
+            options.print_actions,
+            hook,
+            stats.clone(),
+        ));
+        Ok(Runtime {
+            current,
+            stats,
+            mqtt,
+            subscribed,
+        })
+    }
+
+    /// Makes `loaded` the running sets. Events already taken finish on the
+    /// old sets; every later event sees the new ones.
+    pub fn swap(&self, loaded: Loaded) {
+        self.current.store(Arc::new(loaded));
+        self.stats.swaps.fetch_add(1, Ordering::Relaxed);
+        if let Some(client) = &self.mqtt {
+            resubscribe(client, &self.current.load(), &self.subscribed, false);
+        }
+    }
+
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+/// Brings the broker's subscriptions in line with the current sets'
+/// filters (all of them after a reconnect, when the broker forgot them).
+fn resubscribe(
+    client: &AsyncClient,
+    loaded: &Loaded,
+    subscribed: &Mutex<BTreeSet<String>>,
+    all: bool,
+) {
+    let want: BTreeSet<String> = loaded
+        .sets
+        .iter()
+        .flat_map(|(_, c)| c.subscriptions().iter().map(|f| f.as_str().to_owned()))
+        .collect();
+    let mut have = subscribed.lock().unwrap_or_else(|p| p.into_inner());
+    if all {
+        have.clear();
+    }
+    for f in want.difference(&have) {
+        if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+            tracing::warn!(filter = %f, error = %e, "rules: subscribing failed");
+        }
+    }
+    for f in have.difference(&want) {
+        let _ = client.try_unsubscribe(f.clone());
+    }
+    *have = want;
+}
+
+async fn mqtt_loop(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    current: Arc<ArcSwap<Loaded>>,
+    subscribed: Arc<Mutex<BTreeSet<String>>>,
+    events: mpsc::Sender<Incoming>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match eventloop.poll().await {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(200);
+                tracing::info!("rules: connected to the MQTT broker");
+                resubscribe(&client, &current.load(), &subscribed, true);
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                let incoming = Incoming {
+                    topic: p.topic.as_str().into(),
+                    time_ms: None,
+                    payload: Arc::from(&p.payload[..]),
+                };
+                if events.send(incoming).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "rules: MQTT connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn socket_loop(
+    listener: tokio::net::UnixListener,
+    events: mpsc::Sender<Incoming>,
+    stats: Arc<Stats>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let events = events.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // Bounded: a line longer than an event may be is cut off and
+                // the connection dropped.
+                let mut limited = (&mut reader).take(MAX_EVENT_BYTES as u64 + 1);
+                match limited.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line.len() > MAX_EVENT_BYTES => {
+                        stats.bad_events.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "rules: event socket line over {MAX_EVENT_BYTES} bytes; closing"
+                        );
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match Envelope::parse(&line) {
+                    Ok(env) => {
+                        let incoming = Incoming {
+                            topic: env.topic.into(),
+                            time_ms: env.time_ms,
+                            payload: env.payload.into(),
+                        };
+                        if events.send(incoming).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        stats.bad_events.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "rules: bad line on the event socket");
+                    }
+                }
+            }
+        });
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+async fn evaluator(
+    mut events: mpsc::Receiver<Incoming>,
+    current: Arc<ArcSwap<Loaded>>,
+    stats: Arc<Stats>,
+    out: mpsc::UnboundedSender<Output>,
+) {
+    let mut seen: Arc<Loaded> = current.load_full();
+    let mut states: Vec<State> = seen.sets.iter().map(|(_, c)| c.new_state()).collect();
+    let mut event = Event::default();
+    let mut actions = Vec::new();
+    while let Some(incoming) = events.recv().await {
+        let loaded = current.load_full();
+        if !Arc::ptr_eq(&loaded, &seen) {
+            states = hand_over(&seen, std::mem::take(&mut states), &loaded);
+            seen = loaded;
+        }
+        stats.events.fetch_add(1, Ordering::Relaxed);
+        event.topic = incoming.topic;
+        event.time_ms = incoming.time_ms.unwrap_or_else(now_ms);
+        event.payload = incoming.payload;
+        for ((name, set), state) in seen.sets.iter().zip(states.iter_mut()) {
+            if let Err(e) = set.decode_into(&event.payload.clone(), &mut event) {
+                stats.bad_events.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(ruleset = %name, topic = %event.topic, error = %e, "rules: event not decoded");
+                continue;
+            }
+            let fired = set.eval(state, &event, &mut actions);
+            stats.fired.fetch_add(fired as u64, Ordering::Relaxed);
+        }
+        for a in actions.drain(..) {
+            let _ = out.send(a);
+        }
+    }
+}
+
+/// The states for `new`'s sets: a set with the same name as one in `old`
+/// takes over that set's state.
+fn hand_over(old: &Loaded, states: Vec<State>, new: &Loaded) -> Vec<State> {
+    let mut by_name: HashMap<&str, (&Compiled, State)> = old
+        .sets
+        .iter()
+        .zip(states)
+        .map(|((n, c), s)| (&**n, (&**c, s)))
+        .collect();
+    new.sets
+        .iter()
+        .map(|(name, c)| match by_name.remove(&**name) {
+            Some((old_set, state)) => c.migrate_state(old_set, state),
+            None => c.new_state(),
+        })
+        .collect()
+}
+
+async fn publisher(
+    mut out: mpsc::UnboundedReceiver<Output>,
+    mqtt: Option<AsyncClient>,
+    alert_topic: Option<String>,
+    print: bool,
+    hook: Option<Arc<dyn CallHook>>,
+    stats: Arc<Stats>,
+) {
+    while let Some(action) = out.recv().await {
+        stats.actions.fetch_add(1, Ordering::Relaxed);
+        if print {
+            println!("{}", action.to_json());
+        }
+        let failed = match &action {
+            Output::Alert { rule, message } => {
+                tracing::warn!(target: "ferry::rules", rule = %rule, message = %message, "alert: {message}");
+                match (&mqtt, &alert_topic) {
+                    (Some(c), Some(t)) => c
+                        .publish(
+                            t.clone(),
+                            QoS::AtLeastOnce,
+                            false,
+                            action.to_json().to_string(),
+                        )
+                        .await
+                        .err()
+                        .map(|e| e.to_string()),
+                    _ => None,
+                }
+            }
+            Output::Publish { topic, payload, .. } => match &mqtt {
+                Some(c) => c
+                    .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                    .await
+                    .err()
+                    .map(|e| e.to_string()),
+                None => Some("no MQTT broker is configured ([rules] mqtt)".to_owned()),
+            },
+            Output::Call {
+                module,
+                export,
+                payload,
+                ..
+            } => match &hook {
+                Some(h) => h.call(module, export, payload).err(),
+                None => Some(format!("no WASM module host for {module}.{export}")),
+            },
+        };
+        if let Some(error) = failed {
+            stats.action_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(rule = %action.rule(), error = %error, "rules: action failed");
+        }
+    }
+}
