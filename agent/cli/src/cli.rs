@@ -131,6 +131,11 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Check, try out or run rule sets (the `ruleset` resource language).
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Run a complete reconcile from an embedded example repository in a temp dir.
     Demo {
         /// Work in DIR (kept afterwards) instead of a temporary directory.
@@ -167,4 +172,50 @@ pub enum AuditAction {
     },
     /// Recompute the hash chain; name the first broken entry.
     Verify(JsonFlag),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesAction {
+    /// Parse, type-check and compile a rule file; print every problem as
+    /// FILE:LINE:COL (exit 3 when there is one).
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+        /// Print the rule set in canonical form (fully parenthesised).
+        #[arg(long)]
+        print: bool,
+    },
+    /// Run events from a JSON-lines file through a rule file and print the
+    /// actions. Each line: {"topic": "...", "time": SECONDS, "payload": {...}};
+    /// without "time" an event happens when the previous one did.
+    Test {
+        file: PathBuf,
+        /// The events file (`-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        events: PathBuf,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Run rule files in the foreground on live events (MQTT and/or a local
+    /// JSON-lines socket) until interrupted; actions go to MQTT and the log.
+    Run {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// MQTT broker: mqtt://HOST[:PORT].
+        #[arg(long, value_name = "URL")]
+        mqtt: Option<String>,
+        /// MQTT client id.
+        #[arg(long, value_name = "ID", default_value = "ferry-rules")]
+        client_id: String,
+        /// Also accept JSON-lines events on this UNIX socket.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Also publish alerts (as JSON) to this MQTT topic.
+        #[arg(long, value_name = "TOPIC")]
+        alert_topic: Option<String>,
+        /// Print each action as a JSON line on stdout.
+        #[arg(long)]
+        print: bool,
+    },
 }

@@ -39,6 +39,9 @@ pub fn run(args: Cli) -> Result<Code> {
     if let Command::Demo { dir } = &args.command {
         return crate::demo::run(dir.as_deref());
     }
+    if let Command::Rules { action } = args.command {
+        return crate::rules::run(action);
+    }
     let config = load_config(&args)?;
     let facts_file = args.facts.clone();
     let facts = || load_facts(facts_file.as_deref(), &config);
@@ -201,7 +204,7 @@ pub fn run(args: Cli) -> Result<Code> {
                 }
             }
         }
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Rules { .. } => unreachable!("handled above"),
     }
     Ok(Code::Success)
 }

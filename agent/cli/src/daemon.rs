@@ -102,6 +102,8 @@ struct Worker {
     shared: Arc<Mutex<Shared>>,
     /// Kept across polls (its HTTP client and connections); rebuilt on reload.
     source: Option<Box<dyn source::Source>>,
+    /// Told after every reconcile, so the rule engine picks up new sets.
+    reconciled: Arc<tokio::sync::Notify>,
 }
 
 impl Worker {
@@ -239,6 +241,7 @@ impl Worker {
             self.shared.lock().unwrap_or_else(|p| p.into_inner()).state = "reconciling".into();
             notify::status("reconciling");
             let result = self.reconcile();
+            self.reconciled.notify_one();
             let (label, text) = {
                 let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
                 s.last_poll = Some(unix_now());
@@ -299,7 +302,7 @@ impl Worker {
     }
 }
 
-fn metrics_text(s: &Shared, bytes: u64) -> String {
+fn metrics_text(s: &Shared, bytes: u64, rules: Option<&ferry_rules::runtime::Runtime>) -> String {
     let mut out = String::new();
     out.push_str("# HELP ferry_reconciles_total Reconciles by result.\n# TYPE ferry_reconciles_total counter\n");
     for label in [
@@ -334,6 +337,39 @@ fn metrics_text(s: &Shared, bytes: u64) -> String {
         "ferry_activation_errors_total {}\n",
         s.metrics.activation_errors
     ));
+    if let Some(rt) = rules {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = rt.stats();
+        for (name, help, v) in [
+            (
+                "ferry_rules_events_total",
+                "Events evaluated by the rule engine.",
+                &st.events,
+            ),
+            (
+                "ferry_rules_bad_events_total",
+                "Events that could not be decoded.",
+                &st.bad_events,
+            ),
+            ("ferry_rules_fired_total", "Rule firings.", &st.fired),
+            (
+                "ferry_rules_actions_total",
+                "Actions produced by rules.",
+                &st.actions,
+            ),
+            (
+                "ferry_rules_action_errors_total",
+                "Actions that failed (publish, call).",
+                &st.action_errors,
+            ),
+            ("ferry_rules_swaps_total", "Rule set swaps.", &st.swaps),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Relaxed)
+            ));
+        }
+    }
     out
 }
 
@@ -364,6 +400,7 @@ pub fn run(args: &Cli) -> Result<Code> {
         .context("recovering before start")?;
 
     let (tx, rx) = mpsc::channel();
+    let reconciled = Arc::new(tokio::sync::Notify::new());
     let worker = Worker {
         args_config: args.config.clone(),
         state_dir: config_state_override(args),
@@ -371,6 +408,7 @@ pub fn run(args: &Cli) -> Result<Code> {
         config: config.clone(),
         shared: shared.clone(),
         source: None,
+        reconciled: reconciled.clone(),
     };
     let mut handle = None;
     rt.block_on(async {
@@ -378,11 +416,13 @@ pub fn run(args: &Cli) -> Result<Code> {
         let _socket = crate::control::serve(&config.agent.control_socket, shared.clone(), tx.clone())
             .await
             .with_context(|| format!("control socket {}", config.agent.control_socket.display()))?;
+        let rules = crate::rules_agent::start(&config, reconciled.clone())?;
         if let Some(listen) = &config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("metrics listener {listen}"))?;
             let shared = shared.clone();
+            let rules = rules.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 while let Ok((mut conn, _)) = listener.accept().await {
@@ -390,7 +430,7 @@ pub fn run(args: &Cli) -> Result<Code> {
                     let _ = conn.read(&mut buf).await;
                     let body = {
                         let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                        metrics_text(&s, ferry_engine::source::tuf::transport::fetched_bytes())
+                        metrics_text(&s, ferry_engine::source::tuf::transport::fetched_bytes(), rules.as_ref())
                     };
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -10,6 +10,8 @@ mod exit;
 mod logging;
 mod notify;
 mod output;
+mod rules;
+mod rules_agent;
 
 use std::process::ExitCode;
 

@@ -38,6 +38,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub agent: AgentConfig,
     pub metrics: MetricsConfig,
+    pub rules: RulesConfig,
 }
 
 /// `[agent]`: the daemon (`ferry run`).
@@ -141,6 +142,22 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 pub struct MetricsConfig {
     /// `127.0.0.1:9469`; loopback addresses only.
     pub listen: Option<String>,
+}
+
+/// `[rules]`: where the rule engine in `ferry run` takes events from and
+/// sends actions to. The engine runs when `mqtt` or `socket` is set; it
+/// evaluates the `ruleset` resources of the current generation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// `mqtt://host[:port]` (port 1883 by default; no TLS: use a local broker).
+    pub mqtt: Option<String>,
+    /// MQTT client id; default `ferry-<hostname>`.
+    pub client_id: Option<String>,
+    /// A UNIX socket accepting JSON-lines events (mode 0600).
+    pub socket: Option<PathBuf>,
+    /// Also publish alerts, as JSON, to this MQTT topic.
+    pub alert_topic: Option<String>,
 }
 
 /// `[health]`: what must pass after a boot into new firmware.
@@ -286,6 +303,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             agent: AgentConfig::default(),
             metrics: MetricsConfig::default(),
+            rules: RulesConfig::default(),
         }
     }
 }
@@ -401,6 +419,22 @@ impl Config {
                     message: "must be at least 1".to_owned(),
                 });
             }
+        }
+        if let Some(url) = &self.rules.mqtt {
+            ferry_rules::runtime::MqttTarget::parse(url).map_err(|message| {
+                ConfigError::Invalid {
+                    key: "rules.mqtt",
+                    message,
+                }
+            })?;
+        }
+        if let Some(t) = &self.rules.alert_topic
+            && (t.is_empty() || t.contains(['+', '#']))
+        {
+            return Err(ConfigError::Invalid {
+                key: "rules.alert_topic",
+                message: format!("{t:?} must be a non-empty topic without + or #"),
+            });
         }
         for c in &self.health.check {
             let kinds = usize::from(!c.command.is_empty())

@@ -90,6 +90,9 @@ pub struct Status {
     pub audit_entries: u64,
 }
 
+/// Rule sets by resource name.
+pub type NamedRulesets = Vec<(String, ferry_rules::Compiled)>;
+
 #[derive(Debug)]
 pub struct Engine {
     config: Config,
@@ -202,7 +205,7 @@ impl Engine {
 
     /// The current generation's number and its rule sets, compiled, in
     /// name order (what the rule engine runs).
-    pub fn active_rulesets(&self) -> Result<(Option<u64>, Vec<(String, ferry_rules::Compiled)>)> {
+    pub fn active_rulesets(&self) -> Result<(Option<u64>, NamedRulesets)> {
         let Some(n) = self.db.current_generation()? else {
             return Ok((None, Vec::new()));
         };

@@ -616,7 +616,7 @@ mod tests {
         let e = check("m.yaml", &doc).unwrap_err().to_string();
         assert_eq!(
             e,
-            "manifest m.yaml: /resources/0/kind: unknown resource kind \"docker\" (known: file, firmware)"
+            "manifest m.yaml: /resources/0/kind: unknown resource kind \"docker\" (known: file, ruleset, firmware)"
         );
     }
 }

@@ -1,0 +1,110 @@
+//! The rule engine inside `ferry run`: runs the current generation's
+//! `ruleset` resources and swaps them when the generation changes (after
+//! the agent's own reconciles at once, after a `ferry apply`/`rollback` from
+//! the command line within a second).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use ferry_engine::{Config, Engine};
+use ferry_rules::runtime::{Loaded, MqttTarget, Options, Runtime};
+use tokio::sync::Notify;
+
+/// The generation `current` points at, read from the symlink (cheap enough
+/// to check every second).
+fn current_generation(state_dir: &Path) -> Option<u64> {
+    std::fs::read_link(state_dir.join("current"))
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .parse()
+        .ok()
+}
+
+/// The compiled rule sets of the current generation.
+fn load(config: &Config) -> Result<(Option<u64>, Loaded)> {
+    let Some(engine) = Engine::open_read_only(config.clone())? else {
+        return Ok((None, Loaded::default()));
+    };
+    let (generation, sets) = engine.active_rulesets()?;
+    let label = generation.map_or("no generation".to_owned(), |n| format!("generation {n}"));
+    let sets = sets
+        .into_iter()
+        .map(|(name, c)| (Arc::from(name.as_str()), Arc::new(c)))
+        .collect();
+    Ok((generation, Loaded { label, sets }))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "gateway".to_owned())
+}
+
+/// Starts the rule engine when `[rules]` names an input; must be called
+/// inside the daemon's tokio runtime. `changed` is notified by the worker
+/// after each reconcile.
+pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Runtime>> {
+    let rc = &config.rules;
+    if rc.mqtt.is_none() && rc.socket.is_none() {
+        return Ok(None);
+    }
+    let options = Options {
+        mqtt: rc
+            .mqtt
+            .as_deref()
+            .map(MqttTarget::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        client_id: rc
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("ferry-{}", hostname())),
+        socket: rc.socket.clone(),
+        alert_topic: rc.alert_topic.clone(),
+        print_actions: false,
+    };
+    let (mut generation, loaded) = match load(config) {
+        Ok(l) => l,
+        Err(e) => {
+            // The agent must keep running (and be able to fix this with the
+            // next revision); the engine starts empty.
+            tracing::error!(error = %format!("{e:#}"), "rules: loading the current rule sets failed");
+            (None, Loaded::default())
+        }
+    };
+    tracing::info!(sets = loaded.sets.len(), from = %loaded.label, "rules: engine started");
+    let runtime = Runtime::start(options, loaded, None)?;
+    let rt = runtime.clone();
+    let config = config.clone();
+    let state_dir: PathBuf = config.state_dir.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let now = current_generation(&state_dir);
+            if now == generation {
+                continue;
+            }
+            let cfg = config.clone();
+            match tokio::task::spawn_blocking(move || load(&cfg)).await {
+                Ok(Ok((g, loaded))) => {
+                    tracing::info!(sets = loaded.sets.len(), from = %loaded.label, "rules: swapped in");
+                    rt.swap(loaded);
+                    generation = g;
+                }
+                Ok(Err(e)) => {
+                    // Try again on the next change; the running sets stay.
+                    tracing::error!(error = %format!("{e:#}"), "rules: loading the new rule sets failed; keeping the running ones");
+                    generation = now;
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    Ok(Some(runtime))
+}
