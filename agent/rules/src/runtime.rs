@@ -166,7 +166,12 @@ impl Runtime {
                 opts.set_keep_alive(Duration::from_secs(30));
                 opts.set_max_packet_size(MAX_EVENT_BYTES + 4096, MAX_EVENT_BYTES + 4096);
                 opts.set_clean_session(true);
-                let (client, eventloop) = AsyncClient::new(opts, 1024);
+                let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+                // Actions are small and latency matters more than packing:
+                // without this, Nagle's algorithm and delayed ACKs add ~40 ms.
+                let mut net = rumqttc::NetworkOptions::new();
+                net.set_tcp_nodelay(true);
+                eventloop.set_network_options(net);
                 tokio::spawn(mqtt_loop(
                     eventloop,
                     client.clone(),
@@ -415,7 +420,7 @@ async fn publisher(
         }
         let failed = match &action {
             Output::Alert { rule, message } => {
-                tracing::warn!(target: "ferry::rules", rule = %rule, message = %message, "alert: {message}");
+                tracing::warn!(target: "ferry::rules", rule = %rule, "alert: {message}");
                 match (&mqtt, &alert_topic) {
                     (Some(c), Some(t)) => c
                         .publish(
