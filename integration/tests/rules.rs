@@ -28,19 +28,17 @@ impl Drop for Proc {
     }
 }
 
+/// `mosquitto_sub` or `mosquitto_pub` for `topic` on the broker, QoS 1.
+fn client(program: &str, broker: &Mosquitto, topic: &str) -> Command {
+    let mut c = Command::new(program);
+    let port = broker.port.to_string();
+    c.args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic]);
+    c
+}
+
 /// `mosquitto_sub` on `topic`; each message arrives as a line.
 fn subscribe(broker: &Mosquitto, topic: &str) -> (Proc, mpsc::Receiver<String>) {
-    let mut child = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-        ])
+    let mut child = client("mosquitto_sub", broker, topic)
         .stdout(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub (apt-get install mosquitto-clients)");
@@ -58,19 +56,8 @@ fn subscribe(broker: &Mosquitto, topic: &str) -> (Proc, mpsc::Receiver<String>) 
 }
 
 fn publish(broker: &Mosquitto, topic: &str, payload: &str) {
-    let ok = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            payload,
-        ])
+    let ok = client("mosquitto_pub", broker, topic)
+        .args(["-m", payload])
         .status()
         .unwrap()
         .success();

@@ -25,10 +25,10 @@ fn loaded(label: &str, src: &str) -> Loaded {
     }
 }
 
-/// A client subscribed to `filter`; received (topic, payload) pairs arrive
-/// on the returned channel.
+/// A client subscribed to `filter` (acknowledged by the broker when this
+/// returns); received (topic, payload) pairs arrive on the channel.
 async fn subscriber(port: u16, filter: &str) -> mpsc::UnboundedReceiver<(String, String)> {
-    let mut opts = MqttOptions::new("test-sub", "127.0.0.1", port);
+    let mut opts = MqttOptions::new(format!("test-sub-{filter}"), "127.0.0.1", port);
     opts.set_inflight(1000);
     let (client, mut el) = AsyncClient::new(opts, 100);
     client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
@@ -123,7 +123,7 @@ async fn a_matching_mqtt_event_produces_the_published_action() {
     "#;
     let rt = Runtime::start(options(&broker), loaded("v1", rules), None).unwrap();
     let mut rx = subscriber(broker.port, "plant/alerts/#").await;
-    let mut alerts = subscriber_named(broker.port, "alerts").await;
+    let mut alerts = subscriber(broker.port, "alerts").await;
     let client = publisher(broker.port).await;
     until_live(
         &client,
@@ -182,32 +182,6 @@ async fn a_matching_mqtt_event_produces_the_published_action() {
             .is_err()
     );
     assert!(rt.stats().bad_events.load(Ordering::Relaxed) >= 1);
-}
-
-async fn subscriber_named(port: u16, filter: &str) -> mpsc::UnboundedReceiver<(String, String)> {
-    // A second subscriber needs its own client id.
-    let mut opts = MqttOptions::new(format!("test-sub-{filter}"), "127.0.0.1", port);
-    opts.set_inflight(1000);
-    let (client, mut el) = AsyncClient::new(opts, 100);
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let _client = client;
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send((
-                        p.topic.clone(),
-                        String::from_utf8_lossy(&p.payload).into_owned(),
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => panic!("subscriber: {e}"),
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    rx
 }
 
 /// 20,000 numbered events while the rule set is swapped 100 times between
