@@ -177,13 +177,12 @@ impl Window {
         }
     }
 
+    /// Drops samples at or before `now - dur` (none while `now < dur`).
     fn evict(&mut self, now: u64, dur: u64) {
-        let cutoff = now.saturating_sub(dur);
-        while self
-            .samples
-            .front()
-            .is_some_and(|&(t, _)| t <= cutoff && now >= dur)
-        {
+        let Some(cutoff) = now.checked_sub(dur) else {
+            return;
+        };
+        while self.samples.front().is_some_and(|&(t, _)| t <= cutoff) {
             self.pop_front();
         }
     }

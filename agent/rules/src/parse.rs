@@ -1,7 +1,7 @@
 //! Text → syntax tree, with `line:col` errors.
 
 use pest::Parser as _;
-use pest::error::{ErrorVariant, InputLocation, LineColLocation};
+use pest::error::{ErrorVariant, LineColLocation};
 use pest::iterators::{Pair, Pairs};
 use pest::pratt_parser::{Assoc, Op, PrattParser};
 use pest_derive::Parser;
@@ -336,9 +336,7 @@ fn syntax_error(e: pest::error::Error<Rule>) -> Diagnostic {
     let (line, col) = match e.line_col {
         LineColLocation::Pos(p) | LineColLocation::Span(p, _) => p,
     };
-    let found = match e.location {
-        InputLocation::Pos(_) | InputLocation::Span(_) => e.line().trim_end(),
-    };
+    let found = e.line().trim_end();
     let message = match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
             let mut names: Vec<&str> = positives.iter().map(describe).collect();
