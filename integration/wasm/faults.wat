@@ -1,0 +1,28 @@
+;; Misbehaving handlers, for containment tests. Each export has the event
+;; handler type; `ok` behaves.
+(module
+  (import "ferry" "emit" (func $emit (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "faults/ok")
+  (func (export "ferry_alloc") (param i32) (result i32) (i32.const 0))
+  (func (export "ok") (param i32 i32) (result i32)
+    (drop (call $emit (i32.const 100) (i32.const 9) (local.get 0) (local.get 1)))
+    (i32.const 0))
+  (func (export "spin") (param i32 i32) (result i32)
+    (loop $forever (br $forever))
+    (i32.const 0))
+  (func (export "grow") (param i32 i32) (result i32)
+    ;; 1000 pages = 62.5 MiB, past any small cap.
+    (drop (memory.grow (i32.const 1000)))
+    (i32.const 0))
+  (func (export "trap") (param i32 i32) (result i32)
+    unreachable)
+  (func $deep (param $n i32) (result i32)
+    (i32.add (call $deep (i32.add (local.get $n) (i32.const 1))) (i32.const 1)))
+  (func (export "recurse") (param i32 i32) (result i32)
+    (call $deep (i32.const 0)))
+  (func (export "oob") (param i32 i32) (result i32)
+    (i32.load (i32.const 0x7fffffff)))
+  (func (export "emit_oob") (param i32 i32) (result i32)
+    (call $emit (i32.const 100) (i32.const 9) (i32.const 65000) (i32.const 100000)))
+)
