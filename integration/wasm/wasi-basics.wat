@@ -4,7 +4,7 @@
 ;;   cat           copy stdin to stdout
 ;;   file SRC DST  copy SRC to DST inside the first preopen (fd 3); exits
 ;;                 with the WASI errno if an open fails
-;;   exit N        exit with status N
+;;   status N      exit with status N
 (module
   (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
@@ -118,8 +118,8 @@
         (call $write (local.get $fd) (i32.const 16384) (local.get $n))
         (drop (call $fd_close (local.get $fd)))
         (return)))
-    ;; exit N
-    (if (i32.eq (local.get $cmd) (i32.const 120))
+    ;; status N
+    (if (i32.eq (local.get $cmd) (i32.const 115))
       (then (call $proc_exit (call $atoi (call $arg (i32.const 2))))))
     (call $proc_exit (i32.const 64)))
 )

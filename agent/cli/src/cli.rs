@@ -136,6 +136,11 @@ pub enum Command {
         #[command(subcommand)]
         action: RulesAction,
     },
+    /// Try WASM modules the way the agent runs them.
+    Wasm {
+        #[command(subcommand)]
+        action: WasmAction,
+    },
     /// Run a complete reconcile from an embedded example repository in a temp dir.
     Demo {
         /// Work in DIR (kept afterwards) instead of a temporary directory.
@@ -172,6 +177,39 @@ pub enum AuditAction {
     },
     /// Recompute the hash chain; name the first broken entry.
     Verify(JsonFlag),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WasmAction {
+    /// Run a WASI (preview 1) command module once, sandboxed as the agent
+    /// sandboxes modules: same engine, memory cap, only the directories and
+    /// variables given here, no network, a zero clock unless --clocks.
+    /// stdin/stdout/stderr are the terminal's. Exits with the module's exit
+    /// status; 134 when it traps; 125 when ferry cannot run it.
+    #[command(trailing_var_arg = true)]
+    Run {
+        /// Grant directory HOST, seen by the module as GUEST (default: the
+        /// same path), read-write. Repeatable.
+        #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+        dirs: Vec<String>,
+        /// Grant the variable NAME=VAL (NAME alone: its value here). Repeatable.
+        #[arg(long = "env", value_name = "NAME[=VAL]")]
+        env: Vec<String>,
+        /// Bound the run to N fuel units (about one per instruction).
+        #[arg(long, value_name = "N")]
+        fuel: Option<u64>,
+        /// Memory cap in MiB (the agent's default is 16).
+        #[arg(long, value_name = "MIB", default_value_t = ferry_wasm::spec::DEFAULT_MEMORY_MIB)]
+        max_memory_mib: u32,
+        /// Grant the real wall and monotonic clocks.
+        #[arg(long)]
+        clocks: bool,
+        /// The module (.wasm, or .wat text).
+        file: PathBuf,
+        /// Arguments for the module (argv[1..]).
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

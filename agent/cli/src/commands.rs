@@ -204,7 +204,9 @@ pub fn run(args: Cli) -> Result<Code> {
                 }
             }
         }
-        Command::Demo { .. } | Command::Rules { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Rules { .. } | Command::Wasm { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(Code::Success)
 }

@@ -12,6 +12,8 @@ mod notify;
 mod output;
 mod rules;
 mod rules_agent;
+mod wasm;
+mod wasm_agent;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,9 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     logging::init(&args.log_level);
     let _failpoints = ferry_engine::failpoints::ENABLED.then(arm_failpoints);
+    if let cli::Command::Wasm { action } = args.command {
+        return wasm::run(action);
+    }
     match commands::run(args) {
         Ok(code) => code.into(),
         Err(e) => {

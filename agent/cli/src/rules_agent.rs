@@ -12,6 +12,8 @@ use ferry_engine::{Config, Engine};
 use ferry_rules::runtime::{Loaded, MqttTarget, Options, Runtime};
 use tokio::sync::Notify;
 
+use crate::wasm_agent::ModuleHost;
+
 /// The generation `current` points at, read from the symlink (cheap enough
 /// to check every second).
 fn current_generation(state_dir: &Path) -> Option<u64> {
@@ -24,7 +26,7 @@ fn current_generation(state_dir: &Path) -> Option<u64> {
 }
 
 /// The compiled rule sets of the current generation.
-fn load(config: &Config) -> Result<(Option<u64>, Loaded)> {
+fn load_rules(config: &Config) -> Result<(Option<u64>, Loaded)> {
     let Some(engine) = Engine::open_read_only(config.clone())? else {
         return Ok((None, Loaded::default()));
     };
@@ -35,6 +37,22 @@ fn load(config: &Config) -> Result<(Option<u64>, Loaded)> {
         .map(|(name, c)| (Arc::from(name.as_str()), Arc::new(c)))
         .collect();
     Ok((generation, Loaded { label, sets }))
+}
+
+/// The current generation's modules (swapped in first, so that the new
+/// rules find them) and rule sets. A generation whose modules do not load
+/// changes nothing.
+fn load(config: &Config, modules: &ModuleHost) -> Result<(Option<u64>, Loaded)> {
+    for _ in 0..5 {
+        let (module_gen, loaded_modules) = modules.load_current()?;
+        let (generation, loaded) = load_rules(config)?;
+        if module_gen == generation {
+            modules.swap(loaded_modules);
+            return Ok((generation, loaded));
+        }
+        // A switch happened between the two reads: read both again.
+    }
+    anyhow::bail!("the generation kept changing while loading")
 }
 
 fn hostname() -> String {
@@ -66,17 +84,18 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Runtime>> {
         alert_topic: rc.alert_topic.clone(),
         print_actions: false,
     };
-    let (mut generation, loaded) = match load(config) {
+    let modules = Arc::new(ModuleHost::start(config));
+    let (mut generation, loaded) = match load(config, &modules) {
         Ok(l) => l,
         Err(e) => {
             // The agent must keep running (and be able to fix this with the
             // next revision); the engine starts empty.
-            tracing::error!(error = %format!("{e:#}"), "rules: loading the current rule sets failed");
+            tracing::error!(error = %format!("{e:#}"), "rules: loading the current rule sets and modules failed");
             (None, Loaded::default())
         }
     };
-    tracing::info!(sets = loaded.sets.len(), from = %loaded.label, "rules: engine started");
-    let runtime = Runtime::start(options, loaded, None)?;
+    tracing::info!(sets = loaded.sets.len(), modules = modules.service().modules().len(), from = %loaded.label, "rules: engine started");
+    let runtime = Runtime::start(options, loaded, Some(modules.hook()))?;
     let rt = runtime.clone();
     let config = config.clone();
     let state_dir: PathBuf = config.state_dir.clone();
@@ -90,10 +109,10 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Runtime>> {
             if now == generation {
                 continue;
             }
-            let cfg = config.clone();
-            match tokio::task::spawn_blocking(move || load(&cfg)).await {
+            let (cfg, m) = (config.clone(), modules.clone());
+            match tokio::task::spawn_blocking(move || load(&cfg, &m)).await {
                 Ok(Ok((g, loaded))) => {
-                    tracing::info!(sets = loaded.sets.len(), from = %loaded.label, "rules: swapped in");
+                    tracing::info!(sets = loaded.sets.len(), modules = modules.service().modules().len(), from = %loaded.label, "rules: swapped in");
                     rt.swap(loaded);
                     generation = g;
                 }

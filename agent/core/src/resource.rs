@@ -17,20 +17,22 @@ use crate::digest::ContentRef;
 pub enum Kind {
     File,
     Ruleset,
+    Wasm,
     Firmware,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown resource kind {0:?} (known: file, ruleset, firmware)")]
+#[error("unknown resource kind {0:?} (known: file, ruleset, wasm, firmware)")]
 pub struct UnknownKind(pub String);
 
 impl Kind {
-    pub const ALL: &'static [Kind] = &[Kind::File, Kind::Ruleset, Kind::Firmware];
+    pub const ALL: &'static [Kind] = &[Kind::File, Kind::Ruleset, Kind::Wasm, Kind::Firmware];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::File => "file",
             Kind::Ruleset => "ruleset",
+            Kind::Wasm => "wasm",
             Kind::Firmware => "firmware",
         }
     }

@@ -39,6 +39,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub metrics: MetricsConfig,
     pub rules: RulesConfig,
+    pub wasm: WasmConfig,
 }
 
 /// `[agent]`: the daemon (`ferry run`).
@@ -158,6 +159,33 @@ pub struct RulesConfig {
     pub socket: Option<PathBuf>,
     /// Also publish alerts, as JSON, to this MQTT topic.
     pub alert_topic: Option<String>,
+}
+
+/// `[wasm]`: the module host that runs `wasm` resources (docs/wasm.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WasmConfig {
+    /// Root of the directories modules may be granted
+    /// (`capabilities.dirs[].host` is relative to it); default
+    /// `<state_dir>/wasm-data`.
+    pub data_dir: Option<PathBuf>,
+    /// Largest memory cap a module may declare, in MiB (sizes the pool).
+    pub max_memory_mib: u32,
+    /// Live module instances at most.
+    pub max_instances: u32,
+    /// Keep compiled modules in `<state_dir>/wasm-cache` (sealed).
+    pub cache: bool,
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        WasmConfig {
+            data_dir: None,
+            max_memory_mib: 256,
+            max_instances: 64,
+            cache: true,
+        }
+    }
 }
 
 /// `[health]`: what must pass after a boot into new firmware.
@@ -304,6 +332,7 @@ impl Default for Config {
             agent: AgentConfig::default(),
             metrics: MetricsConfig::default(),
             rules: RulesConfig::default(),
+            wasm: WasmConfig::default(),
         }
     }
 }
@@ -434,6 +463,26 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "rules.alert_topic",
                 message: format!("{t:?} must be a non-empty topic without + or #"),
+            });
+        }
+        if let Some(d) = &self.wasm.data_dir
+            && !d.is_absolute()
+        {
+            return Err(ConfigError::Invalid {
+                key: "wasm.data_dir",
+                message: format!("must be an absolute path, not {d:?}"),
+            });
+        }
+        if !(1..=4096).contains(&self.wasm.max_memory_mib) {
+            return Err(ConfigError::Invalid {
+                key: "wasm.max_memory_mib",
+                message: format!("{} is outside 1..=4096", self.wasm.max_memory_mib),
+            });
+        }
+        if !(2..=10_000).contains(&self.wasm.max_instances) {
+            return Err(ConfigError::Invalid {
+                key: "wasm.max_instances",
+                message: format!("{} is outside 2..=10000", self.wasm.max_instances),
             });
         }
         for c in &self.health.check {

@@ -222,6 +222,22 @@ impl Engine {
         Ok((Some(n), sets))
     }
 
+    /// The current generation's number and its `wasm` resources, in name
+    /// order (what the module host serves).
+    pub fn active_modules(&self) -> Result<(Option<u64>, Vec<ferry_core::Resource>)> {
+        let Some(n) = self.db.current_generation()? else {
+            return Ok((None, Vec::new()));
+        };
+        let modules = self
+            .db
+            .resources(n)?
+            .iter()
+            .filter(|r| r.kind == Kind::Wasm)
+            .cloned()
+            .collect();
+        Ok((Some(n), modules))
+    }
+
     // ---- planning -----------------------------------------------------------------
 
     /// The resources of the current generation.
@@ -582,10 +598,13 @@ impl Engine {
             &step.id,
             "injected failure (failpoint activate::before-apply)"
         )));
-        match &original {
-            Some(original) => act.undo(step, original, &self.store)?,
-            None => act.apply(step, &self.store)?,
-        }
+        let notes = match &original {
+            Some(original) => {
+                act.undo(step, original, &self.store)?;
+                Value::Null
+            }
+            None => act.apply_noted(step, &self.store)?,
+        };
         fail_point!(fp::ACTIVATE_AFTER_APPLY);
         let actor = t.actor.clone();
         self.db
@@ -600,7 +619,13 @@ impl Engine {
                         generation: t.to_gen,
                         event: "activated",
                         actor: &actor,
-                        details: json!({"transition": t.id, "op": step.op.as_str(), "kind": step.id.kind.as_str(), "resource": step.id.name}),
+                        details: {
+                            let mut d = json!({"transition": t.id, "op": step.op.as_str(), "kind": step.id.kind.as_str(), "resource": step.id.name});
+                            if !notes.is_null() {
+                                d["notes"] = notes.clone();
+                            }
+                            d
+                        },
                     },
                 )
             })
@@ -1210,6 +1235,10 @@ fn default_activators(config: &Config) -> Activators {
     Activators::new(vec![
         Box::new(FileActivator::new(&config.files.root)),
         Box::new(crate::activate::ruleset::RulesetActivator),
+        Box::new(crate::activate::wasm::WasmActivator::new(
+            &config.state_dir,
+            &config.wasm,
+        )),
         Box::new(FirmwareActivator::new(fw)),
     ])
 }

@@ -37,6 +37,10 @@ const KIND_SCHEMAS: &[(&str, &str)] = &[
         include_str!("../../../schemas/kinds/ruleset.schema.json"),
     ),
     (
+        "https://ferry.dev/schemas/kinds/wasm.schema.json",
+        include_str!("../../../schemas/kinds/wasm.schema.json"),
+    ),
+    (
         "https://ferry.dev/schemas/kinds/firmware.schema.json",
         include_str!("../../../schemas/kinds/firmware.schema.json"),
     ),
@@ -328,6 +332,23 @@ fn resolve(
                 item["name"].as_str().unwrap_or_default().to_owned(),
                 BTreeMap::new(),
             ),
+            Kind::Wasm => {
+                let settings: BTreeMap<String, Value> = ["limits", "capabilities", "probe"]
+                    .into_iter()
+                    .filter_map(|k| item.get(k).map(|v| (k.to_owned(), v.clone())))
+                    .collect();
+                ferry_wasm::ModuleSpec::from_settings(&settings).map_err(|e| match e {
+                    ferry_wasm::WasmError::Spec(m) => {
+                        let field = m.split([':', '.', '[']).next().unwrap_or("").to_owned();
+                        invalid(&field, m)
+                    }
+                    e => invalid("limits", e.to_string()),
+                })?;
+                (
+                    item["name"].as_str().unwrap_or_default().to_owned(),
+                    settings,
+                )
+            }
             Kind::Firmware => (
                 item["name"].as_str().unwrap_or_default().to_owned(),
                 BTreeMap::from([("version".to_owned(), item["version"].clone())]),
@@ -616,7 +637,7 @@ mod tests {
         let e = check("m.yaml", &doc).unwrap_err().to_string();
         assert_eq!(
             e,
-            "manifest m.yaml: /resources/0/kind: unknown resource kind \"docker\" (known: file, ruleset, firmware)"
+            "manifest m.yaml: /resources/0/kind: unknown resource kind \"docker\" (known: file, ruleset, wasm, firmware)"
         );
     }
 }

@@ -343,6 +343,23 @@ impl Db {
         Ok(out)
     }
 
+    /// Appends one audit entry in its own IMMEDIATE transaction (it waits
+    /// for another process's write instead of failing on the upgrade), for
+    /// writers outside the engine such as the module host's fault reports.
+    pub fn append_audit_now(&mut self, ev: &AuditEvent<'_>) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        Db::append_audit(&tx, ev).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
     // ---- meta ---------------------------------------------------------------
 
     fn meta_get(&self, key: &str) -> Result<Option<String>, StateError> {

@@ -62,21 +62,27 @@ pub enum DecodeError {
 }
 
 impl Compiled {
-    /// Decodes a JSON object payload into `event.slots` (reset first).
+    /// Decodes a JSON object payload into `event.slots` (reset first). On
+    /// error every slot is left missing, so rules over `topic` still work
+    /// for payloads that are not JSON (binary frames for a WASM decoder).
     pub fn decode_into(&self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
+        event.slots.clear();
+        event.slots.resize(self.fields.len(), Value::Missing);
         if payload.len() > MAX_EVENT_BYTES {
             return Err(DecodeError::TooLarge(payload.len()));
         }
-        event.slots.clear();
-        event.slots.resize(self.fields.len(), Value::Missing);
         let mut de = serde_json::Deserializer::from_slice(payload);
-        ObjectSeed {
+        let decoded = ObjectSeed {
             trie: &self.trie,
             node: 0,
             slots: &mut event.slots,
         }
-        .deserialize(&mut de)?;
-        de.end()?;
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if let Err(e) = decoded {
+            event.slots.iter_mut().for_each(|s| *s = Value::Missing);
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -100,10 +100,16 @@ pub struct Stats {
     pub swaps: AtomicU64,
 }
 
-/// Receives `call(module, export, payload)` actions. The WASM host
+/// What a finished call hands back: the messages the module emitted, as
+/// (topic, payload), which the engine publishes; or what went wrong.
+pub type CallDone = Box<dyn FnOnce(Result<Vec<(String, Vec<u8>)>, String>) + Send>;
+
+/// Receives `call(module, export, payload)` actions. The WASM module host
 /// implements it; without one, calls are counted as action errors.
 pub trait CallHook: Send + Sync + 'static {
-    fn call(&self, module: &str, export: &str, payload: &[u8]) -> Result<Vec<u8>, String>;
+    /// Starts the call; `done` may run later and on another thread. Calls
+    /// must run in the order they are started.
+    fn call(&self, module: &str, export: &str, payload: Vec<u8>, done: CallDone);
 }
 
 struct Incoming {
@@ -197,9 +203,15 @@ impl Runtime {
             tokio::spawn(socket_loop(listener, events_tx.clone(), stats.clone()));
         }
         drop(events_tx);
-        tokio::spawn(evaluator(events_rx, current.clone(), stats.clone(), out_tx));
+        tokio::spawn(evaluator(
+            events_rx,
+            current.clone(),
+            stats.clone(),
+            out_tx.clone(),
+        ));
         tokio::spawn(publisher(
             out_rx,
+            out_tx,
             mqtt.clone(),
             options.alert_topic.clone(),
             options.print_actions,
@@ -374,9 +386,10 @@ async fn evaluator(
         event.payload = incoming.payload;
         for ((name, set), state) in seen.sets.iter().zip(states.iter_mut()) {
             if let Err(e) = set.decode_into(&event.payload.clone(), &mut event) {
+                // Evaluated anyway, with every field missing: only rules
+                // over the topic can fire.
                 stats.bad_events.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(ruleset = %name, topic = %event.topic, error = %e, "rules: event not decoded");
-                continue;
+                tracing::debug!(ruleset = %name, topic = %event.topic, error = %e, "rules: payload is not a JSON object");
             }
             let fired = set.eval(state, &event, &mut actions);
             stats.fired.fetch_add(fired as u64, Ordering::Relaxed);
@@ -407,6 +420,7 @@ fn hand_over(old: &Loaded, states: Vec<State>, new: &Loaded) -> Vec<State> {
 
 async fn publisher(
     mut out: mpsc::UnboundedReceiver<Output>,
+    again: mpsc::UnboundedSender<Output>,
     mqtt: Option<AsyncClient>,
     alert_topic: Option<String>,
     print: bool,
@@ -444,12 +458,42 @@ async fn publisher(
                 None => Some("no MQTT broker is configured ([rules] mqtt)".to_owned()),
             },
             Output::Call {
+                rule,
                 module,
                 export,
                 payload,
-                ..
             } => match &hook {
-                Some(h) => h.call(module, export, payload).err(),
+                Some(h) => {
+                    // What the module emits is published like any other
+                    // action of the rule.
+                    let (again, stats, rule, what) = (
+                        again.clone(),
+                        stats.clone(),
+                        rule.clone(),
+                        format!("{module}.{export}"),
+                    );
+                    h.call(
+                        module,
+                        export,
+                        payload.clone(),
+                        Box::new(move |result| match result {
+                            Ok(messages) => {
+                                for (topic, payload) in messages {
+                                    let _ = again.send(Output::Publish {
+                                        rule: rule.clone(),
+                                        topic,
+                                        payload,
+                                    });
+                                }
+                            }
+                            Err(error) => {
+                                stats.action_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(rule = %rule, call = %what, error = %error, "rules: action failed");
+                            }
+                        }),
+                    );
+                    None
+                }
                 None => Some(format!("no WASM module host for {module}.{export}")),
             },
         };

@@ -610,7 +610,9 @@ pub(crate) fn describe(e: &wasmtime::Error) -> String {
     }
     if let Some(trap) = e.downcast_ref::<Trap>() {
         let what = match trap {
-            Trap::OutOfFuel => "ran out of fuel (limits.fuel_per_event): stopped".to_owned(),
+            Trap::OutOfFuel => {
+                "ran out of fuel (limits.fuel_per_event, or --fuel): stopped".to_owned()
+            }
             Trap::StackOverflow => "stack overflow (call stack exhausted)".to_owned(),
             Trap::UnreachableCodeReached => "trap: unreachable instruction executed".to_owned(),
             Trap::MemoryOutOfBounds => "trap: out-of-bounds memory access".to_owned(),

@@ -108,9 +108,9 @@ pub fn run_command(opts: &RunOptions) -> Result<i32, WasmError> {
         .map_err(|e| WasmError::from_call(&name, "instantiate", &e))?;
     let start = instance
         .get_typed_func::<(), ()>(&mut store, "_start")
-        .map_err(|_| WasmError::NoExport {
+        .map_err(|_| WasmError::Load {
             module: name.clone(),
-            export: "_start".into(),
+            message: "exports no _start() (not a WASI command; modules the agent serves are reactors, see docs/wasm.md)".into(),
         })?;
     match start.call(&mut store, ()) {
         Ok(()) => Ok(0),

@@ -319,7 +319,11 @@ fn a_module_failing_its_checks_never_replaces_the_running_one() {
     let e = host
         .load("decoder", small(), &big)
         .expect_err("memory 100 pages > 2 MiB");
-    assert!(e.to_string().contains("memory"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("memory cap (limits.memory_mib) exceeded"),
+        "{e}"
+    );
     // None of that reached the service.
     let out = service
         .call("decoder", "decode", frame(9, 0, 0, false))

@@ -15,6 +15,7 @@ use crate::store::Store;
 pub mod file;
 pub mod firmware;
 pub mod ruleset;
+pub mod wasm;
 
 #[derive(Debug, thiserror::Error)]
 #[error("activating {resource}: {message}")]
@@ -39,6 +40,11 @@ pub trait Activator: std::fmt::Debug {
     fn prepare(&self, step: &Step, store: &Store) -> Result<Value, ActivateError>;
     /// Carries out `step`. The new content is in the store.
     fn apply(&self, step: &Step, store: &Store) -> Result<(), ActivateError>;
+    /// `apply`, also returning details for the step's audit entry (`Null`
+    /// for none).
+    fn apply_noted(&self, step: &Step, store: &Store) -> Result<Value, ActivateError> {
+        self.apply(step, store).map(|()| Value::Null)
+    }
     /// Restores what `prepare` saved. Idempotent.
     fn undo(&self, step: &Step, undo: &Value, store: &Store) -> Result<(), ActivateError>;
     /// Blobs an undo record refers to (kept by GC while it may be needed).

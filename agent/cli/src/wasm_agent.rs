@@ -1,0 +1,175 @@
+//! The WASM module host inside `ferry run`: serves the current
+//! generation's `wasm` resources to rule actions (`call(module, export)`),
+//! swaps them when the generation changes, and audits faults.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use ferry_engine::activate::wasm as activate;
+use ferry_engine::state::{AuditEvent, Db};
+use ferry_engine::{Config, Engine};
+use ferry_rules::runtime::{CallDone, CallHook};
+use ferry_wasm::{Host, Modules, Service, WasmError};
+use serde_json::json;
+
+/// Faults of one module are audited at most this often (each entry counts
+/// the faults since the previous one); all are logged and counted.
+const AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+pub struct ModuleHost {
+    config: Config,
+    host: Mutex<Option<Arc<Host>>>,
+    service: Service,
+}
+
+impl std::fmt::Debug for ModuleHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleHost")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModuleHost {
+    pub fn start(config: &Config) -> ModuleHost {
+        let service = Service::start(Modules::new(), Some(fault_auditor(config)));
+        ModuleHost {
+            config: config.clone(),
+            host: Mutex::new(None),
+            service,
+        }
+    }
+
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    fn host(&self) -> Result<Arc<Host>> {
+        let mut host = self.host.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = &*host {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(Host::new(&activate::host_config(
+            &self.config.state_dir,
+            &self.config.wasm,
+        ))?);
+        *host = Some(h.clone());
+        Ok(h)
+    }
+
+    /// Loads (from the precompile cache, normally) and checks the modules
+    /// of the current generation. Blocking.
+    pub fn load_current(&self) -> Result<(Option<u64>, Modules)> {
+        let Some(engine) = Engine::open_read_only(self.config.clone())? else {
+            return Ok((None, Modules::new()));
+        };
+        let (generation, resources) = engine.active_modules()?;
+        if resources.is_empty() {
+            return Ok((generation, Modules::new()));
+        }
+        let host = self.host()?;
+        let data_dir = activate::data_dir(&self.config.state_dir, &self.config.wasm);
+        let mut modules = Modules::new();
+        for r in &resources {
+            let m = activate::load(&host, engine.store(), r, &data_dir)
+                .with_context(|| format!("loading wasm {}", r.name))?;
+            if let ferry_wasm::CacheOutcome::Rejected(why) = &m.cache {
+                self.audit(
+                    generation,
+                    "wasm-cache-rejected",
+                    json!({"module": r.name, "module_sha256": m.sha256, "reason": why, "recompiled": true}),
+                );
+            }
+            modules.insert(r.name.clone(), m);
+        }
+        Ok((generation, modules))
+    }
+
+    fn audit(&self, generation: Option<u64>, event: &str, details: serde_json::Value) {
+        let written =
+            Db::open(&self.config.state_dir.join("state.db"), false).and_then(|mut db| {
+                db.append_audit_now(&AuditEvent {
+                    generation,
+                    event,
+                    actor: "agent",
+                    details,
+                })
+            });
+        if let Err(e) = written {
+            tracing::error!(error = %e, event, "wasm: writing an audit entry failed");
+        }
+    }
+
+    /// Makes `modules` the serving set; calls already running finish on
+    /// the old modules.
+    pub fn swap(&self, modules: Modules) {
+        self.service.swap(modules);
+    }
+
+    pub fn hook(&self) -> Arc<dyn CallHook> {
+        Arc::new(Hook(self.service.clone()))
+    }
+}
+
+struct Hook(Service);
+
+impl CallHook for Hook {
+    fn call(&self, module: &str, export: &str, payload: Vec<u8>, done: CallDone) {
+        self.0.submit(
+            module,
+            export,
+            payload,
+            Box::new(move |result| {
+                done(
+                    result
+                        .map(|emits| emits.into_iter().map(|e| (e.topic, e.payload)).collect())
+                        .map_err(|e| e.to_string()),
+                )
+            }),
+        );
+    }
+}
+
+/// Audits module faults (trap, fuel, memory) in the state database,
+/// rate-limited per module.
+fn fault_auditor(config: &Config) -> ferry_wasm::service::FaultHook {
+    let db_path = config.state_dir.join("state.db");
+    let db: Mutex<Option<Db>> = Mutex::new(None);
+    let last: Mutex<HashMap<String, (Instant, u64)>> = Mutex::new(HashMap::new());
+    Box::new(move |module: &str, export: &str, error: &WasmError| {
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let entry = last
+            .entry(module.to_owned())
+            .or_insert((now - AUDIT_EVERY * 2, 0));
+        entry.1 += 1;
+        if now.duration_since(entry.0) < AUDIT_EVERY {
+            return;
+        }
+        let faults = std::mem::take(&mut entry.1);
+        entry.0 = now;
+        let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
+        if db.is_none() {
+            *db = Db::open(&db_path, false).ok();
+        }
+        let Some(conn) = db.as_mut() else { return };
+        let generation = conn.current_generation().ok().flatten();
+        let written = conn.append_audit_now(&AuditEvent {
+            generation,
+            event: "wasm-fault",
+            actor: "agent",
+            details: json!({
+                "module": module,
+                "export": export,
+                "error": error.to_string(),
+                "faults": faults,
+            }),
+        });
+        if let Err(e) = written {
+            tracing::error!(error = %e, "wasm: auditing a module fault failed");
+            *db = None;
+        }
+    })
+}
