@@ -302,7 +302,7 @@ impl Worker {
     }
 }
 
-fn metrics_text(s: &Shared, bytes: u64, rules: Option<&ferry_rules::runtime::Runtime>) -> String {
+fn metrics_text(s: &Shared, bytes: u64, events: Option<&crate::rules_agent::EventPath>) -> String {
     let mut out = String::new();
     out.push_str("# HELP ferry_reconciles_total Reconciles by result.\n# TYPE ferry_reconciles_total counter\n");
     for label in [
@@ -337,9 +337,38 @@ fn metrics_text(s: &Shared, bytes: u64, rules: Option<&ferry_rules::runtime::Run
         "ferry_activation_errors_total {}\n",
         s.metrics.activation_errors
     ));
-    if let Some(rt) = rules {
+    if let Some(ep) = events {
         use std::sync::atomic::Ordering::Relaxed;
-        let st = rt.stats();
+        let st = ep.rules.stats();
+        let ws = ep.modules.service().stats();
+        for (name, help, v) in [
+            (
+                "ferry_wasm_calls_total",
+                "Calls of WASM module exports.",
+                &ws.calls,
+            ),
+            (
+                "ferry_wasm_call_errors_total",
+                "Calls that failed (status, fault, no such module or export).",
+                &ws.errors,
+            ),
+            (
+                "ferry_wasm_faults_total",
+                "Calls stopped by a trap, fuel or memory limit (instance discarded).",
+                &ws.faults,
+            ),
+            (
+                "ferry_wasm_instantiations_total",
+                "Module instances created (one per module, again after a fault).",
+                &ws.instantiations,
+            ),
+            ("ferry_wasm_swaps_total", "Module set swaps.", &ws.swaps),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Relaxed)
+            ));
+        }
         for (name, help, v) in [
             (
                 "ferry_rules_events_total",
@@ -348,7 +377,7 @@ fn metrics_text(s: &Shared, bytes: u64, rules: Option<&ferry_rules::runtime::Run
             ),
             (
                 "ferry_rules_bad_events_total",
-                "Events that could not be decoded.",
+                "Bad event lines, and payloads that are not JSON objects (evaluated with every field missing).",
                 &st.bad_events,
             ),
             ("ferry_rules_fired_total", "Rule firings.", &st.fired),

@@ -61,10 +61,18 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "gateway".to_owned())
 }
 
-/// Starts the rule engine when `[rules]` names an input; must be called
-/// inside the daemon's tokio runtime. `changed` is notified by the worker
-/// after each reconcile.
-pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Runtime>> {
+/// The agent's event path: the rule engine and the module host its
+/// `call()` actions reach.
+#[derive(Debug, Clone)]
+pub struct EventPath {
+    pub rules: Runtime,
+    pub modules: Arc<ModuleHost>,
+}
+
+/// Starts the rule engine and module host when `[rules]` names an input;
+/// must be called inside the daemon's tokio runtime. `changed` is notified
+/// by the worker after each reconcile.
+pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>> {
     let rc = &config.rules;
     if rc.mqtt.is_none() && rc.socket.is_none() {
         return Ok(None);
@@ -97,6 +105,7 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Runtime>> {
     tracing::info!(sets = loaded.sets.len(), modules = modules.service().modules().len(), from = %loaded.label, "rules: engine started");
     let runtime = Runtime::start(options, loaded, Some(modules.hook()))?;
     let rt = runtime.clone();
+    let host = modules.clone();
     let config = config.clone();
     let state_dir: PathBuf = config.state_dir.clone();
     tokio::spawn(async move {
@@ -109,10 +118,10 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Runtime>> {
             if now == generation {
                 continue;
             }
-            let (cfg, m) = (config.clone(), modules.clone());
+            let (cfg, m) = (config.clone(), host.clone());
             match tokio::task::spawn_blocking(move || load(&cfg, &m)).await {
                 Ok(Ok((g, loaded))) => {
-                    tracing::info!(sets = loaded.sets.len(), modules = modules.service().modules().len(), from = %loaded.label, "rules: swapped in");
+                    tracing::info!(sets = loaded.sets.len(), modules = host.service().modules().len(), from = %loaded.label, "rules: swapped in");
                     rt.swap(loaded);
                     generation = g;
                 }
@@ -125,5 +134,8 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Runtime>> {
             }
         }
     });
-    Ok(Some(runtime))
+    Ok(Some(EventPath {
+        rules: runtime,
+        modules,
+    }))
 }

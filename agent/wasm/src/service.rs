@@ -40,6 +40,9 @@ pub struct Stats {
     pub errors: AtomicU64,
     pub faults: AtomicU64,
     pub swaps: AtomicU64,
+    /// Instances taken into service (the one made at load time, or new
+    /// ones after a fault): `1 - instantiations / calls` is the reuse rate.
+    pub instantiations: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -139,7 +142,7 @@ fn worker(
             seen = modules;
         }
         stats.calls.fetch_add(1, Ordering::Relaxed);
-        let result = run(&seen, &mut live, &job);
+        let result = run(&seen, &mut live, &job, &stats);
         if let Err(e) = &result {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             if e.poisons() {
@@ -159,12 +162,14 @@ fn run(
     modules: &Modules,
     live: &mut HashMap<String, (Arc<Module>, Instance)>,
     job: &Job,
+    stats: &Stats,
 ) -> Result<Vec<Emit>, WasmError> {
     let module = modules
         .get(&job.module)
         .ok_or_else(|| WasmError::NoModule(job.module.clone()))?;
     if !live.contains_key(&job.module) {
         let instance = module.take_instance()?;
+        stats.instantiations.fetch_add(1, Ordering::Relaxed);
         live.insert(job.module.clone(), (module.clone(), instance));
     }
     let (_, instance) = live.get_mut(&job.module).expect("inserted above");
