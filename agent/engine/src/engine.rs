@@ -952,6 +952,14 @@ impl Engine {
         for l in leftovers {
             let _ = fs::remove_file(l);
         }
+        // Compiled code of modules no longer in the store.
+        let cache = self.state_dir.join(crate::activate::wasm::CACHE_DIR);
+        if cache.is_dir() {
+            let keep = referenced.iter().map(|s| s.to_hex()).collect();
+            if let Err(e) = ferry_wasm::cache::retain(&cache, &keep) {
+                tracing::warn!(error = %e, "gc: pruning the wasm cache failed");
+            }
+        }
         self.advance(t, Phase::Confirmed, None)?;
         Ok(outcome)
     }

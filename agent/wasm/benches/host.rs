@@ -27,16 +27,24 @@ fn bench(c: &mut Criterion) {
     c.bench_function("compile decoder (no cache)", |b| {
         b.iter(|| host.compile_only(&decoder).unwrap())
     });
-    host.load("decoder", ModuleSpec::default(), &decoder).unwrap();
+    host.load("decoder", ModuleSpec::default(), &decoder)
+        .unwrap();
     c.bench_function("load decoder from the sealed cache", |b| {
-        b.iter(|| host.load("decoder", ModuleSpec::default(), &decoder).unwrap())
+        b.iter(|| {
+            host.load("decoder", ModuleSpec::default(), &decoder)
+                .unwrap()
+        })
     });
-    let module = host.load("decoder", ModuleSpec::default(), &decoder).unwrap();
+    let module = host
+        .load("decoder", ModuleSpec::default(), &decoder)
+        .unwrap();
     c.bench_function("instantiate (pre-linked, pooled)", |b| {
         b.iter(|| module.instantiate().unwrap())
     });
 
-    let t = host.load("trivial", ModuleSpec::default(), &trivial).unwrap();
+    let t = host
+        .load("trivial", ModuleSpec::default(), &trivial)
+        .unwrap();
     let mut ti = t.take_instance().unwrap();
     c.bench_function("call trivial export, empty input", |b| {
         b.iter(|| ti.call("noop", &[]).unwrap())

@@ -110,7 +110,9 @@ fn idle(n: usize) {
         ..HostConfig::default()
     })
     .unwrap();
-    let module = host.load("decoder", ModuleSpec::default(), &decoder(1)).unwrap();
+    let module = host
+        .load("decoder", ModuleSpec::default(), &decoder(1))
+        .unwrap();
     let frame = [7, 3, 10, 0, 0, 0, 1, 0, 200, 1, 0, 0, 0];
     // Warm the allocator and code pages first.
     let mut warm = module.instantiate().unwrap();

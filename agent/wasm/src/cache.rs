@@ -142,25 +142,27 @@ impl ArtifactCache {
         write_atomic(&path, &data, 0o600)
             .map_err(|e| WasmError::Io(format!("{}: {e}", path.display())))
     }
+}
 
-    /// Removes artifacts whose module is not in `keep` (sha256 hex).
-    pub fn retain(&self, keep: &std::collections::BTreeSet<String>) -> io::Result<usize> {
-        let mut removed = 0;
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(stem) = name.strip_suffix(".cwasm") else {
-                continue;
-            };
-            let module = stem.split('-').next().unwrap_or_default();
-            if !keep.contains(module) {
-                fs::remove_file(entry.path())?;
-                removed += 1;
-            }
+/// Removes the artifacts in the cache directory `dir` whose module (sha256
+/// hex) is not in `keep`; returns how many. Artifacts are derived data: a
+/// module that comes back is compiled again.
+pub fn retain(dir: &Path, keep: &std::collections::BTreeSet<String>) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".cwasm") else {
+            continue;
+        };
+        let module = stem.split('-').next().unwrap_or_default();
+        if !keep.contains(module) {
+            fs::remove_file(entry.path())?;
+            removed += 1;
         }
-        Ok(removed)
     }
+    Ok(removed)
 }
 
 fn read_key(path: &Path) -> Option<Vec<u8>> {
@@ -199,6 +201,12 @@ mod tests {
         assert_eq!(cache.get("aa", "fp"), Lookup::Miss);
         cache.put("aa", "fp", b"native code").expect("put");
         assert_eq!(cache.get("aa", "fp"), Lookup::Hit(b"native code".to_vec()));
+        // gc: artifacts of modules no generation holds go.
+        cache.put("dd", "fp", b"other").expect("put");
+        let keep = std::collections::BTreeSet::from(["aa".to_owned()]);
+        assert_eq!(retain(cache.dir(), &keep).expect("retain"), 1);
+        assert_eq!(cache.get("dd", "fp"), Lookup::Miss);
+        assert!(matches!(cache.get("aa", "fp"), Lookup::Hit(_)));
         // Same bytes under another key (module or fingerprint) do not verify.
         fs::copy(cache.path("aa", "fp"), cache.path("bb", "fp")).expect("copy");
         assert!(matches!(cache.get("bb", "fp"), Lookup::Rejected(_)));

@@ -1,6 +1,7 @@
 //! The module host against real modules (WAT compiled with the `wat`
-//! crate): decoding, hot swap under load, containment, the precompile cache
-//! and bad input.
+//! crate): decoding, hot swap under load, containment, grants, the
+//! precompile cache, logging and bad input.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, mpsc};
 
@@ -422,4 +423,96 @@ fn the_precompile_cache_is_used_and_tampering_is_detected() {
         .load("decoder", ModuleSpec::default(), &bytes)
         .expect("load");
     assert_eq!(m.cache, CacheOutcome::Hit, "replaced by a good artifact");
+}
+
+/// A writer that keeps what the fmt subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn module_stdout_and_stderr_go_to_the_log_line_by_line_with_the_module_name() {
+    let printer = wat::parse_str(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (func (export "ferry_alloc") (param i32) (result i32) (i32.const 64))
+          (func $out (param $fd i32) (param $p i32) (param $n i32) (result i32)
+            (i32.store (i32.const 0) (local.get $p))
+            (i32.store (i32.const 4) (local.get $n))
+            (call $w (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+          (func (export "stdout") (param $p i32) (param $n i32) (result i32)
+            (call $out (i32.const 1) (local.get $p) (local.get $n)))
+          (func (export "stderr") (param $p i32) (param $n i32) (result i32)
+            (call $out (i32.const 2) (local.get $p) (local.get $n))))"#,
+    )
+    .unwrap();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let host = host();
+        let m = host
+            .load("printer", ModuleSpec::default(), &printer)
+            .unwrap();
+        let mut i = m.take_instance().unwrap();
+        i.call("stdout", b"first line\nsecond ").unwrap();
+        i.call("stdout", b"line\nunterminated").unwrap();
+        i.call("stderr", b"on stderr\n").unwrap();
+        drop(i);
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("ferry::wasm")).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    for (line, (stream, msg)) in lines.iter().zip([
+        ("stdout", "first line"),
+        ("stdout", "second line"),
+        ("stderr", "on stderr"),
+        ("stdout", "unterminated"),
+    ]) {
+        assert!(line.contains(msg), "{line}");
+        assert!(line.contains("module=printer"), "{line}");
+        assert!(line.contains(&format!("stream=\"{stream}\"")), "{line}");
+    }
+}
+
+#[test]
+fn clocks_read_zero_unless_granted() {
+    let clock = wat::parse_str(
+        r#"(module
+          (import "wasi_snapshot_preview1" "clock_time_get" (func $c (param i32 i64 i32) (result i32)))
+          (import "ferry" "emit" (func $emit (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 100) "t")
+          (func (export "now") (param i32 i32) (result i32)
+            (drop (call $c (i32.const 0) (i64.const 1) (i32.const 0)))
+            (drop (call $emit (i32.const 100) (i32.const 1) (i32.const 0) (i32.const 8)))
+            (i32.const 0)))"#,
+    )
+    .unwrap();
+    let host = host();
+    let now = |spec: ModuleSpec| {
+        let m = host.load("clock", spec, &clock).unwrap();
+        let out = m.take_instance().unwrap().call("now", &[]).unwrap();
+        u64::from_le_bytes(out[0].payload[..8].try_into().unwrap())
+    };
+    assert_eq!(now(ModuleSpec::default()), 0);
+    let mut granted = ModuleSpec::default();
+    granted.capabilities.clocks = true;
+    assert!(
+        now(granted) > 1_700_000_000_000_000_000,
+        "nanoseconds since 1970"
+    );
 }
