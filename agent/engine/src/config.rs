@@ -263,10 +263,47 @@ impl Default for FirmwareConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
-    /// `tuf` (signed, for devices) or `dir` (development only).
+    /// `tuf` or `git` (signed, for devices) or `dir` (development only).
     pub kind: Option<String>,
     pub dir: DirSourceConfig,
     pub tuf: TufSourceConfig,
+    pub git: GitSourceConfig,
+}
+
+/// `[source.git]`: signed commits of one branch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitSourceConfig {
+    /// `https://…`, `http://…` or `file:///…`.
+    pub url: Option<String>,
+    pub branch: String,
+    /// Directory with `allowed_signers` (SSH) and/or `keyring.asc` (OpenPGP).
+    pub trust_dir: Option<PathBuf>,
+    /// The signers policy inside the repository.
+    pub policy: String,
+    /// A fresh device accepts only this commit or its descendants.
+    pub pin: Option<String>,
+    /// Shallow first fetch of this many commits (without `pin` only).
+    pub depth: Option<u32>,
+    /// The manifest inside the repository.
+    pub manifest: String,
+    /// Largest file read from a commit.
+    pub max_file_bytes: u64,
+}
+
+impl Default for GitSourceConfig {
+    fn default() -> Self {
+        GitSourceConfig {
+            url: None,
+            branch: "main".to_owned(),
+            trust_dir: None,
+            policy: "ferry/signers.toml".to_owned(),
+            pin: None,
+            depth: None,
+            manifest: "ferry.yaml".to_owned(),
+            max_file_bytes: crate::source::git::DEFAULT_MAX_FILE_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -577,10 +614,21 @@ impl Config {
                     });
                 }
             }
+            Some("git") => {
+                crate::source::git::GitOptions::from_config(&self.source.git, &self.state_dir)?;
+                if let Some(d) = &self.source.git.trust_dir
+                    && !d.is_absolute()
+                {
+                    return Err(ConfigError::Invalid {
+                        key: "source.git.trust_dir",
+                        message: format!("must be an absolute path, not {d:?}"),
+                    });
+                }
+            }
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     key: "source.kind",
-                    message: format!("unknown source kind {other:?} (known: tuf, dir)"),
+                    message: format!("unknown source kind {other:?} (known: tuf, git, dir)"),
                 });
             }
         }

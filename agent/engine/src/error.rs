@@ -107,6 +107,9 @@ impl EngineError {
             EngineError::Source(crate::source::SourceError::Tuf { .. }) if matches!(self, EngineError::Source(e) if e.is_invalid_input()) => {
                 ErrorClass::Verification
             }
+            EngineError::Source(crate::source::SourceError::Untrusted(_)) => {
+                ErrorClass::Verification
+            }
             EngineError::Source(e) if e.is_invalid_input() => ErrorClass::InvalidInput,
             EngineError::Source(_) => ErrorClass::Internal,
             EngineError::Manifest(_) => ErrorClass::InvalidInput,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ferry_core::{ContentRef, RepoPath};
 
 pub mod dir;
+pub mod git;
 pub mod tuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,16 @@ pub enum SourceError {
         source_name: String,
         error: Box<tuf::TufError>,
     },
+    /// A signed source's history or signatures failed verification (git:
+    /// unsigned or untrusted commits, rollbacks, out-of-scope changes).
+    #[error("{0}")]
+    Untrusted(Box<Untrusted>),
+    /// The git repository could not be reached or read.
+    #[error("{source_name}: {message}")]
+    Git {
+        source_name: String,
+        message: String,
+    },
     #[error("{source_name}: {what}: {source}")]
     Io {
         source_name: String,
@@ -48,7 +59,7 @@ impl SourceError {
     /// Whether the revision's content is at fault (not the machine).
     pub fn is_invalid_input(&self) -> bool {
         match self {
-            SourceError::Io { .. } => false,
+            SourceError::Io { .. } | SourceError::Git { .. } => false,
             SourceError::Tuf { error, .. } => error.is_untrusted_input(),
             _ => true,
         }
@@ -76,9 +87,21 @@ impl SourceError {
             SourceError::Refused { source_name, .. } => {
                 Some(json!({"source": source_name, "error": self.to_string()}))
             }
+            SourceError::Untrusted(u) => Some(
+                json!({"source": u.source_name, "error": self.to_string(), "what": u.what, "reason": u.reason}),
+            ),
             _ => None,
         }
     }
+}
+
+/// What failed verification, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {what}: {reason}")]
+pub struct Untrusted {
+    pub source_name: String,
+    pub what: String,
+    pub reason: String,
 }
 
 /// One verified revision of a source. Owned and shareable, so the renderer
@@ -171,9 +194,13 @@ pub fn from_config(config: &crate::Config) -> Result<Box<dyn Source>, crate::con
             &config.source.tuf,
             &config.state_dir,
         )?)),
+        Some("git") => Ok(Box::new(git::GitSource::new(git::GitOptions::from_config(
+            &config.source.git,
+            &config.state_dir,
+        )?))),
         Some(other) => Err(ConfigError::Invalid {
             key: "source.kind",
-            message: format!("unknown source kind {other:?} (known: tuf, dir)"),
+            message: format!("unknown source kind {other:?} (known: tuf, git, dir)"),
         }),
         None => Err(ConfigError::Invalid {
             key: "source.kind",

@@ -1,0 +1,172 @@
+//! The signers policy kept in the repository (`ferry/signers.toml` by
+//! default): which trusted keys may change which paths. A commit is checked
+//! against the policy of its first parent, so changing the policy itself
+//! takes a signer the previous policy allowed to change that file.
+
+use serde::Deserialize;
+
+/// Largest policy file accepted.
+pub const MAX_POLICY_BYTES: usize = 256 << 10;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(rename = "signer", default)]
+    pub signers: Vec<SignerRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerRule {
+    pub name: String,
+    /// Key ids: `SHA256:…` (SSH, as `ssh-keygen -l` prints) or a 40-hex
+    /// OpenPGP fingerprint.
+    pub keys: Vec<String>,
+    /// Path patterns in the repository: `*` within a name, `**` across
+    /// directories, `?` one character.
+    pub paths: Vec<String>,
+}
+
+impl Policy {
+    /// Parses the policy; errors name the line.
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let p: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (i, s) in p.signers.iter().enumerate() {
+            if s.keys.is_empty() || s.paths.is_empty() {
+                return Err(format!("signer[{i}] ({}): needs keys and paths", s.name));
+            }
+            for k in &s.keys {
+                if normalise_key(k).is_none() {
+                    return Err(format!(
+                        "signer[{i}] ({}): {k:?} is neither SHA256:… (SSH) nor a 40-hex OpenPGP fingerprint",
+                        s.name
+                    ));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// The rules naming `key_id` (as [`super::sig::Signer::key_id`]).
+    pub fn rules_for(&self, key_id: &str) -> Vec<&SignerRule> {
+        self.signers
+            .iter()
+            .filter(|s| {
+                s.keys
+                    .iter()
+                    .any(|k| normalise_key(k).as_deref() == Some(key_id))
+            })
+            .collect()
+    }
+
+    /// The first of `paths` that `key_id` may not change, if any.
+    pub fn first_forbidden<'p>(&self, key_id: &str, paths: &'p [String]) -> Option<&'p String> {
+        let rules = self.rules_for(key_id);
+        paths.iter().find(|p| {
+            !rules
+                .iter()
+                .any(|r| r.paths.iter().any(|pat| glob_match(pat, p)))
+        })
+    }
+}
+
+/// `SHA256:x` → `ssh:SHA256:x`; 40 hex → `openpgp:<UPPER>`.
+fn normalise_key(k: &str) -> Option<String> {
+    let k = k.trim();
+    if let Some(rest) = k.strip_prefix("SHA256:") {
+        return (!rest.is_empty()).then(|| format!("ssh:SHA256:{rest}"));
+    }
+    let hex: String = k.chars().filter(|c| !c.is_whitespace()).collect();
+    (hex.len() == 40 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| format!("openpgp:{}", hex.to_ascii_uppercase()))
+}
+
+/// Glob over `/`-separated paths: `**` matches any number of whole
+/// segments, `*` any characters but `/`, `?` one character but `/`.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    let pat: Vec<&str> = pattern.split('/').collect();
+    let segs: Vec<&str> = path.split('/').collect();
+    match_segments(&pat, &segs)
+}
+
+fn match_segments(pat: &[&str], segs: &[&str]) -> bool {
+    match pat.split_first() {
+        None => segs.is_empty(),
+        Some((&"**", rest)) => (0..=segs.len()).any(|i| match_segments(rest, &segs[i..])),
+        Some((p, rest)) => match segs.split_first() {
+            Some((s, srest)) => {
+                match_one(p.as_bytes(), s.as_bytes()) && match_segments(rest, srest)
+            }
+            None => false,
+        },
+    }
+}
+
+fn match_one(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| match_one(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && match_one(rest, &s[1..]),
+        Some((c, rest)) => s.first() == Some(c) && match_one(rest, &s[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        for (p, s, want) in [
+            ("sites/plant-7/**", "sites/plant-7/a.conf", true),
+            ("sites/plant-7/**", "sites/plant-7/x/y/z", true),
+            ("sites/plant-7/**", "sites/plant-8/a.conf", false),
+            ("sites/plant-7/**", "sites/plant-7", true),
+            ("**", "anything/at/all", true),
+            ("ferry/signers.toml", "ferry/signers.toml", true),
+            ("ferry/*.toml", "ferry/x/signers.toml", false),
+            ("sites/*/rules/*.rules", "sites/p1/rules/a.rules", true),
+            ("file-?.txt", "file-1.txt", true),
+            ("file-?.txt", "file-10.txt", false),
+        ] {
+            assert_eq!(glob_match(p, s), want, "{p} vs {s}");
+        }
+    }
+
+    #[test]
+    fn policy_parses_and_scopes_keys() {
+        let p = Policy::parse(
+            r#"
+[[signer]]
+name = "fleet-admins"
+keys = ["SHA256:abc", "0123456789abcdef0123456789abcdef01234567"]
+paths = ["**"]
+
+[[signer]]
+name = "site-7"
+keys = ["SHA256:site7"]
+paths = ["sites/plant-7/**"]
+"#,
+        )
+        .expect("policy");
+        let paths = vec!["sites/plant-7/a".to_owned(), "ferry.yaml".to_owned()];
+        assert_eq!(p.first_forbidden("ssh:SHA256:abc", &paths), None);
+        assert_eq!(
+            p.first_forbidden("openpgp:0123456789ABCDEF0123456789ABCDEF01234567", &paths),
+            None
+        );
+        assert_eq!(
+            p.first_forbidden("ssh:SHA256:site7", &paths),
+            Some(&"ferry.yaml".to_owned())
+        );
+        assert_eq!(
+            p.first_forbidden("ssh:SHA256:unknown", &paths[..1]),
+            Some(&"sites/plant-7/a".to_owned())
+        );
+        let e = Policy::parse("[[signer]]\nname = \"x\"\nkeys = [\"nope\"]\npaths = [\"**\"]\n")
+            .expect_err("bad key");
+        assert!(e.contains("neither SHA256"), "{e}");
+        let e = Policy::parse("[[signer]]\nname = \"x\"\nbogus = 1\n").expect_err("unknown");
+        assert!(e.contains("line 3") || e.contains("bogus"), "{e}");
+    }
+}

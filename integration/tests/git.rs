@@ -1,0 +1,423 @@
+//! The git source end to end with real git, ssh-keygen and gpg: verdicts
+//! equal `git verify-commit`'s; unsigned or untrusted commits anywhere in
+//! the range, rollbacks, unrelated history, out-of-scope changes, policy
+//! changes by the wrong signer, oversized files and symlinks are refused and
+//! audited with the running generation untouched; signed commits converge
+//! over `file://` and smart HTTP.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "support/gitrepo.rs"]
+mod gitrepo;
+
+use std::fs;
+use std::process::Output;
+
+use common::Fixture;
+use gitrepo::{HttpServer, Key, Keys, Repo, ssh_sign};
+
+const MANIFEST: &str = "apiVersion: ferry.dev/v1\nresources:\n  - kind: file\n    path: /etc/app/site.conf\n    source: sites/plant-7/site.conf\n";
+
+struct Setup {
+    fx: Fixture,
+    keys: Keys,
+    repo: Repo,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let fx = Fixture::new();
+        let keys = Keys::new(fx.dir.path());
+        let repo = Repo::new(fx.dir.path(), &keys);
+        let s = Setup { fx, keys, repo };
+        s.configure(&format!("file://{}", s.repo.bare.display()), "");
+        s
+    }
+
+    /// Points ferry at `url`; `extra` goes into `[source.git]`.
+    fn configure(&self, url: &str, extra: &str) {
+        fs::write(
+            &self.fx.config,
+            format!(
+                "state_dir = {:?}\n[source]\nkind = \"git\"\n[source.git]\nurl = {url:?}\ntrust_dir = {:?}\n{extra}\n[files]\nroot = {:?}\n",
+                self.fx.state,
+                self.keys.trust_dir(),
+                self.fx.root
+            ),
+        )
+        .unwrap();
+    }
+
+    /// The first revision: manifest, site file and a signers policy giving
+    /// the admins everything and site 7 its directory.
+    fn initial(&self) -> String {
+        self.repo.write("ferry.yaml", MANIFEST);
+        self.repo
+            .write("sites/plant-7/site.conf", "threshold = 80\n");
+        self.repo.write(
+            "ferry/signers.toml",
+            &format!(
+                "[[signer]]\nname = \"fleet-admins\"\nkeys = [{:?}, {:?}, {:?}]\npaths = [\"**\"]\n\n\
+                 [[signer]]\nname = \"site-7-admins\"\nkeys = [{:?}]\npaths = [\"sites/plant-7/**\"]\n",
+                self.keys.admin.policy_id(),
+                self.keys.pgp_ed.policy_id(),
+                self.keys.pgp_rsa.policy_id(),
+                self.keys.site7.policy_id()
+            ),
+        );
+        self.repo.commit("initial", Some(&self.keys.admin))
+    }
+
+    fn site_conf(&self) -> String {
+        fs::read_to_string(self.fx.root.join("etc/app/site.conf")).unwrap()
+    }
+
+    fn apply(&self) -> Output {
+        self.fx.run(&["apply"])
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Acceptance 1: ferry's verdict on a commit equals git's, over the same
+/// allowed signers and keyring.
+#[test]
+fn verdicts_equal_git_verify_commit() {
+    let s = Setup::new();
+    let base = s.initial();
+    let k = &s.keys;
+    let mut cases: Vec<(&str, String)> = Vec::new();
+    let mut n = 0;
+    let mut signed = |name: &'static str, key: Option<&Key>| {
+        n += 1;
+        s.repo
+            .write("sites/plant-7/site.conf", &format!("threshold = {n}\n"));
+        (name, s.repo.commit(name, key))
+    };
+    cases.push(signed("good SSH", Some(&k.admin)));
+    cases.push(signed("good OpenPGP ed25519", Some(&k.pgp_ed)));
+    cases.push(signed("good OpenPGP RSA", Some(&k.pgp_rsa)));
+    cases.push(signed("unsigned", None));
+    cases.push(signed("unknown SSH key", Some(&k.stranger)));
+    cases.push(signed("unknown OpenPGP key", Some(&k.pgp_stranger)));
+    cases.push(signed("key outside its validity window", Some(&k.expired)));
+    let dir = s.fx.dir.path();
+    // Signed in the "file" namespace instead of "git".
+    let wrong_ns = ssh_sign(&k.admin, "file", &s.repo.payload(&base), dir);
+    cases.push(("wrong namespace", s.repo.craft(&base, Some(&wrong_ns))));
+    // A valid signature, but over another commit's content.
+    let good = cases[0].1.clone();
+    cases.push((
+        "forged (signature of another commit)",
+        s.repo.craft(&base, Some(&s.repo.gpgsig(&good))),
+    ));
+    let good_pgp = cases[1].1.clone();
+    cases.push((
+        "forged OpenPGP",
+        s.repo.craft(&base, Some(&s.repo.gpgsig(&good_pgp))),
+    ));
+    // One character of the signature changed.
+    let mut corrupt = s.repo.gpgsig(&good);
+    let lines: Vec<&str> = corrupt.lines().collect();
+    let mid = lines[2].to_owned();
+    let flipped: String = mid
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 10 {
+                if c == 'A' { 'B' } else { 'A' }
+            } else {
+                c
+            }
+        })
+        .collect();
+    corrupt = corrupt.replacen(&mid, &flipped, 1);
+    cases.push((
+        "corrupted SSH signature",
+        s.repo.craft(&good, Some(&corrupt)),
+    ));
+
+    let mut accepted = 0;
+    for (name, commit) in &cases {
+        let (git_ok, g) = s.repo.git_verdict(commit);
+        // A fresh device accepts a first commit only if it is signed by a
+        // trusted key: exactly git's verdict on that commit.
+        let _ = fs::remove_dir_all(&s.fx.state);
+        let _ = fs::remove_dir_all(&s.fx.root);
+        fs::create_dir_all(&s.fx.root).unwrap();
+        s.repo.push(commit);
+        let out = s.apply();
+        assert_eq!(
+            out.status.success(),
+            git_ok,
+            "{name}: git says {g} ({}), ferry: {}",
+            if git_ok { "good" } else { "bad" },
+            stderr(&out)
+        );
+        assert_eq!(git_ok, g == "G", "{name}: %G? = {g}");
+        if git_ok {
+            accepted += 1;
+        } else {
+            assert_eq!(out.status.code(), Some(4), "{name}: {}", stderr(&out));
+            assert!(
+                stderr(&out).contains(&format!("commit {commit}")),
+                "{name}: {}",
+                stderr(&out)
+            );
+        }
+    }
+    assert_eq!(accepted, 3, "the three good signatures");
+}
+
+fn assert_refused(s: &Setup, out: &Output, want: &str, generation: u64, conf: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "accepted: {want}");
+    assert!(err.contains(want), "expected {want:?} in: {err}");
+    assert_eq!(s.fx.current_link(), Some(generation), "{want}");
+    assert_eq!(s.site_conf(), conf, "{want}: running state changed");
+    let audit = s.fx.json(&["audit", "list", "--json"]);
+    let last = audit.as_array().unwrap().last().unwrap().clone();
+    // History and signatures: the source refuses; file content: the
+    // revision (its manifest) is refused.
+    assert!(
+        last["event"] == "source-refused" || last["event"] == "revision-refused",
+        "{want}: {last}"
+    );
+    assert!(last.to_string().contains(want), "{want}: audit {last}");
+}
+
+/// Acceptance 2: every refusal, with the running generation untouched.
+#[test]
+fn bad_histories_are_refused_and_audited() {
+    let s = Setup::new();
+    let server = HttpServer::start(s.repo.bare.parent().unwrap());
+    s.configure(
+        &format!("http://127.0.0.1:{}/fleet.git", server.port),
+        "max_file_bytes = 4096",
+    );
+    let k = &s.keys;
+    let c1 = s.initial();
+    s.repo.push(&c1);
+    s.fx.ok(&["apply"]);
+    s.repo.write("sites/plant-7/site.conf", "threshold = 85\n");
+    let c2 = s.repo.commit("raise threshold", Some(&k.site7));
+    s.repo.push(&c2);
+    s.fx.ok(&["apply"]);
+    assert_eq!(s.site_conf(), "threshold = 85\n");
+    let gen_ok = s.fx.current_link().unwrap();
+    let conf = "threshold = 85\n";
+    let reset = || {
+        s.repo
+            .git()
+            .args(["reset", "-q", "--hard", &c2])
+            .status()
+            .unwrap();
+        s.repo.push(&c2);
+    };
+
+    // An unsigned commit below a signed tip.
+    s.repo.write("sites/plant-7/site.conf", "threshold = 1\n");
+    let unsigned = s.repo.commit("sneaky", None);
+    s.repo.write("sites/plant-7/site.conf", "threshold = 2\n");
+    s.repo.commit("cover", Some(&k.admin));
+    s.repo.push("HEAD");
+    assert_refused(
+        &s,
+        &s.apply(),
+        &format!("commit {unsigned}: is not signed"),
+        gen_ok,
+        conf,
+    );
+    reset();
+    // An untrusted key in the middle.
+    s.repo.write("sites/plant-7/site.conf", "threshold = 3\n");
+    let stranger = s.repo.commit("stranger", Some(&k.stranger));
+    s.repo.write("sites/plant-7/site.conf", "threshold = 4\n");
+    s.repo.commit("cover", Some(&k.admin));
+    s.repo.push("HEAD");
+    assert_refused(
+        &s,
+        &s.apply(),
+        &format!("commit {stranger}: signed by ssh:SHA256:"),
+        gen_ok,
+        conf,
+    );
+    reset();
+    // Force-push back to an older commit.
+    s.repo.push(&c1);
+    assert_refused(&s, &s.apply(), "rollback refused", gen_ok, conf);
+    reset();
+    // Unrelated history, signed by a trusted key.
+    s.repo
+        .git()
+        .args(["checkout", "-q", "--orphan", "other"])
+        .status()
+        .unwrap();
+    s.repo.write("sites/plant-7/site.conf", "threshold = 5\n");
+    s.repo.commit("unrelated", Some(&k.admin));
+    s.repo.push("HEAD");
+    assert_refused(
+        &s,
+        &s.apply(),
+        "unrelated history or a force-push",
+        gen_ok,
+        conf,
+    );
+    s.repo
+        .git()
+        .args(["checkout", "-q", "-f", "main"])
+        .status()
+        .unwrap();
+    reset();
+    // Site 7 changing the manifest (outside its paths).
+    s.repo
+        .write("ferry.yaml", &format!("{MANIFEST}# changed\n"));
+    s.repo.commit("scope", Some(&k.site7));
+    s.repo.push("HEAD");
+    assert_refused(
+        &s,
+        &s.apply(),
+        "does not allow to change ferry.yaml",
+        gen_ok,
+        conf,
+    );
+    reset();
+    // Site 7 widening its own scope in the policy.
+    let policy = fs::read_to_string(s.repo.work.join("ferry/signers.toml")).unwrap();
+    s.repo.write(
+        "ferry/signers.toml",
+        &policy.replace("sites/plant-7/**", "**"),
+    );
+    s.repo.commit("grant myself everything", Some(&k.site7));
+    s.repo.push("HEAD");
+    assert_refused(
+        &s,
+        &s.apply(),
+        "does not allow to change ferry/signers.toml",
+        gen_ok,
+        conf,
+    );
+    reset();
+    // Content problems in authentic commits: the commit is accepted as
+    // history (a later fix goes on top of it), its revision refused.
+    // An oversized file.
+    s.repo.write("sites/plant-7/site.conf", &"x".repeat(5000));
+    s.repo.commit("big", Some(&k.admin));
+    s.repo.push("HEAD");
+    assert_refused(
+        &s,
+        &s.apply(),
+        "5000 bytes; the limit is 4096",
+        gen_ok,
+        conf,
+    );
+    // A symlink leaving the tree.
+    fs::remove_file(s.repo.work.join("sites/plant-7/site.conf")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../../../etc/passwd",
+        s.repo.work.join("sites/plant-7/site.conf"),
+    )
+    .unwrap();
+    s.repo.commit("link", Some(&k.admin));
+    s.repo.push("HEAD");
+    assert_refused(
+        &s,
+        &s.apply(),
+        "sites/plant-7/site.conf is a symlink",
+        gen_ok,
+        conf,
+    );
+    fs::remove_file(s.repo.work.join("sites/plant-7/site.conf")).unwrap();
+
+    // After all that, a good commit on top goes through.
+    s.repo.write("sites/plant-7/site.conf", "threshold = 90\n");
+    let good = s.repo.commit("good", Some(&k.pgp_ed));
+    s.repo.push(&good);
+    s.fx.ok(&["apply"]);
+    assert_eq!(s.site_conf(), "threshold = 90\n");
+    s.fx.ok(&["audit", "verify"]);
+}
+
+/// Acceptance 3: signed commits converge over file:// and HTTP; a bad one
+/// leaves the previous state running. Merges are verified too.
+#[test]
+fn signed_commits_converge_over_file_and_http() {
+    let s = Setup::new();
+    let k = &s.keys;
+    let c1 = s.initial();
+    s.repo.push(&c1);
+    s.fx.ok(&["apply"]);
+    assert_eq!(s.site_conf(), "threshold = 80\n");
+    let audit = s.fx.json(&["audit", "list", "--json"]);
+    let text = audit.to_string();
+    assert!(text.contains(&c1), "commit id audited");
+    assert!(text.contains("ssh:SHA256:"), "signer key id audited");
+    // No change: nothing happens.
+    s.fx.ok(&["apply"]);
+    assert_eq!(s.fx.current_link(), Some(1));
+
+    let server = HttpServer::start(s.repo.bare.parent().unwrap());
+    s.configure(&format!("http://127.0.0.1:{}/fleet.git", server.port), "");
+    // A branch by site 7 merged by an admin (merge signed with OpenPGP).
+    s.repo
+        .git()
+        .args(["checkout", "-q", "-b", "site7"])
+        .status()
+        .unwrap();
+    s.repo.write("sites/plant-7/site.conf", "threshold = 75\n");
+    s.repo.commit("site 7 tuning", Some(&k.site7));
+    s.repo
+        .git()
+        .args(["checkout", "-q", "main"])
+        .status()
+        .unwrap();
+    s.repo.write("README", "fleet\n");
+    s.repo.commit("docs", Some(&k.admin));
+    let out = s
+        .repo
+        .git()
+        .args(["-c", "gpg.format=openpgp", "-c"])
+        .arg(format!("user.signingkey={}", k.pgp_rsa.policy_id()))
+        .args([
+            "merge",
+            "-q",
+            "-S",
+            "--no-ff",
+            "-m",
+            "merge site 7",
+            "site7",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merge = s.repo.head();
+    s.repo.push(&merge);
+    s.fx.ok(&["apply"]);
+    assert_eq!(s.site_conf(), "threshold = 75\n");
+    assert_eq!(s.fx.current_link(), Some(2));
+
+    // A bad one over HTTP: refused, the previous state keeps running.
+    s.repo.write("sites/plant-7/site.conf", "threshold = 1\n");
+    s.repo.commit("unsigned", None);
+    s.repo.push("HEAD");
+    let out = s.apply();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(s.site_conf(), "threshold = 75\n");
+    assert_eq!(s.fx.current_link(), Some(2));
+
+    // Config errors name the key.
+    s.configure("file:///nonexistent", "branch = \"a b\"");
+    let out = s.apply();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("source.git.branch"),
+        "{}",
+        stderr(&out)
+    );
+}
