@@ -134,6 +134,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_policy_parses_and_matches_its_schema() {
+        let text = include_str!("../../../../../policies/git-signers.toml");
+        let p = Policy::parse(text).expect("example");
+        assert_eq!(p.signers.len(), 2);
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../../../schemas/git-signers.schema.json"
+        ))
+        .expect("schema");
+        let doc = serde_json::to_value(toml::from_str::<toml::Value>(text).expect("toml"))
+            .expect("json");
+        let v = jsonschema::validator_for(&schema).expect("validator");
+        assert!(v.is_valid(&doc));
+        assert!(!v.is_valid(&serde_json::json!({"signer": [{"name": "x", "keys": ["nope"], "paths": ["**"]}]})));
+    }
+
+    #[test]
     fn policy_parses_and_scopes_keys() {
         let p = Policy::parse(
             r#"
