@@ -142,11 +142,13 @@ mod tests {
             "../../../../../schemas/git-signers.schema.json"
         ))
         .expect("schema");
-        let doc = serde_json::to_value(toml::from_str::<toml::Value>(text).expect("toml"))
-            .expect("json");
+        let doc =
+            serde_json::to_value(toml::from_str::<toml::Value>(text).expect("toml")).expect("json");
         let v = jsonschema::validator_for(&schema).expect("validator");
         assert!(v.is_valid(&doc));
-        assert!(!v.is_valid(&serde_json::json!({"signer": [{"name": "x", "keys": ["nope"], "paths": ["**"]}]})));
+        assert!(!v.is_valid(
+            &serde_json::json!({"signer": [{"name": "x", "keys": ["nope"], "paths": ["**"]}]})
+        ));
     }
 
     #[test]
