@@ -103,6 +103,10 @@ fn verdicts_equal_git_verify_commit() {
     cases.push(signed("unknown SSH key", Some(&k.stranger)));
     cases.push(signed("unknown OpenPGP key", Some(&k.pgp_stranger)));
     cases.push(signed("key outside its validity window", Some(&k.expired)));
+    cases.push(signed(
+        "key not allowed for the git namespace",
+        Some(&k.file_only),
+    ));
     let dir = s.fx.dir.path();
     // Signed in the "file" namespace instead of "git".
     let wrong_ns = ssh_sign(&k.admin, "file", &s.repo.payload(&base), dir);
@@ -420,4 +424,59 @@ fn signed_commits_converge_over_file_and_http() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A pinned fresh device verifies everything after the pin and refuses
+/// histories that do not contain it; a shallow first fetch works and later
+/// fetches are incremental.
+#[test]
+fn pinned_and_shallow_fresh_devices() {
+    let s = Setup::new();
+    let k = &s.keys;
+    let c1 = s.initial();
+    s.repo.write("sites/plant-7/site.conf", "threshold = 81\n");
+    let pin = s.repo.commit("pin here", Some(&k.admin));
+    s.repo.write("sites/plant-7/site.conf", "threshold = 82\n");
+    let unsigned = s.repo.commit("unsigned after the pin", None);
+    s.repo.write("sites/plant-7/site.conf", "threshold = 83\n");
+    let tip = s.repo.commit("signed tip", Some(&k.admin));
+    let url = format!("file://{}", s.repo.bare.display());
+    s.configure(&url, &format!("pin = {pin:?}"));
+    s.repo.push(&tip);
+    // The unsigned commit after the pin is found, though the tip is signed.
+    let out = s.apply();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("commit {unsigned}: is not signed")),
+        "{}",
+        stderr(&out)
+    );
+    // A history without the pin (the commit before it) is refused.
+    s.repo.push(&c1);
+    let out = s.apply();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pinned commit"), "{}", stderr(&out));
+    // Fixed history on top of the pin: accepted.
+    s.repo
+        .git()
+        .args(["reset", "-q", "--hard", &pin])
+        .status()
+        .unwrap();
+    s.repo.write("sites/plant-7/site.conf", "threshold = 84\n");
+    let good = s.repo.commit("signed", Some(&k.admin));
+    s.repo.push(&good);
+    s.fx.ok(&["apply"]);
+    assert_eq!(s.site_conf(), "threshold = 84\n");
+
+    // Shallow: a new device fetches one commit, then only what is new.
+    let _ = fs::remove_dir_all(&s.fx.state);
+    s.configure(&url, "depth = 1");
+    s.fx.ok(&["apply"]);
+    let shallow = fs::read_to_string(s.fx.state.join("git/repo.git/shallow")).unwrap();
+    assert!(shallow.contains(&good), "{shallow}");
+    s.repo.write("sites/plant-7/site.conf", "threshold = 85\n");
+    s.repo.commit("next", Some(&k.pgp_ed));
+    s.repo.push("HEAD");
+    s.fx.ok(&["apply"]);
+    assert_eq!(s.site_conf(), "threshold = 85\n");
 }

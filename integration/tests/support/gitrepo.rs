@@ -70,6 +70,8 @@ pub struct Keys {
     pub admin: Key,
     pub site7: Key,
     pub expired: Key,
+    /// Listed, but for the "file" namespace only.
+    pub file_only: Key,
     pub stranger: Key,
     pub pgp_ed: Key,
     pub pgp_rsa: Key,
@@ -130,6 +132,7 @@ impl Keys {
             admin: ssh_key(&kd, "admin"),
             site7: ssh_key(&kd, "site7"),
             expired: ssh_key(&kd, "expired"),
+            file_only: ssh_key(&kd, "fileonly"),
             stranger: ssh_key(&kd, "stranger"),
             pgp_ed: pgp_key(&gnupg, "Release Bot <bot@example>", "ed25519"),
             pgp_rsa: pgp_key(&gnupg, "RSA Admin <rsa@example>", "rsa2048"),
@@ -140,10 +143,11 @@ impl Keys {
         let trust = keys.trust_dir();
         fs::create_dir_all(&trust).unwrap();
         let signers = format!(
-            "admin@example {}\nsite7@example namespaces=\"git\" {}\nexpired@example valid-before=\"20200101Z\" {}\n",
+            "admin@example {}\nsite7@example namespaces=\"git\" {}\nexpired@example valid-before=\"20200101Z\" {}\nfiles@example namespaces=\"file\" {}\n",
             keys.admin.ssh_public(),
             keys.site7.ssh_public(),
             keys.expired.ssh_public(),
+            keys.file_only.ssh_public(),
         );
         fs::write(trust.join("allowed_signers"), signers).unwrap();
         let (Key::Pgp(ed, _), Key::Pgp(rsa, _)) = (&keys.pgp_ed, &keys.pgp_rsa) else {
