@@ -3,6 +3,7 @@
 //! swaps them when the generation changes, and audits faults.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,37 @@ pub struct ModuleHost {
     config: Config,
     host: Mutex<Option<Arc<Host>>>,
     service: Service,
+    auditor: Arc<Auditor>,
+}
+
+/// Appends the module host's audit entries to the state database (one
+/// connection, opened on first use and again after an error).
+struct Auditor {
+    path: PathBuf,
+    db: Mutex<Option<Db>>,
+}
+
+impl Auditor {
+    fn write(&self, event: &str, details: serde_json::Value) {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if db.is_none() {
+            *db = Db::open(&self.path, false)
+                .inspect_err(|e| tracing::error!(error = %e, event, "wasm: cannot open the state database to audit"))
+                .ok();
+        }
+        let Some(conn) = db.as_mut() else { return };
+        let generation = conn.current_generation().ok().flatten();
+        let written = conn.append_audit_now(&AuditEvent {
+            generation,
+            event,
+            actor: "agent",
+            details,
+        });
+        if let Err(e) = written {
+            tracing::error!(error = %e, event, "wasm: writing an audit entry failed");
+            *db = None;
+        }
+    }
 }
 
 impl std::fmt::Debug for ModuleHost {
@@ -34,11 +66,16 @@ impl std::fmt::Debug for ModuleHost {
 
 impl ModuleHost {
     pub fn start(config: &Config) -> ModuleHost {
-        let service = Service::start(Modules::new(), Some(fault_auditor(config)));
+        let auditor = Arc::new(Auditor {
+            path: config.state_dir.join("state.db"),
+            db: Mutex::new(None),
+        });
+        let service = Service::start(Modules::new(), Some(fault_auditor(auditor.clone())));
         ModuleHost {
             config: config.clone(),
             host: Mutex::new(None),
             service,
+            auditor,
         }
     }
 
@@ -76,8 +113,7 @@ impl ModuleHost {
             let m = activate::load(&host, engine.store(), r, &data_dir)
                 .with_context(|| format!("loading wasm {}", r.name))?;
             if let ferry_wasm::CacheOutcome::Rejected(why) = &m.cache {
-                self.audit(
-                    generation,
+                self.auditor.write(
                     "wasm-cache-rejected",
                     json!({"module": r.name, "module_sha256": m.sha256, "reason": why, "recompiled": true}),
                 );
@@ -85,21 +121,6 @@ impl ModuleHost {
             modules.insert(r.name.clone(), m);
         }
         Ok((generation, modules))
-    }
-
-    fn audit(&self, generation: Option<u64>, event: &str, details: serde_json::Value) {
-        let written =
-            Db::open(&self.config.state_dir.join("state.db"), false).and_then(|mut db| {
-                db.append_audit_now(&AuditEvent {
-                    generation,
-                    event,
-                    actor: "agent",
-                    details,
-                })
-            });
-        if let Err(e) = written {
-            tracing::error!(error = %e, event, "wasm: writing an audit entry failed");
-        }
     }
 
     /// Makes `modules` the serving set; calls already running finish on
@@ -132,11 +153,8 @@ impl CallHook for Hook {
     }
 }
 
-/// Audits module faults (trap, fuel, memory) in the state database,
-/// rate-limited per module.
-fn fault_auditor(config: &Config) -> ferry_wasm::service::FaultHook {
-    let db_path = config.state_dir.join("state.db");
-    let db: Mutex<Option<Db>> = Mutex::new(None);
+/// Audits module faults (trap, fuel, memory), rate-limited per module.
+fn fault_auditor(auditor: Arc<Auditor>) -> ferry_wasm::service::FaultHook {
     let last: Mutex<HashMap<String, (Instant, u64)>> = Mutex::new(HashMap::new());
     Box::new(move |module: &str, export: &str, error: &WasmError| {
         let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,26 +168,10 @@ fn fault_auditor(config: &Config) -> ferry_wasm::service::FaultHook {
         }
         let faults = std::mem::take(&mut entry.1);
         entry.0 = now;
-        let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-        if db.is_none() {
-            *db = Db::open(&db_path, false).ok();
-        }
-        let Some(conn) = db.as_mut() else { return };
-        let generation = conn.current_generation().ok().flatten();
-        let written = conn.append_audit_now(&AuditEvent {
-            generation,
-            event: "wasm-fault",
-            actor: "agent",
-            details: json!({
-                "module": module,
-                "export": export,
-                "error": error.to_string(),
-                "faults": faults,
-            }),
-        });
-        if let Err(e) = written {
-            tracing::error!(error = %e, "wasm: auditing a module fault failed");
-            *db = None;
-        }
+        drop(last);
+        auditor.write(
+            "wasm-fault",
+            json!({"module": module, "export": export, "error": error.to_string(), "faults": faults}),
+        );
     })
 }

@@ -201,7 +201,7 @@ impl Host {
             engine,
             linker,
             cache,
-            fingerprint: format!("w{}-{fingerprint}", wasmtime_version()),
+            fingerprint: format!("{CACHE_FORMAT}-{fingerprint}"),
             max_memory_mib: config.max_memory_mib,
         })
     }
@@ -315,9 +315,9 @@ impl Host {
     }
 }
 
-fn wasmtime_version() -> &'static str {
-    "48"
-}
+/// Prefix of cache fingerprints: the artifact layout and the wasmtime
+/// major version (deserialization also checks the exact version).
+const CACHE_FORMAT: &str = "w48";
 
 /// Loads native code produced by [`Host::compile`].
 #[allow(unsafe_code)]

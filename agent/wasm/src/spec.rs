@@ -3,6 +3,7 @@
 //! flags. Nothing is granted that is not listed here.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -216,8 +217,6 @@ impl ModuleSpec {
         Ok(())
     }
 }
-
-use std::os::unix::fs::DirBuilderExt as _;
 
 #[cfg(test)]
 mod tests {

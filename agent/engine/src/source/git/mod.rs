@@ -221,21 +221,9 @@ impl GitSource {
         let mut verified = Vec::with_capacity(range.len());
         // Oldest first, so that the first problem reported is the first made.
         for id in range.iter().rev() {
-            let commit = repo
-                .find_commit(*id)
-                .map_err(|e| git_err(e, &format!("reading commit {id}")))?;
-            let time = commit.committer().map(|s| s.seconds()).unwrap_or(0);
-            let signature = commit
-                .signature()
-                .map_err(|e| refused(id, format!("unreadable signature: {e}")))?;
-            let Some((sig, data)) = signature else {
-                return Err(refused(id, "is not signed"));
-            };
-            let signer = trust
-                .verify(sig.as_bytes(), data.to_bstring().as_bytes(), time)
-                .map_err(|e| refused(id, e))?;
+            let signer = commit_signer(repo, trust, id)?;
             let ps = parents(repo, id)?;
-            if floor.is_some() || accepted.is_some() {
+            if floor.is_some() {
                 self.check_paths(repo, id, &ps, &signer)?;
             }
             verified.push(Verified {
@@ -328,42 +316,44 @@ impl GitSource {
     }
 }
 
-impl Source for GitSource {
-    fn fetch(&self) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
+impl GitSource {
+    /// Fetches, then verifies `target` (the fetched tip when `None`)
+    /// against the last accepted commit; `advance` records it as accepted.
+    fn fetch_verified(
+        &self,
+        target: Option<&str>,
+        advance: bool,
+    ) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
         let repo = self.open_repo()?;
         let accepted = self.accepted()?;
         let tip = self.fetch_tip(&repo, accepted.is_none())?;
-        let trust = Trust::load(&self.opts.trust_dir).map_err(|e| git_err(e, "trust"))?;
-        let verified = self.verify(&repo, &trust, accepted, tip)?;
-        let actor = match verified.last() {
-            Some(v) => v.signer.key_id.clone(),
-            // No new commit: the tip is the accepted one; who signed it.
-            None => signer_of(&repo, &trust, tip)?,
+        let id = match target {
+            Some(rev) => resolve(&repo, rev).map_err(|e| git_err(e, rev))?,
+            None => tip,
         };
-        if accepted != Some(tip) {
-            self.set_accepted(&tip)?;
-            tracing::info!(
-                commit = %tip,
-                commits = verified.len(),
-                signer = %actor,
-                "git: accepted"
-            );
-        }
-        self.revision(repo, tip, actor)
-    }
-
-    fn fetch_revision(&self, revision: &str) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
-        let repo = self.open_repo()?;
-        let accepted = self.accepted()?;
-        let _ = self.fetch_tip(&repo, accepted.is_none())?;
-        let id = resolve(&repo, revision).map_err(|e| git_err(e, revision))?;
         let trust = Trust::load(&self.opts.trust_dir).map_err(|e| git_err(e, "trust"))?;
         let verified = self.verify(&repo, &trust, accepted, id)?;
         let actor = match verified.last() {
             Some(v) => v.signer.key_id.clone(),
-            None => signer_of(&repo, &trust, id)?,
+            // No new commit: the target is the accepted one; who signed it.
+            None => commit_signer(&repo, &trust, &id)?.key_id,
         };
+        if advance && accepted != Some(id) {
+            self.set_accepted(&id)?;
+            tracing::info!(commit = %id, commits = verified.len(), signer = %actor, "git: accepted");
+        }
         self.revision(repo, id, actor)
+    }
+}
+
+impl Source for GitSource {
+    fn fetch(&self) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
+        self.fetch_verified(None, true)
+    }
+
+    /// Verified like a fetched tip, without becoming the accepted commit.
+    fn fetch_revision(&self, revision: &str) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
+        self.fetch_verified(Some(revision), false)
     }
 
     fn manifest_path(&self) -> &RepoPath {
@@ -371,18 +361,26 @@ impl Source for GitSource {
     }
 }
 
-fn signer_of(repo: &gix::Repository, trust: &Trust, id: ObjectId) -> Result<String, SourceError> {
+/// Who signed commit `id`, if a trusted key did (its signature checked at
+/// the committer time).
+fn commit_signer(
+    repo: &gix::Repository,
+    trust: &Trust,
+    id: &ObjectId,
+) -> Result<Signer, SourceError> {
     let commit = repo
-        .find_commit(id)
+        .find_commit(*id)
         .map_err(|e| git_err(e, &format!("reading commit {id}")))?;
     let time = commit.committer().map(|s| s.seconds()).unwrap_or(0);
-    match commit.signature() {
-        Ok(Some((sig, data))) => trust
-            .verify(sig.as_bytes(), data.to_bstring().as_bytes(), time)
-            .map(|s| s.key_id)
-            .map_err(|e| refused(&id, e)),
-        _ => Err(refused(&id, "is not signed")),
-    }
+    let signature = commit
+        .signature()
+        .map_err(|e| refused(id, format!("unreadable signature: {e}")))?;
+    let Some((sig, data)) = signature else {
+        return Err(refused(id, "is not signed"));
+    };
+    trust
+        .verify(sig.as_bytes(), data.to_bstring().as_bytes(), time)
+        .map_err(|e| refused(id, e))
 }
 
 fn resolve(repo: &gix::Repository, spec: &str) -> Result<ObjectId, String> {
