@@ -1,4 +1,5 @@
 //! `ferry`: the command-line interface and the agent (`ferry run`).
+#![forbid(unsafe_code)]
 
 mod cli;
 mod commands;

@@ -3,6 +3,7 @@
 //! Everything here is a function of its inputs: no file system, no network,
 //! no clock. Time, when a decision needs it, is a parameter. The rest of ferry
 //! (state, store, sources, activators, the binary) is built around these types.
+#![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod canonical;

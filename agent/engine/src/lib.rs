@@ -7,6 +7,7 @@
 //! - [`manifest`]: turning a verified revision into a checked desired state;
 //! - [`activate`]: the `Activator` trait and one module per kind;
 //! - [`engine`]: apply, rollback, gc and `recover()`, one durable step at a time.
+#![forbid(unsafe_code)]
 
 pub mod activate;
 pub mod config;

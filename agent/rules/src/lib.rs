@@ -8,6 +8,7 @@
 //! from MQTT and a local JSON-lines socket and swaps sets without losing an
 //! event. The language is described in `docs/rules.md`; the grammar is
 //! `src/rules.pest`.
+#![forbid(unsafe_code)]
 
 pub mod ast;
 pub mod compile;

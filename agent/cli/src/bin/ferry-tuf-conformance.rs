@@ -10,6 +10,7 @@
 //! Exit 0 on success, 1 on any failure. Time is the system clock (read
 //! through libc, so `faketime` works); there is no time floor here, the
 //! conformance cases decide the clock.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
