@@ -109,6 +109,8 @@ fn help_documents_commands_and_exit_codes() {
         "recover",
         "Exit codes:",
         "7  an activation failed",
+        "wasm",
+        "`wasm run` exits with the module's own status",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from --help");
     }

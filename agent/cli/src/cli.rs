@@ -16,7 +16,9 @@ Exit codes:
   6  the state database is corrupt
   7  an activation failed; the transition was rolled back
   8  refused in the current state (e.g. nothing to roll back to)
- 10  `plan --exit-code` only: the plan is not empty";
+ 10  `plan --exit-code` only: the plan is not empty
+`wasm run` exits with the module's own status instead (134: it trapped,
+125: ferry could not run it).";
 
 #[derive(Debug, Parser)]
 #[command(
