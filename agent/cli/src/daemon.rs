@@ -363,6 +363,11 @@ fn metrics_text(s: &Shared, bytes: u64, events: Option<&crate::rules_agent::Even
                 &ws.instantiations,
             ),
             ("ferry_wasm_swaps_total", "Module set swaps.", &ws.swaps),
+            (
+                "ferry_wasm_refused_total",
+                "Calls refused because 64 MiB of input was already waiting.",
+                &ws.refused,
+            ),
         ] {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",

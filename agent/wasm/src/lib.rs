@@ -72,6 +72,8 @@ pub enum WasmError {
     NoModule(String),
     #[error("the wasm worker has stopped")]
     Stopped,
+    #[error("module calls are backed up ({0} bytes of input waiting): call refused")]
+    Busy(usize),
 }
 
 impl WasmError {

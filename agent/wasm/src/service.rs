@@ -9,7 +9,7 @@
 //! that instance and the next call gets a fresh one from the pool.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +40,8 @@ pub struct Stats {
     pub errors: AtomicU64,
     pub faults: AtomicU64,
     pub swaps: AtomicU64,
+    /// Calls refused because the queue was full.
+    pub refused: AtomicU64,
     /// Instances taken into service (the one made at load time, or new
     /// ones after a fault): `1 - instantiations / calls` is the reuse rate.
     pub instantiations: AtomicU64,
@@ -50,7 +52,15 @@ pub struct Service {
     modules: Arc<ArcSwap<Modules>>,
     stats: Arc<Stats>,
     jobs: Arc<Mutex<mpsc::Sender<Job>>>,
+    /// Input bytes of the calls waiting for the worker, and their bound.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
+
+/// Input bytes that may wait for the worker by default; beyond that, calls
+/// are refused at once (a slow module under a fast stream must not grow
+/// the agent without bound).
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,18 +73,30 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// Starts the worker thread with `modules`.
     pub fn start(modules: Modules, on_fault: Option<FaultHook>) -> Service {
+        Self::start_bounded(modules, on_fault, DEFAULT_MAX_QUEUED_BYTES)
+    }
+
+    /// Like `start`, with at most `max_queued` input bytes waiting.
+    pub fn start_bounded(
+        modules: Modules,
+        on_fault: Option<FaultHook>,
+        max_queued: usize,
+    ) -> Service {
         let (tx, rx) = mpsc::channel::<Job>();
         let current = Arc::new(ArcSwap::from_pointee(modules));
         let stats = Arc::new(Stats::default());
-        let (c, s) = (current.clone(), stats.clone());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (c, s, q) = (current.clone(), stats.clone(), queued.clone());
         std::thread::Builder::new()
             .name("ferry-wasm".into())
-            .spawn(move || worker(rx, c, s, on_fault))
+            .spawn(move || worker(rx, c, s, q, on_fault))
             .expect("spawning the wasm worker thread");
         Service {
             modules: current,
             stats,
             jobs: Arc::new(Mutex::new(tx)),
+            queued,
+            max_queued,
         }
     }
 
@@ -92,8 +114,16 @@ impl Service {
         &self.stats
     }
 
-    /// Queues a call; `done` runs on the worker thread with the result.
+    /// Queues a call; `done` runs on the worker thread with the result, or
+    /// at once with [`WasmError::Busy`] when the queue is full.
     pub fn submit(&self, module: &str, export: &str, input: Vec<u8>, done: Done) {
+        let size = input.len().max(1);
+        if self.queued.fetch_add(size, Ordering::AcqRel) + size > self.max_queued {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            done(Err(WasmError::Busy(self.max_queued)));
+            return;
+        }
         let job = Job {
             module: module.to_owned(),
             export: export.to_owned(),
@@ -106,6 +136,7 @@ impl Service {
             .unwrap_or_else(|p| p.into_inner())
             .send(job);
         if let Err(mpsc::SendError(job)) = sent {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
             (job.done)(Err(WasmError::Stopped));
         }
     }
@@ -129,11 +160,13 @@ fn worker(
     jobs: mpsc::Receiver<Job>,
     current: Arc<ArcSwap<Modules>>,
     stats: Arc<Stats>,
+    queued: Arc<AtomicUsize>,
     on_fault: Option<FaultHook>,
 ) {
     let mut seen: Arc<Modules> = current.load_full();
     let mut live: HashMap<String, (Arc<Module>, Instance)> = HashMap::new();
     for job in jobs {
+        queued.fetch_sub(job.input.len().max(1), Ordering::AcqRel);
         let modules = current.load_full();
         if !Arc::ptr_eq(&modules, &seen) {
             // Instances of modules that left or changed are dropped (their

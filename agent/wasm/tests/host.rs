@@ -516,3 +516,46 @@ fn clocks_read_zero_unless_granted() {
         "nanoseconds since 1970"
     );
 }
+
+#[test]
+fn a_backed_up_queue_refuses_calls_instead_of_growing() {
+    let host = host();
+    let mut spec = ModuleSpec::default();
+    spec.limits.fuel_per_event = 300_000_000;
+    let faults = host
+        .load("faults", spec, &wat::parse_str(FAULTS).unwrap())
+        .unwrap();
+    let service =
+        Service::start_bounded(Modules::from([("faults".to_owned(), faults)]), None, 10_000);
+    let (tx, rx) = mpsc::channel();
+    // The first call keeps the worker busy; the rest wait in the queue.
+    for _ in 0..20 {
+        let tx = tx.clone();
+        service.submit(
+            "faults",
+            "spin",
+            vec![0; 1000],
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+    }
+    drop(tx);
+    let results: Vec<_> = rx.iter().collect();
+    assert_eq!(results.len(), 20, "every call answered");
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(WasmError::Busy(10_000))))
+        .count();
+    assert!(busy >= 9, "{busy} refused");
+    assert_eq!(
+        service
+            .stats()
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        busy as u64
+    );
+    // Once drained, calls are taken again.
+    let out = service.call("faults", "ok", b"x".to_vec()).unwrap();
+    assert_eq!(out[0].payload, b"x");
+}
