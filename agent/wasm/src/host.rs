@@ -19,7 +19,9 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::WasmError;
 use crate::cache::{ArtifactCache, Lookup};
-use crate::spec::{MAX_EMIT_BYTES, MAX_EMITS_PER_EVENT, MAX_TOPIC_BYTES, ModuleSpec};
+use crate::spec::{
+    DirGrant, Limits, MAX_EMIT_BYTES, MAX_EMITS_PER_EVENT, MAX_TOPIC_BYTES, ModuleSpec,
+};
 use crate::stdio::JournalStream;
 
 /// Import modules a module may name; anything else fails to load.
@@ -368,28 +370,56 @@ pub(crate) fn check_imports(module: &WasmModule) -> Result<(), String> {
     Ok(())
 }
 
-fn wasi_ctx(name: &str, spec: &ModuleSpec) -> Result<WasiP1Ctx, WasmError> {
-    let mut b = WasiCtxBuilder::new();
-    b.arg(name);
-    for (k, v) in &spec.capabilities.env {
+/// Grants exactly these directories, variables and clocks (no clock: a
+/// zero clock) — the one place a sandbox's capabilities are set, for served
+/// modules and `ferry wasm run` alike. Errors name the host directory.
+pub(crate) fn grant<'a>(
+    b: &mut WasiCtxBuilder,
+    dirs: &[DirGrant],
+    env: impl IntoIterator<Item = (&'a str, &'a str)>,
+    clocks: bool,
+) -> Result<(), String> {
+    for (k, v) in env {
         b.env(k, v);
     }
-    for d in &spec.capabilities.dirs {
+    for d in dirs {
         let perms = if d.writable {
             FsPerms::ReadWrite
         } else {
             FsPerms::ReadOnly
         };
         b.preopened_dir(&d.host, &d.guest, perms)
-            .map_err(|e| WasmError::Load {
-                module: name.to_owned(),
-                message: format!("preopening {}: {e:#}", d.host.display()),
-            })?;
+            .map_err(|e| format!("{}: {e:#}", d.host.display()))?;
     }
-    if !spec.capabilities.clocks {
+    if !clocks {
         b.wall_clock(crate::stdio::ZeroClock);
         b.monotonic_clock(crate::stdio::ZeroClock);
     }
+    Ok(())
+}
+
+/// The store limits for `limits`: memory and table caps, one instance,
+/// one memory; growing past the cap traps.
+pub(crate) fn store_limits(limits: &Limits) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size((limits.memory_mib as usize) << 20)
+        .table_elements(limits.table_elements as usize)
+        .instances(1)
+        .tables(4)
+        .memories(1)
+        .trap_on_grow_failure(true)
+        .build()
+}
+
+fn wasi_ctx(name: &str, spec: &ModuleSpec) -> Result<WasiP1Ctx, WasmError> {
+    let mut b = WasiCtxBuilder::new();
+    b.arg(name);
+    let caps = &spec.capabilities;
+    let env = caps.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    grant(&mut b, &caps.dirs, env, caps.clocks).map_err(|e| WasmError::Load {
+        module: name.to_owned(),
+        message: format!("preopening {e}"),
+    })?;
     b.stdout(JournalStream::new(name, "stdout"));
     b.stderr(JournalStream::new(name, "stderr"));
     Ok(b.build_p1())
@@ -403,19 +433,10 @@ impl Module {
             module: self.name.to_string(),
             message,
         };
-        let limits = StoreLimitsBuilder::new()
-            .memory_size((self.spec.limits.memory_mib as usize) << 20)
-            .table_elements(self.spec.limits.table_elements as usize)
-            .instances(1)
-            .tables(4)
-            .memories(1)
-            .trap_on_grow_failure(true)
-            .build();
-        let ctx = Ctx {
-            wasi: wasi_ctx(&self.name, &self.spec)?,
-            limits,
-            emits: Vec::new(),
-        };
+        let ctx = Ctx::new(
+            wasi_ctx(&self.name, &self.spec)?,
+            store_limits(&self.spec.limits),
+        );
         let mut store = Store::new(&self.engine, ctx);
         store.limiter(|c| &mut c.limits);
         let fuel = self.spec.limits.fuel_per_event;

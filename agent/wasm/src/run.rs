@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use wasmtime::{Store, StoreLimitsBuilder};
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wasmtime::Store;
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::WasmError;
 use crate::host::{Ctx, Host, HostConfig};
@@ -73,31 +73,11 @@ pub fn run_command(opts: &RunOptions) -> Result<i32, WasmError> {
     for a in &opts.args {
         b.arg(a);
     }
-    for (k, v) in &opts.env {
-        b.env(k, v);
-    }
-    for d in &opts.dirs {
-        let perms = if d.writable {
-            FsPerms::ReadWrite
-        } else {
-            FsPerms::ReadOnly
-        };
-        b.preopened_dir(&d.host, &d.guest, perms)
-            .map_err(|e| WasmError::Io(format!("--dir {}: {e:#}", d.host.display())))?;
-    }
-    if !opts.clocks {
-        b.wall_clock(crate::stdio::ZeroClock);
-        b.monotonic_clock(crate::stdio::ZeroClock);
-    }
+    let env = opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    crate::host::grant(&mut b, &opts.dirs, env, opts.clocks)
+        .map_err(|e| WasmError::Io(format!("--dir {e}")))?;
     b.inherit_stdio();
-    let limits = StoreLimitsBuilder::new()
-        .memory_size((opts.limits.memory_mib as usize) << 20)
-        .table_elements(opts.limits.table_elements as usize)
-        .instances(1)
-        .tables(4)
-        .memories(1)
-        .trap_on_grow_failure(true)
-        .build();
+    let limits = crate::host::store_limits(&opts.limits);
     let mut store = Store::new(host.engine(), Ctx::new(b.build_p1(), limits));
     store.limiter(|c| c.limits());
     store
