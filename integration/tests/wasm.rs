@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "../wasm/fixtures.rs"]
+mod fixtures;
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
 #[path = "support/site.rs"]
@@ -18,10 +20,9 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::FERRY;
+use fixtures::{FAULTS, decoder};
 use site::{Site, subscribe};
 
-const DECODER: &str = include_str!("../wasm/modbus-decoder.wat");
-const FAULTS: &str = include_str!("../wasm/faults.wat");
 const WASI_BASICS: &str = include_str!("../wasm/wasi-basics.wat");
 
 const RULES: &str = r#"
@@ -29,21 +30,9 @@ RULE decode ON topic ~ "modbus/+/raw" THEN call("decoder", "decode")
 RULE boom ON topic ~ "boom" THEN call("faults", "spin")
 "#;
 
-fn decoder(version: u32) -> Vec<u8> {
-    let text = DECODER.replace(
-        "(global $version i32 (i32.const 1))",
-        &format!("(global $version i32 (i32.const {version}))"),
-    );
-    wat::parse_str(text).unwrap()
-}
-
+/// A frame of the numbered streams: 21.5 °C, 48 %, no alarm.
 fn frame(seq: u32) -> Vec<u8> {
-    let mut f = vec![7, 3, 10];
-    f.extend_from_slice(&seq.to_be_bytes());
-    f.extend_from_slice(&215i16.to_be_bytes());
-    f.extend_from_slice(&480u16.to_be_bytes());
-    f.extend_from_slice(&0u16.to_be_bytes());
-    f
+    fixtures::frame(seq, 215, 480, false)
 }
 
 /// Publishes a revision: the rules above, the decoder as `module`, and the

@@ -6,7 +6,9 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use ferry_wasm::{Host, HostConfig, ModuleSpec, Modules, Service};
 
-const DECODER: &str = include_str!("../../../integration/wasm/modbus-decoder.wat");
+#[path = "../../../integration/wasm/fixtures.rs"]
+mod fixtures;
+
 /// The smallest event handler: takes its input, emits nothing, returns 0.
 const TRIVIAL: &str = r#"(module
   (memory (export "memory") 1)
@@ -20,9 +22,9 @@ fn bench(c: &mut Criterion) {
         ..HostConfig::default()
     })
     .unwrap();
-    let decoder = wat::parse_str(DECODER).unwrap();
+    let decoder = fixtures::decoder(1);
     let trivial = wat::parse_str(TRIVIAL).unwrap();
-    let frame = [7u8, 3, 10, 0, 0, 0, 1, 0, 200, 1, 0, 0, 0];
+    let frame = fixtures::frame(1, 200, 256, false);
 
     c.bench_function("compile decoder (no cache)", |b| {
         b.iter(|| host.compile_only(&decoder).unwrap())

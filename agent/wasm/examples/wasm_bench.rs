@@ -13,15 +13,10 @@ use std::time::{Duration, Instant};
 
 use ferry_wasm::{Host, HostConfig, ModuleSpec};
 
-const DECODER: &str = include_str!("../../../integration/wasm/modbus-decoder.wat");
+#[path = "../../../integration/wasm/fixtures.rs"]
+mod fixtures;
 
-fn decoder(version: u32) -> Vec<u8> {
-    wat::parse_str(DECODER.replace(
-        "(global $version i32 (i32.const 1))",
-        &format!("(global $version i32 (i32.const {version}))"),
-    ))
-    .unwrap()
-}
+use fixtures::decoder;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -113,7 +108,7 @@ fn idle(n: usize) {
     let module = host
         .load("decoder", ModuleSpec::default(), &decoder(1))
         .unwrap();
-    let frame = [7, 3, 10, 0, 0, 0, 1, 0, 200, 1, 0, 0, 0];
+    let frame = fixtures::frame(1, 200, 256, false);
     // Warm the allocator and code pages first.
     let mut warm = module.instantiate().unwrap();
     warm.call("decode", &frame).unwrap();
@@ -147,7 +142,7 @@ fn call(n: u32) {
              (func (export "noop") (param i32 i32) (result i32) (i32.const 0)))"#,
     )
     .unwrap();
-    let frame = [7u8, 3, 10, 0, 0, 0, 1, 0, 200, 1, 0, 0, 0];
+    let frame = fixtures::frame(1, 200, 256, false);
     let mut t = host
         .load("trivial", ModuleSpec::default(), &trivial)
         .unwrap()

@@ -5,31 +5,15 @@
 
 use std::sync::{Arc, mpsc};
 
+#[path = "../../../integration/wasm/fixtures.rs"]
+mod fixtures;
+
 use ferry_wasm::{
     CacheOutcome, DirGrant, Host, HostConfig, ModuleSpec, Modules, Probe, Service, WasmError,
 };
+use fixtures::{FAULTS, decoder, frame};
 
-const DECODER: &str = include_str!("../../../integration/wasm/modbus-decoder.wat");
-const FAULTS: &str = include_str!("../../../integration/wasm/faults.wat");
 const ESCAPE: &str = include_str!("../../../integration/wasm/escape.wat");
-
-fn decoder(version: u32) -> Vec<u8> {
-    let text = DECODER.replace(
-        "(global $version i32 (i32.const 1))",
-        &format!("(global $version i32 (i32.const {version}))"),
-    );
-    wat::parse_str(text).expect("decoder WAT")
-}
-
-/// A register response: unit 7, function 3, 10 bytes of registers.
-fn frame(seq: u32, temp_tenths: i16, hum_tenths: u16, alarm: bool) -> Vec<u8> {
-    let mut f = vec![7, 3, 10];
-    f.extend_from_slice(&seq.to_be_bytes());
-    f.extend_from_slice(&temp_tenths.to_be_bytes());
-    f.extend_from_slice(&hum_tenths.to_be_bytes());
-    f.extend_from_slice(&(alarm as u16).to_be_bytes());
-    f
-}
 
 fn host() -> Host {
     Host::new(&HostConfig::default()).expect("host")
