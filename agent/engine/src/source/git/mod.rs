@@ -183,22 +183,17 @@ impl GitSource {
                 None => None,
             },
         };
-        let range: Vec<ObjectId> = match floor {
+        let range: Vec<(ObjectId, Vec<ObjectId>)> = match floor {
             Some(f) if f == tip => return Ok(Vec::new()),
             Some(f) => {
                 let range = walk(repo, tip, Some(f))?;
-                let descends = range
-                    .iter()
-                    .any(|c| parents(repo, c).is_ok_and(|ps| ps.contains(&f)));
-                if !descends {
+                if !has_parent(&range, &f) {
                     let what = if accepted.is_some() {
                         "the last accepted commit"
                     } else {
                         "the pinned commit"
                     };
-                    let older = walk(repo, f, Some(tip))?
-                        .iter()
-                        .any(|c| parents(repo, c).is_ok_and(|ps| ps.contains(&tip)));
+                    let older = has_parent(&walk(repo, f, Some(tip))?, &tip);
                     return Err(refused(
                         &tip,
                         if older {
@@ -216,15 +211,14 @@ impl GitSource {
             }
             // A fresh device without a pin: the tip must be signed by a
             // trusted key; its history is not judged.
-            None => vec![tip],
+            None => vec![(tip, parents(repo, &tip)?)],
         };
         let mut verified = Vec::with_capacity(range.len());
         // Oldest first, so that the first problem reported is the first made.
-        for id in range.iter().rev() {
+        for (id, ps) in range.iter().rev() {
             let signer = commit_signer(repo, trust, id)?;
-            let ps = parents(repo, id)?;
             if floor.is_some() {
-                self.check_paths(repo, id, &ps, &signer)?;
+                self.check_paths(repo, id, ps, &signer)?;
             }
             verified.push(Verified {
                 commit: *id,
@@ -393,12 +387,13 @@ fn resolve(repo: &gix::Repository, spec: &str) -> Result<ObjectId, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Commits reachable from `tip` but not from `hidden`, newest first.
+/// Commits reachable from `tip` but not from `hidden`, newest first, each
+/// with its parents.
 fn walk(
     repo: &gix::Repository,
     tip: ObjectId,
     hidden: Option<ObjectId>,
-) -> Result<Vec<ObjectId>, SourceError> {
+) -> Result<Vec<(ObjectId, Vec<ObjectId>)>, SourceError> {
     let platform = repo.rev_walk([tip]);
     let platform = match hidden {
         Some(h) => platform.with_hidden([h]),
@@ -406,9 +401,16 @@ fn walk(
     };
     let mut out = Vec::new();
     for info in platform.all().map_err(|e| git_err(e, "walking history"))? {
-        out.push(info.map_err(|e| git_err(e, "walking history"))?.id);
+        let info = info.map_err(|e| git_err(e, "walking history"))?;
+        out.push((info.id, info.parent_ids.to_vec()));
     }
     Ok(out)
+}
+
+/// Whether a commit of `walked` has `id` as a parent: for a walk from a tip
+/// hiding `id`, whether the tip descends from `id`.
+fn has_parent(walked: &[(ObjectId, Vec<ObjectId>)], id: &ObjectId) -> bool {
+    walked.iter().any(|(_, ps)| ps.contains(id))
 }
 
 fn parents(repo: &gix::Repository, id: &ObjectId) -> Result<Vec<ObjectId>, SourceError> {
