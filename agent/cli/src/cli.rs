@@ -103,6 +103,31 @@ pub enum Command {
     },
     /// Run the agent: poll, apply, health-gate, roll back (for systemd).
     Run,
+    /// Import an offline bundle (a mounted USB stick, a bundle directory or
+    /// a FAT image file): verified with this device's own trust roots,
+    /// rollback and freeze state, then applied like `apply`; audited with
+    /// actor usb:LABEL. Exit 8 when PATH holds no bundle.
+    Import {
+        /// The bundle: a directory (e.g. a stick mounted read-only) or a FAT image.
+        path: PathBuf,
+        /// The stick's name in the audit journal (default: the FAT volume
+        /// label, else the directory's name).
+        #[arg(long, value_name = "LABEL")]
+        label: Option<String>,
+        /// Wait up to SECS for a running reconcile to release the state directory.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        wait: u64,
+        /// After writing firmware, do not run firmware.reboot_command.
+        #[arg(long)]
+        no_reboot: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Make offline bundles (for `ferry import` on devices without network).
+    Bundle {
+        #[command(subcommand)]
+        action: BundleAction,
+    },
     /// List generations, or pin/unpin one so gc keeps it.
     Generations {
         #[command(flatten)]
@@ -152,6 +177,33 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum BundleAction {
+    /// Fetch the configured source's newest revision (verified with the
+    /// configured trust roots, like a fresh device), and write it as a
+    /// self-contained bundle: the signed TUF metadata (root chain included)
+    /// and targets, or a git bundle of the signed branch. Read back and
+    /// verified before the marker file is written.
+    Export {
+        /// A new or empty directory, or FILE.img for a FAT32 image (made
+        /// without root; write it to a stick with dd, or copy the directory).
+        #[arg(long, value_name = "DIR|FILE.img")]
+        out: PathBuf,
+        /// Only what the device described by this facts file needs (TUF;
+        /// repeatable). Every manifest must render for it.
+        #[arg(long = "for-device", value_name = "FACTS")]
+        for_device: Vec<PathBuf>,
+        /// Volume label of the FAT image.
+        #[arg(long, value_name = "LABEL", default_value = "FERRY")]
+        label: String,
+        /// Size of the FAT image in MiB (default: what the bundle needs, at least 64).
+        #[arg(long, value_name = "MIB")]
+        image_size: Option<u64>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum GenerationsAction {
     /// Keep generation N through gc.
     Pin { n: u64 },
@@ -173,12 +225,38 @@ pub enum AuditAction {
     List {
         #[command(flatten)]
         out: JsonFlag,
-        /// Only the last N entries.
+        /// Only the last N entries (of those selected).
         #[arg(long, value_name = "N")]
         last: Option<usize>,
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+    /// Print entries as JSON lines for a fleet server: a header line (device,
+    /// head of the chain), then one line per entry with its chain hash and
+    /// the previous one, so the receiver can verify and join the chain.
+    Export {
+        /// Only entries after sequence number SEQ (what the receiver has).
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
+        #[command(flatten)]
+        filter: AuditFilter,
     },
     /// Recompute the hash chain; name the first broken entry.
     Verify(JsonFlag),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AuditFilter {
+    /// Only entries at or after TIME: RFC 3339 (2026-11-26T08:00:00Z), a
+    /// date (2026-11-26, UTC), or an age (90m, 24h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only entries whose actor starts with PREFIX (e.g. usb: for offline installs).
+    #[arg(long, value_name = "PREFIX")]
+    pub actor: Option<String>,
+    /// Only entries of this event (switched, imported, source-refused, …).
+    #[arg(long, value_name = "EVENT")]
+    pub event: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

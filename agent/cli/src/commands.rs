@@ -5,7 +5,9 @@ use ferry_engine::facts::Facts;
 use ferry_engine::report::report;
 use ferry_engine::{ApplyOutcome, Config, Engine, source};
 
-use crate::cli::{AuditAction, Cli, Command, FirmwareAction, GenerationsAction};
+use crate::cli::{
+    AuditAction, AuditFilter, BundleAction, Cli, Command, FirmwareAction, GenerationsAction,
+};
 use crate::exit::Code;
 use crate::output;
 
@@ -124,6 +126,43 @@ pub fn run(args: Cli) -> Result<Code> {
             }
         }
         Command::Run => return crate::daemon::run(&args),
+        Command::Import {
+            path,
+            label,
+            wait,
+            no_reboot,
+            out,
+        } => {
+            let facts = facts()?;
+            return crate::import::import(
+                config,
+                facts,
+                &path,
+                label.as_deref(),
+                std::time::Duration::from_secs(wait),
+                no_reboot,
+                out.json,
+            );
+        }
+        Command::Bundle {
+            action:
+                BundleAction::Export {
+                    out,
+                    for_device,
+                    label,
+                    image_size,
+                    json,
+                },
+        } => {
+            return crate::import::export(
+                &config,
+                &for_device,
+                &out,
+                &label,
+                image_size,
+                json.json,
+            );
+        }
         Command::Apply { out, no_reboot, .. } => {
             let src = source::from_config(&config)?;
             let facts = facts()?;
@@ -183,17 +222,28 @@ pub fn run(args: Cli) -> Result<Code> {
             },
         },
         Command::Audit { action } => {
-            let engine = Engine::open_read_only(config)?;
+            let engine = Engine::open_read_only(config.clone())?;
             match action {
-                AuditAction::List { out, last } => {
-                    let mut entries = match &engine {
+                AuditAction::List { out, last, filter } => {
+                    let keep = AuditSelect::new(&filter)?;
+                    let mut entries: Vec<_> = match &engine {
                         Some(e) => e.audit_entries()?,
                         None => Vec::new(),
                     };
+                    entries.retain(|e| keep.matches(e));
                     if let Some(n) = last {
                         entries.drain(..entries.len().saturating_sub(n));
                     }
                     output::audit(&entries, out.json)?;
+                }
+                AuditAction::Export { after, filter } => {
+                    let keep = AuditSelect::new(&filter)?;
+                    let rows = match &engine {
+                        Some(e) => e.audit_with_hashes()?,
+                        None => Vec::new(),
+                    };
+                    let facts = facts()?;
+                    output::audit_export(&rows, &facts, after.unwrap_or(0), |e| keep.matches(e))?;
                 }
                 AuditAction::Verify(out) => {
                     let n = match &engine {
@@ -209,4 +259,85 @@ pub fn run(args: Cli) -> Result<Code> {
         }
     }
     Ok(Code::Success)
+}
+
+/// Which audit entries `--since`, `--actor` and `--event` select.
+struct AuditSelect {
+    since_ms: Option<i64>,
+    actor: Option<String>,
+    event: Option<String>,
+}
+
+impl AuditSelect {
+    fn new(f: &AuditFilter) -> Result<AuditSelect> {
+        let since_ms = match &f.since {
+            Some(s) => Some(parse_since(s, jiff::Timestamp::now())?),
+            None => None,
+        };
+        Ok(AuditSelect {
+            since_ms,
+            actor: f.actor.clone(),
+            event: f.event.clone(),
+        })
+    }
+
+    fn matches(&self, e: &ferry_core::audit::AuditEntry) -> bool {
+        self.since_ms.is_none_or(|t| e.time_ms >= t)
+            && self.actor.as_deref().is_none_or(|a| e.actor.starts_with(a))
+            && self.event.as_deref().is_none_or(|ev| e.event == ev)
+    }
+}
+
+/// `--since`: RFC 3339, a UTC date, or an age (`90m`, `24h`, `7d`) before `now`.
+fn parse_since(s: &str, now: jiff::Timestamp) -> Result<i64> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        let t = d
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .with_context(|| format!("--since {s:?}"))?;
+        return Ok(t.timestamp().as_millisecond());
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .ok()
+        .filter(|_| !num.is_empty())
+        .with_context(|| {
+            format!("--since {s:?}: expected RFC 3339, YYYY-MM-DD or an age like 24h")
+        })?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => anyhow::bail!("--since {s:?}: the age unit must be s, m, h, d or w"),
+    };
+    Ok(now.as_millisecond() - n.saturating_mul(secs).saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_accepts_timestamps_dates_and_ages() {
+        let now: jiff::Timestamp = "2026-11-26T12:00:00Z".parse().unwrap_or_default();
+        let ms = |s: &str| parse_since(s, now).ok();
+        assert_eq!(
+            ms("2026-11-26T08:00:00Z"),
+            Some(now.as_millisecond() - 4 * 3_600_000)
+        );
+        assert_eq!(
+            ms("2026-11-26"),
+            Some(now.as_millisecond() - 12 * 3_600_000)
+        );
+        assert_eq!(ms("90m"), Some(now.as_millisecond() - 90 * 60_000));
+        assert_eq!(ms("7d"), Some(now.as_millisecond() - 7 * 86_400_000));
+        assert_eq!(ms("7y"), None);
+        assert_eq!(ms("yesterday"), None);
+        assert_eq!(ms(""), None);
+    }
 }

@@ -26,6 +26,8 @@ impl Code {
     pub fn of(e: &anyhow::Error) -> Code {
         let class = if let Some(e) = e.downcast_ref::<EngineError>() {
             Some(e.class())
+        } else if let Some(e) = e.downcast_ref::<ferry_engine::bundle::BundleError>() {
+            Some(e.class())
         } else if e.is::<ConfigError>() || e.is::<FactsError>() {
             Some(ErrorClass::Config)
         } else if e.is::<ManifestError>() {

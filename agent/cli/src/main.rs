@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod demo_repo;
 mod exit;
+mod import;
 mod logging;
 mod notify;
 mod output;
@@ -42,7 +43,9 @@ fn main() -> ExitCode {
 /// `FERRY_CRASH_AT=<failpoint>:abort|hang[:N]` crashes the process at the Nth
 /// time (default 1st) it reaches that failpoint: `abort` calls abort(3);
 /// `hang` prints a line to stderr and waits to be killed, so a test can
-/// SIGKILL the process at exactly that step.
+/// SIGKILL the process at exactly that step; `stall` prints the line, waits
+/// three seconds and carries on (a test changes the world meanwhile, e.g.
+/// pulls a USB stick).
 fn arm_failpoints() -> fail::FailScenario<'static> {
     let scenario = fail::FailScenario::setup();
     if let Ok(spec) = std::env::var("FERRY_CRASH_AT") {
@@ -52,11 +55,16 @@ fn arm_failpoints() -> fail::FailScenario<'static> {
             _ => (spec.as_str(), 1),
         };
         let (name, mode) = rest.rsplit_once(':').unwrap_or((rest, "abort"));
-        let hang = mode == "hang";
+        let (hang, stall) = (mode == "hang", mode == "stall");
         let label = name.to_owned();
         let hits = std::sync::atomic::AtomicUsize::new(0);
         fail::cfg_callback(name, move || {
             if hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 < nth {
+                return;
+            }
+            if stall {
+                eprintln!("ferry: failpoint {label} reached");
+                std::thread::sleep(std::time::Duration::from_secs(3));
                 return;
             }
             if hang {

@@ -337,6 +337,41 @@ pub fn audit(entries: &[AuditEntry], as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `ferry audit export`: JSON lines. The header names the device and the
+/// chain's head; each entry carries its hash and its predecessor's, so a
+/// receiver holding entries up to `after` can check the join
+/// (`hash = sha256(prev_hash || canonical JSON of the entry)`). Format:
+/// `schemas/audit-export.schema.json`.
+pub fn audit_export(
+    rows: &[(AuditEntry, String)],
+    facts: &ferry_engine::facts::Facts,
+    after: u64,
+    keep: impl Fn(&AuditEntry) -> bool,
+) -> Result<()> {
+    let mut out = io::stdout().lock();
+    let head = rows.last().map(|(e, h)| json!({"seq": e.seq, "hash": h}));
+    let header = json!({
+        "format": "ferry-audit-export/1",
+        "device": {"machine_id": facts.machine_id, "hostname": facts.hostname, "model": facts.model},
+        "exported_ms": jiff::Timestamp::now().as_millisecond(),
+        "after": after,
+        "head": head,
+    });
+    writeln!(out, "{}", serde_json::to_string(&header)?)?;
+    let zero = "0".repeat(64);
+    let mut prev = zero.as_str();
+    for (e, hash) in rows {
+        if e.seq > after && keep(e) {
+            let mut v = serde_json::to_value(e)?;
+            v["hash"] = json!(hash);
+            v["prev_hash"] = json!(prev);
+            writeln!(out, "{}", serde_json::to_string(&v)?)?;
+        }
+        prev = hash;
+    }
+    Ok(())
+}
+
 pub fn audit_ok(n: u64, as_json: bool) -> Result<()> {
     if as_json {
         return print_json(&json!({"ok": true, "entries": n}));

@@ -281,7 +281,7 @@ impl Engine {
             Ok(rev) => rev,
             Err(e) => {
                 if let Some(details) = e.audit_details() {
-                    self.audit_refusal("source-refused", "source", details)?;
+                    self.audit_refusal("source-refused", source.refusal_actor(), details)?;
                 }
                 return Err(e.into());
             }
@@ -319,6 +319,11 @@ impl Engine {
             )
         })?;
         Ok(())
+    }
+
+    /// Appends an audit entry at the current generation (e.g. `imported`).
+    pub fn audit(&mut self, event: &str, actor: &str, details: serde_json::Value) -> Result<()> {
+        self.audit_refusal(event, actor, details)
     }
 
     fn audit_refusal(
@@ -1190,6 +1195,11 @@ impl Engine {
             .into_iter()
             .map(|(e, _)| e)
             .collect())
+    }
+
+    /// Audit entries, oldest first, each with its chain hash (hex).
+    pub fn audit_with_hashes(&self) -> Result<Vec<(AuditEntry, String)>> {
+        Ok(self.db.audit_entries()?)
     }
 
     /// Recomputes the audit chain; returns the number of entries.

@@ -103,15 +103,7 @@ impl EngineError {
             EngineError::IllegalTransition(_) => ErrorClass::Internal,
             EngineError::Store(e) if e.is_verification() => ErrorClass::Verification,
             EngineError::Store(_) => ErrorClass::Internal,
-            // Signed metadata or targets that do not verify.
-            EngineError::Source(crate::source::SourceError::Tuf { .. }) if matches!(self, EngineError::Source(e) if e.is_invalid_input()) => {
-                ErrorClass::Verification
-            }
-            EngineError::Source(crate::source::SourceError::Untrusted(_)) => {
-                ErrorClass::Verification
-            }
-            EngineError::Source(e) if e.is_invalid_input() => ErrorClass::InvalidInput,
-            EngineError::Source(_) => ErrorClass::Internal,
+            EngineError::Source(e) => source_class(e),
             EngineError::Manifest(_) => ErrorClass::InvalidInput,
             EngineError::AuditBroken(_) => ErrorClass::Verification,
             EngineError::Locked(_) => ErrorClass::Busy,
@@ -121,5 +113,16 @@ impl EngineError {
             EngineError::Firmware(crate::firmware::FirmwareError::Booted(_)) => ErrorClass::Refused,
             EngineError::Firmware(_) => ErrorClass::Internal,
         }
+    }
+}
+
+/// The class of a source's error: signed metadata, targets or history that
+/// do not verify; content that is invalid; or the machine's fault.
+pub fn source_class(e: &SourceError) -> ErrorClass {
+    match e {
+        SourceError::Tuf { .. } if e.is_invalid_input() => ErrorClass::Verification,
+        SourceError::Untrusted(_) => ErrorClass::Verification,
+        _ if e.is_invalid_input() => ErrorClass::InvalidInput,
+        _ => ErrorClass::Internal,
     }
 }

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activate;
+pub mod bundle;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -12,6 +12,7 @@ use ferry_core::{ContentRef, RepoPath};
 
 pub mod dir;
 pub mod git;
+pub mod offline;
 pub mod tuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +172,10 @@ pub trait Source: Send {
     fn fetch_revision(&self, revision: &str) -> Result<Arc<dyn VerifiedRevision>, SourceError>;
     /// The manifest to render inside each revision.
     fn manifest_path(&self) -> &RepoPath;
+    /// Who the audit journal names when this source's revision is refused.
+    fn refusal_actor(&self) -> &str {
+        "source"
+    }
 }
 
 /// Builds the source named by the configuration.

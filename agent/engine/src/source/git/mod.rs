@@ -54,6 +54,9 @@ pub struct GitOptions {
     pub max_file_bytes: u64,
     /// `<state_dir>/git`.
     pub dir: PathBuf,
+    /// Take the branch from this git bundle file (an offline import)
+    /// instead of fetching from `url`.
+    pub bundle: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -134,6 +137,9 @@ impl GitSource {
     /// rewound branch is seen and refused here) and returns its tip.
     fn fetch_tip(&self, repo: &gix::Repository, fresh: bool) -> Result<ObjectId, SourceError> {
         use gix::remote::Direction;
+        if let Some(bundle) = &self.opts.bundle {
+            return self.unbundle(repo, bundle);
+        }
         let spec = format!("+refs/heads/{}:refs/ferry/fetched", self.opts.branch);
         let remote = repo
             .remote_at(self.opts.url.as_str())
@@ -165,6 +171,144 @@ impl GitSource {
             .peel_to_id()
             .map_err(|e| git_err(e, "resolving the fetched branch"))?;
         Ok(id.detach())
+    }
+
+    /// Reads a git bundle (v2 or v3, SHA-1): its pack goes into the local
+    /// object database (nothing is trusted yet), its ref for the configured
+    /// branch becomes `refs/ferry/fetched`, exactly as a fetch leaves it.
+    fn unbundle(&self, repo: &gix::Repository, path: &Path) -> Result<ObjectId, SourceError> {
+        use std::io::BufRead;
+        let what = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|e| git_err(e, &what))?;
+        let mut r = std::io::BufReader::with_capacity(64 * 1024, file);
+        let mut line = Vec::new();
+        let mut read_line =
+            |r: &mut std::io::BufReader<std::fs::File>| -> Result<String, SourceError> {
+                line.clear();
+                (&mut *r)
+                    .take(1024)
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| git_err(e, &what))?;
+                if line.last() != Some(&b'\n') {
+                    return Err(git_err("header line too long or cut short", &what));
+                }
+                String::from_utf8(line[..line.len() - 1].to_vec())
+                    .map_err(|_| git_err("header is not UTF-8", &what))
+            };
+        let version = read_line(&mut r)?;
+        if version != "# v2 git bundle" && version != "# v3 git bundle" {
+            return Err(git_err(
+                format!("not a git bundle (first line {version:?})"),
+                &what,
+            ));
+        }
+        let wanted = format!("refs/heads/{}", self.opts.branch);
+        let (mut tip, mut refs) = (None, Vec::new());
+        for _ in 0..10_000 {
+            let l = read_line(&mut r)?;
+            if l.is_empty() {
+                break;
+            }
+            if let Some(cap) = l.strip_prefix('@') {
+                if cap != "object-format=sha1" {
+                    return Err(git_err(
+                        format!("unsupported bundle capability {cap:?}"),
+                        &what,
+                    ));
+                }
+                continue;
+            }
+            if let Some(pre) = l.strip_prefix('-') {
+                let hex = pre.split(' ').next().unwrap_or_default();
+                let id = ObjectId::from_hex(hex.as_bytes())
+                    .map_err(|e| git_err(e, &format!("{what}: prerequisite {hex:?}")))?;
+                if !repo.has_object(id) {
+                    return Err(git_err(
+                        format!(
+                            "the bundle builds on commit {id}, which this device does not have; export the whole history"
+                        ),
+                        &what,
+                    ));
+                }
+                continue;
+            }
+            let (hex, name) = l
+                .split_once(' ')
+                .ok_or_else(|| git_err(format!("bad ref line {l:?}"), &what))?;
+            let id = ObjectId::from_hex(hex.as_bytes())
+                .map_err(|e| git_err(e, &format!("{what}: ref {name}")))?;
+            if name == wanted {
+                tip = Some(id);
+            }
+            refs.push(name.to_owned());
+        }
+        let tip = tip.ok_or_else(|| {
+            git_err(
+                format!("it carries no {wanted} (refs: {})", refs.join(", ")),
+                &what,
+            )
+        })?;
+        let pack_dir = repo.objects.store_ref().path().join("pack");
+        std::fs::create_dir_all(&pack_dir)
+            .map_err(|e| git_err(e, "creating the pack directory"))?;
+        gix::odb::pack::Bundle::write_to_directory(
+            &mut r,
+            Some(&pack_dir),
+            &mut gix::progress::Discard,
+            &AtomicBool::new(false),
+            Some(repo.objects.clone()),
+            gix::hash::Kind::Sha1,
+            Default::default(),
+        )
+        .map_err(|e| git_err(e, &format!("{what}: reading its pack")))?;
+        repo.reference(
+            "refs/ferry/fetched",
+            tip,
+            gix::refs::transaction::PreviousValue::Any,
+            "ferry: import bundle",
+        )
+        .map_err(|e| git_err(e, "recording the bundle's tip"))?;
+        Ok(tip)
+    }
+
+    /// Fetches and verifies the branch like a device without history
+    /// (respecting the pin), then writes a git bundle of everything reachable
+    /// from the verified tip to `out` with `git bundle create` (git must be
+    /// installed where bundles are made). Returns the tip and its signer.
+    pub fn export_bundle(&self, out: &Path) -> Result<(ObjectId, String), SourceError> {
+        let rev = self.fetch_verified(None, true)?;
+        let tip = ObjectId::from_hex(rev.id().as_bytes()).map_err(|e| git_err(e, rev.id()))?;
+        let repo = self.repo_dir();
+        let branch = format!("refs/heads/{}", self.opts.branch);
+        let git = |args: &[&std::ffi::OsStr]| -> Result<(), SourceError> {
+            let o = std::process::Command::new("git")
+                .arg("--git-dir")
+                .arg(&repo)
+                .args(args)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .output()
+                .map_err(|e| git_err(e, "running git (needed to write bundles)"))?;
+            if !o.status.success() {
+                return Err(git_err(
+                    String::from_utf8_lossy(&o.stderr).trim(),
+                    &format!("git {args:?}"),
+                ));
+            }
+            Ok(())
+        };
+        git(&[
+            "update-ref".as_ref(),
+            branch.as_ref(),
+            tip.to_string().as_ref(),
+        ])?;
+        git(&[
+            "bundle".as_ref(),
+            "create".as_ref(),
+            out.as_os_str(),
+            branch.as_ref(),
+        ])?;
+        Ok((tip, rev.actor().to_owned()))
     }
 
     /// Verifies `tip` against the last accepted commit (or the pin) and
@@ -651,6 +795,7 @@ impl GitOptions {
             manifest: path("source.git.manifest", &c.manifest)?,
             max_file_bytes: c.max_file_bytes,
             dir: state_dir.join("git"),
+            bundle: None,
         })
     }
 }

@@ -577,18 +577,103 @@ impl Client {
         Ok(None)
     }
 
-    /// The URL of a target: `dirname/HASH.basename` with consistent
-    /// snapshots (§5.7.3), using the first hash the metadata lists.
-    pub fn target_url(&self, info: &TargetInfo) -> String {
-        let base = transport::with_slash(&self.cfg.targets_url);
-        let path = match (self.root.consistent_snapshot, info.file.hashes.0.first()) {
+    /// The earliest expiry of the metadata trusted so far (root, timestamp,
+    /// snapshot and the targets roles loaded).
+    pub fn earliest_expiry(&self) -> i64 {
+        let mut t = self.root.expires.0;
+        if let Some(ts) = &self.timestamp {
+            t = t.min(ts.expires.0);
+        }
+        if let Some(s) = &self.snapshot {
+            t = t.min(s.expires.0);
+        }
+        for r in self.targets.values() {
+            t = t.min(r.targets.expires.0);
+        }
+        t
+    }
+
+    /// The names of every target listed by the top-level targets role and
+    /// the roles it delegates to by name (loading them), sorted. Hash-bin
+    /// delegations are not enumerated.
+    pub fn all_target_names(&mut self) -> Result<Vec<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut to_visit: Vec<(String, String)> = vec![("targets".into(), "root".into())];
+        let mut visited = std::collections::HashSet::new();
+        let mut budget = self.cfg.limits.max_delegations;
+        while let Some((role, parent)) = to_visit.pop() {
+            if budget == 0 {
+                break;
+            }
+            if !visited.insert(role.clone()) {
+                continue;
+            }
+            budget -= 1;
+            self.load_targets(&role, &parent)?;
+            let trusted = &self.targets[&role];
+            names.extend(trusted.targets.targets.keys().cloned());
+            if let Some(d) = &trusted.targets.delegations {
+                for child in d.roles.iter().flatten() {
+                    to_visit.push((child.name.clone(), role.clone()));
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// The roles loaded so far with their versions (`targets` and the
+    /// delegated roles the lookups reached).
+    pub fn loaded_roles(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .targets
+            .iter()
+            .map(|(name, t)| (name.clone(), t.targets.version))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `VERSION.root.json` as the repository serves it, if it does.
+    pub fn fetch_root_version(&mut self, version: u64) -> Result<Option<Vec<u8>>> {
+        match self.fetch_meta("root", Some(version), self.cfg.limits.root) {
+            Ok(b) => Ok(Some(b)),
+            Err(TufError::Fetch {
+                error: FetchError::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The verified bytes of `role` as this refresh stored them.
+    pub fn stored_role(&self, role: &str) -> Result<Vec<u8>> {
+        let path = role_file(&self.cfg.metadata_dir, role);
+        std::fs::read(&path).map_err(|source| TufError::Local {
+            what: format!("reading {}", path.display()),
+            error: source,
+        })
+    }
+
+    /// A target's path below the targets URL, as stored on disk (decoded;
+    /// with the hash prefix under consistent snapshots).
+    pub fn target_file_path(&self, info: &TargetInfo) -> String {
+        match (self.root.consistent_snapshot, info.file.hashes.0.first()) {
             (true, Some((_, hash))) => match info.name.rsplit_once('/') {
                 Some((dir, file)) => format!("{dir}/{hash}.{file}"),
                 None => format!("{hash}.{}", info.name),
             },
             _ => info.name.clone(),
-        };
-        format!("{base}{}", transport::quote_path(&path))
+        }
+    }
+
+    /// The URL of a target: `dirname/HASH.basename` with consistent
+    /// snapshots (§5.7.3), using the first hash the metadata lists.
+    pub fn target_url(&self, info: &TargetInfo) -> String {
+        let base = transport::with_slash(&self.cfg.targets_url);
+        format!(
+            "{base}{}",
+            transport::quote_path(&self.target_file_path(info))
+        )
     }
 
     /// Streams a target from byte `offset` on. The reader fails with

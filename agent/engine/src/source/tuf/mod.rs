@@ -87,6 +87,9 @@ pub struct TufSource {
     floor: TimeFloor,
     cache: PathBuf,
     transport: std::sync::OnceLock<transport::Transport>,
+    /// Metadata carried on a bundle: expiry is judged at the secure time
+    /// floor, not the clock (see [`TufSource::for_bundle`]).
+    offline: bool,
 }
 
 impl TufSource {
@@ -128,7 +131,40 @@ impl TufSource {
             floor: TimeFloor::new(dir.join("time-floor"), baked),
             cache: dir.join("cache"),
             transport: std::sync::OnceLock::new(),
+            offline: false,
         })
+    }
+
+    /// The device's TUF source reading a bundle's `metadata/` and `targets/`
+    /// under `dir` instead of the repository: same trusted root, same
+    /// trusted metadata, same secure time floor.
+    ///
+    /// The offline expiry rule: a bundle may be imported weeks after it was
+    /// exported, on a device whose clock is wrong, so its metadata is judged
+    /// at the secure time floor (the newest time at which this device
+    /// verified metadata) instead of the clock. Metadata that had expired by
+    /// then is refused, as are versions older than the trusted ones. The
+    /// floor rises to the clock after an import only when the clock lies
+    /// within the validity of everything the bundle carried.
+    pub fn for_bundle(
+        cfg: &TufSourceConfig,
+        state_dir: &Path,
+        dir: &Path,
+        name: String,
+    ) -> Result<Self, ConfigError> {
+        let url = |sub: &str| {
+            format!(
+                "file://{}/",
+                transport::quote_path(&dir.join(sub).to_string_lossy())
+            )
+        };
+        let mut cfg = cfg.clone();
+        cfg.metadata_url = Some(url("metadata"));
+        cfg.targets_url = Some(url("targets"));
+        let mut s = TufSource::from_config(&cfg, state_dir)?;
+        s.name = name;
+        s.offline = true;
+        Ok(s)
     }
 
     fn err(&self, e: TufError) -> SourceError {
@@ -151,7 +187,11 @@ impl TufSource {
             client::init(dir, &root).map_err(|e| self.err(e))?;
         }
         let clock = clock_now();
-        let now = clock.max(self.floor.get());
+        let now = if self.offline {
+            self.floor.get()
+        } else {
+            clock.max(self.floor.get())
+        };
         let transport = match self.transport.get() {
             Some(t) => t.clone(),
             None => {
@@ -171,6 +211,11 @@ impl TufSource {
         let mut c =
             Client::load_with(self.client.clone(), now, transport).map_err(|e| self.err(e))?;
         c.refresh().map_err(|e| self.err(e))?;
+        if self.offline && clock > c.earliest_expiry() {
+            // The clock says the bundle's metadata has expired: either the
+            // bundle is old or the clock is wrong; neither moves the floor.
+            return Ok(c);
+        }
         self.floor.raise(clock).map_err(|source| SourceError::Io {
             source_name: self.name.clone(),
             what: "recording the secure time floor".to_owned(),
@@ -180,8 +225,9 @@ impl TufSource {
     }
 }
 
-impl Source for TufSource {
-    fn fetch(&self) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
+impl TufSource {
+    /// [`Source::fetch`], keeping the concrete revision (for export).
+    pub fn fetch_tuf(&self) -> Result<Arc<TufRevision>, SourceError> {
         let mut c = self.refresh()?;
         let info = c
             .target_info(self.manifest.as_str())
@@ -213,6 +259,12 @@ impl Source for TufSource {
             name: self.name.clone(),
             cache: self.cache.clone(),
         }))
+    }
+}
+
+impl Source for TufSource {
+    fn fetch(&self) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
+        Ok(self.fetch_tuf()?)
     }
 
     fn fetch_revision(&self, revision: &str) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
@@ -307,6 +359,99 @@ impl TufRevision {
             .and_then(|()| fsutil::write_atomic(&cached, 0o644, &mut &bytes[..]))
             .map(|_| prune_cache(&self.cache));
         Ok(Box::new(std::io::Cursor::new(bytes)))
+    }
+
+    /// Writes the metadata this revision verified into `out` in the layout
+    /// of a repository (`N.root.json` for every root version the
+    /// repository serves, `timestamp.json`, versioned snapshot and targets
+    /// roles under consistent snapshots). Returns the files written.
+    pub fn export_metadata(&self, out: &Path) -> Result<Vec<String>, SourceError> {
+        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let io = |what: String, source| SourceError::Io {
+            source_name: self.name.clone(),
+            what,
+            source,
+        };
+        std::fs::create_dir_all(out).map_err(|e| io(format!("creating {}", out.display()), e))?;
+        let mut files = Vec::new();
+        let mut write = |name: String, bytes: &[u8]| -> Result<(), SourceError> {
+            if name.contains('/') || name.starts_with('.') {
+                return Err(SourceError::Refused {
+                    source_name: self.name.clone(),
+                    path: name,
+                    reason: "role name cannot be a file name in a bundle".into(),
+                });
+            }
+            std::fs::write(out.join(&name), bytes)
+                .map_err(|e| io(format!("writing {}", out.join(&name).display()), e))?;
+            files.push(name);
+            Ok(())
+        };
+        let last = c.root().version;
+        for v in 1..last {
+            if let Some(bytes) = c.fetch_root_version(v).map_err(|e| self.err(e))? {
+                write(format!("{v}.root.json"), &bytes)?;
+            }
+        }
+        write(
+            format!("{last}.root.json"),
+            &c.stored_role("root").map_err(|e| self.err(e))?,
+        )?;
+        write(
+            "timestamp.json".into(),
+            &c.stored_role("timestamp").map_err(|e| self.err(e))?,
+        )?;
+        let consistent = c.root().consistent_snapshot;
+        let name = |role: &str, version: u64| match consistent {
+            true => format!("{version}.{role}.json"),
+            false => format!("{role}.json"),
+        };
+        let snapshot_version = c.snapshot().map(|s| s.version).unwrap_or_default();
+        write(
+            name("snapshot", snapshot_version),
+            &c.stored_role("snapshot").map_err(|e| self.err(e))?,
+        )?;
+        for (role, version) in c.loaded_roles() {
+            let bytes = c.stored_role(&role).map_err(|e| self.err(e))?;
+            write(name(&role, version), &bytes)?;
+        }
+        Ok(files)
+    }
+
+    /// Every target the signed metadata lists (see
+    /// [`Client::all_target_names`]).
+    pub fn all_target_names(&self) -> Result<Vec<String>, SourceError> {
+        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        c.all_target_names().map_err(|e| self.err(e))
+    }
+
+    /// Copies target `name`, verified against its signed length and
+    /// hashes, below `out` where a repository keeps it. Returns its length.
+    pub fn export_target(&self, name: &str, out: &Path) -> Result<u64, SourceError> {
+        let path = RepoPath::new(name.to_owned()).map_err(|e| SourceError::Refused {
+            source_name: self.name.clone(),
+            path: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let (info, mut c) = self.info(&path)?;
+        let rel = c.target_file_path(&info);
+        let dest = out.join(&rel);
+        let mut r = c.open_target(&info, 0, false).map_err(|e| self.err(e))?;
+        drop(c);
+        let io = |e| SourceError::Io {
+            source_name: self.name.clone(),
+            what: format!("writing {}", dest.display()),
+            source: e,
+        };
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let tmp = dest.with_extension("part");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let n = std::io::copy(&mut r, &mut f).map_err(|e| self.read_err(&path, e))?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &dest).map_err(io)?;
+        Ok(n)
     }
 
     /// A verification failure while reading is the repository's fault.
