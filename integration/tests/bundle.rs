@@ -120,6 +120,17 @@ fn fat_listing(image: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The volume serial as blkid reports it (`XXXX-XXXX`).
+fn blkid_uuid(image: &Path) -> String {
+    let out = Command::new("blkid")
+        .args(["-o", "value", "-s", "UUID"])
+        .arg(image)
+        .output()
+        .expect("blkid (Debian package util-linux)");
+    assert!(out.status.success(), "blkid: {}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 fn fsck_clean(image: &Path) {
     let out = Command::new("fsck.vfat")
         .arg("-n")
@@ -200,7 +211,8 @@ fn tuf_bundle_through_a_fat_image_gives_the_generation_an_online_apply_gives() {
     assert_eq!(current_revision(&dev), online_rev);
     assert_eq!(dev.snapshot(), common::expected(&files));
     let gens = dev.json(&["generations", "--json"]);
-    assert_eq!(gens[0]["source"], "usb:SITE7", "{gens:#}");
+    let name = format!("usb:SITE7/{}", blkid_uuid(&image));
+    assert_eq!(gens[0]["source"], name.as_str(), "{gens:#}");
 
     // Offline installs are audited with the stick as actor, and the same
     // stick again changes nothing (and says so).
@@ -215,7 +227,7 @@ fn tuf_bundle_through_a_fat_image_gives_the_generation_an_online_apply_gives() {
     assert_eq!(imported.len(), 2, "{usb:#?}");
     assert_eq!(imported[0]["details"]["outcome"], "switched");
     assert_eq!(imported[1]["details"]["outcome"], "no-change");
-    assert_eq!(imported[0]["actor"], "usb:SITE7");
+    assert_eq!(imported[0]["actor"], name.as_str());
     assert!(audit(&dev, &["--since", "2999-01-01"]).is_empty());
     dev.ok(&["audit", "verify"]);
 }
@@ -248,15 +260,25 @@ fn a_directory_bundle_copied_onto_a_stick_made_by_mkfs_vfat_imports() {
     }
     ok(mcopy.arg("::/"));
 
+    // Mounted (here: the directory) from that partition (here: the image).
+    let dev = offline_tuf(&d.repo.root_v1(), "");
+    let out = import(&dev, &dir, &["--device", image.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(dev.snapshot(), common::expected(&files));
+    let last = audit(&dev, &[]).last().unwrap().clone();
+    let name = format!("usb:TECH/{}", blkid_uuid(&image));
+    assert_eq!(
+        last["actor"],
+        name.as_str(),
+        "label and serial name the stick"
+    );
+    // The image itself reads the same and names the stick the same way.
     let dev = offline_tuf(&d.repo.root_v1(), "");
     let out = import(&dev, &image, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(dev.snapshot(), common::expected(&files));
     let last = audit(&dev, &[]).last().unwrap().clone();
-    assert_eq!(
-        last["actor"], "usb:TECH",
-        "the FAT volume label names the stick"
-    );
+    assert_eq!(last["actor"], name.as_str());
 }
 
 #[test]
@@ -306,7 +328,7 @@ fn git_bundle_through_a_fat_image_gives_the_generation_an_online_apply_gives() {
         entries[0]["actor"]
             .as_str()
             .unwrap()
-            .starts_with("usb:GITSTICK ("),
+            .starts_with(&format!("usb:GITSTICK/{} (", blkid_uuid(&image))),
         "{entries:#?}"
     );
 
@@ -529,19 +551,6 @@ fn bad_sticks_get_clear_errors_and_change_nothing() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!dev.state.join("import").exists(), "staging removed");
 
-    // A bundle that does not fit on the stick: no image, a clear error.
-    let out = d.fx.run(&[
-        "bundle",
-        "export",
-        "--out",
-        d.fx.dir.path().join("small.img").to_str().unwrap(),
-        "--image-size",
-        "1",
-    ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("small.img"), "{}", stderr(&out));
-    assert!(!d.fx.dir.path().join("small.img").exists());
-
     // Exporting over a non-empty directory is refused.
     let out =
         d.fx.run(&["bundle", "export", "--out", full.to_str().unwrap()]);
@@ -663,4 +672,31 @@ fn audit_export_is_a_chain_a_fleet_server_can_verify_and_join() {
         .dev
         .ok(&["audit", "export", "--actor", "usb:", "--event", "imported"]);
     assert_eq!(text.lines().count(), 1 + 2, "{text}");
+}
+
+#[test]
+fn a_bundle_that_does_not_fit_on_the_stick_leaves_no_image() {
+    let d = Device::new(&[]);
+    let big = "f".repeat(36 << 20);
+    d.publish(&[file("/opt/big.bin", &big, "0644")]);
+    let small = d.fx.dir.path().join("small.img");
+    let out = d.fx.run(&[
+        "bundle",
+        "export",
+        "--out",
+        small.to_str().unwrap(),
+        "--image-size",
+        "34",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("small.img") && err.contains("does not fit"),
+        "{err}"
+    );
+    assert!(!small.exists(), "no image");
+    assert!(
+        !d.fx.dir.path().join("small.img.part").exists(),
+        "no leftovers"
+    );
 }

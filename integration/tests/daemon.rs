@@ -361,6 +361,11 @@ fn unit_files_verify_with_systemd_analyze() {
         }
     }
     assert!(names.iter().any(|n| n == "ferry.service"));
+    // A template is verified as an instance (as udev starts it).
+    let template = std::ffi::OsString::from("ferry-import@.service");
+    assert!(names.contains(&template), "{names:?}");
+    names.retain(|n| *n != template);
+    names.push("ferry-import@sdb1.service".into());
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args(&names)
@@ -385,6 +390,44 @@ fn unit_files_verify_with_systemd_analyze() {
     ] {
         assert!(agent.contains(needle), "ferry.service lacks {needle}");
     }
+    // The udev rule starts the import unit that exists, for FAT on USB only;
+    // the unit mounts read-only without exec and runs nothing from the stick.
+    let rule = fs::read_to_string(images.join("90-ferry-usb.rules")).unwrap();
+    let rule = rule
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap();
+    for needle in [
+        r#"ACTION=="add""#,
+        r#"ENV{ID_BUS}=="usb""#,
+        r#"ENV{ID_FS_TYPE}=="vfat""#,
+        r#"ENV{SYSTEMD_WANTS}+="ferry-import@%k.service""#,
+    ] {
+        assert!(
+            rule.contains(needle),
+            "the udev rule lacks {needle}: {rule}"
+        );
+    }
+    let import = fs::read_to_string(images.join("ferry-import@.service")).unwrap();
+    let mount = import
+        .lines()
+        .find(|l| l.starts_with("ExecStartPre=/usr/bin/mount"))
+        .unwrap();
+    for opt in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            mount
+                .split([' ', ','])
+                .any(|w| w == opt || w == format!("-o{opt}")),
+            "mounted without {opt}: {mount}"
+        );
+    }
+    let exec: Vec<&str> = import.lines().filter(|l| l.starts_with("Exec")).collect();
+    assert!(
+        exec.iter().all(|l| !l.contains("/run/ferry-usb/%i/")),
+        "nothing on the stick is executed: {exec:?}"
+    );
+    assert!(import.contains("ExecStopPost=-/usr/bin/umount /run/ferry-usb/%i"));
+    assert!(import.contains("ExecStart=/usr/bin/ferry import --device /dev/%I"));
 }
 
 #[test]

@@ -15,7 +15,8 @@ Exit codes:
   5  the state directory is in use by another ferry
   6  the state database is corrupt
   7  an activation failed; the transition was rolled back
-  8  refused in the current state (e.g. nothing to roll back to)
+  8  refused in the current state (e.g. nothing to roll back to; import:
+     no bundle on the stick, or one for another device)
  10  `plan --exit-code` only: the plan is not empty
 `wasm run` exits with the module's own status instead (134: it trapped,
 125: ferry could not run it).";
@@ -110,10 +111,14 @@ pub enum Command {
     Import {
         /// The bundle: a directory (e.g. a stick mounted read-only) or a FAT image.
         path: PathBuf,
-        /// The stick's name in the audit journal (default: the FAT volume
-        /// label, else the directory's name).
+        /// The stick's name in the audit journal (default: LABEL/SERIAL of
+        /// the FAT volume, else the directory's name).
         #[arg(long, value_name = "LABEL")]
         label: Option<String>,
+        /// The partition PATH is mounted from: the stick is named by its
+        /// FAT volume label and serial (LABEL/XXXX-XXXX), as for an image.
+        #[arg(long, value_name = "DEV")]
+        device: Option<PathBuf>,
         /// Wait up to SECS for a running reconcile to release the state directory.
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         wait: u64,

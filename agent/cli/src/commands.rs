@@ -129,6 +129,7 @@ pub fn run(args: Cli) -> Result<Code> {
         Command::Import {
             path,
             label,
+            device,
             wait,
             no_reboot,
             out,
@@ -137,11 +138,14 @@ pub fn run(args: Cli) -> Result<Code> {
             return crate::import::import(
                 config,
                 facts,
-                &path,
-                label.as_deref(),
-                std::time::Duration::from_secs(wait),
-                no_reboot,
-                out.json,
+                &crate::import::Request {
+                    path: &path,
+                    label: label.as_deref(),
+                    device: device.as_deref(),
+                    wait: std::time::Duration::from_secs(wait),
+                    no_reboot,
+                    json: out.json,
+                },
             );
         }
         Command::Bundle {

@@ -77,16 +77,27 @@ pub fn export(
     Ok(Code::Success)
 }
 
+/// What `ferry import` was asked to do.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub path: &'a Path,
+    pub label: Option<&'a str>,
+    pub device: Option<&'a Path>,
+    pub wait: Duration,
+    pub no_reboot: bool,
+    pub json: bool,
+}
+
 /// `ferry import`.
-pub fn import(
-    config: Config,
-    facts: Facts,
-    path: &Path,
-    label: Option<&str>,
-    wait: Duration,
-    no_reboot: bool,
-    as_json: bool,
-) -> Result<Code> {
+pub fn import(config: Config, facts: Facts, req: &Request<'_>) -> Result<Code> {
+    let Request {
+        path,
+        label,
+        device,
+        wait,
+        no_reboot,
+        json: as_json,
+    } = *req;
     let reboot_command = config.firmware.reboot_command.clone();
     let mut engine = open_waiting(&config, wait)?;
     let staging = config.state_dir.join("import");
@@ -95,7 +106,7 @@ pub fn import(
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("removing {}", staging.display()))?;
     }
-    let result = import_with(&mut engine, &config, &facts, path, &staging, label);
+    let result = import_with(&mut engine, &config, &facts, path, &staging, label, device);
     let _ = std::fs::remove_dir_all(&staging);
     let outcome = result?;
     output::outcome(&outcome, as_json)?;
@@ -113,8 +124,9 @@ fn import_with(
     path: &Path,
     staging: &Path,
     label: Option<&str>,
+    device: Option<&Path>,
 ) -> Result<ApplyOutcome> {
-    let opened = match bundle::open(path, staging, label) {
+    let opened = match bundle::open(path, staging, label, device) {
         Ok(o) => o,
         // Not a bundle (any stick plugged in): nothing to record.
         Err(e @ BundleError::NoMarker { .. }) => return Err(e.into()),

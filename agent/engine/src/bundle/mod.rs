@@ -404,22 +404,32 @@ pub struct Opened {
     /// The bundle's top directory (the stick, or where an image was extracted).
     pub root: PathBuf,
     pub marker: Marker,
-    /// The stick's label: given, else the FAT volume label, else the
+    /// The stick's name: given, else `LABEL/SERIAL` of its FAT volume (the
+    /// image, or the device a directory was mounted from), else the
     /// directory's name.
     pub label: String,
 }
 
-/// Opens the bundle at `path`: a directory (a mounted stick) is read in
-/// place; an image file is extracted into the empty directory `staging`
-/// first (bounded; see [`fat::extract`]).
-pub fn open(path: &Path, staging: &Path, label: Option<&str>) -> Result<Opened, BundleError> {
+/// Opens the bundle at `path`: a directory (a mounted stick, `device` the
+/// partition it is mounted from) is read in place; an image file is
+/// extracted into the empty directory `staging` first (bounded; see
+/// [`fat::extract`]).
+pub fn open(
+    path: &Path,
+    staging: &Path,
+    label: Option<&str>,
+    device: Option<&Path>,
+) -> Result<Opened, BundleError> {
     let meta = std::fs::metadata(path).map_err(|e| BundleError::io("reading", path, e))?;
     let (root, fs_label) = if meta.is_dir() {
-        let name = path
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_default();
+        let name = match device {
+            Some(dev) => fat::volume_id(dev)?.name(),
+            None => path
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default(),
+        };
         (path.to_owned(), name)
     } else {
         let l = fat::extract(path, staging, &fat::Limits::default())?;
@@ -441,13 +451,7 @@ pub fn open(path: &Path, staging: &Path, label: Option<&str>) -> Result<Opened, 
 fn sanitize_label(label: &str) -> String {
     let s: String = label
         .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '/' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
         .take(64)
         .collect();
     if s.is_empty() { "unlabelled".into() } else { s }
