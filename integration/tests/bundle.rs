@@ -367,6 +367,14 @@ fn git_bundle_through_a_fat_image_gives_the_generation_an_online_apply_gives() {
     assert!(out.status.success(), "{}", stderr(&out));
     refused(&dev, &forged, 4, &["is not signed"]);
     assert_eq!(current_revision(&dev), tip);
+
+    // Not a git bundle, or a cut-short pack: exit 3, the file named.
+    fs::write(forged.join("git/ferry.bundle"), "PK\x03\x04 not a bundle\n").unwrap();
+    refused(&dev, &forged, 3, &["ferry.bundle", "not a git bundle"]);
+    let good = fs::read(old.join("git/ferry.bundle")).unwrap();
+    fs::write(forged.join("git/ferry.bundle"), &good[..good.len() - 40]).unwrap();
+    refused(&dev, &forged, 3, &["ferry.bundle", "pack"]);
+    assert_eq!(current_revision(&dev), tip);
 }
 
 /// Two bundles of the same repository, the device at the newer one.

@@ -180,6 +180,12 @@ impl GitSource {
         use std::io::BufRead;
         let what = path.display().to_string();
         let file = std::fs::File::open(path).map_err(|e| git_err(e, &what))?;
+        // The bundle's content is the stick's fault (exit 3), reading it is not.
+        let bad = |reason: String| SourceError::Refused {
+            source_name: SOURCE_NAME.to_owned(),
+            path: what.clone(),
+            reason,
+        };
         let mut r = std::io::BufReader::with_capacity(64 * 1024, file);
         let mut line = Vec::new();
         let mut read_line =
@@ -190,17 +196,14 @@ impl GitSource {
                     .read_until(b'\n', &mut line)
                     .map_err(|e| git_err(e, &what))?;
                 if line.last() != Some(&b'\n') {
-                    return Err(git_err("header line too long or cut short", &what));
+                    return Err(bad("bundle header line too long or cut short".into()));
                 }
                 String::from_utf8(line[..line.len() - 1].to_vec())
-                    .map_err(|_| git_err("header is not UTF-8", &what))
+                    .map_err(|_| bad("bundle header is not UTF-8".into()))
             };
         let version = read_line(&mut r)?;
         if version != "# v2 git bundle" && version != "# v3 git bundle" {
-            return Err(git_err(
-                format!("not a git bundle (first line {version:?})"),
-                &what,
-            ));
+            return Err(bad(format!("not a git bundle (first line {version:?})")));
         }
         let wanted = format!("refs/heads/{}", self.opts.branch);
         let (mut tip, mut refs) = (None, Vec::new());
@@ -211,42 +214,36 @@ impl GitSource {
             }
             if let Some(cap) = l.strip_prefix('@') {
                 if cap != "object-format=sha1" {
-                    return Err(git_err(
-                        format!("unsupported bundle capability {cap:?}"),
-                        &what,
-                    ));
+                    return Err(bad(format!("unsupported bundle capability {cap:?}")));
                 }
                 continue;
             }
             if let Some(pre) = l.strip_prefix('-') {
                 let hex = pre.split(' ').next().unwrap_or_default();
                 let id = ObjectId::from_hex(hex.as_bytes())
-                    .map_err(|e| git_err(e, &format!("{what}: prerequisite {hex:?}")))?;
+                    .map_err(|e| bad(format!("prerequisite {hex:?}: {e}")))?;
                 if !repo.has_object(id) {
-                    return Err(git_err(
-                        format!(
-                            "the bundle builds on commit {id}, which this device does not have; export the whole history"
-                        ),
-                        &what,
-                    ));
+                    return Err(bad(format!(
+                        "the bundle builds on commit {id}, which this device does not have; export the whole history"
+                    )));
                 }
                 continue;
             }
             let (hex, name) = l
                 .split_once(' ')
-                .ok_or_else(|| git_err(format!("bad ref line {l:?}"), &what))?;
-            let id = ObjectId::from_hex(hex.as_bytes())
-                .map_err(|e| git_err(e, &format!("{what}: ref {name}")))?;
+                .ok_or_else(|| bad(format!("bad ref line {l:?}")))?;
+            let id =
+                ObjectId::from_hex(hex.as_bytes()).map_err(|e| bad(format!("ref {name}: {e}")))?;
             if name == wanted {
                 tip = Some(id);
             }
             refs.push(name.to_owned());
         }
         let tip = tip.ok_or_else(|| {
-            git_err(
-                format!("it carries no {wanted} (refs: {})", refs.join(", ")),
-                &what,
-            )
+            bad(format!(
+                "it carries no {wanted} (refs: {})",
+                refs.join(", ")
+            ))
         })?;
         let pack_dir = repo.objects.store_ref().path().join("pack");
         std::fs::create_dir_all(&pack_dir)
@@ -260,7 +257,7 @@ impl GitSource {
             gix::hash::Kind::Sha1,
             Default::default(),
         )
-        .map_err(|e| git_err(e, &format!("{what}: reading its pack")))?;
+        .map_err(|e| bad(format!("its pack is unreadable: {e}")))?;
         repo.reference(
             "refs/ferry/fetched",
             tip,
