@@ -54,7 +54,7 @@ wait_polls() {
     done
 }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$agent/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$agent/stat"; }
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$agent/stat"; }
 
 wait_polls 100
 rss100=$(rss_kib); cpu100=$(cpu_ticks); n100=$(polls_done)

@@ -30,9 +30,9 @@ impl Agent {
             .arg("--config")
             .arg(&d.fx.config)
             .args(["--log-level", "info", "run"])
-            .envs(env.iter().copied())
             .env_remove("FAILPOINTS")
             .env_remove("FERRY_CRASH_AT")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -551,4 +551,68 @@ fn firmware_reboots_wait_for_the_policy_reboot_window() {
     agent.signal("TERM");
     let (status, err) = agent.wait(Duration::from_secs(20));
     assert!(status.success(), "{err}");
+}
+
+#[test]
+fn run_once_reports_one_reconcile_as_a_json_line() {
+    let d = device("");
+    d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
+    let once = |d: &Device| {
+        let out = d.fx.run(&["run", "--once", "--json"]);
+        let line = String::from_utf8(out.stdout).unwrap();
+        (
+            out.status.code(),
+            serde_json::from_str::<serde_json::Value>(&line).unwrap(),
+        )
+    };
+    let (code, r) = once(&d);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["result"], "applied", "{r}");
+    assert_eq!(r["generation"], 1);
+    assert!(r["fetched_bytes"].as_u64().unwrap() > 0, "{r}");
+    let (_, r) = once(&d);
+    assert_eq!(r["result"], "no_change", "{r}");
+    // Unhealthy: rolled back (the first generation stays, not retried).
+    d.publish(&[file("/etc/app.conf", "sick\n", "0644")]);
+    let (code, r) = once(&d);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["result"], "rolled_back", "{r}");
+    assert_eq!(current_content(&d), "healthy 1\n");
+    let (_, r) = once(&d);
+    assert_eq!(r["result"], "skipped", "{r}");
+    // A failure is a report too, with the error's exit code.
+    d.server.fault(
+        "/metadata/timestamp.json",
+        Some(common::tuf::Fault::CutAfter(3)),
+    );
+    let (code, r) = once(&d);
+    assert_eq!(r["result"], "failed", "{r}");
+    assert_ne!(code, Some(0));
+}
+
+#[test]
+fn a_reconcile_process_dies_with_its_agent() {
+    let d = device("");
+    d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
+    let agent = Agent::start(&d, &[("FERRY_CRASH_AT", "transition::planned:hang")]);
+    let mut agent = agent;
+    let err = agent.child.stderr.take().unwrap();
+    let mut err = std::io::BufReader::new(err);
+    let mut line = String::new();
+    while !line.contains("failpoint transition::planned reached") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0);
+    }
+    // The reconcile process hangs in a transition; the agent is killed.
+    agent.signal("KILL");
+    // Its reconcile process goes too: the state directory is free again and
+    // the interrupted transition is undone.
+    wait_for("the lock to be released", Duration::from_secs(10), || {
+        d.fx.run(&["recover"]).status.success()
+    });
+    let st = d.fx.json(&["status", "--json"]);
+    assert!(
+        st["open_transitions"].as_array().unwrap().is_empty(),
+        "{st:#}"
+    );
 }

@@ -103,7 +103,16 @@ pub enum Command {
         now: bool,
     },
     /// Run the agent: poll, apply, health-gate, roll back (for systemd).
-    Run,
+    /// Each reconcile runs in a short-lived `ferry run --once` process, so
+    /// the long-running agent stays small.
+    Run {
+        /// One reconcile as the agent does it (update policy, apply, health
+        /// gate, roll back), in the foreground, then exit.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Import an offline bundle (a mounted USB stick, a bundle directory or
     /// a FAT image file): verified with this device's own trust roots,
     /// rollback and freeze state, then applied like `apply`; audited with

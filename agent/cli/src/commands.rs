@@ -125,7 +125,8 @@ pub fn run(args: Cli) -> Result<Code> {
                 println!("the agent will reconcile now");
             }
         }
-        Command::Run => return crate::daemon::run(&args),
+        Command::Run { once: true, out } => return crate::daemon::run_once(&args, out.json),
+        Command::Run { .. } => return crate::daemon::run(&args),
         Command::Import {
             path,
             label,

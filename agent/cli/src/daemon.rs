@@ -1,15 +1,20 @@
 //! `ferry run`: the pull agent.
 //!
-//! One worker thread owns the engine and the source and reconciles: poll
-//! (interval + jitter, exponential backoff after failures), check the update
+//! One worker thread schedules reconciles: poll (interval + jitter,
+//! exponential backoff after failures). Each reconcile — check the update
 //! policy, apply, gate on health checks (roll back and remember the revision
-//! when they fail), reboot for firmware when the policy allows. The tokio
-//! side handles signals, the control socket, metrics and systemd
+//! when they fail), reboot for firmware when the policy allows — runs in a
+//! `ferry run --once` child process with the configuration the agent
+//! accepted, and reports back one JSON line. The agent itself never loads
+//! the code a reconcile needs (TUF, templates, schemas, activators, SQLite
+//! writes), which keeps its resident memory small between polls. The
+//! tokio side handles signals, the control socket, metrics and systemd
 //! notifications, and talks to the worker through a channel; a reconcile is
 //! never interrupted: SIGTERM lets the current one finish (an interrupted
-//! transition would be finished by `recover()` anyway).
+//! transition would be finished by `recover()` anyway). The child dies with
+//! the agent (`PR_SET_PDEATHSIG`), like the in-process reconcile would.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,7 +23,7 @@ use anyhow::{Context, Result};
 use ferry_core::schedule;
 use ferry_engine::policy::{self, UpdatePolicy};
 use ferry_engine::{ApplyOutcome, Config, Engine, source};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::Cli;
@@ -54,6 +59,8 @@ pub struct Shared {
     pub consecutive_failures: u32,
     #[serde(skip)]
     pub metrics: Metrics,
+    #[serde(skip)]
+    pub fetched_bytes: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -94,35 +101,170 @@ enum Result1 {
     Skipped(String),
 }
 
+/// What one reconcile reports (the last stdout line of `ferry run --once --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// applied, no_change, held, skipped, rolled_back, failed.
+    pub result: String,
+    pub text: String,
+    /// The failure was an activation (rolled back or not undone).
+    #[serde(default)]
+    pub activation_error: bool,
+    pub generation: Option<u64>,
+    pub revision: Option<String>,
+    /// Bytes this reconcile fetched from the source.
+    #[serde(default)]
+    pub fetched_bytes: u64,
+}
+
+fn describe(result: &Result<Result1>) -> (&'static str, String, bool) {
+    match result {
+        Ok(Result1::NoChange) => ("no_change", "no changes".to_owned(), false),
+        Ok(Result1::Applied(r)) => ("applied", format!("applied revision {r}"), false),
+        Ok(Result1::Held(why)) => ("held", why.clone(), false),
+        Ok(Result1::Skipped(why)) => ("skipped", why.clone(), false),
+        Ok(Result1::RolledBack(why)) => ("rolled_back", format!("rolled back: {why}"), false),
+        Err(e) => {
+            let activation = e
+                .downcast_ref::<ferry_engine::EngineError>()
+                .is_some_and(|ee| {
+                    matches!(
+                        ee,
+                        ferry_engine::EngineError::RolledBack { .. }
+                            | ferry_engine::EngineError::UndoFailed { .. }
+                    )
+                });
+            ("failed", format!("{e:#}"), activation)
+        }
+    }
+}
+
 struct Worker {
     args_config: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     facts: Option<PathBuf>,
     config: Config,
+    /// The accepted configuration, as handed to reconcile processes.
+    config_file: PathBuf,
+    exe: PathBuf,
+    log_level: String,
     shared: Arc<Mutex<Shared>>,
-    /// Kept across polls (its HTTP client and connections); rebuilt on reload.
-    source: Option<Box<dyn source::Source>>,
     /// Told after every reconcile, so the rule engine picks up new sets.
     reconciled: Arc<tokio::sync::Notify>,
 }
 
+/// One reconcile as the agent does it: the update policy, apply, the health
+/// gate and rollback, firmware reboots when the policy allows.
+fn reconcile_with(
+    config: &Config,
+    facts_file: Option<&Path>,
+    engine: &mut Engine,
+    src: &dyn source::Source,
+) -> Result<Result1> {
+    let facts = load_facts(facts_file, config)?;
+    let times = config.agent.times()?;
+    let now = policy::local_now();
+
+    // A firmware update waiting for its reboot: reboot when allowed.
+    if let Some(slot) = engine.status()?.awaiting_reboot {
+        let (rev, _) = engine.fetch_desired(src, &facts)?;
+        let pol = UpdatePolicy::load(&*rev, &config.agent.policy)?;
+        if pol.may_reboot(&now) {
+            ferry_engine::health::reboot(&config.firmware.reboot_command);
+            return Ok(Result1::Held(format!("rebooting into slot {slot}")));
+        }
+        return Ok(Result1::Held(format!(
+            "firmware in slot {slot} waits for a reboot window"
+        )));
+    }
+
+    let (rev, desired) = engine.fetch_desired(src, &facts)?;
+    if engine.rejected_revision()?.as_deref() == Some(rev.id()) {
+        return Ok(Result1::Skipped(format!(
+            "revision {} was rolled back; waiting for a newer one",
+            rev.id()
+        )));
+    }
+    let pol = UpdatePolicy::load(&*rev, &config.agent.policy)?;
+    if let Err(hold) = pol.may_apply(rollout_bucket(config), &now) {
+        // Nothing changes anyway when the plan is empty.
+        return Ok(Result1::Held(format!("revision {}: {hold}", rev.id())));
+    }
+    let outcome = engine.apply_desired(&*rev, &desired)?;
+    match outcome {
+        ApplyOutcome::NoChange { .. } => Ok(Result1::NoChange),
+        ApplyOutcome::RebootRequired { .. } => {
+            if pol.may_reboot(&now) {
+                ferry_engine::health::reboot(&config.firmware.reboot_command);
+            }
+            Ok(Result1::Applied(rev.id().to_owned()))
+        }
+        ApplyOutcome::Switched { .. } => {
+            let deadline = Instant::now() + times.health_timeout;
+            match ferry_engine::health::wait_healthy(
+                &config.health,
+                deadline,
+                times.health_interval,
+            ) {
+                Ok(()) => Ok(Result1::Applied(rev.id().to_owned())),
+                Err(reason) => {
+                    tracing::error!(revision = rev.id(), %reason, "health checks failed; rolling back");
+                    let reason = match engine.rollback(None) {
+                        Ok(_) => reason,
+                        // The first generation has nothing to return to:
+                        // it stays, but is not applied again.
+                        Err(ferry_engine::EngineError::Refused(why)) => {
+                            format!("{reason} (not rolled back: {why})")
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    engine.reject_revision(
+                        rev.id(),
+                        "agent",
+                        &format!("health checks failed: {reason}"),
+                    )?;
+                    Ok(Result1::RolledBack(reason))
+                }
+            }
+        }
+    }
+}
+
+/// Writes the configuration the agent accepted where its reconcile
+/// processes read it (`state_dir/agent.toml`, owner only).
+fn write_agent_config(config: &Config, text: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let path = config.state_dir.join("agent.toml");
+    ferry_engine::fsutil::write_atomic(&path, 0o600, &mut text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 impl Worker {
     fn reload(&mut self) {
-        let loaded = Config::load(self.args_config.as_deref()).map(|mut c| {
+        let loaded = Config::load_with_text(self.args_config.as_deref()).map(|(mut c, text)| {
             if let Some(d) = &self.state_dir {
                 c.state_dir = d.clone();
             }
-            c
+            (c, text)
         });
         match loaded {
-            Ok(c) if c.state_dir == self.config.state_dir => {
-                tracing::info!("configuration reloaded");
-                self.config = c;
-                self.source = None;
-                self.shared
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .config_error = None;
+            Ok((c, text)) if c.state_dir == self.config.state_dir => {
+                match write_agent_config(&c, &text) {
+                    Ok(path) => {
+                        tracing::info!("configuration reloaded");
+                        self.config = c;
+                        self.config_file = path;
+                        self.shared
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .config_error = None;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "configuration not reloaded")
+                    }
+                }
             }
             Ok(_) => tracing::error!(
                 "configuration not reloaded: state_dir cannot change while running (restart ferry)"
@@ -137,91 +279,56 @@ impl Worker {
         }
     }
 
-    /// One reconcile; records the generation it leaves for status/metrics.
-    fn reconcile(&mut self) -> Result<Result1> {
-        let mut engine = Engine::open(self.config.clone())?;
-        let result = self.reconcile_with(&mut engine);
-        if let Ok(st) = engine.status() {
-            let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            s.generation = st.current.as_ref().map(|g| g.id);
-            s.revision = st.current.as_ref().map(|g| g.revision.clone());
+    /// `ferry ARGS…` with the accepted configuration, dying with the agent.
+    fn child(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.arg("--config")
+            .arg(&self.config_file)
+            .arg("--log-level")
+            .arg(&self.log_level);
+        if let Some(d) = &self.state_dir {
+            cmd.arg("--state-dir").arg(d);
         }
-        result
+        if let Some(f) = &self.facts {
+            cmd.arg("--facts").arg(f);
+        }
+        cmd.args(args)
+            .env(AGENT_PID_ENV, std::process::id().to_string())
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null());
+        cmd
     }
 
-    fn reconcile_with(&mut self, engine: &mut Engine) -> Result<Result1> {
-        if self.source.is_none() {
-            self.source = Some(source::from_config(&self.config)?);
+    /// One reconcile, in a child process; records the generation it leaves
+    /// for status and metrics.
+    fn reconcile(&mut self) -> Report {
+        let out = self
+            .child(&["run", "--once", "--json"])
+            .stderr(std::process::Stdio::inherit())
+            .output();
+        let report = match out {
+            Ok(out) => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .rev()
+                .find_map(|l| serde_json::from_str::<Report>(l).ok())
+                .unwrap_or_else(|| {
+                    failed(format!(
+                        "the reconcile process ended ({}) without a result",
+                        out.status
+                    ))
+                }),
+            Err(e) => failed(format!(
+                "cannot start the reconcile process {}: {e}",
+                self.exe.display()
+            )),
+        };
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if report.generation.is_some() || report.result != "failed" {
+            s.generation = report.generation;
+            s.revision = report.revision.clone();
         }
-        let src = self.source.as_deref().expect("set above");
-        let config = &self.config;
-        let facts = load_facts(self.facts.as_deref(), config)?;
-        let times = config.agent.times()?;
-        let now = policy::local_now();
-
-        // A firmware update waiting for its reboot: reboot when allowed.
-        if let Some(slot) = engine.status()?.awaiting_reboot {
-            let (rev, _) = engine.fetch_desired(src, &facts)?;
-            let pol = UpdatePolicy::load(&*rev, &config.agent.policy)?;
-            if pol.may_reboot(&now) {
-                ferry_engine::health::reboot(&config.firmware.reboot_command);
-                return Ok(Result1::Held(format!("rebooting into slot {slot}")));
-            }
-            return Ok(Result1::Held(format!(
-                "firmware in slot {slot} waits for a reboot window"
-            )));
-        }
-
-        let (rev, desired) = engine.fetch_desired(src, &facts)?;
-        if engine.rejected_revision()?.as_deref() == Some(rev.id()) {
-            return Ok(Result1::Skipped(format!(
-                "revision {} was rolled back; waiting for a newer one",
-                rev.id()
-            )));
-        }
-        let pol = UpdatePolicy::load(&*rev, &config.agent.policy)?;
-        if let Err(hold) = pol.may_apply(rollout_bucket(config), &now) {
-            // Nothing changes anyway when the plan is empty.
-            return Ok(Result1::Held(format!("revision {}: {hold}", rev.id())));
-        }
-        let outcome = engine.apply_desired(&*rev, &desired)?;
-        match outcome {
-            ApplyOutcome::NoChange { .. } => Ok(Result1::NoChange),
-            ApplyOutcome::RebootRequired { .. } => {
-                if pol.may_reboot(&now) {
-                    ferry_engine::health::reboot(&config.firmware.reboot_command);
-                }
-                Ok(Result1::Applied(rev.id().to_owned()))
-            }
-            ApplyOutcome::Switched { .. } => {
-                let deadline = Instant::now() + times.health_timeout;
-                match ferry_engine::health::wait_healthy(
-                    &config.health,
-                    deadline,
-                    times.health_interval,
-                ) {
-                    Ok(()) => Ok(Result1::Applied(rev.id().to_owned())),
-                    Err(reason) => {
-                        tracing::error!(revision = rev.id(), %reason, "health checks failed; rolling back");
-                        let reason = match engine.rollback(None) {
-                            Ok(_) => reason,
-                            // The first generation has nothing to return to:
-                            // it stays, but is not applied again.
-                            Err(ferry_engine::EngineError::Refused(why)) => {
-                                format!("{reason} (not rolled back: {why})")
-                            }
-                            Err(e) => return Err(e.into()),
-                        };
-                        engine.reject_revision(
-                            rev.id(),
-                            "agent",
-                            &format!("health checks failed: {reason}"),
-                        )?;
-                        Ok(Result1::RolledBack(reason))
-                    }
-                }
-            }
-        }
+        s.fetched_bytes += report.fetched_bytes;
+        report
     }
 
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
@@ -240,35 +347,28 @@ impl Worker {
             }
             self.shared.lock().unwrap_or_else(|p| p.into_inner()).state = "reconciling".into();
             notify::status("reconciling");
-            let result = self.reconcile();
+            let report = self.reconcile();
             self.reconciled.notify_one();
             let (label, text) = {
                 let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
                 s.last_poll = Some(unix_now());
-                let (label, text) = match &result {
-                    Ok(Result1::NoChange) => ("no_change", "no changes".to_owned()),
-                    Ok(Result1::Applied(r)) => ("applied", format!("applied revision {r}")),
-                    Ok(Result1::Held(why)) => ("held", why.clone()),
-                    Ok(Result1::Skipped(why)) => ("skipped", why.clone()),
-                    Ok(Result1::RolledBack(why)) => {
-                        s.metrics.rollbacks += 1;
-                        ("rolled_back", format!("rolled back: {why}"))
-                    }
-                    Err(e) => {
-                        if let Some(ee) = e.downcast_ref::<ferry_engine::EngineError>()
-                            && matches!(
-                                ee,
-                                ferry_engine::EngineError::RolledBack { .. }
-                                    | ferry_engine::EngineError::UndoFailed { .. }
-                            )
-                        {
-                            s.metrics.activation_errors += 1;
-                        }
-                        ("failed", format!("{e:#}"))
-                    }
+                let label: &'static str = match report.result.as_str() {
+                    "no_change" => "no_change",
+                    "applied" => "applied",
+                    "held" => "held",
+                    "skipped" => "skipped",
+                    "rolled_back" => "rolled_back",
+                    _ => "failed",
                 };
+                let text = report.text.clone();
+                if label == "rolled_back" {
+                    s.metrics.rollbacks += 1;
+                }
+                if report.activation_error {
+                    s.metrics.activation_errors += 1;
+                }
                 *s.metrics.reconciles.entry(label).or_default() += 1;
-                if result.is_ok() {
+                if label != "failed" {
                     s.metrics.last_success = s.last_poll;
                     s.last_error = None;
                     failures = 0;
@@ -302,7 +402,7 @@ impl Worker {
     }
 }
 
-fn metrics_text(s: &Shared, bytes: u64, events: Option<&crate::rules_agent::EventPath>) -> String {
+fn metrics_text(s: &Shared, events: Option<&crate::rules_agent::EventPath>) -> String {
     let mut out = String::new();
     out.push_str("# HELP ferry_reconciles_total Reconciles by result.\n# TYPE ferry_reconciles_total counter\n");
     for label in [
@@ -329,7 +429,7 @@ fn metrics_text(s: &Shared, bytes: u64, events: Option<&crate::rules_agent::Even
         s.generation.unwrap_or(0)
     ));
     out.push_str("# HELP ferry_fetched_bytes_total Bytes fetched from sources.\n# TYPE ferry_fetched_bytes_total counter\n");
-    out.push_str(&format!("ferry_fetched_bytes_total {bytes}\n"));
+    out.push_str(&format!("ferry_fetched_bytes_total {}\n", s.fetched_bytes));
     out.push_str("# HELP ferry_rollbacks_total Automatic rollbacks after failed health checks.\n# TYPE ferry_rollbacks_total counter\n");
     out.push_str(&format!("ferry_rollbacks_total {}\n", s.metrics.rollbacks));
     out.push_str("# HELP ferry_activation_errors_total Reconciles that failed in an activator.\n# TYPE ferry_activation_errors_total counter\n");
@@ -407,9 +507,78 @@ fn metrics_text(s: &Shared, bytes: u64, events: Option<&crate::rules_agent::Even
     out
 }
 
+/// Set in reconcile processes to the agent's pid: they die with it.
+const AGENT_PID_ENV: &str = "FERRY_AGENT_PID";
+
+/// `ferry run --once`: one reconcile as the agent does it. With `--json`,
+/// one [`Report`] line on stdout (also on failure, with the exit code of
+/// the error).
+pub fn run_once(args: &Cli, as_json: bool) -> Result<Code> {
+    if let Some(agent) = std::env::var(AGENT_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    {
+        // A reconcile outlives no agent: it would hold the state directory
+        // against the agent's restart. (Killed mid-transition, it is
+        // finished or undone by recover(), as after a crash.)
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .context("PR_SET_PDEATHSIG")?;
+        if nix::unistd::getppid().as_raw() != agent {
+            anyhow::bail!("the agent (pid {agent}) is gone");
+        }
+    }
+    let mut status = None;
+    let result = (|| {
+        let config = load_config(args)?;
+        let mut engine = Engine::open(config.clone())?;
+        let src = source::from_config(&config)?;
+        let r = reconcile_with(&config, args.facts.as_deref(), &mut engine, &*src);
+        status = engine.status().ok();
+        r
+    })();
+    let (label, text, activation_error) = describe(&result);
+    let report = Report {
+        result: label.to_owned(),
+        text,
+        activation_error,
+        generation: status
+            .as_ref()
+            .and_then(|s| s.current.as_ref().map(|g| g.id)),
+        revision: status
+            .as_ref()
+            .and_then(|s| s.current.as_ref().map(|g| g.revision.clone())),
+        fetched_bytes: ferry_engine::source::tuf::transport::fetched_bytes(),
+    };
+    match (result, as_json) {
+        (r, true) => {
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(r.as_ref().map_or_else(Code::of, |_| Code::Success))
+        }
+        (Ok(_), false) => {
+            println!("{label}: {}", report.text);
+            Ok(Code::Success)
+        }
+        (Err(e), false) => Err(e),
+    }
+}
+
+fn failed(text: String) -> Report {
+    Report {
+        result: "failed".into(),
+        text,
+        activation_error: false,
+        generation: None,
+        revision: None,
+        fetched_bytes: 0,
+    }
+}
+
 pub fn run(args: &Cli) -> Result<Code> {
-    let config = load_config(args)?;
+    let (mut config, text) = Config::load_with_text(args.config.as_deref())?;
     config.agent.times()?;
+    if let Some(d) = config_state_override(args) {
+        config.state_dir = d;
+    }
     let shared = Arc::new(Mutex::new(Shared {
         pid: std::process::id(),
         started: unix_now(),
@@ -428,22 +597,28 @@ pub fn run(args: &Cli) -> Result<Code> {
             signal(SignalKind::hangup())?,
         ))
     })?;
-    // Finish or undo an interrupted transition before anything else.
-    Engine::open(config.clone())
-        .and_then(|mut e| e.recover().map(|_| ()))
-        .context("recovering before start")?;
-
     let (tx, rx) = mpsc::channel();
     let reconciled = Arc::new(tokio::sync::Notify::new());
     let worker = Worker {
         args_config: args.config.clone(),
         state_dir: config_state_override(args),
         facts: args.facts.clone(),
+        config_file: write_agent_config(&config, &text)?,
         config: config.clone(),
+        exe: std::env::current_exe().context("locating the ferry binary")?,
+        log_level: args.log_level.clone(),
         shared: shared.clone(),
-        source: None,
         reconciled: reconciled.clone(),
     };
+    // Finish or undo an interrupted transition before anything else.
+    let recovered = worker
+        .child(&["recover"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running ferry recover")?;
+    if !recovered.success() {
+        anyhow::bail!("recovering before start failed ({recovered})");
+    }
     let mut handle = None;
     rt.block_on(async {
 
@@ -464,7 +639,7 @@ pub fn run(args: &Cli) -> Result<Code> {
                     let _ = conn.read(&mut buf).await;
                     let body = {
                         let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                        metrics_text(&s, ferry_engine::source::tuf::transport::fetched_bytes(), rules.as_ref())
+                        metrics_text(&s, rules.as_ref())
                     };
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

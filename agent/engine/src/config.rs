@@ -395,6 +395,14 @@ impl Default for FilesConfig {
 impl Config {
     /// Loads the layers: `explicit` alone if given, else the vendor and system files that exist.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_text(explicit).map(|(c, _)| c)
+    }
+
+    /// [`Config::load`], also returning the merged layers as one TOML
+    /// document that [`Config::from_toml`] reads back to the same
+    /// configuration (the agent hands the configuration it accepted to its
+    /// reconcile processes this way).
+    pub fn load_with_text(explicit: Option<&Path>) -> Result<(Config, String), ConfigError> {
         let layers: Vec<PathBuf> = match explicit {
             Some(p) => vec![p.to_path_buf()],
             None => [VENDOR_CONFIG, SYSTEM_CONFIG]
@@ -411,6 +419,10 @@ impl Config {
             })?;
             merge(&mut merged, parse_layer(path, &text)?);
         }
+        let text = toml::to_string(&merged).map_err(|e| ConfigError::Parse {
+            path: layers.last().cloned().unwrap_or_default(),
+            message: e.to_string(),
+        })?;
         let config: Config =
             toml::Value::Table(merged)
                 .try_into()
@@ -419,7 +431,7 @@ impl Config {
                     message: e.message().to_owned(),
                 })?;
         config.validate()?;
-        Ok(config)
+        Ok((config, text))
     }
 
     /// Parses a configuration from text (one layer over the defaults).
