@@ -543,6 +543,17 @@ fn bad_sticks_get_clear_errors_and_change_nothing() {
     .unwrap();
     refused(&dev, &bad, 3, &["ferry-bundle.json", "line 2"]);
 
+    // A directory bundle may hold plain files only: a symlink (to a file
+    // outside, or a FIFO that would block the import) is refused by name.
+    let linked = d.fx.dir.path().join("linked");
+    common::copy_tree(&dir, &linked);
+    std::os::unix::fs::symlink(
+        "/etc/hostname",
+        linked.join("tuf/metadata/timestamp.json.tmp"),
+    )
+    .unwrap();
+    refused(&dev, &linked, 3, &["timestamp.json.tmp", "symbolic link"]);
+
     // Corrupt and truncated FAT images.
     let image = d.fx.dir.path().join("ok.img");
     let full = d.fx.dir.path().join("full");

@@ -422,6 +422,7 @@ pub fn open(
 ) -> Result<Opened, BundleError> {
     let meta = std::fs::metadata(path).map_err(|e| BundleError::io("reading", path, e))?;
     let (root, fs_label) = if meta.is_dir() {
+        check_tree(path, &fat::Limits::default())?;
         let name = match device {
             Some(dev) => fat::volume_id(dev)?.name(),
             None => path
@@ -445,6 +446,65 @@ pub fn open(
         marker,
         label: sanitize_label(&label),
     })
+}
+
+/// A bundle directory read in place holds only plain files and directories
+/// (no symlinks, devices or FIFOs that could point reads elsewhere or block
+/// them), within `limits`.
+fn check_tree(root: &Path, limits: &fat::Limits) -> Result<(), BundleError> {
+    fn walk(
+        dir: &Path,
+        root: &Path,
+        limits: &fat::Limits,
+        depth: usize,
+        budget: &mut (u64, u64),
+    ) -> Result<(), BundleError> {
+        let invalid = |p: &Path, reason: &str| BundleError::Invalid {
+            path: root.to_owned(),
+            reason: format!("{}: {reason}", p.strip_prefix(root).unwrap_or(p).display()),
+        };
+        if depth > limits.max_depth {
+            return Err(invalid(dir, "directories nested too deep"));
+        }
+        for e in std::fs::read_dir(dir).map_err(|e| BundleError::io("reading", dir, e))? {
+            let e = e.map_err(|e| BundleError::io("reading", dir, e))?;
+            let p = e.path();
+            let m =
+                std::fs::symlink_metadata(&p).map_err(|err| BundleError::io("reading", &p, err))?;
+            if budget.0 == 0 {
+                return Err(invalid(
+                    root,
+                    &format!("more than {} files", limits.max_files),
+                ));
+            }
+            budget.0 -= 1;
+            if m.is_dir() {
+                walk(&p, root, limits, depth + 1, budget)?;
+            } else if m.is_file() {
+                budget.1 = budget.1.checked_sub(m.len()).ok_or_else(|| {
+                    invalid(
+                        &p,
+                        &format!("the bundle holds more than {} bytes", limits.max_bytes),
+                    )
+                })?;
+            } else if m.file_type().is_symlink() {
+                return Err(invalid(
+                    &p,
+                    "a symbolic link (bundles hold plain files only)",
+                ));
+            } else {
+                return Err(invalid(&p, "not a plain file or directory"));
+            }
+        }
+        Ok(())
+    }
+    walk(
+        root,
+        root,
+        limits,
+        0,
+        &mut (limits.max_files, limits.max_bytes),
+    )
 }
 
 /// Labels end up in the audit journal and in messages: printable ASCII only.
