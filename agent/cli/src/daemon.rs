@@ -233,8 +233,15 @@ fn reconcile_with(
 /// Writes the configuration the agent accepted where its reconcile
 /// processes read it (`state_dir/agent.toml`, owner only).
 fn write_agent_config(config: &Config, text: &str) -> Result<PathBuf> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        // As the engine creates it: owner only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    }
     let path = config.state_dir.join("agent.toml");
     ferry_engine::fsutil::write_atomic(&path, 0o600, &mut text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;

@@ -249,8 +249,8 @@ fn export_tuf(
     }
     // The targets as stored (hash-prefixed under consistent snapshots).
     collect_files(&out.join("tuf/targets"), "tuf/targets", &mut paths)?;
-    // Read it back as a fresh device would (with the clock: the exporter's
-    // is assumed right), rendering for every selected device.
+    // Read it back as a fresh device would, rendering for every selected
+    // device (expiry was checked against this machine's clock above).
     let check = TufSource::for_bundle(
         &config.source.tuf,
         &work.join("check"),
