@@ -719,3 +719,46 @@ fn a_bundle_that_does_not_fit_on_the_stick_leaves_no_image() {
         "no leftovers"
     );
 }
+
+#[test]
+fn a_bundle_carries_the_root_rotation_chain_to_a_device_with_the_first_root() {
+    let d = Device::new(&[]);
+    let files = [file("/etc/app.conf", "rotated\n", "0644")];
+    d.publish(&files);
+    // Three root versions since the device's image was baked with
+    // 1.root.json (new root keys twice, then a new timestamp key).
+    d.repo.run(
+        "rotate",
+        &["--role", "root", "--keys", "2", "--threshold", "2"],
+    );
+    d.repo.run("rotate", &["--role", "root"]);
+    d.repo.run("rotate", &["--role", "timestamp"]);
+    let stick = d.fx.dir.path().join("stick");
+    let e = export(&d.fx, &stick, &[]);
+    let paths = e["paths"].to_string();
+    for v in 1..=4 {
+        assert!(
+            paths.contains(&format!("tuf/metadata/{v}.root.json")),
+            "{paths}"
+        );
+    }
+    let dev = offline_tuf(&d.repo.root_v1(), "");
+    let out = import(&dev, &stick, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(dev.snapshot(), common::expected(&files));
+    let trusted: serde_json::Value =
+        serde_json::from_slice(&fs::read(dev.state.join("tuf/metadata/root.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        trusted["signed"]["version"], 4,
+        "the device now trusts root v4"
+    );
+
+    // A chain with a link missing cannot be followed: the timestamp is then
+    // signed by a key the device does not know.
+    let broken = d.fx.dir.path().join("broken");
+    common::copy_tree(&stick, &broken);
+    fs::remove_file(broken.join("tuf/metadata/2.root.json")).unwrap();
+    let dev = offline_tuf(&d.repo.root_v1(), "");
+    refused(&dev, &broken, 4, &["timestamp"]);
+}
