@@ -395,7 +395,8 @@ impl Default for FilesConfig {
 impl Config {
     /// Loads the layers: `explicit` alone if given, else the vendor and system files that exist.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_with_text(explicit).map(|(c, _)| c)
+        let (merged, last) = Self::merged_layers(explicit)?;
+        Self::from_table(merged, last)
     }
 
     /// [`Config::load`], also returning the merged layers as one TOML
@@ -403,6 +404,16 @@ impl Config {
     /// configuration (the agent hands the configuration it accepted to its
     /// reconcile processes this way).
     pub fn load_with_text(explicit: Option<&Path>) -> Result<(Config, String), ConfigError> {
+        let (merged, last) = Self::merged_layers(explicit)?;
+        let text = toml::to_string(&merged).map_err(|e| ConfigError::Parse {
+            path: last.clone(),
+            message: e.to_string(),
+        })?;
+        Ok((Self::from_table(merged, last)?, text))
+    }
+
+    /// The configuration layers merged, and the last layer's path.
+    fn merged_layers(explicit: Option<&Path>) -> Result<(toml::Table, PathBuf), ConfigError> {
         let layers: Vec<PathBuf> = match explicit {
             Some(p) => vec![p.to_path_buf()],
             None => [VENDOR_CONFIG, SYSTEM_CONFIG]
@@ -419,33 +430,24 @@ impl Config {
             })?;
             merge(&mut merged, parse_layer(path, &text)?);
         }
-        let text = toml::to_string(&merged).map_err(|e| ConfigError::Parse {
-            path: layers.last().cloned().unwrap_or_default(),
-            message: e.to_string(),
-        })?;
+        Ok((merged, layers.last().cloned().unwrap_or_default()))
+    }
+
+    fn from_table(merged: toml::Table, path: PathBuf) -> Result<Config, ConfigError> {
         let config: Config =
             toml::Value::Table(merged)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: layers.last().cloned().unwrap_or_default(),
-                    message: e.message().to_owned(),
-                })?;
-        config.validate()?;
-        Ok((config, text))
-    }
-
-    /// Parses a configuration from text (one layer over the defaults).
-    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let table = parse_layer(path, text)?;
-        let config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path.to_path_buf(),
+                    path,
                     message: e.message().to_owned(),
                 })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Parses a configuration from text (one layer over the defaults).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Self::from_table(parse_layer(path, text)?, path.to_path_buf())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -438,20 +438,21 @@ impl TufRevision {
         let dest = out.join(&rel);
         let mut r = c.open_target(&info, 0, false).map_err(|e| self.err(e))?;
         drop(c);
-        let io = |e| SourceError::Io {
-            source_name: self.name.clone(),
-            what: format!("writing {}", dest.display()),
-            source: e,
+        let io = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                // The reader's verdict on the bytes.
+                return self.read_err(&path, e);
+            }
+            SourceError::Io {
+                source_name: self.name.clone(),
+                what: format!("writing {}", dest.display()),
+                source: e,
+            }
         };
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let tmp = dest.with_extension("part");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        let n = std::io::copy(&mut r, &mut f).map_err(|e| self.read_err(&path, e))?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &dest).map_err(io)?;
-        Ok(n)
+        fsutil::write_atomic(&dest, 0o644, &mut r).map_err(io)
     }
 
     /// A verification failure while reading is the repository's fault.
