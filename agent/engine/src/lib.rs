@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod policy;
 pub mod render;
 pub mod report;
+pub mod sigstore;
 pub mod source;
 pub mod state;
 pub mod store;

@@ -1,0 +1,1007 @@
+//! Sigstore bundles: proof that a CI identity (keyless, a short-lived
+//! Fulcio certificate) or a known key signed an artifact, recorded in a
+//! transparency log. Verified offline against a trusted root file; the
+//! Sigstore public-good root is embedded.
+//!
+//! What is checked, in order:
+//! 1. the bundle parses (media type v0.1–v0.3, one tlog entry), bounded;
+//! 2. the log entry: the log is in the trusted root, its SET verifies and/or
+//!    its inclusion proof leads to a checkpoint the log signed ([`tlog`]);
+//! 3. the artifact digest is the one the bundle and the log entry sign;
+//! 4. keyless: the certificate chains to a Fulcio CA of the trusted root at
+//!    issuance, its SCT verifies, its identity meets the policy, the
+//!    signature verifies, the log entry matches the bundle, and the *signed*
+//!    log time lies within the certificate's validity (`sigstore` 0.15 does
+//!    steps of this paragraph); key: the signature verifies with the key and
+//!    the log entry names that key and signature.
+//!
+//! Not supported (refused with a clear error, never accepted): RFC 3161
+//! timestamps as the only time source (Rekor v2 entries), SHA-512
+//! artifacts, key-based message signatures with keys other than P-256.
+
+pub mod identity;
+mod tlog;
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sigstore::bundle::verify::{
+    BundleErrorKind, CertificateErrorKind, PolicyError, SignatureErrorKind, VerificationError,
+    VerificationPolicy,
+};
+use sigstore::crypto::{CosignVerificationKey, Signature};
+use x509_cert::Certificate;
+use x509_cert::der::{Decode, Encode};
+
+pub use identity::{IdentityMatch, IdentityPolicy, Signer};
+
+/// Largest bundle or trusted root read.
+pub const MAX_BUNDLE_BYTES: u64 = 1024 * 1024;
+
+/// The Sigstore public-good trusted root ferry ships (from
+/// github.com/sigstore/root-signing, as pinned by `sigstore` 0.15's tests:
+/// Fulcio CAs, Rekor v1 and `log2025-1`, the CT logs, the TSA).
+pub const PRODUCTION_TRUSTED_ROOT: &[u8] = include_bytes!("trusted_root.json");
+
+/// The suffix of the sibling file that carries an artifact's bundle.
+pub const BUNDLE_SUFFIX: &str = ".sigstore.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SigstoreError {
+    /// The bundle is malformed or of a kind ferry does not verify.
+    #[error("bundle {file}: {message}")]
+    Bundle { file: String, message: String },
+    #[error("trusted root {origin}: {message}")]
+    TrustedRoot { origin: String, message: String },
+    #[error("key {origin}: {message}")]
+    Key { origin: String, message: String },
+    #[error("certificate chain: {0}")]
+    CertificateChain(String),
+    #[error("SCT: {0}")]
+    Sct(String),
+    #[error("identity mismatch: {0}")]
+    Identity(String),
+    #[error("digest mismatch: the bundle signs {signed}, the artifact is {actual}")]
+    DigestMismatch { signed: String, actual: String },
+    #[error("signature: {0}")]
+    Signature(String),
+    #[error("tlog inclusion: {0}")]
+    Tlog(String),
+    #[error("signing time: {0}")]
+    Time(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl SigstoreError {
+    /// A stable name of the failed check, for `--json` and the audit journal.
+    pub fn check(&self) -> &'static str {
+        match self {
+            SigstoreError::Bundle { .. } => "bundle",
+            SigstoreError::TrustedRoot { .. } => "trusted-root",
+            SigstoreError::Key { .. } => "key",
+            SigstoreError::CertificateChain(_) => "certificate-chain",
+            SigstoreError::Sct(_) => "sct",
+            SigstoreError::Identity(_) => "identity",
+            SigstoreError::DigestMismatch { .. } => "digest",
+            SigstoreError::Signature(_) => "signature",
+            SigstoreError::Tlog(_) => "tlog",
+            SigstoreError::Time(_) => "time",
+            SigstoreError::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+/// One transparency log of the trusted root.
+#[derive(Debug)]
+struct Tlog {
+    base_url: String,
+    key_id: Vec<u8>,
+    key: CosignVerificationKey,
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
+impl Tlog {
+    fn valid_at(&self, t: i64) -> bool {
+        self.start.is_none_or(|s| s <= t) && self.end.is_none_or(|e| t <= e)
+    }
+}
+
+/// A parsed trusted root (`trusted_root.json`, media type
+/// `application/vnd.dev.sigstore.trustedroot+json`).
+#[derive(Debug)]
+pub struct TrustedRoot {
+    origin: String,
+    json: Vec<u8>,
+    tlogs: Vec<Tlog>,
+    certificate_authorities: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRoot {
+    media_type: String,
+    #[serde(default)]
+    tlogs: Vec<RawTlog>,
+    #[serde(default)]
+    certificate_authorities: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawTlog {
+    #[serde(default)]
+    base_url: String,
+    public_key: RawKey,
+    log_id: RawLogId,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawKey {
+    raw_bytes: String,
+    #[serde(default)]
+    valid_for: Option<RawRange>,
+}
+
+#[derive(Deserialize)]
+struct RawRange {
+    start: Option<String>,
+    end: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawLogId {
+    key_id: String,
+}
+
+fn rfc3339(s: &str) -> Option<i64> {
+    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+}
+
+impl TrustedRoot {
+    /// The embedded Sigstore public-good trusted root.
+    pub fn production() -> &'static TrustedRoot {
+        static ROOT: OnceLock<TrustedRoot> = OnceLock::new();
+        ROOT.get_or_init(|| {
+            TrustedRoot::from_json(PRODUCTION_TRUSTED_ROOT, "(embedded public-good root)")
+                .expect("the embedded trusted root parses")
+        })
+    }
+
+    /// Reads a trusted root file (bounded).
+    pub fn load(path: &Path) -> Result<TrustedRoot, SigstoreError> {
+        let origin = path.display().to_string();
+        let bytes = read_bounded(path).map_err(|message| SigstoreError::TrustedRoot {
+            origin: origin.clone(),
+            message,
+        })?;
+        TrustedRoot::from_json(&bytes, &origin)
+    }
+
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<TrustedRoot, SigstoreError> {
+        let bad = |message: String| SigstoreError::TrustedRoot {
+            origin: origin.to_owned(),
+            message,
+        };
+        let raw: RawRoot = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if !raw
+            .media_type
+            .starts_with("application/vnd.dev.sigstore.trustedroot")
+        {
+            return Err(bad(format!(
+                "/mediaType: {:?} is not a Sigstore trusted root",
+                raw.media_type
+            )));
+        }
+        let mut tlogs = Vec::new();
+        for (i, t) in raw.tlogs.iter().enumerate() {
+            let der = B64
+                .decode(&t.public_key.raw_bytes)
+                .map_err(|e| bad(format!("/tlogs/{i}/publicKey/rawBytes: {e}")))?;
+            let key = CosignVerificationKey::try_from_der(&der)
+                .map_err(|e| bad(format!("/tlogs/{i}/publicKey/rawBytes: {e}")))?;
+            let key_id = B64
+                .decode(&t.log_id.key_id)
+                .map_err(|e| bad(format!("/tlogs/{i}/logId/keyId: {e}")))?;
+            let range = t.public_key.valid_for.as_ref();
+            let time = |s: Option<&String>, field: &str| -> Result<Option<i64>, SigstoreError> {
+                s.map(|s| {
+                    rfc3339(s).ok_or_else(|| {
+                        bad(format!(
+                            "/tlogs/{i}/publicKey/validFor/{field}: {s:?} is not an RFC 3339 time"
+                        ))
+                    })
+                })
+                .transpose()
+            };
+            tlogs.push(Tlog {
+                base_url: t.base_url.clone(),
+                key_id,
+                key,
+                start: time(range.and_then(|r| r.start.as_ref()), "start")?,
+                end: time(range.and_then(|r| r.end.as_ref()), "end")?,
+            });
+        }
+        Ok(TrustedRoot {
+            origin: origin.to_owned(),
+            json: bytes.to_vec(),
+            tlogs,
+            certificate_authorities: raw.certificate_authorities.len(),
+        })
+    }
+
+    /// Where the root came from (a path or the embedded root).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn log(&self, key_id: &[u8]) -> Option<&Tlog> {
+        self.tlogs.iter().find(|t| t.key_id == key_id)
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    file.take(MAX_BUNDLE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    if buf.len() as u64 > MAX_BUNDLE_BYTES {
+        return Err(format!("larger than {MAX_BUNDLE_BYTES} bytes"));
+    }
+    Ok(buf)
+}
+
+/// What a bundle must prove.
+#[derive(Debug, Clone)]
+pub enum Requirement {
+    /// Keyless: a Fulcio certificate whose identity meets the policy.
+    Identity(IdentityPolicy),
+    /// A known public key (SubjectPublicKeyInfo DER), named by `origin`.
+    Key { spki: Vec<u8>, origin: String },
+}
+
+impl Requirement {
+    /// A key requirement from a PEM public key file.
+    pub fn key_file(path: &Path) -> Result<Requirement, SigstoreError> {
+        let origin = path.display().to_string();
+        let bad = |message: String| SigstoreError::Key {
+            origin: origin.clone(),
+            message,
+        };
+        let bytes = read_bounded(path).map_err(bad)?;
+        let spki = pem_spki(&bytes).map_err(bad)?;
+        CosignVerificationKey::try_from_der(&spki).map_err(|e| bad(e.to_string()))?;
+        Ok(Requirement::Key { spki, origin })
+    }
+}
+
+fn pem_spki(pem: &[u8]) -> Result<Vec<u8>, String> {
+    pem_body(pem, "PUBLIC KEY")
+}
+
+/// The DER inside the first PEM block labelled `label`.
+fn pem_body(pem: &[u8], label: &str) -> Result<Vec<u8>, String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "not PEM text".to_owned())?;
+    let begin = format!("-----BEGIN {label}-----");
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with(&begin))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    if body.is_empty() {
+        return Err(format!("no PEM {label:?} block"));
+    }
+    B64.decode(body.trim())
+        .map_err(|e| format!("PEM body is not base64: {e}"))
+}
+
+/// What a verified bundle proved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verified {
+    /// `certificate` or `key`.
+    pub kind: &'static str,
+    /// The certificate's identity, or the key file.
+    pub signer: String,
+    pub issuer: Option<String>,
+    /// The transparency log and the entry's index in it.
+    pub log: String,
+    pub log_index: i64,
+    /// The log's signed time of the entry (seconds since the epoch), if it signed one.
+    pub signed_time: Option<i64>,
+}
+
+// ---- bundle JSON ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawBundle {
+    media_type: String,
+    verification_material: RawMaterial,
+    message_signature: Option<RawMessageSignature>,
+    dsse_envelope: Option<RawEnvelope>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMaterial {
+    x509_certificate_chain: Option<RawChain>,
+    certificate: Option<RawCert>,
+    public_key: Option<Value>,
+    #[serde(default)]
+    tlog_entries: Vec<RawEntry>,
+}
+
+#[derive(Deserialize)]
+struct RawChain {
+    certificates: Vec<RawCert>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawCert {
+    raw_bytes: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMessageSignature {
+    message_digest: Option<RawDigest>,
+    signature: String,
+}
+
+#[derive(Deserialize)]
+struct RawDigest {
+    algorithm: String,
+    digest: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEnvelope {
+    payload: String,
+    payload_type: String,
+    signatures: Vec<RawEnvelopeSig>,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelopeSig {
+    sig: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEntry {
+    log_index: Int,
+    log_id: RawLogId,
+    kind_version: RawKindVersion,
+    #[serde(default)]
+    integrated_time: Option<Int>,
+    inclusion_promise: Option<RawPromise>,
+    inclusion_proof: Option<RawProof>,
+    canonicalized_body: String,
+}
+
+#[derive(Deserialize)]
+struct RawKindVersion {
+    kind: String,
+    version: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPromise {
+    signed_entry_timestamp: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawProof {
+    log_index: Int,
+    root_hash: String,
+    tree_size: Int,
+    #[serde(default)]
+    hashes: Vec<String>,
+    checkpoint: Option<RawCheckpoint>,
+}
+
+#[derive(Deserialize)]
+struct RawCheckpoint {
+    envelope: String,
+}
+
+/// Protobuf JSON writes 64-bit integers as strings; accept both.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(try_from = "Value")]
+struct Int(i64);
+
+impl TryFrom<Value> for Int {
+    type Error = String;
+    fn try_from(v: Value) -> Result<Int, String> {
+        match &v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .filter(|n| *n >= 0)
+        .map(Int)
+        .ok_or_else(|| format!("{v} is not a non-negative 64-bit integer"))
+    }
+}
+
+/// A transparency log entry, decoded.
+#[derive(Debug)]
+struct TlogEntry {
+    log_index: i64,
+    key_id: Vec<u8>,
+    integrated_time: i64,
+    signed_entry_timestamp: Option<Vec<u8>>,
+    inclusion_proof: Option<tlog::InclusionProof>,
+    body: Vec<u8>,
+    kind: String,
+    version: String,
+}
+
+fn media_version(media_type: &str) -> Option<(u32, u32)> {
+    match media_type {
+        "application/vnd.dev.sigstore.bundle+json;version=0.1" => Some((0, 1)),
+        "application/vnd.dev.sigstore.bundle+json;version=0.2" => Some((0, 2)),
+        "application/vnd.dev.sigstore.bundle+json;version=0.3"
+        | "application/vnd.dev.sigstore.bundle.v0.3+json" => Some((0, 3)),
+        _ => None,
+    }
+}
+
+/// Verifies the bundle `bundle` (the text of file `file`) for an artifact
+/// whose SHA-256 is `digest`, against `root`, as `requirement` demands.
+pub fn verify(
+    bundle: &[u8],
+    file: &str,
+    digest: &[u8; 32],
+    root: &TrustedRoot,
+    requirement: &Requirement,
+) -> Result<Verified, SigstoreError> {
+    let bad = |message: String| SigstoreError::Bundle {
+        file: file.to_owned(),
+        message,
+    };
+    if bundle.len() as u64 > MAX_BUNDLE_BYTES {
+        return Err(bad(format!("larger than {MAX_BUNDLE_BYTES} bytes")));
+    }
+    let raw: RawBundle = serde_json::from_slice(bundle).map_err(|e| bad(e.to_string()))?;
+    let version = media_version(&raw.media_type).ok_or_else(|| {
+        bad(format!(
+            "/mediaType: {:?} is not a Sigstore bundle v0.1, v0.2 or v0.3",
+            raw.media_type
+        ))
+    })?;
+    let entry = decode_entry(&raw.verification_material.tlog_entries, &bad)?;
+    let log = root.log(&entry.key_id).ok_or_else(|| {
+        SigstoreError::Tlog(format!(
+            "log {} is not in the trusted root {}",
+            hex::encode(&entry.key_id),
+            root.origin
+        ))
+    })?;
+    let vouched = tlog::verify(&entry, log, version)?;
+    let body: Value = serde_json::from_slice(&entry.body).map_err(|e| {
+        bad(format!(
+            "/verificationMaterial/tlogEntries/0/canonicalizedBody: {e}"
+        ))
+    })?;
+    if body["kind"] != entry.kind.as_str() || body["apiVersion"] != entry.version.as_str() {
+        return Err(SigstoreError::Tlog(format!(
+            "the log entry is a {} {}, the bundle says {} {}",
+            body["kind"], body["apiVersion"], entry.kind, entry.version
+        )));
+    }
+    let actual = format!("sha256:{}", hex::encode(digest));
+    let signed_digests = signed_digests(&raw, &body, &bad)?;
+    if !signed_digests.iter().any(|d| d == digest) {
+        return Err(SigstoreError::DigestMismatch {
+            signed: signed_digests
+                .first()
+                .map(|d| format!("sha256:{}", hex::encode(d)))
+                .unwrap_or_else(|| "no sha256 digest".to_owned()),
+            actual,
+        });
+    }
+    let material = &raw.verification_material;
+    let verified = |kind, signer, issuer| Verified {
+        kind,
+        signer,
+        issuer,
+        log: log.base_url.clone(),
+        log_index: entry.log_index,
+        signed_time: vouched.signed_time,
+    };
+    match (requirement, &material.public_key) {
+        (Requirement::Key { spki, origin }, Some(_)) => {
+            verify_with_key(&raw, &body, spki, origin, &bad)?;
+            Ok(verified("key", origin.clone(), None))
+        }
+        (Requirement::Key { origin, .. }, None) => Err(SigstoreError::Key {
+            origin: origin.clone(),
+            message: format!("{file} is signed with a certificate, not with a key"),
+        }),
+        (Requirement::Identity(_), Some(_)) => Err(SigstoreError::Identity(format!(
+            "{file} is signed with a key, not by a certificate identity"
+        ))),
+        (Requirement::Identity(policy), None) => {
+            let leaf = leaf_certificate(material, &bad)?;
+            let cert = Certificate::from_der(&leaf)
+                .map_err(|e| bad(format!("signing certificate: {e}")))?;
+            let validity = cert.tbs_certificate().validity();
+            let (not_before, not_after) = (
+                validity.not_before.to_unix_duration().as_secs() as i64,
+                validity.not_after.to_unix_duration().as_secs() as i64,
+            );
+            let Some(time) = vouched.signed_time else {
+                return Err(SigstoreError::Time(format!(
+                    "the certificate was valid {} to {} and the log signed no time for the entry \
+                     (no inclusion promise; RFC 3161 timestamps are not supported), so the \
+                     signature cannot be placed within the certificate's validity",
+                    ts(not_before),
+                    ts(not_after)
+                )));
+            };
+            if time < not_before || time > not_after {
+                return Err(SigstoreError::Time(format!(
+                    "the log integrated the entry at {}, outside the certificate's validity {} to {}",
+                    ts(time),
+                    ts(not_before),
+                    ts(not_after)
+                )));
+            }
+            if root.certificate_authorities == 0 {
+                return Err(SigstoreError::CertificateChain(format!(
+                    "the trusted root {} has no certificate authorities",
+                    root.origin
+                )));
+            }
+            keyless(bundle, &raw, &body, &leaf, digest, root, policy, file)?;
+            let signer = identity::signer(&cert);
+            Ok(verified(
+                "certificate",
+                signer.names.first().cloned().unwrap_or_default(),
+                signer.issuer,
+            ))
+        }
+    }
+}
+
+fn ts(t: i64) -> String {
+    jiff::Timestamp::from_second(t)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| t.to_string())
+}
+
+fn decode_entry(
+    entries: &[RawEntry],
+    bad: &dyn Fn(String) -> SigstoreError,
+) -> Result<TlogEntry, SigstoreError> {
+    let [e] = entries else {
+        return Err(bad(format!(
+            "/verificationMaterial/tlogEntries: {} entries, ferry verifies bundles with exactly one",
+            entries.len()
+        )));
+    };
+    let field = |f: &str| format!("/verificationMaterial/tlogEntries/0/{f}");
+    let b64 = |s: &str, f: &str| B64.decode(s).map_err(|e| bad(format!("{}: {e}", field(f))));
+    let inclusion_proof = match &e.inclusion_proof {
+        Some(p) => Some(tlog::InclusionProof {
+            log_index: p.log_index.0 as u64,
+            tree_size: p.tree_size.0 as u64,
+            root_hash: b64(&p.root_hash, "inclusionProof/rootHash")?,
+            hashes: p
+                .hashes
+                .iter()
+                .map(|h| b64(h, "inclusionProof/hashes"))
+                .collect::<Result<_, _>>()?,
+            checkpoint: p.checkpoint.as_ref().map(|c| c.envelope.clone()),
+        }),
+        None => None,
+    };
+    Ok(TlogEntry {
+        log_index: e.log_index.0,
+        key_id: b64(&e.log_id.key_id, "logId/keyId")?,
+        integrated_time: e.integrated_time.map_or(0, |t| t.0),
+        signed_entry_timestamp: e
+            .inclusion_promise
+            .as_ref()
+            .map(|p| {
+                b64(
+                    &p.signed_entry_timestamp,
+                    "inclusionPromise/signedEntryTimestamp",
+                )
+            })
+            .transpose()?,
+        inclusion_proof,
+        body: b64(&e.canonicalized_body, "canonicalizedBody")?,
+        kind: e.kind_version.kind.clone(),
+        version: e.kind_version.version.clone(),
+    })
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+/// The SHA-256 digests the bundle and its log entry sign; they must agree.
+fn signed_digests(
+    raw: &RawBundle,
+    body: &Value,
+    bad: &dyn Fn(String) -> SigstoreError,
+) -> Result<Vec<[u8; 32]>, SigstoreError> {
+    match (&raw.message_signature, &raw.dsse_envelope) {
+        (Some(m), None) => {
+            if body["kind"] != "hashedrekord" {
+                return Err(SigstoreError::Tlog(format!(
+                    "a message signature is logged as {}, not hashedrekord",
+                    body["kind"]
+                )));
+            }
+            let spec = &body["spec"]["data"]["hash"];
+            if spec["algorithm"] != "sha256" {
+                return Err(SigstoreError::Unsupported(format!(
+                    "the log entry hashes with {}; ferry verifies SHA-256 artifacts",
+                    spec["algorithm"]
+                )));
+            }
+            let logged = spec["value"]
+                .as_str()
+                .and_then(hex32)
+                .ok_or_else(|| SigstoreError::Tlog("the log entry has no SHA-256 digest".into()))?;
+            if let Some(d) = &m.message_digest {
+                let inner = B64
+                    .decode(&d.digest)
+                    .map_err(|e| bad(format!("/messageSignature/messageDigest/digest: {e}")))?;
+                if d.algorithm != "SHA2_256" || inner[..] != logged[..] {
+                    return Err(SigstoreError::Tlog(format!(
+                        "the bundle's message digest ({} {}) is not the logged one",
+                        d.algorithm,
+                        hex::encode(&inner)
+                    )));
+                }
+            }
+            Ok(vec![logged])
+        }
+        (None, Some(env)) => {
+            let payload = B64
+                .decode(&env.payload)
+                .map_err(|e| bad(format!("/dsseEnvelope/payload: {e}")))?;
+            let statement: Value = serde_json::from_slice(&payload).map_err(|e| {
+                bad(format!(
+                    "/dsseEnvelope/payload: not an in-toto statement: {e}"
+                ))
+            })?;
+            let subjects = statement["subject"].as_array().ok_or_else(|| {
+                bad("/dsseEnvelope/payload: the in-toto statement has no subject list".into())
+            })?;
+            if subjects.len() > 1024 {
+                return Err(bad("/dsseEnvelope/payload: more than 1024 subjects".into()));
+            }
+            Ok(subjects
+                .iter()
+                .filter_map(|s| s["digest"]["sha256"].as_str().and_then(hex32))
+                .collect())
+        }
+        _ => Err(bad(
+            "carries neither exactly one messageSignature nor one dsseEnvelope".into(),
+        )),
+    }
+}
+
+fn leaf_certificate(
+    material: &RawMaterial,
+    bad: &dyn Fn(String) -> SigstoreError,
+) -> Result<Vec<u8>, SigstoreError> {
+    let raw = match (&material.x509_certificate_chain, &material.certificate) {
+        (Some(chain), None) => chain.certificates.first(),
+        (None, Some(cert)) => Some(cert),
+        _ => None,
+    }
+    .ok_or_else(|| bad("/verificationMaterial: no signing certificate".into()))?;
+    B64.decode(&raw.raw_bytes)
+        .map_err(|e| bad(format!("/verificationMaterial: certificate: {e}")))
+}
+
+/// The keyless checks `sigstore` 0.15 does: chain at issuance, SCT,
+/// identity policy, signature, log entry consistent with the bundle.
+#[allow(clippy::too_many_arguments)]
+fn keyless(
+    bundle: &[u8],
+    raw: &RawBundle,
+    body: &Value,
+    leaf: &[u8],
+    digest: &[u8; 32],
+    root: &TrustedRoot,
+    policy: &IdentityPolicy,
+    file: &str,
+) -> Result<(), SigstoreError> {
+    use sigstore::bundle::verify::Verifier;
+    use sigstore::trust::sigstore::SigstoreTrustRoot;
+    let parsed: sigstore::bundle::Bundle =
+        serde_json::from_slice(bundle).map_err(|e| SigstoreError::Bundle {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+    let trust = SigstoreTrustRoot::from_trusted_root_json_unchecked(&root.json).map_err(|e| {
+        SigstoreError::TrustedRoot {
+            origin: root.origin.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    let verifier =
+        Verifier::new(Default::default(), trust).map_err(|e| SigstoreError::TrustedRoot {
+            origin: root.origin.clone(),
+            message: e.to_string(),
+        })?;
+    let input = sigstore::bundle::verify::ArtifactDigest::Sha256(*digest);
+    let observed = Observed {
+        inner: policy,
+        passed: std::cell::Cell::new(false),
+    };
+    let fut = verifier.verify_digest_with(input, parsed, &observed, true);
+    match ready(fut) {
+        Ok(()) => Ok(()),
+        // `sigstore` 0.15 reads the SHA-256 prehash of a message signature
+        // as SHA-384 when the certificate key is P-384 (its aws-lc backend),
+        // so such valid signatures fail there. The chain, SCT and policy
+        // checks ran before (the policy was consulted and passed); ferry
+        // finishes the remaining steps itself: the signature over the
+        // digest, and the log entry naming this signature and certificate.
+        Err(VerificationError::Signature(SignatureErrorKind::VerificationFailed(_)))
+            if observed.passed.get() =>
+        {
+            message_signature_fallback(raw, body, leaf, digest)
+        }
+        Err(e) => Err(map_verification_error(e, file)),
+    }
+}
+
+/// The identity policy, noting whether the verifier consulted it and it passed.
+struct Observed<'a> {
+    inner: &'a IdentityPolicy,
+    passed: std::cell::Cell<bool>,
+}
+
+impl VerificationPolicy for Observed<'_> {
+    fn verify(&self, cert: &Certificate) -> Result<(), PolicyError> {
+        let r = self.inner.verify(cert);
+        self.passed.set(r.is_ok());
+        r
+    }
+}
+
+fn message_signature_fallback(
+    raw: &RawBundle,
+    body: &Value,
+    leaf: &[u8],
+    digest: &[u8; 32],
+) -> Result<(), SigstoreError> {
+    let Some(m) = &raw.message_signature else {
+        return Err(SigstoreError::Signature(
+            "does not verify with the certificate's key".into(),
+        ));
+    };
+    let sig = B64
+        .decode(&m.signature)
+        .map_err(|e| SigstoreError::Signature(e.to_string()))?;
+    let cert = Certificate::from_der(leaf).map_err(|e| SigstoreError::Signature(e.to_string()))?;
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| SigstoreError::Signature(e.to_string()))?;
+    verify_prehash(&spki, digest, &sig)
+        .map_err(|m| SigstoreError::Signature(format!("{m} with the certificate's key")))?;
+    let spec = &body["spec"]["signature"];
+    let logged_cert = spec["publicKey"]["content"]
+        .as_str()
+        .and_then(|s| B64.decode(s).ok())
+        .and_then(|pem| pem_body(&pem, "CERTIFICATE").ok());
+    if spec["content"].as_str() != Some(m.signature.as_str())
+        || logged_cert.as_deref() != Some(leaf)
+    {
+        return Err(SigstoreError::Tlog(
+            "the log entry does not match the bundle's signature, certificate or digest".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies an ECDSA (P-256 or P-384) signature over a SHA-256 digest.
+fn verify_prehash(spki: &[u8], digest: &[u8; 32], sig: &[u8]) -> Result<(), String> {
+    use aws_lc_rs::digest::SHA256;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA256_ASN1, UnparsedPublicKey};
+    let key = CosignVerificationKey::try_from_der(spki).map_err(|e| e.to_string())?;
+    let alg = match key {
+        CosignVerificationKey::ECDSA_P256_SHA256_ASN1(_) => &ECDSA_P256_SHA256_ASN1,
+        CosignVerificationKey::ECDSA_P384_SHA384_ASN1(_) => &ECDSA_P384_SHA256_ASN1,
+        _ => {
+            return Err(
+                "message signatures are verified for ECDSA P-256 and P-384 keys only".into(),
+            );
+        }
+    };
+    let d = aws_lc_rs::digest::Digest::import_less_safe(digest, &SHA256)
+        .map_err(|_| "bad digest".to_owned())?;
+    UnparsedPublicKey::new(alg, spki)
+        .verify_digest(&d, sig)
+        .map_err(|_| "does not verify".to_owned())
+}
+
+/// Runs a future that never waits (the offline verifier does no I/O).
+fn ready<F: std::future::Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn map_verification_error(e: VerificationError, file: &str) -> SigstoreError {
+    match &e {
+        VerificationError::Certificate(CertificateErrorKind::Sct(_)) => {
+            SigstoreError::Sct(chain(&e))
+        }
+        VerificationError::Certificate(CertificateErrorKind::Expired) => {
+            SigstoreError::Time(chain(&e))
+        }
+        VerificationError::Certificate(_) => SigstoreError::CertificateChain(chain(&e)),
+        VerificationError::Policy(p) => SigstoreError::Identity(p.to_string()),
+        VerificationError::Signature(SignatureErrorKind::Transparency) => SigstoreError::Tlog(
+            "the log entry does not match the bundle's signature, certificate or digest".into(),
+        ),
+        VerificationError::Signature(SignatureErrorKind::SubjectDigestMismatch) => {
+            SigstoreError::DigestMismatch {
+                signed: "other subjects".into(),
+                actual: "this artifact".into(),
+            }
+        }
+        VerificationError::Signature(_) => SigstoreError::Signature(chain(&e)),
+        VerificationError::Bundle(BundleErrorKind::RootInChain) => {
+            SigstoreError::CertificateChain(chain(&e))
+        }
+        VerificationError::Bundle(_) | VerificationError::Input(_) => SigstoreError::Bundle {
+            file: file.to_owned(),
+            message: chain(&e),
+        },
+    }
+}
+
+/// Whether a base64 PEM in a log entry names the key `spki`.
+fn names_key(b64_pem: Option<&str>, spki: &[u8]) -> bool {
+    b64_pem
+        .and_then(|s| B64.decode(s).ok())
+        .and_then(|pem| pem_spki(&pem).ok())
+        .is_some_and(|k| k == spki)
+}
+
+fn verify_with_key(
+    raw: &RawBundle,
+    body: &Value,
+    spki: &[u8],
+    origin: &str,
+    bad: &dyn Fn(String) -> SigstoreError,
+) -> Result<(), SigstoreError> {
+    let key = CosignVerificationKey::try_from_der(spki).map_err(|e| SigstoreError::Key {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    })?;
+    if let Some(m) = &raw.message_signature {
+        let sig = B64
+            .decode(&m.signature)
+            .map_err(|e| bad(format!("/messageSignature/signature: {e}")))?;
+        let spec = &body["spec"]["signature"];
+        if spec["content"].as_str() != Some(m.signature.as_str()) {
+            return Err(SigstoreError::Tlog(
+                "the log entry records another signature".into(),
+            ));
+        }
+        if !names_key(spec["publicKey"]["content"].as_str(), spki) {
+            return Err(SigstoreError::Tlog(format!(
+                "the log entry names another key than {origin}"
+            )));
+        }
+        let logged = body["spec"]["data"]["hash"]["value"]
+            .as_str()
+            .and_then(hex32)
+            .ok_or_else(|| SigstoreError::Tlog("the log entry has no SHA-256 digest".into()))?;
+        // A message signature signs the artifact's SHA-256 (pre-hashed).
+        return verify_prehash(spki, &logged, &sig)
+            .map_err(|m| SigstoreError::Signature(format!("{m} with key {origin}")));
+    }
+    let Some(env) = &raw.dsse_envelope else {
+        return Err(bad("no signature".into()));
+    };
+    let [s] = env.signatures.as_slice() else {
+        return Err(bad(format!(
+            "/dsseEnvelope/signatures: {} signatures, expected exactly one",
+            env.signatures.len()
+        )));
+    };
+    let sig = B64
+        .decode(&s.sig)
+        .map_err(|e| bad(format!("/dsseEnvelope/signatures/0/sig: {e}")))?;
+    let payload = B64
+        .decode(&env.payload)
+        .map_err(|e| bad(format!("/dsseEnvelope/payload: {e}")))?;
+    let pae = [
+        format!(
+            "DSSEv1 {} {} {} ",
+            env.payload_type.len(),
+            env.payload_type,
+            payload.len()
+        )
+        .into_bytes(),
+        payload.clone(),
+    ]
+    .concat();
+    key.verify_signature(Signature::Raw(&sig), &pae)
+        .map_err(|_| SigstoreError::Signature(format!("does not verify with key {origin}")))?;
+    let payload_hash = hex::encode(Sha256::digest(&payload));
+    let consistent = match (body["kind"].as_str(), body["apiVersion"].as_str()) {
+        (Some("dsse"), Some("0.0.1")) => {
+            let spec = &body["spec"];
+            spec["payloadHash"]["algorithm"] == "sha256"
+                && spec["payloadHash"]["value"] == payload_hash.as_str()
+                && spec["signatures"].as_array().is_some_and(|sigs| {
+                    sigs.iter().any(|x| {
+                        x["signature"].as_str() == Some(s.sig.as_str())
+                            && names_key(x["verifier"].as_str(), spki)
+                    })
+                })
+        }
+        (Some("intoto"), Some("0.0.2")) => {
+            let content = &body["spec"]["content"];
+            let double = B64.encode(&s.sig);
+            content["payloadHash"]["algorithm"] == "sha256"
+                && content["payloadHash"]["value"] == payload_hash.as_str()
+                && content["envelope"]["payloadType"] == env.payload_type.as_str()
+                && content["envelope"]["signatures"]
+                    .as_array()
+                    .is_some_and(|sigs| {
+                        sigs.iter().any(|x| {
+                            x["sig"].as_str() == Some(double.as_str())
+                                && names_key(x["publicKey"].as_str(), spki)
+                        })
+                    })
+        }
+        (kind, version) => {
+            return Err(SigstoreError::Unsupported(format!(
+                "DSSE log entries of kind {kind:?} {version:?}"
+            )));
+        }
+    };
+    if !consistent {
+        return Err(SigstoreError::Tlog(
+            "the log entry does not match the envelope's payload, signature or key".into(),
+        ));
+    }
+    Ok(())
+}

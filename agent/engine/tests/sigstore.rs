@@ -1,0 +1,427 @@
+//! Sigstore bundle verification against real bundles (integration/fixtures/sigstore,
+//! see its README): accepted as signed, refused with the failed check named
+//! when anything about them is off.
+
+use std::path::PathBuf;
+
+use ferry_engine::sigstore::{
+    IdentityMatch, IdentityPolicy, Requirement, SigstoreError, TrustedRoot, Verified, verify,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const BEACON: &str = "https://github.com/sigstore-conformance/extremely-dangerous-public-oidc-beacon/.github/workflows/extremely-dangerous-oidc-beacon.yml@refs/heads/main";
+const GITHUB: &str = "https://token.actions.githubusercontent.com";
+const KUBEWARDEN: &str = "https://github.com/kubewarden/kubewarden-controller/.github/workflows/release.yml@refs/tags/v1.34.0";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../integration/fixtures/sigstore")
+        .join(name)
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).unwrap()
+}
+
+fn sha(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn a_txt() -> [u8; 32] {
+    sha(&read("a.txt"))
+}
+
+fn v03_digest() -> [u8; 32] {
+    hex::decode("c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172")
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+fn identity(id: &str, issuer: &str) -> Requirement {
+    Requirement::Identity(IdentityPolicy {
+        identity: IdentityMatch::Exact(id.to_owned()),
+        issuer: issuer.to_owned(),
+        claims: vec![],
+    })
+}
+
+fn check(
+    bundle: &[u8],
+    digest: &[u8; 32],
+    root: &TrustedRoot,
+    req: &Requirement,
+) -> Result<Verified, SigstoreError> {
+    verify(bundle, "bundle.sigstore.json", digest, root, req)
+}
+
+/// Edits a bundle's JSON.
+fn edit(name: &str, f: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&read(name)).unwrap();
+    f(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn refused(r: Result<Verified, SigstoreError>, check: &str, needle: &str) -> SigstoreError {
+    let e = r.expect_err("must be refused");
+    assert_eq!(e.check(), check, "{e}");
+    assert!(e.to_string().contains(needle), "{e:?} lacks {needle:?}");
+    e
+}
+
+#[test]
+fn a_keyless_message_signature_is_accepted() {
+    let v = check(
+        &read("a.txt.sigstore.json"),
+        &a_txt(),
+        TrustedRoot::production(),
+        &identity(BEACON, GITHUB),
+    )
+    .unwrap();
+    assert_eq!(v.kind, "certificate");
+    assert_eq!(v.signer, BEACON);
+    assert_eq!(v.issuer.as_deref(), Some(GITHUB));
+    assert_eq!(v.signed_time, Some(1686853273));
+    assert_eq!(v.log, "https://rekor.sigstore.dev");
+}
+
+#[test]
+fn a_keyless_v03_dsse_attestation_is_accepted_and_claims_are_checked() {
+    let bundle = read("dsse-v03.sigstore.json");
+    let root = TrustedRoot::production();
+    let mut policy = IdentityPolicy {
+        identity: IdentityMatch::regex("https://github.com/kubewarden/.*").unwrap(),
+        issuer: GITHUB.to_owned(),
+        claims: vec![("github_workflow_ref", "refs/tags/v1.34.0".to_owned())],
+    };
+    let v = check(
+        &bundle,
+        &v03_digest(),
+        root,
+        &Requirement::Identity(policy.clone()),
+    )
+    .unwrap();
+    assert_eq!(v.signer, KUBEWARDEN);
+    // The regex is anchored: a prefix alone does not match.
+    policy.identity = IdentityMatch::regex("https://github.com/kubewarden").unwrap();
+    refused(
+        check(
+            &bundle,
+            &v03_digest(),
+            root,
+            &Requirement::Identity(policy.clone()),
+        ),
+        "identity",
+        "kubewarden-controller",
+    );
+    policy.identity = IdentityMatch::Exact(KUBEWARDEN.to_owned());
+    policy.claims = vec![("github_workflow_ref", "refs/heads/main".to_owned())];
+    refused(
+        check(&bundle, &v03_digest(), root, &Requirement::Identity(policy)),
+        "identity",
+        "github_workflow_ref",
+    );
+}
+
+#[test]
+fn wrong_identity_or_issuer_is_refused() {
+    let bundle = read("a.txt.sigstore.json");
+    let root = TrustedRoot::production();
+    let e = refused(
+        check(
+            &bundle,
+            &a_txt(),
+            root,
+            &identity(
+                "https://github.com/acme/gw/.github/workflows/release.yml@refs/heads/main",
+                GITHUB,
+            ),
+        ),
+        "identity",
+        "acme/gw",
+    );
+    assert!(
+        e.to_string().contains(BEACON),
+        "names the actual identity: {e}"
+    );
+    refused(
+        check(
+            &bundle,
+            &a_txt(),
+            root,
+            &identity(BEACON, "https://accounts.google.com"),
+        ),
+        "identity",
+        "OIDC issuer",
+    );
+}
+
+#[test]
+fn a_tampered_artifact_is_refused() {
+    let mut other = read("a.txt");
+    other.push(b'!');
+    for (name, digest, req) in [
+        ("a.txt.sigstore.json", sha(&other), identity(BEACON, GITHUB)),
+        (
+            "dsse-v03.sigstore.json",
+            sha(&other),
+            identity(KUBEWARDEN, GITHUB),
+        ),
+    ] {
+        refused(
+            check(&read(name), &digest, TrustedRoot::production(), &req),
+            "digest",
+            &hex::encode(digest),
+        );
+    }
+    // The digest form: the same check, no file.
+    refused(
+        check(
+            &read("key-dsse/bundle.sigstore.json"),
+            &[0u8; 32],
+            &key_root(),
+            &key_req(),
+        ),
+        "digest",
+        "sha256:0000",
+    );
+}
+
+#[test]
+fn tampered_bundles_are_refused() {
+    let root = TrustedRoot::production();
+    let req = identity(BEACON, GITHUB);
+    let entry = "/verificationMaterial/tlogEntries/0";
+    // The log's signed entry timestamp.
+    let b = edit("a.txt.sigstore.json", |v| {
+        v.pointer_mut(&format!("{entry}/inclusionPromise/signedEntryTimestamp")).map(|s| {
+            *s = "MEQCIDcupnedojCKUU7gaEGjVH/Qy3AJJDcD9VFWEjf76MpYAiAxk84qGkktsko5cyR/ygmkssR5KWM2fa5crN7a2ue9XA==".into()
+        });
+    });
+    refused(
+        check(&b, &a_txt(), root, &req),
+        "tlog",
+        "signed entry timestamp",
+    );
+    // The integrated time (the SET no longer covers it).
+    let b = edit("a.txt.sigstore.json", |v| {
+        *v.pointer_mut(&format!("{entry}/integratedTime")).unwrap() = "1686853274".into();
+    });
+    refused(
+        check(&b, &a_txt(), root, &req),
+        "tlog",
+        "signed entry timestamp",
+    );
+    // A hash of the inclusion proof.
+    let b = edit("a.txt.sigstore.json", |v| {
+        *v.pointer_mut(&format!("{entry}/inclusionProof/hashes/3"))
+            .unwrap() = "r37EOMDlYDvOqey/QNqmud6ONMdtNTi1e6tKXohojNA=".into();
+    });
+    refused(check(&b, &a_txt(), root, &req), "tlog", "inclusion proof");
+    // The signature.
+    let b = edit("a.txt.sigstore.json", |v| {
+        let s = v.pointer_mut("/messageSignature/signature").unwrap();
+        let t = s.as_str().unwrap().replacen("MGYCMQCU", "MGYCMQCV", 1);
+        *s = t.into();
+    });
+    refused(check(&b, &a_txt(), root, &req), "signature", "does not verify");
+    // The checkpoint of a v0.3 bundle.
+    let b = edit("key-dsse/bundle.sigstore.json", |v| {
+        let c = v
+            .pointer_mut(&format!("{entry}/inclusionProof/checkpoint/envelope"))
+            .unwrap();
+        let t = c
+            .as_str()
+            .unwrap()
+            .replacen("rekor.test\n1\n", "rekor.test\n2\n", 1);
+        *c = t.into();
+    });
+    refused(
+        check(&b, &a_txt(), &key_root(), &key_req()),
+        "tlog",
+        "checkpoint",
+    );
+    // Not a bundle at all; another media type.
+    let e = refused(
+        check(b"{\n  \"mediaType\": 3\n}", &a_txt(), root, &req),
+        "bundle",
+        "line 2",
+    );
+    assert!(
+        e.to_string().starts_with("bundle bundle.sigstore.json:"),
+        "{e}"
+    );
+    let b = edit("a.txt.sigstore.json", |v| {
+        v["mediaType"] = "application/json".into()
+    });
+    refused(check(&b, &a_txt(), root, &req), "bundle", "/mediaType");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[test]
+fn the_tampered_body_is_refused_by_the_proofs() {
+    // Body tampering must fail at the log, whatever else would notice.
+    let entry = "/verificationMaterial/tlogEntries/0";
+    let b = edit("dsse-v03.sigstore.json", |v| {
+        let body = v
+            .pointer_mut(&format!("{entry}/canonicalizedBody"))
+            .unwrap();
+        let mut bytes = base64_decode(body.as_str().unwrap());
+        let n = bytes.len();
+        bytes[n - 3] ^= 1;
+        *body = base64_encode(&bytes).into();
+    });
+    refused(
+        check(
+            &b,
+            &v03_digest(),
+            TrustedRoot::production(),
+            &identity(KUBEWARDEN, GITHUB),
+        ),
+        "tlog",
+        "signed entry timestamp",
+    );
+}
+
+#[test]
+fn an_expired_certificate_without_a_signed_log_time_is_refused() {
+    // The v0.3 bundle has an inclusion proof with checkpoint, but without
+    // its inclusion promise nothing signs the time of signing: the
+    // ten-minute certificate has long expired.
+    let b = edit("dsse-v03.sigstore.json", |v| {
+        v.pointer_mut("/verificationMaterial/tlogEntries/0")
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .remove("inclusionPromise");
+    });
+    refused(
+        check(
+            &b,
+            &v03_digest(),
+            TrustedRoot::production(),
+            &identity(KUBEWARDEN, GITHUB),
+        ),
+        "time",
+        "log signed no time",
+    );
+    // A v0.1 bundle must carry the promise.
+    let b = edit("a.txt.sigstore.json", |v| {
+        v.pointer_mut("/verificationMaterial/tlogEntries/0")
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .remove("inclusionPromise");
+    });
+    refused(
+        check(
+            &b,
+            &a_txt(),
+            TrustedRoot::production(),
+            &identity(BEACON, GITHUB),
+        ),
+        "tlog",
+        "neither",
+    );
+}
+
+#[test]
+fn a_wrong_trusted_root_is_refused() {
+    // Another Sigstore instance (staging): its log does not know the entry.
+    let staging = TrustedRoot::load(&fixture("trusted_root.staging.json")).unwrap();
+    refused(
+        check(
+            &read("a.txt.sigstore.json"),
+            &a_txt(),
+            &staging,
+            &identity(BEACON, GITHUB),
+        ),
+        "tlog",
+        "is not in the trusted root",
+    );
+    // The production log, but not the Fulcio CA that issued the certificate.
+    let mut root: Value =
+        serde_json::from_slice(ferry_engine::sigstore::PRODUCTION_TRUSTED_ROOT).unwrap();
+    root["certificateAuthorities"]
+        .as_array_mut()
+        .unwrap()
+        .remove(1);
+    let root =
+        TrustedRoot::from_json(&serde_json::to_vec(&root).unwrap(), "no-2022-ca.json").unwrap();
+    refused(
+        check(
+            &read("a.txt.sigstore.json"),
+            &a_txt(),
+            &root,
+            &identity(BEACON, GITHUB),
+        ),
+        "certificate-chain",
+        "certificate",
+    );
+    // A trusted root that is not one.
+    let e = TrustedRoot::from_json(b"{\"mediaType\": \"x\"}", "x.json").unwrap_err();
+    assert_eq!(e.check(), "trusted-root");
+    assert!(e.to_string().contains("x.json: /mediaType"), "{e}");
+}
+
+fn key_root() -> TrustedRoot {
+    TrustedRoot::load(&fixture("key-dsse/trusted_root.json")).unwrap()
+}
+
+fn key_req() -> Requirement {
+    Requirement::key_file(&fixture("key-dsse/key.pub")).unwrap()
+}
+
+#[test]
+fn a_key_based_bundle_is_accepted_with_its_key_only() {
+    let bundle = read("key-dsse/bundle.sigstore.json");
+    let v = check(&bundle, &a_txt(), &key_root(), &key_req()).unwrap();
+    assert_eq!(v.kind, "key");
+    assert!(v.signer.ends_with("key.pub"));
+    assert_eq!(v.signed_time, None);
+    // Another key: the log key of the same root, as a PEM file.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.pub");
+    std::fs::write(
+        &other,
+        "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEXlYI/a1XM9LYk54J0H/lm4EeboY1\nvhheo0TbTln8aWofhvUYUH9fIKz10uhbCDlTfOF+ymQlkiuDReSCMA2zAw==\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let other = Requirement::key_file(&other).unwrap();
+    refused(
+        check(&bundle, &a_txt(), &key_root(), &other),
+        "signature",
+        "other.pub",
+    );
+    // A certificate identity cannot be met by a key, nor a key by a certificate.
+    refused(
+        check(&bundle, &a_txt(), &key_root(), &identity(BEACON, GITHUB)),
+        "identity",
+        "signed with a key",
+    );
+    refused(
+        check(
+            &read("a.txt.sigstore.json"),
+            &a_txt(),
+            TrustedRoot::production(),
+            &key_req(),
+        ),
+        "key",
+        "signed with a certificate",
+    );
+    // A key file that is not one.
+    std::fs::write(dir.path().join("bad.pub"), "hello").unwrap();
+    let e = Requirement::key_file(&dir.path().join("bad.pub")).unwrap_err();
+    assert_eq!(e.check(), "key");
+    assert!(e.to_string().contains("bad.pub"), "{e}");
+}
