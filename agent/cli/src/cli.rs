@@ -182,11 +182,58 @@ pub enum Command {
         #[command(subcommand)]
         action: WasmAction,
     },
+    /// Verify Sigstore bundles offline (the check `[[sigstore.require]]` applies to resources).
+    Sigstore {
+        #[command(subcommand)]
+        action: SigstoreAction,
+    },
     /// Run a complete reconcile from an embedded example repository in a temp dir.
     Demo {
         /// Work in DIR (kept afterwards) instead of a temporary directory.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigstoreAction {
+    /// Verify a Sigstore bundle (v0.1–v0.3) for a file or a digest, offline:
+    /// the transparency log's SET and/or inclusion proof with checkpoint,
+    /// and either the certificate (chain to a Fulcio CA of the trusted root,
+    /// SCT, identity, signature, signed log time within its validity) or
+    /// the signature of a known key. Exit 0 only when verified; 4 when
+    /// refused, naming the failed check.
+    #[command(group(clap::ArgGroup::new("signer").required(true).args(["certificate_identity", "certificate_identity_regexp", "key"])))]
+    VerifyBundle {
+        /// The bundle (`<artifact>.sigstore.json`).
+        #[arg(long, value_name = "FILE")]
+        bundle: PathBuf,
+        /// The signer's certificate identity (subject alternative name), exactly.
+        #[arg(long, value_name = "IDENTITY", requires = "certificate_oidc_issuer")]
+        certificate_identity: Option<String>,
+        /// The signer's identity as a regular expression over the whole name.
+        #[arg(
+            long,
+            value_name = "REGEX",
+            requires = "certificate_oidc_issuer",
+            conflicts_with = "certificate_identity"
+        )]
+        certificate_identity_regexp: Option<String>,
+        /// The OIDC issuer that vouched for the identity.
+        #[arg(long, value_name = "URL")]
+        certificate_oidc_issuer: Option<String>,
+        /// A PEM public key the artifact was signed with (instead of an identity).
+        #[arg(long, value_name = "PEM", conflicts_with_all = ["certificate_identity", "certificate_identity_regexp", "certificate_oidc_issuer"])]
+        key: Option<PathBuf>,
+        /// The trusted root (`trusted_root.json`); default: the embedded
+        /// Sigstore public-good root (never fetched).
+        #[arg(long, value_name = "FILE")]
+        trusted_root: Option<PathBuf>,
+        /// The artifact, or `sha256:<64 hex>` (then no file is read).
+        #[arg(value_name = "FILE|sha256:DIGEST")]
+        artifact: String,
+        #[command(flatten)]
+        out: JsonFlag,
     },
 }
 

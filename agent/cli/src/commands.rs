@@ -44,6 +44,9 @@ pub fn run(args: Cli) -> Result<Code> {
     if let Command::Rules { action } = args.command {
         return crate::rules::run(action);
     }
+    if let Command::Sigstore { action } = args.command {
+        return crate::sigstore::run(action);
+    }
     let config = load_config(&args)?;
     let facts_file = args.facts.clone();
     let facts = || load_facts(facts_file.as_deref(), &config);
@@ -259,7 +262,10 @@ pub fn run(args: Cli) -> Result<Code> {
                 }
             }
         }
-        Command::Demo { .. } | Command::Rules { .. } | Command::Wasm { .. } => {
+        Command::Demo { .. }
+        | Command::Rules { .. }
+        | Command::Sigstore { .. }
+        | Command::Wasm { .. } => {
             unreachable!("handled above")
         }
     }

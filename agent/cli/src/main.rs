@@ -14,6 +14,7 @@ mod notify;
 mod output;
 mod rules;
 mod rules_agent;
+mod sigstore;
 mod wasm;
 mod wasm_agent;
 

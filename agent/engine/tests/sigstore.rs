@@ -225,7 +225,11 @@ fn tampered_bundles_are_refused() {
         let t = s.as_str().unwrap().replacen("MGYCMQCU", "MGYCMQCV", 1);
         *s = t.into();
     });
-    refused(check(&b, &a_txt(), root, &req), "signature", "does not verify");
+    refused(
+        check(&b, &a_txt(), root, &req),
+        "signature",
+        "does not verify",
+    );
     // The checkpoint of a v0.3 bundle.
     let b = edit("key-dsse/bundle.sigstore.json", |v| {
         let c = v

@@ -253,13 +253,17 @@ fn verify_checkpoint(note: &str, proof: &InclusionProof, log: &Tlog) -> Result<(
 mod tests {
     use super::*;
 
+    /// The largest power of two below `n` (RFC 9162 §2.1.1).
+    fn split(n: usize) -> usize {
+        1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+    }
+
     /// A tree of `n` leaves built the RFC 9162 way.
     fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
         match leaves.len() {
             1 => leaves[0],
             n => {
-                let k = (n - 1).next_power_of_two() / 2;
-                let k = if k == 0 { 1 } else { k };
+                let k = split(n);
                 node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
             }
         }
@@ -270,8 +274,7 @@ mod tests {
         if n == 1 {
             return vec![];
         }
-        let k = (n - 1).next_power_of_two() / 2;
-        let k = if k == 0 { 1 } else { k };
+        let k = split(n);
         if m < k {
             let mut p = path(&leaves[..k], m);
             p.push(mth(&leaves[k..]).to_vec());
