@@ -40,6 +40,98 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub rules: RulesConfig,
     pub wasm: WasmConfig,
+    pub sigstore: SigstoreConfig,
+}
+
+/// `[sigstore]`: resources that must also carry a Sigstore bundle
+/// (`<source>.sigstore.json` beside them in the revision), verified offline
+/// (docs/sigstore.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigstoreConfig {
+    /// `trusted_root.json`; default: the embedded Sigstore public-good root.
+    pub trusted_root: Option<PathBuf>,
+    /// `[[sigstore.require]]`: the first rule whose `kind` and `path` match
+    /// a resource applies to it.
+    pub require: Vec<SigstoreRule>,
+}
+
+/// One `[[sigstore.require]]` rule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigstoreRule {
+    /// Resource kind (file, ruleset, wasm, firmware).
+    pub kind: Option<String>,
+    /// Glob (`*`) over the resource's source path in the revision.
+    pub path: Option<String>,
+    /// The certificate identity, exactly…
+    pub identity: Option<String>,
+    /// …or a regular expression over the whole identity.
+    pub identity_regex: Option<String>,
+    /// The OIDC issuer (with `identity`/`identity_regex`).
+    pub issuer: Option<String>,
+    /// A PEM public key instead of a certificate identity.
+    pub key: Option<PathBuf>,
+    pub github_workflow_trigger: Option<String>,
+    pub github_workflow_sha: Option<String>,
+    pub github_workflow_name: Option<String>,
+    pub github_workflow_repository: Option<String>,
+    pub github_workflow_ref: Option<String>,
+}
+
+impl SigstoreRule {
+    /// The GitHub claims the rule pins, by config key.
+    pub fn claims(&self) -> Vec<(&'static str, String)> {
+        [
+            ("github_workflow_trigger", &self.github_workflow_trigger),
+            ("github_workflow_sha", &self.github_workflow_sha),
+            ("github_workflow_name", &self.github_workflow_name),
+            (
+                "github_workflow_repository",
+                &self.github_workflow_repository,
+            ),
+            ("github_workflow_ref", &self.github_workflow_ref),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            key: "sigstore.require",
+            message: format!("[{i}]: {message}"),
+        };
+        if self.kind.is_none() && self.path.is_none() {
+            return Err(bad("needs `kind`, `path` or both".to_owned()));
+        }
+        if let Some(k) = &self.kind {
+            k.parse::<ferry_core::Kind>()
+                .map_err(|e| bad(format!("kind: {e}")))?;
+        }
+        let signers = usize::from(self.identity.is_some())
+            + usize::from(self.identity_regex.is_some())
+            + usize::from(self.key.is_some());
+        if signers != 1 {
+            return Err(bad(
+                "needs exactly one of `identity`, `identity_regex`, `key`".to_owned(),
+            ));
+        }
+        if self.key.is_some() {
+            if self.issuer.is_some() || !self.claims().is_empty() {
+                return Err(bad(
+                    "`issuer` and GitHub claims go with `identity`, not with `key`".to_owned(),
+                ));
+            }
+        } else if self.issuer.as_deref().is_none_or(str::is_empty) {
+            return Err(bad("`issuer` is required with an identity".to_owned()));
+        }
+        if let Some(r) = &self.identity_regex {
+            crate::sigstore::IdentityMatch::regex(r)
+                .map_err(|e| bad(format!("identity_regex: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 /// `[agent]`: the daemon (`ferry run`).
@@ -370,6 +462,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             rules: RulesConfig::default(),
             wasm: WasmConfig::default(),
+            sigstore: SigstoreConfig::default(),
         }
     }
 }
@@ -535,6 +628,9 @@ impl Config {
                 key: "wasm.max_instances",
                 message: format!("{} is outside 2..=10000", self.wasm.max_instances),
             });
+        }
+        for (i, rule) in self.sigstore.require.iter().enumerate() {
+            rule.validate(i)?;
         }
         for c in &self.health.check {
             let kinds = usize::from(!c.command.is_empty())

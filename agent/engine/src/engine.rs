@@ -294,7 +294,59 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        self.check_sigstore(&*rev, &desired)?;
         Ok((rev, desired))
+    }
+
+    /// Verifies the Sigstore bundles `[[sigstore.require]]` asks for; a
+    /// refusal is audited like any refused revision, naming the resource,
+    /// the bundle and the failed check.
+    fn check_sigstore(
+        &mut self,
+        rev: &dyn VerifiedRevision,
+        desired: &ResolvedManifest,
+    ) -> Result<()> {
+        if self.config.sigstore.require.is_empty() {
+            return Ok(());
+        }
+        let policy = crate::sigstore::Policy::from_config(&self.config.sigstore).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                key: "sigstore",
+                message: e.to_string(),
+            }
+        })?;
+        match policy.check(rev, desired) {
+            Ok(verified) => {
+                for (id, v) in verified {
+                    tracing::info!(resource = %id, signer = %v.signer, log_index = v.log_index, "sigstore: verified");
+                }
+                Ok(())
+            }
+            Err(crate::sigstore::CheckError::Source(e)) => Err(e.into()),
+            Err(crate::sigstore::CheckError::Refused(r)) => {
+                let details = json!({
+                    "revision": rev.id(),
+                    "source": rev.source_name(),
+                    "resource": r.resource.to_string(),
+                    "bundle": r.bundle,
+                    "check": r.error.check(),
+                    "error": r.to_string(),
+                });
+                self.audit_refusal("revision-refused", rev.actor(), details)?;
+                Err(
+                    crate::source::SourceError::Untrusted(Box::new(crate::source::Untrusted {
+                        source_name: rev.source_name().to_owned(),
+                        // Bundle errors name the bundle file themselves.
+                    what: match r.error {
+                        crate::sigstore::SigstoreError::Bundle { .. } => r.resource.to_string(),
+                        _ => format!("{}: Sigstore bundle {}", r.resource, r.bundle),
+                    },
+                        reason: r.error.to_string(),
+                    }))
+                    .into(),
+                )
+            }
+        }
     }
 
     /// The revision rolled back after failing its health checks, if any.
