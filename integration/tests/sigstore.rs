@@ -1,6 +1,7 @@
 //! Sigstore: `ferry sigstore verify-bundle` (the conformance entry point)
 //! and `[[sigstore.require]]` on resources, with real bundles from
 //! integration/fixtures/sigstore.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -234,7 +235,8 @@ fn refused(f: &Fixture, check: &str, needle: &str) {
     assert_eq!(code(&o), 4, "{}", stderr(&o));
     assert!(stderr(&o).contains(needle), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("firmware os: ") && stderr(&o).contains("bundle images/os.img.sigstore.json"),
+        stderr(&o).contains("firmware os: ")
+            && stderr(&o).contains("bundle images/os.img.sigstore.json"),
         "{}",
         stderr(&o)
     );
@@ -264,7 +266,11 @@ fn firmware_requiring_an_identity_is_refused_without_its_bundle() {
     refused(&f, "digest", "digest mismatch");
     // A bundle that is not one.
     publish(&f, &a_txt, Some("{\"mediaType\": \"x\"}"));
-    refused(&f, "bundle", "missing field `verificationMaterial` at line 1");
+    refused(
+        &f,
+        "bundle",
+        "missing field `verificationMaterial` at line 1",
+    );
     // Signed, bundle and all: applied, the image is in slot B.
     publish(&f, &a_txt, Some(&bundle));
     let o = f.run(&["apply", "--no-reboot", "--json"]);
@@ -362,4 +368,55 @@ fn sigstore_rules_are_validated_at_load() {
         "{}",
         stderr(&o)
     );
+}
+
+// ---- over TUF: the bundle is a signed target beside the artifact -------------------
+
+#[test]
+fn over_tuf_the_bundle_travels_as_a_signed_sibling_target() {
+    let d = common::tuf::Device::new(&[]);
+    *d.extra.borrow_mut() = format!(
+        "[[sigstore.require]]\npath = \"firmware/*.txt\"\n{}",
+        identity_rule(BEACON)
+    );
+    d.configure(&d.repo.root_v1());
+    let a_txt = fs::read(fixture("a.txt")).unwrap();
+    let bundle = fs::read(fixture("a.txt.sigstore.json")).unwrap();
+    d.repo.target("firmware/a.txt", &a_txt, "targets");
+    d.repo.target(
+        "ferry/manifest.yaml",
+        b"apiVersion: ferry.dev/v1\nresources:\n  - {kind: file, path: /opt/a.txt, source: firmware/a.txt}\n",
+        "targets",
+    );
+    // Signed by TUF, but without its Sigstore bundle.
+    let err = d.refused(&["firmware/a.txt.sigstore.json", "missing"]);
+    assert!(err.contains("file /opt/a.txt"), "{err}");
+    // The bundle is a TUF target like any other: served altered, TUF
+    // refuses its bytes before they are parsed.
+    d.repo
+        .target("firmware/a.txt.sigstore.json", &bundle, "targets");
+    let t = d.repo.read_json("targets.json");
+    let sha = t["signed"]["targets"]["firmware/a.txt.sigstore.json"]["hashes"]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let served = d
+        .repo
+        .dir
+        .join(format!("targets/firmware/{sha}.a.txt.sigstore.json"));
+    let text = fs::read_to_string(&served)
+        .unwrap()
+        .replace("23891210", "23891211");
+    fs::write(&served, text).unwrap();
+    let err = d.refused(&["firmware/a.txt.sigstore.json"]);
+    assert!(
+        !err.contains("Sigstore bundle"),
+        "refused by TUF, not parsed: {err}"
+    );
+    assert!(!d.fx.root.join("opt/a.txt").exists());
+    // Served as signed: applied.
+    d.repo
+        .target("firmware/a.txt.sigstore.json", &bundle, "targets");
+    d.fx.ok(&["apply", "--no-reboot"]);
+    assert_eq!(fs::read(d.fx.root.join("opt/a.txt")).unwrap(), a_txt);
 }

@@ -322,7 +322,13 @@ impl Engine {
                 }
                 Ok(())
             }
-            Err(crate::sigstore::CheckError::Source(e)) => Err(e.into()),
+            Err(crate::sigstore::CheckError::Source(e)) => {
+                if e.is_invalid_input() {
+                    let details = json!({"revision": rev.id(), "source": rev.source_name(), "error": e.to_string()});
+                    self.audit_refusal("revision-refused", rev.actor(), details)?;
+                }
+                Err(e.into())
+            }
             Err(crate::sigstore::CheckError::Refused(r)) => {
                 let details = json!({
                     "revision": rev.id(),
@@ -336,12 +342,8 @@ impl Engine {
                 Err(
                     crate::source::SourceError::Untrusted(Box::new(crate::source::Untrusted {
                         source_name: rev.source_name().to_owned(),
-                        // Bundle errors name the bundle file themselves.
-                    what: match r.error {
-                        crate::sigstore::SigstoreError::Bundle { .. } => r.resource.to_string(),
-                        _ => format!("{}: Sigstore bundle {}", r.resource, r.bundle),
-                    },
-                        reason: r.error.to_string(),
+                        what: r.resource.to_string(),
+                        reason: r.reason(),
                     }))
                     .into(),
                 )

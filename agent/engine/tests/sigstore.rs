@@ -1,6 +1,7 @@
 //! Sigstore bundle verification against real bundles (integration/fixtures/sigstore,
 //! see its README): accepted as signed, refused with the failed check named
 //! when anything about them is off.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
@@ -195,9 +196,8 @@ fn tampered_bundles_are_refused() {
     let entry = "/verificationMaterial/tlogEntries/0";
     // The log's signed entry timestamp.
     let b = edit("a.txt.sigstore.json", |v| {
-        v.pointer_mut(&format!("{entry}/inclusionPromise/signedEntryTimestamp")).map(|s| {
-            *s = "MEQCIDcupnedojCKUU7gaEGjVH/Qy3AJJDcD9VFWEjf76MpYAiAxk84qGkktsko5cyR/ygmkssR5KWM2fa5crN7a2ue9XA==".into()
-        });
+        *v.pointer_mut(&format!("{entry}/inclusionPromise/signedEntryTimestamp")).unwrap() =
+            "MEQCIDcupnedojCKUU7gaEGjVH/Qy3AJJDcD9VFWEjf76MpYAiAxk84qGkktsko5cyR/ygmkssR5KWM2fa5crN7a2ue9XA==".into();
     });
     refused(
         check(&b, &a_txt(), root, &req),

@@ -1024,11 +1024,21 @@ struct Rule {
 
 /// Why a resource's bundle was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("{resource}: Sigstore bundle {bundle}: {error}")]
+#[error("{resource}: {}", self.reason())]
 pub struct Refusal {
     pub resource: ferry_core::ResourceId,
     pub bundle: String,
     pub error: SigstoreError,
+}
+
+impl Refusal {
+    /// The error, naming the bundle file (bundle errors name it already).
+    pub fn reason(&self) -> String {
+        match self.error {
+            SigstoreError::Bundle { .. } => self.error.to_string(),
+            _ => format!("Sigstore bundle {}: {}", self.bundle, self.error),
+        }
+    }
 }
 
 /// Checking the resources of a revision failed.
