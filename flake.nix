@@ -7,22 +7,40 @@
     let
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAll = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
-    in {
+    in
+    {
       packages = forAll (pkgs: {
-        default = pkgs.rustPlatform.buildRustPackage {
-          pname = "ferry";
-          version = "0.1.0";
-          src = ./.;
-          cargoLock.lockFile = ./Cargo.lock;
-          cargoBuildFlags = [ "-p" "ferry" ];
-          # The end-to-end tests need tools from integration/run-tests.
-          doCheck = false;
-          postInstall = ''
-            install -Dm644 images/ferry.toml $out/lib/ferry/ferry.toml
-            install -Dm644 images/ferry-recover.service $out/lib/systemd/system/ferry-recover.service
-            install -Dm644 images/ferry-firmware-check.service $out/lib/systemd/system/ferry-firmware-check.service
-          '';
+        ferry = pkgs.callPackage ./nix/package.nix { src = self; };
+        default = self.packages.${pkgs.stdenv.hostPlatform.system}.ferry;
+      });
+
+      # `services.ferry`: typed options rendered to /etc/ferry/ferry.toml.
+      nixosModules.default = import ./nix/module.nix { inherit self; };
+      nixosModules.ferry = self.nixosModules.default;
+
+      devShells = forAll (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.ferry ];
+          packages = with pkgs; [
+            cargo rustc clippy rustfmt cargo-nextest cargo-deb
+            (python3.withPackages (p: [ p.tuf p.cryptography ]))
+            git openssh gnupg mosquitto grub2 ubootTools libubootenv
+            dosfstools mtools libfaketime luajit wabt qemu mmdebstrap nix
+          ];
         };
+      });
+
+      checks = forAll (pkgs: {
+        package = self.packages.${pkgs.stdenv.hostPlatform.system}.ferry;
+        # What services.ferry writes is a configuration ferry accepts
+        # (loading validates every key; exit 2 on an invalid one).
+        settings = pkgs.runCommand "ferry-settings-check" { } ''
+          ${self.packages.${pkgs.stdenv.hostPlatform.system}.ferry}/bin/ferry \
+            --config ${(pkgs.formats.toml { }).generate "ferry.toml" (import ./nix/settings.nix {
+              lib = pkgs.lib;
+              cfg = import ./nix/example.nix;
+            })} --state-dir "$TMPDIR/state" status --json > $out
+        '';
       });
     };
 }

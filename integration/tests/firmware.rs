@@ -619,6 +619,19 @@ fn failing_health_falls_back_and_is_audited() {
     g.d.f.ok(&["recover"]);
     assert_eq!(g.reboots(), 2, "ferry rebooted back");
     assert_eq!(g.open_transitions(), 0);
+    // Until that reboot lands, the machine still runs the rolled-back slot
+    // B: the agent does not retry v2, and no image is written over A, the
+    // only good slot.
+    g.d.f.ok(&["run", "--once"]);
+    assert_eq!(g.slot_image("A"), image_bytes("v1"));
+    g.publish("v3");
+    let out = g.d.f.run(&["run", "--once"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is not marked good"),
+        "{err}"
+    );
+    assert_eq!(g.slot_image("A"), image_bytes("v1"));
     let audit = g.d.f.json(&["audit", "list", "--json"]);
     let rb = audit
         .as_array()
@@ -673,7 +686,19 @@ fn bootloader_fallback_is_recorded_as_rollback() {
             .contains("fell back to slot A"),
         "{rb}"
     );
-    assert!(g.audit_events().ends_with(&["rolled-back".to_owned()]));
+    // Rolled back, and the revision is not tried again.
+    assert!(
+        g.audit_events()
+            .ends_with(&["rolled-back".to_owned(), "revision-rejected".to_owned()]),
+        "{:?}",
+        g.audit_events()
+    );
+    g.d.f.ok(&["run", "--once"]);
+    assert_eq!(
+        g.d.get("B_OK").as_deref(),
+        Some("0"),
+        "v2 not written again"
+    );
     assert_eq!(g.d.get("B_OK").as_deref(), Some("0"));
     assert_eq!(g.power_on(), "A");
 }
@@ -912,7 +937,10 @@ fn uboot_boot_counting_end_to_end() {
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
-    assert_eq!(events.last(), Some(&"rolled-back"));
+    assert_eq!(
+        events[events.len() - 2..],
+        ["rolled-back", "revision-rejected"]
+    );
     assert!(audit.to_string().contains("fell back to slot B"));
     assert_eq!(f.json(&["firmware", "status", "--json"])["booted"], "B");
     assert_eq!(fs::read(dir.join("slot-b.img")).unwrap(), image_bytes("v2"));

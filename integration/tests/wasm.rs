@@ -105,7 +105,7 @@ fn modules_decode_binary_events_end_to_end_and_swap_without_loss() {
     let mqtt = Mqtt::connect(&site);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU32::new(0));
-    let publisher = {
+    let mut publisher = Some({
         let (stop, sent) = (stop.clone(), sent.clone());
         std::thread::spawn(move || {
             let mut seq = 0;
@@ -116,15 +116,22 @@ fn modules_decode_binary_events_end_to_end_and_swap_without_loss() {
                 std::thread::sleep(Duration::from_millis(2));
             }
         })
-    };
+    });
     let mut seqs = Vec::new();
     let mut versions = Vec::new();
     let mut applied = false;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         assert!(Instant::now() < deadline, "stream did not finish");
-        if stop.load(Ordering::SeqCst) && seqs.len() as u32 == sent.load(Ordering::SeqCst) {
-            break;
+        if stop.load(Ordering::SeqCst) {
+            // Only once the publisher has finished is `sent` final (it may
+            // be between sending a frame and counting it).
+            if let Some(p) = publisher.take() {
+                p.join().unwrap();
+            }
+            if seqs.len() as u32 == sent.load(Ordering::SeqCst) {
+                break;
+            }
         }
         let v = decoded(&rx);
         assert_eq!(v["temperature_c"], 21.5);
@@ -142,7 +149,6 @@ fn modules_decode_binary_events_end_to_end_and_swap_without_loss() {
             stop.store(true, Ordering::SeqCst);
         }
     }
-    publisher.join().unwrap();
     let expected: Vec<u64> = (0..seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "every frame decoded exactly once, in order");
     let first_v2 = versions.iter().position(|&v| v == 2).unwrap();

@@ -187,6 +187,13 @@ pub enum Command {
         #[command(subcommand)]
         action: SigstoreAction,
     },
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Directory to write `man/` and `completions/` into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Run a complete reconcile from an embedded example repository in a temp dir.
     Demo {
         /// Work in DIR (kept afterwards) instead of a temporary directory.

@@ -47,6 +47,10 @@ pub fn run(args: Cli) -> Result<Code> {
     if let Command::Sigstore { action } = args.command {
         return crate::sigstore::run(action);
     }
+    if let Command::GenerateAssets { out } = &args.command {
+        crate::assets::generate(out)?;
+        return Ok(Code::Success);
+    }
     let config = load_config(&args)?;
     let facts_file = args.facts.clone();
     let facts = || load_facts(facts_file.as_deref(), &config);
@@ -265,6 +269,7 @@ pub fn run(args: Cli) -> Result<Code> {
         Command::Demo { .. }
         | Command::Rules { .. }
         | Command::Sigstore { .. }
+        | Command::GenerateAssets { .. }
         | Command::Wasm { .. } => {
             unreachable!("handled above")
         }

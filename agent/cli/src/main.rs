@@ -1,6 +1,7 @@
 //! `ferry`: the command-line interface and the agent (`ferry run`).
 #![forbid(unsafe_code)]
 
+mod assets;
 mod cli;
 mod commands;
 mod control;

@@ -836,8 +836,9 @@ impl Engine {
                 format!("firmware slot {}", pending.target),
                 format!("the bootloader fell back to slot {booted}"),
             );
+            let reason = failure.to_string();
             return match self.roll_back(t, failure) {
-                EngineError::RolledBack { .. } => Ok(()),
+                EngineError::RolledBack { .. } => self.reject_rolled_back(t, &reason),
                 other => Err(other),
             };
         }
@@ -864,13 +865,29 @@ impl Engine {
                     format!("firmware slot {booted}"),
                     format!("health check failed: {why}"),
                 );
+                let reason = failure.to_string();
                 match self.roll_back(t, failure) {
                     EngineError::RolledBack { .. } => {}
                     other => return Err(other),
                 }
+                // Not retried: the agent would otherwise write the same
+                // image again (into the good slot) before the reboot.
+                self.reject_rolled_back(t, &reason)?;
                 crate::health::reboot(&self.config.firmware.reboot_command);
                 Ok(())
             }
+        }
+    }
+
+    /// Remembers the revision of a firmware update that was rolled back
+    /// after the reboot, so that it is not applied again.
+    fn reject_rolled_back(&mut self, t: &TransitionRow, reason: &str) -> Result<()> {
+        match t.revision.clone() {
+            Some(revision) => {
+                let actor = t.actor.clone();
+                self.reject_revision(&revision, &actor, reason)
+            }
+            None => Ok(()),
         }
     }
 

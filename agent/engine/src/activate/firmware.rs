@@ -84,6 +84,18 @@ impl Activator for FirmwareActivator {
         let booted = fw.booted().map_err(err(step))?;
         let target = fw.inactive().map_err(err(step))?.name.clone();
         let env = fw.env.load().map_err(err(step))?;
+        // The other slot is the fallback while the running one is not good
+        // (after a rollback, before the reboot back): never overwrite it.
+        // Checked before the undo record exists, so nothing is undone.
+        if !fw.scheme.state(&env, &booted).good {
+            return Err(ActivateError::new(
+                &step.id,
+                format!(
+                    "the running slot {booted} is not marked good (rolled back or unconfirmed): \
+                     slot {target} is the fallback and is not overwritten; reboot, or mark {booted} good"
+                ),
+            ));
+        }
         let undo = FirmwareUndo {
             env: env
                 .iter()
@@ -114,6 +126,7 @@ impl Activator for FirmwareActivator {
             fw.scheme.mark_bad(&mut env, &slot.name);
             fw.env.store(&env).map_err(err(step))?;
             fail_point!(fp::FIRMWARE_INVALIDATED);
+            tracing::info!(slot = %slot.name, bytes = to.content.length, "firmware: slot marked bad, writing the image");
             // 2.+3. Write (verified while streaming) and read back.
             let path = store.path(&to.content.sha256);
             let mut image = File::open(&path).map_err(|e| {

@@ -1,0 +1,34 @@
+# ferry built from this checkout with the committed Cargo.lock.
+{ lib, rustPlatform, pkg-config, cmake, perl, installShellFiles, src }:
+
+rustPlatform.buildRustPackage {
+  pname = "ferry";
+  version = (builtins.fromTOML (builtins.readFile ../Cargo.toml)).workspace.package.version;
+  inherit src;
+  cargoLock.lockFile = ../Cargo.lock;
+  cargoBuildFlags = [ "-p" "ferry" "--bin" "ferry" ];
+  # aws-lc-sys builds C with cmake; rusqlite bundles SQLite.
+  nativeBuildInputs = [ pkg-config cmake perl installShellFiles ];
+  # The test suite needs root, loop devices and Debian tools (integration/run-tests).
+  doCheck = false;
+
+  postInstall = ''
+    $out/bin/ferry generate-assets --out assets
+    installManPage assets/man/*.1
+    installShellCompletion --bash --name ferry assets/completions/ferry.bash \
+      --zsh assets/completions/_ferry --fish assets/completions/ferry.fish
+    install -Dm644 -t $out/lib/systemd/system images/*.service
+    install -Dm644 -t $out/lib/udev/rules.d images/90-ferry-usb.rules
+    install -Dm644 -t $out/lib/tmpfiles.d images/tmpfiles.d/ferry.conf
+    install -Dm644 images/ferry.toml $out/lib/ferry/ferry.toml
+    install -Dm644 -t $out/share/ferry/bootloader images/bootloader/*
+    substituteInPlace $out/lib/systemd/system/*.service --replace-quiet /usr/bin/ferry $out/bin/ferry
+  '';
+
+  meta = {
+    description = "Declarative, signed, crash-safe update agent for IoT and edge gateways";
+    license = lib.licenses.asl20;
+    mainProgram = "ferry";
+    platforms = lib.platforms.linux;
+  };
+}
