@@ -663,6 +663,30 @@ fn failing_health_falls_back_and_is_audited() {
 }
 
 #[test]
+fn recover_after_a_healthy_boot_marks_the_booted_slot_good_again() {
+    // GRUB counts every boot as a try; without an update to confirm, the
+    // post-boot `recover` resets it, or the next reboot finds no slot.
+    let g = Gateway::new();
+    assert_eq!(g.d.get("A_TRY").as_deref(), Some("1"));
+    g.d.f.ok(&["recover"]);
+    assert_eq!(
+        g.d.get("A_TRY").as_deref(),
+        Some("1"),
+        "unhealthy: not confirmed"
+    );
+    fs::write(&g.healthy, "").unwrap();
+    g.d.f.ok(&["recover"]);
+    assert_eq!(g.d.get("A_TRY").as_deref(), Some("0"));
+    assert_eq!(g.audit_events(), ["firmware-marked-good"]);
+    g.d.f.ok(&["recover"]);
+    assert_eq!(g.audit_events().len(), 1, "nothing to confirm twice");
+    assert_eq!(g.power_on(), "A", "the next boot finds A");
+    // Other commands leave it to recover.
+    g.d.f.ok(&["status"]);
+    assert_eq!(g.d.get("A_TRY").as_deref(), Some("1"));
+}
+
+#[test]
 fn bootloader_fallback_is_recorded_as_rollback() {
     let g = Gateway::new();
     g.d.f.ok(&["firmware", "mark-good"]);

@@ -65,12 +65,18 @@ pub struct JsonFlag {
 pub enum Command {
     /// Show the current generation, the last transition and anything pending.
     Status(JsonFlag),
-    /// Finish or undo a transition interrupted by a crash (also runs before every change).
+    /// Finish or undo a transition interrupted by a crash (also runs before every
+    /// change). After boot (not --early): confirm or roll back a firmware update, or
+    /// mark the booted slot good again when its health checks pass.
     Recover {
         /// Early boot: leave a firmware update waiting for confirmation
         /// (its health checks need the running system) to a later run.
         #[arg(long)]
         early: bool,
+        /// Wait up to SECS for another ferry process (the agent) to release
+        /// the state directory instead of failing (exit 5).
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
     },
     /// Fetch the desired state and show what would change, without changing anything.
     Plan {

@@ -107,11 +107,14 @@ pub fn run(args: Cli) -> Result<Code> {
                 ferry_engine::engine::resolve_source(&*src, revision.as_deref(), &facts)?;
             output::desired(rev.id(), &desired.resources, out.json)?;
         }
-        Command::Recover { early } => {
+        Command::Recover { early, wait } => {
             let engine = if early {
                 Engine::open_early(config)?
             } else {
-                Engine::open(config)?
+                let mut engine =
+                    crate::import::open_waiting(&config, std::time::Duration::from_secs(wait))?;
+                engine.confirm_booted_slot()?;
+                engine
             };
             let status = engine.status()?;
             println!(

@@ -180,7 +180,9 @@ fn import_with(
 }
 
 /// Opens the engine, waiting while a running agent reconciles.
-fn open_waiting(config: &Config, wait: Duration) -> Result<Engine> {
+/// Opens the state directory, waiting up to `wait` while another ferry
+/// process holds it.
+pub fn open_waiting(config: &Config, wait: Duration) -> Result<Engine> {
     let deadline = Instant::now() + wait;
     loop {
         match Engine::open(config.clone()) {

@@ -879,6 +879,44 @@ impl Engine {
         }
     }
 
+    /// After a healthy boot without a firmware update to confirm (a first
+    /// boot, a reboot, a boot back into the old slot after a rollback):
+    /// marks the booted slot good again, as the bootloader counted this boot
+    /// as a try (GRUB `<S>_TRY=1`, U-Boot attempts). Without this the next
+    /// reboot would find no bootable slot. A slot marked bad stays bad.
+    /// `ferry recover` (after boot) calls it; other commands do not.
+    pub fn confirm_booted_slot(&mut self) -> Result<()> {
+        if self.early || !self.db.open_transitions()?.is_empty() {
+            return Ok(());
+        }
+        let Some(fw) = crate::firmware::Firmware::from_config(&self.config.firmware)? else {
+            return Ok(());
+        };
+        let Ok(booted) = fw.booted() else {
+            // Not booted from a slot (a development machine): nothing to confirm.
+            return Ok(());
+        };
+        let env = fw.env.load()?;
+        if !fw.scheme.state(&env, &booted).good {
+            return Ok(());
+        }
+        let mut confirmed = env.clone();
+        fw.scheme.mark_good(&mut confirmed, &booted);
+        if confirmed == env {
+            return Ok(());
+        }
+        if let Err(why) = crate::health::run(&self.config.health) {
+            tracing::warn!(slot = %booted, %why, "booted slot not confirmed: health check failed");
+            return Ok(());
+        }
+        fw.mark_good()?;
+        self.audit_refusal(
+            "firmware-marked-good",
+            "ferry",
+            json!({"slot": booted, "reason": "healthy boot"}),
+        )
+    }
+
     /// Remembers the revision of a firmware update that was rolled back
     /// after the reboot, so that it is not applied again.
     fn reject_rolled_back(&mut self, t: &TransitionRow, reason: &str) -> Result<()> {
