@@ -330,6 +330,31 @@ fn firmware_signed_by_another_identity_or_issuer_is_refused() {
 }
 
 #[test]
+fn a_tampered_bundle_or_another_trusted_root_is_refused_and_audited() {
+    let a_txt = fs::read_to_string(fixture("a.txt")).unwrap();
+    let bundle = fs::read_to_string(fixture("a.txt.sigstore.json")).unwrap();
+    // The log's signed entry timestamp altered.
+    let tampered = bundle.replacen("MEQCIDcupned", "MEQCIDcupnee", 1);
+    assert_ne!(tampered, bundle);
+    let f = device(&identity_rule(BEACON));
+    publish(&f, &a_txt, Some(&tampered));
+    refused(&f, "tlog", "signed entry timestamp does not verify");
+    // The device trusts another Sigstore instance (staging).
+    let f = device(&identity_rule(BEACON));
+    let text = fs::read_to_string(&f.config).unwrap();
+    fs::write(
+        &f.config,
+        format!(
+            "{text}[sigstore]\ntrusted_root = {:?}\n",
+            fixture("trusted_root.staging.json")
+        ),
+    )
+    .unwrap();
+    publish(&f, &a_txt, Some(&bundle));
+    refused(&f, "tlog", "is not in the trusted root");
+}
+
+#[test]
 fn sigstore_rules_are_validated_at_load() {
     for (rule, needle) in [
         (
