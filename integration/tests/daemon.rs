@@ -616,3 +616,79 @@ fn a_reconcile_process_dies_with_its_agent() {
         "{st:#}"
     );
 }
+
+/// The blobs in the store (partial fetches aside).
+fn store_blobs(d: &Device) -> Vec<String> {
+    let mut blobs: Vec<String> = fs::read_dir(d.fx.state.join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 64)
+        .collect();
+    blobs.sort();
+    blobs
+}
+
+/// Completed gc transitions in the audit journal.
+fn gc_runs(d: &Device) -> usize {
+    let audit = d.fx.json(&["audit", "list", "--json"]);
+    audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "confirmed" && e["details"]["kind"] == "gc")
+        .count()
+}
+
+fn sha256_hex(data: &str) -> String {
+    ferry_core::digest::Sha256::of(data.as_bytes()).to_hex()
+}
+
+#[test]
+fn the_agent_collects_what_no_kept_generation_needs_after_a_settled_reconcile() {
+    let d = device("");
+    for v in 1..=3 {
+        d.publish(&[file("/etc/app.conf", &format!("healthy {v}\n"), "0644")]);
+        let r = d.fx.json(&["run", "--once", "--json"]);
+        assert_eq!(r["result"], "applied", "{r}");
+    }
+    // Current (3) and previous (2) stay; generation 1 and its blob went.
+    assert_eq!(d.fx.generation_ids(), vec![2, 3]);
+    assert!(!d.fx.state.join("generations/1").exists());
+    let blobs = store_blobs(&d);
+    assert!(!blobs.contains(&sha256_hex("healthy 1\n")), "{blobs:?}");
+    assert!(blobs.contains(&sha256_hex("healthy 2\n")), "{blobs:?}");
+    assert_eq!(gc_runs(&d), 1);
+    // Nothing to collect: no gc transition, no audit entry.
+    let r = d.fx.json(&["run", "--once", "--json"]);
+    assert_eq!(r["result"], "no_change", "{r}");
+    assert_eq!(gc_runs(&d), 1);
+    d.fx.ok(&["audit", "verify"]);
+    // The previous generation is still a complete rollback target.
+    d.fx.ok(&["rollback"]);
+    assert_eq!(current_content(&d), "healthy 2\n");
+}
+
+#[test]
+fn agent_gc_can_be_turned_off() {
+    let d = device("gc = false");
+    for v in 1..=3 {
+        d.publish(&[file("/etc/app.conf", &format!("healthy {v}\n"), "0644")]);
+        let r = d.fx.json(&["run", "--once", "--json"]);
+        assert_eq!(r["result"], "applied", "{r}");
+    }
+    assert_eq!(d.fx.generation_ids(), vec![1, 2, 3]);
+    assert!(store_blobs(&d).contains(&sha256_hex("healthy 1\n")));
+    assert_eq!(gc_runs(&d), 0);
+    // A value of the wrong type is refused, naming the line.
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    let bad = text.replace("gc = false", "gc = \"yes\"");
+    fs::write(&d.fx.config, &bad).unwrap();
+    let line = bad.lines().position(|l| l.starts_with("gc =")).unwrap() + 1;
+    let out = d.fx.run(&["run", "--once"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("line {line}")) && err.contains("expected a boolean"),
+        "{err}"
+    );
+}

@@ -1078,3 +1078,29 @@ fn rolling_back_firmware_reuses_the_slot_that_still_holds_it() {
     assert_eq!(status["current"]["id"], 1);
     assert_eq!(g.slot_image("B"), image_bytes("v1"));
 }
+
+#[test]
+fn the_agent_drops_a_firmware_image_from_the_store_once_its_slot_is_good() {
+    let g = Gateway::new();
+    g.d.f.ok(&["firmware", "mark-good"]);
+    fs::write(&g.healthy, "").unwrap();
+    g.publish("v2");
+    let image = ferry_core::Sha256::of(&image_bytes("v2")).to_hex();
+    let in_store = || g.d.f.state.join("store").join(&image).exists();
+    let once = || g.d.f.json(&["run", "--once", "--json"]);
+    assert_eq!(once()["result"], "applied");
+    assert_eq!(g.reboots(), 1);
+    // Until the new slot is confirmed the image is what undo may need.
+    assert_eq!(once()["result"], "held");
+    assert!(in_store());
+    assert_eq!(g.power_on(), "B");
+    g.d.f.ok(&["recover"]);
+    assert_eq!(g.open_transitions(), 0);
+    let r = once();
+    assert_eq!(r["result"], "no_change", "{r}");
+    assert!(!in_store(), "the confirmed image left the store");
+    assert_eq!(g.slot_image("B"), image_bytes("v2"));
+    // It lives on in its slot: a rollback needs no download.
+    g.d.f.ok(&["audit", "verify"]);
+    assert_eq!(g.d.f.run(&["plan", "--exit-code"]).status.code(), Some(0));
+}

@@ -108,12 +108,13 @@ pub enum Command {
         #[arg(long, conflicts_with = "no_reboot")]
         now: bool,
     },
-    /// Run the agent: poll, apply, health-gate, roll back (for systemd).
+    /// Run the agent: poll, apply, health-gate, roll back, gc (for systemd).
     /// Each reconcile runs in a short-lived `ferry run --once` process, so
     /// the long-running agent stays small.
     Run {
         /// One reconcile as the agent does it (update policy, apply, health
-        /// gate, roll back), in the foreground, then exit.
+        /// gate, roll back; gc once settled unless `agent.gc = false`), in
+        /// the foreground, then exit.
         #[arg(long)]
         once: bool,
         #[command(flatten)]

@@ -191,7 +191,7 @@ fn reconcile_with(
         return Ok(Result1::Held(format!("revision {}: {hold}", rev.id())));
     }
     let outcome = engine.apply_desired(&*rev, &desired)?;
-    match outcome {
+    let result = match outcome {
         ApplyOutcome::NoChange { .. } => Ok(Result1::NoChange),
         ApplyOutcome::RebootRequired { .. } => {
             if pol.may_reboot(&now) {
@@ -227,6 +227,30 @@ fn reconcile_with(
                 }
             }
         }
+    };
+    if config.agent.gc && matches!(result, Ok(Result1::NoChange | Result1::Applied(_))) {
+        collect_garbage(engine);
+    }
+    result
+}
+
+/// The agent's gc after a reconcile that left the device settled (nothing
+/// waits for a reboot or a health check). A failure is logged, not fatal:
+/// the reconcile did its work, and an interrupted gc is finished by
+/// `recover()` before the next change.
+fn collect_garbage(engine: &mut Engine) {
+    if engine.status().is_ok_and(|s| s.awaiting_reboot.is_some()) {
+        return;
+    }
+    match engine.gc() {
+        Ok(o) if o.generations.is_empty() && o.blobs == 0 => {}
+        Ok(o) => tracing::info!(
+            generations = ?o.generations,
+            blobs = o.blobs,
+            bytes = o.bytes,
+            "gc: collected what no kept generation needs"
+        ),
+        Err(e) => tracing::warn!(error = %e, "gc failed; it is finished at the next start"),
     }
 }
 

@@ -157,6 +157,10 @@ pub struct AgentConfig {
     pub policy: String,
     /// Where the machine id for rollout waves comes from.
     pub machine_id_file: PathBuf,
+    /// Collect generations and blobs nothing keeps (as `ferry gc`) after a
+    /// reconcile that leaves the device settled: a gateway's storage is small,
+    /// and every firmware image would otherwise stay in the store.
+    pub gc: bool,
 }
 
 impl Default for AgentConfig {
@@ -171,6 +175,7 @@ impl Default for AgentConfig {
             control_socket: PathBuf::from("/run/ferry/ferry.sock"),
             policy: "ferry/policy.toml".into(),
             machine_id_file: PathBuf::from("/etc/machine-id"),
+            gc: true,
         }
     }
 }
