@@ -16,19 +16,6 @@ use ferry_engine::firmware::env::{BootEnv, BootEnvStore};
 use ferry_engine::firmware::grub::{self, GrubEnv};
 use ferry_engine::firmware::uboot::{self, UbootEnv};
 
-fn tool(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn tricky() -> Vec<(&'static str, &'static str)> {
     vec![
         ("ORDER", "A B"),
@@ -255,32 +242,7 @@ struct Device {
 impl Device {
     fn new() -> Device {
         let f = Fixture::new();
-        let grubenv = f.dir.path().join("grubenv");
-        let cmdline = f.dir.path().join("cmdline");
-        let text = fs::read_to_string(&f.config).unwrap();
-        fs::write(
-            &f.config,
-            format!(
-                "{text}[firmware]\nbootenv = \"grub\"\ngrubenv = {grubenv:?}\ncmdline = {cmdline:?}\nslots = [{{ name = \"A\", device = {:?}, size = 1048576 }}, {{ name = \"B\", device = {:?}, size = 1048576 }}]\n",
-                f.dir.path().join("slot-a.img"),
-                f.dir.path().join("slot-b.img"),
-            ),
-        )
-        .unwrap();
-        let g = grubenv.to_str().unwrap();
-        tool("grub-editenv", &[g, "create"]);
-        tool(
-            "grub-editenv",
-            &[
-                g,
-                "set",
-                "ORDER=A B",
-                "A_OK=1",
-                "A_TRY=0",
-                "B_OK=0",
-                "B_TRY=0",
-            ],
-        );
+        let (grubenv, cmdline) = grub_firmware(&f);
         Device {
             f,
             grubenv,

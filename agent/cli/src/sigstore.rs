@@ -132,17 +132,6 @@ fn artifact_digest(artifact: &str) -> Result<[u8; 32]> {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let limit = ferry_engine::sigstore::MAX_BUNDLE_BYTES;
-    let file =
-        std::fs::File::open(path).with_context(|| format!("opening bundle {}", path.display()))?;
-    let mut buf = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("reading bundle {}", path.display()))?;
-    anyhow::ensure!(
-        buf.len() as u64 <= limit,
-        "bundle {}: larger than {limit} bytes",
-        path.display()
-    );
-    Ok(buf)
+    ferry_engine::sigstore::read_bounded(path)
+        .map_err(|e| anyhow::anyhow!("bundle {}: {e}", path.display()))
 }

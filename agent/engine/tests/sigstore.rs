@@ -58,6 +58,17 @@ fn check(
 }
 
 /// Edits a bundle's JSON.
+/// Fixture `name` without the log's signed entry timestamp.
+fn without_promise(name: &str) -> Vec<u8> {
+    edit(name, |v| {
+        v.pointer_mut("/verificationMaterial/tlogEntries/0")
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .remove("inclusionPromise");
+    })
+}
+
 fn edit(name: &str, f: impl FnOnce(&mut Value)) -> Vec<u8> {
     let mut v: Value = serde_json::from_slice(&read(name)).unwrap();
     f(&mut v);
@@ -302,13 +313,7 @@ fn an_expired_certificate_without_a_signed_log_time_is_refused() {
     // The v0.3 bundle has an inclusion proof with checkpoint, but without
     // its inclusion promise nothing signs the time of signing: the
     // ten-minute certificate has long expired.
-    let b = edit("dsse-v03.sigstore.json", |v| {
-        v.pointer_mut("/verificationMaterial/tlogEntries/0")
-            .unwrap()
-            .as_object_mut()
-            .unwrap()
-            .remove("inclusionPromise");
-    });
+    let b = without_promise("dsse-v03.sigstore.json");
     refused(
         check(
             &b,
@@ -320,13 +325,7 @@ fn an_expired_certificate_without_a_signed_log_time_is_refused() {
         "log signed no time",
     );
     // A v0.1 bundle must carry the promise.
-    let b = edit("a.txt.sigstore.json", |v| {
-        v.pointer_mut("/verificationMaterial/tlogEntries/0")
-            .unwrap()
-            .as_object_mut()
-            .unwrap()
-            .remove("inclusionPromise");
-    });
+    let b = without_promise("a.txt.sigstore.json");
     refused(
         check(
             &b,

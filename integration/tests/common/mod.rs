@@ -298,6 +298,55 @@ fn walk(base: &Path, dir: &Path, out: &mut Snapshot) {
 }
 
 /// stderr as text.
+/// Runs a tool the tests cross-check with; panics with its stderr when it
+/// fails; returns its stdout.
+pub fn tool(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// GRUB A/B firmware for fixture `f`: a `[firmware]` table with two 1 MiB
+/// image-file slots (`slot-a.img`, `slot-b.img` in the fixture's directory),
+/// a GRUB environment made by `grub-editenv` (slot A good, A first) and a
+/// kernel command line file; returns (grubenv, cmdline).
+pub fn grub_firmware(f: &Fixture) -> (PathBuf, PathBuf) {
+    let grubenv = f.dir.path().join("grubenv");
+    let cmdline = f.dir.path().join("cmdline");
+    let text = fs::read_to_string(&f.config).unwrap();
+    fs::write(
+        &f.config,
+        format!(
+            "{text}[firmware]\nbootenv = \"grub\"\ngrubenv = {grubenv:?}\ncmdline = {cmdline:?}\nslots = [{{ name = \"A\", device = {:?}, size = 1048576 }}, {{ name = \"B\", device = {:?}, size = 1048576 }}]\n",
+            f.dir.path().join("slot-a.img"),
+            f.dir.path().join("slot-b.img"),
+        ),
+    )
+    .unwrap();
+    let g = grubenv.to_str().unwrap();
+    tool("grub-editenv", &[g, "create"]);
+    tool(
+        "grub-editenv",
+        &[
+            g,
+            "set",
+            "ORDER=A B",
+            "A_OK=1",
+            "A_TRY=0",
+            "B_OK=0",
+            "B_TRY=0",
+        ],
+    );
+    (grubenv, cmdline)
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -248,7 +248,10 @@ impl TrustedRoot {
     }
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+/// Reads a sigstore file (bundle, trusted root, key) of at most
+/// [`MAX_BUNDLE_BYTES`]; the error says what went wrong, the caller says
+/// which file.
+pub fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
