@@ -478,45 +478,19 @@ fn the_signed_update_policy_holds_devices_outside_the_rollout_wave() {
 fn firmware_reboots_wait_for_the_policy_reboot_window() {
     let d = device("");
     let dir = d.fx.dir.path();
-    let (grubenv, cmdline, boot_id, reboots) = (
-        dir.join("grubenv"),
-        dir.join("cmdline"),
-        dir.join("boot_id"),
-        dir.join("reboots"),
-    );
-    let g = grubenv.to_str().unwrap();
-    for args in [
-        vec![g, "create"],
-        vec![
-            g,
-            "set",
-            "ORDER=A B",
-            "A_OK=1",
-            "A_TRY=0",
-            "B_OK=0",
-            "B_TRY=0",
-        ],
-    ] {
-        assert!(
-            Command::new("grub-editenv")
-                .args(&args)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
+    let (boot_id, reboots) = (dir.join("boot_id"), dir.join("reboots"));
+    let (_, cmdline) = common::grub_firmware(&d.fx);
     fs::write(&cmdline, "root=/dev/vda2 rauc.slot=A\n").unwrap();
     fs::write(&boot_id, "boot-1\n").unwrap();
     let text = fs::read_to_string(&d.fx.config).unwrap();
     fs::write(
         &d.fx.config,
-        format!(
-            "{text}[firmware]\nbootenv = \"grub\"\ngrubenv = {grubenv:?}\ncmdline = {cmdline:?}\n\
-             boot_id = {boot_id:?}\nreboot_command = [\"sh\", \"-c\", \"echo reboot >> {}\"]\n\
-             slots = [{{ name = \"A\", device = {:?}, size = 1048576 }}, {{ name = \"B\", device = {:?}, size = 1048576 }}]\n",
-            reboots.display(),
-            dir.join("slot-a.img"),
-            dir.join("slot-b.img"),
+        text.replace(
+            "[firmware]\n",
+            &format!(
+                "[firmware]\nboot_id = {boot_id:?}\nreboot_command = [\"sh\", \"-c\", \"echo reboot >> {}\"]\n",
+                reboots.display()
+            ),
         ),
     )
     .unwrap();
@@ -643,14 +617,19 @@ fn sha256_hex(data: &str) -> String {
     ferry_core::digest::Sha256::of(data.as_bytes()).to_hex()
 }
 
-#[test]
-fn the_agent_collects_what_no_kept_generation_needs_after_a_settled_reconcile() {
-    let d = device("");
+/// Three healthy revisions, each applied by one agent reconcile.
+fn apply_three_revisions(d: &Device) {
     for v in 1..=3 {
         d.publish(&[file("/etc/app.conf", &format!("healthy {v}\n"), "0644")]);
         let r = d.fx.json(&["run", "--once", "--json"]);
         assert_eq!(r["result"], "applied", "{r}");
     }
+}
+
+#[test]
+fn the_agent_collects_what_no_kept_generation_needs_after_a_settled_reconcile() {
+    let d = device("");
+    apply_three_revisions(&d);
     // Current (3) and previous (2) stay; generation 1 and its blob went.
     assert_eq!(d.fx.generation_ids(), vec![2, 3]);
     assert!(!d.fx.state.join("generations/1").exists());
@@ -671,11 +650,7 @@ fn the_agent_collects_what_no_kept_generation_needs_after_a_settled_reconcile() 
 #[test]
 fn agent_gc_can_be_turned_off() {
     let d = device("gc = false");
-    for v in 1..=3 {
-        d.publish(&[file("/etc/app.conf", &format!("healthy {v}\n"), "0644")]);
-        let r = d.fx.json(&["run", "--once", "--json"]);
-        assert_eq!(r["result"], "applied", "{r}");
-    }
+    apply_three_revisions(&d);
     assert_eq!(d.fx.generation_ids(), vec![1, 2, 3]);
     assert!(store_blobs(&d).contains(&sha256_hex("healthy 1\n")));
     assert_eq!(gc_runs(&d), 0);
