@@ -641,10 +641,18 @@ fn the_agent_collects_what_no_kept_generation_needs_after_a_settled_reconcile() 
     let r = d.fx.json(&["run", "--once", "--json"]);
     assert_eq!(r["result"], "no_change", "{r}");
     assert_eq!(gc_runs(&d), 1);
+    // A rolled-back revision leaves the device settled too.
+    d.publish(&[file("/etc/app.conf", "sick\n", "0644")]);
+    let r = d.fx.json(&["run", "--once", "--json"]);
+    assert_eq!(r["result"], "rolled_back", "{r}");
+    assert_eq!(current_content(&d), "healthy 3\n");
+    let ids = d.fx.generation_ids();
+    assert_eq!(gc_runs(&d), 2, "{ids:?}");
+    assert!(!ids.contains(&2) && ids.contains(&3), "{ids:?}");
     d.fx.ok(&["audit", "verify"]);
     // The previous generation is still a complete rollback target.
     d.fx.ok(&["rollback"]);
-    assert_eq!(current_content(&d), "healthy 2\n");
+    assert_eq!(current_content(&d), "sick\n");
 }
 
 #[test]

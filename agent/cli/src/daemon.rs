@@ -154,8 +154,22 @@ struct Worker {
 }
 
 /// One reconcile as the agent does it: the update policy, apply, the health
-/// gate and rollback, firmware reboots when the policy allows.
+/// gate and rollback, firmware reboots when the policy allows; then gc
+/// (`agent.gc`) when it left nothing in flight.
 fn reconcile_with(
+    config: &Config,
+    facts_file: Option<&Path>,
+    engine: &mut Engine,
+    src: &dyn source::Source,
+) -> Result<Result1> {
+    let result = reconcile_steps(config, facts_file, engine, src);
+    if config.agent.gc && result.is_ok() {
+        collect_garbage(engine);
+    }
+    result
+}
+
+fn reconcile_steps(
     config: &Config,
     facts_file: Option<&Path>,
     engine: &mut Engine,
@@ -191,7 +205,7 @@ fn reconcile_with(
         return Ok(Result1::Held(format!("revision {}: {hold}", rev.id())));
     }
     let outcome = engine.apply_desired(&*rev, &desired)?;
-    let result = match outcome {
+    match outcome {
         ApplyOutcome::NoChange { .. } => Ok(Result1::NoChange),
         ApplyOutcome::RebootRequired { .. } => {
             if pol.may_reboot(&now) {
@@ -227,19 +241,17 @@ fn reconcile_with(
                 }
             }
         }
-    };
-    if config.agent.gc && matches!(result, Ok(Result1::NoChange | Result1::Applied(_))) {
-        collect_garbage(engine);
     }
-    result
 }
 
-/// The agent's gc after a reconcile that left the device settled (nothing
-/// waits for a reboot or a health check). A failure is logged, not fatal:
-/// the reconcile did its work, and an interrupted gc is finished by
-/// `recover()` before the next change.
+/// The agent's gc after a reconcile that left the device settled: applied
+/// and healthy, rolled back, held or nothing to do, with no transition
+/// open (a firmware update waiting for its reboot or its confirmation
+/// skips it).
+/// A failure is logged, not fatal: the reconcile did its work, and an
+/// interrupted gc is finished by `recover()` before the next change.
 fn collect_garbage(engine: &mut Engine) {
-    if engine.status().is_ok_and(|s| s.awaiting_reboot.is_some()) {
+    if !engine.status().is_ok_and(|s| s.open_transitions.is_empty()) {
         return;
     }
     match engine.gc() {
