@@ -8,8 +8,16 @@
 //! ######…                         ('#' padding to the block size, 1024 by default)
 //! ```
 //! There is no checksum. GRUB's `save_env` rewrites the block in place on
-//! disk, so the block keeps its size; ferry replaces the file atomically
-//! (temp file, fsync, rename), so a power cut leaves the old or new block.
+//! disk, so the block keeps its size. ferry does the same: one write of the
+//! whole block over the existing file, then fdatasync. GRUB reads file
+//! systems without replaying their journal, so a replacement file (a new
+//! inode, renamed over the old one) could stay invisible to it after a
+//! power cut on a journaling file system, and its own `save_env` would then
+//! write into blocks Linux has freed; the block's own sectors are where both
+//! look. With the boot-count variables alone, everything but padding lies
+//! in the first 512-byte sector, which common storage writes atomically.
+//! Only a missing or empty file, or one that is not a regular file, is
+//! created afresh (temp file, fsync, rename).
 
 use std::fs;
 use std::path::PathBuf;
@@ -121,19 +129,33 @@ impl BootEnvStore for GrubEnv {
     }
 
     fn store(&self, env: &BootEnv) -> Result<(), FirmwareError> {
-        let size = fs::metadata(&self.path).map_or(DEFAULT_SIZE, |m| m.len() as usize);
+        let existing = fs::metadata(&self.path)
+            .ok()
+            .filter(|m| m.is_file() && m.len() > 0);
+        let size = existing.as_ref().map_or(DEFAULT_SIZE, |m| m.len() as usize);
         let block = serialize(env, size).map_err(|message| FirmwareError::Env {
             path: self.path.clone(),
             message,
         })?;
-        write_atomic(&self.path, 0o644, &mut &block[..]).map_err(|source| {
-            FirmwareError::EnvIo {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
-        Ok(())
+        let written = if existing.is_some() {
+            write_in_place(&self.path, &block)
+        } else {
+            write_atomic(&self.path, 0o644, &mut &block[..]).map(drop)
+        };
+        written.map_err(|source| FirmwareError::EnvIo {
+            path: self.path.clone(),
+            source,
+        })
     }
+}
+
+/// Overwrites the file's bytes from offset 0 (it has `block.len()` bytes)
+/// and waits until they are on the device.
+fn write_in_place(path: &std::path::Path, block: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let f = fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(block, 0)?;
+    f.sync_data()
 }
 
 #[cfg(test)]
@@ -154,6 +176,43 @@ mod tests {
         let block = serialize(&env, 1024).unwrap();
         assert_eq!(block.len(), 1024);
         assert_eq!(parse(&block).unwrap(), env);
+    }
+
+    #[test]
+    fn an_existing_block_is_rewritten_in_place() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = GrubEnv {
+            path: dir.path().join("grubenv"),
+        };
+        let env = |order: &str| -> BootEnv { [("ORDER", order)].into_iter().collect() };
+        // Created afresh, at the default size.
+        store.store(&env("A B")).unwrap();
+        let first = fs::metadata(&store.path).unwrap();
+        assert_eq!(first.len(), DEFAULT_SIZE as u64);
+        // Then rewritten in its own blocks: same inode, same size.
+        store.store(&env("B A")).unwrap();
+        let second = fs::metadata(&store.path).unwrap();
+        assert_eq!((second.ino(), second.len()), (first.ino(), first.len()));
+        assert_eq!(store.load().unwrap(), env("B A"));
+        // A block of another size (grub-editenv can make one) keeps its size.
+        fs::write(&store.path, serialize(&env("A B"), 2048).unwrap()).unwrap();
+        let ino = fs::metadata(&store.path).unwrap().ino();
+        store.store(&env("B A")).unwrap();
+        let m = fs::metadata(&store.path).unwrap();
+        assert_eq!((m.ino(), m.len()), (ino, 2048));
+        assert_eq!(store.load().unwrap(), env("B A"));
+        // An empty file is not a block: replaced by a fresh one.
+        fs::write(&store.path, b"").unwrap();
+        store.store(&env("A B")).unwrap();
+        assert_eq!(
+            fs::metadata(&store.path).unwrap().len(),
+            DEFAULT_SIZE as u64
+        );
+        // Too many variables for the block: refused, the old block stays.
+        let big: BootEnv = [("V", "x".repeat(2000))].into_iter().collect();
+        assert!(store.store(&big).is_err());
+        assert_eq!(store.load().unwrap(), env("A B"));
     }
 
     #[test]
