@@ -260,7 +260,10 @@ fn collect_garbage(engine: &mut Engine) {
             generations = ?o.generations,
             blobs = o.blobs,
             bytes = o.bytes,
-            "gc: collected what no kept generation needs"
+            "gc: removed {} generations and {} blobs ({} bytes) no kept generation needs",
+            o.generations.len(),
+            o.blobs,
+            o.bytes
         ),
         Err(e) => tracing::warn!(error = %e, "gc failed; it is finished at the next start"),
     }
