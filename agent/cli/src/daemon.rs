@@ -248,6 +248,7 @@ fn reconcile_steps(
 /// and healthy, rolled back, held or nothing to do, with no transition
 /// open (a firmware update waiting for its reboot or its confirmation
 /// skips it).
+///
 /// A failure is logged, not fatal: the reconcile did its work, and an
 /// interrupted gc is finished by `recover()` before the next change.
 fn collect_garbage(engine: &mut Engine) {

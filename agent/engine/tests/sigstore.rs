@@ -57,7 +57,6 @@ fn check(
     verify(bundle, "bundle.sigstore.json", digest, root, req)
 }
 
-/// Edits a bundle's JSON.
 /// Fixture `name` without the log's signed entry timestamp.
 fn without_promise(name: &str) -> Vec<u8> {
     edit(name, |v| {
@@ -69,6 +68,7 @@ fn without_promise(name: &str) -> Vec<u8> {
     })
 }
 
+/// Edits a bundle's JSON.
 fn edit(name: &str, f: impl FnOnce(&mut Value)) -> Vec<u8> {
     let mut v: Value = serde_json::from_slice(&read(name)).unwrap();
     f(&mut v);
