@@ -1061,8 +1061,8 @@ fn the_agent_drops_a_firmware_image_from_the_store_once_its_slot_is_good() {
     let r = once();
     assert_eq!(r["result"], "no_change", "{r}");
     assert!(!in_store(), "the confirmed image left the store");
+    // It lives on in its slot, and the device is in the desired state.
     assert_eq!(g.slot_image("B"), image_bytes("v2"));
-    // It lives on in its slot: a rollback needs no download.
     g.d.f.ok(&["audit", "verify"]);
     assert_eq!(g.d.f.run(&["plan", "--exit-code"]).status.code(), Some(0));
 }

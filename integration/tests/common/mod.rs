@@ -297,7 +297,6 @@ fn walk(base: &Path, dir: &Path, out: &mut Snapshot) {
     }
 }
 
-/// stderr as text.
 /// Runs a tool the tests cross-check with; panics with its stderr when it
 /// fails; returns its stdout.
 pub fn tool(cmd: &str, args: &[&str]) -> String {
@@ -347,6 +346,7 @@ pub fn grub_firmware(f: &Fixture) -> (PathBuf, PathBuf) {
     (grubenv, cmdline)
 }
 
+/// stderr as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
