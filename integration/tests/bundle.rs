@@ -365,8 +365,42 @@ fn git_bundle_through_a_fat_image_gives_the_generation_an_online_apply_gives() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    let packs = |dev: &Fixture| {
+        let mut v: Vec<String> = fs::read_dir(dev.state.join("git/repo.git/objects/pack"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = packs(&dev);
     refused(&dev, &forged, 4, &["is not signed"]);
     assert_eq!(current_revision(&dev), tip);
+    // Regression: a refused bundle's pack stayed in the device's object
+    // store for ever; it is unpacked into a quarantine that is dropped.
+    assert_eq!(packs(&dev), before, "a refused bundle left objects behind");
+    assert!(!dev.state.join("git/incoming.git").exists());
+
+    // Regression: a small bundle holding a huge object was inflated into
+    // memory whole (1 GB of RAM for a 1 MB bundle); now capped while
+    // inflating (max_file_bytes, at least 64 MiB) and refused.
+    repo.write("zeros.bin", &"\0".repeat(200 << 20));
+    let huge = repo.commit("a 200 MiB file of zeros", Some(&keys.admin));
+    repo.push(&huge);
+    let out = repo
+        .git()
+        .arg("--git-dir")
+        .arg(&repo.bare)
+        .args(["bundle", "create"])
+        .arg(forged.join("git/ferry.bundle"))
+        .arg("main")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fs::metadata(forged.join("git/ferry.bundle")).unwrap().len() < 4 << 20);
+    refused(&dev, &forged, 3, &["ferry.bundle", "over"]);
+    assert_eq!(packs(&dev), before);
+    assert!(!dev.state.join("git/incoming.git").exists());
 
     // Not a git bundle, or a cut-short pack: exit 3, the file named.
     fs::write(forged.join("git/ferry.bundle"), "PK\x03\x04 not a bundle\n").unwrap();

@@ -337,3 +337,31 @@ fn removing_a_taken_over_file_restores_the_original() {
     assert_eq!(fs::read_to_string(&os_file).unwrap(), "managed v3\n");
     f.ok(&["audit", "verify"]);
 }
+
+/// Regression: a pre-existing state directory kept its mode, so with 0755
+/// `state.db` was 0644 and a blob rendered from a secret was readable by
+/// every user.
+#[test]
+fn a_pre_existing_open_state_dir_is_made_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    fs::create_dir_all(&f.state).unwrap();
+    fs::set_permissions(&f.state, fs::Permissions::from_mode(0o755)).unwrap();
+    f.publish(&[file("/etc/a.conf", "secret-ish\n", "0600")]);
+    f.ok(&["apply"]);
+    let mode = |p: &std::path::Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&f.state), 0o700);
+    for name in ["state.db", "lock"] {
+        assert_eq!(mode(&f.state.join(name)), 0o600, "{name}");
+    }
+    for e in fs::read_dir(f.state.join("store")).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(mode(&p) & 0o077, 0, "{} is readable by others", p.display());
+    }
+    // Opened again after someone loosened it: closed again.
+    fs::set_permissions(&f.state, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(f.state.join("state.db"), fs::Permissions::from_mode(0o644)).unwrap();
+    f.ok(&["gc"]);
+    assert_eq!(mode(&f.state), 0o700);
+    assert_eq!(mode(&f.state.join("state.db")), 0o600);
+}

@@ -317,6 +317,93 @@ fn crash_while_undoing_a_failed_activation() {
     }
 }
 
+/// How an apply that removes a taken-over file gets undone.
+#[derive(Clone, Copy, Debug)]
+enum Undone {
+    /// A later activation fails; the apply rolls back (exit 7).
+    ActivationFails,
+    /// The process dies after the remove; `recover` undoes it.
+    Crash,
+    /// A later activation fails and the process dies while undoing;
+    /// `recover` finishes the undo.
+    InterruptedRollback,
+}
+
+/// Regression: undoing an apply that removed a taken-over file lost the
+/// `originals` row (the remove's step commit deleted it), so the next
+/// apply deleted the OS's file instead of restoring it, and gc collected
+/// the original's blob.
+#[test]
+fn taken_over_file_survives_an_undone_remove() {
+    for how in [
+        Undone::ActivationFails,
+        Undone::Crash,
+        Undone::InterruptedRollback,
+    ] {
+        let label = format!("{how:?}");
+        let f = Fixture::new();
+        let os_file = f.root.join("etc/a/pre.conf");
+        fs::create_dir_all(os_file.parent().unwrap()).unwrap();
+        fs::write(&os_file, "shipped by the OS\n").unwrap();
+        f.publish(&[file("/etc/a/pre.conf", "managed\n", "0644")]);
+        f.ok(&["apply"]);
+        assert_eq!(fs::read_to_string(&os_file).unwrap(), "managed\n");
+        // Y drops pre.conf (step 1, restores the OS content) and adds
+        // z.conf (step 2, where things go wrong).
+        let y = [file("/etc/z.conf", "zulu\n", "0644")];
+        f.publish(&y);
+        match how {
+            Undone::ActivationFails => {
+                let out = f
+                    .cmd(&["apply"])
+                    .env("FAILPOINTS", "activate::before-apply=1*off->return")
+                    .output()
+                    .unwrap();
+                assert_eq!(out.status.code(), Some(7), "{label}: {}", stderr(&out));
+            }
+            Undone::Crash => {
+                crash(
+                    &f,
+                    Scenario::Apply,
+                    fp::ACTIVATE_BEFORE_APPLY,
+                    2,
+                    Mode::Abort,
+                    None,
+                );
+                f.ok(&["recover"]);
+            }
+            Undone::InterruptedRollback => {
+                crash(
+                    &f,
+                    Scenario::Apply,
+                    fp::UNDO_AFTER_STEP,
+                    1,
+                    Mode::Abort,
+                    Some("activate::before-apply=1*off->return"),
+                );
+                f.ok(&["recover"]);
+            }
+        }
+        assert_eq!(
+            fs::read_to_string(&os_file).unwrap(),
+            "managed\n",
+            "{label}: undone"
+        );
+        f.ok(&["gc"]);
+        f.ok(&["apply"]);
+        assert_eq!(
+            fs::read_to_string(&os_file).unwrap(),
+            "shipped by the OS\n",
+            "{label}: the OS's file is back"
+        );
+        assert_eq!(
+            fs::read_to_string(f.root.join("etc/z.conf")).unwrap(),
+            "zulu\n"
+        );
+        f.ok(&["audit", "verify"]);
+    }
+}
+
 #[test]
 fn every_failpoint_is_exercised() {
     let mut covered: Vec<&str> = [Scenario::Apply, Scenario::Rollback, Scenario::Gc]

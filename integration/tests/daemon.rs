@@ -320,6 +320,120 @@ fn sigterm_at_every_step_of_a_transition_converges_after_restart() {
     }
 }
 
+/// Regression: the agent had no deadline on a reconcile child (and kept
+/// feeding the watchdog meanwhile), so a stuck fetch held it for ever.
+#[test]
+fn a_reconcile_past_its_deadline_is_killed_and_recovered() {
+    let d = device("reconcile_timeout = \"3s\"");
+    d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
+    let agent = Agent::start(
+        &d,
+        &[("FAILPOINTS", "activate::before-apply=sleep(600000)")],
+    );
+    wait_for("the killed reconcile", Duration::from_secs(30), || {
+        let st = d.fx.json(&["status", "--json"]);
+        st["agent"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("agent.reconcile_timeout"))
+    });
+    agent.signal("TERM");
+    let (status, err) = agent.wait(Duration::from_secs(30));
+    assert!(status.success(), "{err}");
+    assert!(err.contains("killing it"), "{err}");
+    // Restarted without the hang: recovery undoes the killed transition,
+    // then the revision applies.
+    let agent = Agent::start(&d, &[]);
+    wait_for("convergence", Duration::from_secs(30), || {
+        current_content(&d) == "healthy 1\n"
+    });
+    agent.signal("TERM");
+    let (status, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    let st = d.fx.json(&["status", "--json"]);
+    assert!(
+        st["open_transitions"].as_array().unwrap().is_empty(),
+        "{st:#}"
+    );
+    d.fx.ok(&["audit", "verify"]);
+}
+
+/// Regression: one idle TCP connection blocked the metrics endpoint for
+/// everyone, and control-socket requests were unbounded (400 MiB without a
+/// newline grew the agent to 431 MB) and served one at a time.
+#[test]
+fn idle_and_oversized_local_clients_do_not_block_or_grow_the_agent() {
+    use std::io::{Read, Write};
+    let d = device("");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    fs::write(
+        &d.fx.config,
+        format!("{text}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
+    let agent = Agent::start(&d, &[]);
+    let sock = d.fx.dir.path().join("ferry.sock");
+    wait_for("the control socket", Duration::from_secs(10), || {
+        sock.exists()
+    });
+    // Idle clients on both endpoints, held open throughout.
+    let _idle_tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _idle_unix = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(scrape().contains("ferry_reconciles_total"));
+    let st = d.fx.json(&["status", "--json"]);
+    assert!(st["agent"]["pid"].is_u64(), "{st:#}");
+    // 8 MiB without a newline: refused after 64 KiB, the agent stays small.
+    let rss = |pid: u32| -> u64 {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    };
+    let pid = agent.child.id();
+    let before = rss(pid);
+    let mut big = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    big.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..8 {
+        if big.write_all(&chunk).is_err() {
+            break; // the agent stopped reading: that is the point
+        }
+    }
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    assert!(
+        answer.is_empty() || answer.contains("longer than"),
+        "{answer}"
+    );
+    assert!(
+        rss(pid) < before + 4096,
+        "agent grew from {before} kB to {} kB",
+        rss(pid)
+    );
+    let st = d.fx.json(&["status", "--json"]);
+    assert!(st["agent"]["pid"].is_u64(), "{st:#}");
+    agent.signal("TERM");
+    let (status, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+}
+
 #[test]
 fn a_bad_agent_configuration_is_refused_at_start() {
     let d = device("");

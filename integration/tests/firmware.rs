@@ -91,6 +91,146 @@ fn grub_block_overflow_and_garbage_are_clear_errors() {
     assert!(e.contains("missing") && e.contains("No such file"), "{e}");
 }
 
+fn bootenv_fixtures(kind: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(data_dir().join("fixtures/bootenv").join(kind))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn listing(env: &BootEnv) -> String {
+    env.iter().map(|(n, v)| format!("{n}={v}\n")).collect()
+}
+
+/// Regression: ferry read and wrote some GRUB blocks differently from GRUB
+/// (a block of only the signature line, a last value without its newline,
+/// an empty variable name, a line without `=`, a block without the warning
+/// line). Every fixture (integration/fixtures/bootenv/make.py) is read by
+/// ferry and by grub-editenv with the same result, and changed by both to
+/// the same bytes.
+#[test]
+fn grub_blocks_are_read_and_changed_exactly_as_grub_editenv_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = bootenv_fixtures("grub");
+    assert!(fixtures.len() >= 15);
+    for f in fixtures {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = fs::read(&f).unwrap();
+        let theirs = Command::new("grub-editenv")
+            .arg(&f)
+            .arg("list")
+            .output()
+            .unwrap();
+        let ours = grub::parse(&bytes);
+        assert_eq!(
+            theirs.status.success(),
+            ours.is_ok(),
+            "{name}: {ours:?} {}",
+            stderr(&theirs)
+        );
+        if let Ok(env) = &ours {
+            assert_eq!(
+                listing(env),
+                String::from_utf8_lossy(&theirs.stdout),
+                "{name}"
+            );
+        }
+        // The change ferry makes when marking a slot: an existing variable
+        // and a new one.
+        let (t, o) = (
+            dir.path().join(format!("t-{name}")),
+            dir.path().join(format!("o-{name}")),
+        );
+        fs::write(&t, &bytes).unwrap();
+        let tool_ok = ["ORDER=B A", "FERRY_OK=1"].iter().all(|set| {
+            Command::new("grub-editenv")
+                .arg(&t)
+                .args(["set", set])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        });
+        let changed = ours.and_then(|mut env| {
+            env.set("ORDER", "B A");
+            env.set("FERRY_OK", "1");
+            grub::update(&bytes, &env)
+        });
+        match changed {
+            Ok(block) => {
+                assert!(tool_ok, "{name}: ferry changed a block grub-editenv cannot");
+                fs::write(&o, &block).unwrap();
+                assert_eq!(
+                    block,
+                    fs::read(&t).unwrap(),
+                    "{name}: bytes differ from grub-editenv's"
+                );
+                // And through the store, in place.
+                let store = GrubEnv { path: o.clone() };
+                let env = store.load().unwrap();
+                store.store(&env).unwrap();
+                assert_eq!(fs::read(&o).unwrap(), block, "{name}");
+            }
+            Err(e) => assert!(
+                !tool_ok,
+                "{name}: grub-editenv changed it, ferry refused: {e}"
+            ),
+        }
+    }
+}
+
+/// Regression: a U-Boot entry without `=` made ferry declare the whole copy
+/// invalid (libubootenv skips the entry), so of a redundant pair ferry used
+/// the older copy while U-Boot used the newer.
+#[test]
+fn uboot_copies_are_read_as_libubootenv_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = bootenv_fixtures("uboot");
+    let printenv = |cfg: &Path| tool("fw_printenv", &["-c", cfg.to_str().unwrap()]);
+    let ours = |cfg: &Path| {
+        let e = uboot::parse_config(cfg).unwrap().load().unwrap();
+        e.sorted()
+            .iter()
+            .map(|(n, v)| format!("{n}={v}\n"))
+            .collect::<String>()
+    };
+    for f in fixtures
+        .iter()
+        .filter(|f| !f.to_string_lossy().contains("redundant"))
+    {
+        let copy = dir.path().join(f.file_name().unwrap());
+        fs::copy(f, &copy).unwrap();
+        let cfg = dir.path().join("single.config");
+        fs::write(&cfg, format!("{} 0x0 0x2000\n", copy.display())).unwrap();
+        assert_eq!(ours(&cfg), printenv(&cfg), "{}", f.display());
+    }
+    let (old, new) = (dir.path().join("old.bin"), dir.path().join("new.bin"));
+    fs::copy(
+        data_dir().join("fixtures/bootenv/uboot/redundant-old.bin"),
+        &old,
+    )
+    .unwrap();
+    fs::copy(
+        data_dir().join("fixtures/bootenv/uboot/redundant-new-noeq.bin"),
+        &new,
+    )
+    .unwrap();
+    let cfg = dir.path().join("redundant.config");
+    fs::write(
+        &cfg,
+        format!(
+            "{} 0x0 0x2000\n{} 0x0 0x2000\n",
+            old.display(),
+            new.display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(printenv(&cfg), "BOOT_A_LEFT=2\nBOOT_ORDER=B A\n");
+    assert_eq!(ours(&cfg), printenv(&cfg));
+}
+
 fn env_file(dir: &Path, name: &str, vars: &[(&str, &str)], redundant: bool) -> std::path::PathBuf {
     let txt = dir.join(format!("{name}.txt"));
     let body: String = vars.iter().map(|(n, v)| format!("{n}={v}\n")).collect();

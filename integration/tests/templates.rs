@@ -388,6 +388,51 @@ fn secrets_never_appear_in_plans_logs_journal_or_audit() {
     assert!(creds.contains("rotated-S3CRET-0001"));
 }
 
+/// Regression: `{% include secrets.x %}` printed the secret inside
+/// "tried to include non-existing template …", on stderr and in the
+/// `revision-refused` audit entry that is exported to the fleet.
+#[test]
+fn a_failed_render_that_read_secrets_is_redacted() {
+    let secret = "gw-a01-S3CRET-7f2b";
+    for body in [
+        "{% include secrets.mqtt_password %}\n",
+        "{{ secrets.mqtt_password ~ undefined_thing }}\n",
+        "{{ secrets.mqtt_password | int(strict) }}\n",
+        "{% set x = secrets.mqtt_password %}{{ x.missing.deeper }}\n",
+    ] {
+        let f = fleet();
+        with_manifest(
+            &f,
+            &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
+            &[("t/x.j2", body)],
+        );
+        refused(&f, &["template t/x.j2", "details redacted"]);
+        let facts = facts("gw-a");
+        let audit = f.ok(&[
+            "--facts",
+            facts.to_str().unwrap(),
+            "audit",
+            "list",
+            "--json",
+        ]);
+        assert!(audit.contains("revision-refused"), "{audit}");
+        assert!(
+            !audit.contains(secret),
+            "{body}: secret in the audit: {audit}"
+        );
+        let out = f.run(&["--facts", facts.to_str().unwrap(), "plan"]);
+        assert!(!stderr(&out).contains(secret), "{body}: {}", stderr(&out));
+    }
+    // A render that did not read secrets keeps its details.
+    let f = fleet();
+    with_manifest(
+        &f,
+        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
+        &[("t/x.j2", "{% include 'missing.j2' %}\n")],
+    );
+    refused(&f, &["template t/x.j2", "missing.j2"]);
+}
+
 #[test]
 fn the_manifest_itself_may_not_read_secrets() {
     let f = fleet();

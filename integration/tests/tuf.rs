@@ -186,6 +186,59 @@ fn expired_metadata_is_refused_also_with_the_clock_reset_to_1970() {
     assert!(after >= floor);
 }
 
+/// Regression: a corrupt time-floor file was read as 0, so a device whose
+/// clock fell back accepted metadata that expired long ago.
+#[test]
+fn a_corrupt_time_floor_fails_closed_until_the_operator_repairs_it() {
+    let d = Device::new(&[]);
+    d.publish(&[file("/etc/a", "1\n", "0644")]);
+    d.fx.ok(&["apply", "--no-reboot"]);
+    let floor_file = d.fx.state.join("tuf/time-floor");
+    for corrupt in [
+        &b"garbage\n"[..],
+        b"",
+        b"-5",
+        &[0xff, 0xfe][..],
+        &[b'9'; 100][..],
+    ] {
+        fs::write(&floor_file, corrupt).unwrap();
+        d.publish(&[file("/etc/a", "2\n", "0644")]);
+        let out = d.fx.run(&["apply", "--no-reboot"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(6), "{corrupt:?}: {err}");
+        assert!(
+            err.contains("secure time floor") && err.contains("time-floor repair"),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(d.fx.root.join("etc/a")).unwrap(), "1\n");
+        // Shown, not hidden.
+        let v = d.fx.json(&["time-floor", "--json"]);
+        assert_eq!(v["ok"], false, "{v}");
+    }
+    let audit =
+        d.fx.ok(&["audit", "list", "--event", "source-refused", "--json"]);
+    assert!(audit.contains("time_floor"), "{audit}");
+    // No image floor configured: the operator must give the time.
+    let out = d.fx.run(&["time-floor", "repair"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--at"), "{}", stderr(&out));
+    d.fx.ok(&["time-floor", "repair", "--at", "2026-01-01T00:00:00Z"]);
+    assert_eq!(
+        fs::read_to_string(&floor_file).unwrap().trim(),
+        "1767225600"
+    );
+    let audit =
+        d.fx.ok(&["audit", "list", "--event", "time-floor-repaired"]);
+    assert!(audit.contains("time-floor-repaired"), "{audit}");
+    // An intact floor is not "repaired" (that could lower it).
+    let out =
+        d.fx.run(&["time-floor", "repair", "--at", "1970-01-02T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    d.fx.ok(&["apply", "--no-reboot"]);
+    assert_eq!(fs::read_to_string(d.fx.root.join("etc/a")).unwrap(), "2\n");
+    d.fx.ok(&["audit", "verify"]);
+}
+
 #[test]
 fn mix_and_match_and_tampered_targets_are_refused() {
     let d = Device::new(&[]);
@@ -278,6 +331,45 @@ fn a_download_cut_midway_resumes_with_an_http_range_request() {
     d.fx.ok(&["apply", "--no-reboot"]);
     assert_eq!(d.fx.snapshot(), common::expected(&files));
     assert_eq!(d.server.ranges(), [(path, 300_000)]);
+}
+
+/// Regression: target downloads had no overall deadline, so a manifest
+/// served a byte at a time kept a reconcile busy for hours.
+#[test]
+fn a_target_dripped_slower_than_the_minimum_rate_is_cut_off() {
+    let d = Device::new(&[]);
+    let text: String = (0..400).map(|i| format!("{i}\n")).collect();
+    let files = [file("/opt/a.txt", &text, "0644")];
+    d.publish(&files);
+    let t = d.repo.read_json("targets.json");
+    let sha = t["signed"]["targets"]["files/0"]["hashes"]["sha256"]
+        .as_str()
+        .unwrap();
+    let path = format!("/targets/files/{sha}.0");
+    // 10 bytes/s for ~1,500 bytes; at least 500 bytes/s are required: the
+    // deadline is stall (2 s) + 1,490 / 500 s.
+    let conf = fs::read_to_string(&d.fx.config).unwrap();
+    fs::write(
+        &d.fx.config,
+        conf.replace(
+            "stall_timeout_secs = 2\n",
+            "stall_timeout_secs = 2\nmin_rate_bytes_per_sec = 500\n",
+        ),
+    )
+    .unwrap();
+    d.server.fault(&path, Some(Fault::Drip));
+    let started = std::time::Instant::now();
+    let out = d.fx.run(&["apply", "--no-reboot"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("min_rate_bytes_per_sec"), "{err}");
+    // Not a timed assertion of speed: it must not have waited for the drip
+    // to finish (150 s), which is what used to happen.
+    assert!(started.elapsed() < std::time::Duration::from_secs(100));
+    assert!(d.fx.generation_ids().is_empty());
+    d.server.fault(&path, None);
+    d.fx.ok(&["apply", "--no-reboot"]);
+    assert_eq!(d.fx.snapshot(), common::expected(&files));
 }
 
 #[test]

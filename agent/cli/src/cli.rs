@@ -13,7 +13,7 @@ Exit codes:
   4  verification failed (signatures, rollback or expiry of signed metadata,
      hash or length mismatch, broken audit chain)
   5  the state directory is in use by another ferry
-  6  the state database is corrupt
+  6  the state database or the secure time floor is corrupt
   7  an activation failed; the transition was rolled back
   8  refused in the current state (e.g. nothing to roll back to; import:
      no bundle on the stick, or one for another device)
@@ -52,6 +52,18 @@ pub struct Cli {
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TimeFloorAction {
+    /// Replace a corrupt or unreadable floor (nothing is verified until it is
+    /// repaired) with the image's floor (`source.tuf.time_floor`) or the time
+    /// given; audited. An intact floor is refused (exit 8).
+    Repair {
+        /// The new floor (RFC 3339, e.g. 2026-11-30T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+    },
 }
 
 #[derive(Debug, Args, Clone, Copy)]
@@ -173,6 +185,14 @@ pub enum Command {
     Firmware {
         #[command(subcommand)]
         action: FirmwareAction,
+    },
+    /// Show the secure time floor (the newest time this device trusted; TUF
+    /// expiry is never judged earlier), or repair a corrupt one.
+    TimeFloor {
+        #[command(subcommand)]
+        action: Option<TimeFloorAction>,
+        #[command(flatten)]
+        out: JsonFlag,
     },
     /// Read or verify the audit journal.
     Audit {

@@ -7,6 +7,7 @@ use ferry_engine::{ApplyOutcome, Config, Engine, source};
 
 use crate::cli::{
     AuditAction, AuditFilter, BundleAction, Cli, Command, FirmwareAction, GenerationsAction,
+    TimeFloorAction,
 };
 use crate::exit::Code;
 use crate::output;
@@ -269,6 +270,27 @@ pub fn run(args: Cli) -> Result<Code> {
                 }
             }
         }
+        Command::TimeFloor { action, out } => match action {
+            None => {
+                let floor = ferry_engine::source::tuf::TimeFloor::from_config(
+                    &config.source.tuf,
+                    &config.state_dir,
+                )?;
+                output::time_floor(&floor, out.json)?;
+            }
+            Some(TimeFloorAction::Repair { at }) => {
+                let at = match at {
+                    Some(t) => Some(
+                        t.parse::<jiff::Timestamp>()
+                            .with_context(|| format!("--at {t:?}: not an RFC 3339 time"))?
+                            .as_second(),
+                    ),
+                    None => None,
+                };
+                let t = Engine::open(config)?.repair_time_floor(at)?;
+                output::time_floor_repaired(t, out.json)?;
+            }
+        },
         Command::Demo { .. }
         | Command::Rules { .. }
         | Command::Sigstore { .. }

@@ -2,7 +2,7 @@
 //! answer line. `{"cmd":"status"}` → the agent's view; `{"cmd":"apply"}` →
 //! reconcile now. The socket is mode 0600 (root-only on a device).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::mpsc;
@@ -45,31 +45,61 @@ pub async fn serve(
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     tokio::spawn(async move {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        // Each connection is served on its own, bounded in size and time,
+        // and only so many at once: one idle or endless client can neither
+        // block the others nor grow the agent.
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         while let Ok((conn, _)) = listener.accept().await {
-            let (read, mut write) = conn.into_split();
-            let mut lines = tokio::io::BufReader::new(read).lines();
-            let Ok(Some(line)) = lines.next_line().await else {
-                continue;
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                continue; // dropped: too many clients at once
             };
-            let answer = match serde_json::from_str::<Value>(&line) {
-                Ok(req) => match req["cmd"].as_str() {
-                    Some("status") => {
-                        let s = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        json!({"ok": true, "agent": s})
-                    }
-                    Some("apply") => {
-                        let sent = tx.send(Msg::Now).is_ok();
-                        json!({"ok": sent, "message": "reconcile requested"})
-                    }
-                    other => json!({"ok": false, "error": format!("unknown command {other:?}")}),
-                },
-                Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
-            };
-            let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+            let (shared, tx) = (shared.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(conn, &shared, &tx)).await;
+            });
         }
     });
     Ok(Bound(path.to_path_buf()))
+}
+
+/// Most clients served at once.
+const MAX_CONNECTIONS: usize = 16;
+/// Longest request line.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// Longest answer line a client reads.
+const MAX_ANSWER_BYTES: u64 = 4 << 20;
+/// How long a client may take to send its request and read the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads one request line (at most `MAX_REQUEST_BYTES`) and answers it.
+async fn answer(conn: tokio::net::UnixStream, shared: &Mutex<Shared>, tx: &mpsc::Sender<Msg>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let (read, mut write) = conn.into_split();
+    let mut line = Vec::new();
+    let mut limited = tokio::io::BufReader::new(read).take(MAX_REQUEST_BYTES + 1);
+    if limited.read_until(b'\n', &mut line).await.is_err() || line.is_empty() {
+        return;
+    }
+    let answer = if line.last() != Some(&b'\n') && line.len() as u64 > MAX_REQUEST_BYTES {
+        json!({"ok": false, "error": format!("request longer than {MAX_REQUEST_BYTES} bytes")})
+    } else {
+        match serde_json::from_slice::<Value>(&line) {
+            Ok(req) => match req["cmd"].as_str() {
+                Some("status") => {
+                    let s = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    json!({"ok": true, "agent": s})
+                }
+                Some("apply") => {
+                    let sent = tx.send(Msg::Now).is_ok();
+                    json!({"ok": sent, "message": "reconcile requested"})
+                }
+                other => json!({"ok": false, "error": format!("unknown command {other:?}")}),
+            },
+            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+        }
+    };
+    let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
 }
 
 /// Sends one request to the agent at `path`.
@@ -80,7 +110,9 @@ pub fn call(path: &Path, req: &Value) -> Result<Value> {
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     writeln!(s, "{req}")?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
+    BufReader::new(s)
+        .take(MAX_ANSWER_BYTES)
+        .read_line(&mut line)?;
     let v: Value = serde_json::from_str(&line).context("the agent's answer")?;
     if v["ok"] != true {
         bail!("the agent refused: {}", v["error"]);

@@ -57,6 +57,9 @@ pub struct Shared {
     pub revision: Option<String>,
     pub generation: Option<u64>,
     pub consecutive_failures: u32,
+    /// When the running reconcile started (for the watchdog).
+    #[serde(skip)]
+    pub reconcile_started: Option<Instant>,
     #[serde(skip)]
     pub metrics: Metrics,
     #[serde(skip)]
@@ -349,19 +352,20 @@ impl Worker {
     /// One reconcile, in a child process; records the generation it leaves
     /// for status and metrics.
     fn reconcile(&mut self) -> Report {
-        let out = self
-            .child(&["run", "--once", "--json"])
-            .stderr(std::process::Stdio::inherit())
-            .output();
+        let timeout = self.reconcile_timeout();
+        let out = run_with_deadline(self.child(&["run", "--once", "--json"]), timeout);
         let report = match out {
-            Ok(out) => String::from_utf8_lossy(&out.stdout)
+            Ok((_, _, true)) => failed(format!(
+                "the reconcile took longer than agent.reconcile_timeout ({} s) and was killed; recovery finishes or undoes what it started",
+                timeout.as_secs()
+            )),
+            Ok((stdout, status, false)) => String::from_utf8_lossy(&stdout)
                 .lines()
                 .rev()
                 .find_map(|l| serde_json::from_str::<Report>(l).ok())
                 .unwrap_or_else(|| {
                     failed(format!(
-                        "the reconcile process ended ({}) without a result",
-                        out.status
+                        "the reconcile process ended ({status}) without a result"
                     ))
                 }),
             Err(e) => failed(format!(
@@ -378,6 +382,13 @@ impl Worker {
         report
     }
 
+    fn reconcile_timeout(&self) -> Duration {
+        self.config
+            .agent
+            .times()
+            .map_or(DEFAULT_RECONCILE_TIMEOUT, |t| t.reconcile_timeout)
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut failures = 0u32;
         let mut delay = Duration::ZERO;
@@ -392,9 +403,17 @@ impl Worker {
                 Ok(Msg::Reload) => self.reload(),
                 Ok(Msg::Now) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
-            self.shared.lock().unwrap_or_else(|p| p.into_inner()).state = "reconciling".into();
+            {
+                let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                s.state = "reconciling".into();
+                s.reconcile_started = Some(Instant::now());
+            }
             notify::status("reconciling");
             let report = self.reconcile();
+            self.shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reconcile_started = None;
             self.reconciled.notify_one();
             let (label, text) = {
                 let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -622,7 +641,7 @@ fn failed(text: String) -> Report {
 
 pub fn run(args: &Cli) -> Result<Code> {
     let (mut config, text) = Config::load_with_text(args.config.as_deref())?;
-    config.agent.times()?;
+    let times = config.agent.times()?;
     if let Some(d) = config_state_override(args) {
         config.state_dir = d;
     }
@@ -681,26 +700,51 @@ pub fn run(args: &Cli) -> Result<Code> {
             let rules = rules.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                // One task per scrape, bounded in time and number: an idle
+                // connection no longer blocks every other scraper.
+                let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
                 while let Ok((mut conn, _)) = listener.accept().await {
-                    let mut buf = [0u8; 1024];
-                    let _ = conn.read(&mut buf).await;
-                    let body = {
-                        let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                        metrics_text(&s, rules.as_ref())
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        continue;
                     };
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(resp.as_bytes()).await;
+                    let (shared, rules) = (shared.clone(), rules.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let serve = async {
+                            let mut buf = [0u8; 1024];
+                            let _ = conn.read(&mut buf).await;
+                            let body = {
+                                let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                                metrics_text(&s, rules.as_ref())
+                            };
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = conn.write_all(resp.as_bytes()).await;
+                        };
+                        let _ = tokio::time::timeout(METRICS_TIMEOUT, serve).await;
+                    });
                 }
             });
         }
         if let Some(period) = notify::watchdog_period() {
+            let shared = shared.clone();
+            let limit = times.reconcile_timeout + WATCHDOG_GRACE;
             tokio::spawn(async move {
                 let mut t = tokio::time::interval(period);
                 loop {
                     t.tick().await;
+                    // A worker stuck past its own deadline (the kill did not
+                    // end it) gets no more keep-alives: systemd restarts us.
+                    let started = shared
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .reconcile_started;
+                    if worker_stuck(started, Instant::now(), limit) {
+                        tracing::error!("the reconcile is stuck past agent.reconcile_timeout; no longer feeding the watchdog");
+                        continue;
+                    }
                     notify::send("WATCHDOG=1");
                 }
             });
@@ -728,6 +772,60 @@ pub fn run(args: &Cli) -> Result<Code> {
         let _ = h.join();
     }
     Ok(Code::Success)
+}
+
+/// Scrapes served at once, and how long one may take.
+const METRICS_CONNECTIONS: usize = 16;
+const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default of `agent.reconcile_timeout` when the configuration cannot say.
+const DEFAULT_RECONCILE_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+/// How long past its deadline a reconcile may still be ending (killed, being
+/// reaped) before the agent counts as stuck.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(60);
+/// Most bytes of a reconcile child's report read (one JSON line).
+const MAX_REPORT_BYTES: u64 = 1 << 20;
+
+/// Whether a reconcile that started at `started` is past `limit` at `now`.
+fn worker_stuck(started: Option<Instant>, now: Instant, limit: Duration) -> bool {
+    started.is_some_and(|s| now.saturating_duration_since(s) > limit)
+}
+
+/// Runs `cmd` (stderr inherited), killing it after `timeout`. Returns its
+/// stdout (bounded), exit status and whether it was killed.
+fn run_with_deadline(
+    mut cmd: std::process::Command,
+    timeout: Duration,
+) -> std::io::Result<(Vec<u8>, std::process::ExitStatus, bool)> {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.take(MAX_REPORT_BYTES).read_to_end(&mut out);
+        out
+    });
+    let end = Instant::now() + timeout;
+    let (status, killed) = loop {
+        if let Some(status) = child.try_wait()? {
+            break (status, false);
+        }
+        if Instant::now() >= end {
+            tracing::error!(
+                pid = child.id(),
+                timeout_secs = timeout.as_secs(),
+                "reconcile past agent.reconcile_timeout; killing it"
+            );
+            let _ = child.kill();
+            break (child.wait()?, true);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = reader.join().unwrap_or_default();
+    Ok((out, status, killed))
 }
 
 fn config_state_override(args: &Cli) -> Option<PathBuf> {

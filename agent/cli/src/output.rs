@@ -380,6 +380,54 @@ pub fn audit_ok(n: u64, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+fn rfc3339(t: i64) -> String {
+    jiff::Timestamp::from_second(t).map_or_else(|_| format!("@{t}"), |ts| ts.to_string())
+}
+
+/// `ferry time-floor`: the stored floor, the image's, and the one in force.
+/// A corrupt floor is shown (not an error) so the operator sees what to repair.
+pub fn time_floor(f: &ferry_engine::source::tuf::TimeFloor, as_json: bool) -> Result<()> {
+    let stored = f.stored();
+    let effective = f.get().ok();
+    if as_json {
+        return print_json(&json!({
+            "path": f.path(),
+            "stored": stored.as_ref().ok().copied().flatten(),
+            "image": f.baked(),
+            "effective": effective,
+            "ok": stored.is_ok(),
+            "error": stored.as_ref().err().map(ToString::to_string),
+        }));
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "file:      {}", f.path().display())?;
+    match &stored {
+        Ok(Some(t)) => writeln!(out, "stored:    {} ({t})", rfc3339(*t))?,
+        Ok(None) => writeln!(out, "stored:    none yet")?,
+        Err(e) => writeln!(out, "stored:    CORRUPT: {}", e.problem)?,
+    }
+    match f.baked() {
+        Some(t) => writeln!(out, "image:     {} ({t})", rfc3339(t))?,
+        None => writeln!(out, "image:     none (source.tuf.time_floor)")?,
+    }
+    match effective {
+        Some(t) => writeln!(out, "in force:  {} ({t})", rfc3339(t))?,
+        None => writeln!(
+            out,
+            "in force:  none: updates are refused until `ferry time-floor repair`"
+        )?,
+    }
+    Ok(())
+}
+
+pub fn time_floor_repaired(t: i64, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(&json!({"repaired": true, "floor": t}));
+    }
+    println!("time floor repaired: {} ({t})", rfc3339(t));
+    Ok(())
+}
+
 pub fn firmware(s: &ferry_engine::firmware::FirmwareStatus, as_json: bool) -> Result<()> {
     if as_json {
         return print_json(s);

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod canonical;
 pub mod digest;
+pub mod glob;
 pub mod path;
 pub mod plan;
 pub mod resource;

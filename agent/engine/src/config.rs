@@ -151,6 +151,9 @@ pub struct AgentConfig {
     pub health_timeout: String,
     /// Pause between health check rounds while waiting.
     pub health_interval: String,
+    /// The longest one reconcile (fetch, apply, health gate) may take; the
+    /// agent then kills it (recovery finishes or undoes what it started).
+    pub reconcile_timeout: String,
     /// Control socket of the running agent (`ferry status`, `ferry apply --now`).
     pub control_socket: PathBuf,
     /// The update policy file inside each revision (absent: no restrictions).
@@ -172,6 +175,7 @@ impl Default for AgentConfig {
             backoff_cap: "30m".into(),
             health_timeout: "2m".into(),
             health_interval: "5s".into(),
+            reconcile_timeout: "2h".into(),
             control_socket: PathBuf::from("/run/ferry/ferry.sock"),
             policy: "ferry/policy.toml".into(),
             machine_id_file: PathBuf::from("/etc/machine-id"),
@@ -189,6 +193,7 @@ pub struct AgentTimes {
     pub backoff_cap: std::time::Duration,
     pub health_timeout: std::time::Duration,
     pub health_interval: std::time::Duration,
+    pub reconcile_timeout: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -206,7 +211,14 @@ impl AgentConfig {
             backoff_cap: d("agent.backoff_cap", &self.backoff_cap)?,
             health_timeout: d("agent.health_timeout", &self.health_timeout)?,
             health_interval: d("agent.health_interval", &self.health_interval)?,
+            reconcile_timeout: d("agent.reconcile_timeout", &self.reconcile_timeout)?,
         };
+        if t.reconcile_timeout <= t.health_timeout {
+            return Err(ConfigError::Invalid {
+                key: "agent.reconcile_timeout",
+                message: "must be longer than agent.health_timeout (the health gate is part of a reconcile)".into(),
+            });
+        }
         if t.poll_interval.is_zero() {
             return Err(ConfigError::Invalid {
                 key: "agent.poll_interval",
@@ -418,6 +430,9 @@ pub struct TufSourceConfig {
     pub stall_timeout_secs: u64,
     /// Seconds a whole metadata file may take (slow-drip server).
     pub metadata_timeout_secs: u64,
+    /// Slowest average a target may arrive at (bytes/s): a target of n
+    /// bytes must arrive within stall_timeout_secs + n / this.
+    pub min_rate_bytes_per_sec: u64,
     /// A time the device knows has passed (RFC 3339, e.g. the image build
     /// time): the secure time floor starts here.
     pub time_floor: Option<String>,
@@ -432,6 +447,7 @@ impl Default for TufSourceConfig {
             manifest: "ferry/manifest.yaml".to_owned(),
             stall_timeout_secs: 30,
             metadata_timeout_secs: 60,
+            min_rate_bytes_per_sec: crate::source::tuf::transport::DEFAULT_MIN_RATE,
             time_floor: None,
         }
     }
@@ -713,6 +729,12 @@ impl Config {
                         }
                         Some(_) => {}
                     }
+                }
+                if tuf.min_rate_bytes_per_sec == 0 {
+                    return Err(ConfigError::Invalid {
+                        key: "source.tuf.min_rate_bytes_per_sec",
+                        message: "must be at least 1".to_owned(),
+                    });
                 }
                 if tuf.stall_timeout_secs == 0 || tuf.metadata_timeout_secs == 0 {
                     return Err(ConfigError::Invalid {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -123,16 +123,24 @@ impl Engine {
 
     fn open_with(config: Config, early: bool) -> Result<Engine> {
         let state_dir = config.state_dir.clone();
+        // Owner-only at every open, not just at creation: a pre-existing
+        // 0755 directory exposed state.db and blobs rendered from secrets.
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&state_dir)
             .map_err(|e| EngineError::io("cannot create state directory", &state_dir, e))?;
+        if let Some(was) = ferry_fs::private_dir(&state_dir)
+            .map_err(|e| EngineError::io("cannot secure the state directory", &state_dir, e))?
+        {
+            tracing::warn!(state_dir = %state_dir.display(), "state directory had mode {was:04o}; set to 0700");
+        }
         let lock_path = state_dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(|e| EngineError::io("cannot write to state directory", &lock_path, e))?;
         match lock.try_lock() {
@@ -143,6 +151,11 @@ impl Engine {
             }
         }
         let db = Db::open(&state_dir.join("state.db"), true)?;
+        for name in ["state.db", "state.db-wal", "state.db-shm", "lock"] {
+            let p = state_dir.join(name);
+            ferry_fs::restrict_file(&p, 0o600)
+                .map_err(|e| EngineError::io("cannot restrict", &p, e))?;
+        }
         let store = Store::open(state_dir.join("store"))
             .map_err(|e| EngineError::io("cannot create store", state_dir.join("store"), e))?;
         let gens = Generations::open(&state_dir)
@@ -666,11 +679,11 @@ impl Engine {
         };
         fail_point!(fp::ACTIVATE_AFTER_APPLY);
         let actor = t.actor.clone();
+        // The `originals` row stays until the transition is confirmed: an
+        // undo of this remove brings the managed content back, and a later
+        // remove must again restore what the OS shipped.
         self.db
             .with_tx(|tx| {
-                if original.is_some() {
-                    Db::delete_original(tx, kind, name)?;
-                }
                 Db::mark_activation(tx, t.id, seq, false)?;
                 Db::append_audit(
                     tx,
@@ -1191,11 +1204,33 @@ impl Engine {
         extra: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
     ) -> Result<()> {
         t.phase.advance(t.kind, to)?;
+        let released = if to == Phase::Confirmed {
+            self.removed_originals(t)?
+        } else {
+            Vec::new()
+        };
         self.db.with_tx(|tx| {
             extra(tx)?;
+            for (kind, name) in &released {
+                Db::delete_original(tx, kind, name)?;
+            }
             Db::set_phase(tx, t, to, error)
         })?;
         Ok(())
+    }
+
+    /// Taken-over paths whose original `t` restored by a remove that was
+    /// not undone: they are unmanaged once `t` is confirmed.
+    fn removed_originals(&self, t: &TransitionRow) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .db
+            .activations(t.id)?
+            .into_iter()
+            .filter(|a| !a.undone)
+            .filter_map(|a| serde_json::from_value::<Step>(a.step).ok())
+            .filter(|step| step.op == Op::Remove)
+            .map(|step| (step.id.kind.as_str().to_owned(), step.id.name))
+            .collect())
     }
 
     /// Best effort: records that `t` failed before activation.
@@ -1258,6 +1293,54 @@ impl Engine {
             )
         })?;
         Ok(())
+    }
+
+    /// The device's secure time floor.
+    pub fn time_floor(&self) -> Result<crate::source::tuf::TimeFloor> {
+        Ok(crate::source::tuf::TimeFloor::from_config(
+            &self.config.source.tuf,
+            &self.state_dir,
+        )?)
+    }
+
+    /// `ferry time-floor repair`: replaces a corrupt or unreadable floor with
+    /// `at`, or the image's floor when `at` is `None`; audited as
+    /// `time-floor-repaired` by the local operator. An intact floor is left
+    /// alone (refused): lowering it would reopen expired metadata.
+    pub fn repair_time_floor(&mut self, at: Option<i64>) -> Result<i64> {
+        let floor = self.time_floor()?;
+        let problem = match floor.stored() {
+            Ok(stored) => {
+                return Err(EngineError::Refused(format!(
+                    "the secure time floor {} is intact ({}); nothing to repair",
+                    floor.path().display(),
+                    stored.map_or("none stored".to_owned(), |t| format!("{t}"))
+                )));
+            }
+            Err(e) => e.problem,
+        };
+        let t = at.or(floor.baked()).ok_or_else(|| {
+            EngineError::Refused(
+                "the image has no time floor (source.tuf.time_floor); give the time with --at"
+                    .to_owned(),
+            )
+        })?;
+        floor
+            .write(t)
+            .map_err(|e| EngineError::io("writing the time floor", floor.path(), e))?;
+        let generation = self.db.current_generation()?;
+        self.db.with_tx(|tx| {
+            Db::append_audit(
+                tx,
+                &AuditEvent {
+                    generation,
+                    event: "time-floor-repaired",
+                    actor: LOCAL_OPERATOR,
+                    details: json!({"path": floor.path(), "problem": problem, "floor": t, "from_image": at.is_none()}),
+                },
+            )
+        })?;
+        Ok(t)
     }
 
     /// `ferry firmware status`: the boot environment's view plus what the

@@ -25,7 +25,7 @@ pub enum ErrorClass {
     Verification,
     /// Another ferry holds the state directory.
     Busy,
-    /// The state database is corrupt.
+    /// The state database (or other device state, e.g. the secure time floor) is corrupt.
     Corrupt,
     /// An activation failed and the transition was rolled back.
     RolledBack,
@@ -120,6 +120,7 @@ impl EngineError {
 /// do not verify; content that is invalid; or the machine's fault.
 pub fn source_class(e: &SourceError) -> ErrorClass {
     match e {
+        SourceError::TimeFloor { .. } => ErrorClass::Corrupt,
         SourceError::Tuf { .. } if e.is_invalid_input() => ErrorClass::Verification,
         SourceError::Untrusted(_) => ErrorClass::Verification,
         _ if e.is_invalid_input() => ErrorClass::InvalidInput,

@@ -143,19 +143,60 @@ impl Renderer {
         });
         let mut ctx = self.base.clone();
         ctx.insert("secrets", Value::from_dyn_object(secrets.clone()));
-        let text = template
-            .render(Value::from(ctx))
-            .map_err(|e| template_error(name, &e))?;
-        if text.len() > MAX_OUTPUT_BYTES {
+        // Written through a bounded sink: output past the limit stops the
+        // render there instead of growing a string that is refused later.
+        let mut out = Bounded {
+            buf: Vec::new(),
+            limit: MAX_OUTPUT_BYTES,
+            over: false,
+        };
+        let rendered = template
+            .render_captured_to(Value::from(ctx), &mut out)
+            .map(drop);
+        if out.over {
             return Err(RenderError::TooLarge {
                 template: name.to_owned(),
                 limit: MAX_OUTPUT_BYTES,
             });
         }
+        rendered.map_err(|e| {
+            if secrets.touched.load(Ordering::SeqCst) {
+                redacted_error(name, &e)
+            } else {
+                template_error(name, &e)
+            }
+        })?;
+        let text = String::from_utf8(out.buf).map_err(|_| RenderError::Template {
+            template: name.to_owned(),
+            location: String::new(),
+            message: "output is not UTF-8".to_owned(),
+        })?;
         Ok(Rendered {
             text,
             used_secrets: secrets.touched.load(Ordering::SeqCst),
         })
+    }
+}
+
+/// A render's output, refusing to grow past `limit` bytes.
+struct Bounded {
+    buf: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("render output over its limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -186,6 +227,22 @@ fn template_error(name: &str, e: &minijinja::Error) -> RenderError {
         template,
         location,
         message,
+    }
+}
+
+/// The error of a render that read secrets: a secret may be anywhere in
+/// minijinja's message (`{% include secrets.pw %}` names it as the missing
+/// template), so only the kind of error and where it is are kept. The
+/// message goes to stderr, the audit journal and the fleet.
+fn redacted_error(name: &str, e: &minijinja::Error) -> RenderError {
+    let location = match (e.name(), e.line()) {
+        (Some(n), Some(line)) if n == name => format!("line {line}: "),
+        _ => String::new(),
+    };
+    RenderError::Template {
+        template: name.to_owned(),
+        location,
+        message: format!("{} (details redacted: the render read secrets)", e.kind()),
     }
 }
 

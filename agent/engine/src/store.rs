@@ -4,7 +4,8 @@
 //! the `ContentRef` taken from signed metadata. Too many bytes abort at once,
 //! too few or a wrong digest abort at the end; either way the temp file is
 //! removed and nothing enters the store. A complete blob is fsynced, made
-//! read-only and renamed into place, then the directory is fsynced.
+//! read-only (owner only) and renamed into place, then the directory is
+//! fsynced.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -18,6 +19,10 @@ use sha2::Digest as _;
 #[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
 use crate::failpoints as fp;
 use crate::fsutil::fsync_dir;
+
+/// Blobs are read-only, and readable by ferry's user only: some were
+/// rendered from device secrets.
+pub const BLOB_MODE: u32 = 0o400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -257,14 +262,23 @@ impl Store {
             what: format!("writing blob {} for {what}", expected.sha256),
             source,
         };
+        // Resumable, so the name is fixed; never followed if it is a link,
+        // never waited on if it is a FIFO.
         let mut f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(offset == 0)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(tmp)
             .map_err(io_err)?;
+        if !f.metadata().map_err(io_err)?.is_file() {
+            return Err(io_err(io::Error::other(format!(
+                "{} is not a regular file",
+                tmp.display()
+            ))));
+        }
         // Hash what an earlier attempt fetched, then append the rest.
         let mut hasher = sha2::Sha256::new();
         let have = io::copy(&mut (&mut f).take(offset), &mut hasher).map_err(io_err)?;
@@ -293,7 +307,7 @@ impl Store {
             )));
             f.write_all(&buf[..n]).map_err(io_err)?;
         }
-        f.set_permissions(fs::Permissions::from_mode(0o444))
+        f.set_permissions(fs::Permissions::from_mode(BLOB_MODE))
             .map_err(io_err)?;
         f.sync_all().map_err(io_err)?;
         drop(f);
@@ -301,6 +315,51 @@ impl Store {
         fs::rename(tmp, dest).map_err(io_err)?;
         fsync_dir(&self.dir).map_err(io_err)?;
         Ok(())
+    }
+
+    /// Streams content whose digest is not known in advance (a file ferry
+    /// takes over) into the store, hashing while writing; constant memory.
+    pub fn put_stream(&self, src: &mut dyn Read, what: &str) -> Result<ContentRef, StoreError> {
+        let io_err = |source| StoreError::Io {
+            what: format!("storing {what}"),
+            source,
+        };
+        let dir = crate::fsutil::Dir::open(&self.dir).map_err(io_err)?;
+        let mut tmp = dir
+            .temp_file(std::ffi::OsStr::new("incoming"))
+            .map_err(io_err)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut length = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(StoreError::SourceRead {
+                        what: what.to_owned(),
+                        source,
+                    });
+                }
+            };
+            hasher.update(&buf[..n]);
+            length += n as u64;
+            tmp.file().write_all(&buf[..n]).map_err(io_err)?;
+        }
+        let content = ContentRef {
+            sha256: Sha256::from_bytes(hasher.finalize().into()),
+            length,
+        };
+        if self.contains(&content.sha256) {
+            return Ok(content);
+        }
+        tmp.commit(
+            std::ffi::OsStr::new(&content.sha256.to_hex()),
+            crate::fsutil::FileMode::perm(BLOB_MODE),
+        )
+        .map_err(io_err)?;
+        Ok(content)
     }
 
     /// Puts an in-memory byte string.
@@ -340,7 +399,9 @@ impl Store {
             let name = name.to_string_lossy();
             match name.parse::<Sha256>() {
                 Ok(d) => blobs.push(d),
-                Err(_) if name.starts_with(".tmp-") => leftovers.push(entry.path()),
+                Err(_) if name.starts_with(".tmp-") || ferry_fs::is_temp(&entry.file_name()) => {
+                    leftovers.push(entry.path());
+                }
                 Err(_) => {}
             }
         }
@@ -377,7 +438,7 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), data);
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o444
+            0o400
         );
         let mut back = Vec::new();
         s.open_verified(c).unwrap().read_to_end(&mut back).unwrap();
@@ -465,6 +526,20 @@ mod tests {
         assert!(e.is_verification(), "{e}");
         assert_eq!(s.partial_len(&c), 0, "dropped");
         s.put_at(&mut &data[..], 0, c, "img").unwrap();
+    }
+
+    #[test]
+    fn streamed_content_is_hashed_while_written() {
+        let (_d, s) = store();
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_be_bytes()).collect();
+        let c = s.put_stream(&mut &data[..], "previous content").unwrap();
+        assert_eq!(c, ContentRef::of(&data));
+        assert_eq!(fs::read(s.path(&c.sha256)).unwrap(), data);
+        assert_eq!(s.put_stream(&mut &data[..], "again").unwrap(), c);
+        let e = s.put_stream(&mut Flaky(&data, 1000), "flaky").unwrap_err();
+        assert!(matches!(e, StoreError::SourceRead { .. }), "{e}");
+        let (blobs, tmps) = s.list().unwrap();
+        assert_eq!((blobs.len(), tmps.len()), (1, 0), "{tmps:?}");
     }
 
     #[test]

@@ -102,12 +102,17 @@ pub fn compile(set: &RuleSet) -> Result<Compiled, RulesError> {
         }
     }
     let mut names = HashMap::new();
+    let mut unnamed_lines = BTreeSet::new();
     let mut rules = Vec::new();
     for r in &set.rules {
-        let name = r
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("rule@{}", r.pos.line));
+        let name = r.name.clone().unwrap_or_else(|| {
+            // A second unnamed rule on the same line is told apart by column.
+            if unnamed_lines.insert(r.pos.line) {
+                format!("rule@{}", r.pos.line)
+            } else {
+                format!("rule@{}", r.pos)
+            }
+        });
         if let Some(first) = names.insert(name.clone(), r.pos) {
             c.err(r.pos, format!("rule {name} is already defined at {first}"));
         }
@@ -132,6 +137,17 @@ pub fn compile(set: &RuleSet) -> Result<Compiled, RulesError> {
     }
     if !c.errors.is_empty() {
         c.errors.sort_by_key(|d| (d.pos.line, d.pos.col));
+        if c.suppressed > 0 {
+            let last = c
+                .errors
+                .last()
+                .map(|d| d.pos)
+                .unwrap_or(Pos { line: 1, col: 1 });
+            c.errors.push(Diagnostic::new(
+                last,
+                format!("… and {} more problems not shown", c.suppressed),
+            ));
+        }
         return Err(RulesError(c.errors));
     }
     let mut seen = BTreeSet::new();
@@ -147,9 +163,14 @@ pub fn compile(set: &RuleSet) -> Result<Compiled, RulesError> {
     })
 }
 
+/// Most problems reported for one rule set.
+pub const MAX_DIAGNOSTICS: usize = 100;
+
 #[derive(Default)]
 struct Compiler {
     errors: Vec<Diagnostic>,
+    /// Problems found past `MAX_DIAGNOSTICS`.
+    suppressed: usize,
     declared: HashMap<String, Ty>,
     fields: Vec<Arc<str>>,
     field_index: HashMap<String, u16>,
@@ -158,8 +179,14 @@ struct Compiler {
 }
 
 impl Compiler {
+    /// Records a problem; past `MAX_DIAGNOSTICS`, only counts them (a
+    /// generated or hostile set could otherwise yield millions).
     fn err(&mut self, pos: Pos, message: impl Into<String>) {
-        self.errors.push(Diagnostic::new(pos, message));
+        if self.errors.len() < MAX_DIAGNOSTICS {
+            self.errors.push(Diagnostic::new(pos, message));
+        } else {
+            self.suppressed += 1;
+        }
     }
 
     fn slot(&mut self, path: &str) -> u16 {

@@ -47,9 +47,13 @@ fn summary(all: &[Diagnostic]) -> String {
     out
 }
 
+/// Most characters of a source line shown under a diagnostic.
+const EXCERPT_CHARS: usize = 120;
+
 impl RulesError {
     /// The diagnostics with the file name in front, one per line, with the
-    /// source line and a caret under the column, as compilers print them.
+    /// source line (an excerpt around the column when the line is long)
+    /// and a caret under the column, as compilers print them.
     pub fn render(&self, file: &str, source: &str) -> String {
         let lines: Vec<&str> = source.lines().collect();
         let mut out = String::new();
@@ -60,13 +64,21 @@ impl RulesError {
                 .as_deref()
                 .or_else(|| lines.get((d.pos.line as usize).wrapping_sub(1)).copied());
             if let Some(line) = line {
-                out.push_str(&format!("  | {line}\n"));
+                let col = (d.pos.col as usize).saturating_sub(1);
+                let skip = col.saturating_sub(EXCERPT_CHARS / 2);
+                let shown: String = line.chars().skip(skip).take(EXCERPT_CHARS).collect();
+                let more = line.chars().nth(skip + EXCERPT_CHARS).is_some();
+                let lead = if skip > 0 { "…" } else { "" };
+                let tail = if more { "…" } else { "" };
+                out.push_str(&format!("  | {lead}{shown}{tail}\n"));
                 let pad: String = line
                     .chars()
-                    .take((d.pos.col as usize).saturating_sub(1))
+                    .skip(skip)
+                    .take(col - skip)
                     .map(|c| if c == '\t' { '\t' } else { ' ' })
                     .collect();
-                out.push_str(&format!("  | {pad}^\n"));
+                let lead_pad = if skip > 0 { " " } else { "" };
+                out.push_str(&format!("  | {lead_pad}{pad}^\n"));
             }
         }
         out

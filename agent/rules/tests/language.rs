@@ -337,3 +337,34 @@ fn envelopes_carry_topic_time_and_payload() {
         );
     }
 }
+
+/// Regression: a long one-line rule set took quadratic time and memory to
+/// check (every unnamed rule was `rule@1`, and each of thousands of
+/// "already defined" errors carried the whole 4 MiB line; 79 s for 4 MiB).
+#[test]
+fn a_long_single_line_is_checked_in_linear_time_with_short_errors() {
+    let rule = r#"ON temperature > 85 AND humidity < 3 THEN alert("x{temperature}") "#;
+    let n = (1 << 20) / rule.len();
+    let src = rule.repeat(n);
+    let c = set(&src);
+    assert_eq!(c.rule_names().count(), n);
+    // Many errors: at most MAX_DIAGNOSTICS shown, each with a short excerpt.
+    let bad = r#"RULE a ON temperature > 85 THEN alert("x") "#.repeat(n / 2);
+    let e = compile_source(&bad).unwrap_err();
+    assert_eq!(e.0.len(), ferry_rules::compile::MAX_DIAGNOSTICS + 1);
+    assert!(
+        e.0.last()
+            .unwrap()
+            .message
+            .contains("more problems not shown"),
+        "{e}"
+    );
+    let text = e.render("x.rules", &bad);
+    assert!(text.len() < 64 * 1024, "{} bytes of errors", text.len());
+    // A syntax error at the end of a long line: exact column, short excerpt.
+    let late = format!("{src}ON x >> 1 THEN alert(\"y\")");
+    let e = compile_source(&late).unwrap_err();
+    let col = src.chars().count() + 7;
+    assert!(e.to_string().starts_with(&format!("1:{col}:")), "{e}");
+    assert!(e.render("x.rules", &late).len() < 2048);
+}

@@ -8,9 +8,9 @@
 //! ferry wrote it, for this module and this fingerprint, and not one byte
 //! changed since. Anything else is reported and the module is recompiled.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::hmac;
@@ -171,23 +171,7 @@ fn read_key(path: &Path) -> Option<Vec<u8>> {
 }
 
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-    ));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    ferry_fs::write_atomic(path, mode, &mut &data[..]).map(drop)
 }
 
 #[cfg(test)]

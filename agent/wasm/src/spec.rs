@@ -3,7 +3,6 @@
 //! flags. Nothing is granted that is not listed here.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -193,25 +192,30 @@ impl ModuleSpec {
                     rel.display()
                 )));
             }
-            let full = data_dir.join(rel);
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&full)
-                .map_err(|e| WasmError::Io(format!("creating {}: {e}", full.display())))?;
-            // A symlink planted inside data_dir must not lead out of it.
-            let real = full
-                .canonicalize()
-                .map_err(|e| WasmError::Io(format!("{}: {e}", full.display())))?;
-            let root = data_dir
-                .canonicalize()
+            // Walked component by component without following symlinks, and
+            // created only after each parent was checked: a symlink planted
+            // inside data_dir can neither lead out of it nor make ferry
+            // create directories elsewhere.
+            let root = ferry_fs::Dir::create(data_dir, 0o700)
                 .map_err(|e| WasmError::Io(format!("{}: {e}", data_dir.display())))?;
-            if !real.starts_with(&root) {
-                return Err(WasmError::Spec(format!(
-                    "capabilities.dirs[{i}].host: {} leads outside [wasm] data_dir",
-                    rel.display()
-                )));
-            }
+            root.open_beneath(rel, Some(0o700)).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidInput {
+                    WasmError::Spec(format!(
+                        "capabilities.dirs[{i}].host: {} leads outside [wasm] data_dir: {e}",
+                        rel.display()
+                    ))
+                } else {
+                    WasmError::Io(format!("creating {}: {e}", data_dir.join(rel).display()))
+                }
+            })?;
+            let real = data_dir
+                .canonicalize()
+                .map_err(|e| WasmError::Io(format!("{}: {e}", data_dir.display())))?
+                .join(
+                    rel.components()
+                        .filter(|c| matches!(c, Component::Normal(_)))
+                        .collect::<PathBuf>(),
+                );
             d.host = real;
         }
         Ok(())
@@ -272,6 +276,17 @@ mod tests {
         });
         let e = s.confine_dirs(&data).expect_err("symlink escape");
         assert!(e.to_string().contains("leads outside"), "{e}");
+        // Regression: a grant below a planted link created directories
+        // outside data_dir before the escape was noticed.
+        let mut s = ModuleSpec::default();
+        s.capabilities.dirs.push(DirGrant {
+            host: "escape/made-outside".into(),
+            guest: "/d".into(),
+            writable: false,
+        });
+        let e = s.confine_dirs(&data).expect_err("symlink escape below");
+        assert!(e.to_string().contains("leads outside"), "{e}");
+        assert!(!tmp.path().join("made-outside").exists());
         let mut s = ModuleSpec::default();
         s.capabilities.dirs.push(DirGrant {
             host: "decoder/state".into(),

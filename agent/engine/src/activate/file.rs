@@ -1,13 +1,13 @@
 //! The `file` activator: files written atomically (temp + fsync + rename),
 //! with their mode; the previous content is kept in the store for undo.
 //!
-//! Paths are absolute in the manifest and joined under `files.root`. No
-//! component below the root may be a symlink: a link planted in the tree must
-//! not redirect a write outside it.
+//! Paths are absolute in the manifest and joined under `files.root`. Every
+//! directory below the root is opened with `O_NOFOLLOW` and the write goes
+//! through that descriptor (`ferry_fs::Dir`), to an unpredictable temp name
+//! created with `O_EXCL`: a symlink or FIFO planted by a user who can write a
+//! managed directory can neither redirect nor block a write.
 
-use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use ferry_core::{ContentRef, Kind, Op, Resource, Sha256, Step};
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ActivateError, Activator};
-use crate::fsutil::{remove_durable, write_atomic};
+use crate::fsutil::{Dir, FileMode};
 use crate::store::{Store, store_error};
 
 #[derive(Debug, Clone)]
@@ -32,7 +32,18 @@ struct Undo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Previous {
     content: ContentRef,
+    /// Permission bits including setuid/setgid/sticky, restored on undo.
     mode: u32,
+    /// Owner and group, restored on undo (absent in records of older ferry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<(u32, u32)>,
+}
+
+/// The parent directory of a destination, opened below the root.
+struct Parent {
+    dir: Dir,
+    name: std::ffi::OsString,
+    dest: PathBuf,
 }
 
 impl FileActivator {
@@ -40,32 +51,52 @@ impl FileActivator {
         FileActivator { root: root.into() }
     }
 
-    /// The destination under the root; refuses `..` and symlinked parents.
-    pub fn destination(&self, name: &str) -> Result<PathBuf, ActivateError> {
+    fn relative(name: &str) -> Result<&Path, ActivateError> {
         let rel = Path::new(name)
             .strip_prefix("/")
             .map_err(|_| ActivateError::new(format!("file {name}"), "path must be absolute"))?;
-        let mut dest = self.root.clone();
-        let mut parts = rel.components().peekable();
-        while let Some(c) = parts.next() {
-            let Component::Normal(part) = c else {
+        if rel.as_os_str().is_empty()
+            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(ActivateError::new(
+                format!("file {name}"),
+                "path must be normalised (no `.` or `..`)",
+            ));
+        }
+        Ok(rel)
+    }
+
+    /// Opens the destination's directory below the root without following
+    /// symlinks, creating missing directories (0755) when `create`. `None`
+    /// when a directory is missing and not to be created.
+    fn parent(&self, name: &str, create: bool) -> Result<Option<Parent>, ActivateError> {
+        let what = format!("file {name}");
+        let rel = Self::relative(name)?;
+        let file = rel.file_name().expect("normal last component");
+        let root = if create {
+            Dir::create(&self.root, 0o755)
+        } else {
+            Dir::open(&self.root)
+        };
+        let root = match root {
+            Ok(d) => d,
+            Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
                 return Err(ActivateError::new(
-                    format!("file {name}"),
-                    "path must be normalised (no `.` or `..`)",
-                ));
-            };
-            dest.push(part);
-            if parts.peek().is_some()
-                && let Ok(m) = fs::symlink_metadata(&dest)
-                && m.file_type().is_symlink()
-            {
-                return Err(ActivateError::new(
-                    format!("file {name}"),
-                    format!("{} is a symlink; name the real path", dest.display()),
+                    what,
+                    format!("opening files.root {}: {e}", self.root.display()),
                 ));
             }
-        }
-        Ok(dest)
+        };
+        let dir_rel = rel.parent().unwrap_or(Path::new(""));
+        let dir = root
+            .open_beneath(dir_rel, create.then_some(0o755))
+            .map_err(|e| ActivateError::new(&what, e.to_string()))?;
+        Ok(dir.map(|dir| Parent {
+            dest: dir.path().join(file),
+            dir,
+            name: file.to_owned(),
+        }))
     }
 
     fn mode(resource: &Resource) -> Result<u32, ActivateError> {
@@ -85,31 +116,57 @@ impl FileActivator {
         Ok(bits)
     }
 
+    /// Writes `content` to the destination. A file it replaces keeps its
+    /// owner and group; `mode` becomes the new permission bits.
     fn install(
         &self,
-        dest: &Path,
+        name: &str,
         content: ContentRef,
         mode: u32,
+        owner: Option<(u32, u32)>,
         store: &Store,
         what: &str,
     ) -> Result<(), ActivateError> {
         let fail = |m: String| ActivateError::new(what, m);
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| fail(format!("creating {}: {e}", parent.display())))?;
-        }
+        let p = self.parent(name, true)?.expect("created");
+        let existing = p
+            .dir
+            .stat(&p.name)
+            .map_err(|e| fail(format!("stat {}: {e}", p.dest.display())))?;
+        let owner = owner.or_else(|| existing.filter(|m| m.is_file()).map(|m| (m.uid, m.gid)));
         // The blob is re-verified while copied, so a damaged store is caught.
         let mut reader = store
             .open_verified(content)
             .map_err(|e| fail(e.to_string()))?;
-        write_atomic(dest, mode, &mut reader).map_err(|e| {
-            if e.kind() == io::ErrorKind::InvalidData {
-                fail(store_error(what, e).to_string())
-            } else {
-                fail(format!("writing {}: {e}", dest.display()))
-            }
-        })?;
+        p.dir
+            .write_atomic(&p.name, FileMode { perm: mode, owner }, &mut reader)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    fail(store_error(what, e).to_string())
+                } else {
+                    fail(format!("writing {}: {e}", p.dest.display()))
+                }
+            })?;
         Ok(())
+    }
+
+    /// Removes the destination and any temp file an interrupted write of it
+    /// left (a crash between creating the temp file and the rename).
+    fn remove(&self, name: &str, what: &str) -> Result<(), ActivateError> {
+        let Some(p) = self.parent(name, false)? else {
+            return Ok(());
+        };
+        let fail =
+            |e: io::Error| ActivateError::new(what, format!("removing {}: {e}", p.dest.display()));
+        p.dir.remove_temps(&p.name).map_err(fail)?;
+        match p.dir.stat(&p.name).map_err(fail)? {
+            Some(m) if m.is_dir() => Err(ActivateError::new(
+                what,
+                format!("{} is a directory", p.dest.display()),
+            )),
+            Some(_) => p.dir.remove(&p.name).map(drop).map_err(fail),
+            None => Ok(()),
+        }
     }
 }
 
@@ -119,62 +176,67 @@ impl Activator for FileActivator {
     }
 
     fn prepare(&self, step: &Step, store: &Store) -> Result<Value, ActivateError> {
-        let dest = self.destination(&step.id.name)?;
         let what = step.id.to_string();
-        let previous = match fs::symlink_metadata(&dest) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(ActivateError::new(
-                    &what,
-                    format!("stat {}: {e}", dest.display()),
-                ));
-            }
-            Ok(m) if !m.is_file() => {
-                return Err(ActivateError::new(
-                    &what,
-                    format!("{} exists and is not a regular file", dest.display()),
-                ));
-            }
-            Ok(m) => {
-                let data = fs::read(&dest).map_err(|e| {
-                    ActivateError::new(&what, format!("reading {}: {e}", dest.display()))
-                })?;
-                let content = store
-                    .put_bytes(&data, &format!("previous content of {}", dest.display()))
-                    .map_err(|e| ActivateError::new(&what, e))?;
-                Some(Previous {
-                    content,
-                    mode: m.permissions().mode() & 0o7777,
-                })
-            }
+        let previous = match self.parent(&step.id.name, false)? {
+            None => None,
+            Some(p) => match p.dir.open_file(&p.name) {
+                Ok(None) => None,
+                Err(e) => return Err(ActivateError::new(&what, e.to_string())),
+                Ok(Some((mut f, meta))) => {
+                    let content = store
+                        .put_stream(&mut f, &format!("previous content of {}", p.dest.display()))
+                        .map_err(|e| ActivateError::new(&what, e))?;
+                    Some(Previous {
+                        content,
+                        mode: meta.perm(),
+                        owner: Some((meta.uid, meta.gid)),
+                    })
+                }
+            },
         };
         Ok(serde_json::to_value(Undo { previous }).expect("undo record serialises"))
     }
 
     fn apply(&self, step: &Step, store: &Store) -> Result<(), ActivateError> {
-        let dest = self.destination(&step.id.name)?;
         let what = step.id.to_string();
         match (step.op, &step.to) {
-            (Op::Add | Op::Change, Some(to)) => {
-                self.install(&dest, to.content, Self::mode(to)?, store, &what)
-            }
-            (Op::Remove, _) => remove_durable(&dest).map_err(|e| {
-                ActivateError::new(&what, format!("removing {}: {e}", dest.display()))
-            }),
+            (Op::Add | Op::Change, Some(to)) => self.install(
+                &step.id.name,
+                to.content,
+                Self::mode(to)?,
+                None,
+                store,
+                &what,
+            ),
+            (Op::Remove, _) => self.remove(&step.id.name, &what),
             _ => Err(ActivateError::new(&what, "step has no target resource")),
         }
     }
 
     fn undo(&self, step: &Step, undo: &Value, store: &Store) -> Result<(), ActivateError> {
-        let dest = self.destination(&step.id.name)?;
         let what = step.id.to_string();
         let undo: Undo = serde_json::from_value(undo.clone())
             .map_err(|e| ActivateError::new(&what, format!("undo record: {e}")))?;
         match undo.previous {
-            Some(prev) => self.install(&dest, prev.content, prev.mode & 0o777, store, &what),
-            None => remove_durable(&dest).map_err(|e| {
-                ActivateError::new(&what, format!("removing {}: {e}", dest.display()))
-            }),
+            Some(prev) => {
+                self.install(
+                    &step.id.name,
+                    prev.content,
+                    prev.mode & 0o7777,
+                    prev.owner,
+                    store,
+                    &what,
+                )?;
+                // The install above wrote its own temp; one an interrupted
+                // apply left is still there.
+                match self.parent(&step.id.name, false)? {
+                    Some(p) => p.dir.remove_temps(&p.name).map(drop).map_err(|e| {
+                        ActivateError::new(&what, format!("{}: {e}", p.dest.display()))
+                    }),
+                    None => Ok(()),
+                }
+            }
+            None => self.remove(&step.id.name, &what),
         }
     }
 
@@ -196,6 +258,8 @@ mod tests {
     use super::*;
     use ferry_core::{Reason, ResourceId};
     use std::collections::BTreeMap;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn step(op: Op, name: &str, to: Option<ContentRef>) -> Step {
         Step {
@@ -253,12 +317,114 @@ mod tests {
     #[test]
     fn symlinked_parent_is_refused() {
         let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
         let root = dir.path().join("root");
         fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(dir.path(), root.join("etc")).unwrap();
-        let e = FileActivator::new(&root)
-            .destination("/etc/passwd")
+        let act = FileActivator::new(&root);
+        let new = store.put_bytes(b"new", "t").unwrap();
+        let s = step(Op::Add, "/etc/passwd", Some(new));
+        for e in [
+            act.prepare(&s, &store).unwrap_err(),
+            act.apply(&s, &store).unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("etc is a symlink"), "{e}");
+        }
+        assert!(!dir.path().join("passwd").exists());
+    }
+
+    /// Regression: the temp file had a fixed name (`.NAME.ferry-tmp`),
+    /// opened with create+truncate following symlinks, then chmodded: a
+    /// link planted there made ferry write and chmod any file.
+    #[test]
+    fn planted_temp_symlink_and_fifo_neither_redirect_nor_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("etc/.a.conf.ferry-tmp")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("etc/.b.conf.ferry-tmp"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let act = FileActivator::new(&root);
+        let new = store.put_bytes(b"new", "t").unwrap();
+        for name in ["/etc/a.conf", "/etc/b.conf"] {
+            let s = step(Op::Add, name, Some(new));
+            act.prepare(&s, &store).unwrap();
+            act.apply(&s, &store).unwrap();
+            assert_eq!(fs::read_to_string(root.join(&name[1..])).unwrap(), "new");
+        }
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(mode_of(&victim), 0o600);
+        // The destination itself a symlink or FIFO: refused when taking it over.
+        std::os::unix::fs::symlink(&victim, root.join("etc/c.conf")).unwrap();
+        let e = act
+            .prepare(&step(Op::Add, "/etc/c.conf", Some(new)), &store)
             .unwrap_err();
-        assert!(e.to_string().contains("symlink"), "{e}");
+        assert!(e.to_string().contains("is a symlink"), "{e}");
+    }
+
+    /// Regression: undoing an interrupted add removed the destination but
+    /// not the temp file the interrupted write left beside it.
+    #[test]
+    fn undo_removes_temp_files_of_an_interrupted_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/.x.conf.0123456789abcdef.ferry-tmp"), "half").unwrap();
+        fs::write(root.join("etc/.y.conf.0123456789abcdef.ferry-tmp"), "half").unwrap();
+        fs::write(root.join("etc/y.conf"), "os").unwrap();
+        let act = FileActivator::new(&root);
+        let new = store.put_bytes(b"new", "t").unwrap();
+        for name in ["/etc/x.conf", "/etc/y.conf"] {
+            let s = step(Op::Add, name, Some(new));
+            let undo = act.prepare(&s, &store).unwrap();
+            act.undo(&s, &undo, &store).unwrap();
+        }
+        let mut left: Vec<_> = fs::read_dir(root.join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["y.conf"]);
+        assert_eq!(fs::read_to_string(root.join("etc/y.conf")).unwrap(), "os");
+    }
+
+    #[test]
+    fn replaced_file_keeps_owner_and_undo_restores_special_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        let p = root.join("usr/bin/tool");
+        fs::write(&p, "old").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o4755)).unwrap();
+        let act = FileActivator::new(&root);
+        let new = store.put_bytes(b"new", "t").unwrap();
+        let s = step(Op::Change, "/usr/bin/tool", Some(new));
+        let undo = act.prepare(&s, &store).unwrap();
+        act.apply(&s, &store).unwrap();
+        // The manifest's mode, never special bits.
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        act.undo(&s, &undo, &store).unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o4755
+        );
+        use std::os::unix::fs::MetadataExt;
+        let (m, mine) = (fs::metadata(&p).unwrap(), fs::metadata(dir.path()).unwrap());
+        assert_eq!((m.uid(), m.gid()), (mine.uid(), mine.gid()));
     }
 }

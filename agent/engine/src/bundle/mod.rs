@@ -42,7 +42,7 @@ pub const MARKER: &str = "ferry-bundle.json";
 pub const FORMAT: u32 = 1;
 /// The git bundle inside a git export.
 pub const GIT_BUNDLE: &str = "git/ferry.bundle";
-const MAX_MARKER_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_MARKER_BYTES: u64 = 64 * 1024;
 
 /// What `ferry-bundle.json` says. Unsigned: used for messages and early
 /// refusals only.
@@ -517,7 +517,7 @@ fn sanitize_label(label: &str) -> String {
     if s.is_empty() { "unlabelled".into() } else { s }
 }
 
-fn read_marker(root: &Path, shown: &Path) -> Result<Marker, BundleError> {
+pub(crate) fn read_marker(root: &Path, shown: &Path) -> Result<Marker, BundleError> {
     let path = root.join(MARKER);
     let f = match std::fs::File::open(&path) {
         Ok(f) => f,

@@ -35,58 +35,182 @@ pub struct GrubEnv {
     pub path: PathBuf,
 }
 
-/// Parses a block (as GRUB does: lines starting with `#` are skipped).
+/// The index just past the next newline at or after `p` (GRUB's
+/// `find_next_line`).
+fn next_line(b: &[u8], p: usize) -> usize {
+    b[p..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(b.len(), |n| p + n + 1)
+}
+
+/// Checks what GRUB's `grub_envblk_open` checks: the signature, and more
+/// bytes than the signature alone (a block of only the signature line is
+/// refused by GRUB and grub-editenv).
+fn check_block(block: &[u8]) -> Result<(), String> {
+    if block.len() <= HEADER.len() || !block.starts_with(HEADER.as_bytes()) {
+        return Err("not a GRUB environment block (header missing or nothing after it)".into());
+    }
+    Ok(())
+}
+
+/// Parses a block exactly as GRUB's `grub_envblk_iterate` reads it: a line
+/// starting with `#` is skipped; otherwise the name runs to the next `=`
+/// (even past a newline) and the value to the next unescaped newline; an
+/// entry without `=` or a value without its newline ends the block (GRUB
+/// calls it broken and stops; what it read before stands).
 pub fn parse(block: &[u8]) -> Result<BootEnv, String> {
-    let body = block
-        .strip_prefix(HEADER.as_bytes())
-        .ok_or("not a GRUB environment block (header missing)")?;
+    check_block(block)?;
     let mut env = BootEnv::new();
-    let mut i = 0;
-    while i < body.len() {
-        if body[i] == b'#' || body[i] == b'\n' {
-            // A comment, the warning or the padding: to the end of the line.
-            match body[i..].iter().position(|&b| b == b'\n') {
-                Some(n) => i += n + 1,
-                None => break,
-            }
+    let end = block.len();
+    let mut p = HEADER.len();
+    while p < end {
+        if block[p] == b'#' {
+            p = next_line(block, p);
             continue;
         }
-        let eq = body[i..]
-            .iter()
-            .position(|&b| b == b'=' || b == b'\n')
-            .filter(|&n| body[i + n] == b'=')
-            .ok_or_else(|| format!("byte {}: a line without `=`", HEADER.len() + i))?;
-        let name =
-            std::str::from_utf8(&body[i..i + eq]).map_err(|_| "variable name is not UTF-8")?;
-        i += eq + 1;
+        let Some(eq) = block[p..].iter().position(|&b| b == b'=').map(|n| p + n) else {
+            break;
+        };
+        let mut q = eq + 1;
         let mut value = Vec::new();
-        loop {
-            match body.get(i) {
-                None => {
-                    return Err(format!(
-                        "variable {name}: value runs past the end of the block"
-                    ));
-                }
-                Some(b'\n') => {
-                    i += 1;
+        while q < end && block[q] != b'\n' {
+            if block[q] == b'\\' {
+                q += 1;
+                if q >= end {
                     break;
                 }
-                Some(b'\\') => {
-                    let next = *body.get(i + 1).ok_or("escape at the end of the block")?;
-                    value.push(next);
-                    i += 2;
-                }
-                Some(&b) => {
-                    value.push(b);
-                    i += 1;
-                }
             }
+            value.push(block[q]);
+            q += 1;
         }
-        let value =
-            String::from_utf8(value).map_err(|_| format!("variable {name}: value is not UTF-8"))?;
-        env.set(name, &value);
+        if q >= end {
+            break;
+        }
+        // GRUB compares bytes; names and values that are not UTF-8 are
+        // kept lossily (ferry's own variables are ASCII).
+        let name = String::from_utf8_lossy(&block[p..eq]);
+        env.set(&name, &String::from_utf8_lossy(&value));
+        p = next_line(block, q);
     }
     Ok(env)
+}
+
+/// Bytes `value` takes escaped.
+fn escaped_len(value: &str) -> usize {
+    value.len() + value.bytes().filter(|&b| b == b'\\' || b == b'\n').count()
+}
+
+/// `grub_envblk_set`, byte for byte: replaces the value of the first line
+/// `name=…` in place (moving what follows), or appends `name=value` after
+/// the last line, before the `#` padding.
+fn block_set(buf: &mut [u8], name: &str, value: &str) -> Result<(), String> {
+    let end = buf.len();
+    let (nl, vl) = (name.len(), escaped_len(value));
+    let mut space = end - 1;
+    while buf[space] == b'#' && space >= HEADER.len() {
+        space -= 1;
+    }
+    if buf[space] != b'\n' {
+        return Err("the block is broken (no newline before its padding); grub-editenv cannot change it either".into());
+    }
+    space += 1;
+    let too_small = || format!("environment block too small to set {name} ({} bytes)", end);
+    let mut p = HEADER.len();
+    let mut at = None;
+    while p + nl + 1 < space {
+        if &buf[p..p + nl] == name.as_bytes() && buf[p + nl] == b'=' {
+            p += nl + 1;
+            let mut len = 0;
+            while p + len < space && buf[p + len] != b'\n' {
+                len += if buf[p + len] == b'\\' { 2 } else { 1 };
+            }
+            if p + len >= space {
+                return Err(format!(
+                    "the block is broken (the value of {name} has no end)"
+                ));
+            }
+            if vl > len && end - space < vl - len {
+                return Err(too_small());
+            }
+            if vl < len {
+                buf.copy_within(p + len..end, p + vl);
+                buf[end - (len - vl)..].fill(b'#');
+            } else {
+                buf.copy_within(p + len..end - (vl - len), p + vl);
+            }
+            at = Some(p);
+            break;
+        }
+        p = next_line(buf, p);
+    }
+    let p = match at {
+        Some(p) => p,
+        None => {
+            if end - space < nl + 1 + vl + 1 {
+                return Err(too_small());
+            }
+            buf[space..space + nl].copy_from_slice(name.as_bytes());
+            buf[space + nl] = b'=';
+            buf[space + nl + 1 + vl] = b'\n';
+            space + nl + 1
+        }
+    };
+    let mut i = p;
+    for &b in value.as_bytes() {
+        if b == b'\\' || b == b'\n' {
+            buf[i] = b'\\';
+            i += 1;
+        }
+        buf[i] = b;
+        i += 1;
+    }
+    Ok(())
+}
+
+/// `grub_envblk_delete`, byte for byte: removes the first line `name=…`
+/// and pads the end with `#`.
+fn block_delete(buf: &mut [u8], name: &str) {
+    let end = buf.len();
+    let nl = name.len();
+    let mut p = HEADER.len();
+    while p + nl + 1 < end {
+        if &buf[p..p + nl] == name.as_bytes() && buf[p + nl] == b'=' {
+            let mut len = nl + 1;
+            while p + len < end && buf[p + len] != b'\n' {
+                len += if buf[p + len] == b'\\' { 2 } else { 1 };
+            }
+            if p + len >= end {
+                return;
+            }
+            len += 1;
+            buf.copy_within(p + len..end, p);
+            buf[end - len..].fill(b'#');
+            return;
+        }
+        p = next_line(buf, p);
+    }
+}
+
+/// The block `block` changed into `env` the way `grub-editenv` changes it:
+/// variables `env` lacks are unset, changed and new ones set, one at a
+/// time, in place. Lines ferry does not touch (comments, the warning line
+/// or its absence, entries GRUB reads oddly) stay byte for byte.
+pub fn update(block: &[u8], env: &BootEnv) -> Result<Vec<u8>, String> {
+    let old = parse(block)?;
+    let mut buf = block.to_vec();
+    for (name, _) in old.iter() {
+        if env.get(name).is_none() {
+            block_delete(&mut buf, name);
+        }
+    }
+    for (name, value) in env.iter() {
+        if old.get(name) != Some(value) {
+            check_name(name)?;
+            block_set(&mut buf, name, value)?;
+        }
+    }
+    Ok(buf)
 }
 
 /// Serialises `env` into a block of `size` bytes, exactly as `grub-editenv`.
@@ -132,11 +256,24 @@ impl BootEnvStore for GrubEnv {
         let existing = fs::metadata(&self.path)
             .ok()
             .filter(|m| m.is_file() && m.len() > 0);
-        let size = existing.as_ref().map_or(DEFAULT_SIZE, |m| m.len() as usize);
-        let block = serialize(env, size).map_err(|message| FirmwareError::Env {
-            path: self.path.clone(),
-            message,
-        })?;
+        let block = match &existing {
+            // Changed in place as grub-editenv changes it.
+            Some(_) => fs::read(&self.path)
+                .map_err(|source| FirmwareError::EnvIo {
+                    path: self.path.clone(),
+                    source,
+                })
+                .and_then(|old| {
+                    update(&old, env).map_err(|message| FirmwareError::Env {
+                        path: self.path.clone(),
+                        message,
+                    })
+                })?,
+            None => serialize(env, DEFAULT_SIZE).map_err(|message| FirmwareError::Env {
+                path: self.path.clone(),
+                message,
+            })?,
+        };
         let written = if existing.is_some() {
             write_in_place(&self.path, &block)
         } else {
@@ -218,10 +355,9 @@ mod tests {
     #[test]
     fn bad_blocks_are_refused() {
         assert!(parse(b"no header").is_err());
-        let mut block = serialize(&BootEnv::new(), 1024).unwrap();
-        block[HEADER.len()] = b'x';
-        block[HEADER.len() + 1] = b'\n';
-        assert!(parse(&block).unwrap_err().contains("without `=`"));
+        // The signature line alone: GRUB and grub-editenv refuse it.
+        assert!(parse(HEADER.as_bytes()).is_err());
+        assert!(parse(format!("{HEADER}#").as_bytes()).unwrap().is_empty());
         let big: BootEnv = [("V", "x".repeat(2000))].into_iter().collect();
         assert!(serialize(&big, 1024).unwrap_err().contains("too small"));
     }

@@ -125,14 +125,11 @@ pub fn decode(bytes: &[u8], redundant: bool) -> ReadCopy {
                 };
             }
         };
-        match text.split_once('=') {
-            Some((n, v)) => env.set(n, v),
-            None => {
-                return ReadCopy {
-                    flag,
-                    env: Err(format!("entry {text:?} has no `=`")),
-                };
-            }
+        // libubootenv (and U-Boot's import) skips an entry without `=`;
+        // refusing the copy would make ferry use the other, older copy of
+        // a redundant pair while the bootloader uses this one.
+        if let Some((n, v)) = text.split_once('=') {
+            env.set(n, v);
         }
     }
     ReadCopy { flag, env: Ok(env) }

@@ -54,13 +54,21 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    /// The secure time floor is corrupt: nothing is trusted until repaired.
+    #[error("{source_name}: {error}")]
+    TimeFloor {
+        source_name: String,
+        error: Box<tuf::FloorError>,
+    },
 }
 
 impl SourceError {
     /// Whether the revision's content is at fault (not the machine).
     pub fn is_invalid_input(&self) -> bool {
         match self {
-            SourceError::Io { .. } | SourceError::Git { .. } => false,
+            SourceError::Io { .. } | SourceError::Git { .. } | SourceError::TimeFloor { .. } => {
+                false
+            }
             SourceError::Tuf { error, .. } => error.is_untrusted_input(),
             _ => true,
         }
@@ -88,6 +96,9 @@ impl SourceError {
             SourceError::Refused { source_name, .. } => {
                 Some(json!({"source": source_name, "error": self.to_string()}))
             }
+            SourceError::TimeFloor { source_name, error } => Some(
+                json!({"source": source_name, "error": self.to_string(), "time_floor": error.path}),
+            ),
             SourceError::Untrusted(u) => Some(
                 json!({"source": u.source_name, "error": self.to_string(), "what": u.what, "reason": u.reason}),
             ),

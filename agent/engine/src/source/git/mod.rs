@@ -108,8 +108,26 @@ impl GitSource {
                 .map_err(|e| git_err(e, &format!("creating {}", self.opts.dir.display())))?;
             gix::init_bare(&path).map_err(|e| git_err(e, "creating the local repository"))?;
         }
-        gix::open_opts(&path, gix::open::Options::isolated())
-            .map_err(|e| git_err(e, &format!("opening {}", path.display())))
+        self.open_at(&path)
+    }
+
+    /// Opens a repository with no user or system configuration and with
+    /// every allocation that pack data asks for capped (`alloc_limit`): a
+    /// small pack declaring a huge object is refused while it is inflated.
+    fn open_at(&self, path: &Path) -> Result<gix::Repository, SourceError> {
+        let limit = format!("gitoxide.objects.allocLimit={}", self.alloc_limit());
+        gix::open_opts(
+            path,
+            gix::open::Options::isolated().config_overrides([limit]),
+        )
+        .map_err(|e| git_err(e, &format!("opening {}", path.display())))
+    }
+
+    /// The largest single allocation pack data may cause: the largest file
+    /// a revision may hold, at least 64 MiB (room for the index of a big
+    /// history), plus slack for headers.
+    fn alloc_limit(&self) -> u64 {
+        self.opts.max_file_bytes.max(64 << 20) + (1 << 20)
     }
 
     /// The last accepted commit, if any.
@@ -248,6 +266,10 @@ impl GitSource {
         let pack_dir = repo.objects.store_ref().path().join("pack");
         std::fs::create_dir_all(&pack_dir)
             .map_err(|e| git_err(e, "creating the pack directory"))?;
+        let options = gix::odb::pack::bundle::write::Options {
+            alloc_limit_bytes: Some(usize::try_from(self.alloc_limit()).unwrap_or(usize::MAX)),
+            ..Default::default()
+        };
         gix::odb::pack::Bundle::write_to_directory(
             &mut r,
             Some(&pack_dir),
@@ -255,9 +277,14 @@ impl GitSource {
             &AtomicBool::new(false),
             Some(repo.objects.clone()),
             gix::hash::Kind::Sha1,
-            Default::default(),
+            options,
         )
-        .map_err(|e| bad(format!("its pack is unreadable: {e}")))?;
+        .map_err(|e| {
+            bad(format!(
+                "its pack is unreadable or holds an object over {} bytes: {e}",
+                self.alloc_limit()
+            ))
+        })?;
         repo.reference(
             "refs/ferry/fetched",
             tip,
@@ -451,6 +478,70 @@ impl GitSource {
     }
 }
 
+/// A scratch repository for a bundle's objects until they are verified:
+/// its `objects/info/alternates` names the device's object store, so
+/// verification sees old and new objects, while the new ones stay apart.
+#[derive(Debug)]
+struct Quarantine {
+    dir: PathBuf,
+}
+
+impl Quarantine {
+    fn create(base: &Path, main: &gix::Repository) -> Result<Quarantine, SourceError> {
+        let dir = base.join("incoming.git");
+        // A leftover of a crash: what it holds was never verified.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| git_err(e, "removing an old quarantine"))?;
+        }
+        let q = Quarantine { dir };
+        gix::init_bare(&q.dir).map_err(|e| git_err(e, "creating the quarantine"))?;
+        let main_objects = main.objects.store_ref().path().to_owned();
+        let main_objects = std::path::absolute(&main_objects).unwrap_or(main_objects);
+        let info = q.dir.join("objects/info");
+        std::fs::create_dir_all(&info).map_err(|e| git_err(e, "creating the quarantine"))?;
+        std::fs::write(
+            info.join("alternates"),
+            format!("{}\n", main_objects.display()),
+        )
+        .map_err(|e| git_err(e, "creating the quarantine"))?;
+        Ok(q)
+    }
+
+    /// Moves the verified packs into the device's object store (data
+    /// before index: an index is what makes a pack visible) and points
+    /// `refs/ferry/fetched` at `tip` there.
+    fn promote(self, main: &gix::Repository, tip: ObjectId) -> Result<(), SourceError> {
+        let from = self.dir.join("objects/pack");
+        let to = main.objects.store_ref().path().join("pack");
+        std::fs::create_dir_all(&to).map_err(|e| git_err(e, "creating the pack directory"))?;
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&from)
+            .map_err(|e| git_err(e, "reading the quarantine"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "pack" || x == "idx"))
+            .collect();
+        names.sort_by_key(|p| p.extension().is_some_and(|x| x == "idx"));
+        for p in &names {
+            let name = p.file_name().expect("a file in a directory");
+            std::fs::rename(p, to.join(name)).map_err(|e| git_err(e, "moving a verified pack"))?;
+        }
+        crate::fsutil::fsync_dir(&to).map_err(|e| git_err(e, "moving a verified pack"))?;
+        main.reference(
+            "refs/ferry/fetched",
+            tip,
+            gix::refs::transaction::PreviousValue::Any,
+            "ferry: import bundle",
+        )
+        .map_err(|e| git_err(e, "recording the bundle's tip"))?;
+        Ok(())
+    }
+}
+
+impl Drop for Quarantine {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl GitSource {
     /// Fetches, then verifies `target` (the fetched tip when `None`)
     /// against the last accepted commit; `advance` records it as accepted.
@@ -459,9 +550,23 @@ impl GitSource {
         target: Option<&str>,
         advance: bool,
     ) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
-        let repo = self.open_repo()?;
+        let main = self.open_repo()?;
         let accepted = self.accepted()?;
-        let tip = self.fetch_tip(&repo, accepted.is_none())?;
+        // A bundle is unpacked into a quarantine that sees the device's
+        // objects but adds to them only once verified; dropped (removed)
+        // when anything is refused, so a refused stick leaves nothing.
+        let (repo, tip, quarantine) = match &self.opts.bundle {
+            Some(bundle) => {
+                let q = Quarantine::create(&self.opts.dir, &main)?;
+                let repo = self.open_at(&q.dir)?;
+                let tip = self.unbundle(&repo, bundle)?;
+                (repo, tip, Some(q))
+            }
+            None => {
+                let tip = self.fetch_tip(&main, accepted.is_none())?;
+                (main, tip, None)
+            }
+        };
         let id = match target {
             Some(rev) => resolve(&repo, rev).map_err(|e| git_err(e, rev))?,
             None => tip,
@@ -472,6 +577,15 @@ impl GitSource {
             Some(v) => v.signer.key_id.clone(),
             // No new commit: the target is the accepted one; who signed it.
             None => commit_signer(&repo, &trust, &id)?.key_id,
+        };
+        let repo = match quarantine {
+            Some(q) => {
+                drop(repo);
+                let main = self.open_repo()?;
+                q.promote(&main, tip)?;
+                self.open_repo()?
+            }
+            None => repo,
         };
         if advance && accepted != Some(id) {
             self.set_accepted(&id)?;

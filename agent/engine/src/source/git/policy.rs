@@ -90,25 +90,16 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
 }
 
 fn match_segments(pat: &[&str], segs: &[&str]) -> bool {
-    match pat.split_first() {
-        None => segs.is_empty(),
-        Some((&"**", rest)) => (0..=segs.len()).any(|i| match_segments(rest, &segs[i..])),
-        Some((p, rest)) => match segs.split_first() {
-            Some((s, srest)) => {
-                match_one(p.as_bytes(), s.as_bytes()) && match_segments(rest, srest)
-            }
-            None => false,
-        },
-    }
+    ferry_core::glob::wildmatch(
+        pat,
+        segs,
+        |p| *p == "**",
+        |p, s| match_one(p.as_bytes(), s.as_bytes()),
+    )
 }
 
 fn match_one(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| match_one(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && match_one(rest, &s[1..]),
-        Some((c, rest)) => s.first() == Some(c) && match_one(rest, &s[1..]),
-    }
+    ferry_core::glob::wildmatch(p, s, |c| *c == b'*', |p, c| *p == b'?' || p == c)
 }
 
 #[cfg(test)]
@@ -128,9 +119,17 @@ mod tests {
             ("sites/*/rules/*.rules", "sites/p1/rules/a.rules", true),
             ("file-?.txt", "file-1.txt", true),
             ("file-?.txt", "file-10.txt", false),
+            ("**/**/x/**", "a/b/x", true),
+            ("a/**/b/**/c", "a/1/b/2/3/c", true),
+            ("a/**/b/**/c", "a/1/2/3/c", false),
         ] {
             assert_eq!(glob_match(p, s), want, "{p} vs {s}");
         }
+        // Regression: exponential backtracking on patterns like these.
+        let long = "a".repeat(5_000);
+        assert!(!glob_match("*a*a*a*a*a*a*a*a*a*a*b", &long));
+        let deep = vec!["a"; 2_000].join("/");
+        assert!(!glob_match("**/a/**/a/**/a/**/a/**/a/**/b", &deep));
     }
 
     #[test]

@@ -113,6 +113,12 @@ type Result<T> = std::result::Result<T, TufError>;
 struct TrustedTargets {
     targets: Targets,
     signers: Vec<String>,
+    /// The bytes as verified, to verify them again for another delegator.
+    bytes: Vec<u8>,
+    /// The delegators whose keys verified it. A role reached through a
+    /// second delegator (a diamond) is verified again with that one's keys:
+    /// it must not inherit authority from an earlier search path.
+    verified_by: Vec<String>,
 }
 
 /// A target found in trusted metadata.
@@ -509,13 +515,28 @@ impl Client {
             ));
         }
         self.not_expired(role, targets.version, targets.expires)?;
-        Ok(TrustedTargets { targets, signers })
+        Ok(TrustedTargets {
+            targets,
+            signers,
+            bytes: bytes.to_vec(),
+            verified_by: vec![parent.to_owned()],
+        })
     }
 
     /// §5.6: loads `role` (delegated by `parent`) from the trusted local copy
     /// when it is still the one snapshot names, else from the repository.
     fn load_targets(&mut self, role: &str, parent: &str) -> Result<()> {
-        if self.targets.contains_key(role) {
+        if let Some(cached) = self.targets.get(role) {
+            if cached.verified_by.iter().any(|p| p == parent) {
+                return Ok(());
+            }
+            // §5.6.7.2: metadata is verified against the delegating role on
+            // the current path, whatever another path already accepted.
+            let bytes = cached.bytes.clone();
+            self.verify_targets(role, parent, &bytes)?;
+            if let Some(cached) = self.targets.get_mut(role) {
+                cached.verified_by.push(parent.to_owned());
+            }
             return Ok(());
         }
         if let Some(bytes) = read_local(&self.cfg.metadata_dir, role)
@@ -690,9 +711,10 @@ impl Client {
         sha256_checked_by_caller: bool,
     ) -> Result<TargetReader<Box<dyn Read + Send>>> {
         let url = self.target_url(info);
+        let remaining = info.file.length.saturating_sub(offset);
         let inner = self
             .transport
-            .open(&url, offset, None)
+            .open_sized(&url, offset, remaining)
             .map_err(|source| TufError::Fetch {
                 role: format!("target {}", info.name),
                 error: source,

@@ -573,36 +573,82 @@ pub fn path_matches(pattern: &str, target: &str) -> bool {
             .all(|(p, t)| fnmatch(p.as_bytes(), t.as_bytes()))
 }
 
-/// fnmatch for one segment: `*`, `?`, `[seq]`, `[!seq]`.
-fn fnmatch(p: &[u8], t: &[u8]) -> bool {
-    match p.first() {
-        None => t.is_empty(),
-        Some(b'*') => (0..=t.len()).any(|i| fnmatch(&p[1..], &t[i..])),
-        Some(b'?') => !t.is_empty() && fnmatch(&p[1..], &t[1..]),
-        Some(b'[') => {
-            let Some(close) = p.iter().skip(2).position(|&c| c == b']').map(|i| i + 2) else {
-                return t.first() == Some(&b'[') && fnmatch(&p[1..], &t[1..]);
-            };
-            let Some(&c) = t.first() else { return false };
-            let (negate, set) = match p[1] {
-                b'!' => (true, &p[2..close]),
-                _ => (false, &p[1..close]),
-            };
-            let mut hit = false;
-            let mut i = 0;
-            while i < set.len() {
-                if i + 2 < set.len() && set[i + 1] == b'-' {
-                    hit |= set[i] <= c && c <= set[i + 2];
-                    i += 3;
+/// One token of a path-pattern segment.
+enum Token<'a> {
+    Star,
+    Any,
+    Lit(u8),
+    /// `[seq]` or `[!seq]`.
+    Set {
+        negate: bool,
+        set: &'a [u8],
+    },
+}
+
+impl Token<'_> {
+    fn matches(&self, c: u8) -> bool {
+        match self {
+            Token::Star => true,
+            Token::Any => true,
+            Token::Lit(l) => *l == c,
+            Token::Set { negate, set } => {
+                let mut hit = false;
+                let mut i = 0;
+                while i < set.len() {
+                    if i + 2 < set.len() && set[i + 1] == b'-' {
+                        hit |= set[i] <= c && c <= set[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= set[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != *negate
+            }
+        }
+    }
+}
+
+fn tokens(p: &[u8]) -> Vec<Token<'_>> {
+    let mut out = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'*' => out.push(Token::Star),
+            b'?' => out.push(Token::Any),
+            b'[' => {
+                if let Some(close) = p[i..]
+                    .iter()
+                    .skip(2)
+                    .position(|&c| c == b']')
+                    .map(|j| i + j + 2)
+                {
+                    let (negate, set) = match p[i + 1] {
+                        b'!' => (true, &p[i + 2..close]),
+                        _ => (false, &p[i + 1..close]),
+                    };
+                    out.push(Token::Set { negate, set });
+                    i = close;
                 } else {
-                    hit |= set[i] == c;
-                    i += 1;
+                    out.push(Token::Lit(b'['));
                 }
             }
-            hit != negate && fnmatch(&p[close + 1..], &t[1..])
+            c => out.push(Token::Lit(c)),
         }
-        Some(&c) => t.first() == Some(&c) && fnmatch(&p[1..], &t[1..]),
+        i += 1;
     }
+    out
+}
+
+/// fnmatch for one segment: `*`, `?`, `[seq]`, `[!seq]` (linear; see
+/// `ferry_core::glob`).
+fn fnmatch(p: &[u8], t: &[u8]) -> bool {
+    ferry_core::glob::wildmatch(
+        &tokens(p),
+        t,
+        |tok| matches!(tok, Token::Star),
+        |tok, c| tok.matches(*c),
+    )
 }
 
 /// Checks `data` against the length and hashes of a META or TARGETS entry.
@@ -713,6 +759,11 @@ mod tests {
         assert!(!path_matches("f[!0-9].txt", "f7.txt"));
         assert!(path_matches("sites/plant-7/**", "sites/plant-7/x"));
         assert!(!path_matches("a", "ab"));
+        assert!(path_matches("[ab", "[ab"));
+        assert!(path_matches("*[xy]z", "aaxz"));
+        // Regression: exponential backtracking in the recursive matcher.
+        let long = "a".repeat(5_000);
+        assert!(!path_matches("*a*a*a*a*a*a*a*a*a*a*b", &long));
     }
 
     #[test]

@@ -34,10 +34,19 @@ pub fn clock_now() -> i64 {
     }
 }
 
+/// The floor's file in the TUF source's directory (`state_dir/tuf`).
+pub const FLOOR_FILE: &str = "time-floor";
+
 /// How far the clock must have moved before the stored floor is rewritten.
 pub const FLOOR_STEP_SECS: i64 = 3600;
 
 /// The secure time floor, kept in one small file outside the metadata dir.
+///
+/// It fails closed: a floor file that cannot be read or parsed is an error
+/// (`FloorError`), never a floor of 0, since 0 would let a device whose
+/// clock fell back accept metadata that expired long ago. Only the operator
+/// repairs it (`ferry time-floor repair`, audited), from the image's floor
+/// or a time they give.
 #[derive(Debug, Clone)]
 pub struct TimeFloor {
     path: PathBuf,
@@ -45,36 +54,109 @@ pub struct TimeFloor {
     baked: Option<i64>,
 }
 
+/// The stored floor is unreadable or corrupt.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "secure time floor {}: {problem}; expiry cannot be judged until the operator repairs it (`ferry time-floor repair`)",
+    path.display()
+)]
+pub struct FloorError {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+/// Largest floor file read (a decimal Unix time and a newline).
+const MAX_FLOOR_BYTES: u64 = 64;
+
 impl TimeFloor {
     pub fn new(path: PathBuf, baked: Option<i64>) -> Self {
         TimeFloor { path, baked }
     }
 
-    /// The stored floor (0 when none).
-    pub fn get(&self) -> i64 {
-        let stored = std::fs::read_to_string(&self.path)
+    /// The device's floor: `state_dir/tuf/time-floor`, at least the
+    /// image's `source.tuf.time_floor`.
+    pub fn from_config(cfg: &TufSourceConfig, state_dir: &Path) -> Result<Self, ConfigError> {
+        let baked = match &cfg.time_floor {
+            Some(t) => Some(
+                t.parse::<jiff::Timestamp>()
+                    .map_err(|e| ConfigError::Invalid {
+                        key: "source.tuf.time_floor",
+                        message: e.to_string(),
+                    })?
+                    .as_second(),
+            ),
+            None => None,
+        };
+        Ok(TimeFloor::new(
+            state_dir.join("tuf").join(FLOOR_FILE),
+            baked,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The image's floor from configuration (`source.tuf.time_floor`).
+    pub fn baked(&self) -> Option<i64> {
+        self.baked
+    }
+
+    /// The floor stored on the device: `None` when there is none yet.
+    pub fn stored(&self) -> Result<Option<i64>, FloorError> {
+        let bad = |problem: String| FloorError {
+            path: self.path.clone(),
+            problem,
+        };
+        let f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(bad(format!("unreadable: {e}"))),
+        };
+        let mut bytes = Vec::new();
+        f.take(MAX_FLOOR_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("unreadable: {e}")))?;
+        if bytes.len() as u64 > MAX_FLOOR_BYTES {
+            return Err(bad(format!("corrupt: longer than {MAX_FLOOR_BYTES} bytes")));
+        }
+        std::str::from_utf8(&bytes)
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0);
-        stored.max(self.baked.unwrap_or(0))
+            .filter(|t| *t >= 0)
+            .map(Some)
+            .ok_or_else(|| bad("corrupt: not a Unix time in seconds".to_owned()))
+    }
+
+    /// The floor: the stored one, at least the image's.
+    pub fn get(&self) -> Result<i64, FloorError> {
+        Ok(self.stored()?.unwrap_or(0).max(self.baked.unwrap_or(0)))
     }
 
     /// `max(clock, floor)`: the reference time for expiry checks.
-    pub fn now(&self) -> i64 {
-        clock_now().max(self.get())
+    pub fn now(&self) -> Result<i64, FloorError> {
+        Ok(clock_now().max(self.get()?))
     }
 
-    /// Raises the floor to `t` (never lowers it). The file is rewritten
-    /// only when the floor moves by at least `FLOOR_STEP_SECS`, so a poll
-    /// every few minutes does not cost a durable write each time; the floor
-    /// then lags the clock by at most that step.
-    pub fn raise(&self, t: i64) -> std::io::Result<()> {
-        let current = self.get();
+    /// Raises the floor from `current` (what `get` said) to `t`; never
+    /// lowers it. The file is rewritten only when the floor moves by at
+    /// least `FLOOR_STEP_SECS`, so a poll every few minutes does not cost a
+    /// durable write each time; the floor then lags the clock by at most
+    /// that step.
+    pub fn raise(&self, current: i64, t: i64) -> std::io::Result<()> {
         if t <= current || (current > 0 && t - current < FLOOR_STEP_SECS) {
             return Ok(());
         }
-        fsutil::write_atomic(&self.path, 0o644, &mut t.to_string().as_bytes())?;
-        Ok(())
+        self.write(t)
+    }
+
+    /// Replaces the stored floor with `t`, whatever was there: the
+    /// operator's repair of a corrupt floor.
+    pub fn write(&self, t: i64) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        fsutil::write_atomic(&self.path, 0o644, &mut t.to_string().as_bytes()).map(drop)
     }
 }
 
@@ -105,14 +187,7 @@ impl TufSource {
             .ok_or_else(|| invalid("source.tuf.targets_url", "required".to_owned()))?;
         let manifest = RepoPath::new(cfg.manifest.clone())
             .map_err(|e| invalid("source.tuf.manifest", e.to_string()))?;
-        let baked = match &cfg.time_floor {
-            Some(t) => Some(
-                t.parse::<jiff::Timestamp>()
-                    .map_err(|e| invalid("source.tuf.time_floor", e.to_string()))?
-                    .as_second(),
-            ),
-            None => None,
-        };
+        let floor = TimeFloor::from_config(cfg, state_dir)?;
         let dir = state_dir.join("tuf");
         Ok(TufSource {
             name: format!("tuf:{metadata_url}"),
@@ -124,11 +199,12 @@ impl TufSource {
                 timeouts: Timeouts {
                     stall: Duration::from_secs(cfg.stall_timeout_secs),
                     metadata: Duration::from_secs(cfg.metadata_timeout_secs),
+                    min_rate: cfg.min_rate_bytes_per_sec,
                 },
             },
             trusted_root: cfg.root.clone(),
             manifest,
-            floor: TimeFloor::new(dir.join("time-floor"), baked),
+            floor,
             cache: dir.join("cache"),
             transport: std::sync::OnceLock::new(),
             offline: false,
@@ -187,10 +263,14 @@ impl TufSource {
             client::init(dir, &root).map_err(|e| self.err(e))?;
         }
         let clock = clock_now();
+        let floor = self.floor.get().map_err(|error| SourceError::TimeFloor {
+            source_name: self.name.clone(),
+            error: Box::new(error),
+        })?;
         let now = if self.offline {
-            self.floor.get()
+            floor
         } else {
-            clock.max(self.floor.get())
+            clock.max(floor)
         };
         let transport = match self.transport.get() {
             Some(t) => t.clone(),
@@ -216,11 +296,13 @@ impl TufSource {
             // bundle is old or the clock is wrong; neither moves the floor.
             return Ok(c);
         }
-        self.floor.raise(clock).map_err(|source| SourceError::Io {
-            source_name: self.name.clone(),
-            what: "recording the secure time floor".to_owned(),
-            source,
-        })?;
+        self.floor
+            .raise(floor, clock)
+            .map_err(|source| SourceError::Io {
+                source_name: self.name.clone(),
+                what: "recording the secure time floor".to_owned(),
+                source,
+            })?;
         Ok(c)
     }
 }

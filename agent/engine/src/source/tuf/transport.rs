@@ -13,6 +13,9 @@ pub struct Timeouts {
     pub stall: Duration,
     /// A whole metadata file (small; a slow drip must not hold the agent).
     pub metadata: Duration,
+    /// The slowest average a target transfer may have, in bytes per second:
+    /// a target of `n` bytes must arrive within `stall + n / min_rate`.
+    pub min_rate: u64,
 }
 
 impl Default for Timeouts {
@@ -20,7 +23,39 @@ impl Default for Timeouts {
         Timeouts {
             stall: Duration::from_secs(30),
             metadata: Duration::from_secs(60),
+            min_rate: DEFAULT_MIN_RATE,
         }
+    }
+}
+
+/// Default of `source.tuf.min_rate_bytes_per_sec`.
+pub const DEFAULT_MIN_RATE: u64 = 1024;
+
+/// Fails a transfer once it is past its deadline, checked as each read
+/// returns (a read itself waits at most one stall timeout): a server that
+/// drips a byte every few seconds cannot hold a reconcile for hours.
+struct Deadline<R> {
+    inner: R,
+    url: String,
+    deadline: std::time::Instant,
+    allowed: Duration,
+    length: u64,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if std::time::Instant::now() > self.deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{}: {} bytes did not arrive within {} s (slower than source.tuf.min_rate_bytes_per_sec)",
+                    self.url,
+                    self.length,
+                    self.allowed.as_secs()
+                ),
+            ));
+        }
+        self.inner.read(buf)
     }
 }
 
@@ -89,6 +124,28 @@ impl Transport {
         let deadline = self.timeouts.metadata;
         let reader = self.open(url, 0, Some(deadline))?;
         read_bounded(reader, url, limit)
+    }
+
+    /// Opens `url` (a target of which `remaining` bytes are still to come)
+    /// for streaming from byte `offset` on, with a deadline scaled to its
+    /// size: the stall timeout plus `remaining / min_rate` seconds.
+    pub fn open_sized(
+        &self,
+        url: &str,
+        offset: u64,
+        remaining: u64,
+    ) -> Result<Box<dyn Read + Send>, FetchError> {
+        let allowed =
+            self.timeouts.stall + Duration::from_secs(remaining / self.timeouts.min_rate.max(1));
+        let deadline = std::time::Instant::now() + allowed;
+        let inner = self.open(url, offset, None)?;
+        Ok(Box::new(Deadline {
+            inner,
+            url: url.to_owned(),
+            deadline,
+            allowed,
+            length: remaining,
+        }))
     }
 
     /// Opens `url` for streaming from byte `offset` on (HTTP Range).
