@@ -254,12 +254,18 @@ pub fn run(args: Cli) -> Result<Code> {
                 }
                 AuditAction::Export { after, filter } => {
                     let keep = AuditSelect::new(&filter)?;
-                    let rows = match &engine {
-                        Some(e) => e.audit_with_hashes()?,
-                        None => Vec::new(),
+                    let (rows, base) = match &engine {
+                        Some(e) => (e.audit_with_hashes()?, e.db().audit_base()?),
+                        None => (Vec::new(), None),
                     };
                     let facts = facts()?;
-                    output::audit_export(&rows, &facts, after.unwrap_or(0), |e| keep.matches(e))?;
+                    output::audit_export(
+                        &rows,
+                        base.as_ref().map(|(_, h)| h.as_str()),
+                        &facts,
+                        after.unwrap_or(0),
+                        |e| keep.matches(e),
+                    )?;
                 }
                 AuditAction::Verify(out) => {
                     let n = match &engine {

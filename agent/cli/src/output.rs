@@ -342,8 +342,11 @@ pub fn audit(entries: &[AuditEntry], as_json: bool) -> Result<()> {
 /// receiver holding entries up to `after` can check the join
 /// (`hash = sha256(prev_hash || canonical JSON of the entry)`). Format:
 /// `schemas/audit-export.schema.json`.
+/// `base`: the chain hash the first row follows (the checkpoint of a
+/// pruned prefix), else the chain's zero start.
 pub fn audit_export(
     rows: &[(AuditEntry, String)],
+    base: Option<&str>,
     facts: &ferry_engine::facts::Facts,
     after: u64,
     keep: impl Fn(&AuditEntry) -> bool,
@@ -359,7 +362,7 @@ pub fn audit_export(
     });
     writeln!(out, "{}", serde_json::to_string(&header)?)?;
     let zero = "0".repeat(64);
-    let mut prev = zero.as_str();
+    let mut prev = base.unwrap_or(&zero);
     for (e, hash) in rows {
         if e.seq > after && keep(e) {
             let mut v = serde_json::to_value(e)?;

@@ -60,14 +60,16 @@ pub enum ChainError {
     HeadMismatch { seq: u64 },
 }
 
-/// Checks entries (in seq order, starting at 1) against their stored hashes
-/// and against the recorded head `(seq, hash)`; names the first broken entry.
+/// Checks entries (in seq order, starting right after `base`, or at 1)
+/// against their stored hashes and against the recorded head `(seq, hash)`;
+/// names the first broken entry. `base` is the checkpoint of a pruned
+/// prefix: the seq and chain hash of the last entry removed.
 pub fn verify_chain<'a>(
     entries: impl IntoIterator<Item = (&'a AuditEntry, &'a Sha256)>,
+    base: Option<(u64, Sha256)>,
     head: Option<(u64, Sha256)>,
 ) -> Result<u64, ChainError> {
-    let mut prev_hash = Sha256::ZERO;
-    let mut prev_seq = 0u64;
+    let (mut prev_seq, mut prev_hash) = base.unwrap_or((0, Sha256::ZERO));
     let head_seq = head.map_or(0, |(s, _)| s);
     for (entry, stored) in entries {
         if entry.seq > head_seq {
@@ -133,7 +135,32 @@ mod tests {
         h: &[Sha256],
         head: Option<(u64, Sha256)>,
     ) -> Result<u64, ChainError> {
-        verify_chain(e.iter().zip(h.iter()), head)
+        verify_chain(e.iter().zip(h.iter()), None, head)
+    }
+
+    #[test]
+    fn a_pruned_prefix_verifies_from_its_checkpoint() {
+        let (e, h) = chain(10);
+        let head = Some((10, h[9]));
+        // Entries 1..=4 pruned; the checkpoint is entry 4's chain hash.
+        assert_eq!(
+            verify_chain(e[4..].iter().zip(h[4..].iter()), Some((4, h[3])), head),
+            Ok(10)
+        );
+        // A wrong checkpoint breaks the first retained entry.
+        assert_eq!(
+            verify_chain(e[4..].iter().zip(h[4..].iter()), Some((4, h[2])), head),
+            Err(ChainError::HashMismatch { seq: 5 })
+        );
+        // Entries missing right after the checkpoint are named.
+        assert_eq!(
+            verify_chain(e[5..].iter().zip(h[5..].iter()), Some((4, h[3])), head),
+            Err(ChainError::Missing {
+                seq: 5,
+                prev: 4,
+                next: 6
+            })
+        );
     }
 
     #[test]

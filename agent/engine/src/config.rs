@@ -38,6 +38,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub agent: AgentConfig,
     pub metrics: MetricsConfig,
+    pub state: StateConfig,
     pub rules: RulesConfig,
     pub wasm: WasmConfig,
     pub sigstore: SigstoreConfig,
@@ -252,6 +253,27 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 pub struct MetricsConfig {
     /// `127.0.0.1:9469`; loopback addresses only.
     pub listen: Option<String>,
+}
+
+/// `[state]`: how much history `state.db` keeps (pruned by gc, which the
+/// agent runs after every settled reconcile).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Settled transitions kept (with their activation records).
+    pub keep_transitions: usize,
+    /// Audit entries kept; older ones are replaced by a checkpoint the
+    /// chain is verified from (export them first: `ferry audit export`).
+    pub keep_audit_entries: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            keep_transitions: 100,
+            keep_audit_entries: 10_000,
+        }
+    }
 }
 
 /// `[rules]`: where the rule engine in `ferry run` takes events from and
@@ -481,6 +503,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             agent: AgentConfig::default(),
             metrics: MetricsConfig::default(),
+            state: StateConfig::default(),
             rules: RulesConfig::default(),
             wasm: WasmConfig::default(),
             sigstore: SigstoreConfig::default(),
@@ -675,6 +698,18 @@ impl Config {
             }
         }
         self.agent.times()?;
+        if self.state.keep_transitions == 0 {
+            return Err(ConfigError::Invalid {
+                key: "state.keep_transitions",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.state.keep_audit_entries < 100 {
+            return Err(ConfigError::Invalid {
+                key: "state.keep_audit_entries",
+                message: "must be at least 100".into(),
+            });
+        }
         if let Some(l) = &self.metrics.listen {
             match l.parse::<std::net::SocketAddr>() {
                 Ok(a) if a.ip().is_loopback() => {}

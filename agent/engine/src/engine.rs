@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fail::fail_point;
-use ferry_core::audit::{AuditEntry, verify_chain};
+use ferry_core::audit::{AuditEntry, ChainError, verify_chain};
 use ferry_core::{
     Kind, Op, Phase, Plan, RecoveryAction, ResourceSet, Sha256, Step, TransitionKind, plan,
 };
@@ -30,7 +30,7 @@ use crate::failpoints as fp;
 use crate::generations::{GenerationManifest, Generations};
 use crate::manifest::{self, Content, ResolvedManifest};
 use crate::source::{Source, VerifiedRevision};
-use crate::state::{AuditEvent, Db, GenerationRow, NewGeneration, TransitionRow};
+use crate::state::{AuditEvent, Check, Db, GenerationRow, NewGeneration, TransitionRow};
 use crate::store::Store;
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -150,7 +150,10 @@ impl Engine {
                 return Err(EngineError::io("cannot lock", &lock_path, e));
             }
         }
-        let db = Db::open(&state_dir.join("state.db"), true)?;
+        // The full integrity check once per boot (recover --early), the
+        // quick one otherwise: the full one grows with the database.
+        let check = if early { Check::Full } else { Check::Quick };
+        let db = Db::open_checked(&state_dir.join("state.db"), true, check)?;
         for name in ["state.db", "state.db-wal", "state.db-shm", "lock"] {
             let p = state_dir.join(name);
             ferry_fs::restrict_file(&p, 0o600)
@@ -1007,6 +1010,17 @@ impl Engine {
     }
 
     pub fn gc(&mut self) -> Result<GcOutcome> {
+        let state = &self.config.state;
+        let pruned = self
+            .db
+            .prune(state.keep_transitions, state.keep_audit_entries)?;
+        if pruned != Default::default() {
+            tracing::info!(
+                transitions = pruned.transitions,
+                audit_entries = pruned.audit_entries,
+                "pruned the state database"
+            );
+        }
         let keep = self.kept_generations()?;
         let collect: Vec<u64> = self
             .db
@@ -1406,10 +1420,25 @@ impl Engine {
             .db
             .audit_head()?
             .map(|(seq, h)| (seq, h.parse().unwrap_or(Sha256::ZERO)));
-        Ok(verify_chain(
-            rows.iter().map(|(e, _)| e).zip(hashes.iter()),
-            head,
-        )?)
+        let base = self
+            .db
+            .audit_base()?
+            .map(|(seq, h)| (seq, h.parse().unwrap_or(Sha256::ZERO)));
+        let n = verify_chain(rows.iter().map(|(e, _)| e).zip(hashes.iter()), base, head)?;
+        // The checkpoint itself is vouched for by the chain: the newest
+        // `audit-pruned` entry names it.
+        if let Some((seq, hash)) = base {
+            let vouched = rows.iter().rev().find(|(e, _)| e.event == "audit-pruned");
+            let ok = vouched.is_some_and(|(e, _)| {
+                e.details["through_seq"] == seq && e.details["through_hash"] == hash.to_hex()
+            });
+            if !ok {
+                return Err(EngineError::AuditBroken(ChainError::HashMismatch {
+                    seq: seq + 1,
+                }));
+            }
+        }
+        Ok(n)
     }
 }
 

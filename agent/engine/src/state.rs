@@ -2,9 +2,12 @@
 //!
 //! WAL mode with `synchronous=FULL`: a committed transition survives power
 //! loss. The schema is versioned with `PRAGMA user_version` and migrated
-//! forward at open; a database newer than this ferry is refused, and
-//! `PRAGMA integrity_check` runs at every open so corruption is reported,
-//! never silently used. Every phase change of a transition is committed
+//! forward at open; a database newer than this ferry is refused, and an
+//! integrity check runs at every open (`quick_check`; the full
+//! `integrity_check` at early boot) so corruption is reported, never
+//! silently used. Gc prunes history nothing needs (`Db::prune`), so the
+//! database, and with it open and status, stays the same size as a device
+//! ages. Every phase change of a transition is committed
 //! together with its audit entry in one SQLite transaction.
 
 use std::path::{Path, PathBuf};
@@ -169,6 +172,22 @@ pub struct AuditEvent<'a> {
     pub details: Value,
 }
 
+/// How thoroughly [`Db::open_checked`] checks the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// `PRAGMA quick_check`: pages, records and constraints, no index cross-check.
+    Quick,
+    /// `PRAGMA integrity_check`.
+    Full,
+}
+
+/// What [`Db::prune`] removed.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Pruned {
+    pub transitions: usize,
+    pub audit_entries: usize,
+}
+
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
@@ -182,8 +201,16 @@ pub fn now_ms() -> i64 {
 }
 
 impl Db {
-    /// Opens (creating if `create`) and migrates the database.
+    /// Opens (creating if `create`) and migrates the database, after the
+    /// quick integrity check (`PRAGMA quick_check`).
     pub fn open(path: &Path, create: bool) -> Result<Db, StateError> {
+        Self::open_checked(path, create, Check::Quick)
+    }
+
+    /// Opens with the integrity check `check`: the full one (which also
+    /// cross-checks every index, and grows with the database) once per
+    /// boot, the quick one on every other open.
+    pub fn open_checked(path: &Path, create: bool, check: Check) -> Result<Db, StateError> {
         let err = |source| StateError::Sqlite {
             path: path.to_path_buf(),
             source,
@@ -199,7 +226,7 @@ impl Db {
             conn,
             path: path.to_path_buf(),
         };
-        db.check_integrity()?;
+        db.check_integrity(check)?;
         // Switching a new database to WAL and migrating it take locks that
         // SQLite's busy handler does not wait for when another process is
         // doing the same (lock upgrades fail at once to avoid deadlock), so
@@ -256,14 +283,18 @@ impl Db {
         }
     }
 
-    fn check_integrity(&self) -> Result<(), StateError> {
+    fn check_integrity(&self, check: Check) -> Result<(), StateError> {
         let corrupt = |detail: String| StateError::Corrupt {
             path: self.path.clone(),
             detail,
         };
+        let pragma = match check {
+            Check::Quick => "PRAGMA quick_check",
+            Check::Full => "PRAGMA integrity_check",
+        };
         let mut stmt = self
             .conn
-            .prepare("PRAGMA integrity_check")
+            .prepare(pragma)
             .map_err(|e| corrupt(e.to_string()))?;
         let rows: Vec<String> = stmt
             .query_map([], |r| r.get(0))
@@ -278,7 +309,7 @@ impl Db {
 
     /// `PRAGMA integrity_check` result, for tests and `ferry status`.
     pub fn integrity_ok(&self) -> bool {
-        self.check_integrity().is_ok()
+        self.check_integrity(Check::Full).is_ok()
     }
 
     fn migrate(&mut self) -> Result<(), StateError> {
@@ -932,6 +963,102 @@ impl Db {
         Ok(rows)
     }
 
+    /// The checkpoint of a pruned audit prefix: seq and chain hash of the
+    /// last entry removed.
+    pub fn audit_base(&self) -> Result<Option<(u64, String)>, StateError> {
+        let seq = self.meta_u64("audit_base_seq")?;
+        let hash = self.meta_get("audit_base_hash")?;
+        Ok(seq.zip(hash))
+    }
+
+    /// Deletes what nothing needs any more, in one SQLite transaction:
+    /// settled transitions (and their activations) beyond the newest
+    /// `keep_transitions`, except the newest firmware install of each slot
+    /// (`firmware status` names the image from it); and audit entries
+    /// beyond the newest `keep_audit`, once at least `keep_audit / 10` are
+    /// due. The audit chain stays verifiable: the seq and chain hash of the
+    /// last entry removed become the checkpoint it is verified from, and an
+    /// `audit-pruned` entry (itself chained) records that checkpoint.
+    pub fn prune(
+        &mut self,
+        keep_transitions: usize,
+        keep_audit: u64,
+    ) -> Result<Pruned, StateError> {
+        let err = self.err();
+        let settled: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT id FROM transitions WHERE phase IN ('confirmed', 'rolled-back', 'failed')
+                     ORDER BY id DESC LIMIT -1 OFFSET ?1",
+                )
+                .map_err(&err)?;
+            stmt.query_map([keep_transitions as i64], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(&err)?
+        };
+        // The newest done firmware install per target slot.
+        let firmware: Vec<i64> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT MAX(transition) FROM activations
+                     WHERE json_extract(step, '$.id.kind') = 'firmware' AND done = 1
+                     GROUP BY json_extract(undo, '$.target')",
+                )
+                .map_err(&err)?;
+            stmt.query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(&err)?
+        };
+        let doomed: Vec<i64> = settled
+            .into_iter()
+            .filter(|t| !firmware.contains(t))
+            .collect();
+        let head = self.meta_u64("audit_head_seq")?.unwrap_or(0);
+        let base = self.meta_u64("audit_base_seq")?.unwrap_or(0);
+        let through = head.saturating_sub(keep_audit);
+        let prune_audit = through > base && through - base >= (keep_audit / 10).max(1);
+        drop(err);
+        let mut out = Pruned::default();
+        if doomed.is_empty() && !prune_audit {
+            return Ok(out);
+        }
+        self.with_tx(|tx| {
+            for t in &doomed {
+                tx.execute("DELETE FROM activations WHERE transition = ?1", [t])?;
+                tx.execute("DELETE FROM transitions WHERE id = ?1", [t])?;
+            }
+            out.transitions = doomed.len();
+            if prune_audit {
+                let hash: String = tx.query_row(
+                    "SELECT hash FROM audit WHERE seq = ?1",
+                    [through as i64],
+                    |r| r.get(0),
+                )?;
+                let deleted = tx.execute("DELETE FROM audit WHERE seq <= ?1", [through as i64])?;
+                meta_set(tx, "audit_base_seq", &through.to_string())?;
+                meta_set(tx, "audit_base_hash", &hash)?;
+                Db::append_audit(
+                    tx,
+                    &AuditEvent {
+                        generation: None,
+                        event: "audit-pruned",
+                        actor: "ferry",
+                        details: serde_json::json!({
+                            "through_seq": through,
+                            "through_hash": hash,
+                            "entries": deleted,
+                            "transitions": doomed.len(),
+                        }),
+                    },
+                )?;
+                out.audit_entries = deleted;
+            }
+            Ok(out)
+        })
+    }
+
     /// The recorded head `(seq, hash)` of the audit chain.
     pub fn audit_head(&self) -> Result<Option<(u64, String)>, StateError> {
         let seq = self.meta_u64("audit_head_seq")?;
@@ -1026,6 +1153,7 @@ mod tests {
         let (seq, head) = db.audit_head().unwrap().unwrap();
         let n = ferry_core::audit::verify_chain(
             entries.iter().map(|(e, _)| e).zip(hashes.iter()),
+            None,
             Some((seq, head.parse().unwrap())),
         )
         .unwrap();
