@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::daemon::{Msg, Shared};
+use ferry_core::control::Request;
 
 /// Removes the socket file when the agent stops.
 #[derive(Debug)]
@@ -66,7 +67,7 @@ pub async fn serve(
 /// Most clients served at once.
 const MAX_CONNECTIONS: usize = 16;
 /// Longest request line.
-pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+const MAX_REQUEST_BYTES: u64 = ferry_core::control::MAX_REQUEST_BYTES as u64;
 /// Longest answer line a client reads.
 const MAX_ANSWER_BYTES: u64 = 4 << 20;
 /// How long a client may take to send its request and read the answer.
@@ -81,23 +82,16 @@ async fn answer(conn: tokio::net::UnixStream, shared: &Mutex<Shared>, tx: &mpsc:
     if limited.read_until(b'\n', &mut line).await.is_err() || line.is_empty() {
         return;
     }
-    let answer = if line.last() != Some(&b'\n') && line.len() as u64 > MAX_REQUEST_BYTES {
-        json!({"ok": false, "error": format!("request longer than {MAX_REQUEST_BYTES} bytes")})
-    } else {
-        match serde_json::from_slice::<Value>(&line) {
-            Ok(req) => match req["cmd"].as_str() {
-                Some("status") => {
-                    let s = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    json!({"ok": true, "agent": s})
-                }
-                Some("apply") => {
-                    let sent = tx.send(Msg::Now).is_ok();
-                    json!({"ok": sent, "message": "reconcile requested"})
-                }
-                other => json!({"ok": false, "error": format!("unknown command {other:?}")}),
-            },
-            Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
+    let answer = match ferry_core::control::parse_request(&line) {
+        Ok(Request::Status) => {
+            let s = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            json!({"ok": true, "agent": s})
         }
+        Ok(Request::Apply) => {
+            let sent = tx.send(Msg::Now).is_ok();
+            json!({"ok": sent, "message": "reconcile requested"})
+        }
+        Err(e) => json!({"ok": false, "error": e}),
     };
     let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
 }

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod canonical;
+pub mod control;
 pub mod digest;
 pub mod glob;
 pub mod path;

@@ -195,7 +195,6 @@ impl GitSource {
     /// object database (nothing is trusted yet), its ref for the configured
     /// branch becomes `refs/ferry/fetched`, exactly as a fetch leaves it.
     fn unbundle(&self, repo: &gix::Repository, path: &Path) -> Result<ObjectId, SourceError> {
-        use std::io::BufRead;
         let what = path.display().to_string();
         let file = std::fs::File::open(path).map_err(|e| git_err(e, &what))?;
         // The bundle's content is the stick's fault (exit 3), reading it is not.
@@ -205,64 +204,34 @@ impl GitSource {
             reason,
         };
         let mut r = std::io::BufReader::with_capacity(64 * 1024, file);
-        let mut line = Vec::new();
-        let mut read_line =
-            |r: &mut std::io::BufReader<std::fs::File>| -> Result<String, SourceError> {
-                line.clear();
-                (&mut *r)
-                    .take(1024)
-                    .read_until(b'\n', &mut line)
-                    .map_err(|e| git_err(e, &what))?;
-                if line.last() != Some(&b'\n') {
-                    return Err(bad("bundle header line too long or cut short".into()));
-                }
-                String::from_utf8(line[..line.len() - 1].to_vec())
-                    .map_err(|_| bad("bundle header is not UTF-8".into()))
-            };
-        let version = read_line(&mut r)?;
-        if version != "# v2 git bundle" && version != "# v3 git bundle" {
-            return Err(bad(format!("not a git bundle (first line {version:?})")));
+        let header = parse_bundle_header(&mut r).map_err(|e| match e {
+            HeaderError::Io(e) => git_err(e, &what),
+            HeaderError::Bad(reason) => bad(reason),
+        })?;
+        for id in &header.prerequisites {
+            if !repo.has_object(id) {
+                return Err(bad(format!(
+                    "the bundle builds on commit {id}, which this device does not have; export the whole history"
+                )));
+            }
         }
         let wanted = format!("refs/heads/{}", self.opts.branch);
-        let (mut tip, mut refs) = (None, Vec::new());
-        for _ in 0..10_000 {
-            let l = read_line(&mut r)?;
-            if l.is_empty() {
-                break;
-            }
-            if let Some(cap) = l.strip_prefix('@') {
-                if cap != "object-format=sha1" {
-                    return Err(bad(format!("unsupported bundle capability {cap:?}")));
-                }
-                continue;
-            }
-            if let Some(pre) = l.strip_prefix('-') {
-                let hex = pre.split(' ').next().unwrap_or_default();
-                let id = ObjectId::from_hex(hex.as_bytes())
-                    .map_err(|e| bad(format!("prerequisite {hex:?}: {e}")))?;
-                if !repo.has_object(id) {
-                    return Err(bad(format!(
-                        "the bundle builds on commit {id}, which this device does not have; export the whole history"
-                    )));
-                }
-                continue;
-            }
-            let (hex, name) = l
-                .split_once(' ')
-                .ok_or_else(|| bad(format!("bad ref line {l:?}")))?;
-            let id =
-                ObjectId::from_hex(hex.as_bytes()).map_err(|e| bad(format!("ref {name}: {e}")))?;
-            if name == wanted {
-                tip = Some(id);
-            }
-            refs.push(name.to_owned());
-        }
-        let tip = tip.ok_or_else(|| {
-            bad(format!(
-                "it carries no {wanted} (refs: {})",
-                refs.join(", ")
-            ))
-        })?;
+        let tip = header
+            .refs
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, id)| *id)
+            .ok_or_else(|| {
+                bad(format!(
+                    "it carries no {wanted} (refs: {})",
+                    header
+                        .refs
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
         let pack_dir = repo.objects.store_ref().path().join("pack");
         std::fs::create_dir_all(&pack_dir)
             .map_err(|e| git_err(e, "creating the pack directory"))?;
@@ -476,6 +445,80 @@ impl GitSource {
             max_file_bytes: self.opts.max_file_bytes,
         }))
     }
+}
+
+/// The header of a git bundle (v2 or v3, SHA-1): what it builds on and
+/// the refs it carries. The pack follows in the reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleHeader {
+    pub prerequisites: Vec<ObjectId>,
+    pub refs: Vec<(String, ObjectId)>,
+}
+
+/// Why a bundle header could not be read.
+#[derive(Debug)]
+pub enum HeaderError {
+    Io(std::io::Error),
+    /// Not a bundle ferry reads: the reason names what.
+    Bad(String),
+}
+
+/// Most header lines, and longest line, read from a bundle.
+const MAX_HEADER_LINES: usize = 10_000;
+const MAX_HEADER_LINE: u64 = 1024;
+
+/// Reads a bundle header, bounded in lines and line length, leaving the
+/// reader at the pack.
+pub fn parse_bundle_header(r: &mut impl std::io::BufRead) -> Result<BundleHeader, HeaderError> {
+    use std::io::BufRead as _;
+    let bad = |m: String| HeaderError::Bad(m);
+    let mut line = Vec::new();
+    let mut read_line = |r: &mut dyn std::io::BufRead| -> Result<String, HeaderError> {
+        line.clear();
+        std::io::Read::take(r, MAX_HEADER_LINE)
+            .read_until(b'\n', &mut line)
+            .map_err(HeaderError::Io)?;
+        if line.last() != Some(&b'\n') {
+            return Err(HeaderError::Bad(
+                "bundle header line too long or cut short".into(),
+            ));
+        }
+        String::from_utf8(line[..line.len() - 1].to_vec())
+            .map_err(|_| HeaderError::Bad("bundle header is not UTF-8".into()))
+    };
+    let version = read_line(r)?;
+    if version != "# v2 git bundle" && version != "# v3 git bundle" {
+        return Err(bad(format!("not a git bundle (first line {version:?})")));
+    }
+    let mut header = BundleHeader {
+        prerequisites: Vec::new(),
+        refs: Vec::new(),
+    };
+    for _ in 0..MAX_HEADER_LINES {
+        let l = read_line(r)?;
+        if l.is_empty() {
+            return Ok(header);
+        }
+        if let Some(cap) = l.strip_prefix('@') {
+            if cap != "object-format=sha1" {
+                return Err(bad(format!("unsupported bundle capability {cap:?}")));
+            }
+            continue;
+        }
+        if let Some(pre) = l.strip_prefix('-') {
+            let hex = pre.split(' ').next().unwrap_or_default();
+            let id = ObjectId::from_hex(hex.as_bytes())
+                .map_err(|e| bad(format!("prerequisite {hex:?}: {e}")))?;
+            header.prerequisites.push(id);
+            continue;
+        }
+        let (hex, name) = l
+            .split_once(' ')
+            .ok_or_else(|| bad(format!("bad ref line {l:?}")))?;
+        let id = ObjectId::from_hex(hex.as_bytes()).map_err(|e| bad(format!("ref {name}: {e}")))?;
+        header.refs.push((name.to_owned(), id));
+    }
+    Err(bad(format!("more than {MAX_HEADER_LINES} header lines")))
 }
 
 /// A scratch repository for a bundle's objects until they are verified:

@@ -70,6 +70,22 @@ pub struct Trust {
 }
 
 impl Trust {
+    /// The trust an `allowed_signers` text and keyring bytes describe
+    /// (what `load` reads from files); errors as `(line, message)`.
+    pub fn parse(
+        allowed_signers: Option<&str>,
+        keyring: Option<&[u8]>,
+    ) -> Result<Trust, (usize, String)> {
+        let mut trust = Trust::default();
+        if let Some(text) = allowed_signers {
+            trust.ssh = parse_allowed_signers(text)?;
+        }
+        if let Some(bytes) = keyring {
+            trust.pgp = parse_keyring(bytes).map_err(|m| (0, m))?;
+        }
+        Ok(trust)
+    }
+
     /// Reads `allowed_signers` and `keyring.asc` (or `keyring.gpg`) from
     /// `dir`; either may be missing, not both.
     pub fn load(dir: &Path) -> Result<Trust, TrustError> {
@@ -90,31 +106,13 @@ impl Trust {
         for name in ["keyring.asc", "keyring.gpg"] {
             let path = dir.join(name);
             if let Some(bytes) = read_bounded(&path)? {
-                let err = |message: String| TrustError {
-                    file: path.display().to_string(),
-                    line: 0,
-                    message,
-                };
-                let keys: Vec<_> = if bytes.starts_with(b"-----BEGIN") {
-                    let (iter, _) = SignedPublicKey::from_armor_many(Cursor::new(bytes))
-                        .map_err(|e| err(e.to_string()))?;
-                    iter.collect::<Result<_, _>>()
-                        .map_err(|e| err(e.to_string()))?
-                } else {
-                    SignedPublicKey::from_bytes_many(Cursor::new(bytes))
-                        .map_err(|e| err(e.to_string()))?
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| err(e.to_string()))?
-                };
-                for k in keys {
-                    k.verify_bindings().map_err(|e| {
-                        err(format!(
-                            "key {}: self-signatures do not verify: {e}",
-                            hex::encode_upper(k.fingerprint().as_bytes())
-                        ))
-                    })?;
-                    trust.pgp.push(k);
-                }
+                trust
+                    .pgp
+                    .extend(parse_keyring(&bytes).map_err(|message| TrustError {
+                        file: path.display().to_string(),
+                        line: 0,
+                        message,
+                    })?);
             }
         }
         if trust.ssh.is_empty() && trust.pgp.is_empty() {
@@ -308,6 +306,29 @@ fn field(s: &str) -> (&str, &str) {
 
 /// ssh-keygen(1) ALLOWED SIGNERS: `principals [options] keytype base64 [comment]`.
 /// Errors are (line, message).
+/// OpenPGP public keys (armored or binary) whose self-signatures verify.
+fn parse_keyring(bytes: &[u8]) -> Result<Vec<SignedPublicKey>, String> {
+    let keys: Vec<_> = if bytes.starts_with(b"-----BEGIN") {
+        let (iter, _) =
+            SignedPublicKey::from_armor_many(Cursor::new(bytes)).map_err(|e| e.to_string())?;
+        iter.collect::<Result<_, _>>().map_err(|e| e.to_string())?
+    } else {
+        SignedPublicKey::from_bytes_many(Cursor::new(bytes))
+            .map_err(|e| e.to_string())?
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?
+    };
+    for k in &keys {
+        k.verify_bindings().map_err(|e| {
+            format!(
+                "key {}: self-signatures do not verify: {e}",
+                hex::encode_upper(k.fingerprint().as_bytes())
+            )
+        })?;
+    }
+    Ok(keys)
+}
+
 fn parse_allowed_signers(text: &str) -> Result<Vec<AllowedSigner>, (usize, String)> {
     let mut out = Vec::new();
     for (n, raw) in text.lines().enumerate() {

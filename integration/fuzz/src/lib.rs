@@ -1,0 +1,164 @@
+//! Fuzz targets: one function per parser of untrusted input, each taking
+//! arbitrary bytes. A target may return errors, never panic, hang or
+//! allocate without bound; `main` of each binary in `src/bin/` feeds it
+//! stdin (the AFL++ protocol) and aborts on a panic so the fuzzer sees a
+//! crash.
+//!
+//! `integration/fuzz/afl` runs them under AFL++; `tests/replay.rs` runs
+//! every corpus file and every regression (a crash found once, kept under
+//! `regressions/<target>/`) through them in the test suite, plus a short
+//! seeded mutation run.
+
+use std::io::Cursor;
+
+use ferry_engine::bundle::fat;
+use ferry_engine::firmware::env::BootEnv;
+use ferry_engine::firmware::{grub, uboot};
+use ferry_engine::source::git::{parse_bundle_header, sig::Trust};
+use ferry_engine::source::tuf::meta;
+
+/// A fuzz target: arbitrary bytes in, nothing out (errors are fine).
+pub type Target = fn(&[u8]);
+
+/// Every target, by name (the directory names under `corpus/`).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("manifest", manifest),
+    ("rules", rules),
+    ("tuf_metadata", tuf_metadata),
+    ("trust", trust),
+    ("git_bundle", git_bundle),
+    ("bootenv", bootenv),
+    ("fat", fat_image),
+    ("sigstore", sigstore),
+    ("control", control),
+];
+
+/// Runs target `name` on `data`; `false` if there is no such target.
+pub fn run(name: &str, data: &[u8]) -> bool {
+    match TARGETS.iter().find(|(n, _)| *n == name) {
+        Some((_, f)) => {
+            f(data);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Desired state: YAML or JSON, then the schema checks.
+pub fn manifest(data: &[u8]) {
+    if let Ok(doc) = ferry_engine::manifest::parse("ferry.yaml", data) {
+        let _ = ferry_engine::manifest::check("ferry.yaml", &doc);
+    }
+}
+
+/// The rule language: parse, type-check, compile.
+pub fn rules(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = ferry_rules::compile_source(text);
+    }
+}
+
+/// TUF metadata before signatures are trusted: the envelope, each role's
+/// body, and signature checks with the keys a root would give.
+pub fn tuf_metadata(data: &[u8]) {
+    let Ok(env) = meta::Envelope::parse(data) else {
+        return;
+    };
+    if let Ok(root) = meta::Root::parse(&env) {
+        let _ = env.verify(&root.keys, root.role("root"));
+    }
+    let _ = meta::Timestamp::parse(&env);
+    let _ = meta::Snapshot::parse(&env);
+    if let Ok(t) = meta::Targets::parse(&env)
+        && let Some(d) = &t.delegations
+    {
+        let _ = d.roles_for("files/a/b.conf");
+    }
+}
+
+/// Git trust files: allowed_signers text, then (after a NUL) a keyring.
+pub fn trust(data: &[u8]) {
+    let (text, keyring) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], Some(&data[i + 1..])),
+        None => (data, None),
+    };
+    if let Ok(text) = std::str::from_utf8(text) {
+        let _ = Trust::parse(Some(text), keyring);
+    }
+}
+
+/// A git bundle's header (the pack after it goes to gix, capped).
+pub fn git_bundle(data: &[u8]) {
+    let _ = parse_bundle_header(&mut Cursor::new(data));
+}
+
+/// GRUB environment blocks (read, then changed as grub-editenv would) and
+/// U-Boot environment copies (single and redundant layout).
+pub fn bootenv(data: &[u8]) {
+    if let Ok(env) = grub::parse(data) {
+        let mut changed: BootEnv = env.clone();
+        changed.set("FERRY_OK", "1");
+        changed.unset("ORDER");
+        let _ = grub::update(data, &changed);
+    }
+    let _ = uboot::decode(data, false);
+    let _ = uboot::decode(data, true);
+}
+
+/// A FAT image as a USB stick carries it, extracted with tight limits.
+pub fn fat_image(data: &[u8]) {
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let image = dir.path().join("stick.img");
+    if std::fs::write(&image, data).is_err() {
+        return;
+    }
+    let limits = fat::Limits {
+        max_bytes: 1 << 20,
+        max_files: 256,
+        max_depth: 8,
+    };
+    let _ = fat::extract(&image, &dir.path().join("out"), &limits);
+}
+
+/// A Sigstore bundle, verified against the public-good root for an
+/// artifact digest of zeros.
+pub fn sigstore(data: &[u8]) {
+    use ferry_engine::sigstore::{IdentityMatch, IdentityPolicy, Requirement, TrustedRoot};
+    let requirement = Requirement::Identity(IdentityPolicy {
+        identity: IdentityMatch::Exact("ops@example.com".into()),
+        issuer: "https://accounts.example.com".into(),
+        claims: Vec::new(),
+    });
+    let _ = ferry_engine::sigstore::verify(
+        data,
+        "bundle.sigstore.json",
+        &[0; 32],
+        TrustedRoot::production(),
+        &requirement,
+    );
+}
+
+/// A control-socket request line.
+pub fn control(data: &[u8]) {
+    let _ = ferry_core::control::parse_request(data);
+}
+
+/// What each binary's `main` does: read stdin, run the target, abort on a
+/// panic (AFL++ counts an abort as a crash, not an exit status of 101).
+pub fn main_for(name: &str) {
+    use std::io::Read as _;
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{info}");
+        std::process::abort();
+    }));
+    let mut data = Vec::new();
+    if std::io::stdin()
+        .take(16 << 20)
+        .read_to_end(&mut data)
+        .is_ok()
+    {
+        run(name, &data);
+    }
+}
