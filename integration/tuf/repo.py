@@ -167,6 +167,27 @@ def cmd_target(a) -> None:
     r.publish()
 
 
+def cmd_tree(a) -> None:
+    """Every file under SRC becomes a target named by its relative path, in
+    one new version of ROLE, published once (a whole revision at a time)."""
+    r = Repo(a.dir)
+    md = r.load(a.role)
+    for top, _, names in os.walk(a.src):
+        for n in sorted(names):
+            path = os.path.join(top, n)
+            name = os.path.relpath(path, a.src)
+            tf = TargetFile.from_file(name, path, ["sha256"])
+            md.signed.targets[name] = tf
+            dirname, _, base = name.rpartition("/")
+            out_dir = os.path.join(r.targets_dir, dirname)
+            os.makedirs(out_dir, exist_ok=True)
+            for out in (base, f"{tf.hashes['sha256']}.{base}"):
+                shutil.copyfile(path, os.path.join(out_dir, out))
+    md.signed.version += 1
+    r.write(md, a.role)
+    r.publish()
+
+
 def cmd_delegate(a) -> None:
     r = Repo(a.dir)
     parent = r.load(a.parent)
@@ -226,6 +247,10 @@ def main() -> None:
     s.add_argument("dir")
     s.add_argument("name")
     s.add_argument("file")
+    s.add_argument("--role", default="targets")
+    s = sub.add_parser("tree")
+    s.add_argument("dir")
+    s.add_argument("src")
     s.add_argument("--role", default="targets")
     s = sub.add_parser("delegate")
     s.add_argument("dir")

@@ -226,7 +226,21 @@ impl Db {
             conn,
             path: path.to_path_buf(),
         };
-        db.check_integrity(check)?;
+        match db.check_integrity(check) {
+            // A read-only file system (or directory): WAL needs its -shm
+            // file, which cannot be made there; nothing can write the
+            // database either, so it is read as immutable.
+            Err(StateError::Sqlite { source, .. })
+                if !create
+                    && matches!(
+                        source.sqlite_error_code(),
+                        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+                    ) =>
+            {
+                return Self::open_immutable(path, check);
+            }
+            other => other?,
+        }
         // Switching a new database to WAL and migrating it take locks that
         // SQLite's busy handler does not wait for when another process is
         // doing the same (lock upgrades fail at once to avoid deadlock), so
@@ -254,6 +268,47 @@ impl Db {
                     break;
                 }
             }
+        }
+        Ok(db)
+    }
+
+    /// Opens a database on read-only storage, for reading only.
+    fn open_immutable(path: &Path, check: Check) -> Result<Db, StateError> {
+        let err = |source| StateError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'/')
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.');
+        let uri = format!(
+            "file:{}?immutable=1",
+            percent_encoding::utf8_percent_encode(&path.to_string_lossy(), PATH)
+        );
+        let conn = Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        let db = Db {
+            conn,
+            path: path.to_path_buf(),
+        };
+        db.check_integrity(check)?;
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db.err())?;
+        if version != MIGRATIONS.len() as i64 {
+            return Err(StateError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "schema version {version} on read-only storage (this ferry uses {}; it cannot migrate it there)",
+                    MIGRATIONS.len()
+                ),
+            });
         }
         Ok(db)
     }
@@ -292,14 +347,22 @@ impl Db {
             Check::Quick => "PRAGMA quick_check",
             Check::Full => "PRAGMA integrity_check",
         };
-        let mut stmt = self
-            .conn
-            .prepare(pragma)
-            .map_err(|e| corrupt(e.to_string()))?;
+        // Only corruption is reported as corruption; a file that cannot be
+        // opened or read is an I/O problem (exit 1), not a damaged database.
+        let classify = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) | None => {
+                corrupt(e.to_string())
+            }
+            Some(_) => StateError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            },
+        };
+        let mut stmt = self.conn.prepare(pragma).map_err(classify)?;
         let rows: Vec<String> = stmt
             .query_map([], |r| r.get(0))
             .and_then(|rows| rows.collect())
-            .map_err(|e| corrupt(e.to_string()))?;
+            .map_err(classify)?;
         if rows.len() == 1 && rows[0] == "ok" {
             Ok(())
         } else {

@@ -26,6 +26,9 @@ pub enum Fault {
     CutAfter(usize),
     /// Send the real file one byte every 100 ms (a slow-drip server).
     Drip,
+    /// Send the real file with the bit `1 << (n % 8)` of byte `n % len`
+    /// flipped (a corrupting link).
+    BitFlip(usize),
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +152,19 @@ fn handle(conn: TcpStream, root: &Path, shared: &Mutex<Shared>) -> std::io::Resu
                 conn.write_all(&[*b])?;
                 std::thread::sleep(Duration::from_millis(100));
             }
+            return Ok(());
+        }
+        Some(Fault::BitFlip(n)) if !body.is_empty() => {
+            let mut bad = body.to_vec();
+            bad[n % body.len()] ^= 1 << (n % 8);
+            conn.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    bad.len()
+                )
+                .as_bytes(),
+            )?;
+            conn.write_all(&bad)?;
             return Ok(());
         }
         Some(Fault::CutAfter(n)) => {
