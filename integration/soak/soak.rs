@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tuf::Device;
-use common::{FERRY, FileSpec, Snapshot, expected, manifest, stderr};
+use common::{FERRY, FileSpec, Rng, Snapshot, expected, manifest, stderr};
 
 const FILES: usize = 210;
 const OS_FILE: &str = "etc/os/pre.conf";
@@ -41,21 +41,33 @@ fn revision(tag: usize) -> Vec<FileSpec> {
             .collect::<Vec<_>>()
             .into_boxed_slice(),
     );
-    let mut files = vec![common::file("/etc/ferry-rev", &format!("rev {tag}\n"), "0644")];
+    let mut files = vec![common::file(
+        "/etc/ferry-rev",
+        &format!("rev {tag}\n"),
+        "0644",
+    )];
     for (i, name) in names.iter().enumerate() {
         let present = match tag {
             0 => i < FILES,
-            1 => i >= 20 && i < FILES + 20,
+            1 => (20..FILES + 20).contains(&i),
             _ => i >= 40,
         };
         if present {
-            let content = if i % 3 == tag { format!("{i} changed in {tag}\n") } else { format!("{i}\n") };
-            let mode = if (i + tag) % 5 == 0 { "0600" } else { "0644" };
+            let content = if i % 3 == tag {
+                format!("{i} changed in {tag}\n")
+            } else {
+                format!("{i}\n")
+            };
+            let mode = if (i + tag).is_multiple_of(5) { "0600" } else { "0644" };
             files.push(common::file(name, &content, mode));
         }
     }
     if tag < 2 {
-        files.push(common::file("/etc/os/pre.conf", &format!("managed by rev {tag}\n"), "0644"));
+        files.push(common::file(
+            "/etc/os/pre.conf",
+            &format!("managed by rev {tag}\n"),
+            "0644",
+        ));
     }
     files
 }
@@ -109,25 +121,25 @@ enum Action {
     Import(usize),
 }
 
-/// xorshift64*, seeded: a failing run is reproduced with its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-}
-
 fn args_of(d: &Device, a: Action) -> Vec<String> {
-    let bundle = |t: usize| d.fx.dir.path().join(format!("bundle-{t}")).display().to_string();
+    let bundle = |t: usize| {
+        d.fx.dir
+            .path()
+            .join(format!("bundle-{t}"))
+            .display()
+            .to_string()
+    };
     match a {
         Action::Apply(_) => vec!["apply".into(), "--no-reboot".into()],
         Action::Rollback => vec!["rollback".into(), "--no-reboot".into()],
         Action::Gc => vec!["gc".into()],
-        Action::Import(t) => vec!["import".into(), bundle(t), "--label".into(), "SOAK".into(), "--no-reboot".into()],
+        Action::Import(t) => vec![
+            "import".into(),
+            bundle(t),
+            "--label".into(),
+            "SOAK".into(),
+            "--no-reboot".into(),
+        ],
     }
 }
 
@@ -171,34 +183,60 @@ fn run_and_kill(d: &Device, a: Action, after: Duration) -> bool {
 
 fn check(d: &Device, label: &str) {
     let out = d.fx.run(&["recover"]);
-    assert!(out.status.success(), "{label}: recover failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "{label}: recover failed: {}",
+        stderr(&out)
+    );
     let link = d.fx.current_link();
     let status = d.fx.json(&["status", "--json"]);
-    assert_eq!(status["current"]["id"].as_u64(), link, "{label}: database and `current` disagree");
+    assert_eq!(
+        status["current"]["id"].as_u64(),
+        link,
+        "{label}: database and `current` disagree"
+    );
     assert!(
         status["open_transitions"].as_array().unwrap().is_empty(),
         "{label}: transitions left open: {status:#}"
     );
     let snap = d.fx.snapshot();
     let temps: Vec<&String> = snap.keys().filter(|k| k.contains(".ferry-tmp")).collect();
-    assert!(temps.is_empty(), "{label}: temp files left in the files root: {temps:?}");
+    assert!(
+        temps.is_empty(),
+        "{label}: temp files left in the files root: {temps:?}"
+    );
     let tag = current_tag(d).unwrap_or_else(|| panic!("{label}: no current revision"));
     assert_eq!(
         snap.keys().collect::<Vec<_>>(),
         snapshot_of(tag).keys().collect::<Vec<_>>(),
         "{label}: the files are not exactly revision {tag}'s"
     );
-    assert!(snap == snapshot_of(tag), "{label}: contents or modes differ from revision {tag}");
+    assert!(
+        snap == snapshot_of(tag),
+        "{label}: contents or modes differ from revision {tag}"
+    );
     assert!(d.fx.integrity_ok(), "{label}: integrity_check");
     let out = d.fx.run(&["audit", "verify"]);
-    assert!(out.status.success(), "{label}: audit chain: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "{label}: audit chain: {}",
+        stderr(&out)
+    );
 }
 
 fn converge(d: &Device, label: &str) {
     let out = d.fx.run(&["apply", "--no-reboot"]);
-    assert!(out.status.success(), "{label}: apply after recovery: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "{label}: apply after recovery: {}",
+        stderr(&out)
+    );
     let out = d.fx.run(&["plan", "--exit-code"]);
-    assert_eq!(out.status.code(), Some(0), "{label}: plan not empty after apply");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{label}: plan not empty after apply"
+    );
     d.fx.ok(&["gc"]);
     let left = d.fx.store_leftovers();
     assert!(left.is_empty(), "{label}: partial blobs after gc: {left:?}");
@@ -207,8 +245,14 @@ fn converge(d: &Device, label: &str) {
 
 #[test]
 fn random_kills_leave_a_consistent_device() {
-    let kills: usize = std::env::var("FERRY_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
-    let seed: u64 = std::env::var("FERRY_SOAK_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+    let kills: usize = std::env::var("FERRY_SOAK_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let seed: u64 = std::env::var("FERRY_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
     let d = Device::new(&[]);
     fs::create_dir_all(d.fx.root.join("etc/os")).unwrap();
     fs::write(d.fx.root.join(OS_FILE), OS_CONTENT).unwrap();
@@ -230,9 +274,21 @@ fn random_kills_leave_a_consistent_device() {
     ] {
         prepare(&d, a);
         let t = Instant::now();
-        let out = d.fx.cmd(&args_of(&d, a).iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+        let out =
+            d.fx.cmd(
+                &args_of(&d, a)
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .output()
+            .unwrap();
         took.insert(name, t.elapsed());
-        assert!(out.status.success() || name == "gc", "{name}: {}", stderr(&out));
+        assert!(
+            out.status.success() || name == "gc",
+            "{name}: {}",
+            stderr(&out)
+        );
     }
     converge(&d, "calibration");
     let mut rng = Rng(seed | 1);
@@ -240,8 +296,11 @@ fn random_kills_leave_a_consistent_device() {
     let mut by_action: BTreeMap<&str, usize> = BTreeMap::new();
     while killed < kills {
         rounds += 1;
-        assert!(rounds < kills * 20, "too few runs were still running when killed");
-        let tag = rng.below(3) as usize;
+        assert!(
+            rounds < kills * 20,
+            "too few runs were still running when killed"
+        );
+        let tag = rng.below(3);
         let (name, a) = match rng.below(8) {
             0..=3 => ("apply", Action::Apply(tag)),
             4 => ("rollback", Action::Rollback),
@@ -249,9 +308,12 @@ fn random_kills_leave_a_consistent_device() {
             _ => ("import", Action::Import(tag)),
         };
         prepare(&d, a);
-        let window = took[name].as_micros() as u64 * 6 / 5 + 1;
-        let after = Duration::from_micros(rng.below(window));
-        let label = format!("kill {} (seed {seed}, round {rounds}): {a:?} after {after:?}", killed + 1);
+        let window = took[name].as_micros() as usize * 6 / 5 + 1;
+        let after = Duration::from_micros(rng.below(window) as u64);
+        let label = format!(
+            "kill {} (seed {seed}, round {rounds}): {a:?} after {after:?}",
+            killed + 1
+        );
         if run_and_kill(&d, a, after) {
             killed += 1;
             *by_action.entry(name).or_default() += 1;
@@ -259,5 +321,7 @@ fn random_kills_leave_a_consistent_device() {
             converge(&d, &label);
         }
     }
-    println!("{killed} kills, 0 invariant violations ({rounds} runs; by action: {by_action:?}; seed {seed})");
+    println!(
+        "{killed} kills, 0 invariant violations ({rounds} runs; by action: {by_action:?}; seed {seed})"
+    );
 }

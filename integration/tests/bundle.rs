@@ -355,16 +355,7 @@ fn git_bundle_through_a_fat_image_gives_the_generation_an_online_apply_gives() {
         forged.join("ferry-bundle.json"),
     )
     .unwrap();
-    let out = repo
-        .git()
-        .arg("--git-dir")
-        .arg(&repo.bare)
-        .args(["bundle", "create"])
-        .arg(forged.join("git/ferry.bundle"))
-        .arg("main")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    bundle_main(&repo, &forged.join("git/ferry.bundle"));
     let packs = |dev: &Fixture| {
         let mut v: Vec<String> = fs::read_dir(dev.state.join("git/repo.git/objects/pack"))
             .unwrap()
@@ -387,16 +378,7 @@ fn git_bundle_through_a_fat_image_gives_the_generation_an_online_apply_gives() {
     repo.write("zeros.bin", &"\0".repeat(200 << 20));
     let huge = repo.commit("a 200 MiB file of zeros", Some(&keys.admin));
     repo.push(&huge);
-    let out = repo
-        .git()
-        .arg("--git-dir")
-        .arg(&repo.bare)
-        .args(["bundle", "create"])
-        .arg(forged.join("git/ferry.bundle"))
-        .arg("main")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    bundle_main(&repo, &forged.join("git/ferry.bundle"));
     assert!(fs::metadata(forged.join("git/ferry.bundle")).unwrap().len() < 4 << 20);
     refused(&dev, &forged, 3, &["ferry.bundle", "over"]);
     assert_eq!(packs(&dev), before);
@@ -409,6 +391,20 @@ fn git_bundle_through_a_fat_image_gives_the_generation_an_online_apply_gives() {
     fs::write(forged.join("git/ferry.bundle"), &good[..good.len() - 40]).unwrap();
     refused(&dev, &forged, 3, &["ferry.bundle", "pack"]);
     assert_eq!(current_revision(&dev), tip);
+}
+
+/// Writes the pushed `main` of `repo` as a git bundle with git itself.
+fn bundle_main(repo: &gitrepo::Repo, out: &Path) {
+    let out = repo
+        .git()
+        .arg("--git-dir")
+        .arg(&repo.bare)
+        .args(["bundle", "create"])
+        .arg(out)
+        .arg("main")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// Two bundles of the same repository, the device at the newer one.

@@ -91,6 +91,21 @@ fn device(extra: &str) -> Device {
     d
 }
 
+/// Turns on the metrics listener on a free loopback port; returns it.
+fn with_metrics(d: &Device) -> u16 {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    fs::write(
+        &d.fx.config,
+        format!("{text}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    port
+}
+
 fn current_content(d: &Device) -> String {
     fs::read_to_string(d.fx.root.join("etc/app.conf")).unwrap_or_default()
 }
@@ -113,16 +128,7 @@ fn agent_applies_rolls_back_unhealthy_revisions_and_does_not_retry_them() {
     notify
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let text = fs::read_to_string(&d.fx.config).unwrap();
-    fs::write(
-        &d.fx.config,
-        format!("{text}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
+    let port = with_metrics(&d);
 
     d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
     let agent = Agent::start(
@@ -364,16 +370,7 @@ fn a_reconcile_past_its_deadline_is_killed_and_recovered() {
 fn idle_and_oversized_local_clients_do_not_block_or_grow_the_agent() {
     use std::io::{Read, Write};
     let d = device("");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let text = fs::read_to_string(&d.fx.config).unwrap();
-    fs::write(
-        &d.fx.config,
-        format!("{text}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
+    let port = with_metrics(&d);
     d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
     let agent = Agent::start(&d, &[]);
     let sock = d.fx.dir.path().join("ferry.sock");

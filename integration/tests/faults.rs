@@ -26,12 +26,25 @@ impl Tmpfs {
             "mounting a size-limited tmpfs needs root: run integration/run-tests as root"
         );
         fs::create_dir_all(at).unwrap();
-        tool("mount", &["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs", at.to_str().unwrap()]);
+        tool(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+                at.to_str().unwrap(),
+            ],
+        );
         Tmpfs(at.to_owned())
     }
 
     fn remount(&self, opts: &str) {
-        tool("mount", &["-o", &format!("remount,{opts}"), self.0.to_str().unwrap()]);
+        tool(
+            "mount",
+            &["-o", &format!("remount,{opts}"), self.0.to_str().unwrap()],
+        );
     }
 }
 
@@ -49,10 +62,17 @@ fn big(n: usize) -> String {
 fn consistent(f: &Fixture, label: &str) {
     f.current_link();
     let st = f.json(&["status", "--json"]);
-    assert!(st["open_transitions"].as_array().unwrap().is_empty(), "{label}: {st:#}");
+    assert!(
+        st["open_transitions"].as_array().unwrap().is_empty(),
+        "{label}: {st:#}"
+    );
     assert!(f.integrity_ok(), "{label}: integrity_check");
     f.ok(&["audit", "verify"]);
-    let temps: Vec<String> = f.snapshot().into_keys().filter(|k| k.contains(".ferry-tmp")).collect();
+    let temps: Vec<String> = f
+        .snapshot()
+        .into_keys()
+        .filter(|k| k.contains(".ferry-tmp"))
+        .collect();
     assert!(temps.is_empty(), "{label}: {temps:?}");
 }
 
@@ -64,7 +84,10 @@ fn a_full_disk_fails_cleanly_and_the_next_apply_succeeds() {
     f.publish(&small);
     f.ok(&["apply"]);
     // 2 MiB of content into a 1 MiB state directory: staging fails.
-    let large = [file("/etc/a.conf", "small\n", "0644"), file("/opt/big.dat", &big(230_000), "0644")];
+    let large = [
+        file("/etc/a.conf", "small\n", "0644"),
+        file("/opt/big.dat", &big(230_000), "0644"),
+    ];
     f.publish(&large);
     let out = f.run(&["apply"]);
     let err = stderr(&out);
@@ -88,7 +111,10 @@ fn a_full_disk_fails_cleanly_and_the_next_apply_succeeds() {
     let out = f.run(&["apply"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(7), "{err}");
-    assert!(err.contains("No space left on device") && err.contains("rolled back"), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("rolled back"),
+        "{err}"
+    );
     assert_eq!(f.snapshot(), expected(&large));
     consistent(&f, "files root full");
     drop(root);
@@ -142,10 +168,17 @@ fn clock_jumps_never_reopen_expired_metadata() {
     let out = faketime_run(&d, "+100d", &["apply", "--no-reboot"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let floor_at = |d: &Device| -> i64 {
-        fs::read_to_string(d.fx.state.join("tuf/time-floor")).unwrap().trim().parse().unwrap()
+        fs::read_to_string(d.fx.state.join("tuf/time-floor"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     };
     let now = jiff::Timestamp::now().as_second();
-    assert!(floor_at(&d) > now + 99 * 86_400, "the floor follows the clock forward");
+    assert!(
+        floor_at(&d) > now + 99 * 86_400,
+        "the floor follows the clock forward"
+    );
     // Back to the real time: still fine (expiry is judged at the floor).
     d.publish(&[file("/etc/a", "2\n", "0644")]);
     d.fx.ok(&["apply", "--no-reboot"]);
@@ -154,7 +187,10 @@ fn clock_jumps_never_reopen_expired_metadata() {
     let out = faketime_run(&d, "+400d", &["apply", "--no-reboot"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
-    assert!(floor_at(&d) < now + 101 * 86_400, "a failed refresh does not move the floor");
+    assert!(
+        floor_at(&d) < now + 101 * 86_400,
+        "a failed refresh does not move the floor"
+    );
     // Metadata that expires before the floor is refused even though the
     // clock (jumped back) says it is valid: the device has been later.
     d.repo.run("expire", &["timestamp", "--days", "30"]);
@@ -167,18 +203,6 @@ fn clock_jumps_never_reopen_expired_metadata() {
     d.fx.ok(&["apply", "--no-reboot"]);
     assert_eq!(fs::read_to_string(d.fx.root.join("etc/a")).unwrap(), "3\n");
     consistent(&d.fx, "after the clock jumps");
-}
-
-/// xorshift64*, fixed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1) as u64) as usize
-    }
 }
 
 #[test]
@@ -230,5 +254,7 @@ fn a_faulty_link_never_leaves_a_half_applied_device() {
     }
     d.fx.ok(&["apply", "--no-reboot"]);
     assert_eq!(d.fx.snapshot(), expected(&rev(16)));
-    println!("{applied} of 16 faulty rounds still applied (the fault hit a cached or retried fetch)");
+    println!(
+        "{applied} of 16 faulty rounds still applied (the fault hit a cached or retried fetch)"
+    );
 }

@@ -317,11 +317,7 @@ fn a_download_cut_midway_resumes_with_an_http_range_request() {
     let big: String = (0..200_000).map(|i| format!("{i}\n")).collect();
     let files = [file("/opt/big.bin", &big, "0644")];
     d.publish(&files);
-    let t = d.repo.read_json("targets.json");
-    let sha = t["signed"]["targets"]["files/0"]["hashes"]["sha256"]
-        .as_str()
-        .unwrap();
-    let path = format!("/targets/files/{sha}.0");
+    let path = d.target_url_path("files/0");
     d.server.fault(&path, Some(Fault::CutAfter(300_000)));
     let out = d.fx.run(&["apply", "--no-reboot"]);
     assert!(!out.status.success());
@@ -341,11 +337,7 @@ fn a_target_dripped_slower_than_the_minimum_rate_is_cut_off() {
     let text: String = (0..400).map(|i| format!("{i}\n")).collect();
     let files = [file("/opt/a.txt", &text, "0644")];
     d.publish(&files);
-    let t = d.repo.read_json("targets.json");
-    let sha = t["signed"]["targets"]["files/0"]["hashes"]["sha256"]
-        .as_str()
-        .unwrap();
-    let path = format!("/targets/files/{sha}.0");
+    let path = d.target_url_path("files/0");
     // 10 bytes/s for ~1,500 bytes; at least 500 bytes/s are required: the
     // deadline is stall (2 s) + 1,490 / 500 s.
     let conf = fs::read_to_string(&d.fx.config).unwrap();

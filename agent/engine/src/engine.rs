@@ -1342,18 +1342,11 @@ impl Engine {
         floor
             .write(t)
             .map_err(|e| EngineError::io("writing the time floor", floor.path(), e))?;
-        let generation = self.db.current_generation()?;
-        self.db.with_tx(|tx| {
-            Db::append_audit(
-                tx,
-                &AuditEvent {
-                    generation,
-                    event: "time-floor-repaired",
-                    actor: LOCAL_OPERATOR,
-                    details: json!({"path": floor.path(), "problem": problem, "floor": t, "from_image": at.is_none()}),
-                },
-            )
-        })?;
+        self.audit(
+            "time-floor-repaired",
+            LOCAL_OPERATOR,
+            json!({"path": floor.path(), "problem": problem, "floor": t, "from_image": at.is_none()}),
+        )?;
         Ok(t)
     }
 

@@ -289,7 +289,9 @@ impl Db {
         );
         let conn = Connection::open_with_flags(
             uri,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(err)?;
         let db = Db {
@@ -350,9 +352,8 @@ impl Db {
         // Only corruption is reported as corruption; a file that cannot be
         // opened or read is an I/O problem (exit 1), not a damaged database.
         let classify = |e: rusqlite::Error| match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) | None => {
-                corrupt(e.to_string())
-            }
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            | None => corrupt(e.to_string()),
             Some(_) => StateError::Sqlite {
                 path: self.path.clone(),
                 source: e,

@@ -241,6 +241,21 @@ impl Fixture {
     }
 }
 
+/// xorshift64*: a seeded sequence, so a randomised test that fails is
+/// reproduced with its seed.
+#[derive(Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1) as u64) as usize
+    }
+}
+
 pub fn copy_tree(src: &Path, dest: &Path) {
     fs::create_dir_all(dest).unwrap();
     for e in fs::read_dir(src).unwrap() {

@@ -345,6 +345,17 @@ impl Device {
             .target("ferry/manifest.yaml", manifest(files).as_bytes(), "targets");
     }
 
+    /// The path the server serves target `name` under (consistent
+    /// snapshots: `<dir>/<sha256>.<base>`), for faults.
+    pub fn target_url_path(&self, name: &str) -> String {
+        let t = self.repo.read_json("targets.json");
+        let sha = t["signed"]["targets"][name]["hashes"]["sha256"]
+            .as_str()
+            .unwrap();
+        let (dir, base) = name.rsplit_once('/').unwrap_or(("", name));
+        format!("/targets/{dir}/{sha}.{base}")
+    }
+
     /// Runs `ferry apply`, expecting a refusal that names `needles`; checks
     /// that nothing changed and that the refusal was audited.
     pub fn refused(&self, needles: &[&str]) -> String {
