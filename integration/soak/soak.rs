@@ -9,6 +9,10 @@
 //! - `PRAGMA integrity_check` is ok and the audit chain verifies;
 //! - after one more apply, the plan is empty and gc leaves no partial blob.
 //!
+//! A second soak kills firmware installs (A/B image slots, GRUB played with
+//! grub-editenv) at random moments, cuts the power, boots what GRUB picks
+//! (it must hold a complete image), recovers and converges.
+//!
 //! `FERRY_SOAK_KILLS` (default 25, the short run in the test suite) sets
 //! the number of kills; `FERRY_SOAK_SEED` the random seed. The long run
 //! and its figures: integration/soak/README.md. Prints `N kills, 0
@@ -58,7 +62,11 @@ fn revision(tag: usize) -> Vec<FileSpec> {
             } else {
                 format!("{i}\n")
             };
-            let mode = if (i + tag).is_multiple_of(5) { "0600" } else { "0644" };
+            let mode = if (i + tag).is_multiple_of(5) {
+                "0600"
+            } else {
+                "0644"
+            };
             files.push(common::file(name, &content, mode));
         }
     }
@@ -324,4 +332,112 @@ fn random_kills_leave_a_consistent_device() {
     println!(
         "{killed} kills, 0 invariant violations ({rounds} runs; by action: {by_action:?}; seed {seed})"
     );
+}
+
+#[test]
+fn random_kills_during_firmware_installs_always_boot_a_complete_image() {
+    use common::gateway::{Gateway, image_bytes};
+    let kills: usize = std::env::var("FERRY_SOAK_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25)
+        / 5;
+    let seed: u64 = std::env::var("FERRY_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0xf1f0);
+    let g = Gateway::new();
+    g.d.f.ok(&["firmware", "mark-good"]);
+    fs::write(&g.healthy, "").unwrap();
+    // Boots and recovers until no reboot is asked for; returns the slot.
+    let settle = |label: &str| -> String {
+        let mut booted = g.power_on();
+        for _ in 0..4 {
+            let before = g.reboots();
+            let out = g.d.f.run(&["recover"]);
+            assert!(out.status.success(), "{label}: recover: {}", stderr(&out));
+            if g.reboots() == before {
+                return booted;
+            }
+            booted = g.power_on();
+        }
+        panic!("{label}: still rebooting after 4 boots");
+    };
+    let converge = |version: &str, label: &str| {
+        for _ in 0..3 {
+            if g.d.f.run(&["plan", "--exit-code"]).status.code() == Some(0) {
+                break;
+            }
+            let out = g.d.f.run(&["apply", "--no-reboot"]);
+            assert!(out.status.success(), "{label}: apply: {}", stderr(&out));
+            settle(label);
+        }
+        let booted = settle(label);
+        assert_eq!(
+            g.version_in(&booted),
+            version,
+            "{label}: converged onto {version}"
+        );
+        assert_eq!(g.open_transitions(), 0, "{label}");
+        assert!(g.d.f.integrity_ok(), "{label}: integrity_check");
+        g.d.f.ok(&["audit", "verify"]);
+    };
+    // Calibration: one uninterrupted install.
+    g.publish("v2");
+    let t = Instant::now();
+    g.d.f.ok(&["apply", "--no-reboot"]);
+    let took = t.elapsed();
+    converge("v2", "calibration");
+    let mut rng = Rng(seed | 1);
+    let (mut killed, mut rounds) = (0, 0);
+    let mut running = "v2".to_owned();
+    while killed < kills {
+        rounds += 1;
+        assert!(
+            rounds < kills * 20 + 20,
+            "too few installs were still running when killed"
+        );
+        let next = format!("v{}", 1 + rng.below(4));
+        if next == running {
+            continue;
+        }
+        g.publish(&next);
+        let after = Duration::from_micros(rng.below(took.as_micros() as usize * 6 / 5 + 1) as u64);
+        let label = format!(
+            "firmware kill {} (seed {seed}, round {rounds}): {running} -> {next} after {after:?}",
+            killed + 1
+        );
+        let mut child =
+            g.d.f
+                .cmd(&["apply", "--no-reboot"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+        let end = Instant::now() + after;
+        let was_killed = loop {
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            if Instant::now() >= end {
+                child.kill().unwrap();
+                break child.wait().unwrap().signal() == Some(9);
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        };
+        // The power goes either way; the next boot must run a complete image.
+        let booted = settle(&label);
+        assert!(
+            g.slot_image(&booted) == image_bytes(&g.version_in(&booted)),
+            "{label}: booted an incomplete image"
+        );
+        assert_eq!(g.open_transitions(), 0, "{label}: open after recovery");
+        g.d.f.ok(&["audit", "verify"]);
+        converge(&next, &label);
+        running = next;
+        if was_killed {
+            killed += 1;
+        }
+    }
+    println!("{killed} firmware kills, 0 invariant violations ({rounds} installs; seed {seed})");
 }

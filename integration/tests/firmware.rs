@@ -11,6 +11,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use common::gateway::{Device, Gateway, SLOT_SIZE, image_bytes};
 use common::*;
 use ferry_engine::firmware::env::{BootEnv, BootEnvStore};
 use ferry_engine::firmware::grub::{self, GrubEnv};
@@ -370,59 +371,6 @@ fn uboot_redundant_copies_agree_with_libubootenv() {
     );
 }
 
-/// A device with a GRUB environment, two image-file slots and a kernel
-/// command line file; the test plays the bootloader with grub-editenv,
-/// following the script in images/bootloader/grub.cfg.
-struct Device {
-    f: Fixture,
-    grubenv: std::path::PathBuf,
-    cmdline: std::path::PathBuf,
-}
-
-impl Device {
-    fn new() -> Device {
-        let f = Fixture::new();
-        let (grubenv, cmdline) = grub_firmware(&f);
-        Device {
-            f,
-            grubenv,
-            cmdline,
-        }
-    }
-
-    fn get(&self, name: &str) -> Option<String> {
-        let list = tool("grub-editenv", &[self.grubenv.to_str().unwrap(), "list"]);
-        list.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_owned))
-    }
-
-    /// The GRUB script: first slot in ORDER with OK=1 and TRY=0; TRY=1 saved; booted.
-    fn boot(&self) -> Option<String> {
-        let order = self.get("ORDER").unwrap_or_default();
-        for slot in order.split_whitespace() {
-            if self.get(&format!("{slot}_OK")).as_deref() == Some("1")
-                && self.get(&format!("{slot}_TRY")).as_deref() == Some("0")
-            {
-                tool(
-                    "grub-editenv",
-                    &[
-                        self.grubenv.to_str().unwrap(),
-                        "set",
-                        &format!("{slot}_TRY=1"),
-                    ],
-                );
-                fs::write(
-                    &self.cmdline,
-                    format!("quiet root=/dev/slot{slot} rauc.slot={slot}\n"),
-                )
-                .unwrap();
-                return Some(slot.to_owned());
-            }
-        }
-        None
-    }
-}
-
 #[test]
 fn booted_slot_is_marked_good_and_audited() {
     let d = Device::new();
@@ -521,130 +469,6 @@ fn firmware_config_is_validated() {
 }
 
 // ---- the install flow against a simulated GRUB boot -----------------------
-
-const SLOT_SIZE: usize = 4 << 20;
-
-fn image_bytes(version: &str) -> Vec<u8> {
-    // 3 MiB: several write chunks, so a crash can land mid-write.
-    let mut out = Vec::with_capacity(3 << 20);
-    let mut i: u32 = 0;
-    while out.len() < 3 << 20 {
-        out.extend_from_slice(format!("{version}:{i:08}\n").as_bytes());
-        i += 1;
-    }
-    out
-}
-
-/// A device with two 4 MiB image-file slots, slot A holding firmware v1,
-/// GRUB booting A; health = a marker file; reboots counted in a file.
-struct Gateway {
-    d: Device,
-    healthy: std::path::PathBuf,
-    reboots: std::path::PathBuf,
-    boot_id: std::path::PathBuf,
-    boots: std::cell::Cell<u32>,
-}
-
-impl Gateway {
-    fn new() -> Gateway {
-        let d = Device::new();
-        let dir = d.f.dir.path().to_path_buf();
-        let (healthy, reboots, boot_id) = (
-            dir.join("healthy"),
-            dir.join("reboots"),
-            dir.join("boot_id"),
-        );
-        let text = fs::read_to_string(&d.f.config)
-            .unwrap()
-            .replace("size = 1048576", &format!("size = {SLOT_SIZE}"));
-        fs::write(
-            &d.f.config,
-            text.replace(
-                "[firmware]\n",
-                &format!(
-                    "[firmware]\nboot_id = {boot_id:?}\nreboot_command = [\"sh\", \"-c\", \"echo reboot >> {}\"]\n",
-                    reboots.display()
-                ),
-            ) + &format!("[[health.check]]\ncommand = [\"test\", \"-e\", {healthy:?}]\n"),
-        )
-        .unwrap();
-        fs::write(dir.join("slot-a.img"), image_bytes("v1")).unwrap();
-        fs::write(dir.join("slot-b.img"), b"").unwrap();
-        let g = Gateway {
-            d,
-            healthy,
-            reboots,
-            boot_id,
-            boots: std::cell::Cell::new(0),
-        };
-        g.power_on();
-        g
-    }
-
-    /// Power on: a new boot id, GRUB picks a slot; returns it. The slot it
-    /// boots must hold a complete, verified image.
-    fn power_on(&self) -> String {
-        self.boots.set(self.boots.get() + 1);
-        fs::write(&self.boot_id, format!("boot-{}\n", self.boots.get())).unwrap();
-        let slot = self.d.boot().expect("GRUB finds a bootable slot");
-        let content = fs::read(
-            self.d
-                .f
-                .dir
-                .path()
-                .join(format!("slot-{}.img", slot.to_lowercase())),
-        )
-        .unwrap();
-        assert!(
-            content == image_bytes("v1") || content == image_bytes("v2"),
-            "slot {slot} booted with an incomplete image ({} bytes)",
-            content.len()
-        );
-        slot
-    }
-
-    fn reboots(&self) -> usize {
-        fs::read_to_string(&self.reboots)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    }
-
-    fn publish(&self, version: &str) {
-        self.d.f.publish_raw(
-            &format!(
-                "apiVersion: ferry.dev/v1\nresources:\n  - {{kind: file, path: /etc/os-version, source: files/version}}\n  - {{kind: firmware, name: gateway-os, version: \"{version}\", source: images/os.img}}\n"
-            ),
-            &[("files/version".to_owned(), format!("{version}\n")), ("images/os.img".to_owned(), String::from_utf8(image_bytes(version)).unwrap())],
-        );
-    }
-
-    fn slot_image(&self, slot: &str) -> Vec<u8> {
-        fs::read(
-            self.d
-                .f
-                .dir
-                .path()
-                .join(format!("slot-{}.img", slot.to_lowercase())),
-        )
-        .unwrap()
-    }
-
-    fn open_transitions(&self) -> usize {
-        self.d.f.json(&["status", "--json"])["open_transitions"]
-            .as_array()
-            .unwrap()
-            .len()
-    }
-
-    fn audit_events(&self) -> Vec<String> {
-        let a = self.d.f.json(&["audit", "list", "--json"]);
-        a.as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["event"].as_str().unwrap().to_owned())
-            .collect()
-    }
-}
 
 #[test]
 fn update_then_healthy_boot_is_marked_good() {

@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod gateway;
 pub mod tuf;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
