@@ -304,8 +304,9 @@ fn bad_histories_are_refused_and_audited() {
         conf,
     );
     reset();
-    // Content problems in authentic commits: the commit is accepted as
-    // history (a later fix goes on top of it), its revision refused.
+    // Entries a device never accepts into its history, even in authentic
+    // commits: the branch must be reset below them (the device never
+    // accepted them, so that is no rollback for it).
     // An oversized file.
     s.repo.write("sites/plant-7/site.conf", &"x".repeat(5000));
     s.repo.commit("big", Some(&k.admin));
@@ -313,10 +314,11 @@ fn bad_histories_are_refused_and_audited() {
     assert_refused(
         &s,
         &s.apply(),
-        "5000 bytes; the limit is 4096",
+        "brings sites/plant-7/site.conf, 5000 bytes, over max_file_bytes (4096)",
         gen_ok,
         conf,
     );
+    reset();
     // A symlink leaving the tree.
     fs::remove_file(s.repo.work.join("sites/plant-7/site.conf")).unwrap();
     std::os::unix::fs::symlink(
@@ -329,11 +331,12 @@ fn bad_histories_are_refused_and_audited() {
     assert_refused(
         &s,
         &s.apply(),
-        "sites/plant-7/site.conf is a symlink",
+        "brings sites/plant-7/site.conf, a symlink to",
         gen_ok,
         conf,
     );
     fs::remove_file(s.repo.work.join("sites/plant-7/site.conf")).unwrap();
+    reset();
 
     // After all that, a good commit on top goes through.
     s.repo.write("sites/plant-7/site.conf", "threshold = 90\n");

@@ -30,6 +30,10 @@ pub enum ConfigError {
 pub struct Config {
     /// Where state.db, the store and the generations live.
     pub state_dir: PathBuf,
+    /// A time the device knows has passed (RFC 3339, e.g. the image build
+    /// time): the secure time floor of every source starts here. (Older
+    /// configurations say `source.tuf.time_floor`, which still works.)
+    pub time_floor: Option<String>,
     /// Device facts file (labels, variables, secrets); see docs/facts.md.
     pub facts: PathBuf,
     pub source: SourceConfig,
@@ -420,6 +424,15 @@ pub struct GitSourceConfig {
     pub manifest: String,
     /// Largest file read from a commit.
     pub max_file_bytes: u64,
+    /// A signers policy on the device (baked into the image): changes must
+    /// be allowed by it as well as by the repository's policy.
+    pub device_policy: Option<PathBuf>,
+    /// The signed freshness record inside the repository.
+    pub freshness: String,
+    /// When set, the tip must carry a freshness record issued no longer
+    /// ago than this (`7d`, `36h`): a server serving an old tip for ever is
+    /// refused once it is this stale.
+    pub freshness_max_age: Option<String>,
 }
 
 impl Default for GitSourceConfig {
@@ -433,6 +446,9 @@ impl Default for GitSourceConfig {
             depth: None,
             manifest: "ferry.yaml".to_owned(),
             max_file_bytes: crate::source::git::DEFAULT_MAX_FILE_BYTES,
+            device_policy: None,
+            freshness: "ferry/freshness.toml".to_owned(),
+            freshness_max_age: None,
         }
     }
 }
@@ -496,6 +512,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             state_dir: PathBuf::from("/var/lib/ferry"),
+            time_floor: None,
             facts: PathBuf::from(crate::facts::FACTS_FILE),
             source: SourceConfig::default(),
             files: FilesConfig::default(),
@@ -571,13 +588,30 @@ impl Config {
     }
 
     fn from_table(merged: toml::Table, path: PathBuf) -> Result<Config, ConfigError> {
-        let config: Config =
+        let mut config: Config =
             toml::Value::Table(merged)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     path,
                     message: e.message().to_owned(),
                 })?;
+        // One floor for every source: the top-level key is the source of
+        // truth; the TUF source reads it where it always did.
+        if let Some(t) = &config.time_floor {
+            if config
+                .source
+                .tuf
+                .time_floor
+                .as_ref()
+                .is_some_and(|old| old != t)
+            {
+                return Err(ConfigError::Invalid {
+                    key: "time_floor",
+                    message: "differs from source.tuf.time_floor; set one of them".into(),
+                });
+            }
+            config.source.tuf.time_floor = Some(t.clone());
+        }
         config.validate()?;
         Ok(config)
     }

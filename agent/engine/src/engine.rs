@@ -302,6 +302,12 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        // A verified move of the source's trust state (git: the accepted
+        // commit) is audited before it is made, changes or not.
+        if let Some(details) = rev.acceptance() {
+            self.audit("source-accepted", rev.actor(), details)?;
+            rev.accept()?;
+        }
         let desired = match manifest::load(&rev, source.manifest_path(), facts) {
             Ok(d) => d,
             Err(e) => {

@@ -221,8 +221,17 @@ impl Repo {
     /// Stages everything and commits, signed by `key` (or unsigned);
     /// returns the commit id.
     pub fn commit(&self, message: &str, key: Option<&Key>) -> String {
+        self.commit_dated(message, key, None)
+    }
+
+    /// `commit` with the author and committer date set to `date` (git's
+    /// date syntax, e.g. `2019-06-01T12:00:00Z`): a backdated commit.
+    pub fn commit_dated(&self, message: &str, key: Option<&Key>, date: Option<&str>) -> String {
         run(self.git().args(["add", "-A"]));
         let mut c = self.git();
+        if let Some(d) = date {
+            c.env("GIT_COMMITTER_DATE", d).env("GIT_AUTHOR_DATE", d);
+        }
         match key {
             Some(Key::Ssh(p)) => {
                 c.args(["-c", "gpg.format=ssh", "-c"])
@@ -241,6 +250,52 @@ impl Repo {
         }
         run(&mut c);
         self.head()
+    }
+
+    /// A signed commit (by `key`, SSH) on top of HEAD whose tree is HEAD's
+    /// plus one raw `git mktree` line (`MODE TYPE OID\tNAME`, for entries
+    /// git's own tools would not make); HEAD moves to it, the work tree
+    /// stays.
+    pub fn commit_with_entry(&self, message: &str, key: &Key, entry: &str) -> String {
+        let listing = stdout(self.git().args(["ls-tree", "HEAD"]));
+        let mut mktree = self.git();
+        mktree
+            .arg("mktree")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = mktree.spawn().unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(stdin, "{listing}\n{entry}").unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "mktree: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let Key::Ssh(p) = key else {
+            panic!("an SSH key")
+        };
+        let parent = self.head();
+        let commit = stdout(
+            self.git()
+                .args(["-c", "gpg.format=ssh", "-c"])
+                .arg(format!("user.signingkey={}", p.display()))
+                .args(["commit-tree", "-S", &tree, "-p", &parent, "-m", message]),
+        );
+        // Only the branch moves: such a tree cannot be checked out.
+        run(self.git().args(["update-ref", "HEAD", &commit]));
+        commit
+    }
+
+    /// `git hash-object -w` of `content`.
+    pub fn blob(&self, content: &str) -> String {
+        let tmp = self.work.parent().unwrap().join("blob-content");
+        fs::write(&tmp, content).unwrap();
+        stdout(self.git().args(["hash-object", "-w"]).arg(&tmp))
     }
 
     pub fn head(&self) -> String {

@@ -603,6 +603,10 @@ pub fn source(config: &Config, opened: &Opened) -> Result<Box<dyn Source>, Bundl
         )?),
         _ => {
             let mut opts = GitOptions::from_config(&config.source.git, &config.state_dir)?;
+            opts.time_floor = Some(crate::source::tuf::TimeFloor::from_config(
+                &config.source.tuf,
+                &config.state_dir,
+            )?);
             opts.bundle = Some(opened.root.join(GIT_BUNDLE));
             opts.depth = None;
             Box::new(GitSource::new(opts))

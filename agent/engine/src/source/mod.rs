@@ -128,6 +128,17 @@ pub trait VerifiedRevision: Send + Sync {
     /// The content address of `path` from signed metadata, if the source has
     /// signed metadata for it (`None` for the unsigned dir source).
     fn signed_target(&self, path: &RepoPath) -> Result<Option<ContentRef>, SourceError>;
+    /// A move of the source's own trust state this revision makes once
+    /// accepted (git: the accepted commit advances): what to audit first.
+    /// `None`: nothing moves.
+    fn acceptance(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Makes the move `acceptance` describes durable; the engine calls it
+    /// after the move is audited.
+    fn accept(&self) -> Result<(), SourceError> {
+        Ok(())
+    }
     /// Streams the bytes of `path`. Callers enforce the content address.
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError>;
     /// Streams the bytes of `path` from byte `offset` on (to resume an
@@ -210,10 +221,14 @@ pub fn from_config(config: &crate::Config) -> Result<Box<dyn Source>, crate::con
             &config.source.tuf,
             &config.state_dir,
         )?)),
-        Some("git") => Ok(Box::new(git::GitSource::new(git::GitOptions::from_config(
-            &config.source.git,
-            &config.state_dir,
-        )?))),
+        Some("git") => {
+            let mut opts = git::GitOptions::from_config(&config.source.git, &config.state_dir)?;
+            opts.time_floor = Some(tuf::TimeFloor::from_config(
+                &config.source.tuf,
+                &config.state_dir,
+            )?);
+            Ok(Box::new(git::GitSource::new(opts)))
+        }
         Some(other) => Err(ConfigError::Invalid {
             key: "source.kind",
             message: format!("unknown source kind {other:?} (known: tuf, git, dir)"),

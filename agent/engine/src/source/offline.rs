@@ -134,6 +134,14 @@ impl VerifiedRevision for OfflineRevision {
         &self.actor
     }
 
+    fn acceptance(&self) -> Option<serde_json::Value> {
+        self.inner.acceptance()
+    }
+
+    fn accept(&self) -> Result<(), SourceError> {
+        self.inner.accept()
+    }
+
     fn signed_target(&self, path: &RepoPath) -> Result<Option<ContentRef>, SourceError> {
         self.inner.signed_target(path)
     }

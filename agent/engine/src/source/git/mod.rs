@@ -57,6 +57,15 @@ pub struct GitOptions {
     /// Take the branch from this git bundle file (an offline import)
     /// instead of fetching from `url`.
     pub bundle: Option<PathBuf>,
+    /// The device's secure time floor (shared with the TUF source): new
+    /// commits' keys are judged no earlier than it.
+    pub time_floor: Option<super::tuf::TimeFloor>,
+    /// The device's own signers policy (`source.git.device_policy`).
+    pub device_policy: Option<Policy>,
+    /// The freshness record in the repository, and its maximum age (off
+    /// when `None`).
+    pub freshness: RepoPath,
+    pub freshness_max_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug)]
@@ -139,16 +148,6 @@ impl GitSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(git_err(e, "reading the last accepted commit")),
         }
-    }
-
-    fn set_accepted(&self, id: &ObjectId) -> Result<(), SourceError> {
-        crate::fsutil::write_atomic(
-            &self.accepted_file(),
-            0o600,
-            &mut format!("{id}\n").as_bytes(),
-        )
-        .map(|_| ())
-        .map_err(|e| git_err(e, "recording the accepted commit"))
     }
 
     /// Fetches the branch into `refs/ferry/fetched` (forced, so that a
@@ -316,7 +315,14 @@ impl GitSource {
         let floor = match accepted {
             Some(a) => Some(a),
             None => match &self.opts.pin {
-                Some(p) => Some(resolve(repo, p).map_err(|e| refused(&tip, e))?),
+                Some(p) => Some(resolve(repo, p).map_err(|_| {
+                    refused(
+                        &tip,
+                        format!(
+                            "is not a descendant of the pinned commit {p} (rollback or rewritten history): the fetched history does not contain it"
+                        ),
+                    )
+                })?),
                 None => None,
             },
         };
@@ -335,11 +341,11 @@ impl GitSource {
                         &tip,
                         if older {
                             format!(
-                                "is older than {what} {f}: the branch was rewound (rollback refused)"
+                                "is not a descendant of {what} {f} (rollback or rewritten history): it is older, the branch was rewound (rollback refused)"
                             )
                         } else {
                             format!(
-                                "does not descend from {what} {f}: unrelated history or a force-push (refused)"
+                                "is not a descendant of {what} {f} (rollback or rewritten history): unrelated history or a force-push (refused)"
                             )
                         },
                     ));
@@ -350,10 +356,30 @@ impl GitSource {
             // trusted key; its history is not judged.
             None => vec![(tip, parents(repo, &tip)?)],
         };
+        // Key validity is judged at the later of the committer time (which
+        // the signer writes) and the device's secure time floor: a holder
+        // of an expired key cannot backdate a new commit past its expiry.
+        let time_floor = self.floor_now()?;
         let mut verified = Vec::with_capacity(range.len());
         // Oldest first, so that the first problem reported is the first made.
         for (id, ps) in range.iter().rev() {
-            let signer = commit_signer(repo, trust, id)?;
+            let signer = commit_signer_at(repo, trust, id, time_floor)?;
+            // Only what the commit changes against its first parent (a
+            // fresh device: its whole tree) is looked at.
+            let old = match ps.first() {
+                // A fresh device without a pin verifies the tip alone (its
+                // parents may be beyond a shallow fetch): its whole tree.
+                Some(p) if floor.is_some() => Some(tree_of(repo, p)?),
+                _ => None,
+            };
+            if let Some((path, why)) =
+                unsafe_entry(repo, old, tree_of(repo, id)?, "", self.opts.max_file_bytes)?
+            {
+                return Err(refused(
+                    id,
+                    format!("brings {path}, {why}; such entries are never accepted"),
+                ));
+            }
             if floor.is_some() {
                 self.check_paths(repo, id, ps, &signer)?;
             }
@@ -366,7 +392,8 @@ impl GitSource {
     }
 
     /// The paths `id` changes must be ones its signer may change under the
-    /// policy of its first parent (none there: no restriction).
+    /// repository policy of its first parent (none there: no restriction)
+    /// and under the device's own policy (none: no restriction).
     fn check_paths(
         &self,
         repo: &gix::Repository,
@@ -378,24 +405,40 @@ impl GitSource {
             return Ok(());
         };
         let parent_tree = tree_of(repo, first)?;
-        let Some(text) = read_blob_at(
+        let repo_policy = match read_blob_at(
             repo,
             parent_tree,
             &self.opts.policy,
             policy::MAX_POLICY_BYTES as u64,
         )
         .map_err(|e| refused(id, format!("policy {} at {first}: {e}", self.opts.policy)))?
-        else {
-            return Ok(());
+        {
+            None => None,
+            Some(text) => {
+                let text = String::from_utf8(text).map_err(|_| {
+                    refused(
+                        id,
+                        format!("policy {} at {first} is not UTF-8", self.opts.policy),
+                    )
+                })?;
+                Some(Policy::parse(&text).map_err(|e| {
+                    refused(id, format!("policy {} at {first}: {e}", self.opts.policy))
+                })?)
+            }
         };
-        let text = String::from_utf8(text).map_err(|_| {
-            refused(
-                id,
-                format!("policy {} at {first} is not UTF-8", self.opts.policy),
-            )
-        })?;
-        let policy = Policy::parse(&text)
-            .map_err(|e| refused(id, format!("policy {} at {first}: {e}", self.opts.policy)))?;
+        let policies: Vec<(&Policy, String)> = repo_policy
+            .iter()
+            .map(|p| (p, format!("the signers policy {}", self.opts.policy)))
+            .chain(self.opts.device_policy.iter().map(|p| {
+                (
+                    p,
+                    "the device's signers policy (source.git.device_policy)".to_owned(),
+                )
+            }))
+            .collect();
+        if policies.is_empty() {
+            return Ok(());
+        }
         let tree = tree_of(repo, id)?;
         // A merge's own changes are the paths it changes against every parent.
         let mut changed: Option<BTreeSet<String>> = None;
@@ -408,26 +451,74 @@ impl GitSource {
             });
         }
         let changed: Vec<String> = changed.unwrap_or_default().into_iter().collect();
-        if let Some(path) = policy.first_forbidden(&signer.key_id, &changed) {
-            let names: Vec<&str> = policy
-                .rules_for(&signer.key_id)
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect();
-            return Err(refused(
-                id,
-                format!(
-                    "signed by {} ({}), which the signers policy does not allow to change {path}",
-                    signer.key_id,
-                    if names.is_empty() {
-                        "not in the policy".to_owned()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
-            ));
+        for (policy, which) in policies {
+            if let Some(path) = policy.first_forbidden(signer, &changed) {
+                let names: Vec<&str> = policy
+                    .rules_for(signer)
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect();
+                return Err(refused(
+                    id,
+                    format!(
+                        "signed by {} ({}), which {which} does not allow to change {path}",
+                        signer.key_id,
+                        if names.is_empty() {
+                            "not in the policy".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Refuses a tip whose freshness record is missing, unreadable or
+    /// older than `freshness_max_age` (or past its own `expires`), judged
+    /// at the later of the clock and the secure time floor. Returns the
+    /// record's signed issue time.
+    fn check_freshness(
+        &self,
+        repo: &gix::Repository,
+        tip: &ObjectId,
+        floor: Option<i64>,
+    ) -> Result<Option<i64>, SourceError> {
+        let Some(max_age) = self.opts.freshness_max_age else {
+            return Ok(None);
+        };
+        let name = &self.opts.freshness;
+        let stale = |why: String| {
+            refused(
+                tip,
+                format!(
+                    "{why}; the server may be holding back updates (freeze attack): the tip is not treated as current"
+                ),
+            )
+        };
+        let text = read_blob_at(repo, tree_of(repo, tip)?, name, MAX_FRESHNESS_BYTES)
+            .map_err(|e| stale(format!("freshness record {name}: {e}")))?
+            .ok_or_else(|| stale(format!("carries no freshness record {name}")))?;
+        let record =
+            Freshness::parse(&text).map_err(|e| stale(format!("freshness record {name}: {e}")))?;
+        let now = super::tuf::clock_now().max(floor.unwrap_or(i64::MIN));
+        let limit = record
+            .issued
+            .saturating_add(i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX));
+        let limit = record.expires.map_or(limit, |e| e.min(limit));
+        if now > limit {
+            return Err(stale(format!(
+                "freshness record {name} issued {} is stale since {} (now {}, source.git.freshness_max_age {})",
+                fmt_time(record.issued),
+                fmt_time(limit),
+                fmt_time(now),
+                self.opts
+                    .freshness_max_age
+                    .map_or(String::new(), |d| format!("{} s", d.as_secs()))
+            )));
+        }
+        Ok(Some(record.issued))
     }
 
     fn revision(
@@ -435,6 +526,7 @@ impl GitSource {
         repo: gix::Repository,
         commit: ObjectId,
         actor: String,
+        pending: Option<Pending>,
     ) -> Result<Arc<dyn VerifiedRevision>, SourceError> {
         let tree = tree_of(&repo, &commit)?;
         Ok(Arc::new(GitRevision {
@@ -443,6 +535,7 @@ impl GitSource {
             tree,
             actor,
             max_file_bytes: self.opts.max_file_bytes,
+            pending,
         }))
     }
 }
@@ -616,6 +709,12 @@ impl GitSource {
         };
         let trust = Trust::load(&self.opts.trust_dir).map_err(|e| git_err(e, "trust"))?;
         let verified = self.verify(&repo, &trust, accepted, id)?;
+        // The tip must be fresh, also when it did not move: an old tip
+        // served for ever is the attack.
+        let issued = match target {
+            None => self.check_freshness(&repo, &id, self.floor_now()?)?,
+            Some(_) => None,
+        };
         let actor = match verified.last() {
             Some(v) => v.signer.key_id.clone(),
             // No new commit: the target is the accepted one; who signed it.
@@ -630,11 +729,48 @@ impl GitSource {
             }
             None => repo,
         };
-        if advance && accepted != Some(id) {
-            self.set_accepted(&id)?;
-            tracing::info!(commit = %id, commits = verified.len(), signer = %actor, "git: accepted");
+        // The accepted commit moves only once the engine has audited the
+        // move (`VerifiedRevision::accept`).
+        let pending = (advance && accepted != Some(id)).then(|| {
+            let mut signers: Vec<&str> =
+                verified.iter().map(|v| v.signer.key_id.as_str()).collect();
+            signers.sort_unstable();
+            signers.dedup();
+            let mut checked = vec!["signatures", "descent", "entries"];
+            if accepted.is_some() || self.opts.pin.is_some() {
+                checked.push("paths");
+            }
+            if issued.is_some() {
+                checked.push("freshness");
+            }
+            Pending {
+                commit: id,
+                file: self.accepted_file(),
+                floor: self.opts.time_floor.clone(),
+                issued,
+                details: serde_json::json!({
+                    "source": SOURCE_NAME,
+                    "commit": id.to_string(),
+                    "previous": accepted.map(|a| a.to_string()),
+                    "commits": verified.len(),
+                    "signers": signers,
+                    "checked": checked,
+                    "freshness_issued": issued,
+                }),
+            }
+        });
+        self.revision(repo, id, actor, pending)
+    }
+
+    /// The secure time floor now, if the device keeps one.
+    fn floor_now(&self) -> Result<Option<i64>, SourceError> {
+        match &self.opts.time_floor {
+            Some(f) => f.get().map(Some).map_err(|error| SourceError::TimeFloor {
+                source_name: SOURCE_NAME.to_owned(),
+                error: Box::new(error),
+            }),
+            None => Ok(None),
         }
-        self.revision(repo, id, actor)
     }
 }
 
@@ -654,16 +790,29 @@ impl Source for GitSource {
 }
 
 /// Who signed commit `id`, if a trusted key did (its signature checked at
-/// the committer time).
+/// the committer time). For a commit accepted earlier: its signer's key
+/// was judged valid when it was first seen.
 fn commit_signer(
     repo: &gix::Repository,
     trust: &Trust,
     id: &ObjectId,
 ) -> Result<Signer, SourceError> {
+    commit_signer_at(repo, trust, id, None)
+}
+
+/// Who signed commit `id`, the key judged at the later of the committer
+/// time and `floor` (the secure time floor, for a commit seen now).
+fn commit_signer_at(
+    repo: &gix::Repository,
+    trust: &Trust,
+    id: &ObjectId,
+    floor: Option<i64>,
+) -> Result<Signer, SourceError> {
     let commit = repo
         .find_commit(*id)
         .map_err(|e| git_err(e, &format!("reading commit {id}")))?;
-    let time = commit.committer().map(|s| s.seconds()).unwrap_or(0);
+    let committed = commit.committer().map(|s| s.seconds()).unwrap_or(0);
+    let at = floor.map_or(committed, |f| f.max(committed));
     let signature = commit
         .signature()
         .map_err(|e| refused(id, format!("unreadable signature: {e}")))?;
@@ -671,8 +820,18 @@ fn commit_signer(
         return Err(refused(id, "is not signed"));
     };
     trust
-        .verify(sig.as_bytes(), data.to_bstring().as_bytes(), time)
-        .map_err(|e| refused(id, e))
+        .verify(sig.as_bytes(), data.to_bstring().as_bytes(), at)
+        .map_err(|e| match e {
+            sig::SigError::OutsideValidity { .. } if at > committed => refused(
+                id,
+                format!(
+                    "{e}; judged at the device's secure time floor {}, later than the committer time {} (a backdated signature)",
+                    jiff::Timestamp::from_second(at).map_or(at.to_string(), |t| t.to_string()),
+                    jiff::Timestamp::from_second(committed).map_or(committed.to_string(), |t| t.to_string()),
+                ),
+            ),
+            e => refused(id, e),
+        })
 }
 
 fn resolve(repo: &gix::Repository, spec: &str) -> Result<ObjectId, String> {
@@ -729,6 +888,9 @@ fn tree_of(repo: &gix::Repository, id: &ObjectId) -> Result<ObjectId, SourceErro
 enum EntryKind {
     Tree,
     Blob,
+    /// A blob with the executable bit (mode 100755): a different entry
+    /// from the same blob at 100644, so a mode change is a change.
+    Exec,
     Link,
     Submodule,
 }
@@ -753,6 +915,8 @@ fn entries(
                 EntryKind::Link
             } else if e.mode.is_commit() {
                 EntryKind::Submodule
+            } else if e.mode.is_executable() {
+                EntryKind::Exec
             } else {
                 EntryKind::Blob
             };
@@ -816,6 +980,150 @@ fn diff_trees(
     Ok(())
 }
 
+/// Largest freshness record read.
+const MAX_FRESHNESS_BYTES: u64 = 4096;
+
+fn fmt_time(t: i64) -> String {
+    jiff::Timestamp::from_second(t).map_or(t.to_string(), |ts| ts.to_string())
+}
+
+/// The signed freshness record a release pipeline re-commits regularly:
+/// `issued = "<RFC 3339>"`, optionally `expires = "<RFC 3339>"`.
+#[derive(Debug, Clone, Copy)]
+struct Freshness {
+    issued: i64,
+    expires: Option<i64>,
+}
+
+impl Freshness {
+    fn parse(bytes: &[u8]) -> Result<Freshness, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            issued: String,
+            expires: Option<String>,
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned())?;
+        let raw: Raw = toml::from_str(text).map_err(|e| e.to_string())?;
+        let time = |key: &str, v: &str| {
+            v.parse::<jiff::Timestamp>()
+                .map(|t| t.as_second())
+                .map_err(|e| format!("{key}: {v:?}: {e}"))
+        };
+        Ok(Freshness {
+            issued: time("issued", &raw.issued)?,
+            expires: raw
+                .expires
+                .as_deref()
+                .map(|e| time("expires", e))
+                .transpose()?,
+        })
+    }
+}
+
+/// Longest symlink target read to judge where it points.
+const MAX_LINK_TARGET: u64 = 4096;
+
+/// Refuses entries a device must never accept into its history, among the
+/// entries of `new` that differ from `old` (`None`: every entry of `new`):
+/// names `.`, `..` and `.git` (any case: checkouts on case-insensitive file
+/// systems), gitlinks (submodules), symlinks that lead out of the
+/// repository, and blobs over `max_bytes`. Returns the path and the reason
+/// of the first one found.
+fn unsafe_entry(
+    repo: &gix::Repository,
+    old: Option<ObjectId>,
+    new: ObjectId,
+    prefix: &str,
+    max_bytes: u64,
+) -> Result<Option<(String, String)>, SourceError> {
+    if old == Some(new) {
+        return Ok(None);
+    }
+    let before: std::collections::BTreeMap<String, (EntryKind, ObjectId)> = match old {
+        Some(t) => entries(repo, t)?
+            .into_iter()
+            .map(|(n, k, o)| (n, (k, o)))
+            .collect(),
+        None => Default::default(),
+    };
+    for (name, kind, oid) in entries(repo, new)? {
+        if before.get(&name) == Some(&(kind, oid)) {
+            continue;
+        }
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if name == "." || name == ".." || name.eq_ignore_ascii_case(".git") {
+            return Ok(Some((path, format!("an entry named {name:?}"))));
+        }
+        match kind {
+            EntryKind::Tree => {
+                let old_sub = match before.get(&name) {
+                    Some((EntryKind::Tree, o)) => Some(*o),
+                    _ => None,
+                };
+                if let Some(found) = unsafe_entry(repo, old_sub, oid, &path, max_bytes)? {
+                    return Ok(Some(found));
+                }
+            }
+            EntryKind::Submodule => {
+                return Ok(Some((path, format!("a gitlink (submodule at {oid})"))));
+            }
+            EntryKind::Link => {
+                let header = repo.find_header(oid).map_err(|e| git_err(e, &path))?;
+                if header.size() > MAX_LINK_TARGET {
+                    return Ok(Some((path, "a symlink with an overlong target".into())));
+                }
+                let target = repo
+                    .find_blob(oid)
+                    .map_err(|e| git_err(e, &path))?
+                    .data
+                    .clone();
+                let target = String::from_utf8_lossy(&target).into_owned();
+                if link_escapes(prefix, &target) {
+                    return Ok(Some((
+                        path,
+                        format!("a symlink to {target:?}, outside the repository"),
+                    )));
+                }
+            }
+            EntryKind::Blob | EntryKind::Exec => {
+                let size = repo.find_header(oid).map_err(|e| git_err(e, &path))?.size();
+                if size > max_bytes {
+                    return Ok(Some((
+                        path,
+                        format!("{size} bytes, over max_file_bytes ({max_bytes})"),
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a symlink in directory `dir` (repository-relative) to `target`
+/// leads outside the repository: absolute, or more `..` than it is deep.
+fn link_escapes(dir: &str, target: &str) -> bool {
+    if target.starts_with('/') || target.is_empty() {
+        return true;
+    }
+    let mut depth: i64 = dir.split('/').filter(|c| !c.is_empty()).count() as i64;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
 /// The blob at `path` in `tree`, resolved entry by entry: `None` when
 /// missing; an error for symlinks, submodules, a file where a directory
 /// should be, or more than `limit` bytes (checked before reading).
@@ -847,8 +1155,10 @@ fn read_blob_at(
                     "{so_far} is a submodule; it is not part of the verified tree"
                 ));
             }
-            (EntryKind::Blob, false) => return Err(format!("{so_far} is a file, not a directory")),
-            (EntryKind::Blob, true) => {
+            (EntryKind::Blob | EntryKind::Exec, false) => {
+                return Err(format!("{so_far} is a file, not a directory"));
+            }
+            (EntryKind::Blob | EntryKind::Exec, true) => {
                 let header = repo.find_header(oid).map_err(|e| e.to_string())?;
                 if header.size() > limit {
                     return Err(format!("{} bytes; the limit is {limit}", header.size()));
@@ -868,6 +1178,19 @@ pub struct GitRevision {
     tree: ObjectId,
     actor: String,
     max_file_bytes: u64,
+    /// The move of the accepted commit this revision makes, once audited.
+    pending: Option<Pending>,
+}
+
+/// A move of the accepted commit, waiting for its audit entry.
+#[derive(Debug, Clone)]
+struct Pending {
+    commit: ObjectId,
+    file: PathBuf,
+    floor: Option<super::tuf::TimeFloor>,
+    /// The signed issue time of the tip's freshness record.
+    issued: Option<i64>,
+    details: serde_json::Value,
 }
 
 impl std::fmt::Debug for GitRevision {
@@ -879,6 +1202,31 @@ impl std::fmt::Debug for GitRevision {
 impl VerifiedRevision for GitRevision {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn acceptance(&self) -> Option<serde_json::Value> {
+        self.pending.as_ref().map(|p| p.details.clone())
+    }
+
+    /// Records the commit as accepted (durably), and raises the secure time
+    /// floor to the tip's freshness record, a signed time.
+    fn accept(&self) -> Result<(), SourceError> {
+        let Some(p) = &self.pending else {
+            return Ok(());
+        };
+        crate::fsutil::write_atomic(&p.file, 0o600, &mut format!("{}\n", p.commit).as_bytes())
+            .map_err(|e| git_err(e, "recording the accepted commit"))?;
+        if let (Some(floor), Some(issued)) = (&p.floor, p.issued) {
+            let current = floor.get().map_err(|error| SourceError::TimeFloor {
+                source_name: SOURCE_NAME.to_owned(),
+                error: Box::new(error),
+            })?;
+            floor
+                .raise(current, issued)
+                .map_err(|e| git_err(e, "recording the secure time floor"))?;
+        }
+        tracing::info!(commit = %p.commit, "git: accepted");
+        Ok(())
     }
 
     fn source_name(&self) -> &str {
@@ -939,7 +1287,42 @@ impl GitOptions {
                 message: format!("{:?} is not a branch name", c.branch),
             });
         }
+        let device_policy = match &c.device_policy {
+            Some(path) => {
+                let text = std::fs::read(path)
+                    .ok()
+                    .filter(|t| t.len() <= policy::MAX_POLICY_BYTES)
+                    .and_then(|t| String::from_utf8(t).ok())
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "source.git.device_policy",
+                        message: format!(
+                            "{}: unreadable, not UTF-8 or larger than {} bytes",
+                            path.display(),
+                            policy::MAX_POLICY_BYTES
+                        ),
+                    })?;
+                Some(Policy::parse(&text).map_err(|e| ConfigError::Invalid {
+                    key: "source.git.device_policy",
+                    message: format!("{}: {e}", path.display()),
+                })?)
+            }
+            None => None,
+        };
+        let freshness_max_age = match &c.freshness_max_age {
+            Some(v) => Some(
+                crate::config::parse_duration(v)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "source.git.freshness_max_age",
+                        message: format!("{v:?} is not a duration above zero (e.g. 7d, 36h)"),
+                    })?,
+            ),
+            None => None,
+        };
         Ok(GitOptions {
+            device_policy,
+            freshness: path("source.git.freshness", &c.freshness)?,
+            freshness_max_age,
             url,
             branch: c.branch.clone(),
             trust_dir,
@@ -950,6 +1333,43 @@ impl GitOptions {
             max_file_bytes: c.max_file_bytes,
             dir: state_dir.join("git"),
             bundle: None,
+            time_floor: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_that_leave_the_repository_are_told_apart() {
+        assert!(!link_escapes("sites/plant-7", "site.conf"));
+        assert!(!link_escapes("sites/plant-7", "../plant-8/site.conf"));
+        assert!(!link_escapes("sites/plant-7", "../../ferry.yaml"));
+        assert!(link_escapes("sites/plant-7", "../../../etc/passwd"));
+        assert!(link_escapes("", "../x"));
+        assert!(link_escapes("a", "/etc/passwd"));
+        assert!(link_escapes("a", ""));
+        assert!(!link_escapes("a", "./b/../c"));
+        assert!(link_escapes("a", "b/../../../c"));
+    }
+
+    #[test]
+    fn freshness_records_parse_and_bad_ones_say_why() {
+        let f = Freshness::parse(b"issued = \"2026-12-03T06:00:00Z\"\n").unwrap();
+        assert_eq!((f.issued, f.expires), (1_796_277_600, None));
+        let f = Freshness::parse(
+            b"issued = \"2026-12-03T06:00:00Z\"\nexpires = \"2026-12-04T06:00:00Z\"\n",
+        )
+        .unwrap();
+        assert_eq!(f.expires, Some(1_796_364_000));
+        assert!(
+            Freshness::parse(b"issued = \"yesterday\"\n")
+                .unwrap_err()
+                .contains("issued")
+        );
+        assert!(Freshness::parse(b"issued = \"2026-12-03T06:00:00Z\"\nextra = 1\n").is_err());
+        assert!(Freshness::parse(&[0xff]).unwrap_err().contains("UTF-8"));
     }
 }

@@ -1,7 +1,10 @@
-//! The signers policy kept in the repository (`ferry/signers.toml` by
-//! default): which trusted keys may change which paths. A commit is checked
+//! The signers policy: which trusted keys may change which paths. Kept in
+//! the repository (`ferry/signers.toml` by default; a commit is checked
 //! against the policy of its first parent, so changing the policy itself
-//! takes a signer the previous policy allowed to change that file.
+//! takes a signer the previous policy allowed to change that file) and,
+//! optionally, on the device (`source.git.device_policy`, baked into the
+//! image): a change must be allowed by both, so the repository can narrow
+//! what the device allows but never widen it.
 
 use serde::Deserialize;
 
@@ -21,7 +24,12 @@ pub struct SignerRule {
     pub name: String,
     /// Key ids: `SHA256:…` (SSH, as `ssh-keygen -l` prints) or a 40-hex
     /// OpenPGP fingerprint.
+    #[serde(default)]
     pub keys: Vec<String>,
+    /// SSH signers named by their principal in `allowed_signers` (the
+    /// first field, e.g. `admin@example.com`), whatever their key.
+    #[serde(default)]
+    pub principals: Vec<String>,
     /// Path patterns in the repository: `*` within a name, `**` across
     /// directories, `?` one character.
     pub paths: Vec<String>,
@@ -32,8 +40,11 @@ impl Policy {
     pub fn parse(text: &str) -> Result<Policy, String> {
         let p: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
         for (i, s) in p.signers.iter().enumerate() {
-            if s.keys.is_empty() || s.paths.is_empty() {
-                return Err(format!("signer[{i}] ({}): needs keys and paths", s.name));
+            if (s.keys.is_empty() && s.principals.is_empty()) || s.paths.is_empty() {
+                return Err(format!(
+                    "signer[{i}] ({}): needs keys or principals, and paths",
+                    s.name
+                ));
             }
             for k in &s.keys {
                 if normalise_key(k).is_none() {
@@ -47,21 +58,35 @@ impl Policy {
         Ok(p)
     }
 
-    /// The rules naming `key_id` (as [`super::sig::Signer::key_id`]).
-    pub fn rules_for(&self, key_id: &str) -> Vec<&SignerRule> {
+    /// The rules naming `signer`: by key id (as
+    /// [`super::sig::Signer::key_id`]) or, for SSH keys, by one of its
+    /// `allowed_signers` principals.
+    pub fn rules_for(&self, signer: &super::sig::Signer) -> Vec<&SignerRule> {
+        let principals: Vec<&str> = if signer.key_id.starts_with("ssh:") {
+            signer.who.split(',').map(str::trim).collect()
+        } else {
+            Vec::new()
+        };
         self.signers
             .iter()
             .filter(|s| {
                 s.keys
                     .iter()
-                    .any(|k| normalise_key(k).as_deref() == Some(key_id))
+                    .any(|k| normalise_key(k).as_deref() == Some(signer.key_id.as_str()))
+                    || s.principals
+                        .iter()
+                        .any(|p| principals.contains(&p.as_str()))
             })
             .collect()
     }
 
-    /// The first of `paths` that `key_id` may not change, if any.
-    pub fn first_forbidden<'p>(&self, key_id: &str, paths: &'p [String]) -> Option<&'p String> {
-        let rules = self.rules_for(key_id);
+    /// The first of `paths` that `signer` may not change, if any.
+    pub fn first_forbidden<'p>(
+        &self,
+        signer: &super::sig::Signer,
+        paths: &'p [String],
+    ) -> Option<&'p String> {
+        let rules = self.rules_for(signer);
         paths.iter().find(|p| {
             !rules
                 .iter()
@@ -167,19 +192,45 @@ paths = ["sites/plant-7/**"]
         )
         .expect("policy");
         let paths = vec!["sites/plant-7/a".to_owned(), "ferry.yaml".to_owned()];
-        assert_eq!(p.first_forbidden("ssh:SHA256:abc", &paths), None);
+        let signer = |key_id: &str, who: &str| crate::source::git::sig::Signer {
+            key_id: key_id.to_owned(),
+            who: who.to_owned(),
+        };
         assert_eq!(
-            p.first_forbidden("openpgp:0123456789ABCDEF0123456789ABCDEF01234567", &paths),
+            p.first_forbidden(&signer("ssh:SHA256:abc", ""), &paths),
             None
         );
         assert_eq!(
-            p.first_forbidden("ssh:SHA256:site7", &paths),
+            p.first_forbidden(
+                &signer("openpgp:0123456789ABCDEF0123456789ABCDEF01234567", ""),
+                &paths
+            ),
+            None
+        );
+        assert_eq!(
+            p.first_forbidden(&signer("ssh:SHA256:site7", ""), &paths),
             Some(&"ferry.yaml".to_owned())
         );
         assert_eq!(
-            p.first_forbidden("ssh:SHA256:unknown", &paths[..1]),
+            p.first_forbidden(&signer("ssh:SHA256:unknown", ""), &paths[..1]),
             Some(&"sites/plant-7/a".to_owned())
         );
+        // By allowed_signers principal, for SSH keys only.
+        let by_name = Policy::parse(
+            "[[signer]]\nname = \"ops\"\nprincipals = [\"ops@example.com\"]\npaths = [\"sites/**\"]\n",
+        )
+        .expect("principals");
+        let ops = signer("ssh:SHA256:any", "admin@example.com,ops@example.com");
+        assert_eq!(by_name.first_forbidden(&ops, &paths[..1]), None);
+        assert_eq!(
+            by_name.first_forbidden(&ops, &paths),
+            Some(&"ferry.yaml".to_owned())
+        );
+        let pgp = signer(
+            "openpgp:0123456789ABCDEF0123456789ABCDEF01234567",
+            "ops@example.com",
+        );
+        assert!(by_name.first_forbidden(&pgp, &paths[..1]).is_some());
         let e = Policy::parse("[[signer]]\nname = \"x\"\nkeys = [\"nope\"]\npaths = [\"**\"]\n")
             .expect_err("bad key");
         assert!(e.contains("neither SHA256"), "{e}");

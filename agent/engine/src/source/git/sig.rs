@@ -142,7 +142,7 @@ impl Trust {
         if text.contains("-----BEGIN SSH SIGNATURE-----") {
             self.verify_ssh(text, data, commit_time)
         } else if text.contains("-----BEGIN PGP SIGNATURE-----") {
-            self.verify_pgp(text, data)
+            self.verify_pgp(text, data, commit_time)
         } else {
             Err(SigError::Malformed(
                 "neither an SSH nor an OpenPGP signature".into(),
@@ -201,7 +201,7 @@ impl Trust {
         })
     }
 
-    fn verify_pgp(&self, text: &str, data: &[u8]) -> Result<Signer, SigError> {
+    fn verify_pgp(&self, text: &str, data: &[u8], at: i64) -> Result<Signer, SigError> {
         let (sig, _) = DetachedSignature::from_armor_single(Cursor::new(text.as_bytes()))
             .map_err(|e| SigError::Malformed(e.to_string()))?;
         let fingerprints: Vec<Vec<u8>> = sig
@@ -233,7 +233,17 @@ impl Trust {
                 .map(|u| String::from_utf8_lossy(u.id.id()).into_owned())
                 .unwrap_or_default();
             let key_id = format!("openpgp:{}", hex::encode_upper(primary.as_bytes()));
+            let primary_window = pgp_window(
+                key.primary_key.created_at().as_secs(),
+                key.details
+                    .users
+                    .iter()
+                    .flat_map(|u| u.signatures.iter())
+                    .chain(&key.details.direct_signatures),
+                &key.details.revocation_signatures,
+            );
             if named(primary.as_bytes(), key.legacy_key_id().as_ref()) {
+                primary_window.check(&key_id, at)?;
                 return sig
                     .verify(&key.primary_key, data)
                     .map(|()| Signer {
@@ -247,6 +257,22 @@ impl Trust {
                     sub.key.fingerprint().as_bytes(),
                     sub.key.legacy_key_id().as_ref(),
                 ) {
+                    // A subkey is valid while it and its primary key are.
+                    primary_window.check(&key_id, at)?;
+                    let revocations: Vec<_> = sub
+                        .signatures
+                        .iter()
+                        .filter(|s| s.typ() == Some(pgp::packet::SignatureType::SubkeyRevocation))
+                        .cloned()
+                        .collect();
+                    pgp_window(
+                        sub.key.created_at().as_secs(),
+                        sub.signatures
+                            .iter()
+                            .filter(|s| s.typ() == Some(pgp::packet::SignatureType::SubkeyBinding)),
+                        &revocations,
+                    )
+                    .check(&key_id, at)?;
                     return sig
                         .verify(&sub.key, data)
                         .map(|()| Signer {
@@ -258,6 +284,64 @@ impl Trust {
             }
         }
         Err(SigError::UnknownKey(format!("openpgp:{issuer}")))
+    }
+}
+
+/// When an OpenPGP key (or subkey) may sign: from its creation to its
+/// expiry (the newest self-signature's key expiration time) and not after
+/// a revocation. Judged at the time the caller gives (the later of the
+/// committer time and the device's secure time floor), like SSH's
+/// `valid-before`.
+#[derive(Debug, Clone, Copy)]
+struct PgpWindow {
+    created: i64,
+    expires: Option<i64>,
+    revoked: Option<i64>,
+}
+
+fn pgp_window<'a>(
+    created: u32,
+    self_sigs: impl Iterator<Item = &'a pgp::packet::Signature>,
+    revocations: &[pgp::packet::Signature],
+) -> PgpWindow {
+    let created = i64::from(created);
+    let newest = self_sigs.max_by_key(|s| s.created().map_or(0, |t| t.as_secs()));
+    let expires = newest
+        .and_then(|s| s.key_expiration_time())
+        .map(|d| i64::from(d.as_secs()))
+        .filter(|&d| d > 0)
+        .map(|d| created + d);
+    let revoked = revocations
+        .iter()
+        .map(|s| s.created().map_or(0, |t| i64::from(t.as_secs())))
+        .min();
+    PgpWindow {
+        created,
+        expires,
+        revoked,
+    }
+}
+
+impl PgpWindow {
+    fn check(&self, key_id: &str, at: i64) -> Result<(), SigError> {
+        let outside = |window: String| SigError::OutsideValidity {
+            key_id: key_id.to_owned(),
+            window,
+        };
+        if at < self.created {
+            return Err(outside(format!("created {}", ts(self.created))));
+        }
+        if let Some(r) = self.revoked
+            && at >= r
+        {
+            return Err(outside(format!("revoked {}", ts(r))));
+        }
+        if let Some(e) = self.expires
+            && at >= e
+        {
+            return Err(outside(format!("expired {}", ts(e))));
+        }
+        Ok(())
     }
 }
 
