@@ -71,6 +71,33 @@ fn verify_bundle_exits_0_only_when_verified() {
         A_TXT,
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // This bundle has one verified time (the log's SET): asking for two
+    // refuses it, naming what vouched; zero is not a valid demand.
+    let o = verify_bundle(
+        &[
+            &["--bundle", bundle, "--verified-times", "2", "--json"],
+            &id[..],
+            &[A_TXT],
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["check"], "time");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.contains("1 verified signing time(s) (log https://rekor.sigstore.dev), 2 required"),
+        "{error}"
+    );
+    let o = verify_bundle(
+        &[
+            &["--bundle", bundle, "--verified-times", "0"],
+            &id[..],
+            &[A_TXT],
+        ]
+        .concat(),
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
     // Refusals: 4, with the failed check named.
     let tampered = tempfile::NamedTempFile::new().unwrap();
     fs::write(tampered.path(), b"DO NOT MODIFY ME!\n").unwrap();
@@ -416,4 +443,59 @@ fn over_tuf_the_bundle_travels_as_a_signed_sibling_target() {
         .target("firmware/a.txt.sigstore.json", &bundle, "targets");
     d.fx.ok(&["apply", "--no-reboot"]);
     assert_eq!(fs::read(d.fx.root.join("opt/a.txt")).unwrap(), a_txt);
+}
+
+/// Acceptance: a device requiring an identity for its firmware accepts a
+/// Rekor v2 bundle (no log time; an RFC 3161 timestamp places the
+/// signature) end to end over TUF, and audits the verified time source.
+#[test]
+fn a_rekor_v2_bundle_for_firmware_is_accepted_over_tuf_and_its_time_source_audited() {
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../../integration/conformance/vendor/sigstore-conformance/test/assets/bundle-verify",
+    );
+    let d = common::tuf::Device::new(&[]);
+    let (_, cmdline) = common::grub_firmware(&d.fx);
+    fs::write(d.fx.dir.path().join("slot-a.img"), b"running firmware\n").unwrap();
+    fs::write(d.fx.dir.path().join("slot-b.img"), b"").unwrap();
+    fs::write(&cmdline, "quiet rauc.slot=A\n").unwrap();
+    let firmware = fs::read_to_string(&d.fx.config).unwrap();
+    let firmware = &firmware[firmware.find("[firmware]").unwrap()..];
+    *d.extra.borrow_mut() = format!(
+        "{firmware}[sigstore]\ntrusted_root = {:?}\n[[sigstore.require]]\nkind = \"firmware\"\n{}",
+        assets.join("rekor2-happy-path/trusted_root.json"),
+        identity_rule(BEACON)
+    );
+    d.configure(&d.repo.root_v1());
+    d.fx.ok(&["firmware", "mark-good"]);
+    let image = fs::read(assets.join("a.txt")).unwrap();
+    let bundle = fs::read(assets.join("rekor2-happy-path/bundle.sigstore.json")).unwrap();
+    d.repo.target("images/os.img", &image, "targets");
+    d.repo
+        .target("images/os.img.sigstore.json", &bundle, "targets");
+    d.repo.target(
+        "ferry/manifest.yaml",
+        b"apiVersion: ferry.dev/v1\nresources:\n  - {kind: firmware, name: os, version: \"2\", source: images/os.img}\n",
+        "targets",
+    );
+    let o = d.fx.run(&["apply", "--no-reboot"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        fs::read(d.fx.dir.path().join("slot-b.img")).unwrap()[..image.len()],
+        image[..]
+    );
+    let audit =
+        d.fx.json(&["audit", "list", "--event", "sigstore-verified", "--json"]);
+    let e = &audit.as_array().unwrap()[0];
+    assert_eq!(e["details"]["resource"], "firmware os", "{e}");
+    assert_eq!(e["details"]["signer"], BEACON, "{e}");
+    assert_eq!(
+        e["details"]["log"], "https://log2025-alpha1.rekor.sigstage.dev",
+        "{e}"
+    );
+    assert_eq!(
+        e["details"]["time_sources"],
+        serde_json::json!(["timestamp authority sigstore-tsa-selfsigned"]),
+        "{e}"
+    );
+    d.fx.ok(&["audit", "verify"]);
 }

@@ -233,10 +233,10 @@ pub enum Command {
 pub enum SigstoreAction {
     /// Verify a Sigstore bundle (v0.1–v0.3) for a file or a digest, offline:
     /// the transparency log's SET and/or inclusion proof with checkpoint,
-    /// and either the certificate (chain to a Fulcio CA of the trusted root,
-    /// SCT, identity, signature, signed log time within its validity) or
-    /// the signature of a known key. Exit 0 only when verified; 4 when
-    /// refused, naming the failed check.
+    /// RFC 3161 timestamps, and either the certificate (chain to a Fulcio CA
+    /// of the trusted root, SCT, identity, signature, every verified signing
+    /// time within its validity) or the signature of a known key. Exit 0
+    /// only when verified; 4 when refused, naming the failed check.
     #[command(group(clap::ArgGroup::new("signer").required(true).args(["certificate_identity", "certificate_identity_regexp", "key"])))]
     VerifyBundle {
         /// The bundle (`<artifact>.sigstore.json`).
@@ -263,6 +263,10 @@ pub enum SigstoreAction {
         /// Sigstore public-good root (never fetched).
         #[arg(long, value_name = "FILE")]
         trusted_root: Option<PathBuf>,
+        /// Verified signing times (log SET, RFC 3161 timestamps) a
+        /// certificate-signed bundle needs.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        verified_times: u32,
         /// The artifact, or `sha256:<64 hex>` (then no file is read).
         #[arg(value_name = "FILE|sha256:DIGEST")]
         artifact: String,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use ferry_engine::sigstore::{
-    IdentityMatch, IdentityPolicy, Requirement, SigstoreError, TrustedRoot, verify,
+    IdentityMatch, IdentityPolicy, Requirement, SigstoreError, TrustedRoot, verify_with,
 };
 use sha2::{Digest, Sha256};
 
@@ -20,6 +20,7 @@ pub fn run(action: SigstoreAction) -> Result<Code> {
         certificate_oidc_issuer,
         key,
         trusted_root,
+        verified_times,
         artifact,
         out,
     } = action;
@@ -81,7 +82,14 @@ pub fn run(action: SigstoreAction) -> Result<Code> {
         }
     };
     let name = bundle.display().to_string();
-    match verify(&bytes, &name, &digest, root, &requirement) {
+    match verify_with(
+        &bytes,
+        &name,
+        &digest,
+        root,
+        &requirement,
+        verified_times as usize,
+    ) {
         Ok(v) => {
             if out.json {
                 let mut j = serde_json::to_value(&v)?;

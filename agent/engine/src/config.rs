@@ -51,14 +51,27 @@ pub struct Config {
 /// `[sigstore]`: resources that must also carry a Sigstore bundle
 /// (`<source>.sigstore.json` beside them in the revision), verified offline
 /// (docs/sigstore.md).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SigstoreConfig {
     /// `trusted_root.json`; default: the embedded Sigstore public-good root.
     pub trusted_root: Option<PathBuf>,
+    /// Verified signing times a certificate bundle needs (the log's signed
+    /// time, RFC 3161 timestamps), each within the certificate's validity.
+    pub verified_times: usize,
     /// `[[sigstore.require]]`: the first rule whose `kind` and `path` match
     /// a resource applies to it.
     pub require: Vec<SigstoreRule>,
+}
+
+impl Default for SigstoreConfig {
+    fn default() -> Self {
+        SigstoreConfig {
+            trusted_root: None,
+            verified_times: 1,
+            require: Vec::new(),
+        }
+    }
 }
 
 /// One `[[sigstore.require]]` rule.
@@ -705,6 +718,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "wasm.max_instances",
                 message: format!("{} is outside 2..=10000", self.wasm.max_instances),
+            });
+        }
+        if self.sigstore.verified_times == 0 {
+            return Err(ConfigError::Invalid {
+                key: "sigstore.verified_times",
+                message: "must be at least 1 (a certificate is placed by a verified time)".into(),
             });
         }
         for (i, rule) in self.sigstore.require.iter().enumerate() {

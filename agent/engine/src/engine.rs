@@ -339,8 +339,25 @@ impl Engine {
         })?;
         match policy.check(rev, desired) {
             Ok(verified) => {
+                // Which identity signed, where it was logged and what
+                // vouched for the time of signing, for every resource.
                 for (id, v) in verified {
                     tracing::info!(resource = %id, signer = %v.signer, log_index = v.log_index, "sigstore: verified");
+                    self.audit(
+                        "sigstore-verified",
+                        rev.actor(),
+                        json!({
+                            "revision": rev.id(),
+                            "resource": id.to_string(),
+                            "kind": v.kind,
+                            "signer": v.signer,
+                            "issuer": v.issuer,
+                            "log": v.log,
+                            "log_index": v.log_index,
+                            "signed_time": v.signed_time,
+                            "time_sources": v.time_sources,
+                        }),
+                    )?;
                 }
                 Ok(())
             }
