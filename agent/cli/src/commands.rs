@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use ferry_engine::facts::Facts;
 use ferry_engine::report::report;
-use ferry_engine::{ApplyOutcome, Config, Engine, source};
+use ferry_engine::{ApplyOutcome, Config, Engine};
 
 use crate::cli::{
     AuditAction, AuditFilter, BundleAction, Cli, Command, FirmwareAction, GenerationsAction,
@@ -13,7 +13,7 @@ use crate::exit::Code;
 use crate::output;
 
 pub fn load_config(args: &Cli) -> Result<Config> {
-    let mut config = Config::load(args.config.as_deref())?;
+    let mut config = ferry_engine::fetch::load_config(args.config.as_deref())?;
     if let Some(dir) = &args.state_dir {
         config.state_dir =
             std::path::absolute(dir).with_context(|| format!("state dir {}", dir.display()))?;
@@ -82,7 +82,7 @@ pub fn run(args: Cli) -> Result<Code> {
             exit_code,
             revision,
         } => {
-            let src = source::from_config(&config)?;
+            let src = ferry_engine::fetch::source(&config)?;
             let facts = facts()?;
             // Planning works before anything was applied: against nothing.
             let engine = Engine::open_read_only(config.clone())?;
@@ -102,7 +102,7 @@ pub fn run(args: Cli) -> Result<Code> {
             }
         }
         Command::Render { out, revision } => {
-            let src = source::from_config(&config)?;
+            let src = ferry_engine::fetch::source(&config)?;
             let facts = facts()?;
             let (rev, desired) =
                 ferry_engine::engine::resolve_source(&*src, revision.as_deref(), &facts)?;
@@ -180,7 +180,7 @@ pub fn run(args: Cli) -> Result<Code> {
             );
         }
         Command::Apply { out, no_reboot, .. } => {
-            let src = source::from_config(&config)?;
+            let src = ferry_engine::fetch::source(&config)?;
             let facts = facts()?;
             let reboot_command = config.firmware.reboot_command.clone();
             let mut engine = Engine::open(config)?;
@@ -278,10 +278,7 @@ pub fn run(args: Cli) -> Result<Code> {
         }
         Command::TimeFloor { action, out } => match action {
             None => {
-                let floor = ferry_engine::source::tuf::TimeFloor::from_config(
-                    &config.source.tuf,
-                    &config.state_dir,
-                )?;
+                let floor = ferry_engine::fetch::time_floor(&config, &config.state_dir)?;
                 output::time_floor(&floor, out.json)?;
             }
             Some(TimeFloorAction::Repair { at }) => {
@@ -346,23 +343,12 @@ fn parse_since(s: &str, now: jiff::Timestamp) -> Result<i64> {
             .with_context(|| format!("--since {s:?}"))?;
         return Ok(t.timestamp().as_millisecond());
     }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num
-        .parse()
-        .ok()
-        .filter(|_| !num.is_empty())
-        .with_context(|| {
-            format!("--since {s:?}: expected RFC 3339, YYYY-MM-DD or an age like 24h")
-        })?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => anyhow::bail!("--since {s:?}: the age unit must be s, m, h, d or w"),
-    };
-    Ok(now.as_millisecond() - n.saturating_mul(secs).saturating_mul(1000))
+    let age = ferry_core::duration::parse(s).with_context(|| {
+        format!("--since {s:?}: expected RFC 3339, YYYY-MM-DD or an age like 90m, 24h, 7d")
+    })?;
+    Ok(now
+        .as_millisecond()
+        .saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
 }
 
 #[cfg(test)]

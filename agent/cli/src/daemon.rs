@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use ferry_core::schedule;
-use ferry_engine::policy::{self, UpdatePolicy};
-use ferry_engine::{ApplyOutcome, Config, Engine, source};
+use ferry_engine::fetch::policy::{self, UpdatePolicy};
+use ferry_engine::{ApplyOutcome, Config, Engine};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -163,7 +163,7 @@ fn reconcile_with(
     config: &Config,
     facts_file: Option<&Path>,
     engine: &mut Engine,
-    src: &dyn source::Source,
+    src: &dyn ferry_source::Source,
 ) -> Result<Result1> {
     let result = reconcile_steps(config, facts_file, engine, src);
     if config.agent.gc && result.is_ok() {
@@ -176,7 +176,7 @@ fn reconcile_steps(
     config: &Config,
     facts_file: Option<&Path>,
     engine: &mut Engine,
-    src: &dyn source::Source,
+    src: &dyn ferry_source::Source,
 ) -> Result<Result1> {
     let facts = load_facts(facts_file, config)?;
     let times = config.agent.times()?;
@@ -293,12 +293,14 @@ fn write_agent_config(config: &Config, text: &str) -> Result<PathBuf> {
 
 impl Worker {
     fn reload(&mut self) {
-        let loaded = Config::load_with_text(self.args_config.as_deref()).map(|(mut c, text)| {
-            if let Some(d) = &self.state_dir {
-                c.state_dir = d.clone();
-            }
-            (c, text)
-        });
+        let loaded = ferry_engine::fetch::load_config_with_text(self.args_config.as_deref()).map(
+            |(mut c, text)| {
+                if let Some(d) = &self.state_dir {
+                    c.state_dir = d.clone();
+                }
+                (c, text)
+            },
+        );
         match loaded {
             Ok((c, text)) if c.state_dir == self.config.state_dir => {
                 match write_agent_config(&c, &text) {
@@ -597,7 +599,7 @@ pub fn run_once(args: &Cli, as_json: bool) -> Result<Code> {
     let result = (|| {
         let config = load_config(args)?;
         let mut engine = Engine::open(config.clone())?;
-        let src = source::from_config(&config)?;
+        let src = ferry_engine::fetch::source(&config)?;
         let r = reconcile_with(&config, args.facts.as_deref(), &mut engine, &*src);
         status = engine.status().ok();
         r
@@ -613,7 +615,7 @@ pub fn run_once(args: &Cli, as_json: bool) -> Result<Code> {
         revision: status
             .as_ref()
             .and_then(|s| s.current.as_ref().map(|g| g.revision.clone())),
-        fetched_bytes: ferry_engine::source::tuf::transport::fetched_bytes(),
+        fetched_bytes: ferry_tuf::transport::fetched_bytes(),
     };
     match (result, as_json) {
         (r, true) => {
@@ -640,7 +642,7 @@ fn failed(text: String) -> Report {
 }
 
 pub fn run(args: &Cli) -> Result<Code> {
-    let (mut config, text) = Config::load_with_text(args.config.as_deref())?;
+    let (mut config, text) = ferry_engine::fetch::load_config_with_text(args.config.as_deref())?;
     let times = config.agent.times()?;
     if let Some(d) = config_state_override(args) {
         config.state_dir = d;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use ferry_engine::facts::Facts;
 use ferry_engine::report::report;
-use ferry_engine::{Config, Engine, source};
+use ferry_engine::{Config, Engine};
 
 use crate::demo_repo::DemoRepo;
 use crate::exit::Code;
@@ -77,7 +77,7 @@ fn show_transitions(engine: &Engine, seen: usize) -> Result<usize> {
     Ok(entries.len())
 }
 
-fn show_plan(engine: &Engine, src: &dyn source::Source, facts: &Facts) -> Result<()> {
+fn show_plan(engine: &Engine, src: &dyn ferry_source::Source, facts: &Facts) -> Result<()> {
     let (rev, desired, plan) = engine.plan(src, None, facts)?;
     output::plan(&report(&plan, &*rev, &desired, Some(engine.store())), false)
 }
@@ -119,7 +119,7 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     let config_path = base.join("ferry.toml");
     fs::write(&config_path, &config_text)?;
     let config = Config::from_toml(&config_path, &config_text)?;
-    let src = source::from_config(&config)?;
+    let src = ferry_engine::fetch::source(&config)?;
     let facts = Facts::from_file(&facts_path)?;
 
     println!("ferry demo in {}", base.display());

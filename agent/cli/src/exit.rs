@@ -2,11 +2,7 @@
 
 use std::process::ExitCode;
 
-use ferry_engine::config::ConfigError;
-use ferry_engine::facts::FactsError;
-use ferry_engine::manifest::ManifestError;
-use ferry_engine::source::SourceError;
-use ferry_engine::{EngineError, ErrorClass};
+use ferry_core::{Classify, ErrorClass};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
@@ -23,26 +19,11 @@ pub enum Code {
 }
 
 impl Code {
+    /// The exit code of an error: the class of the outermost error in its
+    /// chain that has one (every library error of ferry does), else 1.
     pub fn of(e: &anyhow::Error) -> Code {
-        let class = if let Some(e) = e.downcast_ref::<EngineError>() {
-            Some(e.class())
-        } else if let Some(e) = e.downcast_ref::<ferry_engine::bundle::BundleError>() {
-            Some(e.class())
-        } else if e.is::<ConfigError>() || e.is::<FactsError>() {
-            Some(ErrorClass::Config)
-        } else if e.is::<ManifestError>() {
-            Some(ErrorClass::InvalidInput)
-        } else {
-            e.downcast_ref::<SourceError>().map(|e| {
-                if e.is_invalid_input() {
-                    ErrorClass::InvalidInput
-                } else {
-                    ErrorClass::Internal
-                }
-            })
-        };
-        match class {
-            Some(ErrorClass::Internal) | None => Code::Internal,
+        match e.chain().find_map(class_of) {
+            None | Some(ErrorClass::Internal) => Code::Internal,
             Some(ErrorClass::Config) => Code::Config,
             Some(ErrorClass::InvalidInput) => Code::InvalidInput,
             Some(ErrorClass::Verification) => Code::Verification,
@@ -52,6 +33,37 @@ impl Code {
             Some(ErrorClass::Refused) => Code::Refused,
         }
     }
+}
+
+/// The class of one error, if it is one of ferry's library errors. `anyhow`
+/// erases types, so the error types are listed here once; each says its own
+/// class through [`Classify`].
+fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
+    macro_rules! classes {
+        ($($t:ty),* $(,)?) => {
+            $(if let Some(e) = e.downcast_ref::<$t>() {
+                return Some(e.class());
+            })*
+        };
+    }
+    use ferry_engine as engine;
+    classes!(
+        engine::EngineError,
+        engine::config::ConfigError,
+        engine::facts::FactsError,
+        engine::manifest::ManifestError,
+        engine::fetch::policy::PolicyError,
+        engine::fetch::bundle::BundleError,
+        engine::fetch::sigstore::CheckError,
+        engine::state::StateError,
+        engine::store::StoreError,
+        engine::firmware::FirmwareError,
+        engine::activate::ActivateError,
+        ferry_source::SourceError,
+        ferry_source::FloorError,
+        ferry_sigstore::SigstoreError,
+    );
+    None
 }
 
 impl From<Code> for ExitCode {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ferry_core::RepoPath;
-use ferry_engine::bundle::{self, BundleError};
 use ferry_engine::facts::Facts;
-use ferry_engine::source::offline::{Offline, Progress};
+use ferry_engine::fetch::bundle::{self, BundleError};
 use ferry_engine::{ApplyOutcome, Config, Engine, EngineError};
+use ferry_source::offline::{Offline, Progress};
 use serde_json::json;
 
 use crate::exit::Code;

@@ -389,7 +389,7 @@ fn rfc3339(t: i64) -> String {
 
 /// `ferry time-floor`: the stored floor, the image's, and the one in force.
 /// A corrupt floor is shown (not an error) so the operator sees what to repair.
-pub fn time_floor(f: &ferry_engine::source::tuf::TimeFloor, as_json: bool) -> Result<()> {
+pub fn time_floor(f: &ferry_source::TimeFloor, as_json: bool) -> Result<()> {
     let stored = f.stored();
     let effective = f.get().ok();
     if as_json {

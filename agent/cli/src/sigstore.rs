@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use ferry_engine::sigstore::{
+use ferry_sigstore::{
     IdentityMatch, IdentityPolicy, Requirement, SigstoreError, TrustedRoot, verify_with,
 };
 use sha2::{Digest, Sha256};
@@ -140,6 +140,6 @@ fn artifact_digest(artifact: &str) -> Result<[u8; 32]> {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    ferry_engine::sigstore::read_bounded(path)
+    ferry_sigstore::read_bounded(path)
         .map_err(|e| anyhow::anyhow!("bundle {}: {e}", path.display()))
 }

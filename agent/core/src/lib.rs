@@ -9,6 +9,8 @@ pub mod audit;
 pub mod canonical;
 pub mod control;
 pub mod digest;
+pub mod duration;
+pub mod error;
 pub mod glob;
 pub mod path;
 pub mod plan;
@@ -17,6 +19,7 @@ pub mod schedule;
 pub mod transition;
 
 pub use digest::{ContentRef, DigestParseError, Sha256};
+pub use error::{Classify, ErrorClass};
 pub use path::{RepoPath, RepoPathError};
 pub use plan::{Op, Plan, Reason, Step, plan};
 pub use resource::{

@@ -9,8 +9,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ferry_core::{RepoPath, Sha256, plan};
 use ferry_engine::facts::Facts;
 use ferry_engine::manifest;
-use ferry_engine::source::Source;
-use ferry_engine::source::dir::DirSource;
+use ferry_source::Source;
+use ferry_source::dir::DirSource;
 
 fn yaml(sha: &Sha256) -> String {
     format!(

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use ferry_core::RepoPath;
 use ferry_engine::facts::Facts;
-use ferry_engine::source::dir::DirSource;
 use ferry_engine::{Config, Engine};
+use ferry_source::dir::DirSource;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

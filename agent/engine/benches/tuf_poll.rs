@@ -13,7 +13,7 @@ use std::process::Command;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ferry_engine::facts::Facts;
-use ferry_engine::{ApplyOutcome, Config, Engine, source};
+use ferry_engine::{ApplyOutcome, Config, Engine, fetch};
 
 fn python() -> PathBuf {
     std::env::var_os("FERRY_TEST_PYTHON")
@@ -115,7 +115,7 @@ fn bench(c: &mut Criterion) {
     let cfg_path = d.join("ferry.toml");
     std::fs::write(&cfg_path, &text).expect("write");
     let config = Config::from_toml(&cfg_path, &text).expect("config");
-    let src = source::from_config(&config).expect("source");
+    let src = fetch::source(&config).expect("source");
     let facts = Facts::default();
     let mut engine = Engine::open(config).expect("engine");
     engine.apply(&*src, &facts).expect("first apply");

@@ -5,6 +5,7 @@
 //! a workstation run never picks up the machine's configuration. Every key is
 //! documented in `docs/configuration.md`.
 
+use ferry_core::{Classify, ErrorClass};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -23,6 +24,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config: {key}: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+impl Classify for ConfigError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Config
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,10 +151,6 @@ impl SigstoreRule {
         } else if self.issuer.as_deref().is_none_or(str::is_empty) {
             return Err(bad("`issuer` is required with an identity".to_owned()));
         }
-        if let Some(r) = &self.identity_regex {
-            crate::sigstore::IdentityMatch::regex(r)
-                .map_err(|e| bad(format!("identity_regex: {e}")))?;
-        }
         Ok(())
     }
 }
@@ -217,9 +220,9 @@ pub struct AgentTimes {
 impl AgentConfig {
     pub fn times(&self) -> Result<AgentTimes, ConfigError> {
         let d = |key: &'static str, v: &str| {
-            parse_duration(v).ok_or_else(|| ConfigError::Invalid {
+            ferry_core::duration::parse(v).ok_or_else(|| ConfigError::Invalid {
                 key,
-                message: format!("{v:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"),
+                message: format!("{v:?} is not a duration (e.g. 500ms, 30s, 5m, 1h, 7d)"),
             })
         };
         let t = AgentTimes {
@@ -245,23 +248,6 @@ impl AgentConfig {
         }
         Ok(t)
     }
-}
-
-/// `500ms`, `30s`, `5m`, `2h`, `1d`.
-pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n.checked_mul(1000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        "d" => n.checked_mul(86_400_000)?,
-        _ => return None,
-    };
-    Some(std::time::Duration::from_millis(ms))
 }
 
 /// `[metrics]`: Prometheus text format over HTTP (off unless `listen` is set).
@@ -365,6 +351,19 @@ fn default_health_timeout() -> u64 {
     60
 }
 
+/// One `[[firmware.slots]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// `A`, `B`: the names the bootloader variables use.
+    pub name: String,
+    /// An image file or a block device.
+    pub device: PathBuf,
+    /// Capacity in bytes; for block devices it is read from the device.
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
 /// `[firmware]`: A/B slots and the boot environment (docs/configuration.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -387,7 +386,7 @@ pub struct FirmwareConfig {
     pub boot_id: PathBuf,
     /// Run after a firmware image is written (`ferry apply --no-reboot` skips it).
     pub reboot_command: Vec<String>,
-    pub slots: Vec<crate::firmware::slot::SlotConfig>,
+    pub slots: Vec<SlotConfig>,
 }
 
 impl Default for FirmwareConfig {
@@ -458,7 +457,7 @@ impl Default for GitSourceConfig {
             pin: None,
             depth: None,
             manifest: "ferry.yaml".to_owned(),
-            max_file_bytes: crate::source::git::DEFAULT_MAX_FILE_BYTES,
+            max_file_bytes: 64 << 20,
             device_policy: None,
             freshness: "ferry/freshness.toml".to_owned(),
             freshness_max_age: None,
@@ -498,7 +497,7 @@ impl Default for TufSourceConfig {
             manifest: "ferry/manifest.yaml".to_owned(),
             stall_timeout_secs: 30,
             metadata_timeout_secs: 60,
-            min_rate_bytes_per_sec: crate::source::tuf::transport::DEFAULT_MIN_RATE,
+            min_rate_bytes_per_sec: 1024,
             time_floor: None,
         }
     }
@@ -840,7 +839,18 @@ impl Config {
                 }
             }
             Some("git") => {
-                crate::source::git::GitOptions::from_config(&self.source.git, &self.state_dir)?;
+                let git = &self.source.git;
+                for (key, v) in [
+                    ("source.git.url", git.url.is_some()),
+                    ("source.git.trust_dir", git.trust_dir.is_some()),
+                ] {
+                    if !v {
+                        return Err(ConfigError::Invalid {
+                            key,
+                            message: "required when source.kind = \"git\"".into(),
+                        });
+                    }
+                }
                 if let Some(d) = &self.source.git.trust_dir
                     && !d.is_absolute()
                 {

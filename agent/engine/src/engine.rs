@@ -29,9 +29,9 @@ use crate::facts::Facts;
 use crate::failpoints as fp;
 use crate::generations::{GenerationManifest, Generations};
 use crate::manifest::{self, Content, ResolvedManifest};
-use crate::source::{Source, VerifiedRevision};
 use crate::state::{AuditEvent, Check, Db, GenerationRow, NewGeneration, TransitionRow};
 use crate::store::Store;
+use ferry_source::{Source, VerifiedRevision};
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
 
@@ -331,12 +331,13 @@ impl Engine {
         if self.config.sigstore.require.is_empty() {
             return Ok(());
         }
-        let policy = crate::sigstore::Policy::from_config(&self.config.sigstore).map_err(|e| {
-            crate::config::ConfigError::Invalid {
-                key: "sigstore",
-                message: e.to_string(),
-            }
-        })?;
+        let policy =
+            crate::fetch::sigstore::Policy::from_config(&self.config.sigstore).map_err(|e| {
+                crate::config::ConfigError::Invalid {
+                    key: "sigstore",
+                    message: e.to_string(),
+                }
+            })?;
         match policy.check(rev, desired) {
             Ok(verified) => {
                 // Which identity signed, where it was logged and what
@@ -361,14 +362,14 @@ impl Engine {
                 }
                 Ok(())
             }
-            Err(crate::sigstore::CheckError::Source(e)) => {
-                if e.is_invalid_input() {
+            Err(crate::fetch::sigstore::CheckError::Source(e)) => {
+                if e.is_revision_at_fault() {
                     let details = json!({"revision": rev.id(), "source": rev.source_name(), "error": e.to_string()});
                     self.audit_refusal("revision-refused", rev.actor(), details)?;
                 }
                 Err(e.into())
             }
-            Err(crate::sigstore::CheckError::Refused(r)) => {
+            Err(crate::fetch::sigstore::CheckError::Refused(r)) => {
                 let details = json!({
                     "revision": rev.id(),
                     "source": rev.source_name(),
@@ -378,14 +379,12 @@ impl Engine {
                     "error": r.to_string(),
                 });
                 self.audit_refusal("revision-refused", rev.actor(), details)?;
-                Err(
-                    crate::source::SourceError::Untrusted(Box::new(crate::source::Untrusted {
-                        source_name: rev.source_name().to_owned(),
-                        what: r.resource.to_string(),
-                        reason: r.reason(),
-                    }))
-                    .into(),
+                Err(ferry_source::SourceError::untrusted(
+                    rev.source_name(),
+                    r.resource.to_string(),
+                    r.reason(),
                 )
+                .into())
             }
         }
     }
@@ -1333,11 +1332,8 @@ impl Engine {
     }
 
     /// The device's secure time floor.
-    pub fn time_floor(&self) -> Result<crate::source::tuf::TimeFloor> {
-        Ok(crate::source::tuf::TimeFloor::from_config(
-            &self.config.source.tuf,
-            &self.state_dir,
-        )?)
+    pub fn time_floor(&self) -> Result<ferry_source::TimeFloor> {
+        Ok(crate::fetch::time_floor(&self.config, &self.state_dir)?)
     }
 
     /// `ferry time-floor repair`: replaces a corrupt or unreadable floor with

@@ -1,4 +1,4 @@
-//! The engine's error type and the classes the binary maps to exit codes.
+//! The engine's error type and its class (the binary maps classes to exit codes).
 
 use std::path::PathBuf;
 
@@ -8,30 +8,10 @@ use ferry_core::audit::ChainError;
 use crate::activate::ActivateError;
 use crate::config::ConfigError;
 use crate::manifest::ManifestError;
-use crate::source::SourceError;
 use crate::state::StateError;
 use crate::store::StoreError;
-
-/// Broad classes of failure; each has a documented exit code in the binary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// I/O or database failure, or a bug.
-    Internal,
-    /// Configuration is invalid.
-    Config,
-    /// The desired state (manifest, paths, kinds) is invalid.
-    InvalidInput,
-    /// Content or history failed verification (hash, length, signature, audit chain).
-    Verification,
-    /// Another ferry holds the state directory.
-    Busy,
-    /// The state database (or other device state, e.g. the secure time floor) is corrupt.
-    Corrupt,
-    /// An activation failed and the transition was rolled back.
-    RolledBack,
-    /// The request is not possible in the current state (e.g. no generation to roll back to).
-    Refused,
-}
+use ferry_core::{Classify, ErrorClass};
+use ferry_source::SourceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -92,8 +72,10 @@ impl EngineError {
             source,
         }
     }
+}
 
-    pub fn class(&self) -> ErrorClass {
+impl Classify for EngineError {
+    fn class(&self) -> ErrorClass {
         match self {
             EngineError::Config(_) => ErrorClass::Config,
             EngineError::State(StateError::Corrupt { .. }) => ErrorClass::Corrupt,
@@ -103,7 +85,7 @@ impl EngineError {
             EngineError::IllegalTransition(_) => ErrorClass::Internal,
             EngineError::Store(e) if e.is_verification() => ErrorClass::Verification,
             EngineError::Store(_) => ErrorClass::Internal,
-            EngineError::Source(e) => source_class(e),
+            EngineError::Source(e) => e.class(),
             EngineError::Manifest(_) => ErrorClass::InvalidInput,
             EngineError::AuditBroken(_) => ErrorClass::Verification,
             EngineError::Locked(_) => ErrorClass::Busy,
@@ -113,17 +95,5 @@ impl EngineError {
             EngineError::Firmware(crate::firmware::FirmwareError::Booted(_)) => ErrorClass::Refused,
             EngineError::Firmware(_) => ErrorClass::Internal,
         }
-    }
-}
-
-/// The class of a source's error: signed metadata, targets or history that
-/// do not verify; content that is invalid; or the machine's fault.
-pub fn source_class(e: &SourceError) -> ErrorClass {
-    match e {
-        SourceError::TimeFloor { .. } => ErrorClass::Corrupt,
-        SourceError::Tuf { .. } if e.is_invalid_input() => ErrorClass::Verification,
-        SourceError::Untrusted(_) => ErrorClass::Verification,
-        _ if e.is_invalid_input() => ErrorClass::InvalidInput,
-        _ => ErrorClass::Internal,
     }
 }

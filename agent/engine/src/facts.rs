@@ -6,6 +6,7 @@
 //! override probed values). `--facts FILE` replaces probing entirely, so a
 //! workstation can plan for a device and tests are deterministic.
 
+use ferry_core::{Classify, ErrorClass};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,12 @@ pub enum FactsError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl Classify for FactsError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Config
+    }
 }
 
 /// The facts of one device. Missing values stay missing: a template that

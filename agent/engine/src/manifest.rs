@@ -9,6 +9,7 @@
 //! content address of its source file from the revision's signed metadata
 //! (or the manifest's pin), or of its rendered template.
 
+use ferry_core::{Classify, ErrorClass};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::{Arc, OnceLock};
@@ -19,7 +20,7 @@ use sha2::Digest as _;
 
 use crate::facts::{Facts, glob_match};
 use crate::render::{RenderError, Renderer};
-use crate::source::{SourceError, VerifiedRevision};
+use ferry_source::{SourceError, VerifiedRevision};
 
 /// Largest manifest accepted, in bytes.
 pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
@@ -97,6 +98,12 @@ pub enum ManifestError {
         #[source]
         source: SourceError,
     },
+}
+
+impl Classify for ManifestError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::InvalidInput
+    }
 }
 
 /// Where a resource's bytes come from.
@@ -511,8 +518,8 @@ fn hash_stream(rev: &dyn VerifiedRevision, path: &RepoPath) -> Result<ContentRef
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Source;
-    use crate::source::dir::DirSource;
+    use ferry_source::Source;
+    use ferry_source::dir::DirSource;
     use proptest::prelude::*;
     use serde_json::json;
 

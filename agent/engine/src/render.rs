@@ -22,7 +22,7 @@ use minijinja::value::{Object, Value};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 
 use crate::facts::Facts;
-use crate::source::{SourceError, VerifiedRevision};
+use ferry_source::{SourceError, VerifiedRevision};
 
 /// Largest template source, and largest rendered output, in bytes.
 pub const MAX_TEMPLATE_BYTES: u64 = 1024 * 1024;

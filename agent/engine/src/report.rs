@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::manifest::{Content, ResolvedManifest};
-use crate::source::VerifiedRevision;
 use crate::store::{Store, VerifyingReader};
+use ferry_source::VerifiedRevision;
 
 /// Content larger than this is not diffed.
 pub const MAX_DIFF_BYTES: u64 = 256 * 1024;

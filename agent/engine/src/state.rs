@@ -10,6 +10,7 @@
 //! ages. Every phase change of a transition is committed
 //! together with its audit entry in one SQLite transaction.
 
+use ferry_core::{Classify, ErrorClass};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,6 +42,15 @@ pub enum StateError {
     },
     #[error("state database {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+}
+
+impl Classify for StateError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            StateError::Corrupt { .. } => ErrorClass::Corrupt,
+            _ => ErrorClass::Internal,
+        }
+    }
 }
 
 /// Schema migrations, applied in order; `user_version` is the count applied.

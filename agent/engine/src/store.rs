@@ -7,6 +7,7 @@
 //! read-only (owner only) and renamed into place, then the directory is
 //! fsynced.
 
+use ferry_core::{Classify, ErrorClass};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -54,6 +55,16 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+}
+
+impl Classify for StoreError {
+    fn class(&self) -> ErrorClass {
+        if self.is_verification() {
+            ErrorClass::Verification
+        } else {
+            ErrorClass::Internal
+        }
+    }
 }
 
 impl StoreError {

@@ -11,11 +11,11 @@
 
 use std::io::Cursor;
 
-use ferry_engine::bundle::fat;
+use ferry_engine::fetch::bundle::fat;
 use ferry_engine::firmware::env::BootEnv;
 use ferry_engine::firmware::{grub, uboot};
-use ferry_engine::source::git::{parse_bundle_header, sig::Trust};
-use ferry_engine::source::tuf::meta;
+use ferry_git::{parse_bundle_header, sig::Trust};
+use ferry_tuf::meta;
 
 /// A fuzz target: arbitrary bytes in, nothing out (errors are fine).
 pub type Target = fn(&[u8]);
@@ -125,13 +125,13 @@ pub fn fat_image(data: &[u8]) {
 /// A Sigstore bundle, verified against the public-good root for an
 /// artifact digest of zeros.
 pub fn sigstore(data: &[u8]) {
-    use ferry_engine::sigstore::{IdentityMatch, IdentityPolicy, Requirement, TrustedRoot};
+    use ferry_sigstore::{IdentityMatch, IdentityPolicy, Requirement, TrustedRoot};
     let requirement = Requirement::Identity(IdentityPolicy {
         identity: IdentityMatch::Exact("ops@example.com".into()),
         issuer: "https://accounts.example.com".into(),
         claims: Vec::new(),
     });
-    let _ = ferry_engine::sigstore::verify(
+    let _ = ferry_sigstore::verify(
         data,
         "bundle.sigstore.json",
         &[0; 32],

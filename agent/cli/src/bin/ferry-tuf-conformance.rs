@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use ferry_engine::source::tuf::{self, Client, ClientConfig, Limits, Timeouts, client, transport};
+use ferry_tuf::{Client, ClientConfig, Limits, Timeouts, client, transport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,7 +72,7 @@ fn client(args: &Args) -> Result<Client> {
         limits: Limits::default(),
         timeouts: Timeouts::default(),
     };
-    let mut c = Client::load(cfg, tuf::clock_now())?;
+    let mut c = Client::load(cfg, ferry_source::clock_now())?;
     c.refresh()?;
     Ok(c)
 }
@@ -99,7 +99,7 @@ fn run(args: Args) -> Result<()> {
             for name in &args.target_names {
                 let info = c
                     .target_info(name)?
-                    .ok_or_else(|| tuf::TufError::UnknownTarget { name: name.clone() })?;
+                    .ok_or_else(|| ferry_tuf::TufError::UnknownTarget { name: name.clone() })?;
                 let dest = dir.join(transport::quote_all(name));
                 if client::matches_target(&dest, &info.file) {
                     continue;

@@ -7,6 +7,7 @@
 //! step in reverse order. `undo` must be idempotent: it may run for a step
 //! whose `apply` never happened, or happened twice.
 
+use ferry_core::{Classify, ErrorClass};
 use ferry_core::{Kind, Resource, Sha256, Step};
 use serde_json::Value;
 
@@ -22,6 +23,12 @@ pub mod wasm;
 pub struct ActivateError {
     pub resource: String,
     pub message: String,
+}
+
+impl Classify for ActivateError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Internal
+    }
 }
 
 impl ActivateError {

@@ -16,6 +16,7 @@ pub mod scheme;
 pub mod slot;
 pub mod uboot;
 
+use ferry_core::{Classify, ErrorClass};
 use std::path::PathBuf;
 
 pub use env::{BootEnv, BootEnvStore};
@@ -34,6 +35,15 @@ pub enum FirmwareError {
     Slot { slot: String, message: String },
     #[error("booted slot: {0}")]
     Booted(String),
+}
+
+impl Classify for FirmwareError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            FirmwareError::Booted(_) => ErrorClass::Refused,
+            _ => ErrorClass::Internal,
+        }
+    }
 }
 
 /// The configured firmware set-up: boot environment, scheme, slots.

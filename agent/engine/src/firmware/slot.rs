@@ -6,32 +6,20 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ferry_core::ContentRef;
-use serde::{Deserialize, Serialize};
 
 use fail::fail_point;
 
 use super::FirmwareError;
+pub use crate::config::SlotConfig;
 #[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
 use crate::failpoints as fp;
 use crate::store::{VerifyingReader, store_error};
 
 /// Streaming buffer: the whole write uses this much memory.
 const CHUNK: usize = 1024 * 1024;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlotConfig {
-    /// `A`, `B`: the names the bootloader variables use.
-    pub name: String,
-    /// An image file or a block device.
-    pub device: PathBuf,
-    /// Capacity in bytes; for block devices it is read from the device.
-    #[serde(default)]
-    pub size: Option<u64>,
-}
 
 impl SlotConfig {
     /// The slot's capacity: configured, else the block device's size.

@@ -15,9 +15,10 @@
 
 use ferry_core::RepoPath;
 use ferry_core::schedule::{Civil, CronWindow};
+use ferry_core::{Classify, ErrorClass};
 use serde::Deserialize;
 
-use crate::source::{SourceError, VerifiedRevision};
+use ferry_source::{SourceError, VerifiedRevision};
 
 /// The largest policy file read.
 const MAX_POLICY: u64 = 64 * 1024;
@@ -28,6 +29,15 @@ pub enum PolicyError {
     Invalid { path: String, message: String },
     #[error("update policy: {0}")]
     Source(#[from] SourceError),
+}
+
+impl Classify for PolicyError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            PolicyError::Invalid { .. } => ErrorClass::InvalidInput,
+            PolicyError::Source(e) => e.class(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,13 +270,14 @@ mod tests {
 
     #[test]
     fn the_example_policy_parses_and_matches_its_schema() {
-        let text = include_str!("../../../policies/update-policy.toml");
+        let text = include_str!("../../../../policies/update-policy.toml");
         let p = UpdatePolicy::parse("policies/update-policy.toml", text).unwrap();
         assert_eq!(p.rollout_percent, 25);
         assert_eq!(p.update_windows.len(), 2);
-        let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../../schemas/update-policy.schema.json"))
-                .unwrap();
+        let schema: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../../schemas/update-policy.schema.json"
+        ))
+        .unwrap();
         let doc: serde_json::Value =
             serde_json::to_value(toml::from_str::<toml::Value>(text).unwrap()).unwrap();
         let v = jsonschema::validator_for(&schema).unwrap();

@@ -1,24 +1,33 @@
-//! Sources: where a desired state comes from.
+//! Sources: where a desired state comes from. This crate holds what every
+//! source shares (the [`Source`] and [`VerifiedRevision`] traits, their
+//! error, the secure time floor) and the two sources without dependencies of
+//! their own: the development `dir` source and the `offline` wrapper for
+//! bundles. The TUF and git sources are crates of their own.
 //!
 //! Every source yields a [`VerifiedRevision`]: an id, who vouched for it, and
 //! access to its files. For signed sources (TUF, git) the content address of
 //! every file comes from signed metadata; the engine streams file bytes into
 //! the store through a reader that enforces that address.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::sync::Arc;
 
-use ferry_core::{ContentRef, RepoPath};
+use ferry_core::{Classify, ContentRef, ErrorClass, RepoPath};
 
 pub mod dir;
-pub mod git;
+pub mod floor;
 pub mod offline;
-pub mod tuf;
+
+pub use floor::{FloorError, TimeFloor, clock_now};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{source_name}: {path}: not found in revision")]
     NotFound { source_name: String, path: RepoPath },
+    /// The revision's content is not acceptable (a bad path, a revision
+    /// the source cannot serve).
     #[error("{source_name}: {path}: {reason}")]
     Refused {
         source_name: String,
@@ -31,19 +40,15 @@ pub enum SourceError {
         path: RepoPath,
         limit: u64,
     },
-    /// The TUF repository failed verification, or could not be reached.
-    #[error("{source_name}: {error}")]
-    Tuf {
-        source_name: String,
-        error: Box<tuf::TufError>,
-    },
-    /// A signed source's history or signatures failed verification (git:
-    /// unsigned or untrusted commits, rollbacks, out-of-scope changes).
+    /// Signed metadata, history or signatures failed verification (TUF
+    /// roles and targets; git: unsigned or untrusted commits, rollbacks,
+    /// out-of-scope changes; Sigstore bundles).
     #[error("{0}")]
     Untrusted(Box<Untrusted>),
-    /// The git repository could not be reached or read.
+    /// The source could not be reached or read (network, server, local
+    /// repository): no verdict on its content.
     #[error("{source_name}: {message}")]
-    Git {
+    Unavailable {
         source_name: String,
         message: String,
     },
@@ -58,50 +63,65 @@ pub enum SourceError {
     #[error("{source_name}: {error}")]
     TimeFloor {
         source_name: String,
-        error: Box<tuf::FloorError>,
+        error: Box<FloorError>,
     },
 }
 
-impl SourceError {
-    /// Whether the revision's content is at fault (not the machine).
-    pub fn is_invalid_input(&self) -> bool {
+impl Classify for SourceError {
+    fn class(&self) -> ErrorClass {
         match self {
-            SourceError::Io { .. } | SourceError::Git { .. } | SourceError::TimeFloor { .. } => {
-                false
-            }
-            SourceError::Tuf { error, .. } => error.is_untrusted_input(),
-            _ => true,
+            SourceError::TimeFloor { .. } => ErrorClass::Corrupt,
+            SourceError::Untrusted(_) => ErrorClass::Verification,
+            SourceError::NotFound { .. }
+            | SourceError::Refused { .. }
+            | SourceError::TooLarge { .. } => ErrorClass::InvalidInput,
+            SourceError::Unavailable { .. } | SourceError::Io { .. } => ErrorClass::Internal,
         }
+    }
+}
+
+impl SourceError {
+    /// What failed verification, and why (see [`Untrusted`]).
+    pub fn untrusted(
+        source_name: impl Into<String>,
+        what: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> SourceError {
+        SourceError::Untrusted(Box::new(Untrusted {
+            source_name: source_name.into(),
+            what: what.into(),
+            reason: reason.into(),
+            details: serde_json::Map::new(),
+        }))
+    }
+
+    /// Whether the revision (not the machine) is at fault: its content is
+    /// invalid or failed verification. Such refusals are audited.
+    pub fn is_revision_at_fault(&self) -> bool {
+        matches!(
+            self.class(),
+            ErrorClass::InvalidInput | ErrorClass::Verification
+        )
     }
 
     /// What the audit journal records when a revision is refused: the
-    /// source, and for TUF the role, version and reason.
+    /// source, what failed and why (for TUF also the role and version).
     pub fn audit_details(&self) -> Option<serde_json::Value> {
         use serde_json::json;
         match self {
-            SourceError::Tuf { source_name, error } if error.is_untrusted_input() => {
-                let mut d = json!({"source": source_name, "error": error.to_string()});
-                if let tuf::TufError::Refused {
-                    role,
-                    version,
-                    reason,
-                } = &**error
-                {
-                    d["role"] = json!(role);
-                    d["version"] = json!(version);
-                    d["reason"] = json!(reason);
-                }
-                Some(d)
-            }
             SourceError::Refused { source_name, .. } => {
                 Some(json!({"source": source_name, "error": self.to_string()}))
             }
             SourceError::TimeFloor { source_name, error } => Some(
                 json!({"source": source_name, "error": self.to_string(), "time_floor": error.path}),
             ),
-            SourceError::Untrusted(u) => Some(
-                json!({"source": u.source_name, "error": self.to_string(), "what": u.what, "reason": u.reason}),
-            ),
+            SourceError::Untrusted(u) => {
+                let mut d = json!({"source": u.source_name, "error": self.to_string(), "what": u.what, "reason": u.reason});
+                for (k, v) in &u.details {
+                    d[k] = v.clone();
+                }
+                Some(d)
+            }
             _ => None,
         }
     }
@@ -112,8 +132,11 @@ impl SourceError {
 #[error("{source_name}: {what}: {reason}")]
 pub struct Untrusted {
     pub source_name: String,
+    /// What was refused (a TUF role and version, a commit, a resource).
     pub what: String,
     pub reason: String,
+    /// More for the audit journal (TUF: `role`, `version`).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One verified revision of a source. Owned and shareable, so the renderer
@@ -197,45 +220,5 @@ pub trait Source: Send {
     /// Who the audit journal names when this source's revision is refused.
     fn refusal_actor(&self) -> &str {
         "source"
-    }
-}
-
-/// Builds the source named by the configuration.
-pub fn from_config(config: &crate::Config) -> Result<Box<dyn Source>, crate::config::ConfigError> {
-    use crate::config::ConfigError;
-    match config.source.kind.as_deref() {
-        Some("dir") => {
-            let path = config.source.dir.path.clone().ok_or(ConfigError::Invalid {
-                key: "source.dir.path",
-                message: "required when source.kind = \"dir\"".to_owned(),
-            })?;
-            let manifest = RepoPath::new(config.source.dir.manifest.clone()).map_err(|e| {
-                ConfigError::Invalid {
-                    key: "source.dir.manifest",
-                    message: e.to_string(),
-                }
-            })?;
-            Ok(Box::new(dir::DirSource::new(path, manifest)))
-        }
-        Some("tuf") => Ok(Box::new(tuf::TufSource::from_config(
-            &config.source.tuf,
-            &config.state_dir,
-        )?)),
-        Some("git") => {
-            let mut opts = git::GitOptions::from_config(&config.source.git, &config.state_dir)?;
-            opts.time_floor = Some(tuf::TimeFloor::from_config(
-                &config.source.tuf,
-                &config.state_dir,
-            )?);
-            Ok(Box::new(git::GitSource::new(opts)))
-        }
-        Some(other) => Err(ConfigError::Invalid {
-            key: "source.kind",
-            message: format!("unknown source kind {other:?} (known: tuf, git, dir)"),
-        }),
-        None => Err(ConfigError::Invalid {
-            key: "source.kind",
-            message: "no source configured; set [source] kind in ferry.toml".to_owned(),
-        }),
     }
 }

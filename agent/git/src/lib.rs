@@ -1,4 +1,4 @@
-//! The `git` source: signed commits fetched with gix into a bare repository
+//! ferry's `git` source: signed commits fetched with gix into a bare repository
 //! under the state directory.
 //!
 //! A fetch takes the configured branch's tip and accepts it only if:
@@ -15,6 +15,8 @@
 //! database, never from a work tree: a path is resolved entry by entry,
 //! symlinks and submodules are refused, sizes are bounded.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::io::{Cursor, Read};
 use std::num::NonZeroU32;
@@ -26,7 +28,7 @@ use ferry_core::{ContentRef, RepoPath};
 use gix::ObjectId;
 use gix::bstr::ByteSlice as _;
 
-use super::{Source, SourceError, VerifiedRevision};
+use ferry_source::{Source, SourceError, TimeFloor, VerifiedRevision};
 
 pub mod policy;
 pub mod sig;
@@ -59,7 +61,7 @@ pub struct GitOptions {
     pub bundle: Option<PathBuf>,
     /// The device's secure time floor (shared with the TUF source): new
     /// commits' keys are judged no earlier than it.
-    pub time_floor: Option<super::tuf::TimeFloor>,
+    pub time_floor: Option<TimeFloor>,
     /// The device's own signers policy (`source.git.device_policy`).
     pub device_policy: Option<Policy>,
     /// The freshness record in the repository, and its maximum age (off
@@ -81,18 +83,14 @@ pub struct Verified {
 }
 
 fn git_err(e: impl std::fmt::Display, what: &str) -> SourceError {
-    SourceError::Git {
+    SourceError::Unavailable {
         source_name: SOURCE_NAME.to_owned(),
         message: format!("{what}: {e}"),
     }
 }
 
 fn refused(commit: &ObjectId, reason: impl std::fmt::Display) -> SourceError {
-    SourceError::Untrusted(Box::new(super::Untrusted {
-        source_name: SOURCE_NAME.to_owned(),
-        what: format!("commit {commit}"),
-        reason: reason.to_string(),
-    }))
+    SourceError::untrusted(SOURCE_NAME, format!("commit {commit}"), reason.to_string())
 }
 
 impl GitSource {
@@ -502,7 +500,7 @@ impl GitSource {
             .ok_or_else(|| stale(format!("carries no freshness record {name}")))?;
         let record =
             Freshness::parse(&text).map_err(|e| stale(format!("freshness record {name}: {e}")))?;
-        let now = super::tuf::clock_now().max(floor.unwrap_or(i64::MIN));
+        let now = ferry_source::clock_now().max(floor.unwrap_or(i64::MIN));
         let limit = record
             .issued
             .saturating_add(i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX));
@@ -660,7 +658,7 @@ impl Quarantine {
             let name = p.file_name().expect("a file in a directory");
             std::fs::rename(p, to.join(name)).map_err(|e| git_err(e, "moving a verified pack"))?;
         }
-        crate::fsutil::fsync_dir(&to).map_err(|e| git_err(e, "moving a verified pack"))?;
+        ferry_fs::fsync_dir(&to).map_err(|e| git_err(e, "moving a verified pack"))?;
         main.reference(
             "refs/ferry/fetched",
             tip,
@@ -1187,7 +1185,7 @@ pub struct GitRevision {
 struct Pending {
     commit: ObjectId,
     file: PathBuf,
-    floor: Option<super::tuf::TimeFloor>,
+    floor: Option<TimeFloor>,
     /// The signed issue time of the tip's freshness record.
     issued: Option<i64>,
     details: serde_json::Value,
@@ -1214,7 +1212,7 @@ impl VerifiedRevision for GitRevision {
         let Some(p) = &self.pending else {
             return Ok(());
         };
-        crate::fsutil::write_atomic(&p.file, 0o600, &mut format!("{}\n", p.commit).as_bytes())
+        ferry_fs::write_atomic(&p.file, 0o600, &mut format!("{}\n", p.commit).as_bytes())
             .map_err(|e| git_err(e, "recording the accepted commit"))?;
         if let (Some(floor), Some(issued)) = (&p.floor, p.issued) {
             let current = floor.get().map_err(|error| SourceError::TimeFloor {
@@ -1257,84 +1255,6 @@ impl VerifiedRevision for GitRevision {
                 reason,
             }),
         }
-    }
-}
-
-impl GitOptions {
-    /// From `[source.git]`; paths in the state directory.
-    pub fn from_config(
-        c: &crate::config::GitSourceConfig,
-        state_dir: &Path,
-    ) -> Result<GitOptions, crate::config::ConfigError> {
-        use crate::config::ConfigError;
-        let url = c.url.clone().ok_or(ConfigError::Invalid {
-            key: "source.git.url",
-            message: "required when source.kind = \"git\"".into(),
-        })?;
-        let trust_dir = c.trust_dir.clone().ok_or(ConfigError::Invalid {
-            key: "source.git.trust_dir",
-            message: "required when source.kind = \"git\"".into(),
-        })?;
-        let path = |key: &'static str, v: &str| {
-            RepoPath::new(v.to_owned()).map_err(|e| ConfigError::Invalid {
-                key,
-                message: e.to_string(),
-            })
-        };
-        if c.branch.is_empty() || c.branch.contains(['*', ':', ' ', '~', '^']) {
-            return Err(ConfigError::Invalid {
-                key: "source.git.branch",
-                message: format!("{:?} is not a branch name", c.branch),
-            });
-        }
-        let device_policy = match &c.device_policy {
-            Some(path) => {
-                let text = std::fs::read(path)
-                    .ok()
-                    .filter(|t| t.len() <= policy::MAX_POLICY_BYTES)
-                    .and_then(|t| String::from_utf8(t).ok())
-                    .ok_or_else(|| ConfigError::Invalid {
-                        key: "source.git.device_policy",
-                        message: format!(
-                            "{}: unreadable, not UTF-8 or larger than {} bytes",
-                            path.display(),
-                            policy::MAX_POLICY_BYTES
-                        ),
-                    })?;
-                Some(Policy::parse(&text).map_err(|e| ConfigError::Invalid {
-                    key: "source.git.device_policy",
-                    message: format!("{}: {e}", path.display()),
-                })?)
-            }
-            None => None,
-        };
-        let freshness_max_age = match &c.freshness_max_age {
-            Some(v) => Some(
-                crate::config::parse_duration(v)
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| ConfigError::Invalid {
-                        key: "source.git.freshness_max_age",
-                        message: format!("{v:?} is not a duration above zero (e.g. 7d, 36h)"),
-                    })?,
-            ),
-            None => None,
-        };
-        Ok(GitOptions {
-            device_policy,
-            freshness: path("source.git.freshness", &c.freshness)?,
-            freshness_max_age,
-            url,
-            branch: c.branch.clone(),
-            trust_dir,
-            policy: path("source.git.policy", &c.policy)?,
-            pin: c.pin.clone(),
-            depth: c.depth,
-            manifest: path("source.git.manifest", &c.manifest)?,
-            max_file_bytes: c.max_file_bytes,
-            dir: state_dir.join("git"),
-            bundle: None,
-            time_floor: None,
-        })
     }
 }
 

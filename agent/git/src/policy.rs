@@ -159,13 +159,12 @@ mod tests {
 
     #[test]
     fn the_example_policy_parses_and_matches_its_schema() {
-        let text = include_str!("../../../../../policies/git-signers.toml");
+        let text = include_str!("../../../policies/git-signers.toml");
         let p = Policy::parse(text).expect("example");
         assert_eq!(p.signers.len(), 2);
-        let schema: serde_json::Value = serde_json::from_str(include_str!(
-            "../../../../../schemas/git-signers.schema.json"
-        ))
-        .expect("schema");
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../schemas/git-signers.schema.json"))
+                .expect("schema");
         let doc =
             serde_json::to_value(toml::from_str::<toml::Value>(text).expect("toml")).expect("json");
         let v = jsonschema::validator_for(&schema).expect("validator");
@@ -192,7 +191,7 @@ paths = ["sites/plant-7/**"]
         )
         .expect("policy");
         let paths = vec!["sites/plant-7/a".to_owned(), "ferry.yaml".to_owned()];
-        let signer = |key_id: &str, who: &str| crate::source::git::sig::Signer {
+        let signer = |key_id: &str, who: &str| crate::sig::Signer {
             key_id: key_id.to_owned(),
             who: who.to_owned(),
         };

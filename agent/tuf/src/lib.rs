@@ -1,4 +1,4 @@
-//! The `tuf` source: a TUF repository (metadata + targets) over HTTP(S) or
+//! ferry's `tuf` source: a TUF repository (metadata + targets) over HTTP(S) or
 //! `file://`, trusted through the `root.json` baked into the image.
 //!
 //! Every file a revision exposes is a TUF target: its length and hashes come
@@ -8,16 +8,16 @@
 //! clock reading at which a refresh verified, never decreasing, so a device
 //! whose clock fell back to 1970 cannot be fed metadata that expired since.
 
+#![forbid(unsafe_code)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use ferry_core::{ContentRef, RepoPath, Sha256};
-
-use super::{Source, SourceError, VerifiedRevision};
-use crate::config::{ConfigError, TufSourceConfig};
-use crate::fsutil;
+use ferry_fs as fsutil;
+use ferry_source::{Source, SourceError, TimeFloor, VerifiedRevision, clock_now};
 
 pub mod client;
 pub mod meta;
@@ -25,140 +25,6 @@ pub mod transport;
 
 pub use client::{Client, ClientConfig, Limits, TargetInfo, TufError};
 pub use transport::Timeouts;
-
-/// The system clock in Unix seconds.
-pub fn clock_now() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    }
-}
-
-/// The floor's file in the TUF source's directory (`state_dir/tuf`).
-pub const FLOOR_FILE: &str = "time-floor";
-
-/// How far the clock must have moved before the stored floor is rewritten.
-pub const FLOOR_STEP_SECS: i64 = 3600;
-
-/// The secure time floor, kept in one small file outside the metadata dir.
-///
-/// It fails closed: a floor file that cannot be read or parsed is an error
-/// (`FloorError`), never a floor of 0, since 0 would let a device whose
-/// clock fell back accept metadata that expired long ago. Only the operator
-/// repairs it (`ferry time-floor repair`, audited), from the image's floor
-/// or a time they give.
-#[derive(Debug, Clone)]
-pub struct TimeFloor {
-    path: PathBuf,
-    /// From configuration (the image's build time), if any.
-    baked: Option<i64>,
-}
-
-/// The stored floor is unreadable or corrupt.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "secure time floor {}: {problem}; expiry cannot be judged until the operator repairs it (`ferry time-floor repair`)",
-    path.display()
-)]
-pub struct FloorError {
-    pub path: PathBuf,
-    pub problem: String,
-}
-
-/// Largest floor file read (a decimal Unix time and a newline).
-const MAX_FLOOR_BYTES: u64 = 64;
-
-impl TimeFloor {
-    pub fn new(path: PathBuf, baked: Option<i64>) -> Self {
-        TimeFloor { path, baked }
-    }
-
-    /// The device's floor: `state_dir/tuf/time-floor`, at least the
-    /// image's `source.tuf.time_floor`.
-    pub fn from_config(cfg: &TufSourceConfig, state_dir: &Path) -> Result<Self, ConfigError> {
-        let baked = match &cfg.time_floor {
-            Some(t) => Some(
-                t.parse::<jiff::Timestamp>()
-                    .map_err(|e| ConfigError::Invalid {
-                        key: "source.tuf.time_floor",
-                        message: e.to_string(),
-                    })?
-                    .as_second(),
-            ),
-            None => None,
-        };
-        Ok(TimeFloor::new(
-            state_dir.join("tuf").join(FLOOR_FILE),
-            baked,
-        ))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The image's floor from configuration (`source.tuf.time_floor`).
-    pub fn baked(&self) -> Option<i64> {
-        self.baked
-    }
-
-    /// The floor stored on the device: `None` when there is none yet.
-    pub fn stored(&self) -> Result<Option<i64>, FloorError> {
-        let bad = |problem: String| FloorError {
-            path: self.path.clone(),
-            problem,
-        };
-        let f = match std::fs::File::open(&self.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(bad(format!("unreadable: {e}"))),
-        };
-        let mut bytes = Vec::new();
-        f.take(MAX_FLOOR_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("unreadable: {e}")))?;
-        if bytes.len() as u64 > MAX_FLOOR_BYTES {
-            return Err(bad(format!("corrupt: longer than {MAX_FLOOR_BYTES} bytes")));
-        }
-        std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .filter(|t| *t >= 0)
-            .map(Some)
-            .ok_or_else(|| bad("corrupt: not a Unix time in seconds".to_owned()))
-    }
-
-    /// The floor: the stored one, at least the image's.
-    pub fn get(&self) -> Result<i64, FloorError> {
-        Ok(self.stored()?.unwrap_or(0).max(self.baked.unwrap_or(0)))
-    }
-
-    /// `max(clock, floor)`: the reference time for expiry checks.
-    pub fn now(&self) -> Result<i64, FloorError> {
-        Ok(clock_now().max(self.get()?))
-    }
-
-    /// Raises the floor from `current` (what `get` said) to `t`; never
-    /// lowers it. The file is rewritten only when the floor moves by at
-    /// least `FLOOR_STEP_SECS`, so a poll every few minutes does not cost a
-    /// durable write each time; the floor then lags the clock by at most
-    /// that step.
-    pub fn raise(&self, current: i64, t: i64) -> std::io::Result<()> {
-        if t <= current || (current > 0 && t - current < FLOOR_STEP_SECS) {
-            return Ok(());
-        }
-        self.write(t)
-    }
-
-    /// Replaces the stored floor with `t`, whatever was there: the
-    /// operator's repair of a corrupt floor.
-    pub fn write(&self, t: i64) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        fsutil::write_atomic(&self.path, 0o644, &mut t.to_string().as_bytes()).map(drop)
-    }
-}
 
 #[derive(Debug)]
 pub struct TufSource {
@@ -174,41 +40,44 @@ pub struct TufSource {
     offline: bool,
 }
 
+/// What a [`TufSource`] needs: where the repository is, what to trust, and
+/// where its state lives.
+#[derive(Debug, Clone)]
+pub struct TufOptions {
+    /// Base URL of the metadata (`https://…/metadata/`, `http://…` or `file:///…`).
+    pub metadata_url: String,
+    /// Base URL of the targets.
+    pub targets_url: String,
+    /// The trusted `root.json` baked into the image.
+    pub trusted_root: PathBuf,
+    /// The target holding the desired-state manifest.
+    pub manifest: RepoPath,
+    /// The source's directory (`state_dir/tuf`): trusted metadata and the
+    /// cache of small targets.
+    pub dir: PathBuf,
+    /// The device's secure time floor.
+    pub floor: TimeFloor,
+    pub timeouts: Timeouts,
+}
+
 impl TufSource {
-    pub fn from_config(cfg: &TufSourceConfig, state_dir: &Path) -> Result<Self, ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
-        let metadata_url = cfg
-            .metadata_url
-            .clone()
-            .ok_or_else(|| invalid("source.tuf.metadata_url", "required".to_owned()))?;
-        let targets_url = cfg
-            .targets_url
-            .clone()
-            .ok_or_else(|| invalid("source.tuf.targets_url", "required".to_owned()))?;
-        let manifest = RepoPath::new(cfg.manifest.clone())
-            .map_err(|e| invalid("source.tuf.manifest", e.to_string()))?;
-        let floor = TimeFloor::from_config(cfg, state_dir)?;
-        let dir = state_dir.join("tuf");
-        Ok(TufSource {
-            name: format!("tuf:{metadata_url}"),
+    pub fn new(opts: TufOptions) -> Self {
+        TufSource {
+            name: format!("tuf:{}", opts.metadata_url),
             client: ClientConfig {
-                metadata_url,
-                targets_url,
-                metadata_dir: dir.join("metadata"),
+                metadata_url: opts.metadata_url,
+                targets_url: opts.targets_url,
+                metadata_dir: opts.dir.join("metadata"),
                 limits: Limits::default(),
-                timeouts: Timeouts {
-                    stall: Duration::from_secs(cfg.stall_timeout_secs),
-                    metadata: Duration::from_secs(cfg.metadata_timeout_secs),
-                    min_rate: cfg.min_rate_bytes_per_sec,
-                },
+                timeouts: opts.timeouts,
             },
-            trusted_root: cfg.root.clone(),
-            manifest,
-            floor,
-            cache: dir.join("cache"),
+            trusted_root: opts.trusted_root,
+            manifest: opts.manifest,
+            floor: opts.floor,
+            cache: opts.dir.join("cache"),
             transport: std::sync::OnceLock::new(),
             offline: false,
-        })
+        }
     }
 
     /// The device's TUF source reading a bundle's `metadata/` and `targets/`
@@ -222,32 +91,23 @@ impl TufSource {
     /// then is refused, as are versions older than the trusted ones. The
     /// floor rises to the clock after an import only when the clock lies
     /// within the validity of everything the bundle carried.
-    pub fn for_bundle(
-        cfg: &TufSourceConfig,
-        state_dir: &Path,
-        dir: &Path,
-        name: String,
-    ) -> Result<Self, ConfigError> {
+    pub fn for_bundle(mut opts: TufOptions, dir: &Path, name: String) -> Self {
         let url = |sub: &str| {
             format!(
                 "file://{}/",
                 transport::quote_path(&dir.join(sub).to_string_lossy())
             )
         };
-        let mut cfg = cfg.clone();
-        cfg.metadata_url = Some(url("metadata"));
-        cfg.targets_url = Some(url("targets"));
-        let mut s = TufSource::from_config(&cfg, state_dir)?;
+        opts.metadata_url = url("metadata");
+        opts.targets_url = url("targets");
+        let mut s = TufSource::new(opts);
         s.name = name;
         s.offline = true;
-        Ok(s)
+        s
     }
 
     fn err(&self, e: TufError) -> SourceError {
-        SourceError::Tuf {
-            source_name: self.name.clone(),
-            error: Box::new(e),
-        }
+        e.into_source_error(&self.name)
     }
 
     /// Verifies the newest metadata: root rotation, timestamp, snapshot,
@@ -389,10 +249,7 @@ const CACHE_MAX_ENTRIES: usize = 256;
 
 impl TufRevision {
     fn err(&self, e: TufError) -> SourceError {
-        SourceError::Tuf {
-            source_name: self.name.clone(),
-            error: Box::new(e),
-        }
+        e.into_source_error(&self.name)
     }
 
     fn info(

@@ -13,7 +13,7 @@
 //! Nothing in a bundle is trusted: importing it runs the device's own
 //! source (same trusted root or allowed signers, same rollback and freeze
 //! state) over the bundle's files instead of the network
-//! ([`crate::source::tuf::TufSource::for_bundle`], the git source's bundle
+//! ([`ferry_tuf::TufSource::for_bundle`], the git source's bundle
 //! option). The marker only lets `ferry import` refuse early and clearly
 //! (another kind of source, another device model); it can never make
 //! anything be accepted.
@@ -29,10 +29,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 use crate::facts::Facts;
 use crate::manifest::{self, Content, ManifestError};
-use crate::source::git::{GitOptions, GitSource};
-use crate::source::tuf::TufSource;
-use crate::source::{Source, SourceError, VerifiedRevision};
 use crate::{Config, ErrorClass};
+use ferry_core::Classify;
+use ferry_git::GitSource;
+use ferry_source::{Source, SourceError, VerifiedRevision};
+use ferry_tuf::TufSource;
 
 pub mod fat;
 
@@ -124,8 +125,10 @@ impl BundleError {
             source,
         }
     }
+}
 
-    pub fn class(&self) -> ErrorClass {
+impl Classify for BundleError {
+    fn class(&self) -> ErrorClass {
         match self {
             BundleError::NoMarker { .. } | BundleError::NotForThisDevice { .. } => {
                 ErrorClass::Refused
@@ -133,7 +136,7 @@ impl BundleError {
             BundleError::Invalid { .. } | BundleError::Manifest(_) => ErrorClass::InvalidInput,
             BundleError::NoSpace { .. } | BundleError::Io { .. } => ErrorClass::Internal,
             BundleError::Config(_) => ErrorClass::Config,
-            BundleError::Source(e) => crate::error::source_class(e),
+            BundleError::Source(e) => e.class(),
         }
     }
 }
@@ -228,7 +231,7 @@ fn export_tuf(
     out: &Path,
     work: &Path,
 ) -> Result<(String, Vec<String>), BundleError> {
-    let src = TufSource::from_config(&config.source.tuf, &work.join("export"))?;
+    let src = TufSource::new(super::tuf_options(config, &work.join("export"))?);
     let rev = src.fetch_tuf()?;
     let names: BTreeSet<String> = if facts.is_empty() {
         rev.all_target_names()?.into_iter().collect()
@@ -252,11 +255,10 @@ fn export_tuf(
     // Read it back as a fresh device would, rendering for every selected
     // device (expiry was checked against this machine's clock above).
     let check = TufSource::for_bundle(
-        &config.source.tuf,
-        &work.join("check"),
+        super::tuf_options(config, &work.join("check"))?,
         &out.join("tuf"),
         "bundle".into(),
-    )?;
+    );
     let back: Arc<dyn VerifiedRevision> = check.fetch_tuf()?;
     for f in facts {
         needed_paths(&back, check.manifest_path(), f)?;
@@ -280,7 +282,7 @@ fn export_git(
     out: &Path,
     work: &Path,
 ) -> Result<(String, Vec<String>), BundleError> {
-    let mut opts = GitOptions::from_config(&config.source.git, &work.join("export"))?;
+    let mut opts = super::git_options(config, &work.join("export"))?;
     // The whole history: a device may have accepted any earlier commit.
     opts.depth = None;
     let file = out.join(GIT_BUNDLE);
@@ -288,7 +290,7 @@ fn export_git(
         .map_err(|e| BundleError::io("creating", out.join("git"), e))?;
     let (tip, _signer) = GitSource::new(opts.clone()).export_bundle(&file)?;
     // Read it back as a fresh device would.
-    let mut check = GitOptions::from_config(&config.source.git, &work.join("check"))?;
+    let mut check = super::git_options(config, &work.join("check"))?;
     check.bundle = Some(file);
     let check = GitSource::new(check);
     let back = check.fetch()?;
@@ -596,17 +598,13 @@ pub fn source(config: &Config, opened: &Opened) -> Result<Box<dyn Source>, Bundl
     let name = format!("usb:{}", opened.label);
     Ok(match opened.marker.kind.as_str() {
         "tuf" => Box::new(TufSource::for_bundle(
-            &config.source.tuf,
-            &config.state_dir,
+            super::tuf_options(config, &config.state_dir)?,
             &opened.root.join("tuf"),
             name,
-        )?),
+        )),
         _ => {
-            let mut opts = GitOptions::from_config(&config.source.git, &config.state_dir)?;
-            opts.time_floor = Some(crate::source::tuf::TimeFloor::from_config(
-                &config.source.tuf,
-                &config.state_dir,
-            )?);
+            let mut opts = super::git_options(config, &config.state_dir)?;
+            opts.time_floor = Some(super::time_floor(config, &config.state_dir)?);
             opts.bundle = Some(opened.root.join(GIT_BUNDLE));
             opts.depth = None;
             Box::new(GitSource::new(opts))

@@ -19,7 +19,7 @@ use super::meta::{
     Targets, Timestamp,
 };
 use super::transport::{self, FetchError, Timeouts, Transport};
-use crate::fsutil;
+use ferry_fs as fsutil;
 
 /// Size bounds on metadata (an endless-data attack is cut off here).
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +94,51 @@ impl TufError {
             // endless data is.
             TufError::Fetch { error, .. } => matches!(error, FetchError::TooLarge { .. }),
             _ => true,
+        }
+    }
+
+    /// The source's error for this one: verification failures and endless
+    /// data are `Untrusted` (with the role and version for the audit
+    /// journal), an unreachable server is `Unavailable`, a local failure
+    /// is `Io`.
+    pub fn into_source_error(self, source_name: &str) -> ferry_source::SourceError {
+        use ferry_source::SourceError;
+        let untrusted =
+            |what: String, reason: String| SourceError::untrusted(source_name, what, reason);
+        match self {
+            TufError::Refused {
+                role,
+                version,
+                reason,
+            } => {
+                let what = format!(
+                    "{role}{}",
+                    version.map(|v| format!(" v{v}")).unwrap_or_default()
+                );
+                let mut e = untrusted(what, reason);
+                if let SourceError::Untrusted(u) = &mut e {
+                    u.details.insert("role".into(), role.into());
+                    u.details.insert("version".into(), version.into());
+                }
+                e
+            }
+            TufError::BadTarget { name, reason } => untrusted(format!("target {name}"), reason),
+            TufError::UnknownTarget { name } => untrusted(
+                format!("target {name}"),
+                "not listed by any trusted targets role".to_owned(),
+            ),
+            TufError::Fetch { role, error } if matches!(error, FetchError::TooLarge { .. }) => {
+                untrusted(format!("fetching {role}"), error.to_string())
+            }
+            TufError::Fetch { role, error } => SourceError::Unavailable {
+                source_name: source_name.to_owned(),
+                message: format!("fetching {role}: {error}"),
+            },
+            TufError::Local { what, error } => SourceError::Io {
+                source_name: source_name.to_owned(),
+                what,
+                source: error,
+            },
         }
     }
 

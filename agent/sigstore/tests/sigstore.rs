@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use ferry_engine::sigstore::{
+use ferry_sigstore::{
     IdentityMatch, IdentityPolicy, Requirement, SigstoreError, TrustedRoot, Verified, verify,
 };
 use serde_json::Value;
@@ -371,8 +371,7 @@ fn a_wrong_trusted_root_is_refused() {
         "is not in the trusted root",
     );
     // The production log, but not the Fulcio CA that issued the certificate.
-    let mut root: Value =
-        serde_json::from_slice(ferry_engine::sigstore::PRODUCTION_TRUSTED_ROOT).unwrap();
+    let mut root: Value = serde_json::from_slice(ferry_sigstore::PRODUCTION_TRUSTED_ROOT).unwrap();
     root["certificateAuthorities"]
         .as_array_mut()
         .unwrap()
