@@ -123,6 +123,32 @@ fn a_full_disk_fails_cleanly_and_the_next_apply_succeeds() {
     consistent(&f, "after");
 }
 
+/// A device downgraded to an older ferry (e.g. the other firmware slot)
+/// finds a state database migrated by a newer one: every command refuses it
+/// (exit 8, naming both versions) and leaves it byte for byte as it was, so
+/// booting the newer ferry again carries on.
+#[test]
+fn a_state_database_from_a_newer_ferry_is_refused_untouched() {
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a.conf", "one\n", "0644")]);
+    f.ok(&["apply"]);
+    let db = f.state.join("state.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.pragma_update(None, "user_version", 999).unwrap();
+    }
+    let before = fs::read(&db).unwrap();
+    for args in [&["status"][..], &["apply"], &["generations", "--json"]] {
+        let out = f.run(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(8), "{args:?}: {err}");
+        assert!(err.contains("newer than this ferry"), "{args:?}: {err}");
+        assert!(err.contains("999"), "{args:?}: {err}");
+    }
+    assert_eq!(fs::read(&db).unwrap(), before, "the database was changed");
+    assert_eq!(f.current_link(), Some(1));
+}
+
 #[test]
 fn a_read_only_state_dir_refuses_changes_and_still_reports() {
     let f = Fixture::new();

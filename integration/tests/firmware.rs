@@ -13,9 +13,9 @@ use std::process::Command;
 
 use common::gateway::{Device, Gateway, SLOT_SIZE, image_bytes};
 use common::*;
-use ferry_engine::firmware::env::{BootEnv, BootEnvStore};
-use ferry_engine::firmware::grub::{self, GrubEnv};
-use ferry_engine::firmware::uboot::{self, UbootEnv};
+use ferry_engine::activate::firmware::env::{BootEnv, BootEnvStore};
+use ferry_engine::activate::firmware::grub::{self, GrubEnv};
+use ferry_engine::activate::firmware::uboot::{self, UbootEnv};
 
 fn tricky() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -907,7 +907,7 @@ impl Drop for Loop {
 
 #[test]
 fn block_device_slots_take_their_capacity_from_the_device() {
-    use ferry_engine::firmware::slot::SlotConfig;
+    use ferry_engine::activate::firmware::slot::SlotConfig;
     assert!(
         is_root(),
         "this test attaches a loop device and needs root (CI runs as root)"

@@ -21,10 +21,35 @@ Exit codes:
 `wasm run` exits with the module's own status instead (134: it trapped,
 125: ferry could not run it).";
 
+/// `ferry --version`: the version and what this build includes.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let mut sources = vec!["dir"];
+        let mut kinds = vec!["file", "ruleset", "firmware"];
+        if cfg!(feature = "tuf") {
+            sources.push("tuf");
+        }
+        if cfg!(feature = "git") {
+            sources.push("git");
+        }
+        if cfg!(feature = "wasm") {
+            kinds.push("wasm");
+        }
+        format!(
+            "{}\nsources: {}\nresource kinds: {}",
+            env!("CARGO_PKG_VERSION"),
+            sources.join(", "),
+            kinds.join(", ")
+        )
+    })
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry",
     version,
+    long_version = long_version(),
     about = "Declarative, signed, crash-safe updates for IoT and edge gateways",
     long_about = "ferry fetches a desired state from a source, plans it against what runs, \
 and switches to it atomically as a new generation, recording every transition in a \
@@ -378,7 +403,7 @@ pub enum WasmAction {
         #[arg(long, value_name = "N")]
         fuel: Option<u64>,
         /// Memory cap in MiB (the agent's default is 16).
-        #[arg(long, value_name = "MIB", default_value_t = ferry_wasm::spec::DEFAULT_MEMORY_MIB)]
+        #[arg(long, value_name = "MIB", default_value_t = 16)]
         max_memory_mib: u32,
         /// Grant the real wall and monotonic clocks.
         #[arg(long)]

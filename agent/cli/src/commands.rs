@@ -1,9 +1,8 @@
 //! Carries out one command.
 
 use anyhow::{Context, Result};
-use ferry_engine::facts::Facts;
-use ferry_engine::report::report;
-use ferry_engine::{ApplyOutcome, Config, Engine};
+use ferry_engine::render::report::report;
+use ferry_engine::{ApplyOutcome, Engine};
 
 use crate::cli::{
     AuditAction, AuditFilter, BundleAction, Cli, Command, FirmwareAction, GenerationsAction,
@@ -11,36 +10,38 @@ use crate::cli::{
 };
 use crate::exit::Code;
 use crate::output;
-
-pub fn load_config(args: &Cli) -> Result<Config> {
-    let mut config = ferry_engine::fetch::load_config(args.config.as_deref())?;
-    if let Some(dir) = &args.state_dir {
-        config.state_dir =
-            std::path::absolute(dir).with_context(|| format!("state dir {}", dir.display()))?;
-    }
-    Ok(config)
-}
-
-/// `--facts FILE` as given, else this system's facts plus the configured facts file.
-pub fn load_facts(file: Option<&std::path::Path>, config: &Config) -> Result<Facts> {
-    Ok(match file {
-        Some(path) => Facts::from_file(path)?,
-        None => Facts::probe(&config.facts)?,
-    })
-}
+use crate::setup::{load_config, load_facts};
 
 /// After firmware was switched: release the state directory, then reboot
 /// (unless told not to).
 fn reboot_if_required(engine: Engine, outcome: &ApplyOutcome, no_reboot: bool, command: &[String]) {
     if matches!(outcome, ApplyOutcome::RebootRequired { .. }) && !no_reboot {
         drop(engine);
-        ferry_engine::health::reboot(command);
+        ferry_engine::activate::health::reboot(command);
     }
+}
+
+/// The error for a part this build leaves out.
+#[allow(dead_code)]
+fn not_built_in(what: &str, feature: &str) -> String {
+    format!(
+        "{what} needs ferry's `{feature}` feature, which this build leaves out (`ferry --version` lists what is built in)"
+    )
 }
 
 pub fn run(args: Cli) -> Result<Code> {
     if let Command::Demo { dir } = &args.command {
+        #[cfg(feature = "tuf")]
         return crate::demo::run(dir.as_deref());
+        #[cfg(not(feature = "tuf"))]
+        {
+            let _ = dir;
+            anyhow::bail!(not_built_in("the demo", "tuf"));
+        }
+    }
+    #[cfg(not(feature = "wasm"))]
+    if let Command::Wasm { .. } = &args.command {
+        anyhow::bail!(not_built_in("`ferry wasm`", "wasm"));
     }
     if let Command::Rules { action } = args.command {
         return crate::rules::run(action);
@@ -69,12 +70,15 @@ pub fn run(args: Cli) -> Result<Code> {
                 .then(|| {
                     crate::control::call(
                         &config.agent.control_socket,
-                        &serde_json::json!({"cmd": "status"}),
+                        ferry_core::control::Request::Status,
                     )
                     .ok()
                 })
                 .flatten()
-                .map(|v| v["agent"].clone());
+                .and_then(|r| match r.body {
+                    ferry_core::control::Body::Status { agent } => serde_json::to_value(agent).ok(),
+                    _ => None,
+                });
             output::status(&config.state_dir, status.as_ref(), agent.as_ref(), out.json)?;
         }
         Command::Plan {
@@ -129,14 +133,17 @@ pub fn run(args: Cli) -> Result<Code> {
             }
         }
         Command::Apply { out, now: true, .. } => {
-            let answer = crate::daemon::request_now(&config.agent.control_socket)?;
+            let answer = crate::control::call(
+                &config.agent.control_socket,
+                ferry_core::control::Request::Apply,
+            )?;
             if out.json {
-                println!("{answer}");
+                println!("{}", serde_json::to_string(&answer)?);
             } else {
                 println!("the agent will reconcile now");
             }
         }
-        Command::Run { once: true, out } => return crate::daemon::run_once(&args, out.json),
+        Command::Run { once: true, out } => return crate::reconcile::run_once(&args, out.json),
         Command::Run { .. } => return crate::daemon::run(&args),
         Command::Import {
             path,
@@ -220,11 +227,13 @@ pub fn run(args: Cli) -> Result<Code> {
                 // Read-only: with no state yet, only the boot environment's view.
                 let status = match Engine::open_read_only(config.clone())? {
                     Some(engine) => engine.firmware_status()?,
-                    None => ferry_engine::firmware::Firmware::from_config(&config.firmware)
-                        .map_err(ferry_engine::EngineError::from)?
-                        .map(|fw| fw.status())
-                        .transpose()
-                        .map_err(ferry_engine::EngineError::from)?,
+                    None => {
+                        ferry_engine::activate::firmware::Firmware::from_config(&config.firmware)
+                            .map_err(ferry_engine::EngineError::from)?
+                            .map(|fw| fw.status())
+                            .transpose()
+                            .map_err(ferry_engine::EngineError::from)?
+                    }
                 };
                 let status = status.ok_or_else(|| {
                     anyhow::anyhow!("no [firmware] boot environment is configured")

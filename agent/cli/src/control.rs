@@ -1,6 +1,6 @@
 //! The control socket of a running agent: one JSON request line, one JSON
-//! answer line. `{"cmd":"status"}` → the agent's view; `{"cmd":"apply"}` →
-//! reconcile now. The socket is mode 0600 (root-only on a device).
+//! response line (`ferry_core::control`, docs/control.md). The socket is
+//! mode 0600 (root-only on a device).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use ferry_core::control::{Body, Request, Response};
 
-use crate::daemon::{Msg, Shared};
-use ferry_core::control::Request;
+use crate::shared::{Msg, Shared};
 
 /// Removes the socket file when the agent stops.
 #[derive(Debug)]
@@ -84,32 +83,38 @@ async fn answer(conn: tokio::net::UnixStream, shared: &Mutex<Shared>, tx: &mpsc:
     }
     let answer = match ferry_core::control::parse_request(&line) {
         Ok(Request::Status) => {
-            let s = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            json!({"ok": true, "agent": s})
+            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            Response::status(s.status())
         }
         Ok(Request::Apply) => {
             let sent = tx.send(Msg::Now).is_ok();
-            json!({"ok": sent, "message": "reconcile requested"})
+            Response::message(sent, "reconcile requested")
         }
-        Err(e) => json!({"ok": false, "error": e}),
+        Err(e) => Response::error(e.to_string()),
     };
+    let answer = serde_json::to_string(&answer).unwrap_or_default();
     let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
 }
 
-/// Sends one request to the agent at `path`.
-pub fn call(path: &Path, req: &Value) -> Result<Value> {
+/// Sends one request to the agent at `path`; an answer with `ok: false`
+/// is an error.
+pub fn call(path: &Path, request: Request) -> Result<Response> {
     let mut s = std::os::unix::net::UnixStream::connect(path)
         .with_context(|| format!("no ferry agent answers on {}", path.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    writeln!(s, "{req}")?;
+    s.write_all(ferry_core::control::request_line(request).as_bytes())?;
     let mut line = String::new();
     BufReader::new(s)
         .take(MAX_ANSWER_BYTES)
         .read_line(&mut line)?;
-    let v: Value = serde_json::from_str(&line).context("the agent's answer")?;
-    if v["ok"] != true {
-        bail!("the agent refused: {}", v["error"]);
+    let answer: Response = serde_json::from_str(&line).context("the agent's answer")?;
+    if !answer.ok {
+        match &answer.body {
+            Body::Error { error } => bail!("the agent refused: {error}"),
+            Body::Message { message } => bail!("the agent refused: {message}"),
+            Body::Status { .. } => bail!("the agent refused"),
+        }
     }
-    Ok(v)
+    Ok(answer)
 }

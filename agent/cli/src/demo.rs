@@ -13,8 +13,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use ferry_engine::facts::Facts;
-use ferry_engine::report::report;
+use ferry_engine::render::facts::Facts;
+use ferry_engine::render::report::report;
 use ferry_engine::{Config, Engine};
 
 use crate::demo_repo::DemoRepo;

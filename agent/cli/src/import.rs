@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ferry_core::RepoPath;
-use ferry_engine::facts::Facts;
 use ferry_engine::fetch::bundle::{self, BundleError};
+use ferry_engine::render::facts::Facts;
 use ferry_engine::{ApplyOutcome, Config, Engine, EngineError};
 use ferry_source::offline::{Offline, Progress};
 use serde_json::json;
@@ -112,7 +112,7 @@ pub fn import(config: Config, facts: Facts, req: &Request<'_>) -> Result<Code> {
     output::outcome(&outcome, as_json)?;
     if matches!(outcome, ApplyOutcome::RebootRequired { .. }) && !no_reboot {
         drop(engine);
-        ferry_engine::health::reboot(&reboot_command);
+        ferry_engine::activate::health::reboot(&reboot_command);
     }
     Ok(Code::Success)
 }

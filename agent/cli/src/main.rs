@@ -6,17 +6,25 @@ mod cli;
 mod commands;
 mod control;
 mod daemon;
+#[cfg(feature = "tuf")]
 mod demo;
+#[cfg(feature = "tuf")]
 mod demo_repo;
 mod exit;
 mod import;
 mod logging;
+mod metrics;
 mod notify;
 mod output;
+mod reconcile;
 mod rules;
 mod rules_agent;
+mod setup;
+mod shared;
 mod sigstore;
+#[cfg(feature = "wasm")]
 mod wasm;
+#[cfg(feature = "wasm")]
 mod wasm_agent;
 
 use std::process::ExitCode;
@@ -27,6 +35,7 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     logging::init(&args.log_level);
     let _failpoints = ferry_engine::failpoints::ENABLED.then(arm_failpoints);
+    #[cfg(feature = "wasm")]
     if let cli::Command::Wasm { action } = args.command {
         return wasm::run(action);
     }

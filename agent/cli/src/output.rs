@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::Result;
 use ferry_core::audit::AuditEntry;
 use ferry_core::{Op, ResourceSet};
-use ferry_engine::report::PlanReport;
-use ferry_engine::state::GenerationRow;
+use ferry_engine::render::report::PlanReport;
+use ferry_engine::store::state::GenerationRow;
 use ferry_engine::{ApplyOutcome, GcOutcome, Status};
 use serde::Serialize;
 use serde_json::json;
@@ -347,7 +347,7 @@ pub fn audit(entries: &[AuditEntry], as_json: bool) -> Result<()> {
 pub fn audit_export(
     rows: &[(AuditEntry, String)],
     base: Option<&str>,
-    facts: &ferry_engine::facts::Facts,
+    facts: &ferry_engine::render::facts::Facts,
     after: u64,
     keep: impl Fn(&AuditEntry) -> bool,
 ) -> Result<()> {
@@ -431,7 +431,7 @@ pub fn time_floor_repaired(t: i64, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn firmware(s: &ferry_engine::firmware::FirmwareStatus, as_json: bool) -> Result<()> {
+pub fn firmware(s: &ferry_engine::activate::firmware::FirmwareStatus, as_json: bool) -> Result<()> {
     if as_json {
         return print_json(s);
     }

@@ -12,7 +12,14 @@ use ferry_engine::{Config, Engine};
 use ferry_rules::runtime::{Loaded, MqttTarget, Options, Runtime};
 use tokio::sync::Notify;
 
+#[cfg(feature = "wasm")]
 use crate::wasm_agent::ModuleHost;
+
+/// Without the module host (a build without `wasm`), rules run alone and a
+/// `call()` action fails, saying why.
+#[cfg(not(feature = "wasm"))]
+#[derive(Debug)]
+pub struct ModuleHost;
 
 /// The generation `current` points at, read from the symlink (cheap enough
 /// to check every second).
@@ -43,6 +50,7 @@ fn load_rules(config: &Config) -> Result<(Option<u64>, Loaded)> {
 /// rules find them) and rule sets. A generation whose modules do not load
 /// changes nothing.
 fn load(config: &Config, modules: &ModuleHost) -> Result<(Option<u64>, Loaded)> {
+    #[cfg(feature = "wasm")]
     for _ in 0..5 {
         let (module_gen, loaded_modules) = modules.load_current()?;
         let (generation, loaded) = load_rules(config)?;
@@ -52,7 +60,26 @@ fn load(config: &Config, modules: &ModuleHost) -> Result<(Option<u64>, Loaded)> 
         }
         // A switch happened between the two reads: read both again.
     }
-    anyhow::bail!("the generation kept changing while loading")
+    #[cfg(not(feature = "wasm"))]
+    {
+        let _ = modules;
+        return load_rules(config);
+    }
+    #[allow(unreachable_code)]
+    {
+        anyhow::bail!("the generation kept changing while loading")
+    }
+}
+
+/// How many modules the host runs (for logs).
+fn module_count(modules: &ModuleHost) -> usize {
+    #[cfg(feature = "wasm")]
+    return modules.service().modules().len();
+    #[cfg(not(feature = "wasm"))]
+    {
+        let _ = modules;
+        0
+    }
 }
 
 fn hostname() -> String {
@@ -66,6 +93,7 @@ fn hostname() -> String {
 #[derive(Debug, Clone)]
 pub struct EventPath {
     pub rules: Runtime,
+    #[cfg(feature = "wasm")]
     pub modules: Arc<ModuleHost>,
 }
 
@@ -92,7 +120,10 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>>
         alert_topic: rc.alert_topic.clone(),
         print_actions: false,
     };
+    #[cfg(feature = "wasm")]
     let modules = Arc::new(ModuleHost::start(config));
+    #[cfg(not(feature = "wasm"))]
+    let modules = Arc::new(ModuleHost);
     let (mut generation, loaded) = match load(config, &modules) {
         Ok(l) => l,
         Err(e) => {
@@ -102,8 +133,12 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>>
             (None, Loaded::default())
         }
     };
-    tracing::info!(sets = loaded.sets.len(), modules = modules.service().modules().len(), from = %loaded.label, "rules: engine started");
-    let runtime = Runtime::start(options, loaded, Some(modules.hook()))?;
+    tracing::info!(sets = loaded.sets.len(), modules = module_count(&modules), from = %loaded.label, "rules: engine started");
+    #[cfg(feature = "wasm")]
+    let hook = Some(modules.hook());
+    #[cfg(not(feature = "wasm"))]
+    let hook = None;
+    let runtime = Runtime::start(options, loaded, hook)?;
     let rt = runtime.clone();
     let host = modules.clone();
     let config = config.clone();
@@ -121,7 +156,7 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>>
             let (cfg, m) = (config.clone(), host.clone());
             match tokio::task::spawn_blocking(move || load(&cfg, &m)).await {
                 Ok(Ok((g, loaded))) => {
-                    tracing::info!(sets = loaded.sets.len(), modules = host.service().modules().len(), from = %loaded.label, "rules: swapped in");
+                    tracing::info!(sets = loaded.sets.len(), modules = module_count(&host), from = %loaded.label, "rules: swapped in");
                     rt.swap(loaded);
                     generation = g;
                 }
@@ -136,6 +171,7 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>>
     });
     Ok(Some(EventPath {
         rules: runtime,
+        #[cfg(feature = "wasm")]
         modules,
     }))
 }

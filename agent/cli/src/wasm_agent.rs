@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use ferry_engine::activate::wasm as activate;
-use ferry_engine::state::{AuditEvent, Db};
+use ferry_engine::store::state::{AuditEvent, Db};
 use ferry_engine::{Config, Engine};
 use ferry_rules::runtime::{CallDone, CallHook};
 use ferry_wasm::{Host, Modules, Service, WasmError};

@@ -1,11 +1,23 @@
-//! Wildcard matching in linear-times-pattern time.
+//! Every glob ferry reads, in one place and in linear-times-pattern time:
+//!
+//! - [`selector`]: device selectors and Sigstore rule paths, `*` any run of
+//!   characters, `?` one character;
+//! - [`scope`]: `/`-separated paths of git signer scopes, `**` any number of
+//!   whole segments, `*` and `?` within one segment;
+//! - [`tuf_path`]: TUF's PATHPATTERN (specification §4.5), shell wildcards
+//!   `*`, `?`, `[seq]`, `[!seq]` per segment, as many segments as the
+//!   target has.
 //!
 //! The obvious recursive matcher backtracks exponentially on patterns such
-//! as `*a*a*a*a*a*a*a*b` (every `*` retries every split). Every pattern
-//! language ferry reads (TUF path patterns, git signer scopes, device
-//! selectors) has stars that match any run of elements and other tokens
-//! that match exactly one element; for those, returning to the most recent
-//! star only is complete, so the match costs O(pattern × text).
+//! as `*a*a*a*a*a*a*a*b` (every `*` retries every split); a pattern is
+//! data a repository or a fleet admin writes, so that would let one file
+//! stall a device. All three dialects have stars that match any run of
+//! elements and other tokens that match exactly one element; for those,
+//! returning to the most recent star only is complete, so a match costs
+//! O(pattern × text) ([`wildmatch`]). `integration/bench` has the figures
+//! (`cargo bench -p ferry-core --bench glob`). (`globset` compiles a glob
+//! to a regex: linear too, but with a compile step per pattern and neither
+//! TUF's segment rule nor its `[!seq]`.)
 
 /// Matches `text` against `pat`: `is_star(p)` tokens match any run of
 /// elements (also none), every other token exactly one element for which
@@ -36,6 +48,121 @@ pub fn wildmatch<P, T>(
         }
     }
     pat[pi..].iter().all(is_star)
+}
+
+/// A device selector or rule path: `*` any run of characters (also
+/// none), `?` exactly one.
+pub fn selector(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    wildmatch(&p, &t, |c| *c == '*', |p, t| *p == '?' || p == t)
+}
+
+/// A `/`-separated path scope: `**` matches any number of whole segments,
+/// `*` any characters but `/`, `?` one character but `/`.
+pub fn scope(pattern: &str, path: &str) -> bool {
+    let pat: Vec<&str> = pattern.split('/').collect();
+    let segs: Vec<&str> = path.split('/').collect();
+    wildmatch(
+        &pat,
+        &segs,
+        |p| *p == "**",
+        |p, s| {
+            wildmatch(
+                p.as_bytes(),
+                s.as_bytes(),
+                |c| *c == b'*',
+                |p, c| *p == b'?' || p == c,
+            )
+        },
+    )
+}
+
+/// TUF's PATHPATTERN (§4.5): shell-style wildcards per path segment; `*`
+/// does not cross a `/`, and pattern and target must have as many
+/// segments.
+pub fn tuf_path(pattern: &str, target: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    let t: Vec<&str> = target.split('/').collect();
+    p.len() == t.len()
+        && p.iter()
+            .zip(&t)
+            .all(|(p, t)| fnmatch(p.as_bytes(), t.as_bytes()))
+}
+
+/// One token of a TUF path-pattern segment.
+enum Token<'a> {
+    Star,
+    Any,
+    Lit(u8),
+    /// `[seq]` or `[!seq]`.
+    Set {
+        negate: bool,
+        set: &'a [u8],
+    },
+}
+
+impl Token<'_> {
+    fn matches(&self, c: u8) -> bool {
+        match self {
+            Token::Star | Token::Any => true,
+            Token::Lit(l) => *l == c,
+            Token::Set { negate, set } => {
+                let mut hit = false;
+                let mut i = 0;
+                while i < set.len() {
+                    if i + 2 < set.len() && set[i + 1] == b'-' {
+                        hit |= set[i] <= c && c <= set[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= set[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != *negate
+            }
+        }
+    }
+}
+
+fn tokens(p: &[u8]) -> Vec<Token<'_>> {
+    let mut out = Vec::with_capacity(p.len());
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'*' => out.push(Token::Star),
+            b'?' => out.push(Token::Any),
+            b'[' => {
+                if let Some(close) = p[i..]
+                    .iter()
+                    .skip(2)
+                    .position(|&c| c == b']')
+                    .map(|j| i + j + 2)
+                {
+                    let (negate, set) = match p[i + 1] {
+                        b'!' => (true, &p[i + 2..close]),
+                        _ => (false, &p[i + 1..close]),
+                    };
+                    out.push(Token::Set { negate, set });
+                    i = close;
+                } else {
+                    out.push(Token::Lit(b'['));
+                }
+            }
+            c => out.push(Token::Lit(c)),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// fnmatch for one segment: `*`, `?`, `[seq]`, `[!seq]`.
+fn fnmatch(p: &[u8], t: &[u8]) -> bool {
+    wildmatch(
+        &tokens(p),
+        t,
+        |tok| matches!(tok, Token::Star),
+        |tok, c| tok.matches(*c),
+    )
 }
 
 #[cfg(test)]

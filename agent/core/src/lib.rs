@@ -5,6 +5,7 @@
 //! (state, store, sources, activators, the binary) is built around these types.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod audit;
 pub mod canonical;
 pub mod control;

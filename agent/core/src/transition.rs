@@ -3,7 +3,13 @@
 //! ```text
 //! fetching → verified → planned → staging → staged → activating → switched → confirmed
 //!     │          │          │         │        │          │            │
-//!     └──────────┴──────────┴─────────┴────────┴→ failed  └→ rolling-back → rolled-back
+//!     │          │          │         │        │          └─────┬──────┘
+//!     │          │          │         │        │                ▼
+//!     │          │          │         │        │          rolling-back → rolled-back
+//!     │          │          │         │        │                │ (an undo failed)
+//!     └──────────┴──────────┴─────────┴────────┴→ failed ◄──────┘
+//!
+//! gc:  planned → activating → confirmed
 //! ```
 //! A transition is persisted from `planned` on (a poll that plans nothing is
 //! not a transition). Every move is written to the state database before the
@@ -266,6 +272,72 @@ mod tests {
         assert_eq!(Phase::Planned.recovery(TransitionKind::Gc), FinishGc);
         for p in Phase::ALL {
             assert_eq!(p.as_str().parse::<Phase>().unwrap(), *p);
+        }
+    }
+
+    /// The moves the diagram above draws, written out. The diagram in
+    /// docs/design.md must be the same picture, and `allows` must agree.
+    #[test]
+    fn the_documented_diagram_is_the_state_machine() {
+        fn diagram(text: &str, prefix: &str) -> String {
+            let lines: Vec<&str> = text
+                .lines()
+                .map(|l| match l.strip_prefix(prefix) {
+                    Some(rest) if !prefix.is_empty() => rest.strip_prefix(' ').unwrap_or(rest),
+                    _ => l,
+                })
+                .collect();
+            let start = lines
+                .iter()
+                .position(|l| l.starts_with("fetching →"))
+                .unwrap();
+            let end = start
+                + lines[start..]
+                    .iter()
+                    .position(|l| l.starts_with("gc:"))
+                    .unwrap();
+            lines[start..=end].join("\n")
+        }
+        let code = diagram(include_str!("transition.rs"), "//!");
+        let docs = diagram(include_str!("../../../docs/design.md"), "");
+        assert_eq!(code, docs, "docs/design.md draws another state machine");
+
+        use Phase::*;
+        let drawn: &[(Phase, Phase)] = &[
+            (Fetching, Verified),
+            (Verified, Planned),
+            (Planned, Staging),
+            (Staging, Staged),
+            (Staged, Activating),
+            (Activating, Switched),
+            (Switched, Confirmed),
+            (Activating, RollingBack),
+            (Switched, RollingBack),
+            (RollingBack, RolledBack),
+            (RollingBack, Failed),
+            (Fetching, Failed),
+            (Verified, Failed),
+            (Planned, Failed),
+            (Staging, Failed),
+            (Staged, Failed),
+        ];
+        for kind in [TransitionKind::Apply, TransitionKind::Rollback] {
+            for from in Phase::ALL {
+                for to in Phase::ALL {
+                    assert_eq!(
+                        from.allows(kind, *to),
+                        drawn.contains(&(*from, *to)),
+                        "{kind}: {from} -> {to}"
+                    );
+                }
+            }
+        }
+        let gc = TransitionKind::Gc;
+        for from in Phase::ALL {
+            for to in Phase::ALL {
+                let drawn = matches!((from, to), (Planned, Activating) | (Activating, Confirmed));
+                assert_eq!(from.allows(gc, *to), drawn, "gc: {from} -> {to}");
+            }
         }
     }
 }

@@ -7,8 +7,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ferry_core::{RepoPath, Sha256, plan};
-use ferry_engine::facts::Facts;
-use ferry_engine::manifest;
+use ferry_engine::render::facts::Facts;
+use ferry_engine::render::manifest;
 use ferry_source::Source;
 use ferry_source::dir::DirSource;
 

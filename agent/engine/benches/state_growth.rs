@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use ferry_core::RepoPath;
-use ferry_engine::facts::Facts;
+use ferry_engine::render::facts::Facts;
 use ferry_engine::{Config, Engine};
 use ferry_source::dir::DirSource;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ferry_core::{ContentRef, Kind, Resource, ResourceSet};
-use ferry_engine::generations::{GenerationManifest, Generations};
+use ferry_engine::store::generations::{GenerationManifest, Generations};
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");

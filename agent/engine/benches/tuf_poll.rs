@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ferry_engine::facts::Facts;
+use ferry_engine::render::facts::Facts;
 use ferry_engine::{ApplyOutcome, Config, Engine, fetch};
 
 fn python() -> PathBuf {

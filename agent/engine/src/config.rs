@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 pub const VENDOR_CONFIG: &str = "/usr/lib/ferry/ferry.toml";
 pub const SYSTEM_CONFIG: &str = "/etc/ferry/ferry.toml";
+/// The default device facts file.
+pub const FACTS_FILE: &str = "/etc/ferry/facts.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -525,7 +527,7 @@ impl Default for Config {
         Config {
             state_dir: PathBuf::from("/var/lib/ferry"),
             time_floor: None,
-            facts: PathBuf::from(crate::facts::FACTS_FILE),
+            facts: PathBuf::from(FACTS_FILE),
             source: SourceConfig::default(),
             files: FilesConfig::default(),
             firmware: FirmwareConfig::default(),

@@ -7,9 +7,9 @@ use ferry_core::audit::ChainError;
 
 use crate::activate::ActivateError;
 use crate::config::ConfigError;
-use crate::manifest::ManifestError;
-use crate::state::StateError;
+use crate::render::manifest::ManifestError;
 use crate::store::StoreError;
+use crate::store::state::StateError;
 use ferry_core::{Classify, ErrorClass};
 use ferry_source::SourceError;
 
@@ -50,9 +50,12 @@ pub enum EngineError {
         undo: ActivateError,
     },
     #[error(transparent)]
-    Firmware(#[from] crate::firmware::FirmwareError),
+    Firmware(#[from] crate::activate::firmware::FirmwareError),
     #[error("{0}")]
     Refused(String),
+    /// A revision's update policy does not parse, or cannot be read.
+    #[error(transparent)]
+    Policy(#[from] crate::fetch::policy::PolicyError),
     /// Loading what an activator activated (e.g. the current rule sets).
     #[error(transparent)]
     Activate(#[from] ActivateError),
@@ -77,23 +80,21 @@ impl EngineError {
 impl Classify for EngineError {
     fn class(&self) -> ErrorClass {
         match self {
+            // A wrapped library error keeps the class its own type gives it.
             EngineError::Config(_) => ErrorClass::Config,
-            EngineError::State(StateError::Corrupt { .. }) => ErrorClass::Corrupt,
-            EngineError::State(_) | EngineError::Io { .. } | EngineError::UndoFailed { .. } => {
-                ErrorClass::Internal
-            }
-            EngineError::IllegalTransition(_) => ErrorClass::Internal,
-            EngineError::Store(e) if e.is_verification() => ErrorClass::Verification,
-            EngineError::Store(_) => ErrorClass::Internal,
+            EngineError::State(e) => e.class(),
+            EngineError::Store(e) => e.class(),
             EngineError::Source(e) => e.class(),
+            EngineError::Policy(e) => e.class(),
+            EngineError::Activate(e) => e.class(),
+            EngineError::Firmware(e) => e.class(),
+            EngineError::Io { .. } | EngineError::UndoFailed { .. } => ErrorClass::Internal,
+            EngineError::IllegalTransition(_) => ErrorClass::Internal,
             EngineError::Manifest(_) => ErrorClass::InvalidInput,
             EngineError::AuditBroken(_) => ErrorClass::Verification,
             EngineError::Locked(_) => ErrorClass::Busy,
             EngineError::RolledBack { .. } => ErrorClass::RolledBack,
             EngineError::Refused(_) => ErrorClass::Refused,
-            EngineError::Activate(_) => ErrorClass::Internal,
-            EngineError::Firmware(crate::firmware::FirmwareError::Booted(_)) => ErrorClass::Refused,
-            EngineError::Firmware(_) => ErrorClass::Internal,
         }
     }
 }

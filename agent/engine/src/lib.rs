@@ -1,31 +1,30 @@
 //! ferry's engine: everything between a source and the running system.
 //!
-//! - [`state`]: the SQLite state database (generations, transitions, audit);
-//! - [`store`]: the content-addressed blob store, verifying while writing;
-//! - [`generations`]: immutable generation directories and the `current` switch;
+//! Modules follow the pipeline:
 //! - [`fetch`]: from the configuration to a source (the `ferry-source`,
 //!   `ferry-tuf` and `ferry-git` crates), the update policy, Sigstore
 //!   bundles (`ferry-sigstore`) and USB bundles;
-//! - [`manifest`]: turning a verified revision into a checked desired state;
-//! - [`activate`]: the `Activator` trait and one module per kind;
-//! - [`engine`]: apply, rollback, gc and `recover()`, one durable step at a time.
+//! - [`render`]: device facts, templates, and the manifest turned into a
+//!   checked desired state; the plan report;
+//! - [`store`]: the content-addressed blob store (verifying while writing),
+//!   the SQLite state database (generations, transitions, audit) and the
+//!   immutable generation directories with the `current` switch;
+//! - [`activate`]: the `Activator` trait and one module per kind (firmware
+//!   with its boot environments and A/B slots), and the health gate;
+//! - [`engine`]: apply, rollback, gc and `recover()`, one durable step at a
+//!   time, one file per operation;
+//! - [`config`]: `ferry.toml`, parsed and validated (a leaf: it knows no
+//!   other module).
 #![forbid(unsafe_code)]
 
 pub mod activate;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod facts;
 pub mod failpoints;
 pub mod fetch;
-pub mod firmware;
 pub mod fsutil;
-pub mod generations;
-pub mod health;
-pub mod manifest;
 pub mod render;
-pub mod report;
-pub mod state;
 pub mod store;
 
 pub use config::Config;

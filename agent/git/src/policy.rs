@@ -106,25 +106,11 @@ fn normalise_key(k: &str) -> Option<String> {
         .then(|| format!("openpgp:{}", hex.to_ascii_uppercase()))
 }
 
-/// Glob over `/`-separated paths: `**` matches any number of whole
-/// segments, `*` any characters but `/`, `?` one character but `/`.
+/// Glob over `/`-separated paths ([`ferry_core::glob::scope`]): `**`
+/// matches any number of whole segments, `*` any characters but `/`, `?`
+/// one character but `/`.
 pub fn glob_match(pattern: &str, path: &str) -> bool {
-    let pat: Vec<&str> = pattern.split('/').collect();
-    let segs: Vec<&str> = path.split('/').collect();
-    match_segments(&pat, &segs)
-}
-
-fn match_segments(pat: &[&str], segs: &[&str]) -> bool {
-    ferry_core::glob::wildmatch(
-        pat,
-        segs,
-        |p| *p == "**",
-        |p, s| match_one(p.as_bytes(), s.as_bytes()),
-    )
-}
-
-fn match_one(p: &[u8], s: &[u8]) -> bool {
-    ferry_core::glob::wildmatch(p, s, |c| *c == b'*', |p, c| *p == b'?' || p == c)
+    ferry_core::glob::scope(pattern, path)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::ast::{self, BinOp, Expr, ExprKind, Pos, RuleSet, Type, UnOp};
-use crate::decode::Trie;
+use crate::decode::{DecodeError, Trie};
 use crate::error::{Diagnostic, RulesError};
 use crate::eval::{
     Agg, Arith, CAction, CRule, Cmp, Op, Piece, State, StrFn, Template, Window, WindowSpec,
@@ -793,5 +793,26 @@ impl Compiled {
             fired += usize::from(rule.run(i, event, state, out));
         }
         fired
+    }
+}
+
+impl Compiled {
+    /// Decodes a JSON object payload into `event.slots` (reset first). On
+    /// error every slot is left missing, so rules over `topic` still work
+    /// for payloads that are not JSON (binary frames for a WASM decoder).
+    pub fn decode_into(&self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
+        self.trie.decode_into(self.fields.len(), payload, event)
+    }
+
+    /// An event for this set from a topic and a JSON payload.
+    pub fn decode(&self, topic: &str, time_ms: u64, payload: &[u8]) -> Result<Event, DecodeError> {
+        let mut event = Event {
+            topic: topic.into(),
+            time_ms,
+            slots: Vec::new(),
+            payload: payload.into(),
+        };
+        self.decode_into(payload, &mut event)?;
+        Ok(event)
     }
 }

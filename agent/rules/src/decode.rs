@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use crate::compile::Compiled;
 use crate::value::{Event, Value};
 
 #[derive(Debug, Default)]
@@ -61,19 +60,25 @@ pub enum DecodeError {
     Envelope(String),
 }
 
-impl Compiled {
-    /// Decodes a JSON object payload into `event.slots` (reset first). On
-    /// error every slot is left missing, so rules over `topic` still work
-    /// for payloads that are not JSON (binary frames for a WASM decoder).
-    pub fn decode_into(&self, payload: &[u8], event: &mut Event) -> Result<(), DecodeError> {
+impl Trie {
+    /// Decodes a JSON object payload into `event.slots` (reset to
+    /// `n_slots` missing values first). On error every slot is left
+    /// missing, so rules over `topic` still work for payloads that are not
+    /// JSON (binary frames for a WASM decoder).
+    pub(crate) fn decode_into(
+        &self,
+        n_slots: usize,
+        payload: &[u8],
+        event: &mut Event,
+    ) -> Result<(), DecodeError> {
         event.slots.clear();
-        event.slots.resize(self.fields.len(), Value::Missing);
+        event.slots.resize(n_slots, Value::Missing);
         if payload.len() > MAX_EVENT_BYTES {
             return Err(DecodeError::TooLarge(payload.len()));
         }
         let mut de = serde_json::Deserializer::from_slice(payload);
         let decoded = ObjectSeed {
-            trie: &self.trie,
+            trie: self,
             node: 0,
             slots: &mut event.slots,
         }
@@ -84,18 +89,6 @@ impl Compiled {
             return Err(e.into());
         }
         Ok(())
-    }
-
-    /// An event for this set from a topic and a JSON payload.
-    pub fn decode(&self, topic: &str, time_ms: u64, payload: &[u8]) -> Result<Event, DecodeError> {
-        let mut event = Event {
-            topic: topic.into(),
-            time_ms,
-            slots: Vec::new(),
-            payload: payload.into(),
-        };
-        self.decode_into(payload, &mut event)?;
-        Ok(event)
     }
 }
 

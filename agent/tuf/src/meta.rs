@@ -562,93 +562,9 @@ impl DelegatedRole {
     }
 }
 
-/// §4.5 PATHPATTERN: shell-style wildcards per path segment; `*` does not
-/// cross a `/`, and pattern and target must have as many segments.
+/// §4.5 PATHPATTERN ([`ferry_core::glob::tuf_path`]).
 pub fn path_matches(pattern: &str, target: &str) -> bool {
-    let p: Vec<&str> = pattern.split('/').collect();
-    let t: Vec<&str> = target.split('/').collect();
-    p.len() == t.len()
-        && p.iter()
-            .zip(&t)
-            .all(|(p, t)| fnmatch(p.as_bytes(), t.as_bytes()))
-}
-
-/// One token of a path-pattern segment.
-enum Token<'a> {
-    Star,
-    Any,
-    Lit(u8),
-    /// `[seq]` or `[!seq]`.
-    Set {
-        negate: bool,
-        set: &'a [u8],
-    },
-}
-
-impl Token<'_> {
-    fn matches(&self, c: u8) -> bool {
-        match self {
-            Token::Star => true,
-            Token::Any => true,
-            Token::Lit(l) => *l == c,
-            Token::Set { negate, set } => {
-                let mut hit = false;
-                let mut i = 0;
-                while i < set.len() {
-                    if i + 2 < set.len() && set[i + 1] == b'-' {
-                        hit |= set[i] <= c && c <= set[i + 2];
-                        i += 3;
-                    } else {
-                        hit |= set[i] == c;
-                        i += 1;
-                    }
-                }
-                hit != *negate
-            }
-        }
-    }
-}
-
-fn tokens(p: &[u8]) -> Vec<Token<'_>> {
-    let mut out = Vec::with_capacity(p.len());
-    let mut i = 0;
-    while i < p.len() {
-        match p[i] {
-            b'*' => out.push(Token::Star),
-            b'?' => out.push(Token::Any),
-            b'[' => {
-                if let Some(close) = p[i..]
-                    .iter()
-                    .skip(2)
-                    .position(|&c| c == b']')
-                    .map(|j| i + j + 2)
-                {
-                    let (negate, set) = match p[i + 1] {
-                        b'!' => (true, &p[i + 2..close]),
-                        _ => (false, &p[i + 1..close]),
-                    };
-                    out.push(Token::Set { negate, set });
-                    i = close;
-                } else {
-                    out.push(Token::Lit(b'['));
-                }
-            }
-            c => out.push(Token::Lit(c)),
-        }
-        i += 1;
-    }
-    out
-}
-
-/// fnmatch for one segment: `*`, `?`, `[seq]`, `[!seq]` (linear; see
-/// `ferry_core::glob`).
-fn fnmatch(p: &[u8], t: &[u8]) -> bool {
-    ferry_core::glob::wildmatch(
-        &tokens(p),
-        t,
-        |tok| matches!(tok, Token::Star),
-        |tok, c| tok.matches(*c),
-    )
+    ferry_core::glob::tuf_path(pattern, target)
 }
 
 /// Checks `data` against the length and hashes of a META or TARGETS entry.

@@ -11,9 +11,9 @@
 
 use std::io::Cursor;
 
+use ferry_engine::activate::firmware::env::BootEnv;
+use ferry_engine::activate::firmware::{grub, uboot};
 use ferry_engine::fetch::bundle::fat;
-use ferry_engine::firmware::env::BootEnv;
-use ferry_engine::firmware::{grub, uboot};
 use ferry_git::{parse_bundle_header, sig::Trust};
 use ferry_tuf::meta;
 
@@ -46,8 +46,8 @@ pub fn run(name: &str, data: &[u8]) -> bool {
 
 /// Desired state: YAML or JSON, then the schema checks.
 pub fn manifest(data: &[u8]) {
-    if let Ok(doc) = ferry_engine::manifest::parse("ferry.yaml", data) {
-        let _ = ferry_engine::manifest::check("ferry.yaml", &doc);
+    if let Ok(doc) = ferry_engine::render::manifest::parse("ferry.yaml", data) {
+        let _ = ferry_engine::render::manifest::check("ferry.yaml", &doc);
     }
 }
 

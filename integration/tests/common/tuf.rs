@@ -335,14 +335,20 @@ impl Device {
         .unwrap();
     }
 
-    /// Publishes a revision: one target per file, then the manifest.
+    /// Publishes a revision: one target per file and the manifest, in one
+    /// new targets version (a device polling meanwhile never sees half of
+    /// it).
     pub fn publish(&self, files: &[super::FileSpec]) {
+        let src = self.fx.dir.path().join(".publish");
+        let _ = std::fs::remove_dir_all(&src);
+        std::fs::create_dir_all(src.join("files")).unwrap();
+        std::fs::create_dir_all(src.join("ferry")).unwrap();
         for (i, f) in files.iter().enumerate() {
-            self.repo
-                .target(&format!("files/{i}"), f.content.as_bytes(), "targets");
+            std::fs::write(src.join(format!("files/{i}")), &f.content).unwrap();
         }
-        self.repo
-            .target("ferry/manifest.yaml", manifest(files).as_bytes(), "targets");
+        std::fs::write(src.join("ferry/manifest.yaml"), manifest(files)).unwrap();
+        self.repo.run("tree", &[src.to_str().unwrap()]);
+        std::fs::remove_dir_all(&src).unwrap();
     }
 
     /// The path the server serves target `name` under (consistent

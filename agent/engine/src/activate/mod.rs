@@ -15,7 +15,9 @@ use crate::store::Store;
 
 pub mod file;
 pub mod firmware;
+pub mod health;
 pub mod ruleset;
+#[cfg(feature = "wasm")]
 pub mod wasm;
 
 #[derive(Debug, thiserror::Error)]

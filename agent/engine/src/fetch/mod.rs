@@ -30,15 +30,25 @@ pub fn source(config: &Config) -> Result<Box<dyn Source>, ConfigError> {
             let manifest = repo_path("source.dir.manifest", &config.source.dir.manifest)?;
             Ok(Box::new(ferry_source::dir::DirSource::new(path, manifest)))
         }
+        #[cfg(feature = "tuf")]
         Some("tuf") => Ok(Box::new(ferry_tuf::TufSource::new(tuf_options(
             config,
             &config.state_dir,
         )?))),
+        #[cfg(feature = "git")]
         Some("git") => {
             let mut opts = git_options(config, &config.state_dir)?;
             opts.time_floor = Some(time_floor(config, &config.state_dir)?);
             Ok(Box::new(ferry_git::GitSource::new(opts)))
         }
+        // Reached only in a build without one of them.
+        #[allow(unreachable_patterns)]
+        Some(kind @ ("tuf" | "git")) => Err(ConfigError::Invalid {
+            key: "source.kind",
+            message: format!(
+                "this ferry is built without the {kind} source (cargo feature `{kind}`; `ferry --version` lists what is built in)"
+            ),
+        }),
         Some(other) => Err(ConfigError::Invalid {
             key: "source.kind",
             message: format!("unknown source kind {other:?} (known: tuf, git, dir)"),
@@ -109,6 +119,7 @@ pub fn time_floor(config: &Config, state_dir: &Path) -> Result<TimeFloor, Config
     ))
 }
 
+#[cfg(feature = "tuf")]
 /// `[source.tuf]` as the TUF source's options, its state in `state_dir/tuf`.
 pub fn tuf_options(
     config: &Config,
@@ -136,6 +147,7 @@ pub fn tuf_options(
     })
 }
 
+#[cfg(feature = "git")]
 /// `[source.git]` as the git source's options; its state in
 /// `state_dir/git`, without the time floor (see [`source`]).
 pub fn git_options(

@@ -14,6 +14,7 @@
 //! ```
 
 use ferry_core::RepoPath;
+use ferry_core::agent::UpdatePolicy;
 use ferry_core::schedule::{Civil, CronWindow};
 use ferry_core::{Classify, ErrorClass};
 use serde::Deserialize;
@@ -97,118 +98,52 @@ fn hundred() -> u8 {
     100
 }
 
-/// A parsed update policy.
-#[derive(Debug, Clone)]
-pub struct UpdatePolicy {
-    pub update_windows: Vec<CronWindow>,
-    pub reboot_allowed: bool,
-    pub reboot_windows: Vec<CronWindow>,
-    pub rollout_percent: u8,
+/// Parses a policy file's text (`path` names it in errors).
+pub fn parse(path: &str, text: &str) -> Result<UpdatePolicy, PolicyError> {
+    let invalid = |message: String| PolicyError::Invalid {
+        path: path.to_owned(),
+        message,
+    };
+    let raw: Raw = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    if raw.rollout.percent > 100 {
+        return Err(invalid(format!(
+            "rollout.percent = {}: at most 100",
+            raw.rollout.percent
+        )));
+    }
+    let windows = |key: &str, list: &[String]| -> Result<Vec<CronWindow>, PolicyError> {
+        list.iter()
+            .map(|w| w.parse().map_err(|e| invalid(format!("{key}: {e}"))))
+            .collect()
+    };
+    let update_windows = windows("update.windows", &raw.update.windows)?;
+    let reboot_windows = match &raw.reboot.windows {
+        Some(w) => windows("reboot.windows", w)?,
+        None => update_windows.clone(),
+    };
+    Ok(UpdatePolicy {
+        update_windows,
+        reboot_allowed: raw.reboot.allowed,
+        reboot_windows,
+        rollout_percent: raw.rollout.percent,
+    })
 }
 
-impl Default for UpdatePolicy {
-    fn default() -> Self {
-        UpdatePolicy {
-            update_windows: Vec::new(),
-            reboot_allowed: true,
-            reboot_windows: Vec::new(),
-            rollout_percent: 100,
-        }
+/// The policy of `rev` (the default when it has no policy file).
+pub fn load(rev: &dyn VerifiedRevision, path: &str) -> Result<UpdatePolicy, PolicyError> {
+    let p = RepoPath::new(path.to_owned()).map_err(|e| PolicyError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    if !rev.exists(&p)? {
+        return Ok(UpdatePolicy::default());
     }
-}
-
-/// Why the agent does not act now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hold {
-    /// Not in the rollout wave yet.
-    Wave { bucket: u8, percent: u8 },
-    /// Outside every update window.
-    Window,
-}
-
-impl std::fmt::Display for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Hold::Wave { bucket, percent } => write!(
-                f,
-                "not in the rollout wave yet (device bucket {bucket}, released to {percent}%)"
-            ),
-            Hold::Window => f.write_str("outside the update windows"),
-        }
-    }
-}
-
-impl UpdatePolicy {
-    pub fn parse(path: &str, text: &str) -> Result<UpdatePolicy, PolicyError> {
-        let invalid = |message: String| PolicyError::Invalid {
-            path: path.to_owned(),
-            message,
-        };
-        let raw: Raw = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        if raw.rollout.percent > 100 {
-            return Err(invalid(format!(
-                "rollout.percent = {}: at most 100",
-                raw.rollout.percent
-            )));
-        }
-        let windows = |key: &str, list: &[String]| -> Result<Vec<CronWindow>, PolicyError> {
-            list.iter()
-                .map(|w| w.parse().map_err(|e| invalid(format!("{key}: {e}"))))
-                .collect()
-        };
-        let update_windows = windows("update.windows", &raw.update.windows)?;
-        let reboot_windows = match &raw.reboot.windows {
-            Some(w) => windows("reboot.windows", w)?,
-            None => update_windows.clone(),
-        };
-        Ok(UpdatePolicy {
-            update_windows,
-            reboot_allowed: raw.reboot.allowed,
-            reboot_windows,
-            rollout_percent: raw.rollout.percent,
-        })
-    }
-
-    /// The policy of `rev` (the default when it has no policy file).
-    pub fn load(rev: &dyn VerifiedRevision, path: &str) -> Result<UpdatePolicy, PolicyError> {
-        let p = RepoPath::new(path.to_owned()).map_err(|e| PolicyError::Invalid {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        if !rev.exists(&p)? {
-            return Ok(UpdatePolicy::default());
-        }
-        let bytes = rev.read_small(&p, MAX_POLICY)?;
-        let text = String::from_utf8(bytes).map_err(|_| PolicyError::Invalid {
-            path: path.to_owned(),
-            message: "not UTF-8".into(),
-        })?;
-        UpdatePolicy::parse(path, &text)
-    }
-
-    /// Whether a device in rollout `bucket` may apply now.
-    pub fn may_apply(&self, bucket: Option<u8>, now: &Civil) -> Result<(), Hold> {
-        if self.rollout_percent < 100 {
-            let bucket = bucket.unwrap_or(u8::MAX);
-            if bucket >= self.rollout_percent {
-                return Err(Hold::Wave {
-                    bucket,
-                    percent: self.rollout_percent,
-                });
-            }
-        }
-        if !self.update_windows.is_empty() && !self.update_windows.iter().any(|w| w.contains(now)) {
-            return Err(Hold::Window);
-        }
-        Ok(())
-    }
-
-    /// Whether a firmware reboot may happen now.
-    pub fn may_reboot(&self, now: &Civil) -> bool {
-        self.reboot_allowed
-            && (self.reboot_windows.is_empty()
-                || self.reboot_windows.iter().any(|w| w.contains(now)))
-    }
+    let bytes = rev.read_small(&p, MAX_POLICY)?;
+    let text = String::from_utf8(bytes).map_err(|_| PolicyError::Invalid {
+        path: path.to_owned(),
+        message: "not UTF-8".into(),
+    })?;
+    parse(path, &text)
 }
 
 /// Device-local civil time now (the system time zone).
@@ -226,6 +161,7 @@ pub fn local_now() -> Civil {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_core::agent::Hold;
 
     fn at(hour: u8, weekday: u8) -> Civil {
         Civil {
@@ -239,14 +175,14 @@ mod tests {
 
     #[test]
     fn defaults_allow_everything() {
-        let p = UpdatePolicy::parse("p.toml", "").unwrap();
+        let p = parse("p.toml", "").unwrap();
         assert_eq!(p.may_apply(None, &at(12, 3)), Ok(()));
         assert!(p.may_reboot(&at(12, 3)));
     }
 
     #[test]
     fn windows_waves_and_reboots() {
-        let p = UpdatePolicy::parse(
+        let p = parse(
             "p.toml",
             "[update]\nwindows = [\"* 2-4 * * sun\"]\n[reboot]\nwindows = [\"* 3 * * *\"]\n[rollout]\npercent = 25\n",
         )
@@ -264,14 +200,14 @@ mod tests {
         assert!(p.may_apply(None, &at(3, 0)).is_err());
         assert!(p.may_reboot(&at(3, 2)));
         assert!(!p.may_reboot(&at(4, 2)));
-        let p = UpdatePolicy::parse("p.toml", "[reboot]\nallowed = false\n").unwrap();
+        let p = parse("p.toml", "[reboot]\nallowed = false\n").unwrap();
         assert!(!p.may_reboot(&at(3, 2)));
     }
 
     #[test]
     fn the_example_policy_parses_and_matches_its_schema() {
         let text = include_str!("../../../../policies/update-policy.toml");
-        let p = UpdatePolicy::parse("policies/update-policy.toml", text).unwrap();
+        let p = parse("policies/update-policy.toml", text).unwrap();
         assert_eq!(p.rollout_percent, 25);
         assert_eq!(p.update_windows.len(), 2);
         let schema: serde_json::Value = serde_json::from_str(include_str!(
@@ -288,17 +224,15 @@ mod tests {
 
     #[test]
     fn bad_policies_name_the_key() {
-        let e = UpdatePolicy::parse("p.toml", "[update]\nwindows = [\"* 99 * * *\"]\n")
+        let e = parse("p.toml", "[update]\nwindows = [\"* 99 * * *\"]\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("update.windows") && e.contains("hour"), "{e}");
-        let e = UpdatePolicy::parse("p.toml", "[rollout]\npercent = 101\n")
+        let e = parse("p.toml", "[rollout]\npercent = 101\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("rollout.percent"), "{e}");
-        let e = UpdatePolicy::parse("p.toml", "[surprise]\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("p.toml", "[surprise]\n").unwrap_err().to_string();
         assert!(e.contains("surprise"), "{e}");
     }
 }

@@ -123,7 +123,7 @@ impl Policy {
             .find(|r| {
                 r.kind.is_none_or(|k| k == kind)
                     && r.path.as_deref().is_none_or(|p| {
-                        source.is_some_and(|s| crate::facts::glob_match(p, s.as_str()))
+                        source.is_some_and(|s| crate::render::facts::glob_match(p, s.as_str()))
                     })
             })
             .map(|r| &r.requirement)
@@ -134,9 +134,9 @@ impl Policy {
     pub fn check(
         &self,
         rev: &dyn ferry_source::VerifiedRevision,
-        desired: &crate::manifest::ResolvedManifest,
+        desired: &crate::render::manifest::ResolvedManifest,
     ) -> Result<Vec<(ferry_core::ResourceId, Verified)>, CheckError> {
-        use crate::manifest::Content;
+        use crate::render::manifest::Content;
         use ferry_source::SourceError;
         let mut out = Vec::new();
         for resource in desired.resources.iter() {

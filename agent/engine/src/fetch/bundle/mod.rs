@@ -27,12 +27,14 @@ use ferry_core::{ContentRef, RepoPath};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
-use crate::facts::Facts;
-use crate::manifest::{self, Content, ManifestError};
+use crate::render::facts::Facts;
+use crate::render::manifest::{self, Content, ManifestError};
 use crate::{Config, ErrorClass};
 use ferry_core::Classify;
+#[cfg(feature = "git")]
 use ferry_git::GitSource;
 use ferry_source::{Source, SourceError, VerifiedRevision};
+#[cfg(feature = "tuf")]
 use ferry_tuf::TufSource;
 
 pub mod fat;
@@ -165,7 +167,9 @@ pub fn export(
 ) -> Result<Exported, BundleError> {
     prepare_out(out)?;
     let (revision, paths) = match config.source.kind.as_deref() {
+        #[cfg(feature = "tuf")]
         Some("tuf") => export_tuf(config, facts, out, work)?,
+        #[cfg(feature = "git")]
         Some("git") => export_git(config, facts, out, work)?,
         other => {
             return Err(ConfigError::Invalid {
@@ -225,6 +229,7 @@ fn prepare_out(out: &Path) -> Result<(), BundleError> {
     }
 }
 
+#[cfg(feature = "tuf")]
 fn export_tuf(
     config: &Config,
     facts: &[Facts],
@@ -276,6 +281,7 @@ fn export_tuf(
     Ok((rev.id().to_owned(), paths))
 }
 
+#[cfg(feature = "git")]
 fn export_git(
     config: &Config,
     facts: &[Facts],
@@ -597,17 +603,27 @@ pub fn check_device(opened: &Opened, config: &Config, facts: &Facts) -> Result<(
 pub fn source(config: &Config, opened: &Opened) -> Result<Box<dyn Source>, BundleError> {
     let name = format!("usb:{}", opened.label);
     Ok(match opened.marker.kind.as_str() {
+        #[cfg(feature = "tuf")]
         "tuf" => Box::new(TufSource::for_bundle(
             super::tuf_options(config, &config.state_dir)?,
             &opened.root.join("tuf"),
             name,
         )),
-        _ => {
+        #[cfg(feature = "git")]
+        "git" => {
             let mut opts = super::git_options(config, &config.state_dir)?;
             opts.time_floor = Some(super::time_floor(config, &config.state_dir)?);
             opts.bundle = Some(opened.root.join(GIT_BUNDLE));
             opts.depth = None;
             Box::new(GitSource::new(opts))
+        }
+        kind => {
+            return Err(BundleError::NotForThisDevice {
+                path: opened.root.clone(),
+                reason: format!(
+                    "a {kind} bundle, and this ferry is built without the {kind} source"
+                ),
+            });
         }
     })
 }

@@ -7,6 +7,9 @@
 //! read-only (owner only) and renamed into place, then the directory is
 //! fsynced.
 
+pub mod generations;
+pub mod state;
+
 use ferry_core::{Classify, ErrorClass};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

@@ -8,7 +8,7 @@ use ferry_core::{ContentRef, Op, Plan, Reason, Resource, Step};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::manifest::{Content, ResolvedManifest};
+use crate::render::manifest::{Content, ResolvedManifest};
 use crate::store::{Store, VerifyingReader};
 use ferry_source::VerifiedRevision;
 

@@ -7,11 +7,15 @@
 //!   map in the context is sorted.
 //! - Work and output are bounded (fuel, size).
 //!
-//! The context: `device` (facts, see [`crate::facts`]), `vars` (repository
+//! The context: `device` (facts, see [`crate::render::facts`]), `vars` (repository
 //! variables `vars/common.yaml`, `vars/groups/<group>.yaml`,
 //! `vars/sites/<site>.yaml`, then the device's own), `revision` (its id),
 //! and `secrets` (device-local). A render that reads any secret reports it,
 //! so the resource it produces is redacted everywhere.
+
+pub mod facts;
+pub mod manifest;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use ferry_core::RepoPath;
 use minijinja::value::{Object, Value};
 use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 
-use crate::facts::Facts;
+use crate::render::facts::Facts;
 use ferry_source::{SourceError, VerifiedRevision};
 
 /// Largest template source, and largest rendered output, in bytes.

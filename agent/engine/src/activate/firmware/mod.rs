@@ -9,6 +9,7 @@
 //!   boot counting, and the booted-slot detection;
 //! - [`slot`]: streaming a verified image into a slot.
 
+mod activator;
 pub mod env;
 pub mod grub;
 pub mod plain;
@@ -19,6 +20,7 @@ pub mod uboot;
 use ferry_core::{Classify, ErrorClass};
 use std::path::PathBuf;
 
+pub use activator::{FirmwareActivator, FirmwareUndo};
 pub use env::{BootEnv, BootEnvStore};
 
 #[derive(Debug, thiserror::Error)]

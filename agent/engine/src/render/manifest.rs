@@ -18,32 +18,33 @@ use ferry_core::{ContentRef, Kind, RepoPath, Resource, ResourceId, ResourceSet, 
 use serde_json::Value;
 use sha2::Digest as _;
 
-use crate::facts::{Facts, glob_match};
+use crate::render::facts::{Facts, glob_match};
 use crate::render::{RenderError, Renderer};
 use ferry_source::{SourceError, VerifiedRevision};
 
 /// Largest manifest accepted, in bytes.
 pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
-pub const DESIRED_STATE_SCHEMA: &str = include_str!("../../../schemas/desired-state.schema.json");
+pub const DESIRED_STATE_SCHEMA: &str =
+    include_str!("../../../../schemas/desired-state.schema.json");
 
 /// The per-kind schemas, by the URI the desired-state schema refers to them with.
 const KIND_SCHEMAS: &[(&str, &str)] = &[
     (
         "https://ferry.dev/schemas/kinds/file.schema.json",
-        include_str!("../../../schemas/kinds/file.schema.json"),
+        include_str!("../../../../schemas/kinds/file.schema.json"),
     ),
     (
         "https://ferry.dev/schemas/kinds/ruleset.schema.json",
-        include_str!("../../../schemas/kinds/ruleset.schema.json"),
+        include_str!("../../../../schemas/kinds/ruleset.schema.json"),
     ),
     (
         "https://ferry.dev/schemas/kinds/wasm.schema.json",
-        include_str!("../../../schemas/kinds/wasm.schema.json"),
+        include_str!("../../../../schemas/kinds/wasm.schema.json"),
     ),
     (
         "https://ferry.dev/schemas/kinds/firmware.schema.json",
-        include_str!("../../../schemas/kinds/firmware.schema.json"),
+        include_str!("../../../../schemas/kinds/firmware.schema.json"),
     ),
 ];
 
@@ -344,13 +345,7 @@ fn resolve(
                     .into_iter()
                     .filter_map(|k| item.get(k).map(|v| (k.to_owned(), v.clone())))
                     .collect();
-                ferry_wasm::ModuleSpec::from_settings(&settings).map_err(|e| match e {
-                    ferry_wasm::WasmError::Spec(m) => {
-                        let field = m.split([':', '.', '[']).next().unwrap_or("").to_owned();
-                        invalid(&field, m)
-                    }
-                    e => invalid("limits", e.to_string()),
-                })?;
+                check_module_settings(&settings).map_err(|(field, m)| invalid(&field, m))?;
                 (
                     item["name"].as_str().unwrap_or_default().to_owned(),
                     settings,
@@ -513,6 +508,30 @@ fn hash_stream(rev: &dyn VerifiedRevision, path: &RepoPath) -> Result<ContentRef
         sha256: Sha256::from_bytes(h.finalize().into()),
         length,
     })
+}
+
+/// A `wasm` resource's settings must make a module spec: the offending
+/// field and why, if not.
+#[cfg(feature = "wasm")]
+fn check_module_settings(settings: &BTreeMap<String, Value>) -> Result<(), (String, String)> {
+    ferry_wasm::ModuleSpec::from_settings(settings)
+        .map(drop)
+        .map_err(|e| match e {
+            ferry_wasm::WasmError::Spec(m) => {
+                let field = m.split([':', '.', '[']).next().unwrap_or("").to_owned();
+                (field, m)
+            }
+            e => ("limits".to_owned(), e.to_string()),
+        })
+}
+
+/// Without the module host, a `wasm` resource cannot run here.
+#[cfg(not(feature = "wasm"))]
+fn check_module_settings(_: &BTreeMap<String, Value>) -> Result<(), (String, String)> {
+    Err((
+        "kind".to_owned(),
+        "this ferry is built without WASM modules (cargo feature `wasm`)".to_owned(),
+    ))
 }
 
 #[cfg(test)]

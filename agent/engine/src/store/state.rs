@@ -48,6 +48,8 @@ impl Classify for StateError {
     fn class(&self) -> ErrorClass {
         match self {
             StateError::Corrupt { .. } => ErrorClass::Corrupt,
+            // A newer ferry migrated it (a downgrade): refuse, touch nothing.
+            StateError::TooNew { .. } => ErrorClass::Refused,
             _ => ErrorClass::Internal,
         }
     }

@@ -22,10 +22,10 @@ use ferry_core::{Kind, Op, Resource, Sha256, Step};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ActivateError, Activator};
+use crate::activate::firmware::{BootEnv, Firmware};
+use crate::activate::{ActivateError, Activator};
 #[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
 use crate::failpoints as fp;
-use crate::firmware::{BootEnv, Firmware};
 use crate::store::Store;
 
 #[derive(Debug)]
@@ -48,7 +48,7 @@ pub struct FirmwareUndo {
 }
 
 impl FirmwareActivator {
-    pub fn new(fw: Result<Option<Firmware>, crate::firmware::FirmwareError>) -> Self {
+    pub fn new(fw: Result<Option<Firmware>, crate::activate::firmware::FirmwareError>) -> Self {
         let fw = match fw {
             Ok(Some(fw)) => Ok(fw),
             Ok(None) => {
@@ -66,7 +66,7 @@ impl FirmwareActivator {
     }
 }
 
-fn err(step: &Step) -> impl Fn(crate::firmware::FirmwareError) -> ActivateError + '_ {
+fn err(step: &Step) -> impl Fn(crate::activate::firmware::FirmwareError) -> ActivateError + '_ {
     move |e| ActivateError::new(&step.id, e)
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub const FACTS_FILE: &str = "/etc/ferry/facts.toml";
+pub use crate::config::FACTS_FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
@@ -212,10 +212,10 @@ fn macs() -> BTreeMap<String, String> {
     out
 }
 
-/// Glob match for selectors: `*` any run, `?` one character.
+/// Glob match for selectors ([`ferry_core::glob::selector`]): `*` any
+/// run, `?` one character.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    ferry_core::glob::wildmatch(&p, &t, |c| *c == '*', |p, t| *p == '?' || p == t)
+    ferry_core::glob::selector(pattern, text)
 }
 
 #[cfg(test)]

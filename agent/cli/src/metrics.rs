@@ -1,0 +1,168 @@
+//! The agent's metrics (`[metrics] listen`), encoded by `prometheus-client`
+//! in the OpenMetrics text format from a snapshot of the agent's state.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use ferry_core::agent::ReconcileResult;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::rules_agent::EventPath;
+use crate::shared::Shared;
+
+/// The `Content-Type` of [`text`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn counter(registry: &mut Registry, name: &str, help: &str, v: u64) {
+    registry.register(name, help, ConstCounter::new(v));
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, v: u64) {
+    registry.register(
+        name,
+        help,
+        ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)),
+    );
+}
+
+/// The metrics text for one scrape. Counter names get their `_total`
+/// suffix from the encoder (`ferry_reconciles` → `ferry_reconciles_total`).
+pub fn text(s: &Shared, events: Option<&EventPath>) -> String {
+    let mut registry = Registry::default();
+    let reconciles = Family::<Vec<(String, String)>, Counter>::default();
+    for result in ReconcileResult::ALL {
+        let n = s.metrics.reconciles.get(&result).copied().unwrap_or(0);
+        reconciles
+            .get_or_create(&vec![("result".to_owned(), result.as_str().to_owned())])
+            .inc_by(n);
+    }
+    registry.register("ferry_reconciles", "Reconciles by result.", reconciles);
+    gauge(
+        &mut registry,
+        "ferry_last_success_timestamp_seconds",
+        "Time of the last successful reconcile.",
+        s.metrics.last_success.unwrap_or(0),
+    );
+    gauge(
+        &mut registry,
+        "ferry_current_generation",
+        "The current generation.",
+        s.generation.unwrap_or(0),
+    );
+    counter(
+        &mut registry,
+        "ferry_fetched_bytes",
+        "Bytes fetched from sources.",
+        s.fetched_bytes,
+    );
+    counter(
+        &mut registry,
+        "ferry_rollbacks",
+        "Automatic rollbacks after failed health checks.",
+        s.metrics.rollbacks,
+    );
+    counter(
+        &mut registry,
+        "ferry_activation_errors",
+        "Reconciles that failed in an activator.",
+        s.metrics.activation_errors,
+    );
+    if let Some(ep) = events {
+        let st = ep.rules.stats();
+        #[cfg(feature = "wasm")]
+        {
+            let ws = ep.modules.service().stats();
+            let stats: [(&str, &str, &AtomicU64); 6] = [
+                (
+                    "ferry_wasm_calls",
+                    "Calls of WASM module exports.",
+                    &ws.calls,
+                ),
+                (
+                    "ferry_wasm_call_errors",
+                    "Calls that failed (status, fault, no such module or export).",
+                    &ws.errors,
+                ),
+                (
+                    "ferry_wasm_faults",
+                    "Calls stopped by a trap, fuel or memory limit (instance discarded).",
+                    &ws.faults,
+                ),
+                (
+                    "ferry_wasm_instantiations",
+                    "Module instances created (one per module, again after a fault).",
+                    &ws.instantiations,
+                ),
+                ("ferry_wasm_swaps", "Module set swaps.", &ws.swaps),
+                (
+                    "ferry_wasm_refused",
+                    "Calls refused because 64 MiB of input was already waiting.",
+                    &ws.refused,
+                ),
+            ];
+            for (name, help, v) in stats {
+                counter(&mut registry, name, help, v.load(Relaxed));
+            }
+        }
+        let stats: [(&str, &str, &AtomicU64); 6] = [
+            (
+                "ferry_rules_events",
+                "Events evaluated by the rule engine.",
+                &st.events,
+            ),
+            (
+                "ferry_rules_bad_events",
+                "Bad event lines, and payloads that are not JSON objects (evaluated with every field missing).",
+                &st.bad_events,
+            ),
+            ("ferry_rules_fired", "Rule firings.", &st.fired),
+            (
+                "ferry_rules_actions",
+                "Actions produced by rules.",
+                &st.actions,
+            ),
+            (
+                "ferry_rules_action_errors",
+                "Actions that failed (publish, call).",
+                &st.action_errors,
+            ),
+            ("ferry_rules_swaps", "Rule set swaps.", &st.swaps),
+        ];
+        for (name, help, v) in stats {
+            counter(&mut registry, name, help, v.load(Relaxed));
+        }
+    }
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_names_every_result_and_ends_as_openmetrics_does() {
+        let mut s = Shared::default();
+        s.metrics.reconciles.insert(ReconcileResult::Applied, 3);
+        s.metrics.rollbacks = 1;
+        s.generation = Some(4);
+        let t = text(&s, None);
+        assert!(
+            t.contains("ferry_reconciles_total{result=\"applied\"} 3\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("ferry_reconciles_total{result=\"failed\"} 0\n"),
+            "{t}"
+        );
+        assert!(t.contains("ferry_rollbacks_total 1\n"), "{t}");
+        assert!(t.contains("ferry_current_generation 4\n"), "{t}");
+        assert!(t.contains("# TYPE ferry_reconciles counter\n"), "{t}");
+        assert!(t.ends_with("# EOF\n"), "{t}");
+    }
+}

@@ -1,0 +1,79 @@
+//! Rolling back to an earlier generation.
+
+use super::*;
+
+impl Engine {
+    /// Switches back to generation `to` (default: the previous one).
+    pub fn rollback(&mut self, to: Option<u64>) -> Result<ApplyOutcome> {
+        self.refuse_while_reboot_pending()?;
+        let current = self.db.current_generation()?.ok_or_else(|| {
+            EngineError::Refused("no generation is active; nothing to roll back".into())
+        })?;
+        let target = match to {
+            Some(n) => n,
+            None => self.db.previous_generation()?.ok_or_else(|| {
+                EngineError::Refused("no previous generation to roll back to".into())
+            })?,
+        };
+        if target == current {
+            return Err(EngineError::Refused(format!(
+                "generation {target} is already current"
+            )));
+        }
+        let row = self.db.generation(target)?.ok_or_else(|| {
+            EngineError::Refused(format!("generation {target} does not exist (collected?)"))
+        })?;
+        let desired = self.db.resources(target)?;
+        let p = plan(&desired, &self.db.resources(current)?);
+        let details = plan_summary(&p);
+        let mut t = self.db.with_tx(|tx| {
+            Db::insert_transition(
+                tx,
+                TransitionKind::Rollback,
+                Some(current),
+                Some(target),
+                Some(&row.revision),
+                LOCAL_OPERATOR,
+                &details,
+            )
+        })?;
+        fail_point!(fp::PLANNED);
+        let staged = (|| {
+            self.advance(&mut t, Phase::Staging, None)?;
+            for r in p.steps.iter().filter_map(|s| s.to.as_ref()) {
+                let in_place = || self.activators.get(r.kind).is_ok_and(|a| a.holds(r));
+                if !self.store.contains(&r.content.sha256) && !in_place() {
+                    return Err(crate::store::StoreError::Missing(r.content.sha256).into());
+                }
+            }
+            if self.gens.read_manifest(target).is_err() {
+                // Rebuild a damaged directory from the database (same content).
+                let m = GenerationManifest {
+                    generation: target,
+                    revision: row.revision.clone(),
+                    source: row.source.clone(),
+                    resources: desired.clone(),
+                };
+                self.gens.build(&m).map_err(|e| {
+                    EngineError::io("cannot rebuild generation", self.gens.path(target), e)
+                })?;
+            }
+            self.advance(&mut t, Phase::Staged, None)
+        })();
+        self.complete(t, &p, staged)
+    }
+
+    /// Remembers the revision of a firmware update that was rolled back
+    /// after the reboot, so that it is not applied again.
+    pub(super) fn reject_rolled_back(&mut self, t: &TransitionRow, reason: &str) -> Result<()> {
+        match t.revision.clone() {
+            Some(revision) => {
+                let actor = t.actor.clone();
+                self.reject_revision(&revision, &actor, reason)
+            }
+            None => Ok(()),
+        }
+    }
+
+    // ---- gc -----------------------------------------------------------------------------
+}
