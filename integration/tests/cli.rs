@@ -25,42 +25,72 @@ fn demo_runs_offline_without_root_and_ends_with_status() {
         "no changes (generation 1)",
         "switched generation 1 → generation 2",
         "switched generation 2 → generation 1",
+        // A rule set and a WASM module switched with the files.
+        "activated   add ruleset overheat",
+        "activated   change ruleset overheat",
+        // Firmware into slot B, booted by the (played) bootloader, confirmed.
+        "firmware written to slot B (generation 3",
+        "activated   add firmware gateway-os",
+        "GRUB booted slot B",
+        "firmware-marked-good",
+        "gateway-os 2.0 (confirmed)",
         "audit chain ok",
-        "generation:  1",
+        "generation:  3",
         // Reconciled from the signed TUF repository, not a plain directory.
         "revision tuf-1-",
         "revision tuf-2-",
+        "revision tuf-3-",
     ] {
         assert!(
             text.contains(needle),
             "{needle:?} missing from demo output:\n{text}"
         );
     }
+    // A binary built without WASM leaves the module out of the demo.
+    assert_eq!(
+        text.contains("activated   add wasm modbus-decoder"),
+        cfg!(feature = "wasm"),
+        "{text}"
+    );
     // The device trusted the repository through its root, and kept the
     // verified metadata byte for byte.
     assert_eq!(
         fs::read(dir.path().join("state/tuf/metadata/root.json")).unwrap(),
         fs::read(dir.path().join("repository/root.json")).unwrap()
     );
-    assert!(
-        dir.path()
-            .join("state/tuf/metadata/timestamp.json")
-            .exists()
-    );
-    // The demo's files really are on disk, at generation 1's content.
+    // The demo's files really are on disk, at generation 3's content, and
+    // slot B holds firmware 2.0 (written byte for byte, verified).
     let bridge =
         fs::read_to_string(dir.path().join("root/etc/mosquitto/conf.d/bridge.conf")).unwrap();
-    assert!(bridge.contains("mqttv311"));
-    // And its state directory is a normal one the other commands read.
-    let status = std::process::Command::new(FERRY)
-        .args(["--config"])
-        .arg(dir.path().join("ferry.toml"))
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
+    assert!(bridge.contains("mqttv50"));
+    let slot_b = fs::read(dir.path().join("boot/slot-b.img")).unwrap();
+    assert!(slot_b.starts_with(b"gateway-os 2.0 block 000000\n"));
+    let grubenv = fs::read_to_string(dir.path().join("boot/grubenv")).unwrap();
+    assert!(
+        grubenv.contains("ORDER=B A\nA_OK=1\nA_TRY=0\nB_OK=1\nB_TRY=0\n"),
+        "{grubenv}"
+    );
+    // The kept directory is a working setup: its state is a normal one the
+    // other commands read, and the repository (now a file:// URL, as the
+    // demo's server is gone) still verifies.
+    let ferry = |args: &[&str]| {
+        std::process::Command::new(FERRY)
+            .args(["--config"])
+            .arg(dir.path().join("ferry.toml"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let status = ferry(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(v["current"]["id"], 1);
-    assert_eq!(v["previous"], 2);
+    assert_eq!(v["current"]["id"], 3);
+    assert_eq!(v["previous"], 1);
+    for args in [&["plan"][..], &["apply"], &["run", "--once"]] {
+        let out = ferry(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let out = ferry(&["plan", "--exit-code"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 #[test]

@@ -402,15 +402,21 @@ fn wasm_run_passes_wasi_preview1_basics() {
         assert_eq!(code, Some(status.parse().unwrap()));
     }
     // Traps exit 134 with the reason; ferry's own failures 125.
-    let faults = dir.path().join("faults.wat");
+    let faults = dir.path().join("faults.wasm");
     let spin = FAULTS.replace(r#"(export "spin")"#, r#"(export "_start")"#).replace(
         "(func (export \"_start\") (param i32 i32) (result i32)\n    (loop $forever (br $forever))\n    (i32.const 0))",
         "(func (export \"_start\")\n    (loop $forever (br $forever)))",
     );
-    fs::write(&faults, spin).unwrap();
+    fs::write(&faults, wat::parse_str(&spin).unwrap()).unwrap();
     let (code, _, err) = wasm_run(&["--fuel", "100000", faults.to_str().unwrap()], "");
     assert_eq!(code, Some(134), "{err}");
     assert!(err.contains("ran out of fuel"), "{err}");
+    // Text is not parsed on a device: ferry carries no WAT parser.
+    let text = dir.path().join("faults.wat");
+    fs::write(&text, &spin).unwrap();
+    let (code, _, err) = wasm_run(&[text.to_str().unwrap()], "");
+    assert_eq!(code, Some(125), "{err}");
+    assert!(err.contains("assemble it with wat2wasm"), "{err}");
     let (code, _, err) = wasm_run(&[dir.path().join("missing.wasm").to_str().unwrap()], "");
     assert_eq!(code, Some(125));
     assert!(err.contains("missing.wasm"), "{err}");
@@ -422,10 +428,13 @@ fn wasm_run_passes_wasi_preview1_basics() {
     assert_eq!(code, Some(125));
     assert!(err.contains("--dir"), "{err}");
     // Memory beyond the cap traps.
-    let grow = dir.path().join("grow.wat");
+    let grow = dir.path().join("grow.wasm");
     fs::write(
         &grow,
-        r#"(module (memory 1) (func (export "_start") (drop (memory.grow (i32.const 100)))))"#,
+        wat::parse_str(
+            r#"(module (memory 1) (func (export "_start") (drop (memory.grow (i32.const 100)))))"#,
+        )
+        .unwrap(),
     )
     .unwrap();
     let (code, _, err) = wasm_run(&["--max-memory-mib", "2", grow.to_str().unwrap()], "");

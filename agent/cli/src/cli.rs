@@ -246,9 +246,11 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Run a complete reconcile from an embedded example repository in a temp dir.
+    /// Run a complete signed reconcile from an embedded example repository in a
+    /// temp dir: files, a rule set, a WASM module and A/B firmware (no root).
     Demo {
-        /// Work in DIR (kept afterwards) instead of a temporary directory.
+        /// Work in DIR and keep it as a working device (its ferry.toml reads the
+        /// demo repository through file:// URLs) instead of a temporary directory.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
@@ -408,7 +410,7 @@ pub enum WasmAction {
         /// Grant the real wall and monotonic clocks.
         #[arg(long)]
         clocks: bool,
-        /// The module (.wasm, or .wat text).
+        /// The module (a .wasm binary; assemble text with `wat2wasm`).
         file: PathBuf,
         /// Arguments for the module (argv[1..]).
         #[arg(allow_hyphen_values = true)]

@@ -95,7 +95,7 @@ impl DemoRepo {
 
     /// Publishes `files` (target name → content) as version `version` of
     /// targets, snapshot and timestamp.
-    pub fn publish(&self, version: u64, files: &[(&str, &str)]) -> Result<()> {
+    pub fn publish(&self, version: u64, files: &[(String, Vec<u8>)]) -> Result<()> {
         let version = NonZeroU64::new(version).context("versions start at 1")?;
         let staging = self.dir.join(format!("staging-{version}"));
         let _ = fs::remove_dir_all(&staging);
@@ -119,7 +119,7 @@ impl DemoRepo {
                 let out = self.dir.join("targets").join(dir);
                 fs::create_dir_all(&out)?;
                 fs::write(out.join(format!("{sha}.{base}")), content)?;
-                editor.add_target(*name, target)?;
+                editor.add_target(name.as_str(), target)?;
             }
             let keys: Vec<Box<dyn KeySource>> = vec![Box::new(LocalKeySource {
                 path: self.key.clone(),

@@ -43,7 +43,7 @@ pub struct Config {
     /// time): the secure time floor of every source starts here. (Older
     /// configurations say `source.tuf.time_floor`, which still works.)
     pub time_floor: Option<String>,
-    /// Device facts file (labels, variables, secrets); see docs/facts.md.
+    /// Device facts file (labels, variables, secrets); see docs/manifests.md.
     pub facts: PathBuf,
     pub source: SourceConfig,
     pub files: FilesConfig,

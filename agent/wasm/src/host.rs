@@ -306,7 +306,15 @@ impl Host {
     /// Compiles without caching or instantiating (for `ferry wasm run` and
     /// benchmarks).
     pub fn compile_only(&self, bytes: &[u8]) -> Result<WasmModule, WasmError> {
-        WasmModule::new(&self.engine, bytes).map_err(|e| WasmError::Load {
+        check_header(bytes).map_err(|message| WasmError::Load {
+            module: "module".into(),
+            message: if std::str::from_utf8(bytes).is_ok() {
+                format!("{message}; this looks like WebAssembly text: assemble it with wat2wasm")
+            } else {
+                message
+            },
+        })?;
+        WasmModule::from_binary(&self.engine, bytes).map_err(|e| WasmError::Load {
             module: "module".into(),
             message: format!("invalid module: {e:#}"),
         })

@@ -143,16 +143,18 @@ fn diff(
     };
     match (old, new) {
         (Ok(old), Ok(new)) => {
+            // Files are named by their absolute path, other kinds by name.
             let name = &s.id.name;
+            let sep = if name.starts_with('/') { "" } else { "/" };
             let from_label = if s.from.is_some() {
-                format!("a{name}")
+                format!("a{sep}{name}")
             } else {
                 "/dev/null".to_owned()
             };
             let text = similar::TextDiff::from_lines(&old, &new)
                 .unified_diff()
                 .context_radius(3)
-                .header(&from_label, &format!("b{name}"))
+                .header(&from_label, &format!("b{sep}{name}"))
                 .to_string();
             (Some(text), None)
         }
