@@ -81,7 +81,7 @@ pub fn reconcile(
                 if let Err(reason) = &verdict {
                     tracing::error!(revision = ?r.revision, %reason, "health checks failed; rolling back");
                 }
-                r.health = Some(verdict);
+                r.health = Some(verdict.map_err(|why| why.0));
             }
             Action::RollBack => {
                 r.rolled_back = Some(match engine.rollback(None) {

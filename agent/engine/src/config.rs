@@ -689,7 +689,7 @@ impl Config {
             ferry_rules::runtime::MqttTarget::parse(url).map_err(|message| {
                 ConfigError::Invalid {
                     key: "rules.mqtt",
-                    message,
+                    message: message.to_string(),
                 }
             })?;
         }

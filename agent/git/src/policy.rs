@@ -35,23 +35,42 @@ pub struct SignerRule {
     pub paths: Vec<String>,
 }
 
+/// A signers policy that cannot be used; the caller names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Not TOML of the policy's shape (the message names the line).
+    #[error("{0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("signer[{index}] ({name}): needs keys or principals, and paths")]
+    Incomplete { index: usize, name: String },
+    #[error(
+        "signer[{index}] ({name}): {key:?} is neither SHA256:… (SSH) nor a 40-hex OpenPGP fingerprint"
+    )]
+    BadKey {
+        index: usize,
+        name: String,
+        key: String,
+    },
+}
+
 impl Policy {
     /// Parses the policy; errors name the line.
-    pub fn parse(text: &str) -> Result<Policy, String> {
-        let p: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
-        for (i, s) in p.signers.iter().enumerate() {
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let p: Policy = toml::from_str(text)?;
+        for (index, s) in p.signers.iter().enumerate() {
             if (s.keys.is_empty() && s.principals.is_empty()) || s.paths.is_empty() {
-                return Err(format!(
-                    "signer[{i}] ({}): needs keys or principals, and paths",
-                    s.name
-                ));
+                return Err(PolicyError::Incomplete {
+                    index,
+                    name: s.name.clone(),
+                });
             }
             for k in &s.keys {
                 if normalise_key(k).is_none() {
-                    return Err(format!(
-                        "signer[{i}] ({}): {k:?} is neither SHA256:… (SSH) nor a 40-hex OpenPGP fingerprint",
-                        s.name
-                    ));
+                    return Err(PolicyError::BadKey {
+                        index,
+                        name: s.name.clone(),
+                        key: k.clone(),
+                    });
                 }
             }
         }
@@ -218,8 +237,11 @@ paths = ["sites/plant-7/**"]
         assert!(by_name.first_forbidden(&pgp, &paths[..1]).is_some());
         let e = Policy::parse("[[signer]]\nname = \"x\"\nkeys = [\"nope\"]\npaths = [\"**\"]\n")
             .expect_err("bad key");
-        assert!(e.contains("neither SHA256"), "{e}");
+        assert!(matches!(&e, PolicyError::BadKey { index: 0, key, .. } if key == "nope"));
+        assert!(e.to_string().contains("neither SHA256"), "{e}");
         let e = Policy::parse("[[signer]]\nname = \"x\"\nbogus = 1\n").expect_err("unknown");
+        assert!(matches!(e, PolicyError::Syntax(_)));
+        let e = e.to_string();
         assert!(e.contains("line 3") || e.contains("bogus"), "{e}");
     }
 }

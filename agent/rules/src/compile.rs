@@ -98,7 +98,7 @@ pub fn compile(set: &RuleSet) -> Result<Compiled, RulesError> {
     for s in &set.subscriptions {
         match TopicFilter::parse(&s.filter) {
             Ok(f) => subscriptions.push(f),
-            Err(e) => c.err(s.pos, e),
+            Err(e) => c.err(s.pos, e.0),
         }
     }
     let mut names = HashMap::new();
@@ -344,7 +344,7 @@ impl Compiler {
                 }
                 Ok(filter) => (Op::Match(Box::new(lhs), filter), Ty::Bool),
                 Err(msg) => {
-                    self.err(b.pos, msg);
+                    self.err(b.pos, msg.0);
                     (Op::Const(Value::Missing), Ty::Bool)
                 }
             };

@@ -11,6 +11,23 @@ enum Level {
     Rest,
 }
 
+/// A topic filter that is not valid MQTT filter syntax.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FilterError(pub String);
+
+impl From<String> for FilterError {
+    fn from(s: String) -> Self {
+        FilterError(s)
+    }
+}
+
+impl From<&str> for FilterError {
+    fn from(s: &str) -> Self {
+        FilterError(s.to_owned())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicFilter {
     text: Box<str>,
@@ -18,7 +35,7 @@ pub struct TopicFilter {
 }
 
 impl TopicFilter {
-    pub fn parse(text: &str) -> Result<TopicFilter, String> {
+    pub fn parse(text: &str) -> Result<TopicFilter, FilterError> {
         if text.is_empty() {
             return Err("a topic filter must not be empty".into());
         }
@@ -27,12 +44,12 @@ impl TopicFilter {
         for (i, part) in parts.iter().enumerate() {
             let level = match *part {
                 "#" if i + 1 == parts.len() => Level::Rest,
-                "#" => return Err(format!("`#` must be the last level in {text:?}")),
+                "#" => return Err(format!("`#` must be the last level in {text:?}").into()),
                 "+" => Level::One,
                 p if p.contains(['#', '+']) => {
-                    return Err(format!(
-                        "`+` and `#` must stand alone in a level, in {text:?}"
-                    ));
+                    return Err(
+                        format!("`+` and `#` must stand alone in a level, in {text:?}").into(),
+                    );
                 }
                 p => Level::Exact(p.into()),
             };

@@ -44,6 +44,23 @@ pub struct Loaded {
     pub sets: Vec<(Arc<str>, Arc<Compiled>)>,
 }
 
+/// A broker URL ferry cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UrlError(pub String);
+
+impl From<String> for UrlError {
+    fn from(s: String) -> Self {
+        UrlError(s)
+    }
+}
+
+impl From<&str> for UrlError {
+    fn from(s: &str) -> Self {
+        UrlError(s.to_owned())
+    }
+}
+
 /// Where the MQTT broker is: `mqtt://host[:port]` (TLS is not built in;
 /// gateways run their broker locally).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +70,7 @@ pub struct MqttTarget {
 }
 
 impl MqttTarget {
-    pub fn parse(url: &str) -> Result<MqttTarget, String> {
+    pub fn parse(url: &str) -> Result<MqttTarget, UrlError> {
         let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
             format!("{url:?}: only mqtt://host[:port] is supported (no TLS in this build; use a local broker)")
         })?;
@@ -68,7 +85,7 @@ impl MqttTarget {
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || host.contains('/') {
-            return Err(format!("{url:?}: expected mqtt://host[:port]"));
+            return Err(format!("{url:?}: expected mqtt://host[:port]").into());
         }
         Ok(MqttTarget {
             host: host.to_owned(),

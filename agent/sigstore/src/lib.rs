@@ -213,9 +213,9 @@ impl TrustedRoot {
     /// Reads a trusted root file (bounded).
     pub fn load(path: &Path) -> Result<TrustedRoot, SigstoreError> {
         let origin = path.display().to_string();
-        let bytes = read_bounded(path).map_err(|message| SigstoreError::TrustedRoot {
+        let bytes = read_bounded(path).map_err(|e| SigstoreError::TrustedRoot {
             origin: origin.clone(),
-            message,
+            message: e.to_string(),
         })?;
         TrustedRoot::from_json(&bytes, &origin)
     }
@@ -317,18 +317,26 @@ impl TrustedRoot {
     }
 }
 
+/// Why a sigstore file could not be read; the caller says which file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
 /// Reads a sigstore file (bundle, trusted root, key) of at most
-/// [`MAX_BUNDLE_BYTES`]; the error says what went wrong, the caller says
-/// which file.
-pub fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+/// [`MAX_BUNDLE_BYTES`], bounded while reading.
+pub fn read_bounded(path: &Path) -> Result<Vec<u8>, ReadError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file = std::fs::File::open(path)?;
     let mut buf = Vec::new();
-    file.take(MAX_BUNDLE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| e.to_string())?;
+    file.take(MAX_BUNDLE_BYTES + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_BUNDLE_BYTES {
-        return Err(format!("larger than {MAX_BUNDLE_BYTES} bytes"));
+        return Err(ReadError::TooLarge {
+            limit: MAX_BUNDLE_BYTES,
+        });
     }
     Ok(buf)
 }
@@ -350,7 +358,7 @@ impl Requirement {
             origin: origin.clone(),
             message,
         };
-        let bytes = read_bounded(path).map_err(bad)?;
+        let bytes = read_bounded(path).map_err(|e| bad(e.to_string()))?;
         let spki = pem_spki(&bytes).map_err(bad)?;
         CosignVerificationKey::try_from_der(&spki).map_err(|e| bad(e.to_string()))?;
         Ok(Requirement::Key { spki, origin })

@@ -6,13 +6,30 @@ use std::time::{Duration, Instant};
 
 use crate::config::HealthConfig;
 
+/// Why the device is not healthy: the failing check and what it said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unhealthy(pub String);
+
+impl From<String> for Unhealthy {
+    fn from(s: String) -> Self {
+        Unhealthy(s)
+    }
+}
+
+impl From<&str> for Unhealthy {
+    fn from(s: &str) -> Self {
+        Unhealthy(s.to_owned())
+    }
+}
+
 /// Runs the checks again and again until all pass or `deadline` passes;
 /// the error is the last failure.
 pub fn wait_healthy(
     config: &HealthConfig,
     deadline: Instant,
     pause: Duration,
-) -> Result<(), String> {
+) -> Result<(), Unhealthy> {
     loop {
         match run(config) {
             Ok(()) => return Ok(()),
@@ -25,7 +42,7 @@ pub fn wait_healthy(
     }
 }
 
-fn check_url(url: &str, timeout: Duration) -> Result<(), String> {
+fn check_url(url: &str, timeout: Duration) -> Result<(), Unhealthy> {
     let client = reqwest::blocking::Client::builder()
         .timeout(timeout)
         .tls_certs_only(std::iter::empty())
@@ -35,12 +52,12 @@ fn check_url(url: &str, timeout: Duration) -> Result<(), String> {
     if resp.status().is_success() {
         Ok(())
     } else {
-        Err(format!("{url}: HTTP {}", resp.status()))
+        Err(format!("{url}: HTTP {}", resp.status()).into())
     }
 }
 
 /// Runs every `[[health.check]]`; the first failure says which and why.
-pub fn run(config: &HealthConfig) -> Result<(), String> {
+pub fn run(config: &HealthConfig) -> Result<(), Unhealthy> {
     for check in &config.check {
         if let Some(url) = &check.url {
             check_url(url, Duration::from_secs(check.timeout_secs))?;
@@ -70,16 +87,15 @@ pub fn run(config: &HealthConfig) -> Result<(), String> {
                 None if Instant::now() >= deadline => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!(
-                        "{label}: no answer within {} s",
-                        check.timeout_secs
-                    ));
+                    return Err(
+                        format!("{label}: no answer within {} s", check.timeout_secs).into(),
+                    );
                 }
                 None => std::thread::sleep(Duration::from_millis(50)),
             }
         };
         if !status.success() {
-            return Err(format!("{label}: {status}"));
+            return Err(format!("{label}: {status}").into());
         }
     }
     Ok(())

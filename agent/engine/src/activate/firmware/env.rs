@@ -71,14 +71,32 @@ pub trait BootEnvStore: std::fmt::Debug {
 }
 
 /// Refuses names the formats cannot hold.
-pub fn check_name(name: &str) -> Result<(), String> {
+/// Boot-environment bytes or variables that cannot be read or written (the
+/// caller names the file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(pub String);
+
+impl From<String> for FormatError {
+    fn from(s: String) -> Self {
+        FormatError(s)
+    }
+}
+
+impl From<&str> for FormatError {
+    fn from(s: &str) -> Self {
+        FormatError(s.to_owned())
+    }
+}
+
+pub fn check_name(name: &str) -> Result<(), FormatError> {
     if name.is_empty()
         || name.contains('=')
         || name.contains('\n')
         || name.contains('\0')
         || name.starts_with('#')
     {
-        return Err(format!("invalid variable name {name:?}"));
+        return Err(format!("invalid variable name {name:?}").into());
     }
     Ok(())
 }

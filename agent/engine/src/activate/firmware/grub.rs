@@ -19,6 +19,7 @@
 //! Only a missing or empty file, or one that is not a regular file, is
 //! created afresh (temp file, fsync, rename).
 
+use super::env::FormatError;
 use std::fs;
 use std::path::PathBuf;
 
@@ -47,7 +48,7 @@ fn next_line(b: &[u8], p: usize) -> usize {
 /// Checks what GRUB's `grub_envblk_open` checks: the signature, and more
 /// bytes than the signature alone (a block of only the signature line is
 /// refused by GRUB and grub-editenv).
-fn check_block(block: &[u8]) -> Result<(), String> {
+fn check_block(block: &[u8]) -> Result<(), FormatError> {
     if block.len() <= HEADER.len() || !block.starts_with(HEADER.as_bytes()) {
         return Err("not a GRUB environment block (header missing or nothing after it)".into());
     }
@@ -59,7 +60,7 @@ fn check_block(block: &[u8]) -> Result<(), String> {
 /// (even past a newline) and the value to the next unescaped newline; an
 /// entry without `=` or a value without its newline ends the block (GRUB
 /// calls it broken and stops; what it read before stands).
-pub fn parse(block: &[u8]) -> Result<BootEnv, String> {
+pub fn parse(block: &[u8]) -> Result<BootEnv, FormatError> {
     check_block(block)?;
     let mut env = BootEnv::new();
     let end = block.len();
@@ -104,7 +105,7 @@ fn escaped_len(value: &str) -> usize {
 /// `grub_envblk_set`, byte for byte: replaces the value of the first line
 /// `name=…` in place (moving what follows), or appends `name=value` after
 /// the last line, before the `#` padding.
-fn block_set(buf: &mut [u8], name: &str, value: &str) -> Result<(), String> {
+fn block_set(buf: &mut [u8], name: &str, value: &str) -> Result<(), FormatError> {
     let end = buf.len();
     let (nl, vl) = (name.len(), escaped_len(value));
     let mut space = end - 1;
@@ -126,12 +127,10 @@ fn block_set(buf: &mut [u8], name: &str, value: &str) -> Result<(), String> {
                 len += if buf[p + len] == b'\\' { 2 } else { 1 };
             }
             if p + len >= space {
-                return Err(format!(
-                    "the block is broken (the value of {name} has no end)"
-                ));
+                return Err(format!("the block is broken (the value of {name} has no end)").into());
             }
             if vl > len && end - space < vl - len {
-                return Err(too_small());
+                return Err(too_small().into());
             }
             if vl < len {
                 buf.copy_within(p + len..end, p + vl);
@@ -148,7 +147,7 @@ fn block_set(buf: &mut [u8], name: &str, value: &str) -> Result<(), String> {
         Some(p) => p,
         None => {
             if end - space < nl + 1 + vl + 1 {
-                return Err(too_small());
+                return Err(too_small().into());
             }
             buf[space..space + nl].copy_from_slice(name.as_bytes());
             buf[space + nl] = b'=';
@@ -196,7 +195,7 @@ fn block_delete(buf: &mut [u8], name: &str) {
 /// variables `env` lacks are unset, changed and new ones set, one at a
 /// time, in place. Lines ferry does not touch (comments, the warning line
 /// or its absence, entries GRUB reads oddly) stay byte for byte.
-pub fn update(block: &[u8], env: &BootEnv) -> Result<Vec<u8>, String> {
+pub fn update(block: &[u8], env: &BootEnv) -> Result<Vec<u8>, FormatError> {
     let old = parse(block)?;
     let mut buf = block.to_vec();
     for (name, _) in old.iter() {
@@ -214,7 +213,7 @@ pub fn update(block: &[u8], env: &BootEnv) -> Result<Vec<u8>, String> {
 }
 
 /// Serialises `env` into a block of `size` bytes, exactly as `grub-editenv`.
-pub fn serialize(env: &BootEnv, size: usize) -> Result<Vec<u8>, String> {
+pub fn serialize(env: &BootEnv, size: usize) -> Result<Vec<u8>, FormatError> {
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(HEADER.as_bytes());
     out.extend_from_slice(WARNING.as_bytes());
@@ -234,7 +233,8 @@ pub fn serialize(env: &BootEnv, size: usize) -> Result<Vec<u8>, String> {
         return Err(format!(
             "environment block too small: {} bytes needed, block is {size}",
             out.len()
-        ));
+        )
+        .into());
     }
     out.resize(size, b'#');
     Ok(out)
@@ -248,7 +248,7 @@ impl BootEnvStore for GrubEnv {
         })?;
         parse(&block).map_err(|message| FirmwareError::Env {
             path: self.path.clone(),
-            message,
+            message: message.to_string(),
         })
     }
 
@@ -266,12 +266,12 @@ impl BootEnvStore for GrubEnv {
                 .and_then(|old| {
                     update(&old, env).map_err(|message| FirmwareError::Env {
                         path: self.path.clone(),
-                        message,
+                        message: message.to_string(),
                     })
                 })?,
             None => serialize(env, DEFAULT_SIZE).map_err(|message| FirmwareError::Env {
                 path: self.path.clone(),
-                message,
+                message: message.to_string(),
             })?,
         };
         let written = if existing.is_some() {
@@ -359,6 +359,6 @@ mod tests {
         assert!(parse(HEADER.as_bytes()).is_err());
         assert!(parse(format!("{HEADER}#").as_bytes()).unwrap().is_empty());
         let big: BootEnv = [("V", "x".repeat(2000))].into_iter().collect();
-        assert!(serialize(&big, 1024).unwrap_err().contains("too small"));
+        assert!(serialize(&big, 1024).unwrap_err().0.contains("too small"));
     }
 }

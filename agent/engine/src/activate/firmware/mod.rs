@@ -147,7 +147,7 @@ impl Firmware {
             FirmwareError::Booted(format!("reading {}: {e}", self.cmdline.display()))
         })?;
         scheme::booted_slot(&cmdline, &self.slot_param, &self.names())
-            .map_err(FirmwareError::Booted)
+            .map_err(|e| FirmwareError::Booted(e.0))
     }
 
     /// The slot an update goes into: the one not booted.

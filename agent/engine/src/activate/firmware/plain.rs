@@ -38,7 +38,7 @@ impl BootEnvStore for PlainEnv {
         for (n, v) in env.iter() {
             check_name(n).map_err(|message| FirmwareError::Env {
                 path: self.path.clone(),
-                message,
+                message: message.to_string(),
             })?;
             if v.contains('\n') {
                 return Err(FirmwareError::Env {

@@ -18,6 +18,7 @@
 //! Install (both): the new slot goes first in the order and gets a fresh
 //! try; marking a slot bad makes the script skip it.
 
+use super::env::FormatError;
 use serde::Serialize;
 
 use super::env::BootEnv;
@@ -138,7 +139,7 @@ impl Scheme {
 
 /// Finds the booted slot on the kernel command line (`param=NAME`, e.g.
 /// `rauc.slot=A` or `ferry.slot=A`). Never guessed: absent or unknown is an error.
-pub fn booted_slot(cmdline: &str, param: &str, slots: &[String]) -> Result<String, String> {
+pub fn booted_slot(cmdline: &str, param: &str, slots: &[String]) -> Result<String, FormatError> {
     let prefix = format!("{param}=");
     let value = cmdline
         .split_whitespace()
@@ -152,7 +153,8 @@ pub fn booted_slot(cmdline: &str, param: &str, slots: &[String]) -> Result<Strin
         Err(format!(
             "{prefix}{value} names no configured slot (slots: {})",
             slots.join(", ")
-        ))
+        )
+        .into())
     }
 }
 
@@ -247,11 +249,13 @@ mod tests {
         assert!(
             booted_slot("quiet root=/dev/sda3", "rauc.slot", &s)
                 .unwrap_err()
+                .0
                 .contains("no rauc.slot=")
         );
         assert!(
             booted_slot("rauc.slot=C", "rauc.slot", &s)
                 .unwrap_err()
+                .0
                 .contains("names no configured slot")
         );
     }

@@ -15,6 +15,7 @@
 //! `DEVICE OFFSET SIZE [SECTOR-SIZE [SECTORS]]`, numbers in hex (with or
 //! without `0x`, as libubootenv parses them), `#` comments.
 
+use super::env::FormatError;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -86,7 +87,7 @@ pub fn parse_config(path: &Path) -> Result<UbootEnv, FirmwareError> {
 #[derive(Debug)]
 pub struct ReadCopy {
     pub flag: Option<u8>,
-    pub env: Result<BootEnv, String>,
+    pub env: Result<BootEnv, FormatError>,
 }
 
 fn header_len(redundant: bool) -> usize {
@@ -100,7 +101,7 @@ pub fn decode(bytes: &[u8], redundant: bool) -> ReadCopy {
     if bytes.len() < h + 2 {
         return ReadCopy {
             flag,
-            env: Err("too short".to_owned()),
+            env: Err("too short".to_owned().into()),
         };
     }
     let stored = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
@@ -108,7 +109,7 @@ pub fn decode(bytes: &[u8], redundant: bool) -> ReadCopy {
     if crc32fast::hash(data) != stored {
         return ReadCopy {
             flag,
-            env: Err("bad CRC".to_owned()),
+            env: Err("bad CRC".to_owned().into()),
         };
     }
     let mut env = BootEnv::new();
@@ -121,7 +122,7 @@ pub fn decode(bytes: &[u8], redundant: bool) -> ReadCopy {
             Err(_) => {
                 return ReadCopy {
                     flag,
-                    env: Err("entry is not UTF-8".to_owned()),
+                    env: Err("entry is not UTF-8".to_owned().into()),
                 };
             }
         };
@@ -136,13 +137,13 @@ pub fn decode(bytes: &[u8], redundant: bool) -> ReadCopy {
 }
 
 /// Encodes a copy of `size` bytes (variables sorted by name, as U-Boot does).
-pub fn encode(env: &BootEnv, size: usize, flag: Option<u8>) -> Result<Vec<u8>, String> {
+pub fn encode(env: &BootEnv, size: usize, flag: Option<u8>) -> Result<Vec<u8>, FormatError> {
     let h = header_len(flag.is_some());
     let mut data = Vec::with_capacity(size - h);
     for (n, v) in env.sorted() {
         check_name(n)?;
         if v.contains('\0') {
-            return Err(format!("value of {n} contains NUL"));
+            return Err(format!("value of {n} contains NUL").into());
         }
         data.extend_from_slice(n.as_bytes());
         data.push(b'=');
@@ -155,7 +156,8 @@ pub fn encode(env: &BootEnv, size: usize, flag: Option<u8>) -> Result<Vec<u8>, S
             "environment too large: {} bytes, copy holds {}",
             data.len(),
             size - h
-        ));
+        )
+        .into());
     }
     data.resize(size - h, 0);
     let mut out = crc32fast::hash(&data).to_le_bytes().to_vec();
@@ -212,7 +214,7 @@ impl UbootEnv {
                             "{}@{:#x}: {}",
                             c.device.display(),
                             c.offset,
-                            r.env.as_ref().err().map_or("", |s| s)
+                            r.env.as_ref().err().map_or("", |s| s.0.as_str())
                         )
                     })
                     .collect();
@@ -260,7 +262,7 @@ impl BootEnvStore for UbootEnv {
         let c = &self.copies[target];
         let bytes = encode(env, c.size, flag).map_err(|message| FirmwareError::Env {
             path: c.device.clone(),
-            message,
+            message: message.to_string(),
         })?;
         self.write_copy(c, &bytes)
             .map_err(|source| FirmwareError::EnvIo {
@@ -285,7 +287,7 @@ mod tests {
             assert_eq!(back.flag, flag);
             assert_eq!(back.env.unwrap().sorted(), env.sorted());
             bytes[40] ^= 1;
-            assert_eq!(decode(&bytes, flag.is_some()).env.unwrap_err(), "bad CRC");
+            assert_eq!(decode(&bytes, flag.is_some()).env.unwrap_err().0, "bad CRC");
         }
     }
 
