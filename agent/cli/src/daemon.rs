@@ -14,6 +14,7 @@
 //! transition would be finished by `recover()` anyway). The child dies with
 //! the agent (`PR_SET_PDEATHSIG`), like the in-process reconcile would.
 
+use ferry_core::control::AgentStatus;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -96,6 +97,7 @@ impl Worker {
                         self.shared
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
+                            .agent
                             .config_error = None;
                     }
                     Err(e) => {
@@ -111,6 +113,7 @@ impl Worker {
                 self.shared
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
+                    .agent
                     .config_error = Some(e.to_string());
             }
         }
@@ -165,8 +168,8 @@ impl Worker {
         };
         let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         if report.generation.is_some() || report.result != ReconcileResult::Failed {
-            s.generation = report.generation;
-            s.revision = report.revision.clone();
+            s.agent.generation = report.generation;
+            s.agent.revision = report.revision.clone();
         }
         s.fetched_bytes += report.fetched_bytes;
         report
@@ -185,8 +188,8 @@ impl Worker {
         loop {
             {
                 let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-                s.next_poll = Some(unix_now() + delay.as_secs());
-                s.state = "idle".into();
+                s.agent.next_poll = Some(unix_now() + delay.as_secs());
+                s.agent.state = "idle".into();
             }
             match rx.recv_timeout(delay) {
                 Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -195,7 +198,7 @@ impl Worker {
             }
             {
                 let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-                s.state = "reconciling".into();
+                s.agent.state = "reconciling".into();
                 s.reconcile_started = Some(Instant::now());
             }
             notify::status("reconciling");
@@ -207,7 +210,7 @@ impl Worker {
             self.reconciled.notify_one();
             let (result, text) = {
                 let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-                s.last_poll = Some(unix_now());
+                s.agent.last_poll = Some(unix_now());
                 let result = report.result;
                 let text = report.text.clone();
                 if result == ReconcileResult::RolledBack {
@@ -218,15 +221,15 @@ impl Worker {
                 }
                 *s.metrics.reconciles.entry(result).or_default() += 1;
                 if result != ReconcileResult::Failed {
-                    s.metrics.last_success = s.last_poll;
-                    s.last_error = None;
+                    s.metrics.last_success = s.agent.last_poll;
+                    s.agent.last_error = None;
                     failures = 0;
                 } else {
                     failures = failures.saturating_add(1);
-                    s.last_error = Some(text.clone());
+                    s.agent.last_error = Some(text.clone());
                 }
-                s.consecutive_failures = failures;
-                s.last_result = Some(text.clone());
+                s.agent.consecutive_failures = failures;
+                s.agent.last_result = Some(text.clone());
                 (result, text)
             };
             match result {
@@ -258,9 +261,12 @@ pub fn run(args: &Cli) -> Result<Code> {
         config.state_dir = d;
     }
     let shared = Arc::new(Mutex::new(Shared {
-        pid: std::process::id(),
-        started: unix_now(),
-        state: "starting".into(),
+        agent: AgentStatus {
+            pid: std::process::id(),
+            started: unix_now(),
+            state: "starting".into(),
+            ..AgentStatus::default()
+        },
         ..Shared::default()
     }));
     let rt = tokio::runtime::Builder::new_current_thread()

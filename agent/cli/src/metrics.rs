@@ -50,7 +50,7 @@ pub fn text(s: &Shared, events: Option<&EventPath>) -> String {
         &mut registry,
         "ferry_current_generation",
         "The current generation.",
-        s.generation.unwrap_or(0),
+        s.agent.generation.unwrap_or(0),
     );
     counter(
         &mut registry,
@@ -150,7 +150,7 @@ mod tests {
         let mut s = Shared::default();
         s.metrics.reconciles.insert(ReconcileResult::Applied, 3);
         s.metrics.rollbacks = 1;
-        s.generation = Some(4);
+        s.agent.generation = Some(4);
         let t = text(&s, None);
         assert!(
             t.contains("ferry_reconciles_total{result=\"applied\"} 3\n"),

@@ -18,18 +18,8 @@ pub(crate) enum Msg {
 /// metrics endpoint.
 #[derive(Debug, Default, Clone)]
 pub struct Shared {
-    pub pid: u32,
-    pub started: u64,
-    pub state: String,
-    pub last_poll: Option<u64>,
-    pub last_result: Option<String>,
-    pub last_error: Option<String>,
-    /// Why the last reload was refused (cleared by a good one).
-    pub config_error: Option<String>,
-    pub next_poll: Option<u64>,
-    pub revision: Option<String>,
-    pub generation: Option<u64>,
-    pub consecutive_failures: u32,
+    /// What `ferry status` shows of the agent.
+    pub agent: ferry_core::control::AgentStatus,
     /// When the running reconcile started (for the watchdog).
     pub reconcile_started: Option<Instant>,
     pub metrics: Metrics,
@@ -47,18 +37,6 @@ pub struct Metrics {
 impl Shared {
     /// What the control socket answers to `status`.
     pub fn status(&self) -> ferry_core::control::AgentStatus {
-        ferry_core::control::AgentStatus {
-            pid: self.pid,
-            started: self.started,
-            state: self.state.clone(),
-            last_poll: self.last_poll,
-            last_result: self.last_result.clone(),
-            last_error: self.last_error.clone(),
-            config_error: self.config_error.clone(),
-            next_poll: self.next_poll,
-            revision: self.revision.clone(),
-            generation: self.generation,
-            consecutive_failures: self.consecutive_failures,
-        }
+        self.agent.clone()
     }
 }
