@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod identity;
+mod sct;
 mod tlog;
 mod tsa;
 
@@ -1210,7 +1211,49 @@ fn keyless(
         {
             message_signature_fallback(raw, leaf, digest)
         }
+        // `sigstore` 0.15 builds the issuer key hash of the SCT wrongly when
+        // the trusted root's CA issued the leaf directly with a key over 127
+        // bytes (module `sct`). Its chain check ran before and passed (a
+        // chain failure is another error); ferry verifies the SCT, then the
+        // steps the verifier did not reach: identity policy and signature.
+        // (The log entry and signing times are checked by the caller.)
+        Err(VerificationError::Certificate(CertificateErrorKind::Sct(e))) => {
+            sct::verify(leaf, &root.json)
+                .map_err(|why| SigstoreError::Sct(format!("{why} (sigstore: {})", chain(&e))))?;
+            let cert = Certificate::from_der(leaf)
+                .map_err(|e| bad(format!("signing certificate: {e}")))?;
+            policy
+                .verify(&cert)
+                .map_err(|e| SigstoreError::Identity(e.to_string()))?;
+            let bsig = bundle_signature(raw, &bad)?;
+            certificate_signature(&cert, &bsig, digest)
+        }
         Err(e) => Err(map_verification_error(e, file)),
+    }
+}
+
+/// Verifies the bundle's signature with the signing certificate's key: a
+/// message signature over the artifact's SHA-256, or a DSSE envelope's
+/// signature over its PAE.
+fn certificate_signature(
+    cert: &Certificate,
+    sig: &BundleSignature,
+    digest: &[u8; 32],
+) -> Result<(), SigstoreError> {
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| SigstoreError::Signature(e.to_string()))?;
+    match &sig.payload {
+        None => verify_prehash(&spki, digest, &sig.signature)
+            .map_err(|m| SigstoreError::Signature(format!("{m} with the certificate's key"))),
+        Some((payload, payload_type)) => CosignVerificationKey::try_from_der(&spki)
+            .map_err(|e| SigstoreError::Signature(e.to_string()))?
+            .verify_signature(Signature::Raw(&sig.signature), &pae(payload_type, payload))
+            .map_err(|_| {
+                SigstoreError::Signature("does not verify with the certificate's key".into())
+            }),
     }
 }
 
