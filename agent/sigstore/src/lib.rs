@@ -144,6 +144,9 @@ pub struct TrustedRoot {
     tlogs: Vec<Tlog>,
     certificate_authorities: usize,
     timestamp_authorities: Vec<tsa::Authority>,
+    /// CT logs and CA keys, for ferry's own SCT check (module `sct`).
+    ct_logs: Vec<sct::CtLog>,
+    ca_keys: Vec<sct::CaKey>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +159,8 @@ struct RawRoot {
     certificate_authorities: Vec<Value>,
     #[serde(default)]
     timestamp_authorities: Vec<RawAuthority>,
+    #[serde(default)]
+    ctlogs: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +310,8 @@ impl TrustedRoot {
             tlogs,
             certificate_authorities: raw.certificate_authorities.len(),
             timestamp_authorities,
+            ct_logs: sct::ct_logs(&raw.ctlogs),
+            ca_keys: sct::ca_keys(&raw.certificate_authorities),
         })
     }
 
@@ -1218,7 +1225,7 @@ fn keyless(
         // steps the verifier did not reach: identity policy and signature.
         // (The log entry and signing times are checked by the caller.)
         Err(VerificationError::Certificate(CertificateErrorKind::Sct(e))) => {
-            sct::verify(leaf, &root.json)
+            sct::verify(leaf, &root.ct_logs, &root.ca_keys)
                 .map_err(|why| SigstoreError::Sct(format!("{why} (sigstore: {})", chain(&e))))?;
             let cert = Certificate::from_der(leaf)
                 .map_err(|e| bad(format!("signing certificate: {e}")))?;

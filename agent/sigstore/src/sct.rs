@@ -18,6 +18,7 @@ use x509_cert::Certificate;
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::{Any, Decode, Encode, Tag, TagNumber, Tagged};
 use x509_cert::ext::Extension;
+use x509_cert::name::Name;
 
 /// `1.3.6.1.4.1.11129.2.4.2`: the embedded SCT list extension.
 const SCT_LIST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.11129.2.4.2");
@@ -32,10 +33,81 @@ struct Sct<'a> {
     signature: &'a [u8],
 }
 
-/// Verifies that at least one SCT embedded in `leaf_der` was signed by a CT
-/// log of `root_json` (valid at the SCT's time) over this certificate as a
-/// precertificate of one of the root's CAs named as its issuer.
-pub fn verify(leaf_der: &[u8], root_json: &[u8]) -> Result<(), String> {
+/// A CT log of the trusted root: its key, named by the SHA-256 of its
+/// SubjectPublicKeyInfo (the SCT's log id), and the key's validity.
+#[derive(Debug)]
+pub(crate) struct CtLog {
+    key_id: [u8; 32],
+    key: CosignVerificationKey,
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
+/// A CA certificate of the trusted root: its subject and the SHA-256 of its
+/// SubjectPublicKeyInfo as the certificate encodes it (the issuer key hash
+/// an SCT signs over).
+#[derive(Debug)]
+pub(crate) struct CaKey {
+    subject: Name,
+    key_hash: [u8; 32],
+}
+
+/// The trusted root's `ctlogs`. Entries whose key ferry cannot use are left
+/// out: an SCT naming them is refused as from an untrusted log.
+pub(crate) fn ct_logs(logs: &[Value]) -> Vec<CtLog> {
+    let mut out = Vec::new();
+    for log in logs {
+        let Some(der) = log["publicKey"]["rawBytes"]
+            .as_str()
+            .and_then(|s| B64.decode(s).ok())
+        else {
+            continue;
+        };
+        let Ok(key) = CosignVerificationKey::try_from_der(&der) else {
+            continue;
+        };
+        let range = &log["publicKey"]["validFor"];
+        let bound = |field: &str| range[field].as_str().and_then(super::rfc3339);
+        out.push(CtLog {
+            key_id: Sha256::digest(&der).into(),
+            key,
+            start: bound("start"),
+            end: bound("end"),
+        });
+    }
+    out
+}
+
+/// Every certificate of the trusted root's `certificateAuthorities` chains.
+pub(crate) fn ca_keys(cas: &[Value]) -> Vec<CaKey> {
+    let mut out = Vec::new();
+    for ca in cas {
+        let certs = ca["certChain"]["certificates"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice);
+        for c in certs {
+            let Some(der) = c["rawBytes"].as_str().and_then(|s| B64.decode(s).ok()) else {
+                continue;
+            };
+            let Ok(cert) = Certificate::from_der(&der) else {
+                continue;
+            };
+            let Ok(spki) = cert.tbs_certificate().subject_public_key_info().to_der() else {
+                continue;
+            };
+            out.push(CaKey {
+                subject: cert.tbs_certificate().subject().clone(),
+                key_hash: Sha256::digest(&spki).into(),
+            });
+        }
+    }
+    out
+}
+
+/// Verifies that at least one SCT embedded in `leaf_der` was signed by one
+/// of `logs` (valid at the SCT's time) over this certificate as a
+/// precertificate of one of the CAs named as its issuer.
+pub fn verify(leaf_der: &[u8], logs: &[CtLog], cas: &[CaKey]) -> Result<(), String> {
     let leaf = Certificate::from_der(leaf_der).map_err(|e| format!("certificate: {e}"))?;
     let list = leaf
         .tbs_certificate()
@@ -49,9 +121,12 @@ pub fn verify(leaf_der: &[u8], root_json: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("SCT list: {e}"))?;
     let scts = parse_list(inner.as_bytes())?;
     let tbs = precert_tbs(leaf_der).map_err(|e| format!("certificate: {e}"))?;
-    let root: Value =
-        serde_json::from_slice(root_json).map_err(|e| format!("trusted root: {e}"))?;
-    let issuers = issuer_keys(&leaf, &root)?;
+    let issuer = leaf.tbs_certificate().issuer();
+    let issuers: Vec<&[u8; 32]> = cas
+        .iter()
+        .filter(|ca| &ca.subject == issuer)
+        .map(|ca| &ca.key_hash)
+        .collect();
     if issuers.is_empty() {
         return Err(
             "no certificate authority of the trusted root is the certificate's issuer".into(),
@@ -59,20 +134,26 @@ pub fn verify(leaf_der: &[u8], root_json: &[u8]) -> Result<(), String> {
     }
     let mut last = String::from("no SCT");
     for sct in &scts {
-        let Some((key, why)) = log_key(&root, sct) else {
+        let Some(log) = logs.iter().find(|l| l.key_id == sct.log_id) else {
             last = format!(
                 "SCT from log {} not in the trusted root",
                 hex::encode(sct.log_id)
             );
             continue;
         };
-        if let Some(why) = why {
-            last = why;
+        let at = i64::try_from(sct.timestamp_ms / 1000).unwrap_or(i64::MAX);
+        if log.start.is_some_and(|s| at < s) {
+            last = "the SCT predates its log key's validity".to_owned();
+            continue;
+        }
+        if log.end.is_some_and(|e| at > e) {
+            last = "the SCT is after its log key's validity".to_owned();
             continue;
         }
         for issuer in &issuers {
             let signed = signed_data(sct, issuer, &tbs);
-            if key
+            if log
+                .key
                 .verify_signature(Signature::Raw(sct.signature), &signed)
                 .is_ok()
             {
@@ -154,73 +235,6 @@ fn precert_tbs(leaf_der: &[u8]) -> x509_cert::der::Result<Vec<u8>> {
         *ext = Any::new(EXTENSIONS, kept.to_der()?)?;
     }
     tbs_fields.to_der()
-}
-
-/// SHA-256 of the SubjectPublicKeyInfo (as encoded in its certificate) of
-/// every CA certificate of the trusted root whose subject is the leaf's
-/// issuer.
-fn issuer_keys(leaf: &Certificate, root: &Value) -> Result<Vec<[u8; 32]>, String> {
-    let issuer = leaf.tbs_certificate().issuer();
-    let mut out = Vec::new();
-    let cas = root["certificateAuthorities"]
-        .as_array()
-        .map_or(&[][..], Vec::as_slice);
-    for ca in cas {
-        let certs = ca["certChain"]["certificates"]
-            .as_array()
-            .map_or(&[][..], Vec::as_slice);
-        for c in certs {
-            let Some(der) = c["rawBytes"].as_str().and_then(|s| B64.decode(s).ok()) else {
-                continue;
-            };
-            let Ok(cert) = Certificate::from_der(&der) else {
-                continue;
-            };
-            if cert.tbs_certificate().subject() != issuer {
-                continue;
-            }
-            let spki = cert
-                .tbs_certificate()
-                .subject_public_key_info()
-                .to_der()
-                .map_err(|e| format!("trusted root CA key: {e}"))?;
-            out.push(Sha256::digest(&spki).into());
-        }
-    }
-    Ok(out)
-}
-
-/// The trusted root's CT log that `sct` names, and why it may not vouch for
-/// it (its key's validity does not cover the SCT's time).
-fn log_key(root: &Value, sct: &Sct) -> Option<(CosignVerificationKey, Option<String>)> {
-    let logs = root["ctlogs"].as_array()?;
-    for log in logs {
-        let Some(der) = log["publicKey"]["rawBytes"]
-            .as_str()
-            .and_then(|s| B64.decode(s).ok())
-        else {
-            continue;
-        };
-        if Sha256::digest(&der).as_slice() != sct.log_id {
-            continue;
-        }
-        let key = CosignVerificationKey::try_from_der(&der).ok()?;
-        let at = i64::try_from(sct.timestamp_ms / 1000).unwrap_or(i64::MAX);
-        let range = &log["publicKey"]["validFor"];
-        let bound = |field: &str| {
-            range[field]
-                .as_str()
-                .and_then(|s| s.parse::<jiff::Timestamp>().ok())
-                .map(|t| t.as_second())
-        };
-        let why = match (bound("start"), bound("end")) {
-            (Some(s), _) if at < s => Some("the SCT predates its log key's validity".to_owned()),
-            (_, Some(e)) if at > e => Some("the SCT is after its log key's validity".to_owned()),
-            _ => None,
-        };
-        return Some((key, why));
-    }
-    None
 }
 
 /// What a precertificate SCT signs (RFC 6962 §3.2, `digitally-signed`).
