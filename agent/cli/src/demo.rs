@@ -89,6 +89,17 @@ fn revision(
     files: &[(&str, &str)],
     extra: &[(&str, &str, Vec<u8>)],
 ) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut manifest_tail = String::from(RULESET);
+    let mut added: Vec<(String, Vec<u8>)> = Vec::new();
+    #[cfg(feature = "wasm")]
+    {
+        manifest_tail.push_str(WASM);
+        added.push(("modules/modbus-decoder.wasm".to_owned(), DECODER.to_vec()));
+    }
+    for (part, name, content) in extra {
+        manifest_tail.push_str(part);
+        added.push((name.to_string(), content.clone()));
+    }
     let mut out: Vec<(String, Vec<u8>)> = files
         .iter()
         .map(|(n, c)| (n.to_string(), c.as_bytes().to_vec()))
@@ -97,20 +108,8 @@ fn revision(
         .iter_mut()
         .find(|(n, _)| n == "ferry.yaml.j2")
         .context("the demo revision has a manifest")?;
-    manifest.1.extend_from_slice(RULESET.as_bytes());
-    #[cfg(feature = "wasm")]
-    {
-        manifest.1.extend_from_slice(WASM.as_bytes());
-        out.push(("modules/modbus-decoder.wasm".to_owned(), DECODER.to_vec()));
-    }
-    for (part, name, content) in extra {
-        let manifest = out
-            .iter_mut()
-            .find(|(n, _)| n == "ferry.yaml.j2")
-            .context("the demo revision has a manifest")?;
-        manifest.1.extend_from_slice(part.as_bytes());
-        out.push((name.to_string(), content.clone()));
-    }
+    manifest.1.extend_from_slice(manifest_tail.as_bytes());
+    out.extend(added);
     Ok(out)
 }
 
