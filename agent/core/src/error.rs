@@ -27,3 +27,29 @@ pub enum ErrorClass {
 pub trait Classify {
     fn class(&self) -> ErrorClass;
 }
+
+/// Declares an error type that is one message, for small parsers whose only
+/// detail is what they say (the caller adds where: file, key, position);
+/// with `From<String>` and `From<&str>`. The crate using it needs
+/// `thiserror`.
+#[macro_export]
+macro_rules! message_error {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+        #[error("{0}")]
+        pub struct $name(pub String);
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_owned())
+            }
+        }
+    };
+}

@@ -11,21 +11,9 @@ enum Level {
     Rest,
 }
 
-/// A topic filter that is not valid MQTT filter syntax.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct FilterError(pub String);
-
-impl From<String> for FilterError {
-    fn from(s: String) -> Self {
-        FilterError(s)
-    }
-}
-
-impl From<&str> for FilterError {
-    fn from(s: &str) -> Self {
-        FilterError(s.to_owned())
-    }
+ferry_core::message_error! {
+    /// A topic filter that is not valid MQTT filter syntax.
+    FilterError
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

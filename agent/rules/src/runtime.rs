@@ -44,21 +44,9 @@ pub struct Loaded {
     pub sets: Vec<(Arc<str>, Arc<Compiled>)>,
 }
 
-/// A broker URL ferry cannot use.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct UrlError(pub String);
-
-impl From<String> for UrlError {
-    fn from(s: String) -> Self {
-        UrlError(s)
-    }
-}
-
-impl From<&str> for UrlError {
-    fn from(s: &str) -> Self {
-        UrlError(s.to_owned())
-    }
+ferry_core::message_error! {
+    /// A broker URL ferry cannot use.
+    UrlError
 }
 
 /// Where the MQTT broker is: `mqtt://host[:port]` (TLS is not built in;

@@ -6,21 +6,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::HealthConfig;
 
-/// Why the device is not healthy: the failing check and what it said.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unhealthy(pub String);
-
-impl From<String> for Unhealthy {
-    fn from(s: String) -> Self {
-        Unhealthy(s)
-    }
-}
-
-impl From<&str> for Unhealthy {
-    fn from(s: &str) -> Self {
-        Unhealthy(s.to_owned())
-    }
+ferry_core::message_error! {
+    /// Why the device is not healthy: the failing check and what it said.
+    Unhealthy
 }
 
 /// Runs the checks again and again until all pass or `deadline` passes;

@@ -70,25 +70,13 @@ pub trait BootEnvStore: std::fmt::Debug {
     fn store(&self, env: &BootEnv) -> Result<(), FirmwareError>;
 }
 
+ferry_core::message_error! {
+    /// Boot-environment bytes or variables that cannot be read or written (the
+    /// caller names the file).
+    FormatError
+}
+
 /// Refuses names the formats cannot hold.
-/// Boot-environment bytes or variables that cannot be read or written (the
-/// caller names the file).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct FormatError(pub String);
-
-impl From<String> for FormatError {
-    fn from(s: String) -> Self {
-        FormatError(s)
-    }
-}
-
-impl From<&str> for FormatError {
-    fn from(s: &str) -> Self {
-        FormatError(s.to_owned())
-    }
-}
-
 pub fn check_name(name: &str) -> Result<(), FormatError> {
     if name.is_empty()
         || name.contains('=')
