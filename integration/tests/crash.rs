@@ -412,6 +412,8 @@ fn every_failpoint_is_exercised() {
         .chain([fp::UNDO_AFTER_STEP])
         // The firmware install flow's own points: integration/tests/firmware.rs.
         .chain(fp::FIRMWARE.iter().copied())
+        // The delta install's own points: integration/tests/delta.rs.
+        .chain(fp::DELTA.iter().copied())
         .collect();
     covered.sort_unstable();
     covered.dedup();

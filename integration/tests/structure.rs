@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ferry-tuf", &["ferry-core", "ferry-fs", "ferry-source"]),
     ("ferry-git", &["ferry-core", "ferry-fs", "ferry-source"]),
     ("ferry-sigstore", &["ferry-core"]),
+    ("ferry-delta", &["ferry-core"]),
     ("ferry-rules", &["ferry-core"]),
     ("ferry-wasm", &["ferry-core", "ferry-fs"]),
     (
@@ -29,6 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "ferry-tuf",
             "ferry-git",
             "ferry-sigstore",
+            "ferry-delta",
             "ferry-rules",
             "ferry-wasm",
         ],

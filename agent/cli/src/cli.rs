@@ -246,6 +246,34 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Cut a firmware image into content-defined chunks for delta updates
+    /// (publisher side): each chunk not yet in OUT/chunks/ is written there
+    /// zstd-compressed, named by its sha256; the index goes to
+    /// OUT/IMAGE.chunks. Publish the index as a signed file beside the image,
+    /// serve OUT/chunks/ as static files, and name the index in the resource
+    /// (`chunks: {index: …}`). See docs/delta.md.
+    Chunk {
+        /// The image.
+        image: PathBuf,
+        /// Where the chunk store (`chunks/`) and the index go; one store
+        /// serves every image published into it.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Smallest chunk, in bytes.
+        #[arg(long, default_value_t = 16 << 10)]
+        min: u32,
+        /// Average chunk, in bytes (a power of two).
+        #[arg(long, default_value_t = 64 << 10)]
+        avg: u32,
+        /// Largest chunk, in bytes (at most 4 MiB).
+        #[arg(long, default_value_t = 256 << 10)]
+        max: u32,
+        /// zstd level of the stored chunks (1-19).
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(i32).range(1..=19))]
+        level: i32,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Run a complete signed reconcile from an embedded example repository in a
     /// temp dir: files, a rule set, a WASM module and A/B firmware (no root).
     Demo {

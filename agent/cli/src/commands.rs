@@ -49,6 +49,27 @@ pub fn run(args: Cli) -> Result<Code> {
     if let Command::Sigstore { action } = args.command {
         return crate::sigstore::run(action);
     }
+    if let Command::Chunk {
+        image,
+        out,
+        min,
+        avg,
+        max,
+        level,
+        json,
+    } = &args.command
+    {
+        let params = ferry_delta::Params {
+            min: *min,
+            avg: *avg,
+            max: *max,
+            ..Default::default()
+        };
+        let published = ferry_delta::chunk_image(image, out, &params, *level)
+            .with_context(|| format!("chunking {}", image.display()))?;
+        output::chunked(&published, json.json)?;
+        return Ok(Code::Success);
+    }
     if let Command::GenerateAssets { out } = &args.command {
         crate::assets::generate(out)?;
         return Ok(Code::Success);
@@ -99,7 +120,15 @@ pub fn run(args: Cli) -> Result<Code> {
                     &Default::default(),
                 )?,
             };
-            let report = report(&plan, &*rev, &desired, engine.as_ref().map(Engine::store));
+            let mut report = report(&plan, &*rev, &desired, engine.as_ref().map(Engine::store));
+            ferry_engine::engine::estimate_deltas(
+                &config,
+                engine.as_ref(),
+                &mut report,
+                &plan,
+                &*rev,
+                &desired,
+            );
             output::plan(&report, out.json)?;
             if exit_code && !plan.is_empty() {
                 return Ok(Code::PlanNotEmpty);
@@ -304,6 +333,7 @@ pub fn run(args: Cli) -> Result<Code> {
             }
         },
         Command::Demo { .. }
+        | Command::Chunk { .. }
         | Command::Rules { .. }
         | Command::Sigstore { .. }
         | Command::GenerateAssets { .. }

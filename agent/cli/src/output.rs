@@ -166,6 +166,17 @@ pub fn plan(r: &PlanReport, as_json: bool) -> Result<()> {
         if let Some(note) = &s.note {
             writeln!(out, "      ({note})")?;
         }
+        match &s.download {
+            // Worth a line for large content (images) and deltas.
+            Some(d) if d.full >= 1 << 20 || d.delta.is_some() => {
+                let delta = d
+                    .delta
+                    .map(|n| format!(", {} by delta", bytes(n)))
+                    .unwrap_or_default();
+                writeln!(out, "      (download: {} in full{delta})", bytes(d.full))?;
+            }
+            _ => {}
+        }
     }
     let sum = &r.summary;
     writeln!(
@@ -466,6 +477,51 @@ pub fn firmware(s: &ferry_engine::activate::firmware::FirmwareStatus, as_json: b
             state.join(", ")
         )?;
     }
+    Ok(())
+}
+
+/// A byte count for humans: `1.5 MiB (1572864 bytes)`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {} ({n} bytes)", UNITS[unit])
+}
+
+/// `ferry chunk`.
+pub fn chunked(p: &ferry_delta::Published, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(p);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "{}: image {} ({}), {} chunks ({} distinct)",
+        p.index_path.display(),
+        p.image.sha256,
+        bytes(p.image.length),
+        p.chunks,
+        p.distinct
+    )?;
+    writeln!(
+        out,
+        "chunk store: {} new chunks, {} written; all chunks {} compressed",
+        p.new_chunks,
+        bytes(p.new_bytes),
+        bytes(p.stored_bytes)
+    )?;
+    writeln!(
+        out,
+        "index: sha256 {}, {} bytes",
+        p.index_file.sha256, p.index_file.length
+    )?;
     Ok(())
 }
 

@@ -29,7 +29,13 @@ pub const ALL: &[&str] = &[
     FIRMWARE_WRITE,
     FIRMWARE_WRITTEN,
     FIRMWARE_ACTIVATED,
+    DELTA_INVALIDATED,
+    DELTA_CHUNK,
+    DELTA_WRITTEN,
 ];
+
+/// The delta install flow's failpoints, in order.
+pub const DELTA: &[&str] = &[DELTA_INVALIDATED, DELTA_CHUNK, DELTA_WRITTEN];
 
 /// The firmware install flow's failpoints, in order.
 pub const FIRMWARE: &[&str] = &[
@@ -70,6 +76,12 @@ pub const FIRMWARE_WRITE: &str = "firmware::write";
 pub const FIRMWARE_WRITTEN: &str = "firmware::written";
 /// The slot is marked active (tried at the next boot); not recorded as done.
 pub const FIRMWARE_ACTIVATED: &str = "firmware::activated";
+/// Delta install: the inactive slot is marked bad; nothing written.
+pub const DELTA_INVALIDATED: &str = "delta::invalidated";
+/// Delta install: after each chunk written into the slot (a power cut mid-write).
+pub const DELTA_CHUNK: &str = "delta::chunk";
+/// Delta install: the image is in the slot and verified; still marked bad.
+pub const DELTA_WRITTEN: &str = "delta::written";
 /// gc recorded what it will delete.
 pub const GC_PLANNED: &str = "gc::planned";
 /// gc deleted one generation.

@@ -191,6 +191,21 @@ impl VerifiedRevision for DirRevision {
         Ok(Box::new(self.open_file(path)?))
     }
 
+    fn base_url(&self) -> Option<String> {
+        let root = self.source.root.canonicalize().ok()?;
+        let encoded: String = root
+            .to_str()?
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        Some(format!("file://{}/", encoded.trim_end_matches('/')))
+    }
+
     fn open_at(&self, path: &RepoPath, offset: u64) -> Result<Box<dyn Read + '_>, SourceError> {
         use std::io::{Seek, SeekFrom};
         let mut f = self.open_file(path)?;

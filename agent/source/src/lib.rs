@@ -178,6 +178,15 @@ pub trait VerifiedRevision: Send + Sync {
         Ok(reader)
     }
 
+    /// The base URL below which the publisher serves this revision's
+    /// companion files that need no signature of their own, because a
+    /// signed file vouches for them (chunk stores: the signed chunk index
+    /// names every chunk by sha256). TUF: the targets URL; a directory or
+    /// bundle: its `file://` URL. `None` when the source has none (git).
+    fn base_url(&self) -> Option<String> {
+        None
+    }
+
     /// Whether `path` exists in the revision.
     fn exists(&self, path: &RepoPath) -> Result<bool, SourceError> {
         match self.open(path) {

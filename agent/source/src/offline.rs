@@ -156,6 +156,10 @@ impl VerifiedRevision for OfflineRevision {
         Ok(self.observed(path, offset, r))
     }
 
+    fn base_url(&self) -> Option<String> {
+        self.inner.base_url()
+    }
+
     fn exists(&self, path: &RepoPath) -> Result<bool, SourceError> {
         self.inner.exists(path)
     }

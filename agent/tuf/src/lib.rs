@@ -200,6 +200,7 @@ impl TufSource {
             actor,
             name: self.name.clone(),
             cache: self.cache.clone(),
+            targets_url: transport::with_slash(&self.client.targets_url),
         }))
     }
 }
@@ -240,6 +241,8 @@ pub struct TufRevision {
     /// Small verified targets (manifest, templates) by sha256, so that a
     /// poll that finds nothing new downloads no target at all.
     cache: PathBuf,
+    /// The targets base URL, with a trailing slash.
+    targets_url: String,
 }
 
 /// Targets up to this size are kept in the cache.
@@ -453,6 +456,10 @@ impl VerifiedRevision for TufRevision {
 
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError> {
         self.open_from(path, 0)
+    }
+
+    fn base_url(&self) -> Option<String> {
+        Some(self.targets_url.clone())
     }
 
     /// Resumes with an HTTP Range request; the store re-verifies the whole

@@ -245,9 +245,23 @@ impl Engine {
         self.advance(t, Phase::Staging, None)?;
         // Only what the plan installs: unchanged resources are in place (and
         // a firmware image that gc dropped is not fetched again).
+        let mut deltas = Vec::new();
         for r in p.steps.iter().filter_map(|s| s.to.as_ref()) {
             if self.store.contains(&r.content.sha256) {
                 continue;
+            }
+            if r.kind == ferry_core::Kind::Firmware
+                && let Some(delta) = desired.deltas.get(&r.id())
+            {
+                match self.stage_firmware_delta(rev, r, delta)? {
+                    super::delta::DeltaOutcome::Done(report) => {
+                        deltas.push(report);
+                        continue;
+                    }
+                    super::delta::DeltaOutcome::Fallback(reason) => {
+                        deltas.push(json!({"resource": r.id().to_string(), "fallback": reason}));
+                    }
+                }
             }
             match &desired.contents[&r.id()] {
                 Content::Source(path) => {
@@ -289,7 +303,23 @@ impl Engine {
             source: rev.source_name(),
             resources: &desired.resources,
         };
-        self.advance_with(t, Phase::Staged, None, |tx| Db::insert_generation(tx, &new))
+        let actor = t.actor.clone();
+        let generation = t.to_gen;
+        self.advance_with(t, Phase::Staged, None, |tx| {
+            Db::insert_generation(tx, &new)?;
+            for details in deltas {
+                Db::append_audit(
+                    tx,
+                    &AuditEvent {
+                        generation,
+                        event: "delta",
+                        actor: &actor,
+                        details,
+                    },
+                )?;
+            }
+            Ok(())
+        })
     }
 
     // ---- rollback -------------------------------------------------------------------

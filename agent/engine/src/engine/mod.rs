@@ -8,6 +8,8 @@
 //! decision for each phase is the pure `Phase::recovery` in ferry-core.
 
 mod apply;
+mod delta;
+pub use delta::estimate_deltas;
 mod firmware;
 mod gc;
 mod query;

@@ -121,6 +121,18 @@ pub enum Content {
 pub struct ResolvedManifest {
     pub resources: ResourceSet,
     pub contents: BTreeMap<ResourceId, Content>,
+    /// Resources that may be delivered as a delta (`chunks:`).
+    pub deltas: BTreeMap<ResourceId, DeltaRef>,
+}
+
+/// Where a resource's delta comes from: its chunk index (a file of the
+/// revision, addressed by signed metadata) and its chunk store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaRef {
+    pub index_path: RepoPath,
+    pub index: ContentRef,
+    /// An http(s)/file URL, or a path below the source's base URL.
+    pub store: String,
 }
 
 /// Serves the embedded per-kind schemas to the validator; nothing is
@@ -306,6 +318,7 @@ fn resolve(
     let mut resources = ResourceSet::new();
     let mut contents = BTreeMap::new();
     let mut first_seen: BTreeMap<ResourceId, usize> = BTreeMap::new();
+    let mut deltas = BTreeMap::new();
     for (i, item) in items.iter().enumerate() {
         if !selected(item, facts) {
             continue;
@@ -394,6 +407,32 @@ fn resolve(
             })?;
             (content, Content::Source(source_path))
         };
+        if let Some(chunks) = item.get("chunks") {
+            let index_path = RepoPath::new(chunks["index"].as_str().unwrap_or_default())
+                .map_err(|e| invalid("chunks/index", e.to_string()))?;
+            let index = content_of(rev, &Value::Null, &index_path).map_err(|e| match e {
+                Resolve::Source(source) => ManifestError::Source {
+                    file: file.to_owned(),
+                    pointer: format!("/resources/{i}/chunks/index"),
+                    source,
+                },
+                Resolve::Invalid(field, message) => invalid(field, message),
+            })?;
+            let store = chunks
+                .get("store")
+                .and_then(Value::as_str)
+                .unwrap_or("chunks/")
+                .to_owned();
+            check_store(&store).map_err(|m| invalid("chunks/store", m))?;
+            deltas.insert(
+                id.clone(),
+                DeltaRef {
+                    index_path,
+                    index,
+                    store,
+                },
+            );
+        }
         resources
             .insert(Resource {
                 kind,
@@ -421,7 +460,26 @@ fn resolve(
     Ok(ResolvedManifest {
         resources,
         contents,
+        deltas,
     })
+}
+
+/// A chunk store is an http(s)/file URL or a relative path without `..`.
+fn check_store(store: &str) -> Result<(), String> {
+    if let Some((scheme, _)) = store.split_once("://") {
+        return match scheme {
+            "http" | "https" | "file" => Ok(()),
+            _ => Err(format!(
+                "{store}: only http, https and file URLs (or a relative path) are supported"
+            )),
+        };
+    }
+    if store.starts_with('/') || store.split('/').any(|c| c == ".." || c == ".") {
+        return Err(format!(
+            "{store}: a relative store is a path below the source's base URL, without `.` or `..`"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the resource's `match:` selector (if any) selects this device.

@@ -46,9 +46,22 @@ pub struct StepReport {
     /// Why there is no diff (secret, binary, too large), when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Bytes to download, full and by delta (added and changed resources).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download: Option<Download>,
     /// The reasons for humans (redacted like the rest).
     #[serde(skip)]
     pub reason_texts: Vec<String>,
+}
+
+/// Bytes a step downloads.
+#[derive(Debug, Clone, Serialize)]
+pub struct Download {
+    /// The full content; 0 when the store holds it or it is rendered.
+    pub full: u64,
+    /// By delta (missing chunks plus the index), when the resource has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<u64>,
 }
 
 /// A resource for display: digests and length removed for secrets.
@@ -93,6 +106,17 @@ pub fn report(
                 to: s.to.as_ref().map(|r| view(r, secret)),
                 diff,
                 note,
+                download: s.to.as_ref().filter(|_| !secret).map(|r| Download {
+                    full: match desired.contents.get(&r.id()) {
+                        Some(Content::Source(_))
+                            if !store.is_some_and(|st| st.contains(&r.content.sha256)) =>
+                        {
+                            r.content.length
+                        }
+                        _ => 0,
+                    },
+                    delta: None,
+                }),
                 reason_texts: s.describe_reasons(),
             }
         })

@@ -1,0 +1,259 @@
+//! Fetching chunks from a store: HTTP(S) through one pooled client (many
+//! chunks per connection), or a directory (`file://`, a USB stick). Every
+//! fetch is bounded by the size the signed index gives, must arrive in
+//! time, is retried on transport errors, and is checked against the
+//! chunk's sha256 before anyone sees it.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::index::Chunk;
+
+/// Why a chunk could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The bytes arrived but are not the chunk the index names (tampered,
+    /// truncated, another chunk, a bad frame): the store is not to be trusted
+    /// for this image.
+    #[error("chunk {sha256} from {url}: {reason}")]
+    Mismatch {
+        sha256: String,
+        url: String,
+        reason: String,
+    },
+    /// The store could not be reached or did not have the chunk.
+    #[error("chunk {sha256} from {url}: {reason}")]
+    Unavailable {
+        sha256: String,
+        url: String,
+        reason: String,
+    },
+}
+
+/// Where chunks come from.
+pub trait ChunkStore {
+    /// The plain, verified bytes of `chunk`, and how many bytes were
+    /// transferred for it.
+    fn fetch(&self, chunk: &Chunk) -> Result<(Vec<u8>, u64), FetchError>;
+}
+
+/// Limits of a remote store.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting, and the longest silence while reading.
+    pub stall: Duration,
+    /// Attempts per chunk for transport errors (not for mismatches).
+    pub attempts: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            stall: Duration::from_secs(30),
+            attempts: 4,
+        }
+    }
+}
+
+/// A chunk store below a base URL (`http://`, `https://` or `file://`).
+#[derive(Debug)]
+pub struct Remote {
+    base: String,
+    client: Option<reqwest::blocking::Client>,
+    timeouts: Timeouts,
+    fetched: std::cell::Cell<u64>,
+}
+
+impl Remote {
+    /// A store at `base` (a trailing `/` is added if missing).
+    pub fn new(base: &str, timeouts: Timeouts) -> Result<Remote, String> {
+        let mut base = base.to_owned();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let client = if base.starts_with("http://") || base.starts_with("https://") {
+            let mut b = reqwest::blocking::Client::builder()
+                .connect_timeout(timeouts.stall)
+                .pool_max_idle_per_host(4)
+                .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
+            if base.starts_with("http://") {
+                b = b.tls_certs_only(std::iter::empty());
+            }
+            Some(
+                b.build()
+                    .map_err(|e| format!("cannot set up the HTTP client: {e}"))?,
+            )
+        } else if base.starts_with("file://") {
+            None
+        } else {
+            return Err(format!(
+                "chunk store {base}: only http, https and file URLs are supported"
+            ));
+        };
+        Ok(Remote {
+            base,
+            client,
+            timeouts,
+            fetched: std::cell::Cell::new(0),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Bytes transferred so far.
+    pub fn fetched(&self) -> u64 {
+        self.fetched.get()
+    }
+
+    /// One attempt: the raw stored bytes, at most `limit`.
+    fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, (bool, String)> {
+        let mut buf = Vec::with_capacity(limit as usize + 1);
+        // A slow drip: the chunk must arrive within the stall timeout plus
+        // a second per 16 KiB (1 MiB per minute at the worst).
+        let allowed = self.timeouts.stall + Duration::from_secs(limit >> 14);
+        let deadline = Instant::now() + allowed;
+        let read = |mut r: Box<dyn Read>, buf: &mut Vec<u8>| -> Result<(), (bool, String)> {
+            let mut chunk = [0u8; 64 << 10];
+            loop {
+                if Instant::now() > deadline {
+                    return Err((true, "too slow".to_owned()));
+                }
+                let n = match r.read(&mut chunk) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err((true, error_chain(&e))),
+                };
+                if (buf.len() + n) as u64 > limit {
+                    return Err((
+                        false,
+                        format!("more than the {limit} bytes the index gives"),
+                    ));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        match &self.client {
+            None => {
+                let path = percent_encoding::percent_decode_str(&url["file://".len()..])
+                    .decode_utf8()
+                    .map_err(|_| (false, "path is not UTF-8".to_owned()))?;
+                // Never follow a planted symlink, never block on a FIFO;
+                // only regular files are chunks.
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(PathBuf::from(&*path))
+                    .map_err(|e| (false, e.to_string()))?;
+                if !f.metadata().is_ok_and(|m| m.is_file()) {
+                    return Err((false, "not a regular file".to_owned()));
+                }
+                read(Box::new(f), &mut buf)?;
+            }
+            Some(client) => {
+                let resp = client
+                    .get(url)
+                    .timeout(allowed)
+                    .send()
+                    .map_err(|e| (true, error_chain(&e)))?;
+                let status = resp.status().as_u16();
+                if status != 200 {
+                    // 5xx and 429 are worth another try; 404 is not.
+                    return Err((
+                        status >= 500 || status == 429,
+                        format!("HTTP status {status}"),
+                    ));
+                }
+                read(Box::new(resp), &mut buf)?;
+            }
+        }
+        Ok(buf)
+    }
+}
+
+impl ChunkStore for Remote {
+    fn fetch(&self, chunk: &Chunk) -> Result<(Vec<u8>, u64), FetchError> {
+        let url = format!("{}{}", self.base, crate::chunk_path(&chunk.sha256));
+        let sha256 = chunk.sha256.to_hex();
+        let mut wait = Duration::from_millis(200);
+        let mut attempt = 1;
+        let packed = loop {
+            match self.get(&url, u64::from(chunk.stored)) {
+                Ok(b) => break b,
+                Err((retry, reason)) if retry && attempt < self.timeouts.attempts => {
+                    tracing::warn!(%url, %reason, attempt, "chunk fetch failed; retrying");
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err((_, reason)) => {
+                    return Err(FetchError::Unavailable {
+                        sha256,
+                        url,
+                        reason,
+                    });
+                }
+            }
+        };
+        self.fetched.set(self.fetched.get() + packed.len() as u64);
+        let mismatch = |reason: String| FetchError::Mismatch {
+            sha256: sha256.clone(),
+            url: url.clone(),
+            reason,
+        };
+        if packed.len() as u64 != u64::from(chunk.stored) {
+            return Err(mismatch(format!(
+                "{} bytes, the index gives {}",
+                packed.len(),
+                chunk.stored
+            )));
+        }
+        let plain = decompress(&packed, chunk.length).map_err(mismatch)?;
+        check(&plain, chunk).map_err(mismatch)?;
+        Ok((plain, packed.len() as u64))
+    }
+}
+
+/// Decompresses one stored chunk into exactly `length` bytes.
+pub fn decompress(packed: &[u8], length: u32) -> Result<Vec<u8>, String> {
+    let mut d = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
+    // A chunk needs no window beyond its own size.
+    d.window_log_max(23).map_err(|e| format!("zstd: {e}"))?;
+    let plain = d
+        .decompress(packed, length as usize)
+        .map_err(|e| format!("not a zstd frame of at most {length} bytes: {e}"))?;
+    if plain.len() != length as usize {
+        return Err(format!(
+            "decompresses to {} bytes, the index gives {length}",
+            plain.len()
+        ));
+    }
+    Ok(plain)
+}
+
+/// Whether `plain` is the chunk the index names.
+pub fn check(plain: &[u8], chunk: &Chunk) -> Result<(), String> {
+    let got = ferry_core::Sha256::of(plain);
+    if plain.len() != chunk.length as usize || got != chunk.sha256 {
+        return Err(format!("has sha256 {got} and {} bytes", plain.len()));
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

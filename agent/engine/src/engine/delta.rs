@@ -1,0 +1,402 @@
+//! Firmware by delta: the image is built straight in the inactive slot from
+//! the chunks the device holds (the running slot, what an interrupted
+//! earlier attempt wrote) and the chunks fetched from the store; no full
+//! copy is staged. docs/delta.md.
+//!
+//! Order, so that a power cut anywhere boots the old slot and the next run
+//! resumes: mark the inactive slot bad (as the full install does) → leave a
+//! resume marker → write chunk by chunk (each verified against the signed
+//! index) → verify the whole slot against the signed sha256. The activator
+//! then finds the slot holding the image and only marks it active.
+//!
+//! What cannot be delivered by delta (no index reachable, a chunk store
+//! that is down or serves bad chunks) falls back to the full download.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::PathBuf;
+
+use ferry_core::{ContentRef, Resource};
+
+use crate::config::Config;
+use ferry_delta::{AssembleError, ChunkIndex, Report, Seed};
+
+use super::*;
+use crate::render::manifest::DeltaRef;
+
+/// A compressed index larger than this is refused (a 1 GiB image's is
+/// under 1 MiB).
+const MAX_INDEX_FILE: u64 = 64 << 20;
+
+/// What a delta stage did.
+#[derive(Debug)]
+pub(super) enum DeltaOutcome {
+    /// The inactive slot holds the image.
+    Done(serde_json::Value),
+    /// Not delivered by delta; fetch the full image. The reason, for the audit.
+    Fallback(String),
+}
+
+/// Fills in the delta download of each plan step that has a chunk index.
+/// `engine`: the device's state (absent before the first apply).
+pub fn estimate_deltas(
+    config: &Config,
+    engine: Option<&Engine>,
+    report: &mut crate::render::report::PlanReport,
+    plan: &ferry_core::Plan,
+    rev: &dyn VerifiedRevision,
+    desired: &ResolvedManifest,
+) {
+    for (step, shown) in plan.steps.iter().zip(report.steps.iter_mut()) {
+        let (Some(r), Some(download)) = (&step.to, shown.download.as_mut()) else {
+            continue;
+        };
+        if let Some(delta) = desired.deltas.get(&r.id())
+            && r.kind == ferry_core::Kind::Firmware
+        {
+            download.delta = delta_estimate(config, engine, rev, delta);
+        }
+    }
+}
+
+/// The bytes a delta would download (missing chunks plus the index),
+/// without changing anything. `None` without firmware or a usable index.
+fn delta_estimate(
+    config: &Config,
+    engine: Option<&Engine>,
+    rev: &dyn VerifiedRevision,
+    delta: &DeltaRef,
+) -> Option<u64> {
+    let fw = crate::activate::firmware::Firmware::from_config(&config.firmware)
+        .ok()
+        .flatten()?;
+    let (index, bytes, _) = delta_index(rev, delta).ok()?;
+    let booted = fw.booted().ok()?;
+    let slot = crate::activate::firmware::slot::find(&fw.slots, &booted)?;
+    let installs = engine
+        .and_then(|e| e.db.firmware_activations().ok())
+        .unwrap_or_default();
+    let have: std::collections::HashSet<ferry_core::Sha256> =
+        match cached_seed(&config.state_dir, &installs, &booted, &index) {
+            Some(cached) => cached.chunks.iter().map(|c| c.sha256).collect(),
+            None => {
+                let file = File::open(&slot.device).ok()?;
+                let limit = running_image_length(&installs, &booted, slot);
+                Seed::scan("running slot", &file, &index.chunker, limit)
+                    .ok()?
+                    .1
+                    .iter()
+                    .map(|c| c.sha256)
+                    .collect()
+            }
+        };
+    let (missing, _) = index.missing_bytes(|sha| have.contains(sha));
+    Some(missing + bytes.len() as u64)
+}
+
+/// The verified chunk index of `delta`, its bytes, and the store URL.
+fn delta_index(
+    rev: &dyn VerifiedRevision,
+    delta: &DeltaRef,
+) -> std::result::Result<(ChunkIndex, Vec<u8>, String), String> {
+    let bytes = rev
+        .read_small(&delta.index_path, MAX_INDEX_FILE)
+        .map_err(|e| e.to_string())?;
+    let got = ContentRef::of(&bytes);
+    if got != delta.index {
+        return Err(format!(
+            "{}: is {got}, signed metadata says {}",
+            delta.index_path, delta.index
+        ));
+    }
+    let index = ChunkIndex::parse(&bytes, delta.index_path.as_str()).map_err(|e| e.to_string())?;
+    let store = if delta.store.contains("://") {
+        delta.store.clone()
+    } else {
+        let base = rev.base_url().ok_or_else(|| {
+            format!(
+                "source {} serves no files beside the revision; give `chunks.store` an http(s) URL",
+                rev.source_name()
+            )
+        })?;
+        format!("{base}{}", delta.store)
+    };
+    Ok((index, bytes, store))
+}
+
+/// The image length in the running slot, if the state knows it, else the
+/// slot's capacity.
+fn running_image_length(
+    installs: &[(Phase, Value, Value)],
+    booted: &str,
+    slot: &crate::config::SlotConfig,
+) -> u64 {
+    running_image(installs, booted)
+        .map(|c| c.length)
+        .or_else(|| slot.capacity().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// The image ferry last wrote into `slot`, from the firmware activations.
+fn running_image(installs: &[(Phase, Value, Value)], slot: &str) -> Option<ContentRef> {
+    let image = super::firmware::firmware_image(installs, slot)?;
+    let sha256 = image.sha256.parse().ok()?;
+    let length = installs
+        .iter()
+        .rev()
+        .find(|(_, _, undo)| undo["target"] == slot)
+        .and_then(|(_, step, _)| step["to"]["content"]["length"].as_u64())?;
+    Some(ContentRef { sha256, length })
+}
+
+/// The cached index of the image in `slot` (kept from when ferry wrote or
+/// read it), if it was chunked with `index`'s parameters.
+fn cached_seed(
+    state_dir: &std::path::Path,
+    installs: &[(Phase, Value, Value)],
+    slot: &str,
+    index: &ChunkIndex,
+) -> Option<ChunkIndex> {
+    let image = running_image(installs, slot)?;
+    let path = state_dir
+        .join("delta")
+        .join(format!("{}.chunks", image.sha256));
+    let cached = ChunkIndex::parse(&fs::read(path).ok()?, "cached index").ok()?;
+    (cached.image == image && cached.chunker == index.chunker).then_some(cached)
+}
+
+impl Engine {
+    fn delta_dir(&self) -> Result<PathBuf> {
+        let dir = self.state_dir.join("delta");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| EngineError::io("cannot create", &dir, e))?;
+        Ok(dir)
+    }
+
+    /// Stages firmware resource `r` by delta into the inactive slot.
+    pub(super) fn stage_firmware_delta(
+        &mut self,
+        rev: &dyn VerifiedRevision,
+        r: &Resource,
+        delta: &DeltaRef,
+    ) -> Result<DeltaOutcome> {
+        let Some(fw) = crate::activate::firmware::Firmware::from_config(&self.config.firmware)?
+        else {
+            return Ok(DeltaOutcome::Fallback(
+                "[firmware] is not configured".to_owned(),
+            ));
+        };
+        let booted = fw.booted()?;
+        let slot = fw.inactive()?.clone();
+        let env = fw.env.load()?;
+        if !fw.scheme.state(&env, &booted).good {
+            return Err(EngineError::Refused(format!(
+                "the running slot {booted} is not marked good (rolled back or unconfirmed): \
+                 slot {} is the fallback and is not overwritten; reboot, or mark {booted} good",
+                slot.name
+            )));
+        }
+        if slot.verify(r.content).is_ok() {
+            tracing::info!(slot = %slot.name, "slot holds the image already");
+            return Ok(DeltaOutcome::Done(
+                json!({"slot": slot.name, "in_place": true}),
+            ));
+        }
+        let (index, index_bytes, store_url) = match delta_index(rev, delta) {
+            Ok(x) => x,
+            Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
+        };
+        if index.image != r.content {
+            return Ok(DeltaOutcome::Fallback(format!(
+                "{}: describes image {}, the resource is {}",
+                delta.index_path, index.image, r.content
+            )));
+        }
+        let capacity = slot.capacity()?;
+        if r.content.length > capacity {
+            return Err(EngineError::Refused(format!(
+                "image of {} bytes does not fit slot {} ({capacity} bytes)",
+                r.content.length, slot.name
+            )));
+        }
+        let store =
+            match ferry_delta::Remote::new(&store_url, ferry_delta::store::Timeouts::default()) {
+                Ok(s) => s,
+                Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
+            };
+        let dir = self.delta_dir()?;
+        // Seed: the running slot, by its cached index or by reading it.
+        let running = crate::activate::firmware::slot::find(&fw.slots, &booted)
+            .expect("the booted slot is configured")
+            .clone();
+        let seed_file = File::open(&running.device)
+            .map_err(|e| EngineError::io("cannot open the running slot", &running.device, e))?;
+        let installs = self.db.firmware_activations()?;
+        let seed = match cached_seed(&self.state_dir, &installs, &booted, &index) {
+            Some(cached) => Seed::from_index(format!("slot {booted}"), &seed_file, &cached),
+            None => {
+                let limit = running_image_length(&installs, &booted, &running);
+                let (seed, chunks) =
+                    Seed::scan(format!("slot {booted}"), &seed_file, &index.chunker, limit)
+                        .map_err(|e| {
+                            EngineError::io("cannot read the running slot", &running.device, e)
+                        })?;
+                if let Some(image) = running_image(&installs, &booted)
+                    && chunks.iter().map(|c| u64::from(c.length)).sum::<u64>() == image.length
+                {
+                    write_cache(&dir, &index, image, chunks);
+                }
+                seed
+            }
+        };
+        // 1. Invalidate the slot, as the full install does.
+        let mut invalid = env.clone();
+        fw.scheme.mark_bad(&mut invalid, &slot.name);
+        fw.env.store(&invalid)?;
+        fail_point!(fp::DELTA_INVALIDATED);
+        // 2. The resume marker: the slot may hold chunks of this image.
+        let marker = dir.join(format!("{}.{}.partial", r.content.sha256, slot.name));
+        let resume = marker.exists();
+        if !resume {
+            File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| ferry_fs::fsync_dir(&dir))
+                .map_err(|e| EngineError::io("cannot write", &marker, e))?;
+        }
+        let is_file = fs::metadata(&slot.device)
+            .map(|m| m.is_file())
+            .unwrap_or(true);
+        let out = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(is_file)
+            .truncate(false)
+            .open(&slot.device)
+            .map_err(|e| EngineError::io("cannot open the inactive slot", &slot.device, e))?;
+        tracing::info!(slot = %slot.name, chunks = index.chunks.len(), store = %store_url, resume, "firmware: slot marked bad, writing the image by delta");
+        let mut after = |_: &Report| {
+            fail_point!(fp::DELTA_CHUNK);
+        };
+        let result = ferry_delta::assemble(
+            &index,
+            r.content,
+            &[seed],
+            &store,
+            &out,
+            &format!("slot {}", slot.name),
+            resume,
+            &mut after,
+        );
+        let report = match result {
+            Ok(report) => report,
+            Err(e) if e.full_download_may_help() => {
+                tracing::warn!(error = %e, "delta update failed; fetching the full image");
+                return Ok(DeltaOutcome::Fallback(e.to_string()));
+            }
+            Err(AssembleError::Io { what, source }) => {
+                return Err(EngineError::Firmware(
+                    crate::activate::firmware::FirmwareError::Slot {
+                        slot: slot.name.clone(),
+                        message: format!("{what}: {source}"),
+                    },
+                ));
+            }
+            Err(e) => unreachable!("{e}"),
+        };
+        if is_file {
+            out.set_len(r.content.length)
+                .and_then(|()| out.sync_all())
+                .map_err(|e| EngineError::io("cannot truncate", &slot.device, e))?;
+        }
+        drop(out);
+        // 3. Read back: what the device holds, not what was sent to it.
+        slot.verify(r.content)?;
+        fail_point!(fp::DELTA_WRITTEN);
+        // The written image's index seeds the next update once it runs.
+        let mut cached = index.clone();
+        cached
+            .chunks
+            .iter_mut()
+            .for_each(|c| c.stored = c.length.max(1));
+        let _ = ferry_fs::Dir::open(&dir).and_then(|d| {
+            d.write_atomic(
+                std::ffi::OsStr::new(&format!("{}.chunks", r.content.sha256)),
+                ferry_fs::FileMode::perm(0o600),
+                &mut &cached.to_bytes()[..],
+            )
+        });
+        let keep = [
+            format!("{}.chunks", r.content.sha256),
+            running_image(&installs, &booted)
+                .map(|c| format!("{}.chunks", c.sha256))
+                .unwrap_or_default(),
+        ];
+        prune(&dir, &keep);
+        let transferred = report.bytes_fetched + index_bytes.len() as u64;
+        tracing::info!(
+            slot = %slot.name,
+            fetched = transferred,
+            reused = report.bytes_reused + report.bytes_in_place,
+            image = r.content.length,
+            "firmware written by delta"
+        );
+        Ok(DeltaOutcome::Done(json!({
+            "slot": slot.name,
+            "index": delta.index_path.as_str(),
+            "store": store_url,
+            "image_bytes": r.content.length,
+            "bytes_fetched": transferred,
+            "bytes_reused": report.bytes_reused + report.bytes_in_place,
+            "chunks": report.chunks,
+            "chunks_fetched": report.fetched,
+            "chunks_reused": report.reused + report.in_place,
+            "resumed": resume,
+        })))
+    }
+}
+
+/// Caches the index of the running slot's image (chunked now).
+fn write_cache(
+    dir: &std::path::Path,
+    index: &ChunkIndex,
+    image: ContentRef,
+    chunks: Vec<ferry_delta::Chunk>,
+) {
+    let cached = ChunkIndex {
+        image,
+        chunks: chunks
+            .into_iter()
+            .map(|mut c| {
+                // A cache of what a slot holds has no store; keep the index valid.
+                c.stored = c.length;
+                c
+            })
+            .collect(),
+        ..index.clone()
+    };
+    if cached.check().is_err() {
+        return;
+    }
+    let _ = ferry_fs::Dir::open(dir).and_then(|d| {
+        d.write_atomic(
+            std::ffi::OsStr::new(&format!("{}.chunks", image.sha256)),
+            ferry_fs::FileMode::perm(0o600),
+            &mut &cached.to_bytes()[..],
+        )
+    });
+}
+
+/// Removes cached indexes and resume markers other than `keep`.
+fn prune(dir: &std::path::Path, keep: &[String]) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !keep.contains(&name) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
