@@ -31,6 +31,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("fat", fat_image),
     ("sigstore", sigstore),
     ("control", control),
+    ("chunk_index", chunk_index),
+    ("chunk", chunk),
 ];
 
 /// Runs target `name` on `data`; `false` if there is no such target.
@@ -143,6 +145,31 @@ pub fn sigstore(data: &[u8]) {
 /// A control-socket request line.
 pub fn control(data: &[u8]) {
     let _ = ferry_core::control::parse_request(data);
+}
+
+/// A delta chunk index (plain or zstd-compressed JSON), then its checks.
+pub fn chunk_index(data: &[u8]) {
+    if let Ok(index) = ferry_delta::ChunkIndex::parse(data, "fuzz") {
+        let _ = index.missing_bytes(|_| false);
+    }
+}
+
+/// A stored chunk from a chunk store: decompressed into at most the length
+/// its index gives (the first two bytes pick it), then checked.
+pub fn chunk(data: &[u8]) {
+    let Some((len, packed)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let length = u32::from(u16::from_le_bytes(*len)) * 16 + 1;
+    if let Ok(plain) = ferry_delta::store::decompress(packed, length) {
+        let c = ferry_delta::Chunk {
+            offset: 0,
+            length,
+            sha256: ferry_core::Sha256::of(b""),
+            stored: packed.len() as u32,
+        };
+        let _ = ferry_delta::store::check(&plain, &c);
+    }
 }
 
 /// What each binary's `main` does: read stdin, run the target, abort on a
