@@ -545,3 +545,84 @@ fn a_power_cut_at_every_step_of_a_delta_install_boots_a_complete_image() {
         g.d.fx.ok(&["audit", "verify"]);
     }
 }
+
+#[test]
+fn a_delta_bundle_carries_only_the_chunks_the_devices_lack() {
+    let g = Gateway::new();
+    g.publish("2.0", &v2(), true);
+    // The publisher keeps the index of what the devices run (v1).
+    let work = tempfile::tempdir().unwrap();
+    let v1_img = work.path().join("v1.img");
+    fs::write(&v1_img, v1()).unwrap();
+    g.d.fx.ok(&[
+        "chunk",
+        v1_img.to_str().unwrap(),
+        "--out",
+        work.path().to_str().unwrap(),
+    ]);
+    let facts = work.path().join("facts.toml");
+    fs::write(&facts, "hostname = \"gw-1\"\n").unwrap();
+    let bundle = work.path().join("bundle");
+    let out = g.d.fx.json(&[
+        "bundle",
+        "export",
+        "--json",
+        "--out",
+        bundle.to_str().unwrap(),
+        "--for-device",
+        facts.to_str().unwrap(),
+        "--delta-from",
+        work.path().join("v1.img.chunks").to_str().unwrap(),
+    ]);
+    let mut sizes = Vec::new();
+    walk(&bundle, &mut |p| sizes.push(fs::metadata(p).unwrap().len()));
+    let total: u64 = sizes.iter().sum();
+    assert!(
+        total * 5 < v2().len() as u64,
+        "bundle of {total} bytes for a {}-byte image: {out:#}",
+        v2().len()
+    );
+    assert!(
+        !sizes.contains(&(v2().len() as u64)),
+        "the full image is not in the bundle"
+    );
+
+    // Imported with the network gone: the chunks come from the bundle.
+    g.d.server.clear_requests();
+    let out =
+        g.d.fx
+            .cmd(&[
+                "--facts",
+                facts.to_str().unwrap(),
+                "import",
+                bundle.to_str().unwrap(),
+                "--no-reboot",
+            ])
+            .output()
+            .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        g.d.server.requests().is_empty(),
+        "{:?}",
+        g.d.server.requests()
+    );
+    assert_eq!(g.slot("B"), v2());
+    let entries = g.audit("delta");
+    let entry = &entries[0]["details"];
+    assert!(
+        entry["store"].as_str().unwrap().starts_with("file://"),
+        "{entry}"
+    );
+    g.boot_new();
+
+    // Without --for-device the bundle cannot know what to leave out.
+    let err = g.d.fx.run(&[
+        "bundle",
+        "export",
+        "--out",
+        work.path().join("b2").to_str().unwrap(),
+        "--delta-from",
+        work.path().join("v1.img.chunks").to_str().unwrap(),
+    ]);
+    assert!(stderr(&err).contains("--for-device"), "{}", stderr(&err));
+}

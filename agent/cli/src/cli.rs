@@ -352,6 +352,13 @@ pub enum BundleAction {
         /// Size of the FAT image in MiB (default: what the bundle needs, at least 64).
         #[arg(long, value_name = "MIB")]
         image_size: Option<u64>,
+        /// A delta bundle for devices running the image this chunk index
+        /// describes (`ferry chunk` output): firmware with a chunk index
+        /// travels as the chunks that image lacks, not whole. Needs
+        /// --for-device. Devices running another image fall back to the
+        /// full image, which the bundle does not hold (docs/delta.md).
+        #[arg(long, value_name = "INDEX")]
+        delta_from: Option<PathBuf>,
         #[command(flatten)]
         json: JsonFlag,
     },

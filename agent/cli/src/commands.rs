@@ -203,6 +203,7 @@ pub fn run(args: Cli) -> Result<Code> {
                     for_device,
                     label,
                     image_size,
+                    delta_from,
                     json,
                 },
         } => {
@@ -212,6 +213,7 @@ pub fn run(args: Cli) -> Result<Code> {
                 &out,
                 &label,
                 image_size,
+                delta_from.as_deref(),
                 json.json,
             );
         }

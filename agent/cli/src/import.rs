@@ -23,6 +23,7 @@ pub fn export(
     out: &Path,
     label: &str,
     image_size: Option<u64>,
+    delta_from: Option<&Path>,
     as_json: bool,
 ) -> Result<Code> {
     let facts = facts_files
@@ -38,7 +39,7 @@ pub fn export(
     } else {
         out.to_owned()
     };
-    let exported = bundle::export(config, &facts, &dir, &work.path().join("work"))?;
+    let exported = bundle::export(config, &facts, &dir, &work.path().join("work"), delta_from)?;
     let image_bytes = if image {
         Some(bundle::fat::write_image(
             &dir,

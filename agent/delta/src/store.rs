@@ -175,8 +175,14 @@ impl Remote {
     }
 }
 
-impl ChunkStore for Remote {
-    fn fetch(&self, chunk: &Chunk) -> Result<(Vec<u8>, u64), FetchError> {
+impl Remote {
+    /// The chunk's stored (compressed) bytes, verified like [`ChunkStore::fetch`]
+    /// verifies them: for copying a chunk into another store (a bundle).
+    pub fn fetch_stored(&self, chunk: &Chunk) -> Result<Vec<u8>, FetchError> {
+        self.fetch_checked(chunk).map(|(_, packed)| packed)
+    }
+
+    fn fetch_checked(&self, chunk: &Chunk) -> Result<(Vec<u8>, Vec<u8>), FetchError> {
         let url = format!("{}{}", self.base, crate::chunk_path(&chunk.sha256));
         let sha256 = chunk.sha256.to_hex();
         let mut wait = Duration::from_millis(200);
@@ -214,7 +220,14 @@ impl ChunkStore for Remote {
         }
         let plain = decompress(&packed, chunk.length).map_err(mismatch)?;
         check(&plain, chunk).map_err(mismatch)?;
-        Ok((plain, packed.len() as u64))
+        Ok((plain, packed))
+    }
+}
+
+impl ChunkStore for Remote {
+    fn fetch(&self, chunk: &Chunk) -> Result<(Vec<u8>, u64), FetchError> {
+        self.fetch_checked(chunk)
+            .map(|(plain, packed)| (plain, packed.len() as u64))
     }
 }
 

@@ -94,7 +94,7 @@ fn delta_estimate(
 }
 
 /// The verified chunk index of `delta`, its bytes, and the store URL.
-fn delta_index(
+pub(crate) fn delta_index(
     rev: &dyn VerifiedRevision,
     delta: &DeltaRef,
 ) -> std::result::Result<(ChunkIndex, Vec<u8>, String), String> {

@@ -159,16 +159,30 @@ pub struct Exported {
 /// `facts`, a TUF bundle holds only the targets those devices need (and
 /// every manifest must render for them); without, every target. `work` is
 /// scratch space (removed by the caller).
+///
+/// `delta_from`: the chunk index of the firmware image the devices run
+/// (`ferry chunk` output): firmware resources with a chunk index then
+/// travel as their index plus the chunks that image lacks, not as whole
+/// images (TUF, with `facts`).
 pub fn export(
     config: &Config,
     facts: &[Facts],
     out: &Path,
     work: &Path,
+    delta_from: Option<&Path>,
 ) -> Result<Exported, BundleError> {
+    if let Some(path) = delta_from
+        && (facts.is_empty() || config.source.kind.as_deref() != Some("tuf"))
+    {
+        return Err(BundleError::Invalid {
+            path: path.to_owned(),
+            reason: "--delta-from needs a TUF source and --for-device (the bundle carries what those devices' firmware lacks)".into(),
+        });
+    }
     prepare_out(out)?;
     let (revision, paths) = match config.source.kind.as_deref() {
         #[cfg(feature = "tuf")]
-        Some("tuf") => export_tuf(config, facts, out, work)?,
+        Some("tuf") => export_tuf(config, facts, out, work, delta_from)?,
         #[cfg(feature = "git")]
         Some("git") => export_git(config, facts, out, work)?,
         other => {
@@ -235,10 +249,11 @@ fn export_tuf(
     facts: &[Facts],
     out: &Path,
     work: &Path,
+    delta_from: Option<&Path>,
 ) -> Result<(String, Vec<String>), BundleError> {
     let src = TufSource::new(super::tuf_options(config, &work.join("export"))?);
     let rev = src.fetch_tuf()?;
-    let names: BTreeSet<String> = if facts.is_empty() {
+    let mut names: BTreeSet<String> = if facts.is_empty() {
         rev.all_target_names()?.into_iter().collect()
     } else {
         let mut names = BTreeSet::from([src.manifest_path().to_string()]);
@@ -248,6 +263,10 @@ fn export_tuf(
         }
         names
     };
+    if let Some(old) = delta_from {
+        let dynrev: Arc<dyn VerifiedRevision> = rev.clone();
+        export_chunks(&dynrev, src.manifest_path(), facts, old, out, &mut names)?;
+    }
     let mut paths = Vec::new();
     for f in rev.export_metadata(&out.join("tuf/metadata"))? {
         paths.push(format!("tuf/metadata/{f}"));
@@ -304,6 +323,61 @@ fn export_git(
         manifest::load(&back, check.manifest_path(), f)?;
     }
     Ok((tip.to_string(), vec![GIT_BUNDLE.to_owned()]))
+}
+
+/// For a delta bundle: replaces each firmware image that has a chunk index
+/// by its index (in `names`) and writes the chunks `old` (the index of the
+/// image the devices run) lacks into the bundle's chunk store
+/// (`tuf/targets/chunks/`, the default store of a bundle), each verified.
+fn export_chunks(
+    rev: &Arc<dyn VerifiedRevision>,
+    manifest_path: &RepoPath,
+    facts: &[Facts],
+    old: &Path,
+    out: &Path,
+    names: &mut BTreeSet<String>,
+) -> Result<(), BundleError> {
+    let invalid = |reason: String| BundleError::Invalid {
+        path: old.to_owned(),
+        reason,
+    };
+    let bytes = std::fs::read(old).map_err(|e| BundleError::io("reading", old, e))?;
+    let old_index = ferry_delta::ChunkIndex::parse(&bytes, &old.display().to_string())
+        .map_err(|e| invalid(e.to_string()))?;
+    let have: std::collections::HashSet<ferry_core::Sha256> =
+        old_index.chunks.iter().map(|c| c.sha256).collect();
+    let store_dir = out.join("tuf/targets/chunks");
+    let mut written = std::collections::HashSet::new();
+    for f in facts {
+        let desired = manifest::load(rev, manifest_path, f)?;
+        for (id, delta) in &desired.deltas {
+            if delta.store != "chunks/" {
+                return Err(invalid(format!(
+                    "{id}: a bundle serves chunks from its own chunks/ directory; the resource names store {}",
+                    delta.store
+                )));
+            }
+            let (index, _, url) =
+                crate::engine::delta::delta_index(&**rev, delta).map_err(invalid)?;
+            if let Some(Content::Source(p)) = desired.contents.get(id) {
+                names.remove(p.as_str());
+            }
+            names.insert(delta.index_path.to_string());
+            let store = ferry_delta::Remote::new(&url, Default::default()).map_err(invalid)?;
+            for c in &index.chunks {
+                if have.contains(&c.sha256) || !written.insert(c.sha256) {
+                    continue;
+                }
+                let packed = store.fetch_stored(c).map_err(|e| invalid(e.to_string()))?;
+                let path = store_dir.join(ferry_delta::chunk_path(&c.sha256));
+                let dir = path.parent().expect("chunk paths have a directory");
+                std::fs::create_dir_all(dir).map_err(|e| BundleError::io("creating", dir, e))?;
+                crate::fsutil::write_atomic(&path, 0o644, &mut &packed[..])
+                    .map_err(|e| BundleError::io("writing", &path, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The files of `rev` that rendering for `facts` reads or the resulting
