@@ -626,3 +626,61 @@ fn a_delta_bundle_carries_only_the_chunks_the_devices_lack() {
     ]);
     assert!(stderr(&err).contains("--for-device"), "{}", stderr(&err));
 }
+
+/// A WASM module with a `len`-byte data segment of noise (`seed`), with
+/// `patch` bytes at `at` changed.
+fn module(len: usize, patch: Option<usize>) -> Vec<u8> {
+    let mut data = noise(len, 5);
+    if let Some(at) = patch {
+        data[at..at + 4096].copy_from_slice(&noise(4096, 6));
+    }
+    let escaped: String = data.iter().map(|b| format!("\\{b:02x}")).collect();
+    wat::parse_str(format!(
+        "(module (memory 8) (data (i32.const 0) \"{escaped}\") (func (export \"run\")))"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_wasm_module_is_built_from_the_version_it_replaces() {
+    let f = Fixture::new();
+    let publish = |m: &[u8], chunks: bool| {
+        let dir = f.repo.join("modules");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("m.wasm"), m).unwrap();
+        let delta = if chunks {
+            f.ok(&[
+                "chunk",
+                dir.join("m.wasm").to_str().unwrap(),
+                "--out",
+                f.repo.to_str().unwrap(),
+            ]);
+            fs::rename(f.repo.join("m.wasm.chunks"), dir.join("m.wasm.chunks")).unwrap();
+            ", chunks: {index: modules/m.wasm.chunks}"
+        } else {
+            ""
+        };
+        fs::write(
+            f.repo.join("ferry.yaml"),
+            format!("apiVersion: ferry.dev/v1\nresources:\n  - {{kind: wasm, name: m, source: modules/m.wasm{delta}}}\n"),
+        )
+        .unwrap();
+    };
+    let v1 = module(400_000, None);
+    publish(&v1, false);
+    f.ok(&["apply"]);
+    let v2 = module(400_000, Some(200_000));
+    publish(&v2, true);
+    let plan = f.json(&["plan", "--json"]);
+    let planned = plan["steps"][0]["download"]["delta"].as_u64().unwrap();
+    assert!(planned * 2 < v2.len() as u64, "{plan:#}");
+    f.ok(&["apply"]);
+    let entries = f.json(&["audit", "list", "--json", "--event", "delta"]);
+    let entry = &entries[0]["details"];
+    assert_eq!(entry["resource"], "wasm m", "{entry}");
+    assert_eq!(entry["bytes_fetched"].as_u64().unwrap(), planned, "{entry}");
+    assert!(entry["chunks_reused"].as_u64().unwrap() > 0, "{entry}");
+    // The store holds the new module, verified.
+    let sha = ferry_core::Sha256::of(&v2).to_string();
+    assert_eq!(fs::read(f.state.join("store").join(&sha)).unwrap(), v2);
+}

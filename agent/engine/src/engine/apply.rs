@@ -246,9 +246,26 @@ impl Engine {
         // Only what the plan installs: unchanged resources are in place (and
         // a firmware image that gc dropped is not fetched again).
         let mut deltas = Vec::new();
-        for r in p.steps.iter().filter_map(|s| s.to.as_ref()) {
+        for (r, from) in p
+            .steps
+            .iter()
+            .filter_map(|s| s.to.as_ref().map(|to| (to, s.from.as_ref())))
+        {
             if self.store.contains(&r.content.sha256) {
                 continue;
+            }
+            if r.kind == ferry_core::Kind::Wasm
+                && let Some(delta) = desired.deltas.get(&r.id())
+            {
+                match self.stage_blob_delta(rev, r, from, delta)? {
+                    super::delta::DeltaOutcome::Done(report) => {
+                        deltas.push(report);
+                        continue;
+                    }
+                    super::delta::DeltaOutcome::Fallback(reason) => {
+                        deltas.push(json!({"resource": r.id().to_string(), "fallback": reason}));
+                    }
+                }
             }
             if r.kind == ferry_core::Kind::Firmware
                 && let Some(delta) = desired.deltas.get(&r.id())

@@ -50,11 +50,13 @@ pub fn estimate_deltas(
         let (Some(r), Some(download)) = (&step.to, shown.download.as_mut()) else {
             continue;
         };
-        if let Some(delta) = desired.deltas.get(&r.id())
-            && r.kind == ferry_core::Kind::Firmware
-        {
-            download.delta = delta_estimate(config, engine, rev, delta);
-        }
+        let Some(delta) = desired.deltas.get(&r.id()) else {
+            continue;
+        };
+        download.delta = match r.kind {
+            ferry_core::Kind::Firmware => delta_estimate(config, engine, rev, delta),
+            _ => blob_estimate(engine, rev, step.from.as_ref(), delta),
+        };
     }
 }
 
@@ -89,6 +91,31 @@ fn delta_estimate(
                     .collect()
             }
         };
+    let (missing, _) = index.missing_bytes(|sha| have.contains(sha));
+    Some(missing + bytes.len() as u64)
+}
+
+/// The bytes a delta of a store blob (a WASM module) would download,
+/// seeded by the version it replaces.
+fn blob_estimate(
+    engine: Option<&Engine>,
+    rev: &dyn VerifiedRevision,
+    from: Option<&Resource>,
+    delta: &DeltaRef,
+) -> Option<u64> {
+    let (index, bytes, _) = delta_index(rev, delta).ok()?;
+    let have: std::collections::HashSet<ferry_core::Sha256> = match (engine, from) {
+        (Some(e), Some(f)) if e.store.contains(&f.content.sha256) => {
+            let file = File::open(e.store.path(&f.content.sha256)).ok()?;
+            Seed::scan("previous version", &file, &index.chunker, f.content.length)
+                .ok()?
+                .1
+                .iter()
+                .map(|c| c.sha256)
+                .collect()
+        }
+        _ => Default::default(),
+    };
     let (missing, _) = index.missing_bytes(|sha| have.contains(sha));
     Some(missing + bytes.len() as u64)
 }
@@ -173,6 +200,102 @@ impl Engine {
             .create(&dir)
             .map_err(|e| EngineError::io("cannot create", &dir, e))?;
         Ok(dir)
+    }
+
+    /// Stages resource `r` (a WASM module) by delta into the store, seeded
+    /// by the version it replaces (`from`, when the store holds it).
+    pub(super) fn stage_blob_delta(
+        &mut self,
+        rev: &dyn VerifiedRevision,
+        r: &Resource,
+        from: Option<&Resource>,
+        delta: &DeltaRef,
+    ) -> Result<DeltaOutcome> {
+        let (index, index_bytes, store_url) = match delta_index(rev, delta) {
+            Ok(x) => x,
+            Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
+        };
+        if index.image != r.content {
+            return Ok(DeltaOutcome::Fallback(format!(
+                "{}: describes {}, the resource is {}",
+                delta.index_path, index.image, r.content
+            )));
+        }
+        let store =
+            match ferry_delta::Remote::new(&store_url, ferry_delta::store::Timeouts::default()) {
+                Ok(s) => s,
+                Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
+            };
+        let dir = self.delta_dir()?;
+        let old = from
+            .filter(|f| self.store.contains(&f.content.sha256))
+            .and_then(|f| {
+                File::open(self.store.path(&f.content.sha256))
+                    .ok()
+                    .map(|file| (f, file))
+            });
+        let mut seeds = Vec::new();
+        if let Some((f, file)) = &old {
+            let (seed, _) = Seed::scan("previous version", file, &index.chunker, f.content.length)
+                .map_err(|e| {
+                    EngineError::io("cannot read", self.store.path(&f.content.sha256), e)
+                })?;
+            seeds.push(seed);
+        }
+        // Assembled beside the state, then put into the store (verified
+        // again while copied): modules are small.
+        let scratch = dir.join(format!("{}.partial", r.content.sha256));
+        let resume = scratch.exists();
+        let out = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&scratch)
+            .map_err(|e| EngineError::io("cannot write", &scratch, e))?;
+        let what = format!("{} (by delta)", r.id());
+        let report = match ferry_delta::assemble(
+            &index,
+            r.content,
+            &seeds,
+            &store,
+            &out,
+            &what,
+            resume,
+            &mut |_| {},
+        ) {
+            Ok(report) => report,
+            Err(e) if e.full_download_may_help() => {
+                tracing::warn!(error = %e, resource = %r.id(), "delta failed; fetching in full");
+                let _ = fs::remove_file(&scratch);
+                return Ok(DeltaOutcome::Fallback(e.to_string()));
+            }
+            Err(AssembleError::Io { source, .. }) => {
+                return Err(EngineError::io("cannot assemble", &scratch, source));
+            }
+            Err(e) => unreachable!("{e}"),
+        };
+        out.set_len(r.content.length)
+            .map_err(|e| EngineError::io("cannot truncate", &scratch, e))?;
+        drop(out);
+        let mut assembled =
+            File::open(&scratch).map_err(|e| EngineError::io("cannot read", &scratch, e))?;
+        self.store.put(&mut assembled, r.content, &what)?;
+        let _ = fs::remove_file(&scratch);
+        Ok(DeltaOutcome::Done(json!({
+            "resource": r.id().to_string(),
+            "index": delta.index_path.as_str(),
+            "store": store_url,
+            "image_bytes": r.content.length,
+            "bytes_fetched": report.bytes_fetched + index_bytes.len() as u64,
+            "bytes_reused": report.bytes_reused + report.bytes_in_place,
+            "chunks": report.chunks,
+            "chunks_fetched": report.fetched,
+            "chunks_reused": report.reused + report.in_place,
+            "resumed": resume,
+        })))
     }
 
     /// Stages firmware resource `r` by delta into the inactive slot.
