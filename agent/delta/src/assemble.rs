@@ -242,3 +242,189 @@ pub fn assemble(
 fn read_matching(file: &File, offset: u64, buf: &mut [u8], chunk: &Chunk) -> bool {
     file.read_exact_at(buf, offset).is_ok() && check(buf, chunk).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Remote, Timeouts};
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        index: ChunkIndex,
+        v1: Vec<u8>,
+        v2: Vec<u8>,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = noise(3 << 20, 1);
+        let mut v2 = v1.clone();
+        v2.splice(5000..5000, noise(4096, 2));
+        v2[2 << 20..(2 << 20) + 10_000].copy_from_slice(&noise(10_000, 3));
+        fs::write(dir.path().join("v2.img"), &v2).unwrap();
+        let p = crate::chunk_image(
+            &dir.path().join("v2.img"),
+            &dir.path().join("pub"),
+            &Params::default(),
+            3,
+        )
+        .unwrap();
+        let index = ChunkIndex::parse(&fs::read(&p.index_path).unwrap(), "v2").unwrap();
+        Setup { dir, index, v1, v2 }
+    }
+
+    use std::fs;
+
+    fn store(s: &Setup) -> Remote {
+        Remote::new(
+            &format!("file://{}/pub/chunks/", s.dir.path().display()),
+            Timeouts::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn builds_from_a_seed_and_fetches_only_the_rest() {
+        let s = setup();
+        fs::write(s.dir.path().join("seed"), &s.v1).unwrap();
+        let seed_file = File::open(s.dir.path().join("seed")).unwrap();
+        let (seed, _) = Seed::scan("v1", &seed_file, &s.index.chunker, u64::MAX).unwrap();
+        let out = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(s.dir.path().join("out"))
+            .unwrap();
+        let r = assemble(
+            &s.index,
+            s.index.image,
+            &[seed],
+            &store(&s),
+            &out,
+            "out",
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(fs::read(s.dir.path().join("out")).unwrap(), s.v2);
+        assert!(r.fetched > 0 && r.fetched <= 5, "{r:?}");
+        assert_eq!(r.fetched + r.reused + r.in_place, r.chunks);
+
+        // Again, resuming: everything is in place, nothing fetched.
+        let r = assemble(
+            &s.index,
+            s.index.image,
+            &[],
+            &store(&s),
+            &out,
+            "out",
+            true,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!((r.in_place, r.fetched), (r.chunks, 0), "{r:?}");
+    }
+
+    #[test]
+    fn a_stale_seed_is_fetched_around_and_a_wrong_index_refused() {
+        let s = setup();
+        // The seed's index says v1, but the file changed since.
+        fs::write(s.dir.path().join("seed"), &s.v1).unwrap();
+        let seed_file = File::open(s.dir.path().join("seed")).unwrap();
+        let (seed, _) = Seed::scan("v1", &seed_file, &s.index.chunker, u64::MAX).unwrap();
+        fs::write(s.dir.path().join("seed"), noise(3 << 20, 9)).unwrap();
+        let out = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(s.dir.path().join("out"))
+            .unwrap();
+        let r = assemble(
+            &s.index,
+            s.index.image,
+            &[seed],
+            &store(&s),
+            &out,
+            "out",
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(r.stale_seed_chunks > 0, "{r:?}");
+        assert_eq!(fs::read(s.dir.path().join("out")).unwrap(), s.v2);
+
+        let other = ContentRef::of(b"another image");
+        let e = assemble(
+            &s.index,
+            other,
+            &[],
+            &store(&s),
+            &out,
+            "out",
+            false,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(e, AssembleError::WrongIndex { .. }), "{e}");
+        assert!(e.full_download_may_help());
+    }
+
+    #[test]
+    fn a_missing_or_planted_chunk_is_unavailable_or_a_mismatch() {
+        let s = setup();
+        let c = s.index.chunks[0];
+        let path = s
+            .dir
+            .path()
+            .join("pub/chunks")
+            .join(crate::chunk_path(&c.sha256));
+        let packed = fs::read(&path).unwrap();
+        // A symlink planted in the store is not followed.
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        assert!(matches!(
+            store(&s).fetch(&c),
+            Err(FetchError::Unavailable { .. })
+        ));
+        fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            store(&s).fetch(&c),
+            Err(FetchError::Unavailable { .. })
+        ));
+        // Another chunk's bytes under this name; then one byte too many.
+        let other = s.index.chunks[1];
+        let other_packed = fs::read(
+            s.dir
+                .path()
+                .join("pub/chunks")
+                .join(crate::chunk_path(&other.sha256)),
+        )
+        .unwrap();
+        fs::write(&path, &other_packed).unwrap();
+        assert!(matches!(
+            store(&s).fetch(&c),
+            Err(FetchError::Mismatch { .. })
+        ));
+        let mut long = packed.clone();
+        long.push(0);
+        fs::write(&path, &long).unwrap();
+        let e = store(&s).fetch(&c).unwrap_err().to_string();
+        assert!(e.contains("more than"), "{e}");
+        fs::write(&path, &packed).unwrap();
+        assert_eq!(store(&s).fetch(&c).unwrap().0.len(), c.length as usize);
+    }
+}

@@ -109,29 +109,28 @@ impl Remote {
     }
 
     /// One attempt: the raw stored bytes, at most `limit`.
-    fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, (bool, String)> {
+    fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, Failed> {
         let mut buf = Vec::with_capacity(limit as usize + 1);
         // A slow drip: the chunk must arrive within the stall timeout plus
         // a second per 16 KiB (1 MiB per minute at the worst).
         let allowed = self.timeouts.stall + Duration::from_secs(limit >> 14);
         let deadline = Instant::now() + allowed;
-        let read = |mut r: Box<dyn Read>, buf: &mut Vec<u8>| -> Result<(), (bool, String)> {
+        let read = |mut r: Box<dyn Read>, buf: &mut Vec<u8>| -> Result<(), Failed> {
             let mut chunk = [0u8; 64 << 10];
             loop {
                 if Instant::now() > deadline {
-                    return Err((true, "too slow".to_owned()));
+                    return Err(Failed::Retry("too slow".to_owned()));
                 }
                 let n = match r.read(&mut chunk) {
                     Ok(0) => return Ok(()),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err((true, error_chain(&e))),
+                    Err(e) => return Err(Failed::Retry(error_chain(&e))),
                 };
                 if (buf.len() + n) as u64 > limit {
-                    return Err((
-                        false,
-                        format!("more than the {limit} bytes the index gives"),
-                    ));
+                    return Err(Failed::Mismatch(format!(
+                        "more than the {limit} bytes the index gives"
+                    )));
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
@@ -140,7 +139,7 @@ impl Remote {
             None => {
                 let path = percent_encoding::percent_decode_str(&url["file://".len()..])
                     .decode_utf8()
-                    .map_err(|_| (false, "path is not UTF-8".to_owned()))?;
+                    .map_err(|_| Failed::Unavailable("path is not UTF-8".to_owned()))?;
                 // Never follow a planted symlink, never block on a FIFO;
                 // only regular files are chunks.
                 use std::os::unix::fs::OpenOptionsExt;
@@ -148,9 +147,9 @@ impl Remote {
                     .read(true)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                     .open(PathBuf::from(&*path))
-                    .map_err(|e| (false, e.to_string()))?;
+                    .map_err(|e| Failed::Unavailable(e.to_string()))?;
                 if !f.metadata().is_ok_and(|m| m.is_file()) {
-                    return Err((false, "not a regular file".to_owned()));
+                    return Err(Failed::Unavailable("not a regular file".to_owned()));
                 }
                 read(Box::new(f), &mut buf)?;
             }
@@ -159,14 +158,16 @@ impl Remote {
                     .get(url)
                     .timeout(allowed)
                     .send()
-                    .map_err(|e| (true, error_chain(&e)))?;
+                    .map_err(|e| Failed::Retry(error_chain(&e)))?;
                 let status = resp.status().as_u16();
                 if status != 200 {
                     // 5xx and 429 are worth another try; 404 is not.
-                    return Err((
-                        status >= 500 || status == 429,
-                        format!("HTTP status {status}"),
-                    ));
+                    let why = format!("HTTP status {status}");
+                    return Err(if status >= 500 || status == 429 {
+                        Failed::Retry(why)
+                    } else {
+                        Failed::Unavailable(why)
+                    });
                 }
                 read(Box::new(resp), &mut buf)?;
             }
@@ -190,14 +191,21 @@ impl Remote {
         let packed = loop {
             match self.get(&url, u64::from(chunk.stored)) {
                 Ok(b) => break b,
-                Err((retry, reason)) if retry && attempt < self.timeouts.attempts => {
+                Err(Failed::Retry(reason)) if attempt < self.timeouts.attempts => {
                     tracing::warn!(%url, %reason, attempt, "chunk fetch failed; retrying");
                     std::thread::sleep(wait);
                     wait *= 2;
                     attempt += 1;
                 }
-                Err((_, reason)) => {
+                Err(Failed::Retry(reason) | Failed::Unavailable(reason)) => {
                     return Err(FetchError::Unavailable {
+                        sha256,
+                        url,
+                        reason,
+                    });
+                }
+                Err(Failed::Mismatch(reason)) => {
+                    return Err(FetchError::Mismatch {
                         sha256,
                         url,
                         reason,
@@ -229,6 +237,16 @@ impl ChunkStore for Remote {
         self.fetch_checked(chunk)
             .map(|(plain, packed)| (plain, packed.len() as u64))
     }
+}
+
+/// How one attempt failed.
+enum Failed {
+    /// Worth another try (a transport error, 5xx, 429, too slow).
+    Retry(String),
+    /// Not there (404, no such file, not a regular file).
+    Unavailable(String),
+    /// Bytes that cannot be the chunk (more than the index gives).
+    Mismatch(String),
 }
 
 /// Decompresses one stored chunk into exactly `length` bytes.
