@@ -73,6 +73,12 @@ impl Gateway {
             dir.join("slot-a.img"),
         );
         d.configure(&d.repo.root_v1());
+        // Chunks of ~64 KiB must arrive within 2 s + 1 s (a drip fails fast).
+        let text = fs::read_to_string(&d.fx.config).unwrap().replace(
+            "stall_timeout_secs = 2\n",
+            "stall_timeout_secs = 2\nmin_rate_bytes_per_sec = 65536\n",
+        );
+        fs::write(&d.fx.config, text).unwrap();
         let g = grubenv.to_str().unwrap();
         tool("grub-editenv", &[g, "create"]);
         tool(
@@ -425,6 +431,34 @@ fn a_dropping_server_is_retried_and_a_dead_store_falls_back() {
             .filter(|r| **r == path(&fetchable[0]))
             .count();
     assert_eq!(tries, 4, "retried before giving up");
+    assert_eq!(g.slot("B"), v2());
+    g.boot_new();
+}
+
+#[test]
+fn a_slow_drip_chunk_is_given_up_and_the_full_image_fetched() {
+    let g = Gateway::new();
+    let store = g.publish("2.0", &v2(), true);
+    let fetchable = new_chunks(&store);
+    // One byte every 100 ms: far below source.tuf.min_rate_bytes_per_sec.
+    let path = format!(
+        "/targets/chunks/{}",
+        fetchable[0].strip_prefix(&store).unwrap().display()
+    );
+    g.d.server.fault(&path, Some(Fault::Drip));
+    g.d.fx.ok(&["apply", "--no-reboot"]);
+    let entries = g.audit("delta");
+    let entry = &entries[0]["details"];
+    assert!(
+        entry["fallback"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not arrive within"),
+        "{entry}"
+    );
+    let tries = g.d.server.requests().iter().filter(|r| **r == path).count();
+    assert_eq!(tries, 1, "a drip is not retried");
+    assert!(g.full_image_fetched());
     assert_eq!(g.slot("B"), v2());
     g.boot_new();
 }

@@ -43,6 +43,10 @@ pub trait ChunkStore {
 pub struct Timeouts {
     /// Connecting, and the longest silence while reading.
     pub stall: Duration,
+    /// The slowest average a chunk may arrive at, in bytes per second: a
+    /// chunk of `n` stored bytes must arrive within `stall + n / min_rate`
+    /// (a slow drip is given up at once, not retried).
+    pub min_rate: u64,
     /// Attempts per chunk for transport errors (not for mismatches).
     pub attempts: u32,
 }
@@ -51,6 +55,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             stall: Duration::from_secs(30),
+            min_rate: 1024,
             attempts: 4,
         }
     }
@@ -111,15 +116,18 @@ impl Remote {
     /// One attempt: the raw stored bytes, at most `limit`.
     fn get(&self, url: &str, limit: u64) -> Result<Vec<u8>, Failed> {
         let mut buf = Vec::with_capacity(limit as usize + 1);
-        // A slow drip: the chunk must arrive within the stall timeout plus
-        // a second per 16 KiB (1 MiB per minute at the worst).
-        let allowed = self.timeouts.stall + Duration::from_secs(limit >> 14);
+        // A slow drip: the chunk must arrive within its deadline.
+        let allowed =
+            self.timeouts.stall + Duration::from_secs(limit / self.timeouts.min_rate.max(1));
         let deadline = Instant::now() + allowed;
         let read = |mut r: Box<dyn Read>, buf: &mut Vec<u8>| -> Result<(), Failed> {
             let mut chunk = [0u8; 64 << 10];
             loop {
                 if Instant::now() > deadline {
-                    return Err(Failed::Retry("too slow".to_owned()));
+                    return Err(Failed::Unavailable(format!(
+                        "did not arrive within {} s",
+                        allowed.as_secs()
+                    )));
                 }
                 let n = match r.read(&mut chunk) {
                     Ok(0) => return Ok(()),
@@ -156,7 +164,9 @@ impl Remote {
             Some(client) => {
                 let resp = client
                     .get(url)
-                    .timeout(allowed)
+                    // Past the deadline checked between reads: a server
+                    // that sends nothing at all.
+                    .timeout(allowed + self.timeouts.stall)
                     .send()
                     .map_err(|e| Failed::Retry(error_chain(&e)))?;
                 let status = resp.status().as_u16();

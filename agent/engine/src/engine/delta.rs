@@ -120,6 +120,16 @@ fn blob_estimate(
     Some(missing + bytes.len() as u64)
 }
 
+/// Chunk stores are held to the source's limits (`source.tuf.*`).
+pub(crate) fn chunk_timeouts(config: &Config) -> ferry_delta::store::Timeouts {
+    let tuf = &config.source.tuf;
+    ferry_delta::store::Timeouts {
+        stall: std::time::Duration::from_secs(tuf.stall_timeout_secs),
+        min_rate: tuf.min_rate_bytes_per_sec,
+        attempts: 4,
+    }
+}
+
 /// The verified chunk index of `delta`, its bytes, and the store URL.
 pub(crate) fn delta_index(
     rev: &dyn VerifiedRevision,
@@ -221,11 +231,10 @@ impl Engine {
                 delta.index_path, index.image, r.content
             )));
         }
-        let store =
-            match ferry_delta::Remote::new(&store_url, ferry_delta::store::Timeouts::default()) {
-                Ok(s) => s,
-                Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
-            };
+        let store = match ferry_delta::Remote::new(&store_url, chunk_timeouts(&self.config)) {
+            Ok(s) => s,
+            Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
+        };
         let dir = self.delta_dir()?;
         let old = from
             .filter(|f| self.store.contains(&f.content.sha256))
@@ -344,11 +353,10 @@ impl Engine {
                 r.content.length, slot.name
             )));
         }
-        let store =
-            match ferry_delta::Remote::new(&store_url, ferry_delta::store::Timeouts::default()) {
-                Ok(s) => s,
-                Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
-            };
+        let store = match ferry_delta::Remote::new(&store_url, chunk_timeouts(&self.config)) {
+            Ok(s) => s,
+            Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
+        };
         let dir = self.delta_dir()?;
         // Seed: the running slot, by its cached index or by reading it.
         let running = crate::activate::firmware::slot::find(&fw.slots, &booted)

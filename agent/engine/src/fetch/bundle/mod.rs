@@ -265,7 +265,15 @@ fn export_tuf(
     };
     if let Some(old) = delta_from {
         let dynrev: Arc<dyn VerifiedRevision> = rev.clone();
-        export_chunks(&dynrev, src.manifest_path(), facts, old, out, &mut names)?;
+        export_chunks(
+            config,
+            &dynrev,
+            src.manifest_path(),
+            facts,
+            old,
+            out,
+            &mut names,
+        )?;
     }
     let mut paths = Vec::new();
     for f in rev.export_metadata(&out.join("tuf/metadata"))? {
@@ -330,6 +338,7 @@ fn export_git(
 /// image the devices run) lacks into the bundle's chunk store
 /// (`tuf/targets/chunks/`, the default store of a bundle), each verified.
 fn export_chunks(
+    config: &Config,
     rev: &Arc<dyn VerifiedRevision>,
     manifest_path: &RepoPath,
     facts: &[Facts],
@@ -363,7 +372,9 @@ fn export_chunks(
                 names.remove(p.as_str());
             }
             names.insert(delta.index_path.to_string());
-            let store = ferry_delta::Remote::new(&url, Default::default()).map_err(invalid)?;
+            let store =
+                ferry_delta::Remote::new(&url, crate::engine::delta::chunk_timeouts(config))
+                    .map_err(invalid)?;
             for c in &index.chunks {
                 if have.contains(&c.sha256) || !written.insert(c.sha256) {
                     continue;
