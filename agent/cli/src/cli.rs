@@ -260,13 +260,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// Smallest chunk, in bytes.
-        #[arg(long, default_value_t = 16 << 10)]
+        #[arg(long, default_value_t = 8 << 10)]
         min: u32,
         /// Average chunk, in bytes (a power of two).
-        #[arg(long, default_value_t = 64 << 10)]
+        #[arg(long, default_value_t = 32 << 10)]
         avg: u32,
         /// Largest chunk, in bytes (at most 4 MiB).
-        #[arg(long, default_value_t = 256 << 10)]
+        #[arg(long, default_value_t = 128 << 10)]
         max: u32,
         /// zstd level of the stored chunks (1-19).
         #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(i32).range(1..=19))]

@@ -3,7 +3,7 @@
 //! ```json
 //! {
 //!   "format": "ferry.dev/chunks/v1",
-//!   "chunker": {"algorithm": "fastcdc-2020", "min": 16384, "avg": 65536, "max": 262144},
+//!   "chunker": {"algorithm": "fastcdc-2020", "min": 8192, "avg": 32768, "max": 131072},
 //!   "image": {"sha256": "…", "length": 1073741824},
 //!   "compression": "zstd",
 //!   "chunks": [{"offset": 0, "length": 70211, "sha256": "…", "stored": 70230}, …]
@@ -42,13 +42,13 @@ pub struct Params {
 }
 
 impl Default for Params {
-    /// 16 / 64 / 256 KiB; see `integration/bench/README.md` for why.
+    /// 8 / 32 / 128 KiB; see `integration/bench/README.md` (delta) for why.
     fn default() -> Self {
         Params {
             algorithm: ALGORITHM.to_owned(),
-            min: 16 << 10,
-            avg: 64 << 10,
-            max: 256 << 10,
+            min: 8 << 10,
+            avg: 32 << 10,
+            max: 128 << 10,
         }
     }
 }

@@ -446,18 +446,7 @@ impl Engine {
         slot.verify(r.content)?;
         fail_point!(fp::DELTA_WRITTEN);
         // The written image's index seeds the next update once it runs.
-        let mut cached = index.clone();
-        cached
-            .chunks
-            .iter_mut()
-            .for_each(|c| c.stored = c.length.max(1));
-        let _ = ferry_fs::Dir::open(&dir).and_then(|d| {
-            d.write_atomic(
-                std::ffi::OsStr::new(&format!("{}.chunks", r.content.sha256)),
-                ferry_fs::FileMode::perm(0o600),
-                &mut &cached.to_bytes()[..],
-            )
-        });
+        save_cache(&dir, &index);
         let keep = [
             format!("{}.chunks", r.content.sha256),
             running_image(&installs, &booted)
@@ -496,7 +485,10 @@ fn write_cache(
     chunks: Vec<ferry_delta::Chunk>,
 ) {
     let cached = ChunkIndex {
+        format: index.format.clone(),
+        chunker: index.chunker.clone(),
         image,
+        compression: index.compression.clone(),
         chunks: chunks
             .into_iter()
             .map(|mut c| {
@@ -505,18 +497,27 @@ fn write_cache(
                 c
             })
             .collect(),
-        ..index.clone()
     };
-    if cached.check().is_err() {
-        return;
+    if cached.check().is_ok() {
+        save_cache(dir, &cached);
     }
-    let _ = ferry_fs::Dir::open(dir).and_then(|d| {
-        d.write_atomic(
-            std::ffi::OsStr::new(&format!("{}.chunks", image.sha256)),
-            ferry_fs::FileMode::perm(0o600),
-            &mut &cached.to_bytes()[..],
-        )
+}
+
+/// Writes `index` as `<image sha256>.chunks` (plain JSON, streamed: no
+/// copy of it in memory). A cache: failing to write it costs only time.
+fn save_cache(dir: &std::path::Path, index: &ChunkIndex) {
+    let name = format!("{}.chunks", index.image.sha256);
+    let written = ferry_fs::Dir::open(dir).and_then(|d| {
+        let mut tmp = d.temp_file(std::ffi::OsStr::new(&name))?;
+        let mut w = std::io::BufWriter::new(tmp.file());
+        serde_json::to_writer(&mut w, index)?;
+        std::io::Write::flush(&mut w)?;
+        drop(w);
+        tmp.commit(std::ffi::OsStr::new(&name), ferry_fs::FileMode::perm(0o600))
     });
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot cache the chunk index; the next update reads the slot again");
+    }
 }
 
 /// Removes cached indexes and resume markers other than `keep`.
