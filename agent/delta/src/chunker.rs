@@ -7,9 +7,9 @@ use fastcdc::v2020::{Normalization, cut, select_masks};
 
 use crate::index::Params;
 
-/// The read buffer: large enough that refills are rare, small enough for
-/// the device's memory budget.
-const BUFFER: usize = 4 << 20;
+/// The read buffer (at least twice the largest chunk): refills are cheap
+/// at this size, and it is most of what chunking costs in memory.
+const BUFFER: usize = 1 << 20;
 
 /// Why chunking stopped.
 #[derive(Debug, thiserror::Error)]

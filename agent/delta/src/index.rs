@@ -160,6 +160,8 @@ impl ChunkIndex {
             serde_json::from_slice(bytes).map_err(|e| invalid(json_error(&e)))?
         };
         index.check().map_err(invalid)?;
+        let mut index = index;
+        index.chunks.shrink_to_fit();
         Ok(index)
     }
 
