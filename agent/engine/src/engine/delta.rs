@@ -21,11 +21,8 @@ use crate::config::Config;
 use ferry_delta::{AssembleError, ChunkIndex, Report, Seed};
 
 use super::*;
+use crate::fetch::delta::{chunk_timeouts, delta_index};
 use crate::render::manifest::DeltaRef;
-
-/// A compressed index larger than this is refused (a 1 GiB image's is
-/// under 1 MiB).
-const MAX_INDEX_FILE: u64 = 64 << 20;
 
 /// What a delta stage did.
 #[derive(Debug)]
@@ -118,46 +115,6 @@ fn blob_estimate(
     };
     let (missing, _) = index.missing_bytes(|sha| have.contains(sha));
     Some(missing + bytes.len() as u64)
-}
-
-/// Chunk stores are held to the source's limits (`source.tuf.*`).
-pub(crate) fn chunk_timeouts(config: &Config) -> ferry_delta::store::Timeouts {
-    let tuf = &config.source.tuf;
-    ferry_delta::store::Timeouts {
-        stall: std::time::Duration::from_secs(tuf.stall_timeout_secs),
-        min_rate: tuf.min_rate_bytes_per_sec,
-        attempts: 4,
-    }
-}
-
-/// The verified chunk index of `delta`, its bytes, and the store URL.
-pub(crate) fn delta_index(
-    rev: &dyn VerifiedRevision,
-    delta: &DeltaRef,
-) -> std::result::Result<(ChunkIndex, Vec<u8>, String), String> {
-    let bytes = rev
-        .read_small(&delta.index_path, MAX_INDEX_FILE)
-        .map_err(|e| e.to_string())?;
-    let got = ContentRef::of(&bytes);
-    if got != delta.index {
-        return Err(format!(
-            "{}: is {got}, signed metadata says {}",
-            delta.index_path, delta.index
-        ));
-    }
-    let index = ChunkIndex::parse(&bytes, delta.index_path.as_str()).map_err(|e| e.to_string())?;
-    let store = if delta.store.contains("://") {
-        delta.store.clone()
-    } else {
-        let base = rev.base_url().ok_or_else(|| {
-            format!(
-                "source {} serves no files beside the revision; give `chunks.store` an http(s) URL",
-                rev.source_name()
-            )
-        })?;
-        format!("{base}{}", delta.store)
-    };
-    Ok((index, bytes, store))
 }
 
 /// The image length in the running slot, if the state knows it, else the

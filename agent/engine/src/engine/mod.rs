@@ -8,7 +8,7 @@
 //! decision for each phase is the pure `Phase::recovery` in ferry-core.
 
 mod apply;
-pub(crate) mod delta;
+mod delta;
 pub use delta::estimate_deltas;
 mod firmware;
 mod gc;

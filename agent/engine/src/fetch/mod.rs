@@ -16,6 +16,7 @@ use ferry_source::{Source, TimeFloor};
 use crate::config::{Config, ConfigError};
 
 pub mod bundle;
+pub mod delta;
 pub mod policy;
 pub mod sigstore;
 

@@ -366,15 +366,13 @@ fn export_chunks(
                     delta.store
                 )));
             }
-            let (index, _, url) =
-                crate::engine::delta::delta_index(&**rev, delta).map_err(invalid)?;
+            let (index, _, url) = super::delta::delta_index(&**rev, delta).map_err(invalid)?;
             if let Some(Content::Source(p)) = desired.contents.get(id) {
                 names.remove(p.as_str());
             }
             names.insert(delta.index_path.to_string());
-            let store =
-                ferry_delta::Remote::new(&url, crate::engine::delta::chunk_timeouts(config))
-                    .map_err(invalid)?;
+            let store = ferry_delta::Remote::new(&url, super::delta::chunk_timeouts(config))
+                .map_err(invalid)?;
             for c in &index.chunks {
                 if have.contains(&c.sha256) || !written.insert(c.sha256) {
                     continue;
