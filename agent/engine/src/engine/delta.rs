@@ -250,18 +250,9 @@ impl Engine {
             File::open(&scratch).map_err(|e| EngineError::io("cannot read", &scratch, e))?;
         self.store.put(&mut assembled, r.content, &what)?;
         let _ = fs::remove_file(&scratch);
-        Ok(DeltaOutcome::Done(json!({
-            "resource": r.id().to_string(),
-            "index": delta.index_path.as_str(),
-            "store": store_url,
-            "image_bytes": r.content.length,
-            "bytes_fetched": report.bytes_fetched + index_bytes.len() as u64,
-            "bytes_reused": report.bytes_reused + report.bytes_in_place,
-            "chunks": report.chunks,
-            "chunks_fetched": report.fetched,
-            "chunks_reused": report.reused + report.in_place,
-            "resumed": resume,
-        })))
+        let mut details = audit_details(r, delta, &store_url, &report, index_bytes.len(), resume);
+        details["resource"] = json!(r.id().to_string());
+        Ok(DeltaOutcome::Done(details))
     }
 
     /// Stages firmware resource `r` by delta into the inactive slot.
@@ -280,13 +271,8 @@ impl Engine {
         let booted = fw.booted()?;
         let slot = fw.inactive()?.clone();
         let env = fw.env.load()?;
-        if !fw.scheme.state(&env, &booted).good {
-            return Err(EngineError::Refused(format!(
-                "the running slot {booted} is not marked good (rolled back or unconfirmed): \
-                 slot {} is the fallback and is not overwritten; reboot, or mark {booted} good",
-                slot.name
-            )));
-        }
+        fw.check_fallback(&env, &booted, &slot.name)
+            .map_err(EngineError::Refused)?;
         if slot.verify(r.content).is_ok() {
             tracing::info!(slot = %slot.name, "slot holds the image already");
             return Ok(DeltaOutcome::Done(
@@ -411,27 +397,34 @@ impl Engine {
                 .unwrap_or_default(),
         ];
         prune(&dir, &keep);
-        let transferred = report.bytes_fetched + index_bytes.len() as u64;
-        tracing::info!(
-            slot = %slot.name,
-            fetched = transferred,
-            reused = report.bytes_reused + report.bytes_in_place,
-            image = r.content.length,
-            "firmware written by delta"
-        );
-        Ok(DeltaOutcome::Done(json!({
-            "slot": slot.name,
-            "index": delta.index_path.as_str(),
-            "store": store_url,
-            "image_bytes": r.content.length,
-            "bytes_fetched": transferred,
-            "bytes_reused": report.bytes_reused + report.bytes_in_place,
-            "chunks": report.chunks,
-            "chunks_fetched": report.fetched,
-            "chunks_reused": report.reused + report.in_place,
-            "resumed": resume,
-        })))
+        let mut details = audit_details(r, delta, &store_url, &report, index_bytes.len(), resume);
+        tracing::info!(slot = %slot.name, %details, "firmware written by delta");
+        details["slot"] = json!(slot.name);
+        Ok(DeltaOutcome::Done(details))
     }
+}
+
+/// The `delta` audit entry of a delta that built `r`: bytes fetched (the
+/// index included) and reused, chunk counts, whether it resumed.
+fn audit_details(
+    r: &Resource,
+    delta: &DeltaRef,
+    store_url: &str,
+    report: &Report,
+    index_bytes: usize,
+    resume: bool,
+) -> Value {
+    json!({
+        "index": delta.index_path.as_str(),
+        "store": store_url,
+        "image_bytes": r.content.length,
+        "bytes_fetched": report.bytes_fetched + index_bytes as u64,
+        "bytes_reused": report.bytes_reused + report.bytes_in_place,
+        "chunks": report.chunks,
+        "chunks_fetched": report.fetched,
+        "chunks_reused": report.reused + report.in_place,
+        "resumed": resume,
+    })
 }
 
 /// Caches the index of the running slot's image (chunked now).

@@ -87,15 +87,8 @@ impl Activator for FirmwareActivator {
         // The other slot is the fallback while the running one is not good
         // (after a rollback, before the reboot back): never overwrite it.
         // Checked before the undo record exists, so nothing is undone.
-        if !fw.scheme.state(&env, &booted).good {
-            return Err(ActivateError::new(
-                &step.id,
-                format!(
-                    "the running slot {booted} is not marked good (rolled back or unconfirmed): \
-                     slot {target} is the fallback and is not overwritten; reboot, or mark {booted} good"
-                ),
-            ));
-        }
+        fw.check_fallback(&env, &booted, &target)
+            .map_err(|e| ActivateError::new(&step.id, e))?;
         let undo = FirmwareUndo {
             env: env
                 .iter()

@@ -185,6 +185,19 @@ impl Firmware {
         })
     }
 
+    /// Refuses to overwrite the inactive slot while the running one is not
+    /// good (after a rollback, before the reboot back): the inactive slot is
+    /// then the fallback. `env` is the boot environment as loaded.
+    pub fn check_fallback(&self, env: &BootEnv, booted: &str, target: &str) -> Result<(), String> {
+        if self.scheme.state(env, booted).good {
+            return Ok(());
+        }
+        Err(format!(
+            "the running slot {booted} is not marked good (rolled back or unconfirmed): \
+             slot {target} is the fallback and is not overwritten; reboot, or mark {booted} good"
+        ))
+    }
+
     /// Marks the booted slot good. Returns its name and whether anything changed.
     pub fn mark_good(&self) -> Result<(String, bool), FirmwareError> {
         let booted = self.booted()?;
