@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ferry-git", &["ferry-core", "ferry-fs", "ferry-source"]),
     ("ferry-sigstore", &["ferry-core"]),
     ("ferry-delta", &["ferry-core"]),
+    ("ferry-fleet", &["ferry-core", "ferry-fs"]),
     ("ferry-rules", &["ferry-core"]),
     ("ferry-wasm", &["ferry-core", "ferry-fs"]),
     (
@@ -31,6 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "ferry-git",
             "ferry-sigstore",
             "ferry-delta",
+            "ferry-fleet",
             "ferry-rules",
             "ferry-wasm",
         ],

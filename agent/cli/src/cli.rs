@@ -224,6 +224,12 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// The fleet channel over MQTT (docs/fleet.md): what devices report
+    /// (`status`, `audit`), and what this device would report (`report`).
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
     /// Check, try out or run rule sets (the `ruleset` resource language).
     Rules {
         #[command(subcommand)]
@@ -404,6 +410,74 @@ pub enum AuditAction {
     },
     /// Recompute the hash chain; name the first broken entry.
     Verify(JsonFlag),
+}
+
+/// How the admin reaches the broker.
+#[derive(Debug, Args, Clone)]
+pub struct BrokerArgs {
+    /// The broker: `mqtts://host[:port]` or `mqtt://host[:port]`.
+    #[arg(long, value_name = "URL", env = "FERRY_FLEET_MQTT")]
+    pub mqtt: String,
+    /// CA certificates (PEM) the broker's certificate chains to (mqtts).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM), with --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM), with --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The first topic levels, as the devices' `fleet.topic_prefix`.
+    #[arg(long, value_name = "PREFIX", default_value = "ferry")]
+    pub prefix: String,
+    /// MQTT client id; default `ferry-admin-<pid>`.
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Stop collecting retained messages after this long without one.
+    #[arg(long, value_name = "DURATION", default_value = "500ms")]
+    pub quiet: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetAction {
+    /// The devices' retained status messages as a table: failing devices
+    /// first, then devices not on the fleet's newest revision (lagging),
+    /// then devices not heard from (stale), then the rest; within each,
+    /// the longest unseen first.
+    Status {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Measure devices against this revision (default: the revision of
+        /// the most recently made generation any device reports).
+        #[arg(long, value_name = "REVISION")]
+        revision: Option<String>,
+        /// A device not heard from for this long is stale.
+        #[arg(long, value_name = "DURATION", default_value = "15m")]
+        stale: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// A device's reported audit entries, in order, with their hash chain
+    /// verified (exit 4 naming the first entry that breaks it).
+    Audit {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// The device id.
+        device: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Print what this device reports (JSON): its generation, revision,
+    /// firmware slots and the audit entries after SEQ. `ferry run` calls
+    /// it for the fleet channel.
+    Report {
+        /// Only entries after sequence number SEQ.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: u64,
+        /// At most N entries.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Args, Clone)]

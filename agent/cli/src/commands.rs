@@ -70,6 +70,11 @@ pub fn run(args: Cli) -> Result<Code> {
         output::chunked(&published, json.json)?;
         return Ok(Code::Success);
     }
+    if let Command::Fleet { action } = &args.command
+        && !matches!(action, crate::cli::FleetAction::Report { .. })
+    {
+        return crate::fleet::admin(action);
+    }
     if let Command::GenerateAssets { out } = &args.command {
         crate::assets::generate(out)?;
         return Ok(Code::Success);
@@ -315,6 +320,16 @@ pub fn run(args: Cli) -> Result<Code> {
                     output::audit_ok(n, out.json)?;
                 }
             }
+        }
+        Command::Fleet { action } => {
+            let crate::cli::FleetAction::Report { after, limit } = action else {
+                unreachable!("handled above")
+            };
+            let page = match Engine::open_read_only(config.clone())? {
+                Some(e) => e.fleet_report(after, limit.min(ferry_fleet::channel::MAX_PAGE))?,
+                None => ferry_fleet::message::ReportPage::default(),
+            };
+            output::json_line(&page)?;
         }
         Command::TimeFloor { action, out } => match action {
             None => {

@@ -57,6 +57,8 @@ struct Worker {
     shared: Arc<Mutex<Shared>>,
     /// Told after every reconcile, so the rule engine picks up new sets.
     reconciled: Arc<tokio::sync::Notify>,
+    /// Told after every reconcile, so the fleet channel reports.
+    fleet: Option<ferry_fleet::channel::Channel>,
 }
 
 /// Writes the configuration the agent accepted where its reconcile
@@ -146,7 +148,8 @@ impl Worker {
     /// for status and metrics.
     fn reconcile(&mut self) -> Report {
         let timeout = self.reconcile_timeout();
-        let out = run_with_deadline(self.child(&["run", "--once", "--json"]), timeout);
+        let out =
+            crate::child::run_with_deadline(self.child(&["run", "--once", "--json"]), timeout);
         let report = match out {
             Ok((_, _, true)) => Report::failed(format!(
                 "the reconcile took longer than agent.reconcile_timeout ({} s) and was killed; recovery finishes or undoes what it started",
@@ -230,8 +233,13 @@ impl Worker {
                 }
                 s.agent.consecutive_failures = failures;
                 s.agent.last_result = Some(text.clone());
+                s.last_outcome = Some(result);
+                s.agent.state = "idle".into();
                 (result, text)
             };
+            if let Some(f) = &self.fleet {
+                f.changed();
+            }
             match result {
                 ReconcileResult::Failed => tracing::warn!(result = result.as_str(), "{text}"),
                 _ => tracing::info!(result = result.as_str(), "{text}"),
@@ -283,7 +291,7 @@ pub fn run(args: &Cli) -> Result<Code> {
     })?;
     let (tx, rx) = mpsc::channel();
     let reconciled = Arc::new(tokio::sync::Notify::new());
-    let worker = Worker {
+    let mut worker = Worker {
         args_config: args.config.clone(),
         state_dir: config_state_override(args),
         facts: args.facts.clone(),
@@ -293,6 +301,7 @@ pub fn run(args: &Cli) -> Result<Code> {
         log_level: args.log_level.clone(),
         shared: shared.clone(),
         reconciled: reconciled.clone(),
+        fleet: None,
     };
     // Finish or undo an interrupted transition before anything else.
     let recovered = worker
@@ -310,12 +319,34 @@ pub fn run(args: &Cli) -> Result<Code> {
             .await
             .with_context(|| format!("control socket {}", config.agent.control_socket.display()))?;
         let rules = crate::rules_agent::start(&config, reconciled.clone())?;
+        if config.fleet.broker.is_some() {
+            let facts = crate::setup::load_facts(args.facts.as_deref(), &config)?;
+            let (exe, config_file, state_dir, log_level) = (
+                worker.exe.clone(),
+                worker.config_file.clone(),
+                worker.state_dir.clone(),
+                worker.log_level.clone(),
+            );
+            let report = Box::new(move || {
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.arg("--config").arg(&config_file).arg("--log-level").arg(&log_level);
+                if let Some(d) = &state_dir {
+                    cmd.arg("--state-dir").arg(d);
+                }
+                cmd.env_remove("NOTIFY_SOCKET").stdin(std::process::Stdio::null());
+                cmd
+            });
+            worker.fleet =
+                crate::fleet_agent::start(&config, &facts, shared.clone(), tx.clone(), report)?;
+        }
+        let fleet = worker.fleet.clone();
         if let Some(listen) = &config.metrics.listen {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("metrics listener {listen}"))?;
             let shared = shared.clone();
             let rules = rules.clone();
+            let fleet = fleet.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 // One task per scrape, bounded in time and number: an idle
@@ -325,7 +356,7 @@ pub fn run(args: &Cli) -> Result<Code> {
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         continue;
                     };
-                    let (shared, rules) = (shared.clone(), rules.clone());
+                    let (shared, rules, fleet) = (shared.clone(), rules.clone(), fleet.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
                         let serve = async {
@@ -333,7 +364,7 @@ pub fn run(args: &Cli) -> Result<Code> {
                             let _ = conn.read(&mut buf).await;
                             let body = {
                                 let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                                crate::metrics::text(&s, rules.as_ref())
+                                crate::metrics::text(&s, rules.as_ref(), fleet.as_ref())
                             };
                             let resp = format!(
                                 "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -402,49 +433,10 @@ const DEFAULT_RECONCILE_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 /// How long past its deadline a reconcile may still be ending (killed, being
 /// reaped) before the agent counts as stuck.
 const WATCHDOG_GRACE: Duration = Duration::from_secs(60);
-/// Most bytes of a reconcile child's report read (one JSON line).
-const MAX_REPORT_BYTES: u64 = 1 << 20;
 
 /// Whether a reconcile that started at `started` is past `limit` at `now`.
 fn worker_stuck(started: Option<Instant>, now: Instant, limit: Duration) -> bool {
     started.is_some_and(|s| now.saturating_duration_since(s) > limit)
-}
-
-/// Runs `cmd` (stderr inherited), killing it after `timeout`. Returns its
-/// stdout (bounded), exit status and whether it was killed.
-fn run_with_deadline(
-    mut cmd: std::process::Command,
-    timeout: Duration,
-) -> std::io::Result<(Vec<u8>, std::process::ExitStatus, bool)> {
-    use std::io::Read as _;
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.take(MAX_REPORT_BYTES).read_to_end(&mut out);
-        out
-    });
-    let end = Instant::now() + timeout;
-    let (status, killed) = loop {
-        if let Some(status) = child.try_wait()? {
-            break (status, false);
-        }
-        if Instant::now() >= end {
-            tracing::error!(
-                pid = child.id(),
-                timeout_secs = timeout.as_secs(),
-                "reconcile past agent.reconcile_timeout; killing it"
-            );
-            let _ = child.kill();
-            break (child.wait()?, true);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = reader.join().unwrap_or_default();
-    Ok((out, status, killed))
 }
 
 fn config_state_override(args: &Cli) -> Option<PathBuf> {

@@ -62,6 +62,7 @@ fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
         ferry_source::SourceError,
         ferry_source::FloorError,
         ferry_sigstore::SigstoreError,
+        ferry_fleet::FleetError,
     );
     None
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod assets;
+mod child;
 mod cli;
 mod commands;
 mod control;
@@ -11,6 +12,8 @@ mod demo;
 #[cfg(feature = "tuf")]
 mod demo_repo;
 mod exit;
+mod fleet;
+mod fleet_agent;
 mod import;
 mod logging;
 mod metrics;

@@ -30,7 +30,11 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, v: u64) {
 
 /// The metrics text for one scrape. Counter names get their `_total`
 /// suffix from the encoder (`ferry_reconciles` → `ferry_reconciles_total`).
-pub fn text(s: &Shared, events: Option<&EventPath>) -> String {
+pub fn text(
+    s: &Shared,
+    events: Option<&EventPath>,
+    fleet: Option<&ferry_fleet::channel::Channel>,
+) -> String {
     let mut registry = Registry::default();
     let reconciles = Family::<Vec<(String, String)>, Counter>::default();
     for result in ReconcileResult::ALL {
@@ -135,6 +139,66 @@ pub fn text(s: &Shared, events: Option<&EventPath>) -> String {
             counter(&mut registry, name, help, v.load(Relaxed));
         }
     }
+    if let Some(f) = fleet {
+        let st = f.stats();
+        gauge(
+            &mut registry,
+            "ferry_fleet_connected",
+            "1 while connected to the fleet broker.",
+            u64::from(st.connected.load(Relaxed)),
+        );
+        let nudges = Family::<Vec<(String, String)>, Counter>::default();
+        for (outcome, v) in [
+            ("polled", &st.nudges_polled),
+            ("deferred", &st.nudges_deferred),
+            ("coalesced", &st.nudges_coalesced),
+        ] {
+            nudges
+                .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+                .inc_by(v.load(Relaxed));
+        }
+        registry.register(
+            "ferry_fleet_nudges",
+            "Nudges by what they did: a poll now, one poll at the end of the nudge interval, nothing more.",
+            nudges,
+        );
+        let stats: [(&str, &str, &AtomicU64); 5] = [
+            (
+                "ferry_fleet_deferred_polls",
+                "Polls that deferred nudges caused.",
+                &st.deferred_polls,
+            ),
+            (
+                "ferry_fleet_connection_failures",
+                "Fleet broker connections that failed or ended.",
+                &st.connection_failures,
+            ),
+            (
+                "ferry_fleet_statuses",
+                "Status messages published.",
+                &st.statuses,
+            ),
+            (
+                "ferry_fleet_audit_entries_reported",
+                "Audit entries the fleet broker acknowledged.",
+                &st.entries_reported,
+            ),
+            (
+                "ferry_fleet_connections",
+                "Fleet broker connections made.",
+                &st.connections,
+            ),
+        ];
+        for (name, help, v) in stats {
+            counter(&mut registry, name, help, v.load(Relaxed));
+        }
+        gauge(
+            &mut registry,
+            "ferry_fleet_audit_reported_seq",
+            "The newest audit entry the fleet broker acknowledged.",
+            st.reported_seq.load(Relaxed),
+        );
+    }
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);
@@ -151,7 +215,7 @@ mod tests {
         s.metrics.reconciles.insert(ReconcileResult::Applied, 3);
         s.metrics.rollbacks = 1;
         s.agent.generation = Some(4);
-        let t = text(&s, None);
+        let t = text(&s, None, None);
         assert!(
             t.contains("ferry_reconciles_total{result=\"applied\"} 3\n"),
             "{t}"

@@ -525,6 +525,99 @@ pub fn chunked(p: &ferry_delta::Published, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// One JSON line on stdout (what another ferry process reads).
+pub fn json_line(v: &impl Serialize) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// How long ago `then` (unix seconds) was, for people.
+fn ago(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..120 => format!("{s}s ago"),
+        120..7200 => format!("{}m ago", s / 60),
+        7200..172_800 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// `ferry fleet status`.
+pub fn fleet_status(s: &ferry_fleet::admin::FleetStatus, now: u64, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(s);
+    }
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "target revision: {}",
+        s.target.as_deref().unwrap_or("(none reported)")
+    )?;
+    writeln!(
+        out,
+        "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<10} LAST ERROR",
+        "DEVICE", "STANDING", "REVISION", "GEN", "HEALTH", "LAST SEEN"
+    )?;
+    for r in &s.devices {
+        let d = &r.status;
+        let standing = serde_json::to_value(r.standing)?;
+        writeln!(
+            out,
+            "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<10} {}",
+            d.device,
+            standing.as_str().unwrap_or(""),
+            d.revision.as_deref().unwrap_or("-"),
+            d.generation.map_or("-".into(), |g| g.to_string()),
+            d.health.as_str(),
+            ago(now, d.last_seen),
+            d.last_error
+                .as_deref()
+                .map_or(String::new(), |e| e.chars().take(60).collect())
+        )?;
+    }
+    for u in &s.unreadable {
+        writeln!(out, "unreadable status on {}: {}", u.topic, u.error)?;
+    }
+    writeln!(out, "{} devices", s.devices.len())?;
+    Ok(())
+}
+
+/// `ferry fleet audit`.
+pub fn fleet_audit(a: &ferry_fleet::admin::DeviceAudit, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(a);
+    }
+    let mut out = io::stdout().lock();
+    for r in &a.entries {
+        let e = &r.entry;
+        writeln!(
+            out,
+            "{:>6}  {}  {:<20} {:<18} gen {:<5} {}",
+            e.seq,
+            time(e.time_ms),
+            e.event,
+            e.actor,
+            e.generation.map_or("-".into(), |g| g.to_string()),
+            e.details
+        )?;
+    }
+    match (&a.error, a.entries.first(), a.entries.last()) {
+        (Some(err), _, _) => writeln!(out, "chain NOT verified: {err}")?,
+        (None, Some(first), Some(last)) => writeln!(
+            out,
+            "chain verified: {} entries reported by {} (seq {} to {})",
+            a.entries.len(),
+            a.device,
+            first.entry.seq,
+            last.entry.seq
+        )?,
+        _ => writeln!(out, "no entries reported by {}", a.device)?,
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -24,6 +24,8 @@ pub struct Shared {
     pub reconcile_started: Option<Instant>,
     pub metrics: Metrics,
     pub fetched_bytes: u64,
+    /// What the last reconcile did (the fleet status's health).
+    pub last_outcome: Option<ferry_core::agent::ReconcileResult>,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -140,6 +140,61 @@ impl Engine {
         Ok(t)
     }
 
+    /// The most bytes of audit entries in one fleet report page (one entry
+    /// more when a single entry is larger).
+    pub const FLEET_PAGE_BYTES: usize = 512 * 1024;
+
+    /// What the fleet channel reports: the current generation, the
+    /// firmware slots, and at most `limit` audit entries after `after`,
+    /// each with its chain hash and its predecessor's.
+    pub fn fleet_report(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<ferry_fleet::message::ReportPage> {
+        use ferry_fleet::message::{ReportPage, ReportedEntry, StateView};
+        let current = match self.db.current_generation()? {
+            Some(n) => self.db.generation(n)?,
+            None => None,
+        };
+        // A boot environment that cannot be read is reported as its error.
+        let firmware = match self.firmware_status() {
+            Ok(fw) => fw.and_then(|f| serde_json::to_value(f).ok()),
+            Err(e) => Some(json!({"error": e.to_string()})),
+        };
+        let (rows, prev) = self.db.audit_after(after, limit)?;
+        let mut prev = prev.unwrap_or_else(|| Sha256::ZERO.to_hex());
+        // A page stays far below what the agent reads of a report (1 MiB):
+        // entries past FLEET_PAGE_BYTES wait for the next page.
+        let mut bytes = 0usize;
+        let entries = rows
+            .into_iter()
+            .map(|(entry, hash)| {
+                let prev_hash = std::mem::replace(&mut prev, hash.clone());
+                ReportedEntry {
+                    entry,
+                    hash,
+                    prev_hash,
+                }
+            })
+            .take_while(|e| {
+                let first = bytes == 0;
+                bytes += serde_json::to_vec(e).map_or(0, |v| v.len()).max(1);
+                first || bytes <= Self::FLEET_PAGE_BYTES
+            })
+            .collect();
+        Ok(ReportPage {
+            state: StateView {
+                generation: current.as_ref().map(|g| g.id),
+                revision: current.as_ref().map(|g| g.revision.clone()),
+                generation_time_ms: current.as_ref().map(|g| g.created_ms),
+                firmware,
+                audit_head: self.db.audit_head()?.map_or(0, |(s, _)| s),
+            },
+            entries,
+        })
+    }
+
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
         Ok(self
             .db

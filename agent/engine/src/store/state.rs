@@ -1020,23 +1020,56 @@ impl Db {
             .prepare("SELECT seq, time_ms, generation, event, actor, details, hash FROM audit ORDER BY seq")
             .map_err(self.err())?;
         let rows = stmt
-            .query_map([], |r| {
-                let details: String = r.get(5)?;
-                let entry = AuditEntry {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    time_ms: r.get(1)?,
-                    generation: r.get::<_, Option<i64>>(2)?.map(|g| g as u64),
-                    event: r.get(3)?,
-                    actor: r.get(4)?,
-                    // Unparseable details cannot match the hash: keep them as a
-                    // string so verification names this entry.
-                    details: serde_json::from_str(&details).unwrap_or(Value::String(details)),
-                };
-                Ok((entry, r.get::<_, String>(6)?))
-            })
+            .query_map([], audit_row)
             .and_then(|rows| rows.collect())
             .map_err(self.err())?;
         Ok(rows)
+    }
+
+    /// At most `limit` audit entries after `after`, oldest first, with
+    /// their stored hashes, and the chain hash the first one follows (its
+    /// predecessor's, the pruning checkpoint's, or zero for entry 1).
+    pub fn audit_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<AuditRow>, Option<String>), StateError> {
+        let rows = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT seq, time_ms, generation, event, actor, details, hash FROM audit
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(self.err())?;
+            stmt.query_map(params![after as i64, limit as i64], audit_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(self.err())?
+        };
+        let Some(first) = rows.first().map(|(e, _)| e.seq) else {
+            return Ok((rows, None));
+        };
+        let prev = if first == 1 {
+            Some(ferry_core::digest::Sha256::ZERO.to_hex())
+        } else {
+            let stored: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT hash FROM audit WHERE seq = ?1",
+                    [(first - 1) as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(self.err())?;
+            match stored {
+                Some(h) => Some(h),
+                None => self
+                    .audit_base()?
+                    .filter(|(seq, _)| *seq == first - 1)
+                    .map(|(_, h)| h),
+            }
+        };
+        Ok((rows, prev))
     }
 
     /// The checkpoint of a pruned audit prefix: seq and chain hash of the
@@ -1141,6 +1174,25 @@ impl Db {
         let hash = self.meta_get("audit_head_hash")?;
         Ok(seq.zip(hash))
     }
+}
+
+/// An audit entry with its stored chain hash (hex).
+pub type AuditRow = (AuditEntry, String);
+
+/// An audit row (`seq, time_ms, generation, event, actor, details, hash`).
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    let details: String = r.get(5)?;
+    let entry = AuditEntry {
+        seq: r.get::<_, i64>(0)? as u64,
+        time_ms: r.get(1)?,
+        generation: r.get::<_, Option<i64>>(2)?.map(|g| g as u64),
+        event: r.get(3)?,
+        actor: r.get(4)?,
+        // Unparseable details cannot match the hash: keep them as a
+        // string so verification names this entry.
+        details: serde_json::from_str(&details).unwrap_or(Value::String(details)),
+    };
+    Ok((entry, r.get::<_, String>(6)?))
 }
 
 fn meta_set(tx: &Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<()> {
