@@ -323,6 +323,37 @@ fn a_push_nudges_the_device_at_once_and_forged_nudges_cost_one_poll() {
     );
     assert_eq!(fx.generation_ids(), gens, "nothing applied");
 
+    // An oversized message on the device's nudge topic: the agent refuses
+    // the packet (its limit is 256 KiB), reconnects, and nudges work again.
+    let big = fx.dir.path().join("big-nudge");
+    fs::write(&big, "n".repeat(300 * 1024)).unwrap();
+    assert!(
+        mosquitto_pub(
+            mq.port,
+            &["-t", "ferry/nudge/device/gw1", "-f", big.to_str().unwrap()]
+        )
+        .status
+        .success()
+    );
+    wait_for("the reconnection", Duration::from_secs(15), || {
+        let t = metrics(mport);
+        metric(&t, "ferry_fleet_connections_total", "") == 2
+            && metric(&t, "ferry_fleet_connected", "") == 1
+    });
+    std::thread::sleep(Duration::from_millis(2100));
+    let before = reconciles(mport);
+    assert!(
+        mosquitto_pub(mq.port, &["-t", "ferry/nudge/all", "-m", "x"])
+            .status
+            .success()
+    );
+    wait_for(
+        "a nudge after the reconnection",
+        Duration::from_secs(10),
+        || reconciles(mport) == before + 1,
+    );
+    assert_eq!(fx.generation_ids(), gens, "nothing applied");
+
     // The fleet sees the device on the pushed commit.
     let status = fleet_json(&["status", "--mqtt", &mq.url(), "--json"]);
     let dev = &status["devices"][0];

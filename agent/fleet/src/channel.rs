@@ -148,17 +148,19 @@ impl Channel {
 }
 
 /// The newest acknowledged seq (0 when the file is missing or unreadable:
-/// everything is reported again, on the same retained topics).
+/// everything is reported again, on the same retained topics). A symlink
+/// or anything but a regular file there is not followed.
 pub fn read_cursor(path: &Path) -> u64 {
     use std::io::Read as _;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return 0;
+    };
+    let Ok(Some((file, _))) = ferry_fs::Dir::open(dir).and_then(|d| d.open_file(name)) else {
+        return 0;
+    };
     let mut text = String::new();
-    match std::fs::File::open(path) {
-        Ok(f) => {
-            let _ = f.take(32).read_to_string(&mut text);
-            text.trim().parse().unwrap_or(0)
-        }
-        Err(_) => 0,
-    }
+    let _ = file.take(32).read_to_string(&mut text);
+    text.trim().parse().unwrap_or(0)
 }
 
 fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
@@ -459,5 +461,33 @@ impl Task {
             unacked: n,
             full: n == self.options.page,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_survives_garbage_and_does_not_follow_symlinks() {
+        let dir = std::env::temp_dir().join(format!("ferry-fleet-cursor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cursor = dir.join("fleet-reported");
+        assert_eq!(read_cursor(&cursor), 0, "absent");
+        write_cursor(&cursor, 41).unwrap();
+        assert_eq!(read_cursor(&cursor), 41);
+        std::fs::write(&cursor, "x".repeat(1 << 20)).unwrap();
+        assert_eq!(read_cursor(&cursor), 0, "garbage");
+        // A planted symlink to another number is not followed…
+        let other = dir.join("other");
+        std::fs::write(&other, "999\n").unwrap();
+        std::fs::remove_file(&cursor).unwrap();
+        std::os::unix::fs::symlink(&other, &cursor).unwrap();
+        assert_eq!(read_cursor(&cursor), 0);
+        // …and is replaced, not written through.
+        write_cursor(&cursor, 42).unwrap();
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), "999\n");
+        assert_eq!(read_cursor(&cursor), 42);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("control", control),
     ("chunk_index", chunk_index),
     ("chunk", chunk),
+    ("fleet", fleet),
 ];
 
 /// Runs target `name` on `data`; `false` if there is no such target.
@@ -187,5 +188,34 @@ pub fn main_for(name: &str) {
         .is_ok()
     {
         run(name, &data);
+    }
+}
+
+/// What a fleet broker hands `ferry fleet status|audit`: retained messages
+/// (split at 0x1E). The first byte picks the view: even, device statuses;
+/// odd, one device's audit entries on topics `…/audit/1`, `…/audit/2`, …
+/// (sorted and their chain checked).
+pub fn fleet(data: &[u8]) {
+    let Some((pick, rest)) = data.split_first() else {
+        return;
+    };
+    let messages: Vec<(String, Vec<u8>)> = rest
+        .split(|b| *b == 0x1e)
+        .enumerate()
+        .map(|(i, m)| (format!("ferry/device/gw/audit/{}", i + 1), m.to_vec()))
+        .collect();
+    if pick % 2 == 0 {
+        let messages = messages
+            .into_iter()
+            .map(|(_, m)| ("ferry/device/gw/status".to_owned(), m))
+            .collect();
+        let _ = ferry_fleet::admin::fleet_status(
+            messages,
+            None,
+            std::time::Duration::from_secs(900),
+            1,
+        );
+    } else {
+        let _ = ferry_fleet::admin::device_audit("ferry", "gw", messages);
     }
 }
