@@ -12,6 +12,8 @@ mod common;
 mod gitrepo;
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
+#[path = "support/nginx.rs"]
+mod nginx;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -792,5 +794,64 @@ fn over_tls_the_shipped_acl_keeps_each_device_to_its_own_topics() {
         stderr(&out).contains("fleet broker mqtts://127.0.0.1"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn an_idle_agent_polls_nginx_with_one_small_conditional_request() {
+    let d = Device::new(&[]);
+    d.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
+    let web = nginx::Nginx::serve(&d.repo.dir);
+    let port = free_port();
+    let sock = d.fx.dir.path().join("ferry.sock");
+    fs::write(
+        &d.fx.config,
+        format!(
+            "state_dir = {:?}\n[source]\nkind = \"tuf\"\n[source.tuf]\n\
+             metadata_url = \"{url}/metadata\"\ntargets_url = \"{url}/targets\"\nroot = {:?}\n\
+             [files]\nroot = {:?}\n[agent]\npoll_interval = \"100ms\"\njitter = \"0s\"\n\
+             control_socket = {sock:?}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            d.fx.state,
+            d.repo.root_v1(),
+            d.fx.root,
+            url = web.url()
+        ),
+    )
+    .unwrap();
+    let _agent = Agent::start(&d.fx.config);
+    let conf = d.fx.root.join("etc/app.conf");
+    wait_for("v1", Duration::from_secs(30), || {
+        fs::read_to_string(&conf).is_ok_and(|c| c == "v1\n")
+    });
+    let unchanged = || metric(&metrics(port), "ferry_unchanged_polls_total", "");
+    wait_for("a conditional poll", Duration::from_secs(10), || {
+        unchanged() >= 1
+    });
+    let settled = web.requests().len();
+    wait_for("20 idle polls", Duration::from_secs(30), || {
+        unchanged() >= 21
+    });
+    // Every idle poll: one request for timestamp.json, answered 304, well
+    // under 1 KiB both ways; no reconcile process fetched anything.
+    let idle: Vec<_> = web.requests()[settled..].to_vec();
+    assert!(idle.len() >= 20, "{idle:?}");
+    for r in &idle[..20] {
+        assert_eq!(
+            (r.uri.as_str(), r.status),
+            ("/metadata/timestamp.json", 304),
+            "{idle:?}"
+        );
+        assert!(r.sent + r.received < 1024, "{r:?}");
+    }
+    // A release is seen at the next poll.
+    d.publish(&[file("/etc/app.conf", "v2\n", "0644")]);
+    wait_for("v2", Duration::from_secs(30), || {
+        fs::read_to_string(&conf).is_ok_and(|c| c == "v2\n")
+    });
+    let text = metrics(port);
+    assert_eq!(
+        metric(&text, "ferry_reconciles_total", "failed"),
+        0,
+        "{text}"
     );
 }

@@ -59,6 +59,8 @@ struct Worker {
     reconciled: Arc<tokio::sync::Notify>,
     /// Told after every reconcile, so the fleet channel reports.
     fleet: Option<ferry_fleet::channel::Channel>,
+    /// The conditional poll (TUF over HTTP(S)).
+    probe: Option<crate::probe::Probe>,
 }
 
 /// Writes the configuration the agent accepted where its reconcile
@@ -94,6 +96,7 @@ impl Worker {
                 match write_agent_config(&c, &text) {
                     Ok(path) => {
                         tracing::info!("configuration reloaded");
+                        self.probe = crate::probe::Probe::for_config(&c);
                         self.config = c;
                         self.config_file = path;
                         self.shared
@@ -178,6 +181,33 @@ impl Worker {
         report
     }
 
+    /// One poll: a conditional request when the source allows it and the
+    /// poll is not `forced`, then (unless the repository is unchanged) a
+    /// reconcile.
+    fn poll(&mut self, forced: bool) -> Report {
+        if !forced && self.probe.as_mut().is_some_and(|p| p.unchanged()) {
+            let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            s.metrics.unchanged_polls += 1;
+            return Report {
+                result: ReconcileResult::NoChange,
+                text: "no changes (timestamp.json not modified)".into(),
+                activation_error: false,
+                generation: s.agent.generation,
+                revision: s.agent.revision.clone(),
+                fetched_bytes: 0,
+            };
+        }
+        if forced && let Some(p) = &mut self.probe {
+            // Whatever the probe saw before does not describe this reconcile.
+            p.reconciled(false);
+        }
+        let report = self.reconcile();
+        if let Some(p) = &mut self.probe {
+            p.reconciled(report.result == ReconcileResult::NoChange);
+        }
+        report
+    }
+
     fn reconcile_timeout(&self) -> Duration {
         self.config
             .agent
@@ -194,18 +224,22 @@ impl Worker {
                 s.agent.next_poll = Some(unix_now() + delay.as_secs());
                 s.agent.state = "idle".into();
             }
-            match rx.recv_timeout(delay) {
+            let forced = match rx.recv_timeout(delay) {
                 Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Ok(Msg::Reload) => self.reload(),
-                Ok(Msg::Now) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
+                Ok(Msg::Reload) => {
+                    self.reload();
+                    true
+                }
+                Ok(Msg::Now) => true,
+                Ok(Msg::Nudge) | Err(mpsc::RecvTimeoutError::Timeout) => false,
+            };
             {
                 let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
                 s.agent.state = "reconciling".into();
                 s.reconcile_started = Some(Instant::now());
             }
             notify::status("reconciling");
-            let report = self.reconcile();
+            let report = self.poll(forced);
             self.shared
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -302,6 +336,7 @@ pub fn run(args: &Cli) -> Result<Code> {
         shared: shared.clone(),
         reconciled: reconciled.clone(),
         fleet: None,
+        probe: crate::probe::Probe::for_config(&config),
     };
     // Finish or undo an interrupted transition before anything else.
     let recovered = worker

@@ -31,7 +31,7 @@ struct AgentHost {
 impl Host for AgentHost {
     fn poll_now(&self) {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = tx.send(Msg::Now);
+        let _ = tx.send(Msg::Nudge);
     }
 
     fn read(&self, after: u64, limit: usize) -> Result<ReportPage, String> {

@@ -19,6 +19,7 @@ mod logging;
 mod metrics;
 mod notify;
 mod output;
+mod probe;
 mod reconcile;
 mod rules;
 mod rules_agent;

@@ -70,6 +70,12 @@ pub fn text(
     );
     counter(
         &mut registry,
+        "ferry_unchanged_polls",
+        "Polls a 304 Not Modified for timestamp.json ended without a reconcile (also counted as no_change reconciles).",
+        s.metrics.unchanged_polls,
+    );
+    counter(
+        &mut registry,
         "ferry_activation_errors",
         "Reconciles that failed in an activator.",
         s.metrics.activation_errors,

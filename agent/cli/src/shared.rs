@@ -6,8 +6,10 @@ use std::time::Instant;
 /// Messages to the worker.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// Reconcile now (`ferry apply --now`).
+    /// Reconcile now (`ferry apply --now`): a full reconcile.
     Now,
+    /// A fleet nudge: poll now (a conditional poll may end it early).
+    Nudge,
     /// Reload the configuration, then reconcile (SIGHUP).
     Reload,
     /// Finish and exit (SIGTERM, SIGINT).
@@ -34,6 +36,8 @@ pub struct Metrics {
     pub last_success: Option<u64>,
     pub rollbacks: u64,
     pub activation_errors: u64,
+    /// Polls a `304 Not Modified` ended without a reconcile process.
+    pub unchanged_polls: u64,
 }
 
 impl Shared {

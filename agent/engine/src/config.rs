@@ -327,6 +327,13 @@ pub struct AgentConfig {
     /// reconcile that leaves the device settled: a gateway's storage is small,
     /// and every firmware image would otherwise stay in the store.
     pub gc: bool,
+    /// TUF over HTTP(S): before a poll, the agent asks for `timestamp.json`
+    /// with the validators (ETag, Last-Modified) of the one its last
+    /// settled reconcile saw; on `304 Not Modified` it skips the poll.
+    pub conditional_poll: bool,
+    /// With `conditional_poll`: a full reconcile at least this often
+    /// anyway (expiry, clock and root checks run there).
+    pub full_poll_interval: String,
 }
 
 impl Default for AgentConfig {
@@ -343,6 +350,8 @@ impl Default for AgentConfig {
             policy: "ferry/policy.toml".into(),
             machine_id_file: PathBuf::from("/etc/machine-id"),
             gc: true,
+            conditional_poll: true,
+            full_poll_interval: "1h".into(),
         }
     }
 }
@@ -357,6 +366,7 @@ pub struct AgentTimes {
     pub health_timeout: std::time::Duration,
     pub health_interval: std::time::Duration,
     pub reconcile_timeout: std::time::Duration,
+    pub full_poll_interval: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -375,6 +385,7 @@ impl AgentConfig {
             health_timeout: d("agent.health_timeout", &self.health_timeout)?,
             health_interval: d("agent.health_interval", &self.health_interval)?,
             reconcile_timeout: d("agent.reconcile_timeout", &self.reconcile_timeout)?,
+            full_poll_interval: d("agent.full_poll_interval", &self.full_poll_interval)?,
         };
         if t.reconcile_timeout <= t.health_timeout {
             return Err(ConfigError::Invalid {
