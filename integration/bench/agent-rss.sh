@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # `ferry run` against a TUF repository on loopback (20 file targets), polling
 # as fast as it can: resident memory after 100 no-change polls and after
-# POLLS, and CPU per no-change poll (from /proc, between the two).
+# POLLS, and CPU per no-change poll (from /proc, between the two; the agent
+# and its reconcile processes). Twice: with the conditional poll (the
+# default: one If-Modified-Since request for timestamp.json, 304, no
+# process) and with `agent.conditional_poll = false` (a reconcile process
+# per poll).
 #
 #   integration/bench/agent-rss.sh [POLLS]        (default 10000)
 #
-# Goals: idle RSS <= 10 MiB; no growth over 10,000 polls.
+# Goals: idle RSS <= 6 MiB and <= 2 ms CPU per no-change poll; no growth.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 polls=${1:-10000}
@@ -14,6 +18,7 @@ ferry=$PWD/target/release/ferry
 source integration/bench/lib.sh
 bench_venv
 work=$(mktemp -d)
+agent=
 trap 'kill $agent $server 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/root"
 bench_repo20 "$work"
@@ -23,26 +28,6 @@ mport=$(free_port)
 python3 -m http.server "$port" --bind 127.0.0.1 --directory "$work/tuf" >/dev/null 2>&1 &
 server=$!
 wait_http "http://127.0.0.1:$port/metadata/timestamp.json"
-
-cat > "$work/ferry.toml" <<TOML
-state_dir = "$work/state"
-[source]
-kind = "tuf"
-[source.tuf]
-metadata_url = "http://127.0.0.1:$port/metadata"
-targets_url = "http://127.0.0.1:$port/targets"
-root = "$work/tuf/metadata/1.root.json"
-[files]
-root = "$work/root"
-[agent]
-poll_interval = "1ms"
-jitter = "0s"
-control_socket = "$work/ferry.sock"
-[metrics]
-listen = "127.0.0.1:$mport"
-TOML
-"$ferry" --config "$work/ferry.toml" run 2>"$work/agent.log" &
-agent=$!
 
 polls_done() {
     curl -sf "http://127.0.0.1:$mport/metrics" | awk '/^ferry_reconciles_total/ {n += $2} END {print n + 0}'
@@ -56,18 +41,50 @@ wait_polls() {
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$agent/status"; }
 cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$agent/stat"; }
 
-wait_polls 100
-rss100=$(rss_kib); cpu100=$(cpu_ticks); n100=$(polls_done)
-wait_polls "$polls"
-rssN=$(rss_kib); cpuN=$(cpu_ticks); nN=$(polls_done)
-hz=$(getconf CLK_TCK)
-failed=$(curl -sf "http://127.0.0.1:$mport/metrics" | awk -F' ' '/result="failed"/ {print $2}')
-python3 - "$rss100" "$rssN" "$cpu100" "$cpuN" "$n100" "$nN" "$hz" "$failed" <<'PY'
+# measure CONDITIONAL: one agent run of $polls polls.
+measure() {
+    rm -rf "$work/state" "$work/root" && mkdir -p "$work/root"
+    cat > "$work/ferry.toml" <<TOML
+state_dir = "$work/state"
+[source]
+kind = "tuf"
+[source.tuf]
+metadata_url = "http://127.0.0.1:$port/metadata"
+targets_url = "http://127.0.0.1:$port/targets"
+root = "$work/tuf/metadata/1.root.json"
+[files]
+root = "$work/root"
+[agent]
+poll_interval = "1ms"
+jitter = "0s"
+control_socket = "$work/ferry.sock"
+conditional_poll = $1
+[metrics]
+listen = "127.0.0.1:$mport"
+TOML
+    "$ferry" --config "$work/ferry.toml" run 2>"$work/agent.log" &
+    agent=$!
+    wait_polls 100
+    rss100=$(rss_kib); cpu100=$(cpu_ticks); n100=$(polls_done)
+    wait_polls "$polls"
+    rssN=$(rss_kib); cpuN=$(cpu_ticks); nN=$(polls_done)
+    local metrics
+    metrics=$(curl -sf "http://127.0.0.1:$mport/metrics")
+    failed=$(echo "$metrics" | awk -F' ' '/result="failed"/ {print $2}')
+    unchanged=$(echo "$metrics" | awk '/^ferry_unchanged_polls_total/ {print $2}')
+    kill "$agent"; wait "$agent" 2>/dev/null || true
+    python3 - "$1" "$rss100" "$rssN" "$cpu100" "$cpuN" "$n100" "$nN" "$(getconf CLK_TCK)" "$failed" "$unchanged" <<'PY'
 import sys
-r100, rN, c100, cN, n100, nN, hz, failed = map(float, sys.argv[1:])
-print(f"ferry run, TUF repository on loopback, 20 resources, polls back to back")
-print(f"RSS after {n100:.0f} polls     : {r100 / 1024:6.1f} MiB   (goal <= 10 MiB)")
-print(f"RSS after {nN:.0f} polls   : {rN / 1024:6.1f} MiB   (growth {(rN - r100) / 1024:+.1f} MiB; goal: none)")
-print(f"CPU per no-change poll : {(cN - c100) / hz / (nN - n100) * 1000:6.2f} ms")
-print(f"failed polls           : {failed:.0f}")
+mode = sys.argv[1]
+r100, rN, c100, cN, n100, nN, hz, failed, unchanged = map(float, sys.argv[2:])
+what = "conditional poll (304, no process)" if mode == "true" else "a reconcile process per poll"
+print(f"ferry run, TUF repository on loopback, 20 resources, polls back to back: {what}")
+print(f"  RSS after {n100:.0f} polls     : {r100 / 1024:6.1f} MiB   (goal <= 6 MiB)")
+print(f"  RSS after {nN:.0f} polls   : {rN / 1024:6.1f} MiB   (growth {(rN - r100) / 1024:+.1f} MiB; goal: none)")
+print(f"  CPU per no-change poll : {(cN - c100) / hz / (nN - n100) * 1000:6.2f} ms   (goal <= 2 ms)")
+print(f"  polls ended by a 304   : {unchanged:.0f}; failed polls: {failed:.0f}")
 PY
+}
+
+measure true
+measure false
