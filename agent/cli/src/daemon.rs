@@ -183,12 +183,12 @@ impl Worker {
 
     /// One poll: a conditional request when the source allows it and the
     /// poll is not `forced`, then (unless the repository is unchanged) a
-    /// reconcile.
-    fn poll(&mut self, forced: bool) -> Report {
+    /// reconcile. The flag: whether a reconcile ran.
+    fn poll(&mut self, forced: bool) -> (Report, bool) {
         if !forced && self.probe.as_mut().is_some_and(|p| p.unchanged()) {
             let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
             s.metrics.unchanged_polls += 1;
-            return Report {
+            let report = Report {
                 result: ReconcileResult::NoChange,
                 text: "no changes (timestamp.json not modified)".into(),
                 activation_error: false,
@@ -196,6 +196,7 @@ impl Worker {
                 revision: s.agent.revision.clone(),
                 fetched_bytes: 0,
             };
+            return (report, false);
         }
         if forced && let Some(p) = &mut self.probe {
             // Whatever the probe saw before does not describe this reconcile.
@@ -205,7 +206,7 @@ impl Worker {
         if let Some(p) = &mut self.probe {
             p.reconciled(report.result == ReconcileResult::NoChange);
         }
-        report
+        (report, true)
     }
 
     fn reconcile_timeout(&self) -> Duration {
@@ -239,7 +240,7 @@ impl Worker {
                 s.reconcile_started = Some(Instant::now());
             }
             notify::status("reconciling");
-            let report = self.poll(forced);
+            let (report, reconciled) = self.poll(forced);
             self.shared
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -271,7 +272,10 @@ impl Worker {
                 s.agent.state = "idle".into();
                 (result, text)
             };
-            if let Some(f) = &self.fleet {
+            // A poll a 304 ended changed nothing the fleet has not seen.
+            if let Some(f) = &self.fleet
+                && reconciled
+            {
                 f.changed();
             }
             match result {

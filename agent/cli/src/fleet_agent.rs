@@ -26,15 +26,29 @@ struct AgentHost {
     shared: Arc<Mutex<Shared>>,
     /// `ferry --config … fleet report` (the rest of the arguments added per call).
     report: Box<dyn Fn() -> std::process::Command + Send + Sync>,
+    state_dir: PathBuf,
+    /// The last report and what it was read from: while the state
+    /// database is unchanged, the same question has the same answer and no
+    /// process is started for it.
+    cache: Mutex<Option<(Stamp, ReportPage)>>,
 }
 
-impl Host for AgentHost {
-    fn poll_now(&self) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = tx.send(Msg::Nudge);
+/// The question and the state database's files as they were when it was
+/// answered (size and modification time of `state.db` and its WAL).
+type Stamp = (u64, usize, [(u64, i64, i64); 2]);
+
+impl AgentHost {
+    fn stamp(&self, after: u64, limit: usize) -> Stamp {
+        use std::os::unix::fs::MetadataExt as _;
+        let file = |name: &str| {
+            std::fs::metadata(self.state_dir.join(name))
+                .map_or((0, 0, 0), |m| (m.size(), m.mtime(), m.mtime_nsec()))
+        };
+        (after, limit, [file("state.db"), file("state.db-wal")])
     }
 
-    fn read(&self, after: u64, limit: usize) -> Result<ReportPage, String> {
+    /// `ferry fleet report` in a child process.
+    fn read_child(&self, after: u64, limit: usize) -> Result<ReportPage, String> {
         let mut cmd = (self.report)();
         cmd.args(["fleet", "report", "--after"])
             .arg(after.to_string())
@@ -56,6 +70,25 @@ impl Host for AgentHost {
             .rfind(|l| !l.is_empty())
             .unwrap_or_default();
         serde_json::from_slice(line).map_err(|e| format!("ferry fleet report: {e}"))
+    }
+}
+
+impl Host for AgentHost {
+    fn poll_now(&self) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = tx.send(Msg::Nudge);
+    }
+
+    fn read(&self, after: u64, limit: usize) -> Result<ReportPage, String> {
+        let stamp = self.stamp(after, limit);
+        if let Some((s, page)) = &*self.cache.lock().unwrap_or_else(|p| p.into_inner())
+            && *s == stamp
+        {
+            return Ok(page.clone());
+        }
+        let page = self.read_child(after, limit)?;
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((stamp, page.clone()));
+        Ok(page)
     }
 
     fn agent(&self) -> AgentView {
@@ -123,6 +156,8 @@ pub fn start(
         tx: Mutex::new(tx),
         shared,
         report,
+        state_dir: config.state_dir.clone(),
+        cache: Mutex::new(None),
     };
     let channel = Channel::start(options, Arc::new(host)).context("starting the fleet channel")?;
     tracing::info!(broker = %url, device = %device, "fleet channel started");
