@@ -363,6 +363,7 @@ fn a_push_nudges_the_device_at_once_and_forged_nudges_cost_one_poll() {
     assert_eq!(dev["group"], "line-3");
     assert_eq!(dev["health"], "ok");
     assert_eq!(dev["standing"], "ok");
+    assert_eq!(dev["online"], true);
     assert!(
         dev["revision"].as_str().unwrap().contains(&second[..12]),
         "{dev:#}"

@@ -557,20 +557,25 @@ pub fn fleet_status(s: &ferry_fleet::admin::FleetStatus, now: u64, as_json: bool
     )?;
     writeln!(
         out,
-        "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<10} LAST ERROR",
-        "DEVICE", "STANDING", "REVISION", "GEN", "HEALTH", "LAST SEEN"
+        "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<7} {:<10} LAST ERROR",
+        "DEVICE", "STANDING", "REVISION", "GEN", "HEALTH", "ONLINE", "LAST SEEN"
     )?;
     for r in &s.devices {
         let d = &r.status;
         let standing = serde_json::to_value(r.standing)?;
         writeln!(
             out,
-            "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<10} {}",
+            "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<7} {:<10} {}",
             d.device,
             standing.as_str().unwrap_or(""),
             d.revision.as_deref().unwrap_or("-"),
             d.generation.map_or("-".into(), |g| g.to_string()),
             d.health.as_str(),
+            match r.online {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            },
             ago(now, d.last_seen),
             d.last_error
                 .as_deref()

@@ -97,6 +97,9 @@ pub enum Standing {
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub standing: Standing,
+    /// The device's `online` topic: connected now (its last will clears
+    /// it), if it says.
+    pub online: Option<bool>,
     #[serde(flatten)]
     pub status: DeviceStatus,
 }
@@ -128,9 +131,20 @@ pub fn fleet_status(
 ) -> FleetStatus {
     let mut statuses = Vec::new();
     let mut unreadable = Vec::new();
+    let mut online = std::collections::BTreeMap::new();
     for (topic, payload) in messages {
         if payload.is_empty() {
             continue; // a cleared retained message
+        }
+        if let Some(device) = topic
+            .strip_suffix("/online")
+            .and_then(|t| t.rsplit('/').next())
+        {
+            online.insert(device.to_owned(), payload == b"1");
+            continue;
+        }
+        if !topic.ends_with("/status") {
+            continue;
         }
         match serde_json::from_slice::<DeviceStatus>(&payload) {
             Ok(s) => statuses.push(s),
@@ -159,7 +173,11 @@ pub fn fleet_status(
             } else {
                 Standing::Ok
             };
-            Row { standing, status }
+            Row {
+                standing,
+                online: online.get(&status.device).copied(),
+                status,
+            }
         })
         .collect();
     devices.sort_by(|a, b| {
@@ -266,6 +284,9 @@ mod tests {
             status("d-stale", "r2", 2, now - 3600, Health::Ok),
             ("ferry/device/x/status".into(), b"{not json".to_vec()),
             ("ferry/device/y/status".into(), Vec::new()),
+            ("ferry/device/a-ok/online".into(), b"1".to_vec()),
+            ("ferry/device/d-stale/online".into(), b"0".to_vec()),
+            ("ferry/device/a-ok/other".into(), b"{not json".to_vec()),
         ];
         let s = fleet_status(msgs, None, Duration::from_secs(300), now);
         assert_eq!(s.target.as_deref(), Some("r2"));
@@ -284,6 +305,8 @@ mod tests {
             ]
         );
         assert_eq!(s.unreadable.len(), 1);
+        let online: Vec<_> = s.devices.iter().map(|r| r.online).collect();
+        assert_eq!(online, [None, None, Some(false), Some(true)]);
         assert_eq!(s.unreadable[0].topic, "ferry/device/x/status");
         // Asked for r1: the others lag.
         let s = fleet_status(

@@ -118,9 +118,10 @@ pub fn status_topic(prefix: &str, device: &str) -> String {
     format!("{prefix}/device/{device}/status")
 }
 
-/// The filter matching every device's status.
+/// The filter matching every device's status and online topics (not its
+/// audit entries: they are a level deeper).
 pub fn all_status(prefix: &str) -> String {
-    format!("{prefix}/device/+/status")
+    format!("{prefix}/device/+/+")
 }
 
 /// The filter matching one device's reported audit entries.
