@@ -439,6 +439,7 @@ pub fn run(args: &Cli) -> Result<Code> {
             });
         }
         notify::send("READY=1\nSTATUS=started");
+        crate::memory::trim_code();
         tracing::info!(pid = std::process::id(), "agent started");
         handle = Some(
             std::thread::Builder::new()
