@@ -21,6 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ferry-delta", &["ferry-core"]),
     ("ferry-fleet", &["ferry-core", "ferry-fs"]),
     ("ferry-rules", &["ferry-core"]),
+    ("ferry-ingest", &["ferry-core", "ferry-rules"]),
     ("ferry-wasm", &["ferry-core", "ferry-fs"]),
     (
         "ferry-engine",
@@ -34,6 +35,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "ferry-delta",
             "ferry-fleet",
             "ferry-rules",
+            "ferry-ingest",
             "ferry-wasm",
         ],
     ),

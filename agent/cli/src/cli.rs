@@ -550,8 +550,9 @@ pub enum RulesAction {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// Run rule files in the foreground on live events (MQTT and/or a local
-    /// JSON-lines socket) until interrupted; actions go to MQTT and the log.
+    /// Run rule files in the foreground on live events (MQTT, a local
+    /// JSON-lines socket, CoAP, Modbus TCP) until interrupted; actions go to
+    /// MQTT, Modbus devices and the log.
     Run {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -567,6 +568,22 @@ pub enum RulesAction {
         /// Also publish alerts (as JSON) to this MQTT topic.
         #[arg(long, value_name = "TOPIC")]
         alert_topic: Option<String>,
+        /// Serve CoAP on this UDP address (IP:PORT; port 0 picks one, printed
+        /// on stderr): POST/PUT to /a/b become events on topic coap/a/b.
+        #[arg(long, value_name = "ADDR")]
+        coap: Option<String>,
+        /// Largest CoAP request payload, assembled from blocks if need be.
+        #[arg(long, value_name = "BYTES", default_value_t = 65536)]
+        coap_max_payload: usize,
+        /// Poll the Modbus TCP devices of this TOML file (`[[modbus]]`
+        /// tables, as `[[rules.modbus]]` in ferry.toml); rules may write
+        /// their `writable` registers.
+        #[arg(long, value_name = "FILE")]
+        modbus: Option<PathBuf>,
+        /// Events waiting for the rules at most (a CoAP request finding the
+        /// queue full is answered 5.03).
+        #[arg(long, value_name = "N", default_value_t = 4096)]
+        queue: usize,
         /// Print each action as a JSON line on stdout.
         #[arg(long)]
         print: bool,

@@ -357,7 +357,7 @@ pub fn run(args: &Cli) -> Result<Code> {
         let _socket = crate::control::serve(&config.agent.control_socket, shared.clone(), tx.clone())
             .await
             .with_context(|| format!("control socket {}", config.agent.control_socket.display()))?;
-        let rules = crate::rules_agent::start(&config, reconciled.clone())?;
+        let rules = crate::rules_agent::start(&config, reconciled.clone()).await?;
         if config.fleet.broker.is_some() {
             let facts = crate::setup::load_facts(args.facts.as_deref(), &config)?;
             let (exe, config_file, state_dir, log_level) = (

@@ -144,6 +144,8 @@ pub fn text(
         for (name, help, v) in stats {
             counter(&mut registry, name, help, v.load(Relaxed));
         }
+        let sources = ep.ingest.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        ingest_metrics(&mut registry, &sources);
     }
     if let Some(f) = fleet {
         let st = f.stats();
@@ -209,6 +211,72 @@ pub fn text(
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);
     out
+}
+
+/// The field sources' counters: CoAP by outcome, Modbus per device.
+fn ingest_metrics(registry: &mut Registry, sources: &ferry_ingest::Snapshot) {
+    if let Some(c) = &sources.coap {
+        let requests = Family::<Vec<(String, String)>, Counter>::default();
+        for (outcome, v) in [
+            ("queued", &c.events),
+            ("duplicate", &c.duplicates),
+            ("malformed", &c.malformed),
+            ("rejected", &c.rejected),
+            ("overloaded", &c.overloaded),
+            ("block", &c.blocks),
+        ] {
+            requests
+                .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+                .inc_by(v.load(Relaxed));
+        }
+        registry.register(
+            "ferry_coap_messages",
+            "CoAP messages by outcome: queued as an event, duplicate (answered again), malformed (dropped or reset), rejected (4.xx), overloaded (5.03, queue full), block (2.31 Continue).",
+            requests,
+        );
+    }
+    if sources.devices.is_empty() {
+        return;
+    }
+    type Get = fn(&ferry_ingest::modbus::DeviceStats) -> u64;
+    let families: [(&str, &str, Get); 5] = [
+        ("ferry_modbus_reads", "Register blocks read.", |s| {
+            s.reads.load(Relaxed)
+        }),
+        (
+            "ferry_modbus_failures",
+            "Failed Modbus requests and connections.",
+            |s| s.failures.load(Relaxed),
+        ),
+        ("ferry_modbus_writes", "Register writes attempted.", |s| {
+            s.writes.load(Relaxed)
+        }),
+        (
+            "ferry_modbus_write_errors",
+            "Register writes that failed.",
+            |s| s.write_errors.load(Relaxed),
+        ),
+        (
+            "ferry_modbus_outages",
+            "Times a device stopped answering (one alert each).",
+            |s| s.outages.load(Relaxed),
+        ),
+    ];
+    for (name, help, get) in families {
+        let family = Family::<Vec<(String, String)>, Counter>::default();
+        for (device, st) in &sources.devices {
+            family
+                .get_or_create(&vec![("device".to_owned(), device.clone())])
+                .inc_by(get(st));
+        }
+        registry.register(name, help, family);
+    }
+    let up = Family::<Vec<(String, String)>, prometheus_client::metrics::gauge::Gauge>::default();
+    for (device, st) in &sources.devices {
+        up.get_or_create(&vec![("device".to_owned(), device.clone())])
+            .set(i64::from(st.up.load(Relaxed)));
+    }
+    registry.register("ferry_modbus_up", "1 while the device answers.", up);
 }
 
 #[cfg(test)]

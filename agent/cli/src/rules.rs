@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use ferry_ingest::Ingest;
+use ferry_ingest::config::{CoapConfig, IngestConfig, ModbusDevice};
 use ferry_rules::runtime::{Loaded, MqttTarget, Options, Runtime};
 use ferry_rules::{Compiled, Envelope, Output};
 use serde_json::json;
@@ -23,12 +25,35 @@ pub fn run(action: RulesAction) -> Result<Code> {
             client_id,
             socket,
             alert_topic,
+            coap,
+            coap_max_payload,
+            modbus,
+            queue,
             print,
         } => {
+            let sources = IngestConfig {
+                coap: coap.map(|bind| CoapConfig {
+                    bind,
+                    max_payload: coap_max_payload,
+                }),
+                modbus: match &modbus {
+                    Some(path) => read_modbus(path)?,
+                    None => Vec::new(),
+                },
+            };
+            let plan = sources.plan("").map_err(|e| match &modbus {
+                Some(path) if e.key.starts_with("modbus") => {
+                    anyhow::anyhow!("{}: {e}", path.display())
+                }
+                _ => anyhow::anyhow!("--{e}"),
+            })?;
             let mut sets = Vec::new();
             for f in &files {
                 let (text, compiled) = read(f)?;
-                let compiled = match compiled {
+                let compiled = match compiled.and_then(|c| {
+                    c.check_writes(|d, r| plan.writable(d, r))?;
+                    Ok(c)
+                }) {
                     Ok(c) => c,
                     Err(e) => bail!("{}", e.render(&f.display().to_string(), &text).trim_end()),
                 };
@@ -47,9 +72,16 @@ pub fn run(action: RulesAction) -> Result<Code> {
                 socket,
                 alert_topic,
                 print_actions: print,
+                queue,
             };
-            if options.mqtt.is_none() && options.socket.is_none() {
-                bail!("no event input: give --mqtt URL and/or --socket PATH");
+            if options.mqtt.is_none()
+                && options.socket.is_none()
+                && plan.coap.is_none()
+                && plan.devices.is_empty()
+            {
+                bail!(
+                    "no event input: give --mqtt URL, --socket PATH, --coap ADDR and/or --modbus FILE"
+                );
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -59,7 +91,21 @@ pub fn run(action: RulesAction) -> Result<Code> {
                     label: "command line".into(),
                     sets,
                 };
-                let _engine = Runtime::start(options, loaded, None)?;
+                let engine = Runtime::start(options, loaded, None)?;
+                let mut ingest = Ingest::new(engine.sink(), crate::rules_agent::alerter(&engine));
+                engine.set_write_hook(ingest.writer());
+                ingest.apply(&plan).await.with_context(|| {
+                    format!(
+                        "--coap {}",
+                        plan.coap
+                            .as_ref()
+                            .map(|c| c.bind.to_string())
+                            .unwrap_or_default()
+                    )
+                })?;
+                if let Some(addr) = ingest.coap_addr() {
+                    eprintln!("coap: listening on {addr}");
+                }
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
                 tokio::select! {
@@ -71,6 +117,21 @@ pub fn run(action: RulesAction) -> Result<Code> {
             Ok(Code::Success)
         }
     }
+}
+
+/// The `[[modbus]]` devices of a `--modbus` file.
+fn read_modbus(path: &Path) -> Result<Vec<ModbusDevice>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        modbus: Vec<ModbusDevice>,
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 20).read_to_string(&mut text))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let file: File = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    Ok(file.modbus)
 }
 
 fn read(file: &Path) -> Result<(String, Result<Compiled, ferry_rules::RulesError>)> {
@@ -219,5 +280,11 @@ fn describe(a: &Output) -> String {
                 String::from_utf8_lossy(payload)
             )
         }
+        Output::ModbusWrite {
+            rule,
+            device,
+            register,
+            value,
+        } => format!("{rule}: modbus_write {device} register {register} = {value}"),
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ferry_engine::{Config, Engine};
+use ferry_ingest::Ingest;
 use ferry_rules::runtime::{Loaded, MqttTarget, Options, Runtime};
 use tokio::sync::Notify;
 
@@ -32,31 +33,50 @@ fn current_generation(state_dir: &Path) -> Option<u64> {
         .ok()
 }
 
+/// What the current generation runs on the event path: its compiled rule
+/// sets and the field sources (ferry.toml's and the sets' own).
+struct Generation {
+    number: Option<u64>,
+    loaded: Loaded,
+    ingest: ferry_ingest::Plan,
+}
+
 /// The compiled rule sets of the current generation.
-fn load_rules(config: &Config) -> Result<(Option<u64>, Loaded)> {
+fn load_rules(config: &Config) -> Result<Generation> {
     let Some(engine) = Engine::open_read_only(config.clone())? else {
-        return Ok((None, Loaded::default()));
+        return Ok(Generation {
+            number: None,
+            loaded: Loaded::default(),
+            ingest: config.rules.ingest()?,
+        });
     };
-    let (generation, sets) = engine.active_rulesets()?;
-    let label = generation.map_or("no generation".to_owned(), |n| format!("generation {n}"));
-    let sets = sets
+    let active = engine.active_rulesets()?;
+    let label = active
+        .generation
+        .map_or("no generation".to_owned(), |n| format!("generation {n}"));
+    let sets = active
+        .sets
         .into_iter()
         .map(|(name, c)| (Arc::from(name.as_str()), Arc::new(c)))
         .collect();
-    Ok((generation, Loaded { label, sets }))
+    Ok(Generation {
+        number: active.generation,
+        loaded: Loaded { label, sets },
+        ingest: active.ingest,
+    })
 }
 
 /// The current generation's modules (swapped in first, so that the new
 /// rules find them) and rule sets. A generation whose modules do not load
 /// changes nothing.
-fn load(config: &Config, modules: &ModuleHost) -> Result<(Option<u64>, Loaded)> {
+fn load(config: &Config, modules: &ModuleHost) -> Result<Generation> {
     #[cfg(feature = "wasm")]
     for _ in 0..5 {
         let (module_gen, loaded_modules) = modules.load_current()?;
-        let (generation, loaded) = load_rules(config)?;
-        if module_gen == generation {
+        let generation = load_rules(config)?;
+        if module_gen == generation.number {
             modules.swap(loaded_modules);
-            return Ok((generation, loaded));
+            return Ok(generation);
         }
         // A switch happened between the two reads: read both again.
     }
@@ -88,21 +108,46 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "gateway".to_owned())
 }
 
-/// The agent's event path: the rule engine and the module host its
-/// `call()` actions reach.
+/// The agent's event path: the rule engine, the module host its
+/// `call()` actions reach, and the field sources that feed it.
 #[derive(Debug, Clone)]
 pub struct EventPath {
     pub rules: Runtime,
     #[cfg(feature = "wasm")]
     pub modules: Arc<ModuleHost>,
+    /// The field sources' counters, as of the last swap.
+    pub ingest: Arc<std::sync::Mutex<ferry_ingest::Snapshot>>,
+}
+
+/// Makes `plan` the running field sources; a CoAP address that cannot be
+/// bound is logged and alerted, and the rest runs.
+async fn apply_ingest(
+    ingest: &mut Ingest,
+    plan: &ferry_ingest::Plan,
+    rules: &Runtime,
+    snapshot: &std::sync::Mutex<ferry_ingest::Snapshot>,
+) {
+    if let Err(e) = ingest.apply(plan).await {
+        let bind = plan
+            .coap
+            .as_ref()
+            .map(|c| c.bind.to_string())
+            .unwrap_or_default();
+        tracing::error!(bind = %bind, error = %e, "coap: cannot listen");
+        rules.alert(
+            "coap",
+            format!("the CoAP server cannot listen on {bind}: {e}"),
+        );
+    }
+    *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = ingest.snapshot();
 }
 
 /// Starts the rule engine and module host when `[rules]` names an input;
 /// must be called inside the daemon's tokio runtime. `changed` is notified
 /// by the worker after each reconcile.
-pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>> {
+pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>> {
     let rc = &config.rules;
-    if rc.mqtt.is_none() && rc.socket.is_none() {
+    if !rc.has_inputs() {
         return Ok(None);
     }
     let options = Options {
@@ -119,27 +164,39 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>>
         socket: rc.socket.clone(),
         alert_topic: rc.alert_topic.clone(),
         print_actions: false,
+        queue: rc.queue,
     };
     #[cfg(feature = "wasm")]
     let modules = Arc::new(ModuleHost::start(config));
     #[cfg(not(feature = "wasm"))]
     let modules = Arc::new(ModuleHost);
-    let (mut generation, loaded) = match load(config, &modules) {
+    let first = match load(config, &modules) {
         Ok(l) => l,
         Err(e) => {
             // The agent must keep running (and be able to fix this with the
-            // next revision); the engine starts empty.
+            // next revision); the engine starts empty, with ferry.toml's
+            // sources (checked when the configuration was read).
             tracing::error!(error = %format!("{e:#}"), "rules: loading the current rule sets and modules failed");
-            (None, Loaded::default())
+            Generation {
+                number: None,
+                loaded: Loaded::default(),
+                ingest: rc.ingest().unwrap_or_default(),
+            }
         }
     };
-    tracing::info!(sets = loaded.sets.len(), modules = module_count(&modules), from = %loaded.label, "rules: engine started");
+    let mut generation = first.number;
+    tracing::info!(sets = first.loaded.sets.len(), modules = module_count(&modules), from = %first.loaded.label, "rules: engine started");
     #[cfg(feature = "wasm")]
     let hook = Some(modules.hook());
     #[cfg(not(feature = "wasm"))]
     let hook = None;
-    let runtime = Runtime::start(options, loaded, hook)?;
+    let runtime = Runtime::start(options, first.loaded, hook)?;
+    let mut ingest = Ingest::new(runtime.sink(), alerter(&runtime));
+    runtime.set_write_hook(ingest.writer());
+    let snapshot = Arc::new(std::sync::Mutex::new(ferry_ingest::Snapshot::default()));
+    apply_ingest(&mut ingest, &first.ingest, &runtime, &snapshot).await;
     let rt = runtime.clone();
+    let shared_snapshot = snapshot.clone();
     let host = modules.clone();
     let config = config.clone();
     let state_dir: PathBuf = config.state_dir.clone();
@@ -155,10 +212,13 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>>
             }
             let (cfg, m) = (config.clone(), host.clone());
             match tokio::task::spawn_blocking(move || load(&cfg, &m)).await {
-                Ok(Ok((g, loaded))) => {
-                    tracing::info!(sets = loaded.sets.len(), modules = module_count(&host), from = %loaded.label, "rules: swapped in");
-                    rt.swap(loaded);
-                    generation = g;
+                Ok(Ok(g)) => {
+                    tracing::info!(sets = g.loaded.sets.len(), modules = module_count(&host), from = %g.loaded.label, "rules: swapped in");
+                    // Sources first: a new device's events may meet the old
+                    // sets for a moment, a new set never misses its device.
+                    apply_ingest(&mut ingest, &g.ingest, &rt, &shared_snapshot).await;
+                    rt.swap(g.loaded);
+                    generation = g.number;
                 }
                 Ok(Err(e)) => {
                     // Try again on the next change; the running sets stay.
@@ -173,5 +233,12 @@ pub fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>>
         rules: runtime,
         #[cfg(feature = "wasm")]
         modules,
+        ingest: snapshot,
     }))
+}
+
+/// Source alerts go where rule alerts go (journal, alert topic).
+pub fn alerter(rt: &Runtime) -> ferry_ingest::modbus::AlertFn {
+    let rt = rt.clone();
+    Arc::new(move |source: &str, message: String| rt.alert(source, message))
 }

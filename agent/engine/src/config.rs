@@ -26,6 +26,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config: {key}: {message}")]
     Invalid { key: &'static str, message: String },
+    /// `[rules.coap]` or `[[rules.modbus]]` (the error names the key).
+    #[error("config: {0}")]
+    Ingest(#[from] ferry_ingest::ConfigError),
 }
 
 impl Classify for ConfigError {
@@ -433,8 +436,9 @@ impl Default for StateConfig {
 }
 
 /// `[rules]`: where the rule engine in `ferry run` takes events from and
-/// sends actions to. The engine runs when `mqtt` or `socket` is set; it
-/// evaluates the `ruleset` resources of the current generation.
+/// sends actions to. The engine runs when `mqtt`, `socket`, `coap` or a
+/// `modbus` device is set; it evaluates the `ruleset` resources of the
+/// current generation.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
@@ -446,6 +450,34 @@ pub struct RulesConfig {
     pub socket: Option<PathBuf>,
     /// Also publish alerts, as JSON, to this MQTT topic.
     pub alert_topic: Option<String>,
+    /// Events waiting for the evaluator at most; 0 means 4096. A CoAP
+    /// request that finds the queue full is answered 5.03.
+    pub queue: usize,
+    /// `[rules.coap]`: a CoAP server whose POST/PUT requests become events
+    /// (docs/ingest.md).
+    pub coap: Option<ferry_ingest::config::CoapConfig>,
+    /// `[[rules.modbus]]`: Modbus TCP devices polled for events and written
+    /// by `modbus_write` (docs/ingest.md).
+    pub modbus: Vec<ferry_ingest::config::ModbusDevice>,
+}
+
+impl RulesConfig {
+    /// The field sources configured here, checked.
+    pub fn ingest(&self) -> Result<ferry_ingest::Plan, ConfigError> {
+        Ok(ferry_ingest::IngestConfig {
+            coap: self.coap.clone(),
+            modbus: self.modbus.clone(),
+        }
+        .plan("rules")?)
+    }
+
+    /// Whether `ferry run` starts the rule engine.
+    pub fn has_inputs(&self) -> bool {
+        self.mqtt.is_some()
+            || self.socket.is_some()
+            || self.coap.is_some()
+            || !self.modbus.is_empty()
+    }
 }
 
 /// `[wasm]`: the module host that runs `wasm` resources (docs/wasm.md).
@@ -845,6 +877,13 @@ impl Config {
                     message: message.to_string(),
                 }
             })?;
+        }
+        self.rules.ingest()?;
+        if self.rules.queue > 1 << 20 {
+            return Err(ConfigError::Invalid {
+                key: "rules.queue",
+                message: format!("{} is above 1048576", self.rules.queue),
+            });
         }
         if let Some(t) = &self.rules.alert_topic
             && (t.is_empty() || t.contains(['+', '#']))

@@ -34,7 +34,7 @@ pub const FUNCTIONS: &[&str] = &[
     "starts_with",
     "ends_with",
 ];
-pub const ACTIONS: &[&str] = &["alert", "publish", "set", "call"];
+pub const ACTIONS: &[&str] = &["alert", "publish", "set", "call", "modbus_write"];
 
 /// A checked and compiled rule set. Immutable; shared by the runtime
 /// behind an `ArcSwap`. The mutable side lives in [`State`].
@@ -46,6 +46,16 @@ pub struct Compiled {
     pub(crate) windows: Vec<WindowSpec>,
     pub(crate) rules: Vec<CRule>,
     subscriptions: Vec<TopicFilter>,
+    writes: Vec<RegisterWrite>,
+}
+
+/// A `modbus_write` in a rule set: which register of which device, and
+/// where it is written, for the check against the writable registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterWrite {
+    pub device: Arc<str>,
+    pub register: u16,
+    pub pos: Pos,
 }
 
 /// A static type, as far as the checker knows it.
@@ -160,6 +170,7 @@ pub fn compile(set: &RuleSet) -> Result<Compiled, RulesError> {
         windows: c.windows,
         rules,
         subscriptions,
+        writes: c.writes,
     })
 }
 
@@ -173,6 +184,7 @@ struct Compiler {
     suppressed: usize,
     declared: HashMap<String, Ty>,
     fields: Vec<Arc<str>>,
+    writes: Vec<RegisterWrite>,
     field_index: HashMap<String, u16>,
     vars: Vec<(Arc<str>, Ty)>,
     windows: Vec<WindowSpec>,
@@ -666,6 +678,45 @@ impl Compiler {
                     payload,
                 })
             }
+            "modbus_write" => {
+                if !self.arity(a.pos, "modbus_write", args, 3, 3) {
+                    return None;
+                }
+                let device = self.string_arg(&args[0], "modbus_write()'s device name");
+                let register = match &args[1].kind {
+                    ExprKind::Number(n) if n.fract() == 0.0 && (0.0..=65535.0).contains(n) => {
+                        Some(*n as u16)
+                    }
+                    _ => {
+                        self.err(
+                            args[1].pos,
+                            "modbus_write()'s register must be a number literal in 0..=65535",
+                        );
+                        None
+                    }
+                };
+                let (value, ty) = self.expr(&args[2]);
+                if !ty.fits(Ty::Num) && !ty.fits(Ty::Bool) {
+                    self.err(
+                        args[2].pos,
+                        format!(
+                            "modbus_write()'s value must be a number, this is a {}",
+                            ty.name()
+                        ),
+                    );
+                }
+                let (device, register) = (device?, register?);
+                self.writes.push(RegisterWrite {
+                    device: device.clone(),
+                    register,
+                    pos: a.pos,
+                });
+                Some(CAction::ModbusWrite {
+                    device,
+                    register,
+                    value,
+                })
+            }
             other => {
                 self.err(
                     a.pos,
@@ -741,6 +792,34 @@ impl Compiled {
     /// filters of its `topic ~ "..."` tests.
     pub fn subscriptions(&self) -> &[TopicFilter] {
         &self.subscriptions
+    }
+
+    /// The set's `modbus_write` actions.
+    pub fn register_writes(&self) -> &[RegisterWrite] {
+        &self.writes
+    }
+
+    /// Refuses the set when one of its `modbus_write`s names a register
+    /// that `writable` does not allow (it says why); every such write is
+    /// reported at its position.
+    pub fn check_writes(
+        &self,
+        writable: impl Fn(&str, u16) -> Result<(), String>,
+    ) -> Result<(), RulesError> {
+        let errors: Vec<Diagnostic> = self
+            .writes
+            .iter()
+            .filter_map(|w| {
+                writable(&w.device, w.register)
+                    .err()
+                    .map(|why| Diagnostic::new(w.pos, why))
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(RulesError(errors))
+        }
     }
 
     /// The slot a field is decoded into, if the set reads it.

@@ -96,6 +96,14 @@ pub(crate) enum CAction {
         export: Arc<str>,
         payload: Option<Template>,
     },
+    /// `modbus_write(device, register, value)`: device and register are
+    /// literals (checked against the configuration's writable registers
+    /// when the set is loaded), the value is evaluated when the rule fires.
+    ModbusWrite {
+        device: Arc<str>,
+        register: u16,
+        value: Op,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -434,6 +442,16 @@ impl CRule {
                         Some(t) => t.render(&cx).into_bytes(),
                         None => event.payload.to_vec(),
                     },
+                }),
+                CAction::ModbusWrite {
+                    device,
+                    register,
+                    value,
+                } => out.push(Output::ModbusWrite {
+                    rule: self.name.clone(),
+                    device: device.clone(),
+                    register: *register,
+                    value: value.eval(&cx),
                 }),
                 CAction::Set(var, op) => {
                     let v = op.eval(&cx);

@@ -20,7 +20,7 @@ pub mod parse;
 pub mod runtime;
 pub mod value;
 
-pub use compile::{Compiled, compile, compile_source};
+pub use compile::{Compiled, RegisterWrite, compile, compile_source};
 pub use decode::{DecodeError, Envelope};
 pub use error::{Diagnostic, RulesError};
 pub use eval::{MAX_WINDOW_SAMPLES, State};

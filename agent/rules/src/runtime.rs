@@ -4,9 +4,15 @@
 //!
 //! ```text
 //!  MQTT (rumqttc) ─┐                      ┌─► publisher task ─► MQTT
-//!                  ├─► events (bounded) ─►│ evaluator ─► alerts ─► journal
-//!  socket lines ───┘                      └─► call hook (WASM)
+//!  socket lines ───┼─► events (bounded) ─►│ evaluator ─► alerts ─► journal
+//!  EventSink ──────┘                      ├─► call hook (WASM)
+//!  (CoAP, Modbus)                         └─► write hook (Modbus)
 //! ```
+//!
+//! Other sources (ferry-ingest's CoAP server and Modbus pollers) feed the
+//! same bounded queue through an [`EventSink`]; a source that must answer at
+//! once (CoAP) uses [`EventSink::try_send`] and tells its client when the
+//! queue is full, instead of queueing without bound.
 //!
 //! One evaluator task takes events in arrival order and, for each event,
 //! loads the current sets from an `ArcSwap` once: the event is evaluated
@@ -92,7 +98,12 @@ pub struct Options {
     pub alert_topic: Option<String>,
     /// Print every action as a JSON line on stdout (`ferry rules run`).
     pub print_actions: bool,
+    /// Events waiting for the evaluator at most; 0 means [`DEFAULT_QUEUE`].
+    pub queue: usize,
 }
+
+/// The event queue's default capacity.
+pub const DEFAULT_QUEUE: usize = 4096;
 
 /// Counters for metrics and status.
 #[derive(Debug, Default)]
@@ -117,10 +128,119 @@ pub trait CallHook: Send + Sync + 'static {
     fn call(&self, module: &str, export: &str, payload: Vec<u8>, done: CallDone);
 }
 
+/// What a finished register write hands back.
+pub type WriteDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Receives `modbus_write(device, register, value)` actions (ferry-ingest's
+/// Modbus pollers); without one, writes are counted as action errors.
+pub trait WriteHook: Send + Sync + 'static {
+    /// Starts the write; `done` may run later and on another thread.
+    fn write(&self, device: &str, register: u16, value: u16, done: WriteDone);
+}
+
 struct Incoming {
     topic: Arc<str>,
     time_ms: Option<u64>,
     payload: Arc<[u8]>,
+    /// A JSON object to decode the event's fields from, when the payload
+    /// itself is not one (CBOR over CoAP, registers read over Modbus).
+    fields: Option<Arc<[u8]>>,
+}
+
+/// Why [`EventSink::try_send`] did not queue an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    #[error("the rule engine's event queue is full")]
+    Full,
+    #[error("the rule engine has stopped")]
+    Closed,
+}
+
+/// A handle other event sources use to feed the rule engine's queue.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<Incoming>,
+}
+
+impl EventSink {
+    /// A sink whose events go to `capacity`-bounded queue read by the
+    /// returned receiver's owner; for sources tested without an evaluator.
+    pub fn channel(capacity: usize) -> (EventSink, EventReceiver) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (EventSink { tx }, EventReceiver { rx })
+    }
+
+    fn incoming(topic: &str, payload: Vec<u8>, fields: Option<Vec<u8>>) -> Incoming {
+        Incoming {
+            topic: topic.into(),
+            time_ms: None,
+            payload: payload.into(),
+            fields: fields.map(Into::into),
+        }
+    }
+
+    /// Queues an event if there is room now. `fields`, when given, is the
+    /// JSON object the event's fields are decoded from (the payload is
+    /// still what `publish` forwards and `call` passes).
+    pub fn try_send(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        fields: Option<Vec<u8>>,
+    ) -> Result<(), SinkError> {
+        self.tx
+            .try_send(Self::incoming(topic, payload, fields))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SinkError::Full,
+                mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
+            })
+    }
+
+    /// Queues an event, waiting for room.
+    pub async fn send(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        fields: Option<Vec<u8>>,
+    ) -> Result<(), SinkError> {
+        self.tx
+            .send(Self::incoming(topic, payload, fields))
+            .await
+            .map_err(|_| SinkError::Closed)
+    }
+}
+
+/// The reading end of [`EventSink::channel`].
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::Receiver<Incoming>,
+}
+
+/// An event as a source queued it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub fields: Option<Vec<u8>>,
+}
+
+impl EventReceiver {
+    pub async fn recv(&mut self) -> Option<Queued> {
+        self.rx.recv().await.map(queued)
+    }
+
+    /// The next event if one is queued now.
+    pub fn try_recv(&mut self) -> Option<Queued> {
+        self.rx.try_recv().ok().map(queued)
+    }
+}
+
+fn queued(i: Incoming) -> Queued {
+    Queued {
+        topic: i.topic.to_string(),
+        payload: i.payload.to_vec(),
+        fields: i.fields.map(|f| f.to_vec()),
+    }
 }
 
 /// A running rule engine. Dropping it does not stop the tasks; they end
@@ -131,6 +251,9 @@ pub struct Runtime {
     stats: Arc<Stats>,
     mqtt: Option<AsyncClient>,
     subscribed: Arc<Mutex<BTreeSet<String>>>,
+    events: mpsc::Sender<Incoming>,
+    actions: mpsc::UnboundedSender<Output>,
+    writer: Arc<arc_swap::ArcSwapOption<Box<dyn WriteHook>>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -167,7 +290,13 @@ impl Runtime {
         let current = Arc::new(ArcSwap::from_pointee(initial));
         let stats = Arc::new(Stats::default());
         let subscribed = Arc::new(Mutex::new(BTreeSet::new()));
-        let (events_tx, events_rx) = mpsc::channel::<Incoming>(4096);
+        let capacity = if options.queue == 0 {
+            DEFAULT_QUEUE
+        } else {
+            options.queue
+        };
+        let (events_tx, events_rx) = mpsc::channel::<Incoming>(capacity);
+        let writer = Arc::new(arc_swap::ArcSwapOption::empty());
         let (out_tx, out_rx) = mpsc::unbounded_channel::<Output>();
 
         let mqtt = match &options.mqtt {
@@ -207,7 +336,6 @@ impl Runtime {
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
             tokio::spawn(socket_loop(listener, events_tx.clone(), stats.clone()));
         }
-        drop(events_tx);
         tokio::spawn(evaluator(
             events_rx,
             current.clone(),
@@ -216,11 +344,14 @@ impl Runtime {
         ));
         tokio::spawn(publisher(
             out_rx,
-            out_tx,
-            mqtt.clone(),
-            options.alert_topic.clone(),
-            options.print_actions,
-            hook,
+            out_tx.clone(),
+            Sinks {
+                mqtt: mqtt.clone(),
+                alert_topic: options.alert_topic.clone(),
+                print: options.print_actions,
+                hook,
+                writer: writer.clone(),
+            },
             stats.clone(),
         ));
         Ok(Runtime {
@@ -228,7 +359,31 @@ impl Runtime {
             stats,
             mqtt,
             subscribed,
+            events: events_tx,
+            actions: out_tx,
+            writer,
         })
+    }
+
+    /// A handle for another event source to feed this engine.
+    pub fn sink(&self) -> EventSink {
+        EventSink {
+            tx: self.events.clone(),
+        }
+    }
+
+    /// Raises an alert on behalf of an event source (`source` stands where
+    /// a rule's name would): journal, and the alert topic when configured.
+    pub fn alert(&self, source: &str, message: String) {
+        let _ = self.actions.send(Output::Alert {
+            rule: source.into(),
+            message,
+        });
+    }
+
+    /// Where `modbus_write` actions go from now on.
+    pub fn set_write_hook(&self, hook: Box<dyn WriteHook>) {
+        self.writer.store(Some(Arc::new(hook)));
     }
 
     /// Makes `loaded` the running sets. Events already taken finish on the
@@ -298,6 +453,7 @@ async fn mqtt_loop(
                     topic: p.topic.as_str().into(),
                     time_ms: None,
                     payload: Arc::from(&p.payload[..]),
+                    fields: None,
                 };
                 if events.send(incoming).await.is_err() {
                     return;
@@ -352,6 +508,7 @@ async fn socket_loop(
                             topic: env.topic.into(),
                             time_ms: env.time_ms,
                             payload: env.payload.into(),
+                            fields: None,
                         };
                         if events.send(incoming).await.is_err() {
                             return;
@@ -389,8 +546,9 @@ async fn evaluator(
         event.topic = incoming.topic;
         event.time_ms = incoming.time_ms.unwrap_or_else(now_ms);
         event.payload = incoming.payload;
+        let fields = incoming.fields.unwrap_or_else(|| event.payload.clone());
         for ((name, set), state) in seen.sets.iter().zip(states.iter_mut()) {
-            if let Err(e) = set.decode_into(&event.payload.clone(), &mut event) {
+            if let Err(e) = set.decode_into(&fields, &mut event) {
                 // Evaluated anyway, with every field missing: only rules
                 // over the topic can fire.
                 stats.bad_events.fetch_add(1, Ordering::Relaxed);
@@ -423,15 +581,28 @@ fn hand_over(old: &Loaded, states: Vec<State>, new: &Loaded) -> Vec<State> {
         .collect()
 }
 
-async fn publisher(
-    mut out: mpsc::UnboundedReceiver<Output>,
-    again: mpsc::UnboundedSender<Output>,
+/// Where the publisher task sends actions.
+struct Sinks {
     mqtt: Option<AsyncClient>,
     alert_topic: Option<String>,
     print: bool,
     hook: Option<Arc<dyn CallHook>>,
+    writer: Arc<arc_swap::ArcSwapOption<Box<dyn WriteHook>>>,
+}
+
+async fn publisher(
+    mut out: mpsc::UnboundedReceiver<Output>,
+    again: mpsc::UnboundedSender<Output>,
+    sinks: Sinks,
     stats: Arc<Stats>,
 ) {
+    let Sinks {
+        mqtt,
+        alert_topic,
+        print,
+        hook,
+        writer,
+    } = sinks;
     while let Some(action) = out.recv().await {
         stats.actions.fetch_add(1, Ordering::Relaxed);
         if print {
@@ -500,6 +671,36 @@ async fn publisher(
                     None
                 }
                 None => Some(format!("no WASM module host for {module}.{export}")),
+            },
+            Output::ModbusWrite {
+                rule,
+                device,
+                register,
+                value,
+            } => match (value.to_register(), writer.load_full()) {
+                (Err(e), _) => Some(format!("modbus_write({device}, {register}): {e}")),
+                (Ok(_), None) => Some(format!(
+                    "modbus_write({device}, {register}): no Modbus devices are configured"
+                )),
+                (Ok(word), Some(w)) => {
+                    let (stats, rule, what) = (
+                        stats.clone(),
+                        rule.clone(),
+                        format!("modbus_write({device}, {register}, {word})"),
+                    );
+                    w.write(
+                        device,
+                        *register,
+                        word,
+                        Box::new(move |result| {
+                            if let Err(error) = result {
+                                stats.action_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(rule = %rule, action = %what, error = %error, "rules: action failed");
+                            }
+                        }),
+                    );
+                    None
+                }
             },
         };
         if let Some(error) = failed {

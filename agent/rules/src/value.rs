@@ -85,6 +85,13 @@ pub enum Output {
         export: Arc<str>,
         payload: Vec<u8>,
     },
+    /// A write of one holding register of a configured Modbus device.
+    ModbusWrite {
+        rule: Arc<str>,
+        device: Arc<str>,
+        register: u16,
+        value: Value,
+    },
 }
 
 impl Output {
@@ -92,7 +99,8 @@ impl Output {
         match self {
             Output::Alert { rule, .. }
             | Output::Publish { rule, .. }
-            | Output::Call { rule, .. } => rule,
+            | Output::Call { rule, .. }
+            | Output::ModbusWrite { rule, .. } => rule,
         }
     }
 
@@ -118,6 +126,36 @@ impl Output {
                 "action": "call", "rule": &**rule, "module": &**module, "export": &**export,
                 "payload": String::from_utf8_lossy(payload),
             }),
+            Output::ModbusWrite {
+                rule,
+                device,
+                register,
+                value,
+            } => serde_json::json!({
+                "action": "modbus_write", "rule": &**rule, "device": &**device,
+                "register": register, "value": value.to_json(),
+            }),
+        }
+    }
+}
+
+impl Value {
+    /// The 16-bit register word for a value written by `modbus_write`: an
+    /// integer in -32768..=65535 (negative numbers as two's complement).
+    pub fn to_register(&self) -> Result<u16, String> {
+        match self {
+            Value::Num(n) if n.fract() == 0.0 && (-32768.0..=65535.0).contains(n) => {
+                Ok(if *n < 0.0 {
+                    *n as i16 as u16
+                } else {
+                    *n as u16
+                })
+            }
+            Value::Bool(b) => Ok(u16::from(*b)),
+            other => Err(format!(
+                "{} is not an integer in -32768..=65535",
+                other.to_json()
+            )),
         }
     }
 }

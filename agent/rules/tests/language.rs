@@ -28,6 +28,12 @@ fn run(c: &Compiled, events: &[(f64, &str, &str)]) -> Vec<String> {
                 format!("publish:{topic}={}", String::from_utf8_lossy(payload))
             }
             Output::Call { module, export, .. } => format!("call:{module}.{export}"),
+            Output::ModbusWrite {
+                device,
+                register,
+                value,
+                ..
+            } => format!("modbus_write:{device}.{register}={value}"),
         })
         .collect()
 }
@@ -264,7 +270,7 @@ fn unknown_actions_functions_and_bad_arguments_are_refused() {
     let e = error_of("ON x > 1 THEN reboot()");
     assert_eq!(
         e,
-        "1:15: unknown action reboot() (known: alert, publish, set, call)"
+        "1:15: unknown action reboot() (known: alert, publish, set, call, modbus_write)"
     );
     let e = error_of("ON median(x, 5s) > 1 THEN alert(\"x\")");
     assert!(e.starts_with("1:4: unknown function median()"), "{e}");
@@ -367,4 +373,61 @@ fn a_long_single_line_is_checked_in_linear_time_with_short_errors() {
     let col = src.chars().count() + 7;
     assert!(e.to_string().starts_with(&format!("1:{col}:")), "{e}");
     assert!(e.render("x.rules", &late).len() < 2048);
+}
+
+#[test]
+fn modbus_write_evaluates_its_value_and_is_checked_against_writable_registers() {
+    let c = set(r#"
+        RULE fan ON temperature > 30 THEN modbus_write("plc1", 10, 1), modbus_write("plc1", 11, temperature * 10)
+    "#);
+    let out = run(
+        &c,
+        &[
+            (0.0, "t", r#"{"temperature": 25}"#),
+            (1.0, "t", r#"{"temperature": 31.5}"#),
+        ],
+    );
+    assert_eq!(out, ["modbus_write:plc1.10=1", "modbus_write:plc1.11=315"]);
+    let writes: Vec<(String, u16)> = c
+        .register_writes()
+        .iter()
+        .map(|w| (w.device.to_string(), w.register))
+        .collect();
+    assert_eq!(writes, [("plc1".to_owned(), 10), ("plc1".to_owned(), 11)]);
+    // Only register 10 is writable: the second write is refused, at its place.
+    let e = c
+        .check_writes(|_, r| {
+            if r == 10 {
+                Ok(())
+            } else {
+                Err(format!("register {r} is not writable"))
+            }
+        })
+        .unwrap_err();
+    assert_eq!(e.to_string(), "2:72: register 11 is not writable");
+    assert!(
+        error_of(r#"ON x > 1 THEN modbus_write("plc1", 70000, 1)"#)
+            .contains("register must be a number literal in 0..=65535")
+    );
+    assert!(
+        error_of(r#"ON x > 1 THEN modbus_write(dev, 1, 1)"#)
+            .contains("device name must be a non-empty string literal")
+    );
+    assert!(
+        error_of(r#"ON x > 1 THEN modbus_write("plc1", 1, "on")"#)
+            .contains("value must be a number")
+    );
+    assert!(error_of(r#"ON x > 1 THEN modbus_write("plc1", 1)"#).contains("modbus_write"));
+}
+
+#[test]
+fn register_words_from_values() {
+    use ferry_rules::Value;
+    assert_eq!(Value::Num(1.0).to_register(), Ok(1));
+    assert_eq!(Value::Num(-1.0).to_register(), Ok(0xffff));
+    assert_eq!(Value::Num(65535.0).to_register(), Ok(65535));
+    assert_eq!(Value::Bool(true).to_register(), Ok(1));
+    assert!(Value::Num(65536.0).to_register().is_err());
+    assert!(Value::Num(1.5).to_register().is_err());
+    assert!(Value::Missing.to_register().is_err());
 }

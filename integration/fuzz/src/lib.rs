@@ -34,6 +34,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("chunk_index", chunk_index),
     ("chunk", chunk),
     ("fleet", fleet),
+    ("coap", coap),
+    ("cbor", cbor),
+    ("ingest_config", ingest_config),
 ];
 
 /// Runs target `name` on `data`; `false` if there is no such target.
@@ -217,5 +220,37 @@ pub fn fleet(data: &[u8]) {
         );
     } else {
         let _ = ferry_fleet::admin::device_audit("ferry", "gw", messages);
+    }
+}
+
+/// CoAP datagrams from one network peer (split at 0x1E), through the
+/// server's handler with small bounds: duplicates, block-wise uploads and
+/// a queue that fills. The first byte picks the time step between
+/// datagrams (in seconds), so exchanges and uploads also expire.
+pub fn coap(data: &[u8]) {
+    let Some((step, rest)) = data.split_first() else {
+        return;
+    };
+    let (sink, _rx) = ferry_rules::runtime::EventSink::channel(4);
+    let mut h = ferry_ingest::coap::Handler::new(512, sink, Default::default());
+    let peer: std::net::SocketAddr = "127.0.0.1:5683".parse().unwrap_or_else(|_| unreachable!());
+    let mut now = std::time::Instant::now();
+    for d in rest.split(|b| *b == 0x1e) {
+        let _ = h.handle(peer, d, now);
+        now += std::time::Duration::from_secs(u64::from(*step));
+    }
+}
+
+/// CBOR payloads of CoAP requests → the JSON their fields come from.
+pub fn cbor(data: &[u8]) {
+    let _ = ferry_ingest::cbor::to_json(data);
+}
+
+/// The `ingest` object of a signed ruleset resource (JSON), planned.
+pub fn ingest_config(data: &[u8]) {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data)
+        && let Ok(c) = ferry_ingest::IngestConfig::from_json(&v)
+    {
+        let _ = c.plan("ingest");
     }
 }

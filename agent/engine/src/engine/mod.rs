@@ -104,6 +104,15 @@ pub struct Status {
 /// Rule sets by resource name.
 pub type NamedRulesets = Vec<(String, ferry_rules::Compiled)>;
 
+/// The current generation's rule sets and the field sources they and
+/// ferry.toml configure together.
+#[derive(Debug, Default)]
+pub struct ActiveRules {
+    pub generation: Option<u64>,
+    pub sets: NamedRulesets,
+    pub ingest: ferry_ingest::Plan,
+}
+
 #[derive(Debug)]
 pub struct Engine {
     config: Config,
@@ -310,7 +319,11 @@ pub(super) fn default_activators(config: &Config) -> Activators {
     #[cfg_attr(not(feature = "wasm"), allow(unused_mut))]
     let mut activators: Vec<Box<dyn crate::activate::Activator>> = vec![
         Box::new(FileActivator::new(&config.files.root)),
-        Box::new(crate::activate::ruleset::RulesetActivator),
+        Box::new(crate::activate::ruleset::RulesetActivator {
+            // A ferry.toml whose sources do not plan was refused when it
+            // was loaded.
+            base: config.rules.ingest().unwrap_or_default(),
+        }),
         Box::new(FirmwareActivator::new(fw)),
     ];
     #[cfg(feature = "wasm")]

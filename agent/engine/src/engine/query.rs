@@ -6,21 +6,39 @@ use super::*;
 impl Engine {
     /// The current generation's number and its rule sets, compiled, in
     /// name order (what the rule engine runs).
-    pub fn active_rulesets(&self) -> Result<(Option<u64>, NamedRulesets)> {
+    pub fn active_rulesets(&self) -> Result<ActiveRules> {
+        let base = self.config.rules.ingest()?;
         let Some(n) = self.db.current_generation()? else {
-            return Ok((None, Vec::new()));
+            return Ok(ActiveRules {
+                ingest: base,
+                ..ActiveRules::default()
+            });
         };
-        let mut sets = Vec::new();
-        for r in self
-            .db
-            .resources(n)?
+        let resources = self.db.resources(n)?;
+        let rulesets: Vec<&ferry_core::Resource> = resources
             .iter()
             .filter(|r| r.kind == Kind::Ruleset)
-        {
-            let compiled = crate::activate::ruleset::load(&self.store, &r.name, r.content)?;
+            .collect();
+        let mut parts = vec![("ferry.toml".to_owned(), base)];
+        for r in &rulesets {
+            parts.push((
+                format!("ruleset {}", r.name),
+                crate::activate::ruleset::ingest_plan(r)?,
+            ));
+        }
+        let ingest = ferry_ingest::Plan::merge(parts)
+            .map_err(|e| crate::activate::ActivateError::new("rule sets", e))?;
+        let mut sets = Vec::new();
+        for r in rulesets {
+            let compiled =
+                crate::activate::ruleset::load(&self.store, &r.name, r.content, &ingest)?;
             sets.push((r.name.clone(), compiled));
         }
-        Ok((Some(n), sets))
+        Ok(ActiveRules {
+            generation: Some(n),
+            sets,
+            ingest,
+        })
     }
 
     /// The current generation's number and its `wasm` resources, in name

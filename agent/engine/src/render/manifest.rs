@@ -349,10 +349,30 @@ fn resolve(
                     BTreeMap::from([("mode".to_owned(), Value::String(format!("{bits:04o}")))]),
                 )
             }
-            Kind::Ruleset => (
-                item["name"].as_str().unwrap_or_default().to_owned(),
-                BTreeMap::new(),
-            ),
+            Kind::Ruleset => {
+                // Field sources the set brings (docs/ingest.md), checked
+                // here so a bad one names its JSON pointer.
+                let mut settings = BTreeMap::new();
+                if let Some(ingest) = item.get("ingest") {
+                    ferry_ingest::IngestConfig::from_json(ingest)
+                        .and_then(|c| c.plan(""))
+                        .map_err(|e| {
+                            let at = e.key.replace(['.', '['], "/").replace(']', "");
+                            invalid(
+                                &format!(
+                                    "ingest/{}",
+                                    at.trim_start_matches("ingest").trim_start_matches('/')
+                                ),
+                                e.message,
+                            )
+                        })?;
+                    settings.insert("ingest".to_owned(), ingest.clone());
+                }
+                (
+                    item["name"].as_str().unwrap_or_default().to_owned(),
+                    settings,
+                )
+            }
             Kind::Wasm => {
                 let settings: BTreeMap<String, Value> = ["limits", "capabilities", "probe"]
                     .into_iter()

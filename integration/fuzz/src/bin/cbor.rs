@@ -1,0 +1,4 @@
+//! AFL++ target: `cbor` (see the crate docs).
+fn main() {
+    ferry_fuzz::main_for("cbor");
+}
