@@ -3,7 +3,7 @@
 # The python-tuf venv that integration/run-tests also uses; sets $py.
 bench_venv() {
     local venv=target/fixture-venv
-    if ! "$venv/bin/python" -c 'import tuf, cryptography' >/dev/null 2>&1; then
+    if ! "$venv/bin/python" -c 'import tuf, cryptography, pymodbus' >/dev/null 2>&1; then
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q -r integration/tuf/requirements.txt
     fi

@@ -357,14 +357,15 @@ fn resolve(
                     ferry_ingest::IngestConfig::from_json(ingest)
                         .and_then(|c| c.plan(""))
                         .map_err(|e| {
+                            // `modbus[0].blocks[1].count` → `ingest/modbus/0/blocks/1/count`.
                             let at = e.key.replace(['.', '['], "/").replace(']', "");
-                            invalid(
-                                &format!(
-                                    "ingest/{}",
-                                    at.trim_start_matches("ingest").trim_start_matches('/')
-                                ),
-                                e.message,
-                            )
+                            let at = at.trim_start_matches("ingest").trim_start_matches('/');
+                            let field = if at.is_empty() {
+                                "ingest".to_owned()
+                            } else {
+                                format!("ingest/{at}")
+                            };
+                            invalid(&field, e.message)
                         })?;
                     settings.insert("ingest".to_owned(), ingest.clone());
                 }
