@@ -244,8 +244,11 @@ fn a_modbus_device_from_signed_state_drives_rules_a_decoder_and_writes_back() {
     let port = free_port();
     let sim = Sim::start(port);
     let site = Site::new();
+    let metrics = free_port();
     let mut config = std::fs::read_to_string(&site.fx.config).unwrap();
-    config.push_str("alert_topic = \"ferry/alerts\"\n");
+    config.push_str(&format!(
+        "alert_topic = \"ferry/alerts\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
+    ));
     std::fs::write(&site.fx.config, config).unwrap();
     publish(&site, port, RULES, "v1");
     site.fx.ok(&["apply"]);
@@ -300,6 +303,15 @@ fn a_modbus_device_from_signed_state_drives_rules_a_decoder_and_writes_back() {
         alerts.recv_timeout(Duration::from_millis(500)).is_err(),
         "one alert per outage"
     );
+    let text = scrape(metrics);
+    for line in [
+        "ferry_modbus_outages_total{device=\"plc1\"} 1",
+        "ferry_modbus_up{device=\"plc1\"} 1",
+        "ferry_modbus_writes_total{device=\"plc1\"} 1",
+        "ferry_modbus_write_errors_total{device=\"plc1\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
 
     // A revision that writes a register the device does not list is
     // refused at load, naming where; v1 keeps running.
@@ -335,4 +347,41 @@ fn a_modbus_device_from_signed_state_drives_rules_a_decoder_and_writes_back() {
         err.contains("/resources/0/ingest/modbus/0/blocks/1/count"),
         "{err}"
     );
+}
+
+/// The agent's metrics text.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn bad_field_source_settings_in_ferry_toml_name_their_key() {
+    let fx = common::Fixture::new();
+    let base = std::fs::read_to_string(&fx.config).unwrap();
+    for (extra, want) in [
+        (
+            "[rules.coap]\nbind = \"localhost:5683\"\n",
+            "config: rules.coap.bind: \"localhost:5683\" is not ip:port",
+        ),
+        (
+            "[[rules.modbus]]\nname = \"plc1\"\naddress = \"127.0.0.1:502\"\n[[rules.modbus.blocks]]\nname = \"t\"\nkind = \"input\"\nstart = 0\ncount = 126\nperiod = \"1s\"\n",
+            "config: rules.modbus[0].blocks[0].count: 126 is outside 1..=125",
+        ),
+        (
+            "[[rules.modbus]]\nname = \"plc1\"\naddress = \"127.0.0.1:502\"\nwritable = [1]\nspeed = 9600\n",
+            "unknown field `speed`",
+        ),
+    ] {
+        std::fs::write(&fx.config, format!("{base}[rules]\n{extra}")).unwrap();
+        let out = fx.run(&["status"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{extra}: {err}");
+    }
 }

@@ -241,3 +241,53 @@ async fn frame_payloads_carry_the_raw_response_and_fields_beside_it() {
     ingest.apply(&Plan::default()).await.unwrap();
     assert!(ingest.snapshot().devices.is_empty());
 }
+
+/// A peer that accepts connections and then says nothing, or drips one
+/// byte a second: every request times out, the device is down after its
+/// retries with one alert, and nothing waits longer than the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_or_dripping_device_times_out_into_one_alert() {
+    for drip in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                if drip {
+                    std::thread::spawn(move || {
+                        use std::io::Write;
+                        // A plausible MBAP header, one byte at a time, forever.
+                        for b in [0u8, 1, 0, 0, 0, 200].iter().cycle() {
+                            if s.write_all(&[*b]).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    });
+                } else {
+                    held.push(s);
+                }
+            }
+        });
+        let mut p = plan(port, PayloadForm::Json);
+        let d = p.devices.get_mut("plc1").unwrap();
+        d.timeout = Duration::from_millis(100);
+        d.retries = 2;
+        let (sink, mut rx) = EventSink::channel(8);
+        let alerts = Arc::new(Mutex::new(Vec::<String>::new()));
+        let a = alerts.clone();
+        let mut ingest = Ingest::new(sink, Arc::new(move |_, m| a.lock().unwrap().push(m)));
+        ingest.apply(&p).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let got = alerts.lock().unwrap().clone();
+        assert_eq!(got.len(), 1, "drip={drip}: {got:?}");
+        assert!(got[0].contains("timed out after 100 ms"), "{got:?}");
+        assert!(rx.try_recv().is_none());
+        let failures = ingest.snapshot().devices[0]
+            .1
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(failures >= 2, "{failures}");
+    }
+}
