@@ -13,17 +13,19 @@ mod common;
 mod fixtures;
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
+#[path = "../modbus/sim.rs"]
+mod sim;
 #[path = "support/site.rs"]
 mod site;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::FERRY;
 use mosquitto::{Mosquitto, free_port};
+use sim::Sim;
 use site::{Proc, Site, next, subscribe};
 
 fn coap_client(args: &[&str]) -> String {
@@ -164,53 +166,6 @@ fn coap_json_and_cbor_posts_fire_rules_that_publish_to_mosquitto() {
 }
 
 // ---- Modbus -----------------------------------------------------------------
-
-fn python() -> PathBuf {
-    common::tuf::python()
-}
-
-/// `integration/modbus/sim.py` on `port`; its writes arrive as "ADDR VALUE".
-struct Sim {
-    child: Child,
-    writes: mpsc::Receiver<String>,
-}
-
-impl Sim {
-    fn start(port: u16) -> Sim {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../integration/modbus/sim.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, writes) = mpsc::channel();
-        let (ready_tx, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { return };
-                if line.starts_with("listening") {
-                    let _ = ready_tx.send(());
-                } else if let Some(w) = line.strip_prefix("write ") {
-                    let _ = tx.send(w.to_owned());
-                }
-            }
-        });
-        ready
-            .recv_timeout(Duration::from_secs(30))
-            .expect("sim.py did not start");
-        Sim { child, writes }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const RULES: &str = r#"
 RULE decode ON topic ~ "modbus/+/raw" THEN call("decoder", "decode")

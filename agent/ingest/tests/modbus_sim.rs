@@ -5,11 +5,11 @@
 //! without restarting anything.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../../integration/modbus/sim.rs"]
+mod sim;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -18,63 +18,7 @@ use ferry_ingest::config::{
     BlockPlan, DevicePlan, FieldSpec, FieldType, PayloadForm, Plan, Table, WordOrder,
 };
 use ferry_rules::runtime::{EventReceiver, EventSink};
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("FERRY_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fixture-venv/bin/python")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run integration/run-tests, which creates the fixture venv with pymodbus",
-        p.display()
-    );
-    p
-}
-
-/// The simulated device; its writes arrive on `writes` as "ADDRESS VALUE".
-struct Sim {
-    child: Child,
-    writes: mpsc::Receiver<String>,
-}
-
-impl Sim {
-    fn start(port: u16) -> Sim {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../integration/modbus/sim.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, writes) = mpsc::channel();
-        let (ready_tx, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { return };
-                if line.starts_with("listening") {
-                    let _ = ready_tx.send(());
-                } else if let Some(w) = line.strip_prefix("write ") {
-                    let _ = tx.send(w.to_owned());
-                }
-            }
-        });
-        ready
-            .recv_timeout(Duration::from_secs(30))
-            .expect("sim.py did not start");
-        Sim { child, writes }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use sim::Sim;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
