@@ -175,10 +175,15 @@ RULE cool ON topic ~ "modbus/plc1/temps" and temperature > 35 THEN modbus_write(
 /// A revision whose rule set brings its Modbus device; `rules` replaces
 /// the rules above.
 fn publish(site: &Site, port: u16, rules: &str, tag: &str) {
+    publish_blocks(site, port, rules, tag, "");
+}
+
+/// Like `publish`, with `blocks` (YAML list items) added to the device's.
+fn publish_blocks(site: &Site, port: u16, rules: &str, tag: &str, blocks: &str) {
     let ping =
         format!(r#"RULE ping ON exists(ping) THEN publish("plant/alerts", "pong-{tag} {{ping}}")"#);
     let manifest = format!(
-        "apiVersion: ferry.dev/v1\nresources:\n  - kind: ruleset\n    name: site\n    source: rules/site.rules\n    ingest:\n      modbus:\n        - name: plc1\n          address: \"127.0.0.1:{port}\"\n          timeout: 300ms\n          writable: [10]\n          blocks:\n            - {{ name: temps, kind: holding, start: 0, count: 5, period: 100ms, fields: [{{ name: temperature, offset: 2, type: i16, scale: 0.1 }}] }}\n            - {{ name: raw, kind: holding, start: 0, count: 5, period: 100ms, topic: modbus/plc1/raw, payload: frame }}\n  - kind: wasm\n    name: decoder\n    source: modules/decoder.wasm\n"
+        "apiVersion: ferry.dev/v1\nresources:\n  - kind: ruleset\n    name: site\n    source: rules/site.rules\n    ingest:\n      modbus:\n        - name: plc1\n          address: \"127.0.0.1:{port}\"\n          timeout: 300ms\n          writable: [10]\n          blocks:\n            - {{ name: temps, kind: holding, start: 0, count: 5, period: 100ms, fields: [{{ name: temperature, offset: 2, type: i16, scale: 0.1 }}] }}\n            - {{ name: raw, kind: holding, start: 0, count: 5, period: 100ms, topic: modbus/plc1/raw, payload: frame }}\n{blocks}  - kind: wasm\n    name: decoder\n    source: modules/decoder.wasm\n"
     );
     site.fx.publish_raw(
         &manifest,
@@ -302,6 +307,23 @@ fn a_modbus_device_from_signed_state_drives_rules_a_decoder_and_writes_back() {
         err.contains("/resources/0/ingest/modbus/0/blocks/1/count"),
         "{err}"
     );
+
+    // A revision that adds a block and a rule for it, applied from the
+    // command line while the agent runs: both are swapped in.
+    let (_f, fast) = subscribe(&site.broker, "plant/fast");
+    publish_blocks(
+        &site,
+        port,
+        &format!(
+            "{RULES}\nRULE fast ON topic ~ \"modbus/plc1/fast\" THEN publish(\"plant/fast\", \"{{seq}}\") EVERY 1h"
+        ),
+        "v4",
+        "            - { name: fast, kind: input, start: 0, count: 2, period: 50ms, topic: modbus/plc1/fast, fields: [{ name: seq, offset: 0, type: u32 }] }\n",
+    );
+    site.fx.ok(&["apply"]);
+    site.until_running(&pings, "v4");
+    let seq: u64 = next(&fast).parse().unwrap();
+    assert!(seq > 0);
 }
 
 /// The agent's metrics text.
