@@ -7,8 +7,8 @@
 //! - answers to recent message ids, for duplicates (§4.5): at most
 //!   [`MAX_EXCHANGES`], each kept [`EXCHANGE_LIFETIME`];
 //! - block-wise uploads in progress (RFC 7959 Block1): at most
-//!   [`MAX_UPLOADS`] of at most `max_payload` bytes, dropped after
-//!   [`UPLOAD_LIFETIME`] without a block;
+//!   [`MAX_UPLOADS`] of at most `max_payload` bytes and [`UPLOAD_BYTES`]
+//!   together, dropped after [`UPLOAD_LIFETIME`] without a block;
 //! - the event queue is the rule engine's bounded queue: when it is full
 //!   the request gets 5.03 with Max-Age 1, it is never queued without
 //!   bound.
@@ -33,8 +33,10 @@ use crate::config::CoapPlan;
 pub const MAX_EXCHANGES: usize = 4096;
 /// RFC 7252 §4.8.2 EXCHANGE_LIFETIME.
 pub const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
-/// Block-wise uploads assembled at once.
+/// Block-wise uploads assembled at once, and the bytes they may hold
+/// together: at most `UPLOAD_BYTES / max_payload` uploads (at least one).
 pub const MAX_UPLOADS: usize = 64;
+pub const UPLOAD_BYTES: usize = 8 << 20;
 /// An upload with no new block for this long is dropped.
 pub const UPLOAD_LIFETIME: Duration = Duration::from_secs(60);
 /// Uri-Path segments at most, and bytes per segment.
@@ -275,7 +277,8 @@ impl Handler {
                 }
                 let size = block.size();
                 if block.num == 0 {
-                    if self.uploads.len() >= MAX_UPLOADS && !self.uploads.contains_key(&key) {
+                    let most = (UPLOAD_BYTES / self.max_payload).clamp(1, MAX_UPLOADS);
+                    if self.uploads.len() >= most && !self.uploads.contains_key(&key) {
                         self.evict_oldest_upload();
                     }
                     self.uploads.insert(
@@ -763,5 +766,17 @@ mod tests {
         let (answers, uploads) = h.held();
         assert!(answers <= MAX_EXCHANGES, "{answers}");
         assert!(uploads <= MAX_UPLOADS, "{uploads}");
+    }
+
+    #[test]
+    fn large_uploads_are_fewer_at_once() {
+        let (mut h, _rx) = handler(1, 1 << 20);
+        let now = Instant::now();
+        for i in 0..20u16 {
+            let mut p = post(i, &["up", &i.to_string()], None, &[0; 1024]);
+            p.add_option_as(CoapOption::Block1, BlockValue::new(0, true, 1024).unwrap());
+            h.handle(peer(), &p.to_bytes().unwrap(), now);
+        }
+        assert_eq!(h.held().1, UPLOAD_BYTES / (1 << 20));
     }
 }
