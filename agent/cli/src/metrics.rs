@@ -117,7 +117,7 @@ pub fn text(
                 counter(&mut registry, name, help, v.load(Relaxed));
             }
         }
-        let stats: [(&str, &str, &AtomicU64); 6] = [
+        let stats: [(&str, &str, &AtomicU64); 7] = [
             (
                 "ferry_rules_events",
                 "Events evaluated by the rule engine.",
@@ -140,6 +140,11 @@ pub fn text(
                 &st.action_errors,
             ),
             ("ferry_rules_swaps", "Rule set swaps.", &st.swaps),
+            (
+                "ferry_rules_dropped_actions",
+                "Actions dropped because 64 MiB of actions were already waiting to be published.",
+                &st.dropped_actions,
+            ),
         ];
         for (name, help, v) in stats {
             counter(&mut registry, name, help, v.load(Relaxed));

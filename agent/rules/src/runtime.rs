@@ -23,12 +23,15 @@
 //! variables, rate limits) over by set name.
 //!
 //! The evaluator never waits for MQTT: actions go to the publisher task
-//! through an unbounded queue, so a full MQTT request channel cannot stall
-//! the event loop that feeds the evaluator (no wait cycle).
+//! through a queue it never blocks on, so a full MQTT request channel
+//! cannot stall the event loop that feeds the evaluator (no wait cycle).
+//! That queue is bounded in bytes instead: past [`BUSY_ACTION_BYTES`]
+//! waiting, sources that can say "busy" (CoAP's 5.03) are refused new
+//! events; past [`MAX_ACTION_BYTES`] actions are dropped and counted.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -105,6 +108,12 @@ pub struct Options {
 /// The event queue's default capacity.
 pub const DEFAULT_QUEUE: usize = 4096;
 
+/// Actions waiting for the publisher (approximate bytes) beyond which
+/// [`EventSink::try_send`] answers `Full`.
+pub const BUSY_ACTION_BYTES: usize = 4 << 20;
+/// Actions waiting beyond this are dropped (counted in `dropped_actions`).
+pub const MAX_ACTION_BYTES: usize = 64 << 20;
+
 /// Counters for metrics and status.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -114,6 +123,42 @@ pub struct Stats {
     pub actions: AtomicU64,
     pub action_errors: AtomicU64,
     pub swaps: AtomicU64,
+    /// Actions dropped because MAX_ACTION_BYTES were already waiting.
+    pub dropped_actions: AtomicU64,
+}
+
+/// The queue from the evaluator (and sources' alerts) to the publisher:
+/// never blocks its sender, bounded by the bytes waiting.
+#[derive(Debug, Clone)]
+struct ActionQueue {
+    tx: mpsc::UnboundedSender<Output>,
+    waiting: Arc<AtomicUsize>,
+    stats: Arc<Stats>,
+}
+
+impl ActionQueue {
+    fn send(&self, action: Output) {
+        let size = action.approx_bytes();
+        if self.waiting.fetch_add(size, Ordering::Relaxed) + size > MAX_ACTION_BYTES {
+            self.waiting.fetch_sub(size, Ordering::Relaxed);
+            if self
+                .stats
+                .dropped_actions
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(10_000)
+            {
+                tracing::warn!(rule = %action.rule(), "rules: actions are produced faster than they are published; dropping (ferry_rules_dropped_actions_total)");
+            }
+            return;
+        }
+        let _ = self.tx.send(action);
+    }
+
+    /// The publisher took `action`.
+    fn taken(&self, action: &Output) {
+        self.waiting
+            .fetch_sub(action.approx_bytes(), Ordering::Relaxed);
+    }
 }
 
 /// What a finished call hands back: the messages the module emitted, as
@@ -160,6 +205,8 @@ pub enum SinkError {
 #[derive(Debug, Clone)]
 pub struct EventSink {
     tx: mpsc::Sender<Incoming>,
+    /// The engine's waiting actions, when the sink belongs to one.
+    backlog: Option<Arc<AtomicUsize>>,
 }
 
 impl EventSink {
@@ -167,7 +214,7 @@ impl EventSink {
     /// returned receiver's owner; for sources tested without an evaluator.
     pub fn channel(capacity: usize) -> (EventSink, EventReceiver) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (EventSink { tx }, EventReceiver { rx })
+        (EventSink { tx, backlog: None }, EventReceiver { rx })
     }
 
     fn incoming(topic: &str, payload: Vec<u8>, fields: Option<Vec<u8>>) -> Incoming {
@@ -179,15 +226,23 @@ impl EventSink {
         }
     }
 
-    /// Queues an event if there is room now. `fields`, when given, is the
-    /// JSON object the event's fields are decoded from (the payload is
-    /// still what `publish` forwards and `call` passes).
+    /// Queues an event if there is room now (in the event queue, and the
+    /// actions already produced are not piling up). `fields`, when given,
+    /// is the JSON object the event's fields are decoded from (the payload
+    /// is still what `publish` forwards and `call` passes).
     pub fn try_send(
         &self,
         topic: &str,
         payload: Vec<u8>,
         fields: Option<Vec<u8>>,
     ) -> Result<(), SinkError> {
+        if self
+            .backlog
+            .as_ref()
+            .is_some_and(|b| b.load(Ordering::Relaxed) > BUSY_ACTION_BYTES)
+        {
+            return Err(SinkError::Full);
+        }
         self.tx
             .try_send(Self::incoming(topic, payload, fields))
             .map_err(|e| match e {
@@ -252,7 +307,7 @@ pub struct Runtime {
     mqtt: Option<AsyncClient>,
     subscribed: Arc<Mutex<BTreeSet<String>>>,
     events: mpsc::Sender<Incoming>,
-    actions: mpsc::UnboundedSender<Output>,
+    actions: ActionQueue,
     writer: Arc<arc_swap::ArcSwapOption<Box<dyn WriteHook>>>,
 }
 
@@ -298,6 +353,11 @@ impl Runtime {
         let (events_tx, events_rx) = mpsc::channel::<Incoming>(capacity);
         let writer = Arc::new(arc_swap::ArcSwapOption::empty());
         let (out_tx, out_rx) = mpsc::unbounded_channel::<Output>();
+        let out_tx = ActionQueue {
+            tx: out_tx,
+            waiting: Arc::default(),
+            stats: stats.clone(),
+        };
 
         let mqtt = match &options.mqtt {
             Some(target) => {
@@ -369,13 +429,14 @@ impl Runtime {
     pub fn sink(&self) -> EventSink {
         EventSink {
             tx: self.events.clone(),
+            backlog: Some(self.actions.waiting.clone()),
         }
     }
 
     /// Raises an alert on behalf of an event source (`source` stands where
     /// a rule's name would): journal, and the alert topic when configured.
     pub fn alert(&self, source: &str, message: String) {
-        let _ = self.actions.send(Output::Alert {
+        self.actions.send(Output::Alert {
             rule: source.into(),
             message,
         });
@@ -530,7 +591,7 @@ async fn evaluator(
     mut events: mpsc::Receiver<Incoming>,
     current: Arc<ArcSwap<Loaded>>,
     stats: Arc<Stats>,
-    out: mpsc::UnboundedSender<Output>,
+    out: ActionQueue,
 ) {
     let mut seen: Arc<Loaded> = current.load_full();
     let mut states: Vec<State> = seen.sets.iter().map(|(_, c)| c.new_state()).collect();
@@ -558,7 +619,7 @@ async fn evaluator(
             stats.fired.fetch_add(fired as u64, Ordering::Relaxed);
         }
         for a in actions.drain(..) {
-            let _ = out.send(a);
+            out.send(a);
         }
     }
 }
@@ -592,7 +653,7 @@ struct Sinks {
 
 async fn publisher(
     mut out: mpsc::UnboundedReceiver<Output>,
-    again: mpsc::UnboundedSender<Output>,
+    again: ActionQueue,
     sinks: Sinks,
     stats: Arc<Stats>,
 ) {
@@ -604,6 +665,7 @@ async fn publisher(
         writer,
     } = sinks;
     while let Some(action) = out.recv().await {
+        again.taken(&action);
         stats.actions.fetch_add(1, Ordering::Relaxed);
         if print {
             println!("{}", action.to_json());
@@ -655,7 +717,7 @@ async fn publisher(
                         Box::new(move |result| match result {
                             Ok(messages) => {
                                 for (topic, payload) in messages {
-                                    let _ = again.send(Output::Publish {
+                                    again.send(Output::Publish {
                                         rule: rule.clone(),
                                         topic,
                                         payload,
@@ -707,5 +769,49 @@ async fn publisher(
             stats.action_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(rule = %action.rule(), error = %error, "rules: action failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(bytes: usize) -> Output {
+        Output::Publish {
+            rule: "r".into(),
+            topic: "t".into(),
+            payload: vec![0; bytes],
+        }
+    }
+
+    #[test]
+    fn waiting_actions_are_bounded_in_bytes_and_sources_are_told_busy() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let q = ActionQueue {
+            tx,
+            waiting: Arc::default(),
+            stats: stats.clone(),
+        };
+        let (events, _events_rx) = mpsc::channel(8);
+        let sink = EventSink {
+            tx: events,
+            backlog: Some(q.waiting.clone()),
+        };
+        assert_eq!(sink.try_send("a", vec![], None), Ok(()));
+        // Nobody publishes: 1 MiB actions pile up to the limit, then drop.
+        for _ in 0..100 {
+            q.send(publish(1 << 20));
+        }
+        let waiting = q.waiting.load(Ordering::Relaxed);
+        assert!(waiting <= MAX_ACTION_BYTES, "{waiting}");
+        assert!(stats.dropped_actions.load(Ordering::Relaxed) >= 36);
+        assert_eq!(sink.try_send("a", vec![], None), Err(SinkError::Full));
+        // The publisher catches up: room again.
+        while let Ok(a) = rx.try_recv() {
+            q.taken(&a);
+        }
+        assert_eq!(q.waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(sink.try_send("a", vec![], None), Ok(()));
     }
 }

@@ -95,6 +95,16 @@ pub enum Output {
 }
 
 impl Output {
+    /// About the memory the action holds while it waits.
+    pub fn approx_bytes(&self) -> usize {
+        64 + match self {
+            Output::Alert { message, .. } => message.len(),
+            Output::Publish { topic, payload, .. } => topic.len() + payload.len(),
+            Output::Call { payload, .. } => payload.len(),
+            Output::ModbusWrite { .. } => 0,
+        }
+    }
+
     pub fn rule(&self) -> &str {
         match self {
             Output::Alert { rule, .. }
