@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Field ingestion: CoAP and Modbus TCP into the rule engine, on loopback.
 #
-#   integration/bench/ingest.sh [COUNT] [SECONDS]     (default 2000, 5)
+#   integration/bench/ingest.sh [COUNT] [SECONDS] [BLOCKS]   (default 2000, 5, 32)
 #
 # 1. CoAP confirmable POST -> rule -> MQTT publish received (mosquitto),
 #    one request at a time: average and P99 (seed: 8.7 ms average, 22.1 ms
 #    P99; goal P99 < 1 ms); the ACK alone beside it.
 # 2. Sustained CoAP events/s with 1 and with 100 clients (each client one
 #    exchange in flight, NSTART=1), every event published by the rule.
-# 3. Modbus: registers read per second from one pymodbus server (4 blocks
-#    of 125 holding registers every 10 ms, the shortest period), and the
-#    time from the server answering a read to the rule's publish of it.
+# 3. Modbus: registers read per second from one pymodbus server (BLOCKS
+#    blocks of 125 holding registers, each every 10 ms, the shortest period,
+#    on the device's one connection), and the time from the server
+#    answering a read to the rule's publish of it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 count=${1:-2000}
 seconds=${2:-5}
+blocks=${3:-32}
 cargo build --release -q -p ferry
 cargo build --release -q -p ferry-ingest --example ingest_bench
 ferry=$PWD/target/release/ferry
@@ -47,7 +49,7 @@ SIM_TRACE="$work/trace" "$py" integration/modbus/sim.py "$mport" > "$work/sim.ou
 for _ in $(seq 100); do grep -q listening "$work/sim.out" && break; sleep 0.05; done
 {
     printf '[[modbus]]\nname = "plc1"\naddress = "127.0.0.1:%s"\n' "$mport"
-    for b in 1 2 3 4; do
+    for b in $(seq "$blocks"); do
         printf '[[modbus.blocks]]\nname = "b%s"\nkind = "holding"\nstart = 0\ncount = 125\nperiod = "10ms"\nfields = [{ name = "seq", offset = 0, type = "u32" }]\n' "$b"
     done
 } > "$work/plc.toml"
@@ -55,4 +57,4 @@ printf 'ON topic ~ "modbus/plc1/+" THEN publish("bench/modbus", "{seq}")\n' > "$
 "$ferry" rules run "$work/modbus.rules" --modbus "$work/plc.toml" --mqtt "mqtt://127.0.0.1:$port" \
     --client-id bench-modbus 2>/dev/null & pids+=($!)
 sleep 1
-echo "modbus            $("$bench" modbus "$work/trace" "$port" "$seconds" 125)   (4 blocks x 125 registers every 10 ms from one pymodbus server)"
+echo "modbus            $("$bench" modbus "$work/trace" "$port" "$seconds" 125)   ($blocks blocks x 125 registers every 10 ms from one pymodbus server)"

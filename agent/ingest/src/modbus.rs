@@ -210,7 +210,10 @@ impl Poller {
                 continue;
             }
             // A missed period is skipped, not caught up in a burst.
-            due[i] = (due[i] + block.period).max(now);
+            due[i] += block.period;
+            if due[i] <= now {
+                due[i] = now + block.period;
+            }
             let read = self.read(ctx, block).await;
             let data = match read {
                 Ok(d) => d,
