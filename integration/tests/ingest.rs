@@ -362,3 +362,74 @@ fn bad_field_source_settings_in_ferry_toml_name_their_key() {
         assert!(err.contains(want), "{extra}: {err}");
     }
 }
+
+#[test]
+fn rules_run_polls_modbus_from_a_file_and_refuses_unlisted_writes() {
+    let port = free_port();
+    let sim = Sim::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let plc = dir.path().join("plc.toml");
+    std::fs::write(
+        &plc,
+        format!(
+            "[[modbus]]\nname = \"plc1\"\naddress = \"127.0.0.1:{port}\"\nwritable = [12]\n\
+             [[modbus.blocks]]\nname = \"temps\"\nkind = \"holding\"\nstart = 0\ncount = 5\nperiod = \"50ms\"\n\
+             fields = [{{ name = \"temperature\", offset = 2, type = \"i16\", scale = 0.1 }}]\n"
+        ),
+    )
+    .unwrap();
+    let rules = dir.path().join("plc.rules");
+    let write_rule = |register: u16| {
+        std::fs::write(
+            &rules,
+            format!(
+                "RULE warm ON topic ~ \"modbus/plc1/temps\" and temperature > 25 THEN modbus_write(\"plc1\", {register}, temperature * 10) EVERY 1h\n"
+            ),
+        )
+        .unwrap();
+    };
+
+    // Register 13 is not listed: refused before anything runs.
+    write_rule(13);
+    let out = Command::new(FERRY)
+        .args([
+            "rules",
+            "run",
+            rules.to_str().unwrap(),
+            "--modbus",
+            plc.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plc.rules:1:") && err.contains("register 13 of plc1 is not writable"),
+        "{err}"
+    );
+
+    // Register 12 is: the rule writes the temperature it saw, in tenths.
+    write_rule(12);
+    let mut child = Command::new(FERRY)
+        .args([
+            "rules",
+            "run",
+            rules.to_str().unwrap(),
+            "--modbus",
+            plc.to_str().unwrap(),
+            "--print",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _engine = Proc(child);
+    let action: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(action["action"], "modbus_write", "{action}");
+    assert_eq!(action["register"], 12, "{action}");
+    let value = action["value"].as_f64().unwrap();
+    assert!(value > 250.0, "{action}");
+    let written = sim.writes.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(written, format!("12 {value}"));
+}
