@@ -40,6 +40,11 @@ fn coap_client(args: &[&str]) -> String {
     text.trim().to_owned()
 }
 
+/// A confirmable JSON POST; what coap-client printed.
+fn post_json(url: &str, body: &str) -> String {
+    coap_client(&["-m", "post", "-t", "json", "-e", body, url])
+}
+
 /// `ferry rules run` with `args`; returns the process and the CoAP
 /// address it printed.
 fn rules_run(args: &[&str]) -> (Proc, String) {
@@ -84,15 +89,10 @@ fn coap_json_and_cbor_posts_fire_rules_that_publish_to_mosquitto() {
     // Subscribed before the first event: the publish cannot be missed.
     std::thread::sleep(Duration::from_millis(300));
 
-    let out = coap_client(&[
-        "-m",
-        "post",
-        "-t",
-        "json",
-        "-e",
-        r#"{"temperature": 90, "sensor": {"id": "t1"}}"#,
+    let out = post_json(
         &url("plant/t1"),
-    ]);
+        r#"{"temperature": 90, "sensor": {"id": "t1"}}"#,
+    );
     assert_eq!(out, "");
     assert_eq!(next(&rx), "coap/plant/t1 90");
 
@@ -151,15 +151,10 @@ fn coap_json_and_cbor_posts_fire_rules_that_publish_to_mosquitto() {
     for d in [&b"\xff\xff\xff"[..], b"", &[0x4f; 300]] {
         sock.send_to(d, &addr).unwrap();
     }
-    let out = coap_client(&[
-        "-m",
-        "post",
-        "-t",
-        "json",
-        "-e",
-        r#"{"temperature": 99, "sensor": {"id": "t6"}}"#,
+    let out = post_json(
         &url("plant/t6"),
-    ]);
+        r#"{"temperature": 99, "sensor": {"id": "t6"}}"#,
+    );
     assert_eq!(out, "");
     assert_eq!(next(&rx), "coap/plant/t6 99");
     site::nothing_more(&rx);

@@ -36,6 +36,11 @@ async fn client(args: &[&str]) -> String {
     .unwrap()
 }
 
+/// A confirmable JSON POST; what coap-client printed.
+async fn post_json(url: &str, body: &str) -> String {
+    client(&["-m", "post", "-t", "json", "-e", body, url]).await
+}
+
 async fn server(queue: usize, max_payload: usize) -> (CoapServer, EventReceiver, String) {
     let (sink, rx) = EventSink::channel(queue);
     let plan = CoapPlan {
@@ -53,16 +58,7 @@ async fn a_real_client_posts_json_cbor_and_blocks_and_meets_every_limit() {
     let dir = tempfile::tempdir().unwrap();
 
     // JSON.
-    let out = client(&[
-        "-m",
-        "post",
-        "-t",
-        "json",
-        "-e",
-        r#"{"temperature": 90}"#,
-        &format!("{base}/plant/t1"),
-    ])
-    .await;
+    let out = post_json(&format!("{base}/plant/t1"), r#"{"temperature": 90}"#).await;
     assert_eq!(out, "");
     let e = rx.recv().await.unwrap();
     assert_eq!(e.topic, "coap/plant/t1");
@@ -128,16 +124,7 @@ async fn a_real_client_posts_json_cbor_and_blocks_and_meets_every_limit() {
     }
 
     // Bad requests: 4.xx, nothing queued.
-    let out = client(&[
-        "-m",
-        "post",
-        "-t",
-        "json",
-        "-e",
-        "{nope",
-        &format!("{base}/a"),
-    ])
-    .await;
+    let out = post_json(&format!("{base}/a"), "{nope").await;
     assert!(out.starts_with("4.00 payload is not JSON"), "{out}");
     let out = client(&[
         "-m",
