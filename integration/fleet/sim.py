@@ -4,7 +4,8 @@ against one static TUF repository served by nginx, nudged through
 mosquitto. Used by integration/bench/fleet.sh; prints what it measured.
 
     sim.py --ferry BIN --py VENV_PYTHON [--agents N] [--simulated M]
-           [--rounds K] [--poll SECS] [--window SECS] [--work DIR]
+           [--git-agents G] [--rounds K] [--poll SECS] [--window SECS]
+           [--work DIR]
 
 1. Setup: a python-tuf repository (integration/tuf/repo.py) with one file
    target, a manifest and the update policy; nginx serves it; N agents
@@ -21,6 +22,10 @@ mosquitto. Used by integration/bench/fleet.sh; prints what it measured.
 4. Waves: releases with `[rollout] percent` 5, 25, 100, each nudged;
    the time until every device of the wave holds it, and that no device
    outside the wave does.
+5. Git: G more agents pull SSH-signed commits over smart HTTP (the real
+   `git http-backend` behind integration/git/http_backend.py); the bare
+   repository's post-receive hook (images/fleet/post-receive) nudges them.
+   K pushes, each timed from `git push` to every git agent holding it.
 """
 
 import argparse
@@ -172,9 +177,9 @@ report_interval = "10m"
             if i % 10 == 9:
                 time.sleep(0.5)
 
-    def contents(self):
+    def contents(self, agents=None):
         out = []
-        for d, _, _ in self.agents:
+        for d, _, _ in (self.agents if agents is None else agents):
             try:
                 with open(os.path.join(d, "root/etc/app.conf")) as f:
                     out.append(f.read())
@@ -182,9 +187,10 @@ report_interval = "10m"
                 out.append(None)
         return out
 
-    def wait_all(self, want, within=120.0, who=None):
+    def wait_all(self, want, within=120.0, who=None, agents=None):
         """Seconds from now until every device in `who` holds `want`."""
-        who = set(range(len(self.agents))) if who is None else set(who)
+        agents = self.agents if agents is None else agents
+        who = set(range(len(agents))) if who is None else set(who)
         seen = {}
         t0 = time.monotonic()
         while len(seen) < len(who):
@@ -192,11 +198,91 @@ report_interval = "10m"
             if now - t0 > within:
                 missing = sorted(who - set(seen))
                 sys.exit(f"devices {missing[:10]}… never got {want!r}")
-            for i, c in enumerate(self.contents()):
+            for i, c in enumerate(self.contents(agents)):
                 if i in who and i not in seen and c == want:
                     seen[i] = now - t0
             time.sleep(0.002)
         return seen
+
+    def git(self, *args, cwd=None):
+        env = dict(os.environ, HOME=self.work, GIT_CONFIG_NOSYSTEM="1")
+        subprocess.run(["git", *args], cwd=cwd or self.gwork, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_git(self) -> None:
+        """A signed git repository served over smart HTTP, with the
+        post-receive hook that nudges, and G agents pulling it."""
+        g = os.path.join(self.work, "git")
+        self.gwork = os.path.join(g, "work")
+        trust = os.path.join(g, "trust")
+        bare = os.path.join(g, "srv", "fleet.git")
+        os.makedirs(trust)
+        os.makedirs(os.path.join(self.gwork, "files"))
+        key = os.path.join(g, "admin")
+        self.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "admin@example", "-f", key)
+        with open(key + ".pub") as f, open(os.path.join(trust, "allowed_signers"), "w") as out:
+            out.write("admin@example " + f.read())
+        self.git("init", "-q", "--bare", "-b", "main", bare, cwd=g)
+        hook = os.path.join(bare, "hooks", "post-receive")
+        shutil.copy(f"{ROOT}/images/fleet/post-receive", hook)
+        os.chmod(hook, 0o755)
+        self.git("config", "ferry.mqttHost", "127.0.0.1", cwd=bare)
+        self.git("config", "ferry.mqttPort", str(self.mq_port), cwd=bare)
+        self.git("init", "-q", "-b", "main")
+        for k, v in [("user.name", "admin"), ("user.email", "admin@example"), ("gpg.format", "ssh"),
+                     ("user.signingkey", key), ("commit.gpgsign", "true")]:
+            self.git("config", k, v)
+        self.git("remote", "add", "origin", bare)
+        with open(os.path.join(self.gwork, "ferry.yaml"), "w") as f:
+            f.write("apiVersion: ferry.dev/v1\nresources:\n"
+                    "  - {kind: file, path: /etc/app.conf, source: files/app.conf}\n")
+        self.git_commit("git release 0\n")
+        first = subprocess.run(["git", "rev-parse", "HEAD"], cwd=self.gwork, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        portfile = os.path.join(g, "port")
+        self.procs.append(subprocess.Popen([sys.executable, f"{ROOT}/integration/git/http_backend.py",
+                                            os.path.join(g, "srv"), portfile]))
+        for _ in range(200):
+            if os.path.exists(portfile):
+                break
+            time.sleep(0.05)
+        with open(portfile) as f:
+            port = int(f.read())
+        self.git_agents = []
+        for i in range(self.a.git_agents):
+            d = os.path.join(self.work, f"git-agent-{i:04}")
+            os.makedirs(os.path.join(d, "root"))
+            with open(os.path.join(d, "ferry.toml"), "w") as f:
+                f.write(f"""state_dir = "{d}/state"
+[source]
+kind = "git"
+[source.git]
+url = "http://127.0.0.1:{port}/fleet.git"
+trust_dir = "{trust}"
+pin = "{first}"
+[files]
+root = "{d}/root"
+[agent]
+poll_interval = "{self.a.poll * 6}s"
+jitter = "0s"
+control_socket = "{d}/ferry.sock"
+[fleet]
+broker = "mqtt://127.0.0.1:{self.mq_port}"
+device_id = "git-{i:04}"
+nudge_interval = "1s"
+report_interval = "10m"
+""")
+            p = subprocess.Popen([self.a.ferry, "--config", f"{d}/ferry.toml", "run"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.append(p)
+            self.git_agents.append((d, 0, p))
+
+    def git_commit(self, content: str) -> None:
+        with open(os.path.join(self.gwork, "files", "app.conf"), "w") as f:
+            f.write(content)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-S", "-m", content.strip())
+        self.git("push", "-q", "origin", "main")
 
     def nudge(self):
         env = dict(os.environ, FERRY_MQTT_HOST="127.0.0.1", FERRY_MQTT_PORT=str(self.mq_port))
@@ -282,6 +368,7 @@ def main() -> None:
     p.add_argument("--py", required=True)
     p.add_argument("--agents", type=int, default=100)
     p.add_argument("--simulated", type=int, default=900)
+    p.add_argument("--git-agents", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--poll", type=int, default=10)
     p.add_argument("--window", type=int, default=30)
@@ -327,6 +414,23 @@ def main() -> None:
                 sys.exit(f"devices outside the {percent}% wave applied: {outside[:10]}")
             print(f"  {percent:3d} %: {len(wave):4d} devices converged {1000 * took:6.0f} ms after the nudge; "
                   f"none outside the wave")
+
+        if a.git_agents:
+            fleet.start_git()
+            fleet.wait_all("git release 0\n", within=300, agents=fleet.git_agents)
+            time.sleep(2)
+            glat = []
+            for r in range(1, a.rounds + 1):
+                want = f"git release {r}\n"
+                t0 = time.monotonic()
+                fleet.git_commit(want)  # the push's post-receive hook nudges
+                pushed = time.monotonic() - t0
+                glat += [pushed + t for t in fleet.wait_all(want, agents=fleet.git_agents).values()]
+                time.sleep(1.5)
+            glat.sort()
+            p99 = glat[min(len(glat) - 1, int(0.99 * len(glat)))]
+            print(f"git push → post-receive nudge → applied, {a.git_agents} agents over smart HTTP × {a.rounds} pushes:")
+            print(f"  median {1000 * statistics.median(glat):7.0f} ms   P99 {1000 * p99:7.0f} ms   max {1000 * glat[-1]:7.0f} ms   (timed from the start of `git push`)")
     finally:
         fleet.stop()
         if not a.work:
