@@ -403,8 +403,37 @@ fn rules_run_polls_modbus_from_a_file_and_refuses_unlisted_writes() {
         "{err}"
     );
 
+    let check = Command::new(FERRY)
+        .args([
+            "rules",
+            "check",
+            rules.to_str().unwrap(),
+            "--modbus",
+            plc.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(3), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("register 13 of plc1 is not writable")
+            || String::from_utf8_lossy(&check.stderr)
+                .contains("register 13 of plc1 is not writable"),
+        "{check:?}"
+    );
+
     // Register 12 is: the rule writes the temperature it saw, in tenths.
     write_rule(12);
+    let check = Command::new(FERRY)
+        .args([
+            "rules",
+            "check",
+            rules.to_str().unwrap(),
+            "--modbus",
+            plc.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
     let mut child = Command::new(FERRY)
         .args([
             "rules",

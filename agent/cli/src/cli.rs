@@ -538,6 +538,10 @@ pub enum RulesAction {
         /// Print the rule set in canonical form (fully parenthesised).
         #[arg(long)]
         print: bool,
+        /// Also check `modbus_write` actions against the devices of this
+        /// TOML file (`[[modbus]]` tables, as `[[rules.modbus]]`).
+        #[arg(long, value_name = "FILE")]
+        modbus: Option<PathBuf>,
     },
     /// Run events from a JSON-lines file through a rule file and print the
     /// actions. Each line: {"topic": "...", "time": SECONDS, "payload": {...}};

@@ -17,7 +17,12 @@ use crate::exit::Code;
 
 pub fn run(action: RulesAction) -> Result<Code> {
     match action {
-        RulesAction::Check { file, out, print } => check(&file, out.json, print),
+        RulesAction::Check {
+            file,
+            out,
+            print,
+            modbus,
+        } => check(&file, out.json, print, modbus.as_deref()),
         RulesAction::Test { file, events, out } => test(&file, &events, out.json),
         RulesAction::Run {
             files,
@@ -146,8 +151,23 @@ fn read(file: &Path) -> Result<(String, Result<Compiled, ferry_rules::RulesError
     Ok((text, compiled))
 }
 
-fn check(file: &Path, json: bool, print: bool) -> Result<Code> {
+fn check(file: &Path, json: bool, print: bool, modbus: Option<&Path>) -> Result<Code> {
     let (text, compiled) = read(file)?;
+    let compiled = match modbus {
+        None => compiled,
+        Some(path) => {
+            let plan = IngestConfig {
+                coap: None,
+                modbus: read_modbus(path)?,
+            }
+            .plan("")
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            compiled.and_then(|c| {
+                c.check_writes(|d, r| plan.writable(d, r))?;
+                Ok(c)
+            })
+        }
+    };
     let name = file.display().to_string();
     match compiled {
         Ok(c) => {
