@@ -76,7 +76,7 @@ impl Device {
         let (writes, rx) = mpsc::channel(MAX_PENDING_WRITES);
         let task = tokio::spawn(
             Poller {
-                plan: plan.clone(),
+                plan: Arc::new(plan.clone()),
                 sink,
                 alert,
                 stats: stats.clone(),
@@ -95,7 +95,8 @@ impl Device {
 }
 
 struct Poller {
-    plan: DevicePlan,
+    /// Shared, so a poll can walk the blocks while it changes the poller.
+    plan: Arc<DevicePlan>,
     sink: EventSink,
     alert: AlertFn,
     stats: Arc<DeviceStats>,
@@ -119,16 +120,15 @@ impl Poller {
                 tcp::connect_slave(self.plan.address, Slave(self.plan.unit)),
             )
             .await;
-            let mut ctx = match connected {
-                Ok(Ok(ctx)) => ctx,
-                Ok(Err(e)) => {
-                    self.failed(&format!("connecting: {e}"));
-                    self.wait(backoff, &mut writes).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-                Err(_) => {
-                    self.failed("connecting: timed out");
+            let failure = match connected {
+                Ok(Ok(ctx)) => Ok(ctx),
+                Ok(Err(e)) => Err(format!("connecting: {e}")),
+                Err(_) => Err("connecting: timed out".to_owned()),
+            };
+            let mut ctx = match failure {
+                Ok(ctx) => ctx,
+                Err(message) => {
+                    self.failed(&message);
                     self.wait(backoff, &mut writes).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -197,15 +197,16 @@ impl Poller {
 
     fn answered(&mut self) {
         self.failures = 0;
-        if !self.stats.up.swap(true, Ordering::Relaxed) && self.down {
+        self.stats.up.store(true, Ordering::Relaxed);
+        if std::mem::replace(&mut self.down, false) {
             tracing::info!(device = %self.plan.name, "modbus: device answers again");
         }
-        self.down = false;
     }
 
     async fn poll_due(&mut self, ctx: &mut Context, due: &mut [Instant]) -> Option<Failure> {
         let now = Instant::now();
-        for (i, block) in self.plan.blocks.clone().iter().enumerate() {
+        let plan = self.plan.clone();
+        for (i, block) in plan.blocks.iter().enumerate() {
             if due[i] > now {
                 continue;
             }
