@@ -19,6 +19,7 @@ mod sim;
 mod site;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -358,6 +359,17 @@ fn bad_field_source_settings_in_ferry_toml_name_their_key() {
     }
 }
 
+/// `ferry rules ACTION RULES --modbus PLC`, run to its end.
+fn rules_with_modbus(action: &str, rules: &Path, plc: &Path) -> std::process::Output {
+    Command::new(FERRY)
+        .args(["rules", action])
+        .arg(rules)
+        .arg("--modbus")
+        .arg(plc)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn rules_run_polls_modbus_from_a_file_and_refuses_unlisted_writes() {
     let port = free_port();
@@ -386,16 +398,7 @@ fn rules_run_polls_modbus_from_a_file_and_refuses_unlisted_writes() {
 
     // Register 13 is not listed: refused before anything runs.
     write_rule(13);
-    let out = Command::new(FERRY)
-        .args([
-            "rules",
-            "run",
-            rules.to_str().unwrap(),
-            "--modbus",
-            plc.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = rules_with_modbus("run", &rules, &plc);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -403,36 +406,17 @@ fn rules_run_polls_modbus_from_a_file_and_refuses_unlisted_writes() {
         "{err}"
     );
 
-    let check = Command::new(FERRY)
-        .args([
-            "rules",
-            "check",
-            rules.to_str().unwrap(),
-            "--modbus",
-            plc.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let check = rules_with_modbus("check", &rules, &plc);
     assert_eq!(check.status.code(), Some(3), "{check:?}");
+    let err = String::from_utf8_lossy(&check.stderr);
     assert!(
-        String::from_utf8_lossy(&check.stdout).contains("register 13 of plc1 is not writable")
-            || String::from_utf8_lossy(&check.stderr)
-                .contains("register 13 of plc1 is not writable"),
-        "{check:?}"
+        err.contains("plc.rules:1:") && err.contains("register 13 of plc1 is not writable"),
+        "{err}"
     );
 
     // Register 12 is: the rule writes the temperature it saw, in tenths.
     write_rule(12);
-    let check = Command::new(FERRY)
-        .args([
-            "rules",
-            "check",
-            rules.to_str().unwrap(),
-            "--modbus",
-            plc.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let check = rules_with_modbus("check", &rules, &plc);
     assert!(check.status.success(), "{check:?}");
     let mut child = Command::new(FERRY)
         .args([
