@@ -149,33 +149,39 @@ http {{
             mid = "%032x" % random.getrandbits(128)
             with open(os.path.join(d, "machine-id"), "w") as f:
                 f.write(mid + "\n")
-            with open(os.path.join(d, "ferry.toml"), "w") as f:
-                f.write(f"""state_dir = "{d}/state"
-[source]
+            p = self.start_agent(d, f"""[source]
 kind = "tuf"
 [source.tuf]
 metadata_url = "{url}/metadata"
 targets_url = "{url}/targets"
 root = "{self.repo}/metadata/1.root.json"
-[files]
-root = "{d}/root"
-[agent]
-poll_interval = "{self.a.poll}s"
+""", f"""poll_interval = "{self.a.poll}s"
 jitter = "{self.a.poll}s"
-control_socket = "{d}/ferry.sock"
 machine_id_file = "{d}/machine-id"
-[fleet]
-broker = "mqtt://127.0.0.1:{self.mq_port}"
-device_id = "dev-{i:04}"
-nudge_interval = "1s"
-report_interval = "10m"
-""")
-            p = subprocess.Popen([self.a.ferry, "--config", f"{d}/ferry.toml", "run"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.procs.append(p)
+""", f"dev-{i:04}")
             self.agents.append((d, bucket(mid), p))
             if i % 10 == 9:
                 time.sleep(0.5)
+
+    def start_agent(self, d: str, source: str, agent: str, device_id: str):
+        """`ferry run` in directory `d` with `source` and `agent` settings
+        (TOML), files under d/root, nudged through the broker."""
+        with open(os.path.join(d, "ferry.toml"), "w") as f:
+            f.write(f"""state_dir = "{d}/state"
+{source}[files]
+root = "{d}/root"
+[agent]
+{agent}control_socket = "{d}/ferry.sock"
+[fleet]
+broker = "mqtt://127.0.0.1:{self.mq_port}"
+device_id = "{device_id}"
+nudge_interval = "1s"
+report_interval = "10m"
+""")
+        p = subprocess.Popen([self.a.ferry, "--config", f"{d}/ferry.toml", "run"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
 
     def contents(self, agents=None):
         out = []
@@ -252,29 +258,15 @@ report_interval = "10m"
         for i in range(self.a.git_agents):
             d = os.path.join(self.work, f"git-agent-{i:04}")
             os.makedirs(os.path.join(d, "root"))
-            with open(os.path.join(d, "ferry.toml"), "w") as f:
-                f.write(f"""state_dir = "{d}/state"
-[source]
+            p = self.start_agent(d, f"""[source]
 kind = "git"
 [source.git]
 url = "http://127.0.0.1:{port}/fleet.git"
 trust_dir = "{trust}"
 pin = "{first}"
-[files]
-root = "{d}/root"
-[agent]
-poll_interval = "{self.a.poll * 6}s"
+""", f"""poll_interval = "{self.a.poll * 6}s"
 jitter = "0s"
-control_socket = "{d}/ferry.sock"
-[fleet]
-broker = "mqtt://127.0.0.1:{self.mq_port}"
-device_id = "git-{i:04}"
-nudge_interval = "1s"
-report_interval = "10m"
-""")
-            p = subprocess.Popen([self.a.ferry, "--config", f"{d}/ferry.toml", "run"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.procs.append(p)
+""", f"git-{i:04}")
             self.git_agents.append((d, 0, p))
 
     def git_commit(self, content: str) -> None:
