@@ -138,7 +138,7 @@ fn help_documents_commands_and_exit_codes() {
         "demo",
         "recover",
         "Exit codes:",
-        "7  an activation failed",
+        "7  an activation or the health checks after a change failed",
         "wasm",
         "`wasm run` exits with the module's own status",
     ] {
@@ -149,6 +149,207 @@ fn help_documents_commands_and_exit_codes() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Every command path `ferry --help` lists (`audit list`, `generations pin`
+/// …), found by walking the help of each.
+fn command_paths() -> Vec<Vec<String>> {
+    fn walk(prefix: &[String], out: &mut Vec<Vec<String>>) {
+        let help = std::process::Command::new(FERRY)
+            .args(prefix)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            help.status.success(),
+            "{prefix:?} --help: {}",
+            stderr(&help)
+        );
+        let text = String::from_utf8(help.stdout).unwrap();
+        let Some(list) = text.split("Commands:\n").nth(1) else {
+            return;
+        };
+        for line in list.lines() {
+            // Entries are indented two spaces; a blank line ends the list.
+            let Some(name) = line
+                .strip_prefix("  ")
+                .and_then(|l| l.split_whitespace().next())
+            else {
+                break;
+            };
+            if name == "help" || line.starts_with("   ") {
+                continue;
+            }
+            let mut path = prefix.to_vec();
+            path.push(name.to_owned());
+            out.push(path.clone());
+            walk(&path, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&[], &mut out);
+    out
+}
+
+/// The codes the exit-code table documents (`ferry --help`,
+/// docs/operations.md).
+const DOCUMENTED: [i32; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10];
+
+#[test]
+fn every_command_exits_with_a_documented_code_and_usage_errors_with_2() {
+    let paths = command_paths();
+    for must in [
+        &["apply"][..],
+        &["audit", "list"],
+        &["generations", "pin"],
+        &["firmware", "mark-good"],
+        &["time-floor", "repair"],
+    ] {
+        assert!(
+            paths.iter().any(|p| p == must),
+            "{must:?} not found in {paths:?}"
+        );
+    }
+    // The table in the docs has every code, and only those.
+    let ops =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md"))
+            .unwrap();
+    for code in DOCUMENTED {
+        assert!(
+            ops.contains(&format!("\n| {code} |")),
+            "docs/operations.md lacks exit code {code}"
+        );
+    }
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a", "1\n", "0644")]);
+    f.ok(&["apply"]);
+    for path in &paths {
+        let args: Vec<&str> = path.iter().map(String::as_str).collect();
+        // A flag no command has: a usage error.
+        let mut bad = args.clone();
+        bad.push("--no-such-flag");
+        let out = f.run(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+        // Run as it is (bounded: nothing here waits for input or a
+        // network), the code is one the table documents and nothing
+        // panicked.
+        if matches!(
+            args[..],
+            ["run"] | ["rules", "run", ..] | ["fleet", ..] | ["demo"]
+        ) {
+            continue;
+        }
+        let out = f
+            .cmd(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let code = out.status.code();
+        assert!(
+            code.is_some_and(|c| DOCUMENTED.contains(&c)),
+            "{args:?} exited {code:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Arguments that parse as text but mean nothing: usage errors too.
+    for bad in [
+        &["audit", "list", "--since", "yesterday"][..],
+        &["audit", "export", "--since", "soon"],
+        &["time-floor", "repair", "--at", "noon"],
+    ] {
+        let out = f.run(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(bad[bad.len() - 2]),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+/// `ferry … | head`: the reader goes away before ferry writes.
+#[test]
+fn a_closed_pipe_ends_commands_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let f = Fixture::new();
+    for v in 1..=3 {
+        f.publish(&[file("/etc/a", &format!("{v}\n"), "0644")]);
+        f.ok(&["apply"]);
+    }
+    for args in [
+        &["audit", "list"][..],
+        &["audit", "list", "--json"],
+        &["audit", "export"],
+        &["generations"],
+        &["status"],
+        &["plan"],
+        &["--help"],
+    ] {
+        let mut child = f
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(
+            out.status.success() || out.status.signal() == Some(13),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+/// JSON for every command a script reads.
+#[test]
+fn recover_pin_and_unpin_answer_in_json() {
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a", "1\n", "0644")]);
+    f.ok(&["apply"]);
+    let r = f.json(&["recover", "--json"]);
+    assert_eq!(
+        (r["current"].as_u64(), r["awaiting_reboot"].is_null()),
+        (Some(1), true)
+    );
+    let p = f.json(&["generations", "pin", "1", "--json"]);
+    assert_eq!(p, serde_json::json!({"generation": 1, "pinned": true}));
+    let p = f.json(&["generations", "--json", "unpin", "1"]);
+    assert_eq!(p, serde_json::json!({"generation": 1, "pinned": false}));
+    let out = f.run(&["firmware", "mark-good", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "no [firmware]: {}",
+        stderr(&out)
+    );
+}
+
+/// Nothing was interrupted: no warning says so.
+#[test]
+fn recovery_warns_only_about_what_was_interrupted() {
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a", "1\n", "0644")]);
+    let out = f.run(&["--log-level", "info", "apply"]);
+    assert!(out.status.success());
+    for args in [
+        &["--log-level", "info", "status"][..],
+        &["--log-level", "info", "recover"],
+    ] {
+        let out = f.run(args);
+        assert!(
+            !stderr(&out).contains("recovering interrupted transition"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
@@ -228,6 +429,7 @@ fn no_change_apply_records_no_transition_and_writes_no_blob() {
 #[test]
 fn rollback_to_any_generation_and_back() {
     let f = Fixture::new();
+    f.keep_generations();
     for v in 1..=3 {
         f.publish(&[file("/etc/a", &format!("{v}\n"), "0644")]);
         f.ok(&["apply"]);
@@ -251,6 +453,7 @@ fn rollback_to_any_generation_and_back() {
 #[test]
 fn gc_keeps_current_previous_and_pinned() {
     let f = Fixture::new();
+    f.keep_generations();
     for v in 1..=5 {
         f.publish(&[
             file("/etc/a", &format!("{v}\n"), "0644"),

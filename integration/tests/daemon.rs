@@ -761,9 +761,20 @@ fn the_agent_collects_what_no_kept_generation_needs_after_a_settled_reconcile() 
     assert_eq!(gc_runs(&d), 2, "{ids:?}");
     assert!(!ids.contains(&2) && ids.contains(&3), "{ids:?}");
     d.fx.ok(&["audit", "verify"]);
-    // The previous generation is still a complete rollback target.
-    d.fx.ok(&["rollback"]);
-    assert_eq!(current_content(&d), "sick\n");
+    // The previous generation is still a complete rollback target, but
+    // its revision was rejected: only by force, and the health gate
+    // returns from it again.
+    let out = d.fx.run(&["rollback"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    let out = d.fx.run(&["rollback", "--force"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("switched generation"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(current_content(&d), "healthy 3\n");
 }
 
 #[test]

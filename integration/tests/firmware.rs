@@ -495,9 +495,13 @@ fn update_then_healthy_boot_is_marked_good() {
         "v2\n"
     );
     // Before the reboot: nothing else may change, and recovery waits.
-    let refused = g.d.f.run(&["apply"]);
+    let refused = g.d.f.run(&["apply", "--no-reboot"]);
     assert_eq!(refused.status.code(), Some(8), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("waits for a reboot into firmware slot A"));
+    let refused = g.d.f.run(&["rollback", "--no-reboot"]);
+    assert_eq!(refused.status.code(), Some(8), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("waits for a reboot into firmware slot A"));
+    assert_eq!(g.reboots(), 1, "nothing rebooted");
     let out = g.d.f.ok(&["recover"]);
     assert!(out.contains("waits for a reboot into slot A"), "{out}");
     assert_eq!(g.open_transitions(), 1);

@@ -37,9 +37,41 @@ fn parse(mut d: &[u8]) -> BTreeMap<String, String> {
     fields
 }
 
+/// Runs `ferry ARGS` (with `env`) with `run` mounted as /run.
+fn in_private_run(
+    f: &Fixture,
+    run: &std::path::Path,
+    env: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    let script = format!(
+        "mount --bind {run:?} /run && {env} exec {FERRY:?} --config {:?} {}",
+        f.config,
+        quoted.join(" ")
+    );
+    let mut unshare = std::process::Command::new("unshare");
+    if !is_root() {
+        // Without root, a user namespace grants the mount.
+        unshare.arg("--map-root-user");
+    }
+    let out = unshare
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("FERRY_LOG_LEVEL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
 /// Runs `ferry ARGS` with a private /run holding a journal socket; returns
 /// every datagram it sent, parsed.
 fn journal_of(f: &Fixture, args: &[&str]) -> Vec<BTreeMap<String, String>> {
+    journal_with(f, "", args)
+}
+
+/// `journal_of` with environment assignments (`FERRY_LOG_LEVEL=debug`).
+fn journal_with(f: &Fixture, env: &str, args: &[&str]) -> Vec<BTreeMap<String, String>> {
     let run = f.dir.path().join("run");
     let sock_path = run.join("systemd/journal/socket");
     let _ = fs::remove_file(&sock_path);
@@ -63,24 +95,68 @@ fn journal_of(f: &Fixture, args: &[&str]) -> Vec<BTreeMap<String, String>> {
         }
         entries
     });
-    let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-    let script = format!(
-        "mount --bind {run:?} /run && exec {FERRY:?} --config {:?} {}",
-        f.config,
-        quoted.join(" ")
-    );
-    let mut unshare = std::process::Command::new("unshare");
-    if !is_root() {
-        // Without root, a user namespace grants the mount.
-        unshare.arg("--map-root-user");
-    }
-    let out = unshare
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    in_private_run(f, &run, env, args);
     // The reader stops after two quiet seconds.
     reader.join().unwrap()
+}
+
+/// Whether the reconcile's debug events (each decided action) are there.
+fn decisions(entries: &[BTreeMap<String, String>]) -> bool {
+    entries.iter().any(|e| e.contains_key("FERRY_ACTION"))
+}
+
+#[test]
+fn the_journal_follows_the_log_level() {
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a", "1\n", "0644")]);
+    // Default: info and above (the audit events among them), no debug.
+    let entries = journal_of(&f, &["apply"]);
+    assert!(!decisions(&entries), "{entries:#?}");
+    assert!(entries.iter().any(|e| e.contains_key("FERRY_SEQ")));
+    // FERRY_LOG_LEVEL=debug: the reconcile's decisions reach the journal.
+    f.publish(&[file("/etc/a", "2\n", "0644")]);
+    let entries = journal_with(&f, "FERRY_LOG_LEVEL=debug", &["apply"]);
+    assert!(decisions(&entries), "{entries:#?}");
+    // --log-level error: no info lines (tracing-journald: error is
+    // priority 3), but every audit event still.
+    f.publish(&[file("/etc/a", "3\n", "0644")]);
+    let entries = journal_of(&f, &["--log-level", "error", "apply"]);
+    assert!(
+        entries
+            .iter()
+            // (An empty one came as a memfd, which this reader skips.)
+            .all(|e| e.is_empty()
+                || e.contains_key("FERRY_SEQ")
+                || e.get("PRIORITY").is_some_and(|p| p.as_str() <= "3")),
+        "{entries:#?}"
+    );
+    assert!(entries.iter().any(|e| e.contains_key("FERRY_SEQ")));
+}
+
+#[test]
+fn without_a_journal_socket_the_lines_go_to_stderr_with_the_time() {
+    let f = Fixture::new();
+    f.publish(&[file("/etc/a", "1\n", "0644")]);
+    // Started by systemd (JOURNAL_STREAM set), but /run has no journal.
+    let run = f.dir.path().join("empty-run");
+    fs::create_dir_all(&run).unwrap();
+    let out = in_private_run(
+        &f,
+        &run,
+        "JOURNAL_STREAM=8:9",
+        &["--log-level", "info", "apply"],
+    );
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.contains("INFO"))
+        .unwrap_or_else(|| panic!("no info line on stderr:\n{err}"));
+    // RFC 3339 time first: stderr is not a terminal here.
+    let stamp = line.split_whitespace().next().unwrap();
+    assert!(
+        stamp.len() >= 20 && stamp.as_bytes()[4] == b'-' && stamp.contains('T'),
+        "{line}"
+    );
 }
 
 #[test]

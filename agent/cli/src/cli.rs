@@ -14,9 +14,11 @@ Exit codes:
      hash or length mismatch, broken audit chain)
   5  the state directory is in use by another ferry
   6  the state database or the secure time floor is corrupt
-  7  an activation failed; the transition was rolled back
-  8  refused in the current state (e.g. nothing to roll back to; import:
-     no bundle on the stick, or one for another device)
+  7  an activation or the health checks after a change failed; the
+     transition was rolled back
+  8  refused in the current state (e.g. nothing to roll back to; the update
+     policy holds the revision; it was rejected before; import: no bundle
+     on the stick, or one for another device)
  10  `plan --exit-code` only: the plan is not empty
 `wasm run` exits with the module's own status instead (134: it trapped,
 125: ferry could not run it).";
@@ -66,15 +68,11 @@ pub struct Cli {
     /// Device facts file; replaces probing this system (plan for another device, tests).
     #[arg(long, global = true, env = "FERRY_FACTS", value_name = "FILE")]
     pub facts: Option<PathBuf>,
-    /// Log filter for stderr (error, warn, info, debug, trace, or a tracing directive).
-    #[arg(
-        long,
-        global = true,
-        env = "FERRY_LOG_LEVEL",
-        default_value = "warn",
-        value_name = "LEVEL"
-    )]
-    pub log_level: String,
+    /// Log filter (error, warn, info, debug, trace, or a tracing
+    /// directive) for stderr (default warn) and for journald under systemd
+    /// (default info); audit events always reach the journal.
+    #[arg(long, global = true, env = "FERRY_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -91,10 +89,27 @@ pub enum TimeFloorAction {
     },
 }
 
+/// What an operator may override in a reconcile they start; each override
+/// is audited (`policy-overridden`, `rejection-overridden`) with who did it.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OverrideFlags {
+    /// Apply now although the revision's update policy holds it (outside
+    /// its update windows or rollout wave), and reboot outside its reboot
+    /// windows. A policy that forbids reboots still holds.
+    #[arg(long)]
+    pub ignore_window: bool,
+    /// Apply a revision that was rolled back after failing its health
+    /// checks (`ferry status` lists them). Healthy this time, it is no
+    /// longer rejected.
+    #[arg(long)]
+    pub force: bool,
+}
+
 #[derive(Debug, Args, Clone, Copy)]
 pub struct JsonFlag {
-    /// Machine-readable output (JSON on stdout).
-    #[arg(long)]
+    /// Machine-readable output (JSON on stdout). Also after a subcommand
+    /// (`ferry generations pin 3 --json`).
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
@@ -106,6 +121,8 @@ pub enum Command {
     /// change). After boot (not --early): confirm or roll back a firmware update, or
     /// mark the booted slot good again when its health checks pass.
     Recover {
+        #[command(flatten)]
+        out: JsonFlag,
         /// Early boot: leave a firmware update waiting for confirmation
         /// (its health checks need the running system) to a later run.
         #[arg(long)]
@@ -134,15 +151,22 @@ pub enum Command {
         #[arg(long, value_name = "R")]
         revision: Option<String>,
     },
-    /// Fetch, verify, plan and switch to the desired state (one reconcile).
+    /// Fetch, verify, plan and switch to the desired state: one reconcile
+    /// as the agent does it (update policy, health gate with automatic
+    /// rollback, rejected revisions skipped, reboot for firmware, gc),
+    /// audited as local-operator. Exit 7 when the health checks failed and
+    /// it was rolled back; 8 when the policy holds it, the revision was
+    /// rejected before, or a firmware reboot is pending.
     Apply {
         #[command(flatten)]
         out: JsonFlag,
+        #[command(flatten)]
+        overrides: OverrideFlags,
         /// After writing firmware, do not run firmware.reboot_command.
         #[arg(long)]
         no_reboot: bool,
         /// Ask the running agent (`ferry run`) to reconcile now instead.
-        #[arg(long, conflicts_with = "no_reboot")]
+        #[arg(long, conflicts_with_all = ["no_reboot", "ignore_window", "force"])]
         now: bool,
     },
     /// Run the agent: poll, apply, health-gate, roll back, gc (for systemd).
@@ -159,8 +183,10 @@ pub enum Command {
     },
     /// Import an offline bundle (a mounted USB stick, a bundle directory or
     /// a FAT image file): verified with this device's own trust roots,
-    /// rollback and freeze state, then applied like `apply`; audited with
-    /// actor usb:LABEL. Exit 8 when PATH holds no bundle.
+    /// rollback and freeze state, then reconciled like `apply` (update
+    /// policy, health gate with automatic rollback, rejected revisions
+    /// skipped); audited with actor usb:LABEL. Exit 8 when PATH holds no
+    /// bundle, or the policy or a rejection holds it; 7 when rolled back.
     Import {
         /// The bundle: a directory (e.g. a stick mounted read-only) or a FAT image.
         path: PathBuf,
@@ -179,6 +205,8 @@ pub enum Command {
         #[arg(long)]
         no_reboot: bool,
         #[command(flatten)]
+        overrides: OverrideFlags,
+        #[command(flatten)]
         out: JsonFlag,
     },
     /// Make offline bundles (for `ferry import` on devices without network).
@@ -193,11 +221,17 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<GenerationsAction>,
     },
-    /// Switch back to the previous generation (or to generation N).
+    /// Switch back to the previous generation (or to generation N), then
+    /// gate on the health checks like any change: unhealthy, it returns to
+    /// the generation it left (exit 7). A generation whose revision was
+    /// rejected needs --force.
     Rollback {
         /// The generation to switch to.
         #[arg(long, value_name = "N")]
         to: Option<u64>,
+        /// Switch to a generation whose revision was rejected.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         out: JsonFlag,
         /// After switching firmware, do not run firmware.reboot_command.
@@ -383,7 +417,7 @@ pub enum FirmwareAction {
     /// Slots, boot order, booted slot and what the boot environment says of each.
     Status(JsonFlag),
     /// Mark the booted slot good (run after a healthy boot).
-    MarkGood,
+    MarkGood(JsonFlag),
 }
 
 #[derive(Debug, Subcommand)]

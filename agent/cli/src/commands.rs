@@ -1,8 +1,11 @@
 //! Carries out one command.
 
 use anyhow::{Context, Result};
+use ferry_core::agent::Overrides;
+use ferry_engine::Engine;
+use ferry_engine::engine::LOCAL_OPERATOR;
+use ferry_engine::reconcile::{Goal, Request};
 use ferry_engine::render::report::report;
-use ferry_engine::{ApplyOutcome, Engine};
 
 use crate::cli::{
     AuditAction, AuditFilter, BundleAction, Cli, Command, FirmwareAction, GenerationsAction,
@@ -11,15 +14,6 @@ use crate::cli::{
 use crate::exit::Code;
 use crate::output;
 use crate::setup::{load_config, load_facts};
-
-/// After firmware was switched: release the state directory, then reboot
-/// (unless told not to).
-fn reboot_if_required(engine: Engine, outcome: &ApplyOutcome, no_reboot: bool, command: &[String]) {
-    if matches!(outcome, ApplyOutcome::RebootRequired { .. }) && !no_reboot {
-        drop(engine);
-        ferry_engine::activate::health::reboot(command);
-    }
-}
 
 /// The error for a part this build leaves out.
 #[allow(dead_code)]
@@ -146,7 +140,7 @@ pub fn run(args: Cli) -> Result<Code> {
                 ferry_engine::engine::resolve_source(&*src, revision.as_deref(), &facts)?;
             output::desired(rev.id(), &desired.resources, out.json)?;
         }
-        Command::Recover { early, wait } => {
+        Command::Recover { out, early, wait } => {
             let engine = if early {
                 Engine::open_early(config)?
             } else {
@@ -156,15 +150,7 @@ pub fn run(args: Cli) -> Result<Code> {
                 engine
             };
             let status = engine.status()?;
-            println!(
-                "recovered: generation {} is current",
-                status
-                    .current
-                    .map_or("none".to_owned(), |g| g.id.to_string())
-            );
-            if let Some(slot) = status.awaiting_reboot {
-                println!("a firmware update waits for a reboot into slot {slot}");
-            }
+            output::recovered(&status, out.json)?;
         }
         Command::Apply { out, now: true, .. } => {
             let answer = crate::control::call(
@@ -185,6 +171,7 @@ pub fn run(args: Cli) -> Result<Code> {
             device,
             wait,
             no_reboot,
+            overrides,
             out,
         } => {
             let facts = facts()?;
@@ -196,7 +183,11 @@ pub fn run(args: Cli) -> Result<Code> {
                     label: label.as_deref(),
                     device: device.as_deref(),
                     wait: std::time::Duration::from_secs(wait),
-                    no_reboot,
+                    overrides: Overrides {
+                        ignore_window: overrides.ignore_window,
+                        force: overrides.force,
+                        no_reboot,
+                    },
                     json: out.json,
                 },
             );
@@ -222,21 +213,48 @@ pub fn run(args: Cli) -> Result<Code> {
                 json.json,
             );
         }
-        Command::Apply { out, no_reboot, .. } => {
+        Command::Apply {
+            out,
+            no_reboot,
+            overrides,
+            ..
+        } => {
             let src = ferry_engine::fetch::source(&config)?;
             let facts = facts()?;
-            let reboot_command = config.firmware.reboot_command.clone();
-            let mut engine = Engine::open(config)?;
-            let outcome = engine.apply(&*src, &facts)?;
-            output::outcome(&outcome, out.json)?;
-            reboot_if_required(engine, &outcome, no_reboot, &reboot_command);
+            let engine = Engine::open(config)?;
+            let req = Request {
+                goal: Goal::Newest {
+                    source: &*src,
+                    facts: &facts,
+                },
+                actor: LOCAL_OPERATOR,
+                overrides: Overrides {
+                    ignore_window: overrides.ignore_window,
+                    force: overrides.force,
+                    no_reboot,
+                },
+                clock: None,
+            };
+            return crate::reconcile::operator(engine, &req, out.json);
         }
-        Command::Rollback { to, out, no_reboot } => {
-            let reboot_command = config.firmware.reboot_command.clone();
-            let mut engine = Engine::open(config)?;
-            let outcome = engine.rollback(to)?;
-            output::outcome(&outcome, out.json)?;
-            reboot_if_required(engine, &outcome, no_reboot, &reboot_command);
+        Command::Rollback {
+            to,
+            force,
+            out,
+            no_reboot,
+        } => {
+            let engine = Engine::open(config)?;
+            let req = Request {
+                goal: Goal::Generation(to),
+                actor: LOCAL_OPERATOR,
+                overrides: Overrides {
+                    ignore_window: false,
+                    force,
+                    no_reboot,
+                },
+                clock: None,
+            };
+            return crate::reconcile::operator(engine, &req, out.json);
         }
         Command::Gc(out) => {
             let mut engine = Engine::open(config)?;
@@ -255,8 +273,14 @@ pub fn run(args: Cli) -> Result<Code> {
                 };
                 output::generations(&gens, current, previous, out.json)?;
             }
-            Some(GenerationsAction::Pin { n }) => Engine::open(config)?.pin(n, true)?,
-            Some(GenerationsAction::Unpin { n }) => Engine::open(config)?.pin(n, false)?,
+            Some(GenerationsAction::Pin { n }) => {
+                Engine::open(config)?.pin(n, true)?;
+                output::pinned(n, true, out.json)?;
+            }
+            Some(GenerationsAction::Unpin { n }) => {
+                Engine::open(config)?.pin(n, false)?;
+                output::pinned(n, false, out.json)?;
+            }
         },
         Command::Firmware { action } => match action {
             FirmwareAction::Status(out) => {
@@ -276,9 +300,8 @@ pub fn run(args: Cli) -> Result<Code> {
                 })?;
                 output::firmware(&status, out.json)?;
             }
-            FirmwareAction::MarkGood => match Engine::open(config)?.firmware_mark_good()? {
-                Some((slot, true)) => println!("slot {slot} marked good"),
-                Some((slot, false)) => println!("slot {slot} was already marked good"),
+            FirmwareAction::MarkGood(out) => match Engine::open(config)?.firmware_mark_good()? {
+                Some((slot, changed)) => output::marked_good(&slot, changed, out.json)?,
                 None => anyhow::bail!("no [firmware] boot environment is configured"),
             },
         },
@@ -340,7 +363,9 @@ pub fn run(args: Cli) -> Result<Code> {
                 let at = match at {
                     Some(t) => Some(
                         t.parse::<jiff::Timestamp>()
-                            .with_context(|| format!("--at {t:?}: not an RFC 3339 time"))?
+                            .map_err(|e| {
+                                crate::exit::Usage(format!("--at {t:?}: not an RFC 3339 time: {e}"))
+                            })?
                             .as_second(),
                     ),
                     None => None,
@@ -389,18 +414,20 @@ impl AuditSelect {
 }
 
 /// `--since`: RFC 3339, a UTC date, or an age (`90m`, `24h`, `7d`) before `now`.
-fn parse_since(s: &str, now: jiff::Timestamp) -> Result<i64> {
+fn parse_since(s: &str, now: jiff::Timestamp) -> Result<i64, crate::exit::Usage> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t.as_millisecond());
     }
     if let Ok(d) = s.parse::<jiff::civil::Date>() {
         let t = d
             .to_zoned(jiff::tz::TimeZone::UTC)
-            .with_context(|| format!("--since {s:?}"))?;
+            .map_err(|e| crate::exit::Usage(format!("--since {s:?}: {e}")))?;
         return Ok(t.timestamp().as_millisecond());
     }
-    let age = ferry_core::duration::parse(s).with_context(|| {
-        format!("--since {s:?}: expected RFC 3339, YYYY-MM-DD or an age like 90m, 24h, 7d")
+    let age = ferry_core::duration::parse(s).ok_or_else(|| {
+        crate::exit::Usage(format!(
+            "--since {s:?}: expected RFC 3339, YYYY-MM-DD or an age like 90m, 24h, 7d"
+        ))
     })?;
     Ok(now
         .as_millisecond()

@@ -53,7 +53,8 @@ struct Worker {
     /// The accepted configuration, as handed to reconcile processes.
     config_file: PathBuf,
     exe: PathBuf,
-    log_level: String,
+    /// `--log-level` as the agent was given it, for its children.
+    log_level: Option<String>,
     shared: Arc<Mutex<Shared>>,
     /// Told after every reconcile, so the rule engine picks up new sets.
     reconciled: Arc<tokio::sync::Notify>,
@@ -127,10 +128,10 @@ impl Worker {
     /// `ferry ARGS…` with the accepted configuration, dying with the agent.
     fn child(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.exe);
-        cmd.arg("--config")
-            .arg(&self.config_file)
-            .arg("--log-level")
-            .arg(&self.log_level);
+        cmd.arg("--config").arg(&self.config_file);
+        if let Some(level) = &self.log_level {
+            cmd.arg("--log-level").arg(level);
+        }
         if let Some(d) = &self.state_dir {
             cmd.arg("--state-dir").arg(d);
         }
@@ -368,7 +369,10 @@ pub fn run(args: &Cli) -> Result<Code> {
             );
             let report = Box::new(move || {
                 let mut cmd = std::process::Command::new(&exe);
-                cmd.arg("--config").arg(&config_file).arg("--log-level").arg(&log_level);
+                cmd.arg("--config").arg(&config_file);
+                if let Some(level) = &log_level {
+                    cmd.arg("--log-level").arg(level);
+                }
                 if let Some(d) = &state_dir {
                     cmd.arg("--state-dir").arg(d);
                 }

@@ -17,8 +17,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use ferry_core::agent::{Outcome, Overrides};
 use ferry_engine::activate::firmware::grub::GrubEnv;
 use ferry_engine::activate::firmware::{BootEnv, BootEnvStore};
+use ferry_engine::reconcile::{Goal, Request};
 use ferry_engine::render::facts::Facts;
 use ferry_engine::render::report::report;
 use ferry_engine::{ApplyOutcome, Config, Engine};
@@ -300,16 +302,20 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     println!("   the rule set is compiled and the module probed before the switch:");
     repo.publish(1, &revision(REV1, &[])?)?;
     show_plan(&engine, &*src, &facts)?;
-    output::outcome(&engine.apply(&*src, &facts)?, false)?;
+    let newest = Goal::Newest {
+        source: &*src,
+        facts: &facts,
+    };
+    output::outcome(&step(&mut engine, newest)?, false)?;
     seen = show_transitions(&engine, seen)?;
 
     println!("\n2. a second apply of the same revision changes nothing:");
-    output::outcome(&engine.apply(&*src, &facts)?, false)?;
+    output::outcome(&step(&mut engine, newest)?, false)?;
 
     println!("\n3. revision 2 changes the bridge and lowers the rule's threshold. Plan and apply:");
     repo.publish(2, &revision(REV2, &[])?)?;
     show_plan(&engine, &*src, &facts)?;
-    output::outcome(&engine.apply(&*src, &facts)?, false)?;
+    output::outcome(&step(&mut engine, newest)?, false)?;
     seen = show_transitions(&engine, seen)?;
     let bridge = root.join("etc/mosquitto/conf.d/bridge.conf");
     show_last_line(&bridge)?;
@@ -317,7 +323,7 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     println!(
         "\n4. an operator rolls back to the previous generation (files and rule set together):"
     );
-    output::outcome(&engine.rollback(None)?, false)?;
+    output::outcome(&step(&mut engine, Goal::Generation(None))?, false)?;
     seen = show_transitions(&engine, seen)?;
     show_last_line(&bridge)?;
 
@@ -328,7 +334,7 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
         3,
         &revision(REV2, &[(FIRMWARE, "images/gateway-os-2.0.img", image)])?,
     )?;
-    let outcome = engine.apply(&*src, &facts)?;
+    let outcome = step(&mut engine, newest)?;
     output::outcome(&outcome, false)?;
     seen = show_transitions(&engine, seen)?;
     gateway.show_env()?;
@@ -371,6 +377,25 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
         );
     }
     Ok(Code::Success)
+}
+
+/// One reconcile as an operator's `apply` (or `rollback`) runs it: update
+/// policy, health gate, gc. The demo plays the reboot itself.
+fn step(engine: &mut Engine, goal: Goal<'_>) -> Result<ApplyOutcome> {
+    let req = Request {
+        goal,
+        actor: ferry_engine::engine::LOCAL_OPERATOR,
+        overrides: Overrides {
+            no_reboot: true,
+            ..Overrides::default()
+        },
+        clock: None,
+    };
+    let done = ferry_engine::reconcile::reconcile(engine, &req)?;
+    match (done.outcome, done.applied) {
+        (Outcome::Applied { .. } | Outcome::NoChange, Some(applied)) => Ok(applied),
+        (outcome, _) => anyhow::bail!("the demo's reconcile ended otherwise: {outcome}"),
+    }
 }
 
 #[cfg(all(test, feature = "wasm"))]

@@ -35,6 +35,25 @@ impl Code {
     }
 }
 
+/// A command-line argument that does not parse (`--since yesterday`): a
+/// usage error, exit 2 like the ones clap reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+impl Classify for Usage {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Config
+    }
+}
+
 /// The class of one error, if it is one of ferry's library errors. `anyhow`
 /// erases types, so the error types are listed here once; each says its own
 /// class through [`Classify`].
@@ -48,6 +67,7 @@ fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
     }
     use ferry_engine as engine;
     classes!(
+        Usage,
         engine::EngineError,
         engine::config::ConfigError,
         engine::render::facts::FactsError,

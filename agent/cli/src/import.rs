@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ferry_core::RepoPath;
+use ferry_core::agent::{Outcome, Overrides};
 use ferry_engine::fetch::bundle::{self, BundleError};
+use ferry_engine::reconcile::{self, Goal, Reconciled};
 use ferry_engine::render::facts::Facts;
 use ferry_engine::{ApplyOutcome, Config, Engine, EngineError};
 use ferry_source::offline::{Offline, Progress};
 use serde_json::json;
 
 use crate::exit::Code;
-use crate::output;
 
 /// `ferry bundle export`.
 pub fn export(
@@ -85,48 +86,43 @@ pub struct Request<'a> {
     pub label: Option<&'a str>,
     pub device: Option<&'a Path>,
     pub wait: Duration,
-    pub no_reboot: bool,
+    /// What the technician overrides (`--ignore-window`, `--force`,
+    /// `--no-reboot`).
+    pub overrides: Overrides,
     pub json: bool,
 }
 
 /// `ferry import`.
 pub fn import(config: Config, facts: Facts, req: &Request<'_>) -> Result<Code> {
-    let Request {
-        path,
-        label,
-        device,
-        wait,
-        no_reboot,
-        json: as_json,
-    } = *req;
-    let reboot_command = config.firmware.reboot_command.clone();
-    let mut engine = open_waiting(&config, wait)?;
+    let mut engine = open_waiting(&config, req.wait)?;
     let staging = config.state_dir.join("import");
     // Left by an import that was interrupted: never reused.
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("removing {}", staging.display()))?;
     }
-    let result = import_with(&mut engine, &config, &facts, path, &staging, label, device);
+    let awaiting = engine.status()?.awaiting_reboot.is_some();
+    let result = import_with(&mut engine, &config, &facts, &staging, req);
     let _ = std::fs::remove_dir_all(&staging);
-    let outcome = result?;
-    output::outcome(&outcome, as_json)?;
-    if matches!(outcome, ApplyOutcome::RebootRequired { .. }) && !no_reboot {
-        drop(engine);
-        ferry_engine::activate::health::reboot(&reboot_command);
+    let done = result?;
+    let code = crate::reconcile::print_reconciled(&engine, &done, awaiting, req.json)?;
+    if done.reboot.is_some() {
+        ferry_engine::reconcile::reboot(engine);
     }
-    Ok(Code::Success)
+    Ok(code)
 }
 
+/// Opens the bundle, checks it is for this device, and reconciles it as
+/// its stick's actor; the outcome is audited as `imported` (or
+/// `import-refused`).
 fn import_with(
     engine: &mut Engine,
     config: &Config,
     facts: &Facts,
-    path: &Path,
     staging: &Path,
-    label: Option<&str>,
-    device: Option<&Path>,
-) -> Result<ApplyOutcome> {
+    req: &Request<'_>,
+) -> Result<Reconciled> {
+    let (path, label, device) = (req.path, req.label, req.device);
     let opened = match bundle::open(path, staging, label, device) {
         Ok(o) => o,
         // Not a bundle (any stick plugged in): nothing to record.
@@ -158,18 +154,40 @@ fn import_with(
         .and_then(|()| {
             let src = bundle::source(config, &opened)?;
             let src = Offline::new(src, actor.clone(), Some(progress()));
-            Ok(engine.apply(&src, facts)?)
+            let r = reconcile::Request {
+                goal: Goal::Newest {
+                    source: &src,
+                    facts,
+                },
+                actor: &actor,
+                overrides: req.overrides,
+                clock: None,
+            };
+            Ok(reconcile::reconcile(engine, &r)?)
         });
     match &result {
-        Ok(outcome) => {
-            let (event, generation) = match outcome {
-                ApplyOutcome::NoChange { generation, .. } => ("no-change", *generation),
-                ApplyOutcome::Switched { to, .. } => ("switched", Some(*to)),
-                ApplyOutcome::RebootRequired { to, .. } => ("reboot-required", Some(*to)),
+        Ok(done) => {
+            let (event, generation) = match (&done.outcome, &done.applied) {
+                (Outcome::Held { .. }, _) => ("held", None),
+                (Outcome::Skipped { .. }, _) => ("skipped", None),
+                (Outcome::RolledBack { .. }, _) => ("rolled-back", None),
+                (_, Some(ApplyOutcome::NoChange { generation, .. })) => ("no-change", *generation),
+                (_, Some(ApplyOutcome::Switched { to, .. })) => ("switched", Some(*to)),
+                (_, Some(ApplyOutcome::RebootRequired { to, .. })) => {
+                    ("reboot-required", Some(*to))
+                }
+                (_, None) => ("no-change", None),
             };
             details["outcome"] = json!(event);
-            details["generation"] = json!(generation);
-            engine.audit("imported", &actor, details)?;
+            details["generation"] = json!(generation.or(engine.db().current_generation()?));
+            if let Outcome::Held { reason } | Outcome::RolledBack { reason } = &done.outcome {
+                details["reason"] = json!(reason);
+            }
+            let event = match done.outcome {
+                Outcome::Held { .. } | Outcome::Skipped { .. } => "import-refused",
+                _ => "imported",
+            };
+            engine.audit(event, &actor, details)?;
         }
         Err(e) => {
             details["outcome"] = json!("refused");

@@ -38,8 +38,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    quiet_when_stdout_closes();
     let args = cli::Cli::parse();
-    logging::init(&args.log_level);
+    logging::init(args.log_level.as_deref());
     let _failpoints = ferry_engine::failpoints::ENABLED.then(arm_failpoints);
     #[cfg(feature = "wasm")]
     if let cli::Command::Wasm { action } = args.command {
@@ -48,11 +49,70 @@ fn main() -> ExitCode {
     match commands::run(args) {
         Ok(code) => code.into(),
         Err(e) => {
+            let broken_pipe = e.chain().any(|c| {
+                let kind = c
+                    .downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind)
+                    .or_else(|| {
+                        c.downcast_ref::<serde_json::Error>()
+                            .and_then(serde_json::Error::io_error_kind)
+                    });
+                kind == Some(std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe && stdout_closed() {
+                die_of_sigpipe();
+            }
             let code = exit::Code::of(&e);
             eprintln!("ferry: error: {}", exit::one_line(&e));
             code.into()
         }
     }
+}
+
+/// `ferry audit list | head`: when the reader of stdout goes away, end
+/// quietly the way coreutils do (killed by SIGPIPE), not with a panic
+/// (`println!`) or an error message. SIGPIPE itself stays ignored, as Rust
+/// sets it: ferry writes to pipes of child processes (git transports,
+/// health checks) and to sockets, where a closed peer is an error to
+/// handle, not a reason to die.
+fn quiet_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && stdout_closed() {
+            die_of_sigpipe();
+        }
+        default(info);
+    }));
+}
+
+/// Whether stdout is a pipe or socket whose reader has gone.
+fn stdout_closed() -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    poll(&mut fds, Some(&zero)).is_ok()
+        && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
+}
+
+/// Ends the process as a write to a closed pipe ends coreutils.
+#[allow(unsafe_code)]
+fn die_of_sigpipe() -> ! {
+    use nix::sys::signal::{SigHandler, Signal, raise, signal};
+    // SAFETY: SIG_DFL installs no handler, so no handler code can run; the
+    // process ends right after, by that very signal.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let _ = raise(Signal::SIGPIPE);
+    std::process::exit(141)
 }
 
 /// Test builds only (the engine's `failpoints` feature): `FAILPOINTS` (the

@@ -79,6 +79,12 @@ pub fn status(
             if let Some(e) = a["last_error"].as_str() {
                 writeln!(out, "last error:  {e}")?;
             }
+            if let Some(e) = a["config_error"].as_str() {
+                writeln!(
+                    out,
+                    "config:      reload refused, the agent runs the previous configuration: {e}"
+                )?;
+            }
         }
         None => writeln!(out, "agent:       not running")?,
     }
@@ -134,6 +140,24 @@ pub fn status(
             out,
             "warning:     `current` link points to {:?}; recovered at the next apply",
             s.current_link
+        )?;
+    }
+    const SHOWN: usize = 3;
+    for r in s.rejected.iter().take(SHOWN) {
+        writeln!(
+            out,
+            "rejected:    revision {} ({}; by {} at {}); `ferry apply --force` applies it anyway",
+            r.revision,
+            r.reason,
+            r.actor,
+            time(r.time_ms)
+        )?;
+    }
+    if s.rejected.len() > SHOWN {
+        writeln!(
+            out,
+            "             and {} older rejected revisions (`ferry status --json`)",
+            s.rejected.len() - SHOWN
         )?;
     }
     writeln!(out, "audit:       {} entries", s.audit_entries)?;
@@ -259,6 +283,54 @@ pub fn outcome(o: &ApplyOutcome, as_json: bool) -> Result<()> {
             "switched {} → generation {to} (revision {revision}: {added} added, {changed} changed, {removed} removed)",
             from.map_or("nothing".to_owned(), |g| format!("generation {g}"))
         )?,
+    }
+    Ok(())
+}
+
+/// `ferry recover`: what is current afterwards, and a pending reboot.
+pub fn recovered(s: &Status, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(&json!({
+            "current": s.current.as_ref().map(|g| g.id),
+            "revision": s.current.as_ref().map(|g| &g.revision),
+            "awaiting_reboot": s.awaiting_reboot,
+            "open_transitions": s.open_transitions.len(),
+        }));
+    }
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "recovered: generation {} is current",
+        s.current
+            .as_ref()
+            .map_or("none".to_owned(), |g| g.id.to_string())
+    )?;
+    if let Some(slot) = &s.awaiting_reboot {
+        writeln!(out, "a firmware update waits for a reboot into slot {slot}")?;
+    }
+    Ok(())
+}
+
+/// `ferry generations pin|unpin N`.
+pub fn pinned(n: u64, pinned: bool, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(&json!({"generation": n, "pinned": pinned}));
+    }
+    let what = if pinned { "pinned" } else { "unpinned" };
+    writeln!(io::stdout().lock(), "generation {n} {what}")?;
+    Ok(())
+}
+
+/// `ferry firmware mark-good`: `changed` is false when it already was.
+pub fn marked_good(slot: &str, changed: bool, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(&json!({"slot": slot, "marked_good": true, "changed": changed}));
+    }
+    let mut out = io::stdout().lock();
+    if changed {
+        writeln!(out, "slot {slot} marked good")?;
+    } else {
+        writeln!(out, "slot {slot} was already marked good")?;
     }
     Ok(())
 }

@@ -1,136 +1,135 @@
-//! `ferry run --once`: one reconcile as the agent does it, in the process
-//! the agent starts for it. What to do next is decided by the pure
-//! [`agent::decide`] in ferry-core; this module only performs the actions
-//! and records what came of them.
+//! The binary's side of a reconcile: `ferry run --once` (one reconcile as
+//! the agent does it, in the process the agent starts for it) and the
+//! operator's `apply`, `rollback` and `import`. All of them run
+//! [`ferry_engine::reconcile::reconcile`]; this module says what came of it.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
-use ferry_core::agent::{
-    self, Action, Applied, Clock, Outcome, ReconcileResult, Report, RolledBack,
-};
-use ferry_core::schedule;
-use ferry_engine::render::manifest::ResolvedManifest;
+use ferry_core::agent::{Outcome, Overrides, ReconcileResult, Report};
+use ferry_engine::reconcile::{Goal, Reconciled, Request};
 use ferry_engine::{ApplyOutcome, Config, Engine, EngineError};
-use ferry_source::{Source, VerifiedRevision};
+use ferry_source::Source;
 
 use crate::cli::Cli;
 use crate::exit::Code;
+use crate::output;
 use crate::setup::{load_config, load_facts};
 
 /// Set in reconcile processes to the agent's pid: they die with it.
 pub const AGENT_PID_ENV: &str = "FERRY_AGENT_PID";
 
-/// The device's rollout bucket, from its machine id (none: no bucket).
-fn rollout_bucket(config: &Config) -> Option<u8> {
-    let id = std::fs::read_to_string(&config.agent.machine_id_file).ok()?;
-    let id = id.trim();
-    (!id.is_empty()).then(|| schedule::rollout_bucket(id))
-}
-
-/// One reconcile: asks [`agent::decide`] what to do until it is done.
+/// The agent's reconcile of the source's newest revision.
 pub fn reconcile(
     config: &Config,
     facts_file: Option<&Path>,
     engine: &mut Engine,
     src: &dyn Source,
-) -> Result<Outcome> {
+) -> Result<Reconciled> {
     let facts = load_facts(facts_file, config)?;
-    let times = config.agent.times()?;
-    let clock = Clock {
-        now: ferry_engine::fetch::policy::local_now(),
-        rollout_bucket: rollout_bucket(config),
+    let req = Request {
+        goal: Goal::Newest {
+            source: src,
+            facts: &facts,
+        },
+        actor: ferry_engine::reconcile::AGENT,
+        overrides: Overrides::default(),
+        clock: None,
     };
-    let mut r = agent::Reconcile {
-        gc: config.agent.gc,
-        awaiting_reboot: engine.status()?.awaiting_reboot,
-        ..agent::Reconcile::default()
-    };
-    let mut fetched: Option<(Arc<dyn VerifiedRevision>, ResolvedManifest)> = None;
-    loop {
-        let action = agent::decide(&r, &clock);
-        tracing::debug!(?action, "reconcile");
-        match action {
-            Action::Fetch => {
-                let (rev, desired) = engine.fetch_desired(src, &facts)?;
-                r.rejected = engine.rejected_revision()?.as_deref() == Some(rev.id());
-                r.revision = Some(rev.id().to_owned());
-                fetched = Some((rev, desired));
-            }
-            Action::ReadPolicy => {
-                let (rev, _) = fetched.as_ref().context("no fetched revision")?;
-                r.policy = Some(engine.update_policy(&**rev)?);
-            }
-            Action::Apply => {
-                let (rev, desired) = fetched.as_ref().context("no fetched revision")?;
-                r.applied = Some(match engine.apply_desired(&**rev, desired)? {
-                    ApplyOutcome::NoChange { .. } => Applied::NoChange,
-                    ApplyOutcome::RebootRequired { .. } => Applied::RebootRequired,
-                    ApplyOutcome::Switched { .. } => Applied::Switched,
-                });
-            }
-            Action::CheckHealth => {
-                let deadline = Instant::now() + times.health_timeout;
-                let verdict = ferry_engine::activate::health::wait_healthy(
-                    &config.health,
-                    deadline,
-                    times.health_interval,
-                );
-                if let Err(reason) = &verdict {
-                    tracing::error!(revision = ?r.revision, %reason, "health checks failed; rolling back");
-                }
-                r.health = Some(verdict.map_err(|why| why.0));
-            }
-            Action::RollBack => {
-                r.rolled_back = Some(match engine.rollback(None) {
-                    Ok(_) => RolledBack::Done,
-                    // The first generation has nothing to return to.
-                    Err(EngineError::Refused(why)) => RolledBack::Refused(why),
-                    Err(e) => return Err(e.into()),
-                });
-            }
-            Action::Reject { revision, reason } => {
-                engine.reject_revision(&revision, "agent", &reason)?;
-                r.rejection_recorded = true;
-            }
-            Action::Reboot { slot } => {
-                tracing::info!(slot = ?slot, "rebooting into the new firmware");
-                ferry_engine::activate::health::reboot(&config.firmware.reboot_command);
-                r.rebooted = true;
-            }
-            Action::CollectGarbage => {
-                collect_garbage(engine);
-                r.collected = true;
-            }
-            Action::Done(outcome) => return Ok(outcome),
-        }
-    }
+    Ok(ferry_engine::reconcile::reconcile(engine, &req)?)
 }
 
-/// The agent's gc after a reconcile that left the device settled.
-///
-/// A failure is logged, not fatal: the reconcile did its work, and an
-/// interrupted gc is finished by `recover()` before the next change. The
-/// engine's own check that no transition is open stays, as a second line.
-fn collect_garbage(engine: &mut Engine) {
-    if !engine.status().is_ok_and(|s| s.open_transitions.is_empty()) {
-        return;
+/// A reconcile an operator started: prints what came of it, reboots when
+/// it is due, and says which exit code that is. Held by the update policy
+/// or a rejection: 8; rolled back by the health gate: 7.
+pub fn operator(mut engine: Engine, req: &Request<'_>, as_json: bool) -> Result<Code> {
+    let awaiting = engine.status()?.awaiting_reboot;
+    let done = ferry_engine::reconcile::reconcile(&mut engine, req)?;
+    let code = print_reconciled(&engine, &done, awaiting.is_some(), as_json)?;
+    if done.reboot.is_some() {
+        ferry_engine::reconcile::reboot(engine);
     }
-    match engine.gc() {
-        Ok(o) if o.generations.is_empty() && o.blobs == 0 => {}
-        Ok(o) => tracing::info!(
-            generations = ?o.generations,
-            blobs = o.blobs,
-            bytes = o.bytes,
-            "gc: removed {} generations and {} blobs ({} bytes) no kept generation needs",
-            o.generations.len(),
-            o.blobs,
-            o.bytes
+    Ok(code)
+}
+
+/// Prints a reconcile's result the way `apply` always has (the switch it
+/// made), or why it changed nothing; the exit code that goes with it.
+pub fn print_reconciled(
+    engine: &Engine,
+    done: &Reconciled,
+    was_awaiting_reboot: bool,
+    as_json: bool,
+) -> Result<Code> {
+    let (result, code, reason) = match &done.outcome {
+        // The reboot a pending firmware switch waited for: what was asked.
+        Outcome::Held { reason } if done.reboot.is_some() => {
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::json!({"result": "rebooting", "reason": reason})
+                );
+            } else {
+                println!("{reason}");
+            }
+            return Ok(Code::Success);
+        }
+        Outcome::Applied { .. } | Outcome::NoChange => {
+            if let Some(applied) = &done.applied {
+                output::outcome(applied, as_json)?;
+            }
+            return Ok(Code::Success);
+        }
+        Outcome::Held { reason } => {
+            let hint = if was_awaiting_reboot {
+                ""
+            } else {
+                "; --ignore-window applies it now"
+            };
+            ("held", Code::Refused, format!("{reason}{hint}"))
+        }
+        Outcome::Skipped { .. } => {
+            let revision = done.revision.as_deref().unwrap_or_default();
+            let why = engine
+                .rejection(revision)?
+                .map(|r| format!(" ({})", r.reason))
+                .unwrap_or_default();
+            (
+                "skipped",
+                Code::Refused,
+                format!(
+                    "revision {revision} was rolled back before{why}; --force applies it anyway"
+                ),
+            )
+        }
+        Outcome::RolledBack { reason } => (
+            "rolled-back",
+            Code::RolledBack,
+            match &done.rolled_back {
+                Some(ApplyOutcome::Switched { to, .. }) => {
+                    format!("health checks failed: {reason}; rolled back to generation {to}")
+                }
+                _ => format!("health checks failed: {reason}"),
+            },
         ),
-        Err(e) => tracing::warn!(error = %e, "gc failed; it is finished at the next start"),
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "result": result,
+                "reason": reason,
+                "revision": done.revision,
+                "applied": done.applied,
+                "rolled_back": done.rolled_back,
+            }))?
+        );
+    } else {
+        if let Some(applied) = &done.applied {
+            output::outcome(applied, false)?;
+        }
+        eprintln!("ferry: {result}: {reason}");
     }
+    Ok(code)
 }
 
 /// Whether an error is an activation failure (rolled back or not undone).
@@ -169,13 +168,17 @@ pub fn run_once(args: &Cli, as_json: bool) -> Result<Code> {
         }
     }
     let mut status = None;
+    let mut reboot = None;
     let result = (|| {
         let config = load_config(args)?;
         let mut engine = Engine::open(config.clone())?;
         let src = ferry_engine::fetch::source(&config)?;
         let r = reconcile(&config, args.facts.as_deref(), &mut engine, &*src);
         status = engine.status().ok();
-        r
+        if r.as_ref().is_ok_and(|r| r.reboot.is_some()) {
+            reboot = Some(engine);
+        }
+        r.map(|r| r.outcome)
     })();
     let current = status.as_ref().and_then(|s| s.current.as_ref());
     let report = Report {
@@ -192,15 +195,19 @@ pub fn run_once(args: &Cli, as_json: bool) -> Result<Code> {
         revision: current.map(|g| g.revision.clone()),
         fetched_bytes: fetched_bytes(),
     };
-    match (result, as_json) {
+    let code = match (result, as_json) {
         (r, true) => {
             println!("{}", serde_json::to_string(&report)?);
-            Ok(r.as_ref().map_or_else(Code::of, |_| Code::Success))
+            r.as_ref().map_or_else(Code::of, |_| Code::Success)
         }
         (Ok(_), false) => {
             println!("{}: {}", report.result.as_str(), report.text);
-            Ok(Code::Success)
+            Code::Success
         }
-        (Err(e), false) => Err(e),
+        (Err(e), false) => return Err(e),
+    };
+    if let Some(engine) = reboot {
+        ferry_engine::reconcile::reboot(engine);
     }
+    Ok(code)
 }

@@ -117,6 +117,42 @@ pub enum RolledBack {
     Refused(String),
 }
 
+/// What the one who started a reconcile may override. The agent overrides
+/// nothing; an operator (`ferry apply`, `rollback`, `import`) may, and
+/// each override is recorded before it takes effect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Apply (and reboot) outside the policy's windows and rollout wave
+    /// (`--ignore-window`). A policy that forbids reboots still holds.
+    pub ignore_window: bool,
+    /// Apply a revision that was rejected before (`--force`).
+    pub force: bool,
+    /// Never reboot (`--no-reboot`): firmware waits for a reboot started
+    /// by someone else.
+    pub no_reboot: bool,
+}
+
+/// A promise of the policy that an operator set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Override {
+    /// Applied although the policy held it (window or wave).
+    Hold { revision: String, hold: String },
+    /// Applied although it was rejected before.
+    Rejection { revision: String },
+    /// Rebooted outside the reboot windows.
+    RebootWindow { slot: Option<String> },
+}
+
+impl Override {
+    /// The audit event that records it.
+    pub fn event(&self) -> &'static str {
+        match self {
+            Override::Hold { .. } | Override::RebootWindow { .. } => "policy-overridden",
+            Override::Rejection { .. } => "rejection-overridden",
+        }
+    }
+}
+
 /// What one reconcile has learned so far. The agent fills it in as it
 /// performs the actions [`decide`] asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -124,6 +160,10 @@ pub struct Reconcile {
     /// Collect garbage after a reconcile that leaves the device settled
     /// (`agent.gc`).
     pub gc: bool,
+    /// What the one who started it may override.
+    pub overrides: Overrides,
+    /// Overrides recorded so far.
+    pub overridden: Vec<Override>,
     /// Known before anything else: a firmware update waits for its reboot
     /// into this slot.
     pub awaiting_reboot: Option<String>,
@@ -139,6 +179,9 @@ pub struct Reconcile {
     pub rolled_back: Option<RolledBack>,
     /// The rejection of the revision is recorded.
     pub rejection_recorded: bool,
+    /// A rejected revision applied by force passed its health checks (or
+    /// already ran) and is no longer rejected.
+    pub rejection_cleared: bool,
     /// The reboot was started.
     pub rebooted: bool,
     /// Garbage was collected.
@@ -160,6 +203,12 @@ pub enum Action {
     RollBack,
     /// Remember `revision` as rejected, with why; set `rejection_recorded`.
     Reject { revision: String, reason: String },
+    /// Record that an operator overrides a promise of the policy; push it
+    /// onto `overridden`.
+    RecordOverride(Override),
+    /// A rejected revision applied by force is healthy: forget the
+    /// rejection; set `rejection_cleared`.
+    ClearRejection { revision: String },
     /// Reboot into the slot the firmware update wrote; set `rebooted`.
     Reboot { slot: Option<String> },
     /// Collect generations and blobs nothing keeps; set `collected`.
@@ -213,6 +262,7 @@ impl fmt::Display for Outcome {
 
 /// Decides the next action of a reconcile.
 pub fn decide(r: &Reconcile, clock: &Clock) -> Action {
+    let o = r.overrides;
     // A firmware update waiting for its reboot: reboot when the newest
     // revision's policy allows, and change nothing else meanwhile.
     if let Some(slot) = &r.awaiting_reboot {
@@ -222,24 +272,24 @@ pub fn decide(r: &Reconcile, clock: &Clock) -> Action {
         let Some(policy) = &r.policy else {
             return Action::ReadPolicy;
         };
-        if !policy.may_reboot(&clock.now) {
+        if r.rebooted {
             return Action::Done(Outcome::Held {
-                reason: format!("firmware in slot {slot} waits for a reboot window"),
+                reason: format!("rebooting into firmware slot {slot}"),
             });
         }
-        if !r.rebooted {
-            return Action::Reboot {
-                slot: Some(slot.clone()),
-            };
-        }
-        return Action::Done(Outcome::Held {
-            reason: format!("rebooting into slot {slot}"),
-        });
+        return match reboot(r, policy, clock, Some(slot)) {
+            Ok(action) => action,
+            Err(why) => Action::Done(Outcome::Held {
+                reason: format!(
+                    "a firmware update waits for a reboot into firmware slot {slot} ({why})"
+                ),
+            }),
+        };
     }
     let Some(revision) = &r.revision else {
         return Action::Fetch;
     };
-    if r.rejected {
+    if r.rejected && !o.force {
         return settled(
             r,
             Outcome::Skipped {
@@ -251,35 +301,60 @@ pub fn decide(r: &Reconcile, clock: &Clock) -> Action {
         return Action::ReadPolicy;
     };
     match r.applied {
-        None => match policy.may_apply(clock.rollout_bucket, &clock.now) {
-            Ok(()) => Action::Apply,
-            Err(hold) => settled(
-                r,
-                Outcome::Held {
-                    reason: format!("revision {revision}: {hold}"),
-                },
-            ),
+        None => {
+            if let Err(hold) = policy.may_apply(clock.rollout_bucket, &clock.now) {
+                if !o.ignore_window {
+                    return settled(
+                        r,
+                        Outcome::Held {
+                            reason: format!("revision {revision}: {hold}"),
+                        },
+                    );
+                }
+                let o = Override::Hold {
+                    revision: revision.clone(),
+                    hold: hold.to_string(),
+                };
+                if !r.overridden.contains(&o) {
+                    return Action::RecordOverride(o);
+                }
+            }
+            if r.rejected {
+                let o = Override::Rejection {
+                    revision: revision.clone(),
+                };
+                if !r.overridden.contains(&o) {
+                    return Action::RecordOverride(o);
+                }
+            }
+            Action::Apply
+        }
+        Some(Applied::NoChange) => match cleared(r, revision) {
+            Some(clear) => clear,
+            None => settled(r, Outcome::NoChange),
         },
-        Some(Applied::NoChange) => settled(r, Outcome::NoChange),
         // The new slot is written but not booted: the transition stays
         // open until the reboot, so no gc.
         Some(Applied::RebootRequired) => {
-            if policy.may_reboot(&clock.now) && !r.rebooted {
-                Action::Reboot { slot: None }
-            } else {
-                Action::Done(Outcome::Applied {
-                    revision: revision.clone(),
-                })
+            let applied = Action::Done(Outcome::Applied {
+                revision: revision.clone(),
+            });
+            if r.rebooted {
+                return applied;
             }
+            reboot(r, policy, clock, None).unwrap_or(applied)
         }
         Some(Applied::Switched) => match &r.health {
             None => Action::CheckHealth,
-            Some(Ok(())) => settled(
-                r,
-                Outcome::Applied {
-                    revision: revision.clone(),
-                },
-            ),
+            Some(Ok(())) => match cleared(r, revision) {
+                Some(clear) => clear,
+                None => settled(
+                    r,
+                    Outcome::Applied {
+                        revision: revision.clone(),
+                    },
+                ),
+            },
             Some(Err(failure)) => {
                 let reason = match &r.rolled_back {
                     None => return Action::RollBack,
@@ -298,6 +373,44 @@ pub fn decide(r: &Reconcile, clock: &Clock) -> Action {
             }
         },
     }
+}
+
+/// A rejected revision the operator forced is running and healthy: the
+/// rejection goes, so that status, the agent and the fleet agree.
+fn cleared(r: &Reconcile, revision: &str) -> Option<Action> {
+    (r.rejected && !r.rejection_cleared).then(|| Action::ClearRejection {
+        revision: revision.to_owned(),
+    })
+}
+
+/// The reboot into new firmware, if it may happen now (an override of the
+/// reboot window recorded first); otherwise why not.
+fn reboot(
+    r: &Reconcile,
+    policy: &UpdatePolicy,
+    clock: &Clock,
+    slot: Option<&String>,
+) -> Result<Action, &'static str> {
+    if r.overrides.no_reboot {
+        return Err("not rebooting: --no-reboot");
+    }
+    if !policy.reboot_allowed {
+        return Err("the update policy allows no reboots");
+    }
+    if !policy.may_reboot(&clock.now) {
+        if !r.overrides.ignore_window {
+            return Err("outside the reboot windows");
+        }
+        let o = Override::RebootWindow {
+            slot: slot.cloned(),
+        };
+        if !r.overridden.contains(&o) {
+            return Ok(Action::RecordOverride(o));
+        }
+    }
+    Ok(Action::Reboot {
+        slot: slot.cloned(),
+    })
 }
 
 /// The device is settled (nothing in flight): gc first when enabled.
@@ -489,6 +602,105 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_forces_a_rejected_revision_and_a_healthy_one_is_no_longer_rejected() {
+        let mut r = fetched(UpdatePolicy::default());
+        r.rejected = true;
+        r.overrides.force = true;
+        let o = Override::Rejection {
+            revision: "r2".into(),
+        };
+        assert_eq!(decide(&r, &at(12)), Action::RecordOverride(o.clone()));
+        assert_eq!(o.event(), "rejection-overridden");
+        r.overridden.push(o);
+        assert_eq!(decide(&r, &at(12)), Action::Apply);
+        r.applied = Some(Applied::Switched);
+        assert_eq!(decide(&r, &at(12)), Action::CheckHealth);
+        r.health = Some(Ok(()));
+        assert_eq!(
+            decide(&r, &at(12)),
+            Action::ClearRejection {
+                revision: "r2".into()
+            }
+        );
+        r.rejection_cleared = true;
+        assert_eq!(decide(&r, &at(12)), Action::CollectGarbage);
+        // Failing again: rolled back and rejected again, never cleared.
+        let mut r = fetched(UpdatePolicy::default());
+        r.rejected = true;
+        r.overrides.force = true;
+        r.overridden.push(Override::Rejection {
+            revision: "r2".into(),
+        });
+        r.applied = Some(Applied::Switched);
+        r.health = Some(Err("probe".into()));
+        assert_eq!(decide(&r, &at(12)), Action::RollBack);
+        r.rolled_back = Some(RolledBack::Done);
+        assert!(matches!(decide(&r, &at(12)), Action::Reject { .. }));
+    }
+
+    #[test]
+    fn ignore_window_overrides_windows_and_waves_recorded_first() {
+        let mut r = fetched(strict());
+        r.gc = false;
+        r.overrides.ignore_window = true;
+        let clock = Clock {
+            rollout_bucket: Some(90),
+            ..at(12)
+        };
+        let hold = Override::Hold {
+            revision: "r2".into(),
+            hold: "not in the rollout wave yet (device bucket 90, released to 25%)".into(),
+        };
+        assert_eq!(decide(&r, &clock), Action::RecordOverride(hold.clone()));
+        assert_eq!(hold.event(), "policy-overridden");
+        r.overridden.push(hold);
+        assert_eq!(decide(&r, &clock), Action::Apply);
+        // Firmware outside the reboot window: the override is recorded, then
+        // the reboot; --no-reboot holds it whatever the windows say.
+        r.applied = Some(Applied::RebootRequired);
+        let reboot = Override::RebootWindow { slot: None };
+        assert_eq!(decide(&r, &clock), Action::RecordOverride(reboot.clone()));
+        r.overridden.push(reboot);
+        assert_eq!(decide(&r, &clock), Action::Reboot { slot: None });
+        r.overrides.no_reboot = true;
+        assert!(matches!(
+            decide(&r, &clock),
+            Action::Done(Outcome::Applied { .. })
+        ));
+        // Inside the windows nothing is overridden, so nothing is recorded.
+        let mut r = fetched(strict());
+        r.gc = false;
+        r.overrides.ignore_window = true;
+        assert_eq!(decide(&r, &at(3)), Action::Apply);
+    }
+
+    #[test]
+    fn a_pending_reboot_says_why_it_waits() {
+        let mut r = fetched(UpdatePolicy::default());
+        r.awaiting_reboot = Some("B".into());
+        r.overrides.no_reboot = true;
+        assert_eq!(
+            done(decide(&r, &at(3))),
+            Outcome::Held {
+                reason: "a firmware update waits for a reboot into firmware slot B (not rebooting: --no-reboot)".into()
+            }
+        );
+        r.overrides.no_reboot = false;
+        r.policy = Some(UpdatePolicy {
+            reboot_allowed: false,
+            ..UpdatePolicy::default()
+        });
+        assert_eq!(
+            done(decide(&r, &at(3))),
+            Outcome::Held {
+                reason:
+                    "a firmware update waits for a reboot into firmware slot B (the update policy allows no reboots)"
+                        .into()
+            }
+        );
+    }
+
+    #[test]
     fn the_health_gate_rolls_back_rejects_then_collects() {
         let mut r = fetched(UpdatePolicy::default());
         r.applied = Some(Applied::Switched);
@@ -589,7 +801,7 @@ mod tests {
         assert_eq!(
             done(decide(&r, &at(5))),
             Outcome::Held {
-                reason: "firmware in slot B waits for a reboot window".into()
+                reason: "a firmware update waits for a reboot into firmware slot B (outside the reboot windows)".into()
             }
         );
         assert_eq!(
@@ -602,7 +814,7 @@ mod tests {
         assert_eq!(
             done(decide(&r, &at(3))),
             Outcome::Held {
-                reason: "rebooting into slot B".into()
+                reason: "rebooting into firmware slot B".into()
             }
         );
         // Even a rejected newest revision changes nothing while waiting.
@@ -687,6 +899,7 @@ mod properties {
         healthy: bool,
         rollback_refused: bool,
         gc: bool,
+        overrides: Overrides,
     }
 
     fn world() -> impl Strategy<Value = World> {
@@ -702,9 +915,19 @@ mod properties {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
+            (any::<bool>(), any::<bool>(), any::<bool>()),
         )
             .prop_map(
-                |(awaiting_reboot, rejected, policy, applied, healthy, rollback_refused, gc)| {
+                |(
+                    awaiting_reboot,
+                    rejected,
+                    policy,
+                    applied,
+                    healthy,
+                    rollback_refused,
+                    gc,
+                    (ignore_window, force, no_reboot),
+                )| {
                     World {
                         awaiting_reboot,
                         rejected,
@@ -713,6 +936,11 @@ mod properties {
                         healthy,
                         rollback_refused,
                         gc,
+                        overrides: Overrides {
+                            ignore_window,
+                            force,
+                            no_reboot,
+                        },
                     }
                 },
             )
@@ -723,7 +951,9 @@ mod properties {
         /// reboot outside a reboot window; a rejected revision is never
         /// applied; nothing is applied while a reboot is pending; nothing
         /// is applied outside the update windows or the wave; an action is
-        /// never asked for twice; gc only when the device is settled.
+        /// never asked for twice; gc only when the device is settled. An
+        /// operator's override lifts exactly the promise it names, and is
+        /// recorded before it takes effect.
         #[test]
         fn reconciles_keep_the_agents_promises(
             w in world(),
@@ -731,11 +961,15 @@ mod properties {
             bucket in proptest::option::of(0u8..100),
         ) {
             let clock = Clock { now, rollout_bucket: bucket };
+            let o = w.overrides;
             let mut r = Reconcile {
                 gc: w.gc,
+                overrides: o,
                 awaiting_reboot: w.awaiting_reboot.then(|| "B".to_owned()),
                 ..Reconcile::default()
             };
+            let held = w.policy.may_apply(bucket, &now).is_err();
+            let outside_reboot_window = !w.policy.may_reboot(&now);
             let mut taken: Vec<Action> = Vec::new();
             let outcome = loop {
                 prop_assert!(taken.len() < 12, "no end: {taken:?}");
@@ -749,10 +983,37 @@ mod properties {
                     }
                     Action::ReadPolicy => r.policy = Some(w.policy.clone()),
                     Action::Apply => {
-                        prop_assert!(!w.rejected, "applied a rejected revision");
+                        prop_assert!(!w.rejected || o.force, "applied a rejected revision");
                         prop_assert!(!w.awaiting_reboot, "applied while a reboot is pending");
-                        prop_assert!(w.policy.may_apply(bucket, &now).is_ok());
+                        prop_assert!(!held || o.ignore_window, "applied while held");
+                        let recorded = |f: fn(&Override) -> bool| r.overridden.iter().any(f);
+                        let hold_recorded = recorded(|o| matches!(o, Override::Hold { .. }));
+                        let rejection_recorded =
+                            recorded(|o| matches!(o, Override::Rejection { .. }));
+                        prop_assert!(!held || hold_recorded, "hold overridden unrecorded");
+                        prop_assert!(
+                            !w.rejected || rejection_recorded,
+                            "rejection overridden unrecorded"
+                        );
                         r.applied = Some(w.applied);
+                    }
+                    Action::RecordOverride(ov) => {
+                        match &ov {
+                            Override::Hold { .. } => prop_assert!(held && o.ignore_window),
+                            Override::Rejection { .. } => prop_assert!(w.rejected && o.force),
+                            Override::RebootWindow { .. } => {
+                                prop_assert!(outside_reboot_window && o.ignore_window);
+                            }
+                        }
+                        r.overridden.push(ov);
+                    }
+                    Action::ClearRejection { .. } => {
+                        prop_assert!(w.rejected && o.force);
+                        prop_assert!(
+                            r.health == Some(Ok(())) || r.applied == Some(Applied::NoChange),
+                            "cleared a rejection before the revision proved healthy"
+                        );
+                        r.rejection_cleared = true;
                     }
                     Action::CheckHealth => {
                         prop_assert_eq!(r.applied, Some(Applied::Switched));
@@ -771,7 +1032,15 @@ mod properties {
                         r.rejection_recorded = true;
                     }
                     Action::Reboot { .. } => {
-                        prop_assert!(w.policy.may_reboot(&now), "reboot outside its window");
+                        prop_assert!(!o.no_reboot && w.policy.reboot_allowed);
+                        let reboot_recorded = r
+                            .overridden
+                            .iter()
+                            .any(|o| matches!(o, Override::RebootWindow { .. }));
+                        prop_assert!(
+                            !outside_reboot_window || reboot_recorded,
+                            "reboot outside its window"
+                        );
                         prop_assert!(
                             w.awaiting_reboot || r.applied == Some(Applied::RebootRequired)
                         );
@@ -786,8 +1055,11 @@ mod properties {
                     Action::Done(o) => break o,
                 }
             };
-            if w.rejected && !w.awaiting_reboot {
+            if w.rejected && !o.force && !w.awaiting_reboot {
                 prop_assert_eq!(outcome.result(), ReconcileResult::Skipped);
+            }
+            if o == Overrides::default() {
+                prop_assert!(r.overridden.is_empty());
             }
             if matches!(outcome, Outcome::RolledBack { .. }) {
                 prop_assert!(r.rejection_recorded, "rolled back without rejecting");

@@ -13,6 +13,8 @@
 //!   with its boot environments and A/B slots), and the health gate;
 //! - [`engine`]: apply, rollback, gc and `recover()`, one durable step at a
 //!   time, one file per operation;
+//! - [`reconcile`]: one reconcile for every entry point (the agent, apply,
+//!   rollback, import), driven by the pure `decide()` of ferry-core;
 //! - [`config`]: `ferry.toml`, parsed and validated (a leaf: it knows no
 //!   other module).
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@ pub mod error;
 pub mod failpoints;
 pub mod fetch;
 pub mod fsutil;
+pub mod reconcile;
 pub mod render;
 pub mod store;
 

@@ -267,6 +267,7 @@ mod tests {
             firmware: None,
             audit_head: 0,
             audit_reported: 0,
+            rejected: Vec::new(),
         };
         (
             topics::status_topic("ferry", device),

@@ -423,6 +423,7 @@ impl Task {
             firmware: read.state.firmware,
             audit_head: read.state.audit_head,
             audit_reported: cursor,
+            rejected: read.state.rejected,
         };
         let body = serde_json::to_vec(&status).map_err(|e| e.to_string())?;
         client

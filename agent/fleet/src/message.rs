@@ -62,7 +62,14 @@ pub struct DeviceStatus {
     /// The newest entry the broker has acknowledged.
     #[serde(default)]
     pub audit_reported: u64,
+    /// Revisions the device rolled back after failed health checks and
+    /// will not apply again, newest first (at most [`MAX_REJECTED`]).
+    #[serde(default)]
+    pub rejected: Vec<String>,
 }
+
+/// The most rejected revisions a status names.
+pub const MAX_REJECTED: usize = 16;
 
 /// The device's side of a status: what its state says (the agent adds its
 /// own view and the time).
@@ -73,6 +80,9 @@ pub struct StateView {
     pub generation_time_ms: Option<i64>,
     pub firmware: Option<Value>,
     pub audit_head: u64,
+    /// Rejected revisions, newest first (at most [`MAX_REJECTED`]).
+    #[serde(default)]
+    pub rejected: Vec<String>,
 }
 
 /// One audit entry as reported (`P/device/D/audit/SEQ`): the entry, its

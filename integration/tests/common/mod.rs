@@ -106,6 +106,14 @@ impl Fixture {
         .unwrap();
     }
 
+    /// Turns off the gc that follows every settled reconcile (`apply`
+    /// included), for tests that go back to old generations.
+    pub fn keep_generations(&self) {
+        let text = fs::read_to_string(&self.config).unwrap();
+        assert!(!text.contains("[agent]"), "{text}");
+        fs::write(&self.config, format!("{text}[agent]\ngc = false\n")).unwrap();
+    }
+
     /// Replaces the repository with a copy of `src` (a directory tree).
     pub fn publish_tree(&self, src: &Path) {
         fs::remove_dir_all(&self.repo).unwrap();

@@ -21,9 +21,12 @@ impl Engine {
     ///
     /// A revision the source refuses (bad signatures, rollback, expiry) or
     /// whose manifest is invalid is audited; nothing else changes.
+    ///
+    /// This is the bare step, with no update policy, health gate or
+    /// rejection check: devices reconcile through [`crate::reconcile`].
     pub fn apply(&mut self, source: &dyn Source, facts: &Facts) -> Result<ApplyOutcome> {
         let (rev, desired) = self.fetch_desired(source, facts)?;
-        self.apply_desired(&*rev, &desired)
+        self.apply_desired(&*rev, &desired, LOCAL_OPERATOR)
     }
 
     /// Fetches, verifies and resolves the newest revision; refusals are
@@ -152,17 +155,24 @@ impl Engine {
         }
     }
 
-    /// The revision rolled back after failing its health checks, if any.
-    pub fn rejected_revision(&self) -> Result<Option<String>> {
-        Ok(self.db.rejected_revision()?)
+    /// Why `revision` was rejected (rolled back after failing its health
+    /// checks), if it was.
+    pub fn rejection(&self, revision: &str) -> Result<Option<Rejection>> {
+        Ok(self.db.rejection(revision)?)
     }
 
-    /// Remembers `revision` as rejected (not retried until another revision
-    /// arrives) and audits why.
+    /// Remembers `revision` as rejected (never applied again unless an
+    /// operator forces it) and audits why.
     pub fn reject_revision(&mut self, revision: &str, actor: &str, reason: &str) -> Result<()> {
         let generation = self.db.current_generation()?;
+        let rejection = Rejection {
+            revision: revision.to_owned(),
+            time_ms: crate::store::state::now_ms(),
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+        };
         self.db.with_tx(|tx| {
-            Db::set_rejected_revision(tx, revision)?;
+            Db::insert_rejection(tx, &rejection)?;
             Db::append_audit(
                 tx,
                 &AuditEvent {
@@ -174,6 +184,46 @@ impl Engine {
             )
         })?;
         Ok(())
+    }
+
+    /// Forgets the rejection of `revision` (an operator forced it and it
+    /// proved healthy), audited as `rejection-cleared`.
+    pub fn clear_rejection(&mut self, revision: &str, actor: &str) -> Result<()> {
+        let generation = self.db.current_generation()?;
+        self.db.with_tx(|tx| {
+            if Db::delete_rejection(tx, revision)? {
+                Db::append_audit(
+                    tx,
+                    &AuditEvent {
+                        generation,
+                        event: "rejection-cleared",
+                        actor,
+                        details: json!({"revision": revision}),
+                    },
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Audits an operator's override of the update policy or of a
+    /// rejection, before it takes effect.
+    pub fn record_override(&mut self, o: &ferry_core::agent::Override, actor: &str) -> Result<()> {
+        use ferry_core::agent::Override;
+        let details = match o {
+            Override::Hold { revision, hold } => {
+                json!({"revision": revision, "overridden": "update window", "hold": hold})
+            }
+            Override::RebootWindow { slot } => {
+                json!({"overridden": "reboot window", "slot": slot})
+            }
+            Override::Rejection { revision } => {
+                let reason = self.db.rejection(revision)?.map(|r| r.reason);
+                json!({"revision": revision, "rejected_for": reason})
+            }
+        };
+        self.audit(o.event(), actor, details)
     }
 
     pub(super) fn audit_refusal(
@@ -197,10 +247,13 @@ impl Engine {
         Ok(())
     }
 
+    /// Applies a fetched revision; `by` (the agent, an operator, a USB
+    /// stick) is recorded with the transition beside its signer.
     pub fn apply_desired(
         &mut self,
         rev: &dyn VerifiedRevision,
         desired: &ResolvedManifest,
+        by: &str,
     ) -> Result<ApplyOutcome> {
         self.refuse_while_reboot_pending()?;
         let from = self.db.current_generation()?;
@@ -217,7 +270,8 @@ impl Engine {
                 .get(step.id.kind)
                 .map_err(|e| EngineError::Refused(e.to_string()))?;
         }
-        let details = plan_summary(&p);
+        let mut details = plan_summary(&p);
+        details["by"] = json!(by);
         let mut t = self.db.with_tx(|tx| {
             let n = Db::allocate_generation(tx)?;
             Db::insert_transition(

@@ -34,7 +34,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn refuse_while_reboot_pending(&self) -> Result<()> {
+    pub(crate) fn refuse_while_reboot_pending(&self) -> Result<()> {
         for t in self.db.open_transitions()? {
             if let Some(fw) = pending_firmware(&self.db, &t)? {
                 return Err(EngineError::Refused(format!(

@@ -41,7 +41,9 @@ use crate::render::facts::Facts;
 use crate::render::manifest::{self, Content, ResolvedManifest};
 use crate::store::Store;
 use crate::store::generations::{GenerationManifest, Generations};
-use crate::store::state::{AuditEvent, Check, Db, GenerationRow, NewGeneration, TransitionRow};
+use crate::store::state::{
+    AuditEvent, Check, Db, GenerationRow, NewGeneration, Rejection, TransitionRow,
+};
 use ferry_source::{Source, VerifiedRevision};
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -99,6 +101,9 @@ pub struct Status {
     /// The firmware slot an open transition waits to boot into.
     pub awaiting_reboot: Option<String>,
     pub audit_entries: u64,
+    /// Revisions rolled back after failing their health checks, newest
+    /// first: not applied again unless an operator forces one.
+    pub rejected: Vec<Rejection>,
 }
 
 /// Rule sets by resource name.

@@ -92,6 +92,7 @@ impl Engine {
                 .next(),
             open_transitions: self.db.open_transitions()?,
             audit_entries: self.db.audit_head()?.map_or(0, |(s, _)| s),
+            rejected: self.db.rejections()?,
         })
     }
 
@@ -208,6 +209,13 @@ impl Engine {
                 generation_time_ms: current.as_ref().map(|g| g.created_ms),
                 firmware,
                 audit_head: self.db.audit_head()?.map_or(0, |(s, _)| s),
+                rejected: self
+                    .db
+                    .rejections()?
+                    .into_iter()
+                    .take(ferry_fleet::message::MAX_REJECTED)
+                    .map(|r| r.revision)
+                    .collect(),
             },
             entries,
         })

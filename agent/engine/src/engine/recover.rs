@@ -8,7 +8,18 @@ impl Engine {
     pub fn recover(&mut self) -> Result<()> {
         for mut t in self.db.open_transitions()? {
             let action = t.phase.recovery(t.kind);
-            tracing::warn!(transition = t.id, kind = %t.kind, phase = %t.phase, ?action, "recovering interrupted transition");
+            // A firmware switch waiting for (or just back from) its reboot
+            // was not interrupted: it is the normal follow-up.
+            let waiting =
+                action == RecoveryAction::Confirm && pending_firmware(&self.db, &t)?.is_some();
+            if waiting {
+                tracing::debug!(
+                    transition = t.id,
+                    "firmware transition: checking the reboot"
+                );
+            } else if action != RecoveryAction::Nothing {
+                tracing::warn!(transition = t.id, kind = %t.kind, phase = %t.phase, ?action, "recovering interrupted transition");
+            }
             match action {
                 RecoveryAction::Nothing => {}
                 RecoveryAction::MarkFailed => {
@@ -30,7 +41,7 @@ impl Engine {
                     }
                     self.reboot_if_running_undone_firmware(&firmware);
                 }
-                RecoveryAction::Confirm if pending_firmware(&self.db, &t)?.is_some() => {
+                RecoveryAction::Confirm if waiting => {
                     if !self.early {
                         self.firmware_followup(&mut t)?;
                     }

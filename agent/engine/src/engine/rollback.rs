@@ -3,9 +3,9 @@
 use super::*;
 
 impl Engine {
-    /// Switches back to generation `to` (default: the previous one).
-    pub fn rollback(&mut self, to: Option<u64>) -> Result<ApplyOutcome> {
-        self.refuse_while_reboot_pending()?;
+    /// The generation a rollback to `to` (default: the previous one) would
+    /// switch to, or why there is none.
+    pub fn rollback_target(&self, to: Option<u64>) -> Result<GenerationRow> {
         let current = self.db.current_generation()?.ok_or_else(|| {
             EngineError::Refused("no generation is active; nothing to roll back".into())
         })?;
@@ -20,12 +20,26 @@ impl Engine {
                 "generation {target} is already current"
             )));
         }
-        let row = self.db.generation(target)?.ok_or_else(|| {
+        self.db.generation(target)?.ok_or_else(|| {
             EngineError::Refused(format!("generation {target} does not exist (collected?)"))
-        })?;
+        })
+    }
+
+    /// Switches back to generation `to` (default: the previous one);
+    /// `actor` is who asked (an operator, or the health gate of a
+    /// reconcile).
+    pub fn rollback(&mut self, to: Option<u64>, actor: &str) -> Result<ApplyOutcome> {
+        self.refuse_while_reboot_pending()?;
+        let row = self.rollback_target(to)?;
+        let target = row.id;
+        let current = self
+            .db
+            .current_generation()?
+            .expect("a rollback target implies a current generation");
         let desired = self.db.resources(target)?;
         let p = plan(&desired, &self.db.resources(current)?);
-        let details = plan_summary(&p);
+        let mut details = plan_summary(&p);
+        details["by"] = json!(actor);
         let mut t = self.db.with_tx(|tx| {
             Db::insert_transition(
                 tx,
@@ -33,7 +47,7 @@ impl Engine {
                 Some(current),
                 Some(target),
                 Some(&row.revision),
-                LOCAL_OPERATOR,
+                actor,
                 &details,
             )
         })?;

@@ -123,7 +123,33 @@ CREATE TABLE originals (
     PRIMARY KEY (kind, name)
 ) STRICT;
 "#,
+    // Every rejected revision, not only the newest: a health-gated
+    // rollback or import of an older revision must not forget the newest.
+    r#"
+CREATE TABLE rejected (
+    revision TEXT PRIMARY KEY,
+    time_ms  INTEGER NOT NULL,
+    actor    TEXT NOT NULL,
+    reason   TEXT NOT NULL
+) STRICT;
+INSERT INTO rejected (revision, time_ms, actor, reason)
+    SELECT value, 0, 'agent', 'health checks failed' FROM meta WHERE key = 'rejected_revision';
+DELETE FROM meta WHERE key = 'rejected_revision';
+"#,
 ];
+
+/// Rejected revisions kept (the oldest are forgotten first).
+pub const MAX_REJECTED: usize = 256;
+
+/// A revision that failed its health checks and was rolled back: never
+/// applied again unless an operator forces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub revision: String,
+    pub time_ms: i64,
+    pub actor: String,
+    pub reason: String,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationRow {
@@ -490,14 +516,48 @@ impl Db {
         self.meta_u64("current_generation")
     }
 
-    /// The revision the agent rolled back after failed health checks (not
-    /// retried until another revision arrives).
-    pub fn rejected_revision(&self) -> Result<Option<String>, StateError> {
-        self.meta_get("rejected_revision")
+    /// Why `revision` was rejected, if it was.
+    pub fn rejection(&self, revision: &str) -> Result<Option<Rejection>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT revision, time_ms, actor, reason FROM rejected WHERE revision = ?1",
+                [revision],
+                rejection_row,
+            )
+            .optional()
+            .map_err(self.err())
     }
 
-    pub fn set_rejected_revision(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<()> {
-        meta_set(tx, "rejected_revision", id)
+    /// The rejected revisions, newest first.
+    pub fn rejections(&self) -> Result<Vec<Rejection>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT revision, time_ms, actor, reason FROM rejected ORDER BY time_ms DESC, rowid DESC",
+            )
+            .map_err(self.err())?;
+        stmt.query_map([], rejection_row)
+            .and_then(|rows| rows.collect())
+            .map_err(self.err())
+    }
+
+    /// Remembers `revision` as rejected (the newest [`MAX_REJECTED`] are kept).
+    pub fn insert_rejection(tx: &Transaction<'_>, r: &Rejection) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT OR REPLACE INTO rejected (revision, time_ms, actor, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![r.revision, r.time_ms, r.actor, r.reason],
+        )?;
+        tx.execute(
+            "DELETE FROM rejected WHERE rowid NOT IN
+               (SELECT rowid FROM rejected ORDER BY time_ms DESC, rowid DESC LIMIT ?1)",
+            [MAX_REJECTED as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the rejection of `revision`; whether there was one.
+    pub fn delete_rejection(tx: &Transaction<'_>, revision: &str) -> rusqlite::Result<bool> {
+        Ok(tx.execute("DELETE FROM rejected WHERE revision = ?1", [revision])? > 0)
     }
 
     /// The generation that was current before the current one.
@@ -791,6 +851,11 @@ impl Db {
         }
         if t.phase == Phase::Planned {
             details["plan"] = t.details.clone();
+        }
+        // Who started it (the agent, an operator, a stick), beside the
+        // signer that `actor` names.
+        if let Some(by) = t.details.get("by") {
+            details["by"] = by.clone();
         }
         if let Some(e) = error {
             details["error"] = Value::String(e.to_owned());
@@ -1195,6 +1260,15 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
     Ok((entry, r.get::<_, String>(6)?))
 }
 
+fn rejection_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Rejection> {
+    Ok(Rejection {
+        revision: r.get(0)?,
+        time_ms: r.get(1)?,
+        actor: r.get(2)?,
+        reason: r.get(3)?,
+    })
+}
+
 fn meta_set(tx: &Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -1246,6 +1320,53 @@ mod tests {
         }
         let e = Db::open(&p, false).unwrap_err();
         assert!(matches!(e, StateError::TooNew { found: 99, .. }), "{e}");
+    }
+
+    #[test]
+    fn the_rejected_revision_of_an_older_schema_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        {
+            // The schema before rejections had a table: one meta key.
+            let mut c = Connection::open(&p).unwrap();
+            let tx = c.transaction().unwrap();
+            for sql in &MIGRATIONS[..3] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 3).unwrap();
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('rejected_revision', 'rev-7')",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let mut db = Db::open(&p, true).unwrap();
+        let r = db.rejection("rev-7").unwrap().unwrap();
+        assert_eq!((r.actor.as_str(), r.time_ms), ("agent", 0));
+        assert_eq!(db.meta_get("rejected_revision").unwrap(), None);
+        // More than the bound: the oldest go first.
+        db.with_tx(|tx| {
+            for i in 0..MAX_REJECTED + 3 {
+                Db::insert_rejection(
+                    tx,
+                    &Rejection {
+                        revision: format!("r{i}"),
+                        time_ms: 1000 + i as i64,
+                        actor: "agent".into(),
+                        reason: "x".into(),
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let all = db.rejections().unwrap();
+        assert_eq!(all.len(), MAX_REJECTED);
+        assert_eq!(all[0].revision, format!("r{}", MAX_REJECTED + 2));
+        assert!(db.rejection("rev-7").unwrap().is_none());
+        assert!(!db.with_tx(|tx| Db::delete_rejection(tx, "r300")).unwrap());
+        assert!(db.with_tx(|tx| Db::delete_rejection(tx, "r258")).unwrap());
     }
 
     #[test]
