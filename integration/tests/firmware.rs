@@ -474,12 +474,16 @@ fn firmware_config_is_validated() {
 fn update_then_healthy_boot_is_marked_good() {
     let g = Gateway::new();
     g.d.f.ok(&["firmware", "mark-good"]);
+    fs::write(&g.healthy, "").unwrap();
+    // The running firmware is v1 already: ferry takes it over as it runs,
+    // writing nothing and rebooting nothing.
     g.publish("v1");
-    // The running firmware is v1 already, but ferry does not know it: the
-    // first apply writes v1 into B. Start from there.
+    g.d.f.ok(&["apply"]);
+    assert_eq!((g.reboots(), g.open_transitions()), (0, 0));
+    assert_eq!(g.slot_image("B"), b"");
+    g.publish("v1.1");
     g.d.f.ok(&["apply"]);
     assert_eq!(g.reboots(), 1, "the reboot command ran");
-    fs::write(&g.healthy, "").unwrap();
     assert_eq!(g.power_on(), "B");
     g.d.f.ok(&["recover"]);
     assert_eq!(g.open_transitions(), 0);
@@ -954,19 +958,20 @@ fn block_device_slots_take_their_capacity_from_the_device() {
 #[test]
 fn rolling_back_firmware_reuses_the_slot_that_still_holds_it() {
     let g = Gateway::new();
+    g.d.f.keep_generations();
     fs::write(&g.healthy, "").unwrap();
     g.d.f.ok(&["firmware", "mark-good"]);
+    // Generation 1 takes over v1 as it runs in A; generation 2 writes v2
+    // into B.
     g.publish("v1");
+    g.d.f.ok(&["apply", "--no-reboot"]);
+    g.publish("v2");
     g.d.f.ok(&["apply", "--no-reboot"]);
     assert_eq!(g.power_on(), "B");
     g.d.f.ok(&["recover"]);
-    g.publish("v2");
-    g.d.f.ok(&["apply", "--no-reboot"]);
-    assert_eq!(g.power_on(), "A");
-    g.d.f.ok(&["recover"]);
     assert_eq!(
         (g.slot_image("A"), g.slot_image("B")),
-        (image_bytes("v2"), image_bytes("v1"))
+        (image_bytes("v1"), image_bytes("v2"))
     );
     // Installed images live in their slots: gc drops them from the store,
     // and a later change that leaves the firmware alone does not fetch it.
@@ -983,8 +988,8 @@ fn rolling_back_firmware_reuses_the_slot_that_still_holds_it() {
     let out = g.d.f.ok(&["apply"]);
     assert!(out.contains("1 changed"), "{out}");
     assert_eq!(large_blobs(), 0, "the unchanged image was not staged again");
-    // Back to generation 1 (firmware v1), which slot B still holds.
-    let before = fs::metadata(g.d.f.dir.path().join("slot-b.img"))
+    // Back to generation 1 (firmware v1), which slot A still holds.
+    let before = fs::metadata(g.d.f.dir.path().join("slot-a.img"))
         .unwrap()
         .modified()
         .unwrap();
@@ -995,18 +1000,18 @@ fn rolling_back_firmware_reuses_the_slot_that_still_holds_it() {
         "{}",
         stderr(&out)
     );
-    let after = fs::metadata(g.d.f.dir.path().join("slot-b.img"))
+    let after = fs::metadata(g.d.f.dir.path().join("slot-a.img"))
         .unwrap()
         .modified()
         .unwrap();
     assert_eq!(before, after, "not rewritten");
     assert_eq!(g.reboots(), 1, "rollback reboots into the other slot");
-    assert_eq!(g.power_on(), "B");
+    assert_eq!(g.power_on(), "A");
     g.d.f.ok(&["recover"]);
     assert_eq!(g.open_transitions(), 0);
     let status = g.d.f.json(&["status", "--json"]);
     assert_eq!(status["current"]["id"], 1);
-    assert_eq!(g.slot_image("B"), image_bytes("v1"));
+    assert_eq!(g.slot_image("A"), image_bytes("v1"));
 }
 
 #[test]

@@ -418,6 +418,12 @@ pub enum FirmwareAction {
     Status(JsonFlag),
     /// Mark the booted slot good (run after a healthy boot).
     MarkGood(JsonFlag),
+    /// Cancel a firmware switch that waits for its reboot: the booted slot
+    /// stays first, the written slot is marked bad, the generation before
+    /// it is current again, and its revision is rejected (`apply --force`
+    /// applies it anyway). Audited. Exit 8 when nothing waits, or when the
+    /// device has rebooted since (then `ferry recover` decides).
+    Cancel(JsonFlag),
 }
 
 #[derive(Debug, Subcommand)]

@@ -300,6 +300,17 @@ pub fn run(args: Cli) -> Result<Code> {
                 })?;
                 output::firmware(&status, out.json)?;
             }
+            FirmwareAction::Cancel(out) => {
+                match Engine::open(config)?.firmware_cancel(LOCAL_OPERATOR)? {
+                    Some((transition, slot)) => output::cancelled(transition, &slot, out.json)?,
+                    None => {
+                        return Err(ferry_engine::EngineError::Refused(
+                            "no firmware switch waits for a reboot".into(),
+                        )
+                        .into());
+                    }
+                }
+            }
             FirmwareAction::MarkGood(out) => match Engine::open(config)?.firmware_mark_good()? {
                 Some((slot, changed)) => output::marked_good(&slot, changed, out.json)?,
                 None => anyhow::bail!("no [firmware] boot environment is configured"),

@@ -178,6 +178,8 @@ pub fn plan(r: &PlanReport, as_json: bool) -> Result<()> {
         let sign = match s.op {
             Op::Add => '+',
             Op::Change => '~',
+            // Firmware a generation no longer names is released, not removed.
+            Op::Remove if s.kind == "firmware" => '=',
             Op::Remove => '-',
         };
         let id = format!("{} {}", s.kind, s.name);
@@ -318,6 +320,18 @@ pub fn pinned(n: u64, pinned: bool, as_json: bool) -> Result<()> {
     }
     let what = if pinned { "pinned" } else { "unpinned" };
     writeln!(io::stdout().lock(), "generation {n} {what}")?;
+    Ok(())
+}
+
+/// `ferry firmware cancel`.
+pub fn cancelled(transition: i64, slot: &str, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(&json!({"cancelled": transition, "slot": slot}));
+    }
+    writeln!(
+        io::stdout().lock(),
+        "cancelled transition {transition}: slot {slot} is marked bad and will not boot; the running firmware stays"
+    )?;
     Ok(())
 }
 

@@ -89,6 +89,17 @@ impl Step {
         self.from.as_ref().is_some_and(|r| r.secret) || self.to.as_ref().is_some_and(|r| r.secret)
     }
 
+    /// What the step does, as the plan and the audit journal name it:
+    /// `add`, `change`, `remove`, or `release` for a firmware resource a
+    /// generation no longer names (the booted firmware stays: a generation
+    /// that does not manage firmware leaves it as it runs).
+    pub fn verb(&self) -> &'static str {
+        match (self.id.kind, self.op) {
+            (crate::Kind::Firmware, Op::Remove) => "release",
+            (_, op) => op.as_str(),
+        }
+    }
+
     /// The reasons for humans, redacted if the step is secret.
     pub fn describe_reasons(&self) -> Vec<String> {
         let secret = self.is_secret();

@@ -29,6 +29,7 @@ pub const ALL: &[&str] = &[
     FIRMWARE_WRITE,
     FIRMWARE_WRITTEN,
     FIRMWARE_ACTIVATED,
+    FIRMWARE_CANCEL_REJECTED,
     DELTA_INVALIDATED,
     DELTA_CHUNK,
     DELTA_WRITTEN,
@@ -76,6 +77,9 @@ pub const FIRMWARE_WRITE: &str = "firmware::write";
 pub const FIRMWARE_WRITTEN: &str = "firmware::written";
 /// The slot is marked active (tried at the next boot); not recorded as done.
 pub const FIRMWARE_ACTIVATED: &str = "firmware::activated";
+/// `firmware cancel`: the revision is rejected; the transition is not yet
+/// undone.
+pub const FIRMWARE_CANCEL_REJECTED: &str = "firmware::cancel-rejected";
 /// Delta install: the inactive slot is marked bad; nothing written.
 pub const DELTA_INVALIDATED: &str = "delta::invalidated";
 /// Delta install: after each chunk written into the slot (a power cut mid-write).

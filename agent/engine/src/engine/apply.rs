@@ -308,6 +308,13 @@ impl Engine {
             if self.store.contains(&r.content.sha256) {
                 continue;
             }
+            // A firmware slot that holds the image already (the firmware a
+            // rollback returns to, or the one that runs): nothing to fetch.
+            if r.kind == ferry_core::Kind::Firmware
+                && self.activators.get(r.kind).is_ok_and(|a| a.holds(r))
+            {
+                continue;
+            }
             if r.kind == ferry_core::Kind::Wasm
                 && let Some(delta) = desired.deltas.get(&r.id())
             {
@@ -521,7 +528,7 @@ impl Engine {
                         event: "activated",
                         actor: &actor,
                         details: {
-                            let mut d = json!({"transition": t.id, "op": step.op.as_str(), "kind": step.id.kind.as_str(), "resource": step.id.name});
+                            let mut d = json!({"transition": t.id, "op": step.verb(), "kind": step.id.kind.as_str(), "resource": step.id.name});
                             if !notes.is_null() {
                                 d["notes"] = notes.clone();
                             }

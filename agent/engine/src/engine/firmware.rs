@@ -148,6 +148,51 @@ impl Engine {
         )
     }
 
+    /// Cancels a firmware switch that waits for its reboot (RAUC's
+    /// `mark-active booted`): its revision is rejected first (so that no
+    /// reconcile writes it again), then the transition is undone like a
+    /// failed one: the boot environment as it was, the written slot marked
+    /// bad, the generation before it current again. Returns the
+    /// transition and the slot; `None` when nothing waits. Interrupted, the
+    /// undo is finished by `recover()`.
+    pub fn firmware_cancel(&mut self, actor: &str) -> Result<Option<(i64, String)>> {
+        let Some((mut t, pending)) = self
+            .db
+            .open_transitions()?
+            .into_iter()
+            .map(|t| pending_firmware(&self.db, &t).map(|p| p.map(|p| (t, p))))
+            .find_map(Result::transpose)
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let fw = crate::activate::firmware::Firmware::from_config(&self.config.firmware)?
+            .ok_or_else(|| {
+                EngineError::Refused(
+                    "a firmware transition is open but [firmware] is not configured".into(),
+                )
+            })?;
+        if fw.boot_id()? != pending.boot_id {
+            return Err(EngineError::Refused(format!(
+                "the device rebooted since firmware was written into slot {}: `ferry recover` confirms or rolls back transition {}",
+                pending.target, t.id
+            )));
+        }
+        let reason = format!(
+            "firmware switch to slot {} cancelled by {actor}",
+            pending.target
+        );
+        if let Some(revision) = t.revision.clone() {
+            self.reject_revision(&revision, actor, &reason)?;
+        }
+        fail_point!(fp::FIRMWARE_CANCEL_REJECTED);
+        let failure = ActivateError::new(format!("firmware slot {}", pending.target), reason);
+        match self.roll_back(&mut t, failure) {
+            EngineError::RolledBack { .. } => Ok(Some((t.id, pending.target))),
+            other => Err(other),
+        }
+    }
+
     /// `ferry firmware status`: the boot environment's view plus what the
     /// state knows of each slot's image and of a pending update.
     pub fn firmware_status(&self) -> Result<Option<crate::activate::firmware::FirmwareStatus>> {

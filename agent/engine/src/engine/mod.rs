@@ -364,7 +364,7 @@ pub(super) fn plan_summary(p: &Plan) -> Value {
         "changed": changed,
         "removed": removed,
         "steps": p.steps.iter().map(|s| json!({
-            "op": s.op.as_str(),
+            "op": s.verb(),
             "kind": s.id.kind.as_str(),
             "name": s.id.name,
             "reasons": s.describe_reasons(),

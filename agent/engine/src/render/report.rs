@@ -95,7 +95,13 @@ pub fn report(
         .iter()
         .map(|s| {
             let secret = s.is_secret();
-            let (diff, note) = diff(s, secret, rev, desired, store);
+            let (diff, mut note) = diff(s, secret, rev, desired, store);
+            if s.verb() == "release" {
+                note = Some(
+                    "released: the generation does not manage firmware; the booted firmware stays as it runs"
+                        .to_owned(),
+                );
+            }
             StepReport {
                 op: s.op,
                 kind: s.id.kind.as_str().to_owned(),

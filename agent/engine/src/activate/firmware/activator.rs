@@ -76,11 +76,16 @@ impl Activator for FirmwareActivator {
     }
 
     fn prepare(&self, step: &Step, _store: &Store) -> Result<Value, ActivateError> {
-        if step.op == Op::Remove {
+        let Some(to) = step.to.as_ref().filter(|_| step.op != Op::Remove) else {
             // Dropping a firmware resource leaves the running firmware alone.
             return Ok(Value::Null);
-        }
+        };
         let fw = self.fw(step)?;
+        if fw.runs(to.content).map_err(err(step))? {
+            // Nothing will be written or switched: nothing to undo, and no
+            // reboot to wait for.
+            return Ok(Value::Null);
+        }
         let booted = fw.booted().map_err(err(step))?;
         let target = fw.inactive().map_err(err(step))?.name.clone();
         let env = fw.env.load().map_err(err(step))?;
@@ -99,6 +104,29 @@ impl Activator for FirmwareActivator {
             boot_id: fw.boot_id().map_err(err(step))?,
         };
         Ok(serde_json::to_value(undo).expect("undo record serialises"))
+    }
+
+    /// Says in the audit entry what a step did that writes nothing: a
+    /// release (the generation does not manage firmware: what runs stays)
+    /// or an install of the firmware that runs already.
+    fn apply_noted(&self, step: &Step, store: &Store) -> Result<Value, ActivateError> {
+        let running = || self.fw(step).ok().and_then(|fw| fw.booted().ok());
+        let Some(to) = step.to.as_ref().filter(|_| step.op != Op::Remove) else {
+            return Ok(serde_json::json!({
+                "released": true,
+                "running": running(),
+                "note": "the generation does not manage firmware: the booted firmware stays as it is",
+            }));
+        };
+        if self.fw(step)?.runs(to.content).map_err(err(step))? {
+            tracing::info!(resource = %step.id, "the booted slot runs this image already; nothing to write, no reboot");
+            return Ok(serde_json::json!({
+                "running": running(),
+                "unchanged": true,
+                "note": "the booted slot runs this image already: nothing written, no reboot",
+            }));
+        }
+        self.apply(step, store).map(|()| Value::Null)
     }
 
     fn apply(&self, step: &Step, store: &Store) -> Result<(), ActivateError> {
@@ -149,13 +177,16 @@ impl Activator for FirmwareActivator {
         fw.env.store(&env).map_err(err(step))
     }
 
-    /// The inactive slot holds the image already (a rollback).
+    /// A slot holds the image already: the inactive one (a rollback: it
+    /// is activated, not rewritten) or the booted one (it runs: nothing to
+    /// do). Either way the image need not be fetched.
     fn holds(&self, resource: &Resource) -> bool {
-        self.fw
-            .as_ref()
-            .ok()
-            .and_then(|fw| fw.inactive().ok())
-            .is_some_and(|slot| slot.verify(resource.content).is_ok())
+        let Ok(fw) = self.fw.as_ref() else {
+            return false;
+        };
+        fw.inactive()
+            .is_ok_and(|slot| slot.verify(resource.content).is_ok())
+            || fw.runs(resource.content).unwrap_or(false)
     }
 
     fn undo_blobs(&self, _undo: &Value) -> Vec<Sha256> {

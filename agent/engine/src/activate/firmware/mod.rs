@@ -150,6 +150,20 @@ impl Firmware {
             .map_err(|e| FirmwareError::Booted(e.0))
     }
 
+    /// Whether the booted slot already runs `content` and stays the one the
+    /// bootloader picks (first in the order, good): then installing it is
+    /// nothing to do (rolling forward to the firmware that runs).
+    pub fn runs(&self, content: ferry_core::ContentRef) -> Result<bool, FirmwareError> {
+        let booted = self.booted()?;
+        let env = self.env.load()?;
+        let first = self.scheme.order(&env).first() == Some(&booted);
+        if !first || !self.scheme.state(&env, &booted).good {
+            return Ok(false);
+        }
+        let slot = slot::find(&self.slots, &booted).expect("the booted slot is configured");
+        Ok(slot.verify(content).is_ok())
+    }
+
     /// The slot an update goes into: the one not booted.
     pub fn inactive(&self) -> Result<&slot::SlotConfig, FirmwareError> {
         let booted = self.booted()?;
