@@ -308,9 +308,11 @@ impl Engine {
             if self.store.contains(&r.content.sha256) {
                 continue;
             }
-            // A firmware slot that holds the image already (the firmware a
-            // rollback returns to, or the one that runs): nothing to fetch.
+            // Firmware a generation takes over as it runs (the current one
+            // manages none): a slot holds the image already, nothing to
+            // fetch.
             if r.kind == ferry_core::Kind::Firmware
+                && from.is_none()
                 && self.activators.get(r.kind).is_ok_and(|a| a.holds(r))
             {
                 continue;

@@ -81,9 +81,10 @@ impl Activator for FirmwareActivator {
             return Ok(Value::Null);
         };
         let fw = self.fw(step)?;
-        if fw.runs(to.content).map_err(err(step))? {
+        if step.op == Op::Add && fw.runs(to.content).map_err(err(step))? {
             // Nothing will be written or switched: nothing to undo, and no
-            // reboot to wait for.
+            // reboot to wait for. (Only an `add` can meet the running image:
+            // a `change` replaces what the current generation runs.)
             return Ok(Value::Null);
         }
         let booted = fw.booted().map_err(err(step))?;
@@ -118,7 +119,7 @@ impl Activator for FirmwareActivator {
                 "note": "the generation does not manage firmware: the booted firmware stays as it is",
             }));
         };
-        if self.fw(step)?.runs(to.content).map_err(err(step))? {
+        if step.op == Op::Add && self.fw(step)?.runs(to.content).map_err(err(step))? {
             tracing::info!(resource = %step.id, "the booted slot runs this image already; nothing to write, no reboot");
             return Ok(serde_json::json!({
                 "running": running(),
