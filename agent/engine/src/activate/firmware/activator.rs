@@ -32,6 +32,9 @@ use crate::store::Store;
 pub struct FirmwareActivator {
     /// The configured firmware, or why there is none.
     fw: Result<Firmware, String>,
+    /// Whether the booted slot runs an image, by its sha256: read once per
+    /// process (staging and activation both ask; a slot is large).
+    running: std::sync::Mutex<std::collections::HashMap<Sha256, bool>>,
 }
 
 /// What undo and the post-boot check need.
@@ -56,7 +59,25 @@ impl FirmwareActivator {
             }
             Err(e) => Err(e.to_string()),
         };
-        FirmwareActivator { fw }
+        FirmwareActivator {
+            fw,
+            running: Default::default(),
+        }
+    }
+
+    /// [`Firmware::runs`], remembered.
+    fn runs(
+        &self,
+        fw: &Firmware,
+        content: ferry_core::ContentRef,
+    ) -> Result<bool, crate::activate::firmware::FirmwareError> {
+        let mut known = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(runs) = known.get(&content.sha256) {
+            return Ok(*runs);
+        }
+        let runs = fw.runs(content)?;
+        known.insert(content.sha256, runs);
+        Ok(runs)
     }
 
     fn fw(&self, step: &Step) -> Result<&Firmware, ActivateError> {
@@ -81,7 +102,7 @@ impl Activator for FirmwareActivator {
             return Ok(Value::Null);
         };
         let fw = self.fw(step)?;
-        if step.op == Op::Add && fw.runs(to.content).map_err(err(step))? {
+        if step.op == Op::Add && self.runs(fw, to.content).map_err(err(step))? {
             // Nothing will be written or switched: nothing to undo, and no
             // reboot to wait for. (Only an `add` can meet the running image:
             // a `change` replaces what the current generation runs.)
@@ -119,7 +140,7 @@ impl Activator for FirmwareActivator {
                 "note": "the generation does not manage firmware: the booted firmware stays as it is",
             }));
         };
-        if step.op == Op::Add && self.fw(step)?.runs(to.content).map_err(err(step))? {
+        if step.op == Op::Add && self.runs(self.fw(step)?, to.content).map_err(err(step))? {
             tracing::info!(resource = %step.id, "the booted slot runs this image already; nothing to write, no reboot");
             return Ok(serde_json::json!({
                 "running": running(),
@@ -187,7 +208,7 @@ impl Activator for FirmwareActivator {
         };
         fw.inactive()
             .is_ok_and(|slot| slot.verify(resource.content).is_ok())
-            || fw.runs(resource.content).unwrap_or(false)
+            || self.runs(fw, resource.content).unwrap_or(false)
     }
 
     fn undo_blobs(&self, _undo: &Value) -> Vec<Sha256> {
