@@ -312,6 +312,11 @@ fn a_closed_pipe_ends_commands_quietly() {
 #[test]
 fn recover_pin_and_unpin_answer_in_json() {
     let f = Fixture::new();
+    // Before the first apply (the boot units run it anyway): nothing to
+    // do, and no state directory is made.
+    let r = f.json(&["recover", "--json"]);
+    assert_eq!(r["state"], "none");
+    assert!(!f.state.exists());
     f.publish(&[file("/etc/a", "1\n", "0644")]);
     f.ok(&["apply"]);
     let r = f.json(&["recover", "--json"]);

@@ -141,6 +141,19 @@ pub fn run(args: Cli) -> Result<Code> {
             output::desired(rev.id(), &desired.resources, out.json)?;
         }
         Command::Recover { out, early, wait } => {
+            // Boot units run this whatever state_dir is: before the first
+            // apply there is nothing to recover, and nothing is created.
+            if !config.state_dir.join("state.db").exists() {
+                if out.json {
+                    println!("{}", serde_json::json!({"current": null, "state": "none"}));
+                } else {
+                    println!(
+                        "nothing to recover: no state in {} yet",
+                        config.state_dir.display()
+                    );
+                }
+                return Ok(Code::Success);
+            }
             let engine = if early {
                 Engine::open_early(config)?
             } else {
