@@ -10,7 +10,7 @@
     tuf = {
       metadataUrl = "https://updates.example.com/metadata/";
       targetsUrl = "https://updates.example.com/targets/";
-      root = "/etc/ferry/root.json";
+      root = "/etc/ferry/trust/root.json";
       manifest = null;
     };
     git = { url = null; branch = "main"; trustDir = null; manifest = null; };

@@ -53,7 +53,7 @@ in
       tuf = {
         metadataUrl = mkOption { type = nullOr types.str; default = null; description = "source.tuf.metadata_url"; };
         targetsUrl = mkOption { type = nullOr types.str; default = null; description = "source.tuf.targets_url"; };
-        root = mkOption { type = types.path; default = "/etc/ferry/root.json"; description = "The baked TUF root (source.tuf.root)."; };
+        root = mkOption { type = types.path; default = "/etc/ferry/trust/root.json"; description = "The baked TUF root (source.tuf.root)."; };
         manifest = mkOption { type = nullOr types.str; default = null; description = "source.tuf.manifest"; };
       };
       git = {

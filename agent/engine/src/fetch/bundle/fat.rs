@@ -172,6 +172,11 @@ fn free_bytes(image: &Path) -> Option<u64> {
 
 /// What `dir` takes on FAT: files rounded up to 4 KiB clusters (the
 /// largest mkfs.vfat picks for images of this size), a cluster per directory.
+/// The largest file FAT32 holds (its sizes are 32-bit).
+pub const FAT32_MAX_FILE: u64 = u32::MAX as u64;
+
+/// The bytes `dir` takes on a FAT32 volume; a file FAT32 cannot hold is
+/// refused by name before anything is written.
 fn dir_size(dir: &Path) -> Result<u64, BundleError> {
     let mut total = 4096;
     for e in std::fs::read_dir(dir).map_err(|e| BundleError::io("reading", dir, e))? {
@@ -179,6 +184,15 @@ fn dir_size(dir: &Path) -> Result<u64, BundleError> {
         let m = e
             .metadata()
             .map_err(|err| BundleError::io("reading", e.path(), err))?;
+        if !m.is_dir() && m.len() > FAT32_MAX_FILE {
+            return Err(BundleError::Invalid {
+                path: e.path(),
+                reason: format!(
+                    "{} bytes: FAT32 holds files of at most 4 GiB - 1 byte; export to a directory on an exFAT or ext4 stick, or carry the firmware by delta (--delta-from)",
+                    m.len()
+                ),
+            });
+        }
         total += if m.is_dir() {
             dir_size(&e.path())?
         } else {
@@ -728,6 +742,24 @@ mod tests {
             BundleError::Invalid { reason, .. } => reason,
             other => panic!("expected Invalid, got {other}"),
         }
+    }
+
+    #[test]
+    fn a_file_over_the_fat32_limit_is_refused_by_name_and_leaves_no_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("tuf/targets")).unwrap();
+        // Sparse: 4 GiB takes no disk.
+        let big = src.join("tuf/targets/os.img");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(FAT32_MAX_FILE + 1)
+            .unwrap();
+        let img = dir.path().join("stick.img");
+        let e = write_image(&src, &img, "SITE", None).unwrap_err();
+        assert!(e.to_string().contains("os.img"), "{e}");
+        assert!(reason(e).contains("at most 4 GiB"));
+        assert!(!img.exists() && !img.with_extension("img.part").exists());
     }
 
     #[test]
