@@ -797,3 +797,47 @@ fn agent_gc_can_be_turned_off() {
         "{err}"
     );
 }
+
+#[test]
+fn status_shows_only_the_agent_of_its_own_state_directory() {
+    let d = device("");
+    d.publish(&[file("/etc/app.conf", "healthy 1\n", "0644")]);
+    let agent = Agent::start(&d, &[]);
+    wait_for("revision 1", Duration::from_secs(20), || {
+        current_content(&d) == "healthy 1\n"
+    });
+    let st = d.fx.json(&["status", "--json"]);
+    assert!(st["agent"]["pid"].is_u64(), "{st:#}");
+    assert_eq!(st["agent"]["state_dir"], d.fx.state.to_str().unwrap());
+    // Another state directory, the same socket: not this agent's view.
+    let other = d.fx.dir.path().join("other-state");
+    let out =
+        d.fx.run(&["--state-dir", other.to_str().unwrap(), "status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(st["agent"].is_null(), "{st:#}");
+    assert!(stderr(&out).contains("serves"), "{}", stderr(&out));
+    // A refused reload is in the human output too (read here with the
+    // configuration the agent still runs, which it keeps in agent.toml).
+    let text = fs::read_to_string(&d.fx.config).unwrap();
+    fs::write(
+        &d.fx.config,
+        text.replace("poll_interval = \"1s\"", "poll_interval = \"soon\""),
+    )
+    .unwrap();
+    agent.signal("HUP");
+    let accepted = d.fx.state.join("agent.toml");
+    wait_for("the refused reload", Duration::from_secs(10), || {
+        let out = Command::new(FERRY)
+            .arg("--config")
+            .arg(&accepted)
+            .arg("status")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("reload refused")
+    });
+    fs::write(&d.fx.config, text).unwrap();
+    agent.signal("TERM");
+    let (status, err) = agent.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+}

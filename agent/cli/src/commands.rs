@@ -96,8 +96,31 @@ pub fn run(args: Cli) -> Result<Code> {
                 })
                 .flatten()
                 .and_then(|r| match r.body {
-                    ferry_core::control::Body::Status { agent } => serde_json::to_value(agent).ok(),
+                    ferry_core::control::Body::Status { agent } => Some(agent),
                     _ => None,
+                })
+                .and_then(|agent| {
+                    // An agent of another state directory on the same
+                    // socket (a second ferry.toml, a test setup) does not
+                    // speak for this one.
+                    let Some(theirs) = agent.state_dir.as_deref() else {
+                        return serde_json::to_value(agent).ok();
+                    };
+                    let same = match (theirs.canonicalize(), config.state_dir.canonicalize()) {
+                        (Ok(a), Ok(b)) => a == b,
+                        _ => theirs == config.state_dir,
+                    };
+                    if !same {
+                        eprintln!(
+                            "ferry: warning: the agent on {} (pid {}) serves {}, not {}; its view is not shown",
+                            config.agent.control_socket.display(),
+                            agent.pid,
+                            theirs.display(),
+                            config.state_dir.display()
+                        );
+                        return None;
+                    }
+                    serde_json::to_value(agent).ok()
                 });
             output::status(&config.state_dir, status.as_ref(), agent.as_ref(), out.json)?;
         }

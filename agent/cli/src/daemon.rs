@@ -310,6 +310,7 @@ pub fn run(args: &Cli) -> Result<Code> {
     let shared = Arc::new(Mutex::new(Shared {
         agent: AgentStatus {
             pid: std::process::id(),
+            state_dir: Some(config.state_dir.clone()),
             started: unix_now(),
             state: "starting".into(),
             ..AgentStatus::default()

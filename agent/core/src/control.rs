@@ -28,6 +28,10 @@ pub enum Request {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub pid: u32,
+    /// The state directory the agent serves (`ferry status` shows the
+    /// agent's view only for its own state directory).
+    #[serde(default)]
+    pub state_dir: Option<std::path::PathBuf>,
     /// Unix seconds.
     pub started: u64,
     /// `idle` or `reconciling`.
