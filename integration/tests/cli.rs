@@ -314,7 +314,7 @@ fn recover_pin_and_unpin_answer_in_json() {
     let f = Fixture::new();
     // Before the first apply (the boot units run it anyway): nothing to
     // do, and no state directory is made.
-    let r = f.json(&["recover", "--json"]);
+    let r = f.json(&["recover", "--early", "--json"]);
     assert_eq!(r["state"], "none");
     assert!(!f.state.exists());
     f.publish(&[file("/etc/a", "1\n", "0644")]);

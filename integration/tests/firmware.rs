@@ -810,25 +810,7 @@ fn uboot_boot_counting_end_to_end() {
         dir.join("boot_id"),
         dir.join("reboots"),
     );
-    let image = env_file(
-        dir,
-        "env",
-        &[
-            ("BOOT_ORDER", "A B"),
-            ("BOOT_A_LEFT", "3"),
-            ("BOOT_B_LEFT", "0"),
-        ],
-        true,
-    );
-    let (c1, c2) = (dir.join("copy1.bin"), dir.join("copy2.bin"));
-    fs::copy(&image, &c1).unwrap();
-    fs::copy(&image, &c2).unwrap();
-    let cfg = dir.join("fw_env.config");
-    fs::write(
-        &cfg,
-        format!("{} 0x0 0x2000\n{} 0x0 0x2000\n", c1.display(), c2.display()),
-    )
-    .unwrap();
+    let cfg = common::gateway::uboot_env(dir);
     fs::write(dir.join("slot-a.img"), image_bytes("v1")).unwrap();
     let text = fs::read_to_string(&f.config).unwrap();
     fs::write(

@@ -17,7 +17,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use common::gateway::{Gateway, SLOT_SIZE, image_bytes};
+use common::gateway::{Gateway, SLOT_SIZE, image_bytes, uboot_env};
 use common::{Fixture, stderr, tool};
 
 /// A device with two image-file slots, slot A running firmware v1, health
@@ -119,29 +119,7 @@ impl Uboot {
         let f = Fixture::new();
         f.keep_generations();
         let dir = f.dir.path().to_path_buf();
-        let txt = dir.join("env.txt");
-        fs::write(&txt, "BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=0\n").unwrap();
-        let image = dir.join("env.bin");
-        tool(
-            "mkenvimage",
-            &[
-                "-r",
-                "-s",
-                "0x2000",
-                "-o",
-                image.to_str().unwrap(),
-                txt.to_str().unwrap(),
-            ],
-        );
-        let (c1, c2) = (dir.join("copy1.bin"), dir.join("copy2.bin"));
-        fs::copy(&image, &c1).unwrap();
-        fs::copy(&image, &c2).unwrap();
-        let cfg = dir.join("fw_env.config");
-        fs::write(
-            &cfg,
-            format!("{} 0x0 0x2000\n{} 0x0 0x2000\n", c1.display(), c2.display()),
-        )
-        .unwrap();
+        let cfg = uboot_env(&dir);
         let (cmdline, boot_id, reboots, healthy) = (
             dir.join("cmdline"),
             dir.join("boot_id"),

@@ -164,9 +164,11 @@ pub fn run(args: Cli) -> Result<Code> {
             output::desired(rev.id(), &desired.resources, out.json)?;
         }
         Command::Recover { out, early, wait } => {
-            // Boot units run this whatever state_dir is: before the first
-            // apply there is nothing to recover, and nothing is created.
-            if !config.state_dir.join("state.db").exists() {
+            // ferry-recover.service runs this at every boot, wherever
+            // state_dir is: before the first apply there is no interrupted
+            // transition, and nothing is created. (The later `recover`
+            // still marks the booted firmware slot good.)
+            if early && !config.state_dir.join("state.db").exists() {
                 if out.json {
                     println!("{}", serde_json::json!({"current": null, "state": "none"}));
                 } else {

@@ -62,6 +62,27 @@ impl Device {
 
 pub const SLOT_SIZE: usize = 4 << 20;
 
+/// A redundant U-Boot environment in `dir` (two copies made by
+/// `mkenvimage -r`), A booting with three attempts; returns its
+/// fw_env.config.
+pub fn uboot_env(dir: &std::path::Path) -> std::path::PathBuf {
+    let txt = dir.join("env.txt");
+    fs::write(&txt, "BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=0\n").unwrap();
+    let image = dir.join("env.bin");
+    let (image_s, txt_s) = (image.to_str().unwrap(), txt.to_str().unwrap());
+    tool("mkenvimage", &["-r", "-s", "0x2000", "-o", image_s, txt_s]);
+    let (c1, c2) = (dir.join("copy1.bin"), dir.join("copy2.bin"));
+    fs::copy(&image, &c1).unwrap();
+    fs::copy(&image, &c2).unwrap();
+    let cfg = dir.join("fw_env.config");
+    fs::write(
+        &cfg,
+        format!("{} 0x0 0x2000\n{} 0x0 0x2000\n", c1.display(), c2.display()),
+    )
+    .unwrap();
+    cfg
+}
+
 pub fn image_bytes(version: &str) -> Vec<u8> {
     // 3 MiB: several write chunks, so a crash can land mid-write.
     let mut out = Vec::with_capacity(3 << 20);
