@@ -418,6 +418,8 @@ fn every_failpoint_is_exercised() {
         .chain(fp::FIRMWARE.iter().copied())
         // The delta install's own points: integration/tests/delta.rs.
         .chain(fp::DELTA.iter().copied())
+        // `firmware cancel`'s: integration/tests/firmware_generations.rs.
+        .chain([fp::FIRMWARE_CANCEL_REJECTED])
         .collect();
     covered.sort_unstable();
     covered.dedup();
