@@ -328,13 +328,19 @@ fn recover_pin_and_unpin_answer_in_json() {
     assert_eq!(p, serde_json::json!({"generation": 1, "pinned": true}));
     let p = f.json(&["generations", "--json", "unpin", "1"]);
     assert_eq!(p, serde_json::json!({"generation": 1, "pinned": false}));
-    let out = f.run(&["firmware", "mark-good", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "no [firmware]: {}",
-        stderr(&out)
-    );
+    // Without [firmware]: a configuration error, naming the key.
+    for args in [
+        &["firmware", "mark-good", "--json"][..],
+        &["firmware", "status"],
+    ] {
+        let out = f.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("firmware.bootenv"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 /// Nothing was interrupted: no warning says so.

@@ -333,9 +333,7 @@ pub fn run(args: Cli) -> Result<Code> {
                             .map_err(ferry_engine::EngineError::from)?
                     }
                 };
-                let status = status.ok_or_else(|| {
-                    anyhow::anyhow!("no [firmware] boot environment is configured")
-                })?;
+                let status = status.ok_or_else(no_firmware)?;
                 output::firmware(&status, out.json)?;
             }
             FirmwareAction::Cancel(out) => {
@@ -351,7 +349,7 @@ pub fn run(args: Cli) -> Result<Code> {
             }
             FirmwareAction::MarkGood(out) => match Engine::open(config)?.firmware_mark_good()? {
                 Some((slot, changed)) => output::marked_good(&slot, changed, out.json)?,
-                None => anyhow::bail!("no [firmware] boot environment is configured"),
+                None => return Err(no_firmware().into()),
             },
         },
         Command::Audit { action } => {
@@ -433,6 +431,15 @@ pub fn run(args: Cli) -> Result<Code> {
         }
     }
     Ok(Code::Success)
+}
+
+/// A firmware command on a device whose ferry.toml configures no boot
+/// environment: a configuration error (exit 2).
+fn no_firmware() -> ferry_engine::config::ConfigError {
+    ferry_engine::config::ConfigError::Invalid {
+        key: "firmware.bootenv",
+        message: "no [firmware] boot environment is configured".into(),
+    }
 }
 
 /// Which audit entries `--since`, `--actor` and `--event` select.
