@@ -101,11 +101,10 @@ pub fn import(config: Config, facts: Facts, req: &Request<'_>) -> Result<Code> {
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("removing {}", staging.display()))?;
     }
-    let awaiting = engine.status()?.awaiting_reboot.is_some();
     let result = import_with(&mut engine, &config, &facts, &staging, req);
     let _ = std::fs::remove_dir_all(&staging);
     let done = result?;
-    let code = crate::reconcile::print_reconciled(&engine, &done, awaiting, req.json)?;
+    let code = crate::reconcile::print_reconciled(&engine, &done, req.json)?;
     if done.reboot.is_some() {
         ferry_engine::reconcile::reboot(engine);
     }

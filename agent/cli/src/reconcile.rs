@@ -43,9 +43,8 @@ pub fn reconcile(
 /// it is due, and says which exit code that is. Held by the update policy
 /// or a rejection: 8; rolled back by the health gate: 7.
 pub fn operator(mut engine: Engine, req: &Request<'_>, as_json: bool) -> Result<Code> {
-    let awaiting = engine.status()?.awaiting_reboot;
     let done = ferry_engine::reconcile::reconcile(&mut engine, req)?;
-    let code = print_reconciled(&engine, &done, awaiting.is_some(), as_json)?;
+    let code = print_reconciled(&engine, &done, as_json)?;
     if done.reboot.is_some() {
         ferry_engine::reconcile::reboot(engine);
     }
@@ -54,12 +53,7 @@ pub fn operator(mut engine: Engine, req: &Request<'_>, as_json: bool) -> Result<
 
 /// Prints a reconcile's result the way `apply` always has (the switch it
 /// made), or why it changed nothing; the exit code that goes with it.
-pub fn print_reconciled(
-    engine: &Engine,
-    done: &Reconciled,
-    was_awaiting_reboot: bool,
-    as_json: bool,
-) -> Result<Code> {
+pub fn print_reconciled(engine: &Engine, done: &Reconciled, as_json: bool) -> Result<Code> {
     let (result, code, reason) = match &done.outcome {
         // The reboot a pending firmware switch waited for: what was asked.
         Outcome::Held { reason } if done.reboot.is_some() => {
@@ -80,7 +74,7 @@ pub fn print_reconciled(
             return Ok(Code::Success);
         }
         Outcome::Held { reason } => {
-            let hint = if was_awaiting_reboot {
+            let hint = if done.awaiting_reboot.is_some() {
                 ""
             } else {
                 "; --ignore-window applies it now"

@@ -72,6 +72,9 @@ pub struct Reconciled {
     pub rolled_back: Option<ApplyOutcome>,
     /// The revision it worked on.
     pub revision: Option<String>,
+    /// The firmware slot a switch was waiting to boot into when the
+    /// reconcile started (then it could only reboot or wait).
+    pub awaiting_reboot: Option<String>,
     /// A reboot into new firmware is due: the caller records what it has
     /// to, releases the state directory and calls [`reboot`]. (The slot,
     /// when it was written by an earlier reconcile.)
@@ -86,7 +89,7 @@ pub fn reboot(engine: Engine) {
 }
 
 /// The device's rollout bucket, from its machine id (none: no bucket).
-pub fn rollout_bucket(engine: &Engine) -> Option<u8> {
+fn rollout_bucket(engine: &Engine) -> Option<u8> {
     let id = std::fs::read_to_string(&engine.config().agent.machine_id_file).ok()?;
     let id = id.trim();
     (!id.is_empty()).then(|| ferry_core::schedule::rollout_bucket(id))
@@ -111,10 +114,11 @@ pub fn reconcile(engine: &mut Engine, req: &Request<'_>) -> Result<Reconciled> {
         // A rollback is not the way out of a pending firmware switch.
         engine.refuse_while_reboot_pending()?;
     }
+    let awaiting_reboot = engine.status()?.awaiting_reboot;
     let mut r = agent::Reconcile {
         gc: config.agent.gc,
         overrides: req.overrides,
-        awaiting_reboot: engine.status()?.awaiting_reboot,
+        awaiting_reboot: awaiting_reboot.clone(),
         ..agent::Reconcile::default()
     };
     let mut done = Reconciled {
@@ -122,6 +126,7 @@ pub fn reconcile(engine: &mut Engine, req: &Request<'_>) -> Result<Reconciled> {
         applied: None,
         rolled_back: None,
         revision: None,
+        awaiting_reboot,
         reboot: None,
     };
     let mut fetched: Option<Fetched> = None;
