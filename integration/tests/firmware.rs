@@ -741,7 +741,7 @@ fn bad_images_leave_the_running_slot_alone() {
     let out = g.d.f.run(&["apply"]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("does not fit the slot"),
+        stderr(&out).contains("does not fit slot B"),
         "{}",
         stderr(&out)
     );
@@ -910,31 +910,67 @@ fn block_device_slots_take_their_capacity_from_the_device() {
             .trim()
             .to_owned(),
     );
-    let slot = SlotConfig {
-        name: "B".into(),
-        device: dev.0.clone().into(),
-        size: None,
+    // Slot A is an image file (running), slot B the loop device: the same
+    // install sequence an update runs, through the boot environment.
+    fs::write(dir.path().join("cmdline"), "ferry.slot=A\n").unwrap();
+    fs::write(dir.path().join("boot_id"), "1\n").unwrap();
+    fs::write(
+        dir.path().join("env"),
+        "BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n",
+    )
+    .unwrap();
+    let config = ferry_engine::config::FirmwareConfig {
+        bootenv: Some("file".into()),
+        envfile: dir.path().join("env"),
+        cmdline: dir.path().join("cmdline"),
+        boot_id: dir.path().join("boot_id"),
+        slot_param: "ferry.slot".into(),
+        slots: vec![
+            SlotConfig {
+                name: "A".into(),
+                device: dir.path().join("slot-a.img"),
+                size: Some(8 << 20),
+            },
+            SlotConfig {
+                name: "B".into(),
+                device: dev.0.clone().into(),
+                size: None,
+            },
+        ],
+        ..Default::default()
     };
-    assert_eq!(slot.capacity().unwrap(), 8 << 20);
+    let fw = ferry_engine::activate::firmware::Firmware::from_config(&config)
+        .unwrap()
+        .unwrap();
+    assert_eq!(config.slots[1].capacity().unwrap(), 8 << 20);
     let img = image_bytes("v2");
     let content = ferry_core::ContentRef::of(&img);
-    assert_eq!(
-        slot.write_image(&mut &img[..], content).unwrap(),
-        img.len() as u64
+    let install = fw.install(content).unwrap();
+    assert_eq!(install.slot.name, "B");
+    install.invalidate().unwrap();
+    assert_eq!(install.write(&mut &img[..]).unwrap(), img.len() as u64);
+    assert!(install.holds());
+    install.activate().unwrap();
+    assert!(
+        fs::read_to_string(dir.path().join("env"))
+            .unwrap()
+            .contains("BOOT_ORDER=B A")
     );
-    slot.verify(content).unwrap();
     let on_disk = fs::read(&backing).unwrap();
     assert_eq!(&on_disk[..img.len()], &img[..]);
     assert!(
         on_disk[img.len()..].iter().all(|&b| b == 0xaa),
         "nothing written past the image"
     );
+    // B now runs first in the order; from A the next image goes to B again.
     let big = vec![1u8; 9 << 20];
-    let e = slot
-        .write_image(&mut &big[..], ferry_core::ContentRef::of(&big))
+    let e = fw
+        .install(ferry_core::ContentRef::of(&big))
+        .unwrap()
+        .invalidate()
         .unwrap_err()
         .to_string();
-    assert!(e.contains("does not fit the slot (8388608 bytes)"), "{e}");
+    assert!(e.contains("does not fit slot B (8388608 bytes)"), "{e}");
 }
 
 #[test]

@@ -3,11 +3,12 @@
 //! earlier attempt wrote) and the chunks fetched from the store; no full
 //! copy is staged. docs/delta.md.
 //!
-//! Order, so that a power cut anywhere boots the old slot and the next run
-//! resumes: mark the inactive slot bad (as the full install does) → leave a
-//! resume marker → write chunk by chunk (each verified against the signed
-//! index) → verify the whole slot against the signed sha256. The activator
-//! then finds the slot holding the image and only marks it active.
+//! It runs the first four steps of the one install sequence
+//! ([`crate::activate::firmware::install`]): fallback check → mark the
+//! inactive slot bad → write (chunk by chunk, each verified against the
+//! signed index, after a resume marker so that an interrupted write
+//! resumes) → verify the whole slot against the signed sha256. The
+//! activator then finds the slot holding the image and only switches.
 //!
 //! What cannot be delivered by delta (no index reachable, a chunk store
 //! that is down or serves bad chunks) falls back to the full download.
@@ -268,12 +269,11 @@ impl Engine {
                 "[firmware] is not configured".to_owned(),
             ));
         };
-        let booted = fw.booted()?;
-        let slot = fw.inactive()?.clone();
-        let env = fw.env.load()?;
-        fw.check_fallback(&env, &booted, &slot.name)
-            .map_err(EngineError::Refused)?;
-        if slot.verify(r.content).is_ok() {
+        let install = fw.install(r.content)?;
+        let (booted, slot) = (install.booted.clone(), install.slot.clone());
+        // 1. The fallback check, before anything is fetched.
+        install.check(&fw.env.load()?)?;
+        if install.holds() {
             tracing::info!(slot = %slot.name, "slot holds the image already");
             return Ok(DeltaOutcome::Done(
                 json!({"slot": slot.name, "in_place": true}),
@@ -287,13 +287,6 @@ impl Engine {
             return Ok(DeltaOutcome::Fallback(format!(
                 "{}: describes image {}, the resource is {}",
                 delta.index_path, index.image, r.content
-            )));
-        }
-        let capacity = slot.capacity()?;
-        if r.content.length > capacity {
-            return Err(EngineError::Refused(format!(
-                "image of {} bytes does not fit slot {} ({capacity} bytes)",
-                r.content.length, slot.name
             )));
         }
         let store = match ferry_delta::Remote::new(&store_url, chunk_timeouts(&self.config)) {
@@ -325,12 +318,10 @@ impl Engine {
                 seed
             }
         };
-        // 1. Invalidate the slot, as the full install does.
-        let mut invalid = env.clone();
-        fw.scheme.mark_bad(&mut invalid, &slot.name);
-        fw.env.store(&invalid)?;
+        // 2. Invalidate the slot.
+        install.invalidate()?;
         fail_point!(fp::DELTA_INVALIDATED);
-        // 2. The resume marker: the slot may hold chunks of this image.
+        // The resume marker: the slot may hold chunks of this image.
         let marker = dir.join(format!("{}.{}.partial", r.content.sha256, slot.name));
         let resume = marker.exists();
         if !resume {
@@ -339,16 +330,8 @@ impl Engine {
                 .and_then(|()| ferry_fs::fsync_dir(&dir))
                 .map_err(|e| EngineError::io("cannot write", &marker, e))?;
         }
-        let is_file = fs::metadata(&slot.device)
-            .map(|m| m.is_file())
-            .unwrap_or(true);
-        let out = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(is_file)
-            .truncate(false)
-            .open(&slot.device)
-            .map_err(|e| EngineError::io("cannot open the inactive slot", &slot.device, e))?;
+        // 3. Write: the chunks placed in the open slot.
+        let out = install.open()?;
         tracing::info!(slot = %slot.name, chunks = index.chunks.len(), store = %store_url, resume, "firmware: slot marked bad, writing the image by delta");
         let mut after = |_: &Report| {
             fail_point!(fp::DELTA_CHUNK);
@@ -358,7 +341,7 @@ impl Engine {
             r.content,
             &[seed],
             &store,
-            &out,
+            out.file(),
             &format!("slot {}", slot.name),
             resume,
             &mut after,
@@ -379,14 +362,8 @@ impl Engine {
             }
             Err(e) => unreachable!("{e}"),
         };
-        if is_file {
-            out.set_len(r.content.length)
-                .and_then(|()| out.sync_all())
-                .map_err(|e| EngineError::io("cannot truncate", &slot.device, e))?;
-        }
-        drop(out);
-        // 3. Read back: what the device holds, not what was sent to it.
-        slot.verify(r.content)?;
+        // 4. Read back: what the device holds, not what was sent to it.
+        out.finish()?;
         fail_point!(fp::DELTA_WRITTEN);
         // The written image's index seeds the next update once it runs.
         save_cache(&dir, &index);

@@ -1,11 +1,9 @@
 //! The `firmware` activator: an image into the inactive A/B slot.
 //!
-//! The order is never changed (Bottlerocket's): mark the inactive slot bad
-//! → stream the image into it (verified while written, fsynced) → read it
-//! back and verify → mark it active (first in the boot order, one fresh
-//! try). A power cut anywhere leaves either the old boot environment with
-//! the inactive slot marked bad (the bootloader keeps booting the running
-//! slot), or a complete, verified image marked for one try.
+//! The steps are the install sequence's ([`super::install`]): fallback
+//! check → mark the inactive slot bad → write → verify → try-once + switch.
+//! A delta ran the first four while staging; the activator finds the slot
+//! holding the image and only switches.
 //!
 //! The new firmware runs only after a reboot; the engine keeps the
 //! transition in `switched` until the device has booted the new slot and
@@ -108,21 +106,18 @@ impl Activator for FirmwareActivator {
             // a `change` replaces what the current generation runs.)
             return Ok(Value::Null);
         }
-        let booted = fw.booted().map_err(err(step))?;
-        let target = fw.inactive().map_err(err(step))?.name.clone();
+        let install = fw.install(to.content).map_err(err(step))?;
         let env = fw.env.load().map_err(err(step))?;
-        // The other slot is the fallback while the running one is not good
-        // (after a rollback, before the reboot back): never overwrite it.
-        // Checked before the undo record exists, so nothing is undone.
-        fw.check_fallback(&env, &booted, &target)
-            .map_err(|e| ActivateError::new(&step.id, e))?;
+        // 1. The fallback check, before the undo record exists: a refusal
+        // leaves nothing to undo.
+        install.check(&env).map_err(err(step))?;
         let undo = FirmwareUndo {
             env: env
                 .iter()
                 .map(|(n, v)| (n.to_owned(), v.to_owned()))
                 .collect(),
-            booted,
-            target,
+            booted: install.booted.clone(),
+            target: install.slot.name.clone(),
             boot_id: fw.boot_id().map_err(err(step))?,
         };
         Ok(serde_json::to_value(undo).expect("undo record serialises"))
@@ -156,33 +151,24 @@ impl Activator for FirmwareActivator {
             return Ok(());
         };
         let fw = self.fw(step)?;
-        let slot = fw.inactive().map_err(err(step))?;
-        let names = fw.names();
-        if slot.verify(to.content).is_ok() {
+        let install = fw.install(to.content).map_err(err(step))?;
+        if install.holds() {
             // The slot holds exactly this image already (a rollback to the
-            // firmware that ran before): activating it is enough, and saves
-            // the flash a rewrite.
-            tracing::info!(slot = %slot.name, "slot already holds the image; not rewriting it");
+            // firmware that ran before, or a delta built it while staging):
+            // activating it is enough, and saves the flash a rewrite.
+            tracing::info!(slot = %install.slot.name, "slot already holds the image; not rewriting it");
         } else {
-            // 1. Invalidate: the bootloader must not pick a half-written slot.
-            let mut env = fw.env.load().map_err(err(step))?;
-            fw.scheme.mark_bad(&mut env, &slot.name);
-            fw.env.store(&env).map_err(err(step))?;
+            install.invalidate().map_err(err(step))?;
             fail_point!(fp::FIRMWARE_INVALIDATED);
-            tracing::info!(slot = %slot.name, bytes = to.content.length, "firmware: slot marked bad, writing the image");
-            // 2.+3. Write (verified while streaming) and read back.
+            tracing::info!(slot = %install.slot.name, bytes = to.content.length, "firmware: slot marked bad, writing the image");
             let path = store.path(&to.content.sha256);
             let mut image = File::open(&path).map_err(|e| {
                 ActivateError::new(&step.id, format!("opening {}: {e}", path.display()))
             })?;
-            slot.write_image(&mut image, to.content)
-                .map_err(err(step))?;
+            install.write(&mut image).map_err(err(step))?;
             fail_point!(fp::FIRMWARE_WRITTEN);
         }
-        // 4. Activate: first in the order, one fresh try.
-        let mut env = fw.env.load().map_err(err(step))?;
-        fw.scheme.mark_active(&mut env, &slot.name, &names);
-        fw.env.store(&env).map_err(err(step))?;
+        install.activate().map_err(err(step))?;
         fail_point!(fp::FIRMWARE_ACTIVATED);
         Ok(())
     }
@@ -206,8 +192,8 @@ impl Activator for FirmwareActivator {
         let Ok(fw) = self.fw.as_ref() else {
             return false;
         };
-        fw.inactive()
-            .is_ok_and(|slot| slot.verify(resource.content).is_ok())
+        fw.install(resource.content)
+            .is_ok_and(|install| install.holds())
             || self.runs(fw, resource.content).unwrap_or(false)
     }
 

@@ -7,11 +7,13 @@
 //! - [`plain`]: a `name=value` file for tests and custom boot scripts;
 //! - [`scheme`]: the RAUC-compatible variables for boot order, try-once and
 //!   boot counting, and the booted-slot detection;
-//! - [`slot`]: streaming a verified image into a slot.
+//! - [`install`]: the one install sequence of an image, full or by delta;
+//! - [`slot`]: a slot's capacity and read-back verification.
 
 mod activator;
 pub mod env;
 pub mod grub;
+pub mod install;
 pub mod plain;
 pub mod scheme;
 pub mod slot;
@@ -37,12 +39,16 @@ pub enum FirmwareError {
     Slot { slot: String, message: String },
     #[error("booted slot: {0}")]
     Booted(String),
+    /// An install that would break the A/B promise (overwrite the fallback,
+    /// an image larger than its slot).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Classify for FirmwareError {
     fn class(&self) -> ErrorClass {
         match self {
-            FirmwareError::Booted(_) => ErrorClass::Refused,
+            FirmwareError::Booted(_) | FirmwareError::Refused(_) => ErrorClass::Refused,
             _ => ErrorClass::Internal,
         }
     }
@@ -164,16 +170,6 @@ impl Firmware {
         Ok(slot.verify(content).is_ok())
     }
 
-    /// The slot an update goes into: the one not booted.
-    pub fn inactive(&self) -> Result<&slot::SlotConfig, FirmwareError> {
-        let booted = self.booted()?;
-        Ok(self
-            .slots
-            .iter()
-            .find(|s| s.name != booted)
-            .expect("two distinct slots"))
-    }
-
     pub fn status(&self) -> Result<FirmwareStatus, FirmwareError> {
         let env = self.env.load()?;
         let booted = self.booted().map_err(|e| e.to_string());
@@ -197,19 +193,6 @@ impl Firmware {
             booted_error: booted.as_ref().err().cloned(),
             booted: booted.ok(),
         })
-    }
-
-    /// Refuses to overwrite the inactive slot while the running one is not
-    /// good (after a rollback, before the reboot back): the inactive slot is
-    /// then the fallback. `env` is the boot environment as loaded.
-    pub fn check_fallback(&self, env: &BootEnv, booted: &str, target: &str) -> Result<(), String> {
-        if self.scheme.state(env, booted).good {
-            return Ok(());
-        }
-        Err(format!(
-            "the running slot {booted} is not marked good (rolled back or unconfirmed): \
-             slot {target} is the fallback and is not overwritten; reboot, or mark {booted} good"
-        ))
     }
 
     /// Marks the booted slot good. Returns its name and whether anything changed.
