@@ -233,6 +233,7 @@ fn converge(f: &Fixture, s: Scenario, label: &str) {
 fn path_of(s: Scenario) -> Vec<&'static str> {
     match s {
         Scenario::Apply => vec![
+            fp::STATE_BEFORE_COMMIT,
             fp::PLANNED,
             fp::STORE_WRITE,
             fp::STORE_BEFORE_RENAME,
@@ -488,4 +489,58 @@ fn an_interrupted_fetch_resumes_where_it_stopped() {
     assert_eq!(f.store_leftovers().len(), 1);
     f.ok(&["gc"]);
     assert!(f.store_leftovers().is_empty());
+}
+
+/// A ferry process stopped with a write transaction open (SIGSTOP, a
+/// starved or hung process) holds the state database's write lock. The
+/// commands that only read answer from the last committed state, and the
+/// stopped process, once killed, is recovered. SQLite's locks are POSIX
+/// record locks, released when the process closes *any* descriptor of the
+/// file: a process that opened `state.db-shm` itself lost them, and the
+/// next reader then reset the shared index under the writer ("locking
+/// protocol" after 10 s).
+#[test]
+fn reads_answer_while_another_ferry_holds_a_write_transaction() {
+    let f = Fixture::new();
+    f.publish(&rev_a());
+    f.ok(&["apply"]);
+    f.publish(&rev_b());
+    for nth in [1, 4, 9] {
+        let mut child = f
+            .cmd(&["apply"])
+            .env(
+                "FERRY_CRASH_AT",
+                format!("{}:hang:{nth}", fp::STATE_BEFORE_COMMIT),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("failpoint") {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "apply ended early");
+        }
+        let started = Instant::now();
+        let status = f.json(&["status", "--json"]);
+        assert_eq!(status["current"]["id"], 1, "nth {nth}: {status:#}");
+        let out = f.run(&["plan", "--exit-code"]);
+        assert_eq!(out.status.code(), Some(10), "nth {nth}: {}", stderr(&out));
+        f.ok(&["audit", "verify"]);
+        f.ok(&["generations", "--json"]);
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "nth {nth}: the reads waited for the writer ({:?})",
+            started.elapsed()
+        );
+        // The stopped process still holds its write lock and its state.
+        assert!(child.try_wait().unwrap().is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    f.ok(&["apply"]);
+    assert_eq!(f.snapshot(), expected(&rev_b()));
+    assert!(f.integrity_ok());
+    f.ok(&["audit", "verify"]);
 }

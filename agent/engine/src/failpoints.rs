@@ -11,6 +11,7 @@ pub const ENABLED: bool = cfg!(feature = "failpoints");
 
 /// Every failpoint, in the order an apply meets them.
 pub const ALL: &[&str] = &[
+    STATE_BEFORE_COMMIT,
     PLANNED,
     STORE_WRITE,
     STORE_BEFORE_RENAME,
@@ -46,6 +47,9 @@ pub const FIRMWARE: &[&str] = &[
     FIRMWARE_ACTIVATED,
 ];
 
+/// A write transaction of the state database is written, not committed
+/// (another process reading the state meets the held write lock).
+pub const STATE_BEFORE_COMMIT: &str = "state::before-commit";
 /// A transition was recorded as planned; nothing staged yet.
 pub const PLANNED: &str = "transition::planned";
 /// Inside the streaming write of a blob (injects ENOSPC with `return`).

@@ -178,12 +178,29 @@ impl Engine {
         // The full integrity check once per boot (recover --early), the
         // quick one otherwise: the full one grows with the database.
         let check = if early { Check::Full } else { Check::Quick };
-        let db = Db::open_checked(&state_dir.join("state.db"), true, check)?;
+        // Owner-only, before SQLite opens them: SQLite's locks are POSIX
+        // record locks, which a process loses when it closes *any*
+        // descriptor of the file. Opening state.db or its -shm here after
+        // the connection would drop them, and the next reader would reset
+        // the shared index under this process's transactions. SQLite makes
+        // the -wal and -shm files with the database's mode, so a database
+        // created here empty (a valid empty SQLite database) starts them
+        // owner-only too.
+        let db_path = state_dir.join("state.db");
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&db_path)
+            .map_err(|e| EngineError::io("cannot create", &db_path, e))?;
         for name in ["state.db", "state.db-wal", "state.db-shm", "lock"] {
             let p = state_dir.join(name);
             ferry_fs::restrict_file(&p, 0o600)
                 .map_err(|e| EngineError::io("cannot restrict", &p, e))?;
         }
+        let db = Db::open_checked(&db_path, true, check)?;
         let store = Store::open(state_dir.join("store"))
             .map_err(|e| EngineError::io("cannot create store", state_dir.join("store"), e))?;
         let gens = Generations::open(&state_dir)

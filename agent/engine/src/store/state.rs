@@ -14,9 +14,13 @@ use ferry_core::{Classify, ErrorClass};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use fail::fail_point;
 use ferry_core::audit::AuditEntry;
 use ferry_core::{ContentRef, Kind, Phase, Resource, ResourceSet, Sha256, TransitionKind};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+
+#[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
+use crate::failpoints as fp;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -472,6 +476,7 @@ impl Db {
         };
         let tx = self.conn.transaction().map_err(err)?;
         let out = f(&tx).map_err(err)?;
+        fail_point!(fp::STATE_BEFORE_COMMIT);
         tx.commit().map_err(err)?;
         Ok(out)
     }
