@@ -91,6 +91,60 @@ fn demo_runs_offline_without_root_and_ends_with_status() {
     }
     let out = ferry(&["plan", "--exit-code"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The next revision, signed with the key the demo keeps: edit the
+    // newest revision's files and publish them.
+    let publish = || {
+        std::process::Command::new(FERRY)
+            .args(["demo", "--publish", "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let source = dir.path().join("source");
+    fs::write(source.join("files/maintenance.txt"), "edited by hand\n").unwrap();
+    let out = publish();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("as version 4 of"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = ferry(&["apply", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(dir.path().join("root/etc/ferry-demo/maintenance.txt")).unwrap(),
+        "edited by hand\n"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&ferry(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["current"]["id"], 4);
+    assert!(
+        v["current"]["revision"]
+            .as_str()
+            .unwrap()
+            .starts_with("tuf-4-"),
+        "{v:#}"
+    );
+    // What cannot be published is named; nothing is signed.
+    std::os::unix::fs::symlink("/etc/passwd", source.join("files/passwd")).unwrap();
+    let out = publish();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("files/passwd: not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !dir.path()
+            .join("repository/metadata/5.targets.json")
+            .exists()
+    );
+    let out = std::process::Command::new(FERRY)
+        .args(["demo", "--publish"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--publish needs --dir");
 }
 
 #[test]

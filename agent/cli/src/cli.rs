@@ -321,6 +321,12 @@ pub enum Command {
         /// demo repository through file:// URLs) instead of a temporary directory.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// With --dir, after a demo kept there: sign the files under
+        /// DIR/source (the newest revision's, to edit) as the next version of
+        /// DIR/repository with the key the demo keeps there, and exit; then
+        /// `ferry --config DIR/ferry.toml apply` takes it.
+        #[arg(long, requires = "dir")]
+        publish: bool,
     },
 }
 

@@ -24,12 +24,15 @@ fn not_built_in(what: &str, feature: &str) -> String {
 }
 
 pub fn run(args: Cli) -> Result<Code> {
-    if let Command::Demo { dir } = &args.command {
+    if let Command::Demo { dir, publish } = &args.command {
         #[cfg(feature = "tuf")]
-        return crate::demo::run(dir.as_deref());
+        return match (dir, publish) {
+            (Some(dir), true) => crate::demo::publish(dir),
+            _ => crate::demo::run(dir.as_deref()),
+        };
         #[cfg(not(feature = "tuf"))]
         {
-            let _ = dir;
+            let _ = (dir, publish);
             anyhow::bail!(not_built_in("the demo", "tuf"));
         }
     }

@@ -330,10 +330,8 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
     println!("\n5. revision 3 brings firmware 2.0. It is written into the inactive slot B,");
     println!("   read back and verified, and B is set to boot once:");
     let image = firmware_image("2.0");
-    repo.publish(
-        3,
-        &revision(REV2, &[(FIRMWARE, "images/gateway-os-2.0.img", image)])?,
-    )?;
+    let rev3 = revision(REV2, &[(FIRMWARE, "images/gateway-os-2.0.img", image)])?;
+    repo.publish(3, &rev3)?;
     let outcome = step(&mut engine, newest)?;
     output::outcome(&outcome, false)?;
     seen = show_transitions(&engine, seen)?;
@@ -367,16 +365,80 @@ pub fn run(dir: Option<&Path>) -> Result<Code> {
         let metadata = format!("file://{}/metadata", published.display());
         let targets = format!("file://{}/targets", published.display());
         fs::write(&config_path, device_config(&metadata, &targets))?;
+        // What revision 3 was made from, for the next one.
+        let source = base.join(SOURCE);
+        let _ = fs::remove_dir_all(&source);
+        for (name, content) in &rev3 {
+            let p = source.join(name);
+            fs::create_dir_all(p.parent().context("target names have parents")?)?;
+            fs::write(&p, content)?;
+        }
+        let config = config_path.display();
         println!(
-            "\nkept {}; the device now reads the repository from {}. Try:\n  ferry --config {} generations\n  ferry --config {} plan\n  ferry --config {} firmware status",
+            "\nkept {}; the device now reads the repository from {}. Try:\n  ferry --config {config} generations\n  ferry --config {config} plan\n  ferry --config {config} firmware status\nto publish a next revision: edit {}, then\n  ferry demo --dir {} --publish\n  ferry --config {config} apply",
             base.display(),
             published.display(),
-            config_path.display(),
-            config_path.display(),
-            config_path.display()
+            source.display(),
+            base.display(),
         );
     }
     Ok(Code::Success)
+}
+
+/// The directory of a kept demo that holds the newest revision's files.
+const SOURCE: &str = "source";
+
+/// `ferry demo --dir DIR --publish`: signs the files under `DIR/source` as
+/// the next version of the kept demo's repository, with the key it keeps.
+pub fn publish(dir: &Path) -> Result<Code> {
+    let repo = DemoRepo::open(&dir.join("repository"))?;
+    let source = dir.join(SOURCE);
+    let mut files = Vec::new();
+    collect(&source, &source, &mut files)?;
+    anyhow::ensure!(
+        files.iter().any(|(n, _)| n == "ferry.yaml.j2"),
+        "{} has no ferry.yaml.j2 (the manifest the device reads)",
+        source.display()
+    );
+    let version = repo.next_version()?;
+    repo.publish(version, &files)
+        .with_context(|| format!("publishing {}", source.display()))?;
+    println!(
+        "published {} files from {} as version {version} of {}, signed with {}",
+        files.len(),
+        source.display(),
+        repo.dir.display(),
+        repo.dir.join("keys/demo-ed25519.pk8").display()
+    );
+    Ok(Code::Success)
+}
+
+/// The regular files below `dir`, by their names relative to `base`; a
+/// symlink or special file is refused, naming it.
+fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<()> {
+    let entries = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for e in entries {
+        let e = e?;
+        let path = e.path();
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            collect(base, &path, out)?;
+        } else if kind.is_file() {
+            let name = path
+                .strip_prefix(base)?
+                .to_str()
+                .with_context(|| format!("{}: not a UTF-8 name", path.display()))?
+                .to_owned();
+            let content = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            out.push((name, content));
+        } else {
+            anyhow::bail!(
+                "{}: not a regular file or directory (symlinks are not published)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One reconcile as an operator's `apply` (or `rollback`) runs it: update

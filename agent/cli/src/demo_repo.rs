@@ -88,6 +88,48 @@ impl DemoRepo {
         })
     }
 
+    /// A repository `create` made earlier (`ferry demo --dir`), with the key
+    /// it keeps in `dir/keys/`.
+    pub fn open(dir: &Path) -> Result<DemoRepo> {
+        let key = dir.join("keys/demo-ed25519.pk8");
+        let root = dir.join("root.json");
+        for p in [&key, &root] {
+            anyhow::ensure!(
+                p.is_file(),
+                "{} is missing: not a repository made by `ferry demo --dir`",
+                p.display()
+            );
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(DemoRepo {
+            dir: dir.to_path_buf(),
+            key,
+            root,
+            rt,
+        })
+    }
+
+    /// The version after the newest published one (`metadata/N.targets.json`).
+    pub fn next_version(&self) -> Result<u64> {
+        let metadata = self.dir.join("metadata");
+        let mut newest = 0;
+        for e in
+            fs::read_dir(&metadata).with_context(|| format!("reading {}", metadata.display()))?
+        {
+            let name = e?.file_name();
+            if let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".targets.json"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                newest = newest.max(n);
+            }
+        }
+        Ok(newest + 1)
+    }
+
     /// The root a device trusts (baked into its image).
     pub fn root(&self) -> &Path {
         &self.root
