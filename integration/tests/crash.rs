@@ -421,6 +421,8 @@ fn every_failpoint_is_exercised() {
         .chain(fp::DELTA.iter().copied())
         // `firmware cancel`'s: integration/tests/firmware_generations.rs.
         .chain([fp::FIRMWARE_CANCEL_REJECTED])
+        // The drift restore's: integration/tests/drift.rs.
+        .chain(fp::DRIFT.iter().copied())
         .collect();
     covered.sort_unstable();
     covered.dedup();

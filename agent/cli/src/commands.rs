@@ -136,16 +136,23 @@ pub fn run(args: Cli) -> Result<Code> {
             let facts = facts()?;
             // Planning works before anything was applied: against nothing.
             let engine = Engine::open_read_only(config.clone())?;
-            let (rev, desired, plan) = match &engine {
+            let (rev, desired, plan, drift) = match &engine {
                 Some(e) => e.plan(&*src, revision.as_deref(), &facts)?,
-                None => ferry_engine::engine::plan_source(
-                    &*src,
-                    revision.as_deref(),
-                    &facts,
-                    &Default::default(),
-                )?,
+                None => {
+                    let (rev, desired, plan) = ferry_engine::engine::plan_source(
+                        &*src,
+                        revision.as_deref(),
+                        &facts,
+                        &Default::default(),
+                    )?;
+                    (rev, desired, plan, Vec::new())
+                }
             };
-            let mut report = report(&plan, &*rev, &desired, engine.as_ref().map(Engine::store));
+            let mut report = report(&plan, &*rev, &desired, engine.as_ref());
+            report.drift = drift
+                .iter()
+                .map(ferry_engine::engine::Found::audit)
+                .collect();
             ferry_engine::engine::estimate_deltas(
                 &config,
                 engine.as_ref(),
@@ -155,7 +162,8 @@ pub fn run(args: Cli) -> Result<Code> {
                 &desired,
             );
             output::plan(&report, out.json)?;
-            if exit_code && !plan.is_empty() {
+            // Drift counts, restored or only reported.
+            if exit_code && (!plan.is_empty() || !drift.is_empty()) {
                 return Ok(Code::PlanNotEmpty);
             }
         }

@@ -227,8 +227,8 @@ fn show_transitions(engine: &Engine, seen: usize) -> Result<usize> {
 }
 
 fn show_plan(engine: &Engine, src: &dyn ferry_source::Source, facts: &Facts) -> Result<()> {
-    let (rev, desired, plan) = engine.plan(src, None, facts)?;
-    output::plan(&report(&plan, &*rev, &desired, Some(engine.store())), false)
+    let (rev, desired, plan, _) = engine.plan(src, None, facts)?;
+    output::plan(&report(&plan, &*rev, &desired, Some(engine)), false)
 }
 
 fn show_last_line(path: &Path) -> Result<()> {

@@ -172,6 +172,9 @@ fn import_with(
                 (Outcome::RolledBack { .. }, _) => ("rolled-back", None),
                 (_, Some(ApplyOutcome::NoChange { generation, .. })) => ("no-change", *generation),
                 (_, Some(ApplyOutcome::Switched { to, .. })) => ("switched", Some(*to)),
+                (_, Some(ApplyOutcome::Restored { generation, .. })) => {
+                    ("restored", Some(*generation))
+                }
                 (_, Some(ApplyOutcome::RebootRequired { to, .. })) => {
                     ("reboot-required", Some(*to))
                 }

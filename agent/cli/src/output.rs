@@ -160,6 +160,32 @@ pub fn status(
             s.rejected.len() - SHOWN
         )?;
     }
+    for d in s.drift.iter().take(SHOWN) {
+        let what: Vec<String> = d
+            .finding
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|f| f["drift"].as_str().unwrap_or("?").replace('_', " "))
+                    .collect()
+            })
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "drift:       {} {} changed on the device ({}) since {}; `ferry plan` shows it",
+            d.kind,
+            d.name,
+            what.join(", "),
+            time(d.since_ms)
+        )?;
+    }
+    if s.drift.len() > SHOWN {
+        writeln!(
+            out,
+            "             and {} more changed resources (`ferry status --json`)",
+            s.drift.len() - SHOWN
+        )?;
+    }
     writeln!(out, "audit:       {} entries", s.audit_entries)?;
     Ok(())
 }
@@ -169,13 +195,22 @@ pub fn plan(r: &PlanReport, as_json: bool) -> Result<()> {
         return print_json(r);
     }
     let mut out = io::stdout().lock();
+    // Drift the plan leaves in place.
+    let reported: Vec<&serde_json::Value> = r
+        .drift
+        .iter()
+        .filter(|d| d["policy"] != "restore" || d["restorable"] == false)
+        .collect();
     if r.steps.is_empty() {
         writeln!(out, "revision {}: no changes", r.revision)?;
+        plan_reported(&mut out, &reported)?;
         return Ok(());
     }
     writeln!(out, "revision {}:", r.revision)?;
     for s in &r.steps {
         let sign = match s.op {
+            // Changed on the device; put back as the generation says.
+            Op::Change if s.restores_drift => '!',
             Op::Add => '+',
             Op::Change => '~',
             // Firmware a generation no longer names is released, not removed.
@@ -205,11 +240,48 @@ pub fn plan(r: &PlanReport, as_json: bool) -> Result<()> {
         }
     }
     let sum = &r.summary;
+    let restored = r.steps.iter().filter(|s| s.restores_drift).count();
+    let drifted = if restored > 0 {
+        format!(" ({restored} changed on the device, to restore)")
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{} to add, {} to change, {} to remove",
+        "{} to add, {} to change{drifted}, {} to remove",
         sum.add, sum.change, sum.remove
     )?;
+    plan_reported(&mut out, &reported)?;
+    Ok(())
+}
+
+/// Drift a plan leaves in place (policy `report`).
+fn plan_reported(out: &mut impl Write, reported: &[&serde_json::Value]) -> Result<()> {
+    for d in reported {
+        let what = d["drift"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|d| d["drift"].as_str().unwrap_or("?").replace('_', " "))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let why = if d["policy"] == "restore" {
+            "not restored: a directory is there; remove it and reconcile"
+        } else {
+            "drift: report leaves it"
+        };
+        writeln!(
+            out,
+            "  ? {:<44} changed on the device ({what}); {why}",
+            format!(
+                "{} {}",
+                d["kind"].as_str().unwrap_or("?"),
+                d["resource"].as_str().unwrap_or("?")
+            )
+        )?;
+    }
     Ok(())
 }
 
@@ -271,6 +343,15 @@ pub fn outcome(o: &ApplyOutcome, as_json: bool) -> Result<()> {
             out,
             "revision {revision}: no changes (generation {})",
             generation.map_or("none".to_owned(), |g| g.to_string())
+        )?,
+        ApplyOutcome::Restored {
+            generation,
+            restored,
+            ..
+        } => writeln!(
+            out,
+            "restored {restored} resource{} changed on the device (generation {generation} stays current)",
+            if *restored == 1 { "" } else { "s" }
         )?,
         ApplyOutcome::Switched {
             from,

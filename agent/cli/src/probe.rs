@@ -7,7 +7,8 @@
 //! The answer is not trusted for anything but skipping: a lying server can
 //! at most delay an update, which it could do by not answering. A full
 //! reconcile still runs at least every `agent.full_poll_interval` (expiry,
-//! the secure clock and root rotation are checked there), after a failed or
+//! the secure clock and root rotation are checked there) and every
+//! `agent.drift_interval` (drift is checked there), after a failed or
 //! unsettled reconcile, and whenever the server gives no validators.
 
 use std::time::{Duration, Instant};
@@ -65,7 +66,12 @@ impl Probe {
             pending: None,
             supported: true,
             last_full: Instant::now(),
-            full_every: times.full_poll_interval,
+            // Drift is found by a full reconcile only.
+            full_every: if config.agent.drift == ferry_core::DriftPolicy::Ignore {
+                times.full_poll_interval
+            } else {
+                times.full_poll_interval.min(times.drift_interval)
+            },
         })
     }
 

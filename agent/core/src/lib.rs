@@ -10,6 +10,7 @@ pub mod audit;
 pub mod canonical;
 pub mod control;
 pub mod digest;
+pub mod drift;
 pub mod duration;
 pub mod error;
 pub mod glob;
@@ -20,6 +21,7 @@ pub mod schedule;
 pub mod transition;
 
 pub use digest::{ContentRef, DigestParseError, Sha256};
+pub use drift::{Drift, DriftPolicy, Drifted, plan_with_drift};
 pub use error::{Classify, ErrorClass};
 pub use path::{RepoPath, RepoPathError};
 pub use plan::{Op, Plan, Reason, Step, plan};

@@ -43,6 +43,10 @@ pub enum Reason {
     SettingChanged {
         key: String,
     },
+    /// Changed on the device since the generation installed it.
+    Drifted {
+        drift: crate::drift::Drift,
+    },
 }
 
 impl Reason {
@@ -50,6 +54,7 @@ impl Reason {
     pub fn describe(&self, secret: bool) -> String {
         match self {
             Reason::ContentChanged { .. } if secret => "content changed (secret)".to_owned(),
+            Reason::Drifted { drift } => drift.describe(secret),
             other => other.to_string(),
         }
     }
@@ -67,6 +72,7 @@ impl std::fmt::Display for Reason {
                 &to.sha256.to_hex()[..12]
             ),
             Reason::SettingChanged { key } => write!(f, "{key} changed"),
+            Reason::Drifted { drift } => write!(f, "{drift}"),
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum TransitionKind {
     Rollback,
     /// Collect generations and blobs.
     Gc,
+    /// Put back what drifted on the device, within the current generation
+    /// (no new generation, no switch).
+    Restore,
 }
 
 /// A move the state machine does not allow (a bug, or a corrupt database).
@@ -192,6 +195,7 @@ impl TransitionKind {
             TransitionKind::Apply => "apply",
             TransitionKind::Rollback => "rollback",
             TransitionKind::Gc => "gc",
+            TransitionKind::Restore => "restore",
         }
     }
 }
@@ -209,6 +213,7 @@ impl FromStr for TransitionKind {
             "apply" => Ok(TransitionKind::Apply),
             "rollback" => Ok(TransitionKind::Rollback),
             "gc" => Ok(TransitionKind::Gc),
+            "restore" => Ok(TransitionKind::Restore),
             _ => Err(UnknownPhase(s.to_owned())),
         }
     }
@@ -240,7 +245,12 @@ mod tests {
     #[test]
     fn terminal_phases_go_nowhere_and_skips_are_refused() {
         let apply = TransitionKind::Apply;
-        for kind in [apply, TransitionKind::Rollback, TransitionKind::Gc] {
+        for kind in [
+            apply,
+            TransitionKind::Rollback,
+            TransitionKind::Gc,
+            TransitionKind::Restore,
+        ] {
             for from in Phase::ALL.iter().filter(|p| p.is_terminal()) {
                 for to in Phase::ALL {
                     assert!(!from.allows(kind, *to), "{kind}: {from} -> {to}");

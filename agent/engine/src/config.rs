@@ -337,6 +337,13 @@ pub struct AgentConfig {
     /// With `conditional_poll`: a full reconcile at least this often
     /// anyway (expiry, clock and root checks run there).
     pub full_poll_interval: String,
+    /// What a reconcile does about managed resources changed on the device
+    /// (`restore`, `report`, `ignore`); a resource's `drift:` overrides it.
+    pub drift: ferry_core::DriftPolicy,
+    /// Drift is checked at every reconcile; with `conditional_poll`, a full
+    /// reconcile runs at least this often for it (unless `drift` is
+    /// `ignore`).
+    pub drift_interval: String,
 }
 
 impl Default for AgentConfig {
@@ -355,6 +362,8 @@ impl Default for AgentConfig {
             gc: true,
             conditional_poll: true,
             full_poll_interval: "1h".into(),
+            drift: ferry_core::DriftPolicy::Restore,
+            drift_interval: "15m".into(),
         }
     }
 }
@@ -370,6 +379,7 @@ pub struct AgentTimes {
     pub health_interval: std::time::Duration,
     pub reconcile_timeout: std::time::Duration,
     pub full_poll_interval: std::time::Duration,
+    pub drift_interval: std::time::Duration,
 }
 
 impl AgentConfig {
@@ -389,6 +399,7 @@ impl AgentConfig {
             health_interval: d("agent.health_interval", &self.health_interval)?,
             reconcile_timeout: d("agent.reconcile_timeout", &self.reconcile_timeout)?,
             full_poll_interval: d("agent.full_poll_interval", &self.full_poll_interval)?,
+            drift_interval: d("agent.drift_interval", &self.drift_interval)?,
         };
         if t.reconcile_timeout <= t.health_timeout {
             return Err(ConfigError::Invalid {

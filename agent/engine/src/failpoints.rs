@@ -34,7 +34,13 @@ pub const ALL: &[&str] = &[
     DELTA_INVALIDATED,
     DELTA_CHUNK,
     DELTA_WRITTEN,
+    DRIFT_PLANNED,
+    DRIFT_RESTORED,
 ];
+
+/// The drift restore's own failpoints, in order (its activations meet the
+/// `activate::*` ones between them).
+pub const DRIFT: &[&str] = &[DRIFT_PLANNED, DRIFT_RESTORED];
 
 /// The delta install flow's failpoints, in order.
 pub const DELTA: &[&str] = &[DELTA_INVALIDATED, DELTA_CHUNK, DELTA_WRITTEN];
@@ -50,6 +56,10 @@ pub const FIRMWARE: &[&str] = &[
 /// A write transaction of the state database is written, not committed
 /// (another process reading the state meets the held write lock).
 pub const STATE_BEFORE_COMMIT: &str = "state::before-commit";
+/// A drift restore is recorded as planned; nothing restored yet.
+pub const DRIFT_PLANNED: &str = "drift::planned";
+/// Every drifted resource is restored; the restore is not recorded done.
+pub const DRIFT_RESTORED: &str = "drift::restored";
 /// A transition was recorded as planned; nothing staged yet.
 pub const PLANNED: &str = "transition::planned";
 /// Inside the streaming write of a blob (injects ENOSPC with `return`).

@@ -169,7 +169,11 @@ pub fn reconcile(engine: &mut Engine, req: &Request<'_>) -> Result<Reconciled> {
                     Fetched::Generation(n) => engine.rollback(Some(*n), req.actor)?,
                 };
                 r.applied = Some(match outcome {
-                    ApplyOutcome::NoChange { .. } => Applied::NoChange,
+                    // Drift put back within the generation that passed its
+                    // health checks: settled like a poll with no change.
+                    ApplyOutcome::NoChange { .. } | ApplyOutcome::Restored { .. } => {
+                        Applied::NoChange
+                    }
                     ApplyOutcome::RebootRequired { .. } => Applied::RebootRequired,
                     ApplyOutcome::Switched { .. } => Applied::Switched,
                 });

@@ -268,6 +268,7 @@ mod tests {
             audit_head: 0,
             audit_reported: 0,
             rejected: Vec::new(),
+            drifted: 0,
         };
         (
             topics::status_topic("ferry", device),

@@ -424,6 +424,7 @@ impl Task {
             audit_head: read.state.audit_head,
             audit_reported: cursor,
             rejected: read.state.rejected,
+            drifted: read.state.drifted,
         };
         let body = serde_json::to_vec(&status).map_err(|e| e.to_string())?;
         client

@@ -66,6 +66,10 @@ pub struct DeviceStatus {
     /// will not apply again, newest first (at most [`MAX_REJECTED`]).
     #[serde(default)]
     pub rejected: Vec<String>,
+    /// Managed resources changed on the device and not restored (policy
+    /// `report`, or a restore that has not happened yet).
+    #[serde(default)]
+    pub drifted: u64,
 }
 
 /// The most rejected revisions a status names.
@@ -83,6 +87,9 @@ pub struct StateView {
     /// Rejected revisions, newest first (at most [`MAX_REJECTED`]).
     #[serde(default)]
     pub rejected: Vec<String>,
+    /// Managed resources changed on the device and not restored.
+    #[serde(default)]
+    pub drifted: u64,
 }
 
 /// One audit entry as reported (`P/device/D/audit/SEQ`): the entry, its

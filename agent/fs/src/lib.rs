@@ -53,15 +53,31 @@ pub struct Meta {
     pub uid: u32,
     pub gid: u32,
     pub len: u64,
+    /// Device and inode, and the modification and change times in
+    /// nanoseconds: together they tell that a file was not touched since it
+    /// was last read (`ctime` cannot be set by a user).
+    pub dev: u64,
+    pub ino: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
 }
 
 impl Meta {
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
     fn of(st: &rustix::fs::Stat) -> Meta {
         Meta {
             mode: st.st_mode,
             uid: st.st_uid,
             gid: st.st_gid,
             len: u64::try_from(st.st_size).unwrap_or(0),
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            mtime_ns: (st.st_mtime as i64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(st.st_mtime_nsec as i64),
+            ctime_ns: (st.st_ctime as i64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(st.st_ctime_nsec as i64),
         }
     }
 

@@ -10,12 +10,13 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use ferry_core::{ContentRef, Kind, Op, Resource, Sha256, Step};
+use ferry_core::{ContentRef, Drift, Kind, Op, Resource, Sha256, Step};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ActivateError, Activator};
 use crate::fsutil::{Dir, FileMode};
+use crate::store::state::{Db, FileCheck};
 use crate::store::{Store, store_error};
 
 #[derive(Debug, Clone)]
@@ -150,6 +151,13 @@ impl FileActivator {
         Ok(())
     }
 
+    /// The regular file installed at `name` below the root, opened without
+    /// following a symlink; `None` when there is none.
+    pub fn open_installed(&self, name: &str) -> Option<std::fs::File> {
+        let p = self.parent(name, false).ok()??;
+        p.dir.open_file(&p.name).ok()?.map(|(f, _)| f)
+    }
+
     /// Removes the destination and any temp file an interrupted write of it
     /// left (a crash between creating the temp file and the rename).
     fn remove(&self, name: &str, what: &str) -> Result<(), ActivateError> {
@@ -177,8 +185,27 @@ impl Activator for FileActivator {
 
     fn prepare(&self, step: &Step, store: &Store) -> Result<Value, ActivateError> {
         let what = step.id.to_string();
+        // What replaced a file ferry installed (a symlink, a FIFO) is put
+        // aside, not kept: the restore writes over it, an undo leaves the
+        // path empty (drift again, for the next reconcile).
+        let replaced = step
+            .drift()
+            .any(|d| matches!(d, Drift::Replaced { found } if found != "directory"));
         let previous = match self.parent(&step.id.name, false)? {
             None => None,
+            Some(p) if replaced => {
+                let meta = p
+                    .dir
+                    .stat(&p.name)
+                    .map_err(|e| ActivateError::new(&what, e.to_string()))?;
+                if meta.is_some_and(|m| m.is_dir()) {
+                    return Err(ActivateError::new(
+                        &what,
+                        format!("{} is a directory", p.dest.display()),
+                    ));
+                }
+                None
+            }
             Some(p) => match p.dir.open_file(&p.name) {
                 Ok(None) => None,
                 Err(e) => return Err(ActivateError::new(&what, e.to_string())),
@@ -200,14 +227,22 @@ impl Activator for FileActivator {
     fn apply(&self, step: &Step, store: &Store) -> Result<(), ActivateError> {
         let what = step.id.to_string();
         match (step.op, &step.to) {
-            (Op::Add | Op::Change, Some(to)) => self.install(
-                &step.id.name,
-                to.content,
-                Self::mode(to)?,
-                None,
-                store,
-                &what,
-            ),
+            (Op::Add | Op::Change, Some(to)) => {
+                // Restoring a changed owner puts back the one installed; any
+                // other write keeps the owner of the file it replaces.
+                let owner = step.drift().find_map(|d| match d {
+                    Drift::Owner { expected, .. } => Some(*expected),
+                    _ => None,
+                });
+                self.install(
+                    &step.id.name,
+                    to.content,
+                    Self::mode(to)?,
+                    owner,
+                    store,
+                    &what,
+                )
+            }
             (Op::Remove, _) => self.remove(&step.id.name, &what),
             _ => Err(ActivateError::new(&what, "step has no target resource")),
         }
@@ -238,6 +273,106 @@ impl Activator for FileActivator {
             }
             None => self.remove(&step.id.name, &what),
         }
+    }
+
+    fn installed(&self, step: &Step) -> Option<(String, FileCheck)> {
+        let to = step.to.as_ref().filter(|_| step.op != Op::Remove)?;
+        let p = self.parent(&step.id.name, false).ok()??;
+        let meta = p.dir.stat(&p.name).ok()??;
+        meta.is_file().then(|| {
+            (
+                step.id.name.clone(),
+                FileCheck {
+                    sha256: to.content.sha256.to_hex(),
+                    mode: meta.perm(),
+                    uid: meta.uid,
+                    gid: meta.gid,
+                    dev: meta.dev,
+                    ino: meta.ino,
+                    size: meta.len,
+                    mtime_ns: meta.mtime_ns,
+                    ctime_ns: meta.ctime_ns,
+                },
+            )
+        })
+    }
+
+    fn drift(&self, r: &Resource, db: &Db) -> Result<Vec<Drift>, ActivateError> {
+        let what = r.id().to_string();
+        let fail = |m: String| ActivateError::new(&what, m);
+        let Some(p) = self.parent(&r.name, false)? else {
+            return Ok(vec![Drift::Deleted]);
+        };
+        let Some(meta) = p
+            .dir
+            .stat(&p.name)
+            .map_err(|e| fail(format!("stat {}: {e}", p.dest.display())))?
+        else {
+            return Ok(vec![Drift::Deleted]);
+        };
+        if !meta.is_file() {
+            let found = meta.kind().trim_start_matches("a ").to_owned();
+            return Ok(vec![Drift::Replaced { found }]);
+        }
+        let mut found = Vec::new();
+        let mode = Self::mode(r)?;
+        if meta.perm() != mode {
+            found.push(Drift::Mode {
+                expected: mode,
+                found: meta.perm(),
+            });
+        }
+        let known = db.file_check(&r.name).map_err(|e| fail(e.to_string()))?;
+        // The owner ferry found when it first checked the file it
+        // installed (an install keeps the owner of the file it replaces).
+        let owner = known
+            .as_ref()
+            .map_or((meta.uid, meta.gid), |k| (k.uid, k.gid));
+        if owner != (meta.uid, meta.gid) {
+            found.push(Drift::Owner {
+                expected: owner,
+                found: (meta.uid, meta.gid),
+            });
+        }
+        let expected = r.content.sha256.to_hex();
+        let untouched = known.as_ref().is_some_and(|k| {
+            k.sha256 == expected
+                && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns)
+                    == (meta.dev, meta.ino, meta.len, meta.mtime_ns, meta.ctime_ns)
+        });
+        if untouched {
+            return Ok(found);
+        }
+        // Moved since the last check: read it (constant memory).
+        let Some((mut file, meta)) = p.dir.open_file(&p.name).map_err(|e| fail(e.to_string()))?
+        else {
+            return Ok(vec![Drift::Deleted]);
+        };
+        let content = crate::store::hash_reader(&mut file)
+            .map_err(|e| fail(format!("reading {}: {e}", p.dest.display())))?;
+        if content != r.content {
+            found.push(Drift::Content {
+                expected: r.content,
+                found: content,
+            });
+        } else {
+            let check = FileCheck {
+                sha256: expected,
+                mode: meta.perm(),
+                uid: owner.0,
+                gid: owner.1,
+                dev: meta.dev,
+                ino: meta.ino,
+                size: meta.len,
+                mtime_ns: meta.mtime_ns,
+                ctime_ns: meta.ctime_ns,
+            };
+            // A cache: on read-only state the next check reads it again.
+            if let Err(e) = db.put_file_check(&r.name, &check) {
+                tracing::debug!(resource = %what, error = %e, "cannot record the drift check");
+            }
+        }
+        Ok(found)
     }
 
     fn is_original(&self, undo: &Value) -> bool {

@@ -69,6 +69,22 @@ pub trait Activator: std::fmt::Debug {
     fn holds(&self, _resource: &Resource) -> bool {
         false
     }
+    /// What `step` installed, as a drift check would record it (after a
+    /// successful `apply`): the next check then needs no read.
+    fn installed(&self, _step: &Step) -> Option<(String, crate::store::state::FileCheck)> {
+        None
+    }
+    /// How `resource`, installed by this activator for the current
+    /// generation, differs on the device now (nothing: no drift). `db`
+    /// keeps what earlier checks found, so an untouched resource is not
+    /// read again.
+    fn drift(
+        &self,
+        _resource: &Resource,
+        _db: &crate::store::state::Db,
+    ) -> Result<Vec<ferry_core::Drift>, ActivateError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The activators of this build, one per kind.

@@ -3,15 +3,34 @@
 
 use super::*;
 
+/// A fetched revision, its desired state, the plan against the device, and
+/// the drift found (restored by the plan or only reported).
+pub type Planned = (
+    Arc<dyn VerifiedRevision>,
+    ResolvedManifest,
+    Plan,
+    Vec<Found>,
+);
+
 impl Engine {
-    /// Fetches and resolves the desired state of `source`, and plans it.
+    /// Fetches and resolves the desired state of `source`, and plans it
+    /// against the device as it is: drift to restore is in the plan; every
+    /// drift found (restored or only reported) is returned beside it.
     pub fn plan(
         &self,
         source: &dyn Source,
         revision: Option<&str>,
         facts: &Facts,
-    ) -> Result<(Arc<dyn VerifiedRevision>, ResolvedManifest, Plan)> {
-        plan_source(source, revision, facts, &self.actual()?)
+    ) -> Result<Planned> {
+        let (rev, desired) = resolve_source(source, revision, facts)?;
+        let found = self.find_drift(Some(&desired.resources))?;
+        let restore: ferry_core::Drifted = found
+            .iter()
+            .filter(|f| f.restores())
+            .map(|f| (f.id.clone(), f.drift.clone()))
+            .collect();
+        let p = ferry_core::plan_with_drift(&desired.resources, &self.actual()?, &restore);
+        Ok((rev, desired, p, found))
     }
 
     // ---- apply ----------------------------------------------------------------------
@@ -257,7 +276,14 @@ impl Engine {
     ) -> Result<ApplyOutcome> {
         self.refuse_while_reboot_pending()?;
         let from = self.db.current_generation()?;
-        let p = plan(&desired.resources, &self.actual()?);
+        // The device as it is: what drifted since the current generation
+        // was installed is put back (policy `restore`) with the rest.
+        let found = self.find_drift(Some(&desired.resources))?;
+        let restore = self.record_drift(&found, by)?;
+        let p = ferry_core::plan_with_drift(&desired.resources, &self.actual()?, &restore);
+        if p.only_restores_drift() {
+            return self.restore_drift(rev, &p, by);
+        }
         if p.is_empty() {
             // A no-change poll touches no blob and records no transition.
             return Ok(ApplyOutcome::NoChange {
@@ -516,6 +542,7 @@ impl Engine {
             None => act.apply_noted(step, &self.store)?,
         };
         fail_point!(fp::ACTIVATE_AFTER_APPLY);
+        let installed = act.installed(step);
         let actor = t.actor.clone();
         // The `originals` row stays until the transition is confirmed: an
         // undo of this remove brings the managed content back, and a later
@@ -523,16 +550,28 @@ impl Engine {
         self.db
             .with_tx(|tx| {
                 Db::mark_activation(tx, t.id, seq, false)?;
+                if let Some((name, check)) = &installed {
+                    Db::record_file_check(tx, name, check)?;
+                }
                 Db::append_audit(
                     tx,
                     &AuditEvent {
                         generation: t.to_gen,
-                        event: "activated",
+                        event: if step.restores_drift() {
+                            "drift-restored"
+                        } else {
+                            "activated"
+                        },
                         actor: &actor,
                         details: {
                             let mut d = json!({"transition": t.id, "op": step.verb(), "kind": step.id.kind.as_str(), "resource": step.id.name});
                             if !notes.is_null() {
                                 d["notes"] = notes.clone();
+                            }
+                            let secret = step.is_secret();
+                            let drift: Vec<Value> = step.drift().map(|d| d.audit(secret)).collect();
+                            if !drift.is_empty() {
+                                d["drift"] = json!(drift);
                             }
                             d
                         },

@@ -9,7 +9,9 @@
 
 mod apply;
 mod delta;
+mod drift;
 pub use delta::estimate_deltas;
+pub use drift::Found;
 mod firmware;
 mod gc;
 mod query;
@@ -68,6 +70,13 @@ pub enum ApplyOutcome {
         revision: String,
         slot: String,
     },
+    /// Drift was put back; the generation stays current.
+    Restored {
+        transition: i64,
+        generation: u64,
+        revision: String,
+        restored: usize,
+    },
     /// A new generation (apply) or an older one (rollback) is current.
     Switched {
         transition: i64,
@@ -104,6 +113,9 @@ pub struct Status {
     /// Revisions rolled back after failing their health checks, newest
     /// first: not applied again unless an operator forces one.
     pub rejected: Vec<Rejection>,
+    /// Managed resources found changed on the device and not restored (yet,
+    /// or by policy `report`), as the last reconcile or plan found them.
+    pub drift: Vec<crate::store::state::DriftRow>,
 }
 
 /// Rule sets by resource name.

@@ -93,6 +93,7 @@ impl Engine {
             open_transitions: self.db.open_transitions()?,
             audit_entries: self.db.audit_head()?.map_or(0, |(s, _)| s),
             rejected: self.db.rejections()?,
+            drift: self.db.drift()?,
         })
     }
 
@@ -216,6 +217,7 @@ impl Engine {
                     .take(ferry_fleet::message::MAX_REJECTED)
                     .map(|r| r.revision)
                     .collect(),
+                drifted: self.db.drift()?.len() as u64,
             },
             entries,
         })

@@ -344,10 +344,12 @@ fn resolve(
                 let mode = item.get("mode").and_then(Value::as_str).unwrap_or("0644");
                 let bits =
                     u32::from_str_radix(mode, 8).map_err(|e| invalid("mode", e.to_string()))?;
-                (
-                    path.to_owned(),
-                    BTreeMap::from([("mode".to_owned(), Value::String(format!("{bits:04o}")))]),
-                )
+                let mut settings =
+                    BTreeMap::from([("mode".to_owned(), Value::String(format!("{bits:04o}")))]);
+                if let Some(policy) = item.get("drift") {
+                    settings.insert("drift".to_owned(), policy.clone());
+                }
+                (path.to_owned(), settings)
             }
             Kind::Ruleset => {
                 // Field sources the set brings (docs/ingest.md), checked

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::render::manifest::{Content, ResolvedManifest};
-use crate::store::{Store, VerifyingReader};
+use crate::store::VerifyingReader;
 use ferry_source::VerifiedRevision;
 
 /// Content larger than this is not diffed.
@@ -20,6 +20,10 @@ pub struct PlanReport {
     pub revision: String,
     pub summary: Summary,
     pub steps: Vec<StepReport>,
+    /// Every managed resource found changed on the device: restored by the
+    /// plan's steps (policy `restore`) or only reported (`report`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +56,9 @@ pub struct StepReport {
     /// The reasons for humans (redacted like the rest).
     #[serde(skip)]
     pub reason_texts: Vec<String>,
+    /// The step only puts back what changed on the device.
+    #[serde(skip)]
+    pub restores_drift: bool,
 }
 
 /// Bytes a step downloads.
@@ -77,25 +84,27 @@ fn view(r: &Resource, secret: bool) -> Value {
 fn reason_value(r: &Reason, secret: bool) -> Value {
     match r {
         Reason::ContentChanged { .. } if secret => json!({"reason": "content_changed"}),
+        Reason::Drifted { drift } => json!({"reason": "drifted", "drift": drift.audit(secret)}),
         other => serde_json::to_value(other).expect("reasons serialise"),
     }
 }
 
-/// Builds the report. `store` holds the content of the current generation
-/// (absent before the first apply).
+/// Builds the report. `engine`: the device's state, whose store holds the
+/// content of the current generation (absent before the first apply).
 pub fn report(
     plan: &Plan,
     rev: &dyn VerifiedRevision,
     desired: &ResolvedManifest,
-    store: Option<&Store>,
+    engine: Option<&crate::engine::Engine>,
 ) -> PlanReport {
+    let store = engine.map(crate::engine::Engine::store);
     let (add, change, remove) = plan.counts();
     let steps = plan
         .steps
         .iter()
         .map(|s| {
             let secret = s.is_secret();
-            let (diff, mut note) = diff(s, secret, rev, desired, store);
+            let (diff, mut note) = diff(s, secret, rev, desired, engine);
             if s.verb() == "release" {
                 note = Some(
                     "released: the generation does not manage firmware; the booted firmware stays as it runs"
@@ -124,6 +133,7 @@ pub fn report(
                     delta: None,
                 }),
                 reason_texts: s.describe_reasons(),
+                restores_drift: s.restores_drift(),
             }
         })
         .collect();
@@ -135,6 +145,7 @@ pub fn report(
             remove,
         },
         steps,
+        drift: Vec::new(),
     }
 }
 
@@ -143,9 +154,15 @@ fn diff(
     secret: bool,
     rev: &dyn VerifiedRevision,
     desired: &ResolvedManifest,
-    store: Option<&Store>,
+    engine: Option<&crate::engine::Engine>,
 ) -> (Option<String>, Option<String>) {
+    let store = engine.map(crate::engine::Engine::store);
+    let drifted = s.drift().find_map(|d| match d {
+        ferry_core::Drift::Content { found, .. } => Some(*found),
+        _ => None,
+    });
     let content_changed = s.op == Op::Add
+        || drifted.is_some()
         || s.reasons
             .iter()
             .any(|r| matches!(r, Reason::ContentChanged { .. }));
@@ -155,7 +172,15 @@ fn diff(
     if secret {
         return (None, Some("secret content; diff not shown".to_owned()));
     }
+    // Drifted content: the diff is from what is on the device.
+    let on_device = drifted.map(
+        |found| match engine.and_then(|e| e.installed_reader(&s.id)) {
+            Some(reader) => read_text(reader, found),
+            None => Err("the content on the device is unavailable".to_owned()),
+        },
+    );
     let old = match (&s.from, store) {
+        _ if on_device.is_some() => on_device.expect("checked"),
         (Some(from), Some(store)) => match store.open_verified(from.content) {
             Ok(reader) => read_text(reader, from.content),
             Err(e) => Err(format!("current content unavailable: {e}")),

@@ -433,6 +433,27 @@ impl Store {
     }
 }
 
+/// The sha256 and length of everything `src` yields (constant memory).
+pub fn hash_reader(src: &mut dyn Read) -> io::Result<ContentRef> {
+    let mut hasher = sha2::Sha256::new();
+    let mut length = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        length += n as u64;
+    }
+    Ok(ContentRef {
+        sha256: ferry_core::Sha256::from_bytes(hasher.finalize().into()),
+        length,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,7 +140,55 @@ INSERT INTO rejected (revision, time_ms, actor, reason)
     SELECT value, 0, 'agent', 'health checks failed' FROM meta WHERE key = 'rejected_revision';
 DELETE FROM meta WHERE key = 'rejected_revision';
 "#,
+    // Drift: what a check last found a managed file to be (a cache: the
+    // file is hashed again only when its stat fields moved), and the drift
+    // found and not restored (reported once, shown by status).
+    r#"
+CREATE TABLE file_checks (
+    name     TEXT PRIMARY KEY,
+    sha256   TEXT NOT NULL,
+    mode     INTEGER NOT NULL,
+    uid      INTEGER NOT NULL,
+    gid      INTEGER NOT NULL,
+    dev      INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL
+) STRICT;
+CREATE TABLE drift (
+    kind     TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    finding  TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, name)
+) STRICT;
+"#,
 ];
+
+/// What a drift check found a managed file to be, with the stat fields it
+/// was read at (and the owner ferry installed it with).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileCheck {
+    pub sha256: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+/// Drift found and left in place (policy `report`, or not restored yet).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftRow {
+    pub kind: String,
+    pub name: String,
+    pub finding: Value,
+    pub since_ms: i64,
+}
 
 /// Rejected revisions kept (the oldest are forgotten first).
 pub const MAX_REJECTED: usize = 256;
@@ -563,6 +611,134 @@ impl Db {
     /// Forgets the rejection of `revision`; whether there was one.
     pub fn delete_rejection(tx: &Transaction<'_>, revision: &str) -> rusqlite::Result<bool> {
         Ok(tx.execute("DELETE FROM rejected WHERE revision = ?1", [revision])? > 0)
+    }
+
+    /// The last check of the managed file `name`.
+    pub fn file_check(&self, name: &str) -> Result<Option<FileCheck>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT sha256, mode, uid, gid, dev, ino, size, mtime_ns, ctime_ns FROM file_checks WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(FileCheck {
+                        sha256: r.get(0)?,
+                        mode: r.get(1)?,
+                        uid: r.get(2)?,
+                        gid: r.get(3)?,
+                        dev: r.get::<_, i64>(4)? as u64,
+                        ino: r.get::<_, i64>(5)? as u64,
+                        size: r.get::<_, i64>(6)? as u64,
+                        mtime_ns: r.get(7)?,
+                        ctime_ns: r.get(8)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Records a check of `name` (a cache: outside any transition).
+    pub fn put_file_check(&self, name: &str, c: &FileCheck) -> Result<(), StateError> {
+        Self::record_file_check(&self.conn, name, c).map_err(self.err())
+    }
+
+    /// Records what an activation installed at `name` (inside its
+    /// transaction), so that the next check needs no read.
+    pub fn record_file_check(conn: &Connection, name: &str, c: &FileCheck) -> rusqlite::Result<()> {
+        conn.execute(
+                "INSERT OR REPLACE INTO file_checks (name, sha256, mode, uid, gid, dev, ino, size, mtime_ns, ctime_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    name,
+                    c.sha256,
+                    c.mode,
+                    c.uid,
+                    c.gid,
+                    c.dev as i64,
+                    c.ino as i64,
+                    c.size as i64,
+                    c.mtime_ns,
+                    c.ctime_ns
+                ],
+            )
+            .map(drop)
+    }
+
+    /// Forgets the checks of files no longer managed (`keep`: the names
+    /// that are).
+    pub fn prune_file_checks(
+        &self,
+        keep: &std::collections::BTreeSet<&str>,
+    ) -> Result<(), StateError> {
+        let names: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT name FROM file_checks")
+                .map_err(self.err())?;
+            stmt.query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect::<Result<_, _>>())
+                .map_err(self.err())?
+        };
+        for n in names.iter().filter(|n| !keep.contains(n.as_str())) {
+            self.conn
+                .execute("DELETE FROM file_checks WHERE name = ?1", [n])
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// The drift found and left in place.
+    pub fn drift(&self) -> Result<Vec<DriftRow>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, name, finding, since_ms FROM drift ORDER BY kind, name")
+            .map_err(self.err())?;
+        stmt.query_map([], |r| {
+            let finding: String = r.get(2)?;
+            Ok(DriftRow {
+                kind: r.get(0)?,
+                name: r.get(1)?,
+                finding: serde_json::from_str(&finding).unwrap_or(Value::Null),
+                since_ms: r.get(3)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(self.err())
+    }
+
+    /// Records drift of a resource; whether the finding is new (not the
+    /// one recorded already).
+    pub fn set_drift(
+        tx: &Transaction<'_>,
+        kind: &str,
+        name: &str,
+        finding: &Value,
+    ) -> rusqlite::Result<bool> {
+        let text = finding.to_string();
+        let known: Option<String> = tx
+            .query_row(
+                "SELECT finding FROM drift WHERE kind = ?1 AND name = ?2",
+                [kind, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if known.as_deref() == Some(text.as_str()) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO drift (kind, name, finding, since_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![kind, name, text, now_ms()],
+        )?;
+        Ok(true)
+    }
+
+    /// Forgets the drift of a resource (restored, or gone by itself).
+    pub fn clear_drift(tx: &Transaction<'_>, kind: &str, name: &str) -> rusqlite::Result<()> {
+        tx.execute(
+            "DELETE FROM drift WHERE kind = ?1 AND name = ?2",
+            [kind, name],
+        )
+        .map(drop)
     }
 
     /// The generation that was current before the current one.

@@ -1,0 +1,201 @@
+//! Drift: the current generation's resources checked against the device,
+//! and the restore of what drifted within that generation.
+//!
+//! Every reconcile checks every managed resource whose policy is not
+//! `ignore` (files: `lstat` each, and read only a file whose inode, size,
+//! mtime or ctime moved since the last check). Drift is audited once per
+//! finding (`drift-detected`); with policy `restore` it is put back through
+//! a recorded transition of kind `restore` (activations with undo records,
+//! `drift-restored` per resource), with `report` it stays and `ferry
+//! status` and the fleet report show it.
+
+use super::*;
+use ferry_core::{Drift, DriftPolicy, Drifted, ResourceId};
+
+/// A resource of the current generation found changed on the device.
+#[derive(Debug, Clone, Serialize)]
+pub struct Found {
+    pub id: ResourceId,
+    pub secret: bool,
+    pub drift: Vec<Drift>,
+    pub policy: DriftPolicy,
+    /// False when ferry will not put it back by itself (a directory where
+    /// a file was: it may hold anything).
+    pub restorable: bool,
+}
+
+impl Found {
+    /// Whether a reconcile puts it back.
+    pub fn restores(&self) -> bool {
+        self.policy == DriftPolicy::Restore && self.restorable
+    }
+
+    /// The audit's view (secret content redacted).
+    pub fn audit(&self) -> Value {
+        json!({
+            "kind": self.id.kind.as_str(),
+            "resource": self.id.name,
+            "policy": self.policy.as_str(),
+            "restorable": self.restorable,
+            "drift": self.drift.iter().map(|d| d.audit(self.secret)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl Engine {
+    /// What is installed on the device for resource `id` (files only), to
+    /// show drifted content in a plan.
+    pub fn installed_reader(&self, id: &ResourceId) -> Option<Box<dyn std::io::Read>> {
+        if id.kind != Kind::File {
+            return None;
+        }
+        FileActivator::new(&self.config.files.root)
+            .open_installed(&id.name)
+            .map(|f| Box::new(f) as Box<dyn std::io::Read>)
+    }
+
+    /// Checks the current generation's resources against the device.
+    /// `desired`: the resources about to be applied, whose `drift:` policy
+    /// decides (a new revision may change it); else the recorded ones'.
+    pub fn find_drift(&self, desired: Option<&ResourceSet>) -> Result<Vec<Found>> {
+        let actual = self.actual()?;
+        let default = self.config.agent.drift;
+        let mut out = Vec::new();
+        for r in actual.iter() {
+            let policy_of = desired.and_then(|d| d.get(&r.id())).unwrap_or(r);
+            let policy = DriftPolicy::of(policy_of, default);
+            if policy == DriftPolicy::Ignore {
+                continue;
+            }
+            let Ok(act) = self.activators.get(r.kind) else {
+                continue;
+            };
+            let drift = act
+                .drift(r, &self.db)
+                .map_err(|e| EngineError::Refused(format!("checking {} for drift: {e}", r.id())))?;
+            if !drift.is_empty() {
+                let restorable = !drift
+                    .iter()
+                    .any(|d| matches!(d, Drift::Replaced { found } if found == "directory"));
+                out.push(Found {
+                    id: r.id(),
+                    secret: r.secret,
+                    drift,
+                    policy,
+                    restorable,
+                });
+            }
+        }
+        let managed: BTreeSet<&str> = actual
+            .iter()
+            .filter(|r| r.kind == Kind::File)
+            .map(|r| r.name.as_str())
+            .collect();
+        self.db.prune_file_checks(&managed)?;
+        Ok(out)
+    }
+
+    /// Audits each new finding as `drift-detected` (once: the same finding
+    /// at the next poll is not audited again) and forgets drift that is
+    /// gone; returns what is to be restored.
+    pub(super) fn record_drift(&mut self, found: &[Found], actor: &str) -> Result<Drifted> {
+        let known = self.db.drift()?;
+        let mut restore = Drifted::new();
+        if found.is_empty() && known.is_empty() {
+            // The usual poll: nothing written.
+            return Ok(restore);
+        }
+        let generation = self.db.current_generation()?;
+        self.db.with_tx(|tx| {
+            for row in &known {
+                if !found
+                    .iter()
+                    .any(|f| f.id.kind.as_str() == row.kind && f.id.name == row.name)
+                {
+                    Db::clear_drift(tx, &row.kind, &row.name)?;
+                }
+            }
+            for f in found {
+                let details = f.audit();
+                if Db::set_drift(tx, f.id.kind.as_str(), &f.id.name, &details["drift"])? {
+                    tracing::warn!(resource = %f.id, policy = f.policy.as_str(), drift = %f.drift.iter().map(|d| d.describe(f.secret)).collect::<Vec<_>>().join(", "), "drift detected");
+                    Db::append_audit(
+                        tx,
+                        &AuditEvent {
+                            generation,
+                            event: "drift-detected",
+                            actor,
+                            details,
+                        },
+                    )?;
+                }
+            }
+            Ok(())
+        })?;
+        for f in found.iter().filter(|f| f.restores()) {
+            restore.insert(f.id.clone(), f.drift.clone());
+        }
+        Ok(restore)
+    }
+
+    /// Puts back what drifted, within the current generation: a `restore`
+    /// transition whose activations have undo records like any other (a
+    /// crash is finished or undone by `recover()`).
+    pub(super) fn restore_drift(
+        &mut self,
+        rev: &dyn VerifiedRevision,
+        p: &Plan,
+        by: &str,
+    ) -> Result<ApplyOutcome> {
+        let generation = self
+            .db
+            .current_generation()?
+            .expect("drift is found in a current generation");
+        for step in &p.steps {
+            let to = step.to.as_ref().expect("restores change a resource");
+            if !self.store.contains(&to.content.sha256) {
+                return Err(EngineError::Refused(format!(
+                    "cannot restore {}: its content {} is no longer in the store",
+                    step.id, to.content.sha256
+                )));
+            }
+        }
+        let mut details = plan_summary(p);
+        details["by"] = json!(by);
+        let mut t = self.db.with_tx(|tx| {
+            Db::insert_transition(
+                tx,
+                TransitionKind::Restore,
+                Some(generation),
+                Some(generation),
+                Some(rev.id()),
+                rev.actor(),
+                &details,
+            )
+        })?;
+        fail_point!(fp::DRIFT_PLANNED);
+        self.advance(&mut t, Phase::Staging, None)?;
+        self.advance(&mut t, Phase::Staged, None)?;
+        self.advance(&mut t, Phase::Activating, None)?;
+        for (seq, step) in p.steps.iter().enumerate() {
+            if let Err(failure) = self.activate_step(&t, seq as u64, step) {
+                return Err(self.roll_back(&mut t, failure));
+            }
+        }
+        fail_point!(fp::DRIFT_RESTORED);
+        let restored: Vec<ResourceId> = p.steps.iter().map(|s| s.id.clone()).collect();
+        self.advance_with(&mut t, Phase::Switched, None, |tx| {
+            for id in &restored {
+                Db::clear_drift(tx, id.kind.as_str(), &id.name)?;
+            }
+            Ok(())
+        })?;
+        self.advance(&mut t, Phase::Confirmed, None)?;
+        Ok(ApplyOutcome::Restored {
+            transition: t.id,
+            generation,
+            revision: rev.id().to_owned(),
+            restored: p.steps.len(),
+        })
+    }
+}
