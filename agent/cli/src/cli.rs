@@ -133,10 +133,12 @@ pub enum Command {
         wait: u64,
     },
     /// Fetch the desired state and show what would change, without changing anything.
+    /// Planned against the device as it is: managed files changed on the device
+    /// (drift) are shown with `!` (to restore) or `?` (reported only)
     Plan {
         #[command(flatten)]
         out: JsonFlag,
-        /// Exit with 10 when the plan is not empty.
+        /// Exit with 10 when the plan is not empty or anything drifted.
         #[arg(long)]
         exit_code: bool,
         /// Plan against this revision instead of the newest (dir source: a directory).
