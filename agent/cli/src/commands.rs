@@ -148,7 +148,14 @@ pub fn run(args: Cli) -> Result<Code> {
                     (rev, desired, plan, Vec::new())
                 }
             };
-            let mut report = report(&plan, &*rev, &desired, engine.as_ref());
+            let on_device = |id: &_| engine.as_ref().and_then(|e| e.installed_reader(id));
+            let mut report = report(
+                &plan,
+                &*rev,
+                &desired,
+                engine.as_ref().map(Engine::store),
+                &on_device,
+            );
             report.drift = drift
                 .iter()
                 .map(ferry_engine::engine::Found::audit)

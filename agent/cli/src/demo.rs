@@ -228,7 +228,12 @@ fn show_transitions(engine: &Engine, seen: usize) -> Result<usize> {
 
 fn show_plan(engine: &Engine, src: &dyn ferry_source::Source, facts: &Facts) -> Result<()> {
     let (rev, desired, plan, _) = engine.plan(src, None, facts)?;
-    output::plan(&report(&plan, &*rev, &desired, Some(engine)), false)
+    output::plan(
+        &report(&plan, &*rev, &desired, Some(engine.store()), &|id| {
+            engine.installed_reader(id)
+        }),
+        false,
+    )
 }
 
 fn show_last_line(path: &Path) -> Result<()> {

@@ -10,8 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::ContentRef;
-use crate::plan::{Op, Plan, Reason, Step};
-use crate::resource::{ActualState, DesiredState, Resource, ResourceId};
+use crate::resource::{Resource, ResourceId};
 
 /// What differs on the device from what ferry installed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,79 +144,10 @@ impl std::str::FromStr for DriftPolicy {
 /// The drift found on the device, by resource of the current generation.
 pub type Drifted = BTreeMap<ResourceId, Vec<Drift>>;
 
-/// [`crate::plan()`] of `desired` against `actual`, with the drift found on
-/// the device: a resource the desired state keeps as it is but that
-/// drifted is changed back (a step whose reasons are the drift); one the
-/// desired state changes anyway carries the drift beside the other
-/// reasons. Only drift whose policy is `restore` is given here; what is
-/// only reported stays out of the plan.
-pub fn plan_with_drift(desired: &DesiredState, actual: &ActualState, drifted: &Drifted) -> Plan {
-    let mut p = crate::plan::plan(desired, actual);
-    if drifted.is_empty() {
-        return p;
-    }
-    for step in &mut p.steps {
-        if let Some(d) = drifted.get(&step.id)
-            && step.op == Op::Change
-        {
-            step.reasons
-                .extend(d.iter().cloned().map(|d| Reason::Drifted { drift: d }));
-        }
-    }
-    for (id, d) in drifted {
-        if p.steps.iter().any(|s| &s.id == id) {
-            continue;
-        }
-        let (Some(want), Some(have)) = (desired.get(id), actual.get(id)) else {
-            continue;
-        };
-        p.steps.push(Step {
-            op: Op::Change,
-            id: id.clone(),
-            from: Some(have.clone()),
-            to: Some(want.clone()),
-            reasons: d
-                .iter()
-                .cloned()
-                .map(|d| Reason::Drifted { drift: d })
-                .collect(),
-        });
-    }
-    p.steps.sort_by(|a, b| a.id.cmp(&b.id));
-    p
-}
-
-impl Step {
-    /// Whether the step only puts back what drifted (the generation keeps
-    /// the resource as it is).
-    pub fn restores_drift(&self) -> bool {
-        !self.reasons.is_empty()
-            && self
-                .reasons
-                .iter()
-                .all(|r| matches!(r, Reason::Drifted { .. }))
-    }
-
-    /// The drift this step puts back.
-    pub fn drift(&self) -> impl Iterator<Item = &Drift> {
-        self.reasons.iter().filter_map(|r| match r {
-            Reason::Drifted { drift } => Some(drift),
-            _ => None,
-        })
-    }
-}
-
-impl Plan {
-    /// Whether every step only puts back drift.
-    pub fn only_restores_drift(&self) -> bool {
-        !self.steps.is_empty() && self.steps.iter().all(Step::restores_drift)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{Kind, ResourceSet};
+    use crate::resource::Kind;
 
     fn file(name: &str, body: &[u8]) -> Resource {
         Resource {
@@ -227,41 +157,6 @@ mod tests {
             settings: Default::default(),
             secret: false,
         }
-    }
-
-    #[test]
-    fn drift_of_an_unchanged_resource_is_a_restoring_change() {
-        let set = ResourceSet::from_resources([file("/a", b"a"), file("/b", b"b")]).unwrap();
-        let mut drifted = Drifted::new();
-        drifted.insert(
-            file("/b", b"").id(),
-            vec![Drift::Content {
-                expected: ContentRef::of(b"b"),
-                found: ContentRef::of(b"x"),
-            }],
-        );
-        let p = plan_with_drift(&set, &set, &drifted);
-        assert_eq!(p.steps.len(), 1);
-        assert_eq!(p.steps[0].op, Op::Change);
-        assert_eq!(p.steps[0].from, p.steps[0].to);
-        assert!(p.only_restores_drift());
-        assert!(crate::plan::plan(&set, &set).is_empty());
-    }
-
-    #[test]
-    fn drift_beside_a_change_and_under_a_removal() {
-        let actual = ResourceSet::from_resources([file("/a", b"a"), file("/b", b"b")]).unwrap();
-        let desired = ResourceSet::from_resources([file("/a", b"a2")]).unwrap();
-        let mut drifted = Drifted::new();
-        for n in ["/a", "/b"] {
-            drifted.insert(file(n, b"").id(), vec![Drift::Deleted]);
-        }
-        let p = plan_with_drift(&desired, &actual, &drifted);
-        let ops: Vec<_> = p.steps.iter().map(|s| (s.op, s.reasons.len())).collect();
-        // /a changes anyway (and was deleted); /b goes anyway.
-        assert_eq!(ops, vec![(Op::Change, 2), (Op::Remove, 1)]);
-        assert!(!p.only_restores_drift());
-        assert!(!p.steps[0].restores_drift());
     }
 
     #[test]

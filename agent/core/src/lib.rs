@@ -21,10 +21,10 @@ pub mod schedule;
 pub mod transition;
 
 pub use digest::{ContentRef, DigestParseError, Sha256};
-pub use drift::{Drift, DriftPolicy, Drifted, plan_with_drift};
+pub use drift::{Drift, DriftPolicy, Drifted};
 pub use error::{Classify, ErrorClass};
 pub use path::{RepoPath, RepoPathError};
-pub use plan::{Op, Plan, Reason, Step, plan};
+pub use plan::{Op, Plan, Reason, Step, plan, plan_with_drift};
 pub use resource::{
     ActualState, DesiredState, DuplicateResource, Kind, Resource, ResourceId, ResourceSet,
     UnknownKind,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::render::manifest::{Content, ResolvedManifest};
-use crate::store::VerifyingReader;
+use crate::store::{Store, VerifyingReader};
 use ferry_source::VerifiedRevision;
 
 /// Content larger than this is not diffed.
@@ -89,22 +89,26 @@ fn reason_value(r: &Reason, secret: bool) -> Value {
     }
 }
 
-/// Builds the report. `engine`: the device's state, whose store holds the
-/// content of the current generation (absent before the first apply).
+/// What is installed on the device for a resource (drifted content).
+pub type OnDevice<'a> = &'a dyn Fn(&ferry_core::ResourceId) -> Option<Box<dyn Read>>;
+
+/// Builds the report. `store` holds the content of the current generation
+/// (absent before the first apply); `on_device` reads what is on the
+/// device, for the diff of drifted content.
 pub fn report(
     plan: &Plan,
     rev: &dyn VerifiedRevision,
     desired: &ResolvedManifest,
-    engine: Option<&crate::engine::Engine>,
+    store: Option<&Store>,
+    on_device: OnDevice<'_>,
 ) -> PlanReport {
-    let store = engine.map(crate::engine::Engine::store);
     let (add, change, remove) = plan.counts();
     let steps = plan
         .steps
         .iter()
         .map(|s| {
             let secret = s.is_secret();
-            let (diff, mut note) = diff(s, secret, rev, desired, engine);
+            let (diff, mut note) = diff(s, secret, rev, desired, store, on_device);
             if s.verb() == "release" {
                 note = Some(
                     "released: the generation does not manage firmware; the booted firmware stays as it runs"
@@ -154,9 +158,9 @@ fn diff(
     secret: bool,
     rev: &dyn VerifiedRevision,
     desired: &ResolvedManifest,
-    engine: Option<&crate::engine::Engine>,
+    store: Option<&Store>,
+    on_device: OnDevice<'_>,
 ) -> (Option<String>, Option<String>) {
-    let store = engine.map(crate::engine::Engine::store);
     let drifted = s.drift().find_map(|d| match d {
         ferry_core::Drift::Content { found, .. } => Some(*found),
         _ => None,
@@ -173,12 +177,10 @@ fn diff(
         return (None, Some("secret content; diff not shown".to_owned()));
     }
     // Drifted content: the diff is from what is on the device.
-    let on_device = drifted.map(
-        |found| match engine.and_then(|e| e.installed_reader(&s.id)) {
-            Some(reader) => read_text(reader, found),
-            None => Err("the content on the device is unavailable".to_owned()),
-        },
-    );
+    let on_device = drifted.map(|found| match on_device(&s.id) {
+        Some(reader) => read_text(reader, found),
+        None => Err("the content on the device is unavailable".to_owned()),
+    });
     let old = match (&s.from, store) {
         _ if on_device.is_some() => on_device.expect("checked"),
         (Some(from), Some(store)) => match store.open_verified(from.content) {
