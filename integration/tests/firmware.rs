@@ -1057,3 +1057,65 @@ fn the_agent_drops_a_firmware_image_from_the_store_once_its_slot_is_good() {
     g.d.f.ok(&["audit", "verify"]);
     assert_eq!(g.d.f.run(&["plan", "--exit-code"]).status.code(), Some(0));
 }
+
+#[test]
+fn verify_reads_back_the_slots_and_rollback_refuses_a_corrupted_one() {
+    let g = Gateway::new();
+    g.d.f.keep_generations();
+    fs::write(&g.healthy, "").unwrap();
+    g.d.f.ok(&["firmware", "mark-good"]);
+    g.publish("v1");
+    g.d.f.ok(&["apply", "--no-reboot"]);
+    g.publish("v2");
+    g.d.f.ok(&["apply", "--no-reboot"]);
+    assert_eq!(g.power_on(), "B");
+    g.d.f.ok(&["recover"]);
+    // The images live in their slots only.
+    g.d.f.ok(&["gc"]);
+    let v = g.d.f.json(&["verify", "--firmware", "--json"]);
+    assert_eq!(v["problems"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["checked"], 3, "a file and two slots: {v:#}");
+    assert!(v["bytes"].as_u64().unwrap() >= 2 * image_bytes("v1").len() as u64);
+    // A flipped bit in slot A, the rollback target.
+    let a = g.d.f.dir.path().join("slot-a.img");
+    let mut bytes = fs::read(&a).unwrap();
+    bytes[1000] ^= 1;
+    fs::write(&a, bytes).unwrap();
+    let out = g.d.f.run(&["verify", "--firmware"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("! firmware gateway-os v1 (slot A): slot A")
+            && text.contains("sha256 mismatch"),
+        "{text}"
+    );
+    // Without --firmware the slots are not read.
+    g.d.f.ok(&["verify"]);
+    let out = g.d.f.run(&["rollback", "--no-reboot"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("firmware gateway-os v1, which no slot holds intact"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(g.d.f.json(&["status", "--json"])["current"]["id"], 2);
+    assert_eq!(g.reboots(), 0);
+    // A good re-install of v1 (forward, written into A) passes again.
+    g.publish("v1");
+    g.d.f.ok(&["apply", "--no-reboot"]);
+    let v = g.d.f.json(&["verify", "--firmware", "--json"]);
+    assert_eq!(
+        v["problems"],
+        serde_json::json!([]),
+        "pending switch: {v:#}"
+    );
+    assert_eq!(g.power_on(), "A");
+    g.d.f.ok(&["recover"]);
+    let out = g.d.f.run(&["verify", "--firmware"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

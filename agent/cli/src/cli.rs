@@ -242,6 +242,23 @@ pub enum Command {
     },
     /// Delete generations and blobs that are not current, previous, pinned or in use.
     Gc(JsonFlag),
+    /// Check every managed resource of the current generation in full against
+    /// what ferry installed (files: content, mode, owner, type; rule sets and
+    /// WASM modules: their blob, read back) and with --firmware read back every
+    /// slot holding an image ferry recorded. Exit 0 clean, 4 on any mismatch,
+    /// naming what and where. Changes nothing
+    Verify {
+        #[command(flatten)]
+        out: JsonFlag,
+        /// Also read back the firmware slots (the booted one and the rollback
+        /// target).
+        #[arg(long)]
+        firmware: bool,
+        /// Read store blobs and slots at most this fast, in MiB per second, so
+        /// the gateway keeps serving (0: unbounded).
+        #[arg(long, value_name = "MIB", default_value_t = 32)]
+        rate: u64,
+    },
     /// A/B firmware slots: show them, or mark the booted slot good.
     Firmware {
         #[command(subcommand)]

@@ -312,6 +312,23 @@ pub fn run(args: Cli) -> Result<Code> {
             };
             return crate::reconcile::operator(engine, &req, out.json);
         }
+        Command::Verify {
+            out,
+            firmware,
+            rate,
+        } => {
+            let Some(engine) = Engine::open_read_only(config)? else {
+                anyhow::bail!(ferry_engine::EngineError::Refused(
+                    "nothing is installed yet: no generation to verify".to_owned()
+                ));
+            };
+            let rate = (rate > 0).then(|| rate.saturating_mul(1 << 20));
+            let report = engine.verify(firmware, rate)?;
+            output::verified(&report, out.json)?;
+            if !report.problems.is_empty() {
+                return Ok(Code::Verification);
+            }
+        }
         Command::Gc(out) => {
             let mut engine = Engine::open(config)?;
             let outcome = engine.gc()?;

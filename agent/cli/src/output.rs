@@ -370,6 +370,40 @@ pub fn outcome(o: &ApplyOutcome, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `ferry verify`.
+pub fn verified(r: &ferry_engine::engine::VerifyReport, as_json: bool) -> Result<()> {
+    if as_json {
+        return print_json(r);
+    }
+    let mut out = io::stdout().lock();
+    let n = r.problems.len();
+    writeln!(
+        out,
+        "verified {} resources ({} read): {}",
+        r.checked,
+        bytes(r.bytes),
+        match n {
+            0 => "everything is as installed".to_owned(),
+            1 => "1 problem".to_owned(),
+            n => format!("{n} problems"),
+        }
+    )?;
+    for p in &r.problems {
+        let slot = p["slot"]
+            .as_str()
+            .map(|s| format!(" (slot {s})"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  ! {} {}{slot}: {}",
+            p["kind"].as_str().unwrap_or("?"),
+            p["resource"].as_str().unwrap_or("?"),
+            p["problem"].as_str().unwrap_or("?")
+        )?;
+    }
+    Ok(())
+}
+
 /// `ferry recover`: what is current afterwards, and a pending reboot.
 pub fn recovered(s: &Status, as_json: bool) -> Result<()> {
     if as_json {

@@ -297,7 +297,7 @@ impl Activator for FileActivator {
         })
     }
 
-    fn drift(&self, r: &Resource, db: &Db) -> Result<Vec<Drift>, ActivateError> {
+    fn drift(&self, r: &Resource, db: &Db, full: bool) -> Result<Vec<Drift>, ActivateError> {
         let what = r.id().to_string();
         let fail = |m: String| ActivateError::new(&what, m);
         let Some(p) = self.parent(&r.name, false)? else {
@@ -335,11 +335,12 @@ impl Activator for FileActivator {
             });
         }
         let expected = r.content.sha256.to_hex();
-        let untouched = known.as_ref().is_some_and(|k| {
-            k.sha256 == expected
-                && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns)
-                    == (meta.dev, meta.ino, meta.len, meta.mtime_ns, meta.ctime_ns)
-        });
+        let untouched = !full
+            && known.as_ref().is_some_and(|k| {
+                k.sha256 == expected
+                    && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns)
+                        == (meta.dev, meta.ino, meta.len, meta.mtime_ns, meta.ctime_ns)
+            });
         if untouched {
             return Ok(found);
         }

@@ -77,11 +77,12 @@ pub trait Activator: std::fmt::Debug {
     /// How `resource`, installed by this activator for the current
     /// generation, differs on the device now (nothing: no drift). `db`
     /// keeps what earlier checks found, so an untouched resource is not
-    /// read again.
+    /// read again, unless `full` (`ferry verify`).
     fn drift(
         &self,
         _resource: &Resource,
         _db: &crate::store::state::Db,
+        _full: bool,
     ) -> Result<Vec<ferry_core::Drift>, ActivateError> {
         Ok(Vec::new())
     }

@@ -132,7 +132,7 @@ fn running_image_length(
 }
 
 /// The image ferry last wrote into `slot`, from the firmware activations.
-fn running_image(installs: &[(Phase, Value, Value)], slot: &str) -> Option<ContentRef> {
+pub(super) fn running_image(installs: &[(Phase, Value, Value)], slot: &str) -> Option<ContentRef> {
     let image = super::firmware::firmware_image(installs, slot)?;
     let sha256 = image.sha256.parse().ok()?;
     let length = installs

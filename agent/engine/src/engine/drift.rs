@@ -71,7 +71,7 @@ impl Engine {
                 continue;
             };
             let drift = act
-                .drift(r, &self.db)
+                .drift(r, &self.db, false)
                 .map_err(|e| EngineError::Refused(format!("checking {} for drift: {e}", r.id())))?;
             if !drift.is_empty() {
                 let restorable = !drift

@@ -17,6 +17,8 @@ mod gc;
 mod query;
 mod recover;
 mod rollback;
+mod verify;
+pub use verify::VerifyReport;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};

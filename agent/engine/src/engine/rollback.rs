@@ -38,6 +38,24 @@ impl Engine {
             .expect("a rollback target implies a current generation");
         let desired = self.db.resources(target)?;
         let p = plan(&desired, &self.db.resources(current)?);
+        // Firmware comes back from the slot that still holds it (verified
+        // by reading it back) or from the store: a slot whose image no
+        // longer verifies is never switched to.
+        for r in p.steps.iter().filter_map(|s| s.to.as_ref()) {
+            if r.kind == Kind::Firmware
+                && !self.store.contains(&r.content.sha256)
+                && !self.activators.get(r.kind).is_ok_and(|a| a.holds(r))
+            {
+                return Err(EngineError::Refused(format!(
+                    "generation {target} runs firmware {} {}, which no slot holds intact any more (read back, it does not verify) and the store does not keep: not switching to it; `ferry verify --firmware` names the slot",
+                    r.name,
+                    r.settings
+                        .get("version")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                )));
+            }
+        }
         let mut details = plan_summary(&p);
         details["by"] = json!(actor);
         let mut t = self.db.with_tx(|tx| {

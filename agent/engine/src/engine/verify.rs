@@ -1,0 +1,200 @@
+//! `ferry verify`: every managed resource checked in full against what
+//! ferry installed, and with `--firmware` a read-back of each slot that
+//! holds an image ferry recorded, rate-bounded so a gateway keeps serving.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use super::*;
+use ferry_core::{DriftPolicy, Resource};
+
+/// What `ferry verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// Resources and slots checked.
+    pub checked: usize,
+    /// Bytes read (store blobs and slots; files are read whole).
+    pub bytes: u64,
+    /// One entry per mismatch: what, where and how (never secret content).
+    pub problems: Vec<Value>,
+}
+
+/// Reads at most `rate` bytes per second (none: unbounded).
+struct Throttled<R> {
+    inner: R,
+    rate: Option<u64>,
+    start: Instant,
+    read: u64,
+}
+
+impl<R: Read> Read for Throttled<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(rate) = self.rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(self.read as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl Engine {
+    /// Checks every resource of the current generation in full (files:
+    /// content, mode, owner and type, ignoring what earlier checks
+    /// remembered; rule sets and WASM modules: their blob in the store,
+    /// read back), and with `firmware` every slot holding an image ferry
+    /// recorded. `rate`: bytes per second for the large reads.
+    pub fn verify(&self, firmware: bool, rate: Option<u64>) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let throttle = |inner: Box<dyn Read>| Throttled {
+            inner,
+            rate,
+            start: Instant::now(),
+            read: 0,
+        };
+        for r in self.actual()?.iter() {
+            report.checked += 1;
+            match r.kind {
+                Kind::File => {
+                    let act = self
+                        .activators
+                        .get(Kind::File)
+                        .map_err(|e| EngineError::Refused(e.to_string()))?;
+                    let drift = act
+                        .drift(r, &self.db, true)
+                        .map_err(|e| EngineError::Refused(format!("verifying {}: {e}", r.id())))?;
+                    if !drift.is_empty() {
+                        report.problems.push(json!({
+                            "kind": r.kind.as_str(),
+                            "resource": r.name,
+                            "policy": DriftPolicy::of(r, self.config.agent.drift).as_str(),
+                            "problem": drift.iter().map(|d| d.describe(r.secret)).collect::<Vec<_>>().join(", "),
+                            "drift": drift.iter().map(|d| d.audit(r.secret)).collect::<Vec<_>>(),
+                        }));
+                    }
+                }
+                Kind::Ruleset | Kind::Wasm => {
+                    let path = self.store.path(&r.content.sha256);
+                    let checked = std::fs::File::open(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|f| {
+                            let mut reader = crate::store::VerifyingReader::new(
+                                throttle(Box::new(f)),
+                                r.content,
+                                format!("{} in the store", r.id()),
+                            );
+                            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| {
+                                crate::store::store_error(&r.id().to_string(), e).to_string()
+                            })
+                        });
+                    match checked {
+                        Ok(n) => report.bytes += n,
+                        Err(e) => report.problems.push(json!({
+                            "kind": r.kind.as_str(),
+                            "resource": r.name,
+                            "problem": format!("its blob {} does not verify: {e}", path.display()),
+                        })),
+                    }
+                }
+                // The slots, with --firmware.
+                Kind::Firmware => report.checked -= 1,
+            }
+        }
+        if firmware {
+            self.verify_slots(&mut report, rate)?;
+        }
+        Ok(report)
+    }
+
+    /// Reads back each slot that holds an image ferry recorded (the one it
+    /// last wrote there; for the booted slot, the current generation's).
+    fn verify_slots(&self, report: &mut VerifyReport, rate: Option<u64>) -> Result<()> {
+        let Some(fw) = crate::activate::firmware::Firmware::from_config(&self.config.firmware)?
+        else {
+            return Err(crate::config::ConfigError::Invalid {
+                key: "firmware.bootenv",
+                message: "--firmware needs a [firmware] section in ferry.toml".to_owned(),
+            }
+            .into());
+        };
+        let installs = self.db.firmware_activations()?;
+        let booted = fw.booted().ok();
+        let firmware_of = |generation: Option<u64>| -> Result<Option<Resource>> {
+            Ok(match generation {
+                Some(n) => self
+                    .db
+                    .resources(n)?
+                    .iter()
+                    .find(|r| r.kind == Kind::Firmware)
+                    .cloned(),
+                None => None,
+            })
+        };
+        let current_fw = firmware_of(self.db.current_generation()?)?;
+        // The rollback target: what the previous generation runs, when it
+        // is not what runs now.
+        let previous_fw = firmware_of(self.db.previous_generation()?)?
+            .filter(|p| current_fw.as_ref().is_none_or(|c| c.content != p.content));
+        let label = |r: &Resource| {
+            let version = r.settings.get("version").and_then(Value::as_str);
+            format!("{} {}", r.name, version.unwrap_or_default())
+        };
+        // A firmware switch waiting for its reboot: the current generation's
+        // image is in the other slot, the booted one runs the previous.
+        let mut pending = false;
+        for t in self.db.open_transitions()? {
+            pending |= pending_firmware(&self.db, &t)?.is_some();
+        }
+        let (current_fw, previous_fw) = if pending {
+            (previous_fw, current_fw)
+        } else {
+            (current_fw, previous_fw)
+        };
+        for slot in &fw.slots {
+            let is_booted = booted.as_deref() == Some(slot.name.as_str());
+            let recorded = super::delta::running_image(&installs, &slot.name)
+                .map(|c| (format!("image {}…", &c.sha256.to_hex()[..12]), c));
+            let expected = match (&current_fw, &previous_fw) {
+                (Some(r), _) if is_booted => Some((label(r), r.content)),
+                _ if recorded.is_some() => recorded,
+                (_, Some(p)) if !is_booted => Some((label(p), p.content)),
+                _ => None,
+            };
+            let Some((name, content)) = expected else {
+                continue;
+            };
+            report.checked += 1;
+            let what = format!("slot {} read back", slot.name);
+            let checked = std::fs::File::open(&slot.device)
+                .map_err(|e| format!("opening {}: {e}", slot.device.display()))
+                .and_then(|f| {
+                    let mut reader = crate::store::VerifyingReader::new(
+                        Throttled {
+                            inner: f.take(content.length),
+                            rate,
+                            start: Instant::now(),
+                            read: 0,
+                        },
+                        content,
+                        what.clone(),
+                    );
+                    std::io::copy(&mut reader, &mut std::io::sink())
+                        .map_err(|e| crate::store::store_error(&what, e).to_string())
+                });
+            match checked {
+                Ok(n) => report.bytes += n,
+                Err(e) => report.problems.push(json!({
+                    "kind": "firmware",
+                    "resource": name,
+                    "slot": slot.name,
+                    "booted": booted.as_deref() == Some(slot.name.as_str()),
+                    "problem": format!("slot {} ({}) no longer holds it: {e}", slot.name, slot.device.display()),
+                })),
+            }
+        }
+        Ok(())
+    }
+}
