@@ -482,3 +482,57 @@ fn kill_9_anywhere_in_a_restore_converges() {
         }
     }
 }
+
+#[test]
+fn a_damaged_rule_set_or_module_blob_is_fetched_again() {
+    let f = Fixture::new();
+    let rules = "RULE hot ON topic ~ \"plant/+\" and temperature > 85 THEN publish(\"alerts/{topic}\", \"{temperature}\")\n";
+    let module = wat::parse_str("(module (func (export \"run\")))").unwrap();
+    f.publish_raw(
+        "apiVersion: ferry.dev/v1\nresources:\n\
+         - {kind: ruleset, name: hot, source: rules/hot.rules}\n\
+         - {kind: wasm, name: m, source: modules/m.wasm}\n",
+        &[("rules/hot.rules".to_owned(), rules.to_owned())],
+    );
+    fs::create_dir_all(f.repo.join("modules")).unwrap();
+    fs::write(f.repo.join("modules/m.wasm"), &module).unwrap();
+    f.ok(&["apply"]);
+    f.ok(&["verify"]);
+    let blob = |data: &[u8]| {
+        f.state
+            .join("store")
+            .join(ferry_core::Sha256::of(data).to_hex())
+    };
+    // Someone edits the rule set in the store, and deletes the module.
+    fs::write(
+        blob(rules.as_bytes()),
+        "RULE evil ON topic ~ \"#\" THEN publish(\"x\", \"y\")\n",
+    )
+    .unwrap();
+    fs::remove_file(blob(&module)).unwrap();
+    let out = f.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(4));
+    let human = f.ok(&["plan"]);
+    assert!(human.contains("! ruleset hot"), "{human}");
+    assert!(
+        human.contains("! wasm m") && human.contains("deleted"),
+        "{human}"
+    );
+    let out = f.ok(&["apply"]);
+    assert!(out.contains("restored 2 resources"), "{out}");
+    assert_eq!(fs::read(blob(rules.as_bytes())).unwrap(), rules.as_bytes());
+    assert_eq!(fs::read(blob(&module)).unwrap(), module);
+    let restored: Vec<String> = events(&f, "drift-restored")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["details"]["kind"].as_str().unwrap(),
+                e["details"]["resource"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(restored, vec!["ruleset hot", "wasm m"]);
+    f.ok(&["verify"]);
+    f.ok(&["audit", "verify"]);
+}

@@ -282,7 +282,7 @@ impl Engine {
         let restore = self.record_drift(&found, by)?;
         let p = ferry_core::plan_with_drift(&desired.resources, &self.actual()?, &restore);
         if p.only_restores_drift() {
-            return self.restore_drift(rev, &p, by);
+            return self.restore_drift(rev, desired, &p, by);
         }
         if p.is_empty() {
             // A no-change poll touches no blob and records no transition.
@@ -313,6 +313,46 @@ impl Engine {
         fail_point!(fp::PLANNED);
         let staged = self.stage(&mut t, rev, desired, &p);
         self.complete(t, &p, staged)
+    }
+
+    /// Puts the content of `r` into the store from the revision (resuming
+    /// what an interrupted fetch left) or from its rendering.
+    pub(super) fn fetch_content(
+        &self,
+        rev: &dyn VerifiedRevision,
+        desired: &ResolvedManifest,
+        r: &ferry_core::Resource,
+    ) -> Result<()> {
+        match desired.contents.get(&r.id()) {
+            Some(Content::Source(path)) => {
+                let what = format!("{path} ({})", r.id());
+                // Resume what an interrupted fetch left; a partial that
+                // fails verification is dropped and fetched again.
+                let offset = self.store.partial_len(&r.content);
+                let mut reader = rev.open_at(path, offset)?;
+                match self.store.put_at(&mut reader, offset, r.content, &what) {
+                    Err(e) if offset > 0 && e.is_verification() => {
+                        tracing::warn!(blob = %r.content.sha256, error = %e, "resumed blob failed verification; fetching it again");
+                        let mut reader = rev.open(path)?;
+                        self.store.put(&mut reader, r.content, &what)?;
+                    }
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            Some(Content::Rendered(bytes)) => {
+                self.store
+                    .put(&mut &bytes[..], r.content, &format!("rendered {}", r.id()))?;
+            }
+            None => {
+                return Err(EngineError::Refused(format!(
+                    "{}: the revision does not provide its content",
+                    r.id()
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn stage(
@@ -369,29 +409,7 @@ impl Engine {
                     }
                 }
             }
-            match &desired.contents[&r.id()] {
-                Content::Source(path) => {
-                    let what = format!("{path} ({})", r.id());
-                    // Resume what an interrupted fetch left; a partial that
-                    // fails verification is dropped and fetched again.
-                    let offset = self.store.partial_len(&r.content);
-                    let mut reader = rev.open_at(path, offset)?;
-                    match self.store.put_at(&mut reader, offset, r.content, &what) {
-                        Err(e) if offset > 0 && e.is_verification() => {
-                            tracing::warn!(blob = %r.content.sha256, error = %e, "resumed blob failed verification; fetching it again");
-                            let mut reader = rev.open(path)?;
-                            self.store.put(&mut reader, r.content, &what)?;
-                        }
-                        other => {
-                            other?;
-                        }
-                    }
-                }
-                Content::Rendered(bytes) => {
-                    self.store
-                        .put(&mut &bytes[..], r.content, &format!("rendered {}", r.id()))?;
-                }
-            }
+            self.fetch_content(rev, desired, r)?;
         }
         let to = t.to_gen.expect("apply transitions have a target");
         let manifest = GenerationManifest {

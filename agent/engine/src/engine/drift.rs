@@ -10,7 +10,16 @@
 //! status` and the fleet report show it.
 
 use super::*;
-use ferry_core::{Drift, DriftPolicy, Drifted, ResourceId};
+use ferry_core::{Drift, DriftPolicy, Drifted, Resource, ResourceId};
+
+/// The `file_checks` key of a resource: a file's path, or `KIND NAME` for
+/// what is checked through its store blob.
+fn check_key(r: &Resource) -> String {
+    match r.kind {
+        Kind::File => r.name.clone(),
+        _ => format!("{} {}", r.kind, r.name),
+    }
+}
 
 /// A resource of the current generation found changed on the device.
 #[derive(Debug, Clone, Serialize)]
@@ -67,12 +76,18 @@ impl Engine {
             if policy == DriftPolicy::Ignore {
                 continue;
             }
-            let Ok(act) = self.activators.get(r.kind) else {
-                continue;
+            let drift = match r.kind {
+                // Loaded from their blob in the store by the agent.
+                Kind::Ruleset | Kind::Wasm => self.blob_drift(r, false)?,
+                _ => {
+                    let Ok(act) = self.activators.get(r.kind) else {
+                        continue;
+                    };
+                    act.drift(r, &self.db, false).map_err(|e| {
+                        EngineError::Refused(format!("checking {} for drift: {e}", r.id()))
+                    })?
+                }
             };
-            let drift = act
-                .drift(r, &self.db, false)
-                .map_err(|e| EngineError::Refused(format!("checking {} for drift: {e}", r.id())))?;
             if !drift.is_empty() {
                 let restorable = !drift
                     .iter()
@@ -86,13 +101,75 @@ impl Engine {
                 });
             }
         }
-        let managed: BTreeSet<&str> = actual
-            .iter()
-            .filter(|r| r.kind == Kind::File)
-            .map(|r| r.name.as_str())
-            .collect();
-        self.db.prune_file_checks(&managed)?;
+        let keys: Vec<String> = actual.iter().map(check_key).collect();
+        self.db
+            .prune_file_checks(&keys.iter().map(String::as_str).collect())?;
         Ok(out)
+    }
+
+    /// How the store blob a rule set or WASM module is loaded from differs
+    /// from its content address (read only when its stat fields moved since
+    /// the last check, unless `full`).
+    pub(super) fn blob_drift(&self, r: &Resource, full: bool) -> Result<Vec<Drift>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.store.path(&r.content.sha256);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![Drift::Deleted]),
+            Err(e) => return Err(EngineError::io("cannot stat", &path, e)),
+        };
+        if !meta.is_file() {
+            return Ok(vec![Drift::Replaced {
+                found: if meta.is_dir() {
+                    "directory"
+                } else {
+                    "not a regular file"
+                }
+                .to_owned(),
+            }]);
+        }
+        let key = check_key(r);
+        let expected = r.content.sha256.to_hex();
+        let stat = (
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        );
+        let known = self.db.file_check(&key)?;
+        if !full
+            && known.as_ref().is_some_and(|k| {
+                k.sha256 == expected && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns) == stat
+            })
+        {
+            return Ok(Vec::new());
+        }
+        let mut file =
+            std::fs::File::open(&path).map_err(|e| EngineError::io("cannot read", &path, e))?;
+        let found = crate::store::hash_reader(&mut file)
+            .map_err(|e| EngineError::io("cannot read", &path, e))?;
+        if found != r.content {
+            return Ok(vec![Drift::Content {
+                expected: r.content,
+                found,
+            }]);
+        }
+        let check = crate::store::state::FileCheck {
+            sha256: expected,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            dev: stat.0,
+            ino: stat.1,
+            size: stat.2,
+            mtime_ns: stat.3,
+            ctime_ns: stat.4,
+        };
+        if let Err(e) = self.db.put_file_check(&key, &check) {
+            tracing::debug!(resource = %r.id(), error = %e, "cannot record the drift check");
+        }
+        Ok(Vec::new())
     }
 
     /// Audits each new finding as `drift-detected` (once: the same finding
@@ -144,6 +221,7 @@ impl Engine {
     pub(super) fn restore_drift(
         &mut self,
         rev: &dyn VerifiedRevision,
+        desired: &ResolvedManifest,
         p: &Plan,
         by: &str,
     ) -> Result<ApplyOutcome> {
@@ -153,11 +231,18 @@ impl Engine {
             .expect("drift is found in a current generation");
         for step in &p.steps {
             let to = step.to.as_ref().expect("restores change a resource");
+            // A damaged blob (a rule set's, a module's) is fetched again.
+            if matches!(to.kind, Kind::Ruleset | Kind::Wasm) {
+                let path = self.store.path(&to.content.sha256);
+                match self.store.remove(&to.content.sha256) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(EngineError::io("cannot remove", path, e));
+                    }
+                    _ => {}
+                }
+            }
             if !self.store.contains(&to.content.sha256) {
-                return Err(EngineError::Refused(format!(
-                    "cannot restore {}: its content {} is no longer in the store",
-                    step.id, to.content.sha256
-                )));
+                self.fetch_content(rev, desired, to)?;
             }
         }
         let mut details = plan_summary(p);
