@@ -1074,7 +1074,7 @@ fn verify_reads_back_the_slots_and_rollback_refuses_a_corrupted_one() {
     g.d.f.ok(&["gc"]);
     let v = g.d.f.json(&["verify", "--firmware", "--json"]);
     assert_eq!(v["problems"], serde_json::json!([]), "{v:#}");
-    assert_eq!(v["checked"], 3, "a file and two slots: {v:#}");
+    assert_eq!(v["checked"], 4, "a file, the firmware and two slots: {v:#}");
     assert!(v["bytes"].as_u64().unwrap() >= 2 * image_bytes("v1").len() as u64);
     // A flipped bit in slot A, the rollback target.
     let a = g.d.f.dir.path().join("slot-a.img");
@@ -1117,5 +1117,45 @@ fn verify_reads_back_the_slots_and_rollback_refuses_a_corrupted_one() {
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // The boot order changed by hand with grub-editenv: reported by plan,
+    // status and verify; not undone by ferry (the bootloader's business).
+    let env = g.d.grubenv.to_str().unwrap();
+    tool("grub-editenv", &[env, "set", "ORDER=B A"]);
+    let human = g.d.f.ok(&["plan"]);
+    assert!(
+        human.contains("? firmware gateway-os")
+            && human.contains("not restored: the boot environment"),
+        "{human}"
+    );
+    let out = g.d.f.run(&["plan", "--exit-code"]);
+    assert_eq!(out.status.code(), Some(10));
+    let out = g.d.f.run(&["verify", "--firmware"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("expected slot A first in the boot order and good, found boot order \"B A\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    g.d.f.ok(&["apply"]);
+    assert!(
+        g.d.f
+            .ok(&["status"])
+            .contains("drift:       firmware gateway-os")
+    );
+    assert_eq!(
+        tool("grub-editenv", &[env, "list"])
+            .lines()
+            .find(|l| l.starts_with("ORDER=")),
+        Some("ORDER=B A"),
+        "left as it was"
+    );
+    tool("grub-editenv", &[env, "set", "ORDER=A B"]);
+    g.d.f.ok(&["verify", "--firmware"]);
+    g.d.f.ok(&["apply"]);
+    assert_eq!(
+        g.d.f.json(&["status", "--json"])["drift"],
+        serde_json::json!([])
     );
 }

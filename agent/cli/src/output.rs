@@ -267,10 +267,9 @@ fn plan_reported(out: &mut impl Write, reported: &[&serde_json::Value]) -> Resul
                     .join(", ")
             })
             .unwrap_or_default();
-        let why = if d["policy"] == "restore" {
-            "not restored: a directory is there; remove it and reconcile"
-        } else {
-            "drift: report leaves it"
+        let why = match d["not_restored"].as_str() {
+            Some(why) if d["policy"] == "restore" => format!("not restored: {why}"),
+            _ => "drift: report leaves it".to_owned(),
         };
         writeln!(
             out,

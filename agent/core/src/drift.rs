@@ -37,6 +37,9 @@ pub enum Drift {
     Replaced { found: String },
     /// Nothing is there.
     Deleted,
+    /// The boot side of firmware is not what ferry left: another slot
+    /// booted, or the boot environment's order or flags were changed.
+    Boot { expected: String, found: String },
 }
 
 impl Drift {
@@ -58,6 +61,7 @@ impl Drift {
             ),
             Drift::Replaced { found } => format!("replaced by {found}"),
             Drift::Deleted => "deleted".to_owned(),
+            Drift::Boot { expected, found } => format!("expected {expected}, found {found}"),
         }
     }
 

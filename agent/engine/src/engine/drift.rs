@@ -12,6 +12,19 @@
 use super::*;
 use ferry_core::{Drift, DriftPolicy, Drifted, Resource, ResourceId};
 
+/// Why ferry does not put `d` back by itself, if it does not.
+fn not_restorable(d: &Drift) -> Option<&'static str> {
+    match d {
+        Drift::Replaced { found } if found == "directory" => {
+            Some("a directory is there; remove it and reconcile")
+        }
+        Drift::Boot { .. } => Some(
+            "the boot environment is the bootloader's: `ferry firmware status` shows it; a reboot, `ferry firmware mark-good` or a rollback settles it",
+        ),
+        _ => None,
+    }
+}
+
 /// The `file_checks` key of a resource: a file's path, or `KIND NAME` for
 /// what is checked through its store blob.
 fn check_key(r: &Resource) -> String {
@@ -46,6 +59,7 @@ impl Found {
             "resource": self.id.name,
             "policy": self.policy.as_str(),
             "restorable": self.restorable,
+            "not_restored": self.drift.iter().find_map(not_restorable),
             "drift": self.drift.iter().map(|d| d.audit(self.secret)).collect::<Vec<_>>(),
         })
     }
@@ -79,6 +93,7 @@ impl Engine {
             let drift = match r.kind {
                 // Loaded from their blob in the store by the agent.
                 Kind::Ruleset | Kind::Wasm => self.blob_drift(r, false)?,
+                Kind::Firmware => self.boot_drift(r)?,
                 _ => {
                     let Ok(act) = self.activators.get(r.kind) else {
                         continue;
@@ -89,9 +104,7 @@ impl Engine {
                 }
             };
             if !drift.is_empty() {
-                let restorable = !drift
-                    .iter()
-                    .any(|d| matches!(d, Drift::Replaced { found } if found == "directory"));
+                let restorable = drift.iter().all(|d| not_restorable(d).is_none());
                 out.push(Found {
                     id: r.id(),
                     secret: r.secret,
@@ -170,6 +183,59 @@ impl Engine {
             tracing::debug!(resource = %r.id(), error = %e, "cannot record the drift check");
         }
         Ok(Vec::new())
+    }
+
+    /// How the boot side of the current generation's firmware `r` differs
+    /// from what ferry left (no slot is read: `ferry verify --firmware`
+    /// does that): the slot ferry confirmed it in is the one booted, and
+    /// that slot is first in the boot order and good. Nothing while a
+    /// firmware switch waits for its reboot.
+    pub(super) fn boot_drift(&self, r: &Resource) -> Result<Vec<Drift>> {
+        let Some(fw) = crate::activate::firmware::Firmware::from_config(&self.config.firmware)?
+        else {
+            return Ok(Vec::new());
+        };
+        for t in self.db.open_transitions()? {
+            if pending_firmware(&self.db, &t)?.is_some() {
+                return Ok(Vec::new());
+            }
+        }
+        // An unknown booted slot is an error `firmware status` names.
+        let Ok(booted) = fw.booted() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let sha = r.content.sha256.to_hex();
+        let confirmed_in = self
+            .db
+            .firmware_activations()?
+            .into_iter()
+            .rev()
+            .find(|(_, step, _)| step["to"]["content"]["sha256"] == sha.as_str())
+            .filter(|(phase, _, _)| *phase == Phase::Confirmed)
+            .and_then(|(_, _, undo)| undo["target"].as_str().map(str::to_owned));
+        if let Some(slot) = confirmed_in
+            && slot != booted
+        {
+            out.push(Drift::Boot {
+                expected: format!("slot {slot} booted"),
+                found: format!("slot {booted} booted"),
+            });
+        }
+        let env = fw.env.load()?;
+        let order = fw.scheme.order(&env);
+        let good = fw.scheme.state(&env, &booted).good;
+        if order.first() != Some(&booted) || !good {
+            out.push(Drift::Boot {
+                expected: format!("slot {booted} first in the boot order and good"),
+                found: format!(
+                    "boot order \"{}\", slot {booted} {}",
+                    order.join(" "),
+                    if good { "good" } else { "not good" }
+                ),
+            });
+        }
+        Ok(out)
     }
 
     /// Audits each new finding as `drift-detected` (once: the same finding

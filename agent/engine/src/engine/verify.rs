@@ -99,8 +99,18 @@ impl Engine {
                         })),
                     }
                 }
-                // The slots, with --firmware.
-                Kind::Firmware => report.checked -= 1,
+                // The slots are read with --firmware; the boot side always.
+                Kind::Firmware => {
+                    let drift = self.boot_drift(r)?;
+                    if !drift.is_empty() {
+                        report.problems.push(json!({
+                            "kind": r.kind.as_str(),
+                            "resource": r.name,
+                            "problem": drift.iter().map(|d| d.describe(false)).collect::<Vec<_>>().join("; "),
+                            "drift": drift.iter().map(|d| d.audit(false)).collect::<Vec<_>>(),
+                        }));
+                    }
+                }
             }
         }
         if firmware {
