@@ -757,15 +757,15 @@ pub fn fleet_status(s: &ferry_fleet::admin::FleetStatus, now: u64, as_json: bool
     )?;
     writeln!(
         out,
-        "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<7} {:<10} LAST ERROR",
-        "DEVICE", "STANDING", "REVISION", "GEN", "HEALTH", "ONLINE", "LAST SEEN"
+        "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<7} {:<10} {:>5}  LAST ERROR",
+        "DEVICE", "STANDING", "REVISION", "GEN", "HEALTH", "ONLINE", "LAST SEEN", "DRIFT"
     )?;
     for r in &s.devices {
         let d = &r.status;
         let standing = serde_json::to_value(r.standing)?;
         writeln!(
             out,
-            "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<7} {:<10} {}",
+            "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<7} {:<10} {:>5}  {}",
             d.device,
             standing.as_str().unwrap_or(""),
             d.revision.as_deref().unwrap_or("-"),
@@ -777,6 +777,8 @@ pub fn fleet_status(s: &ferry_fleet::admin::FleetStatus, now: u64, as_json: bool
                 None => "-",
             },
             ago(now, d.last_seen),
+            // Managed resources changed on the device and left in place.
+            d.drifted,
             d.last_error
                 .as_deref()
                 .map_or(String::new(), |e| e.chars().take(60).collect())
