@@ -201,13 +201,16 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
     let config = config.clone();
     let state_dir: PathBuf = config.state_dir.clone();
     tokio::spawn(async move {
+        // A load that failed (a damaged blob) is tried again after the next
+        // reconcile, which may have restored it within the same generation.
+        let mut failed = false;
         loop {
-            tokio::select! {
-                _ = changed.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+            let reconciled = tokio::select! {
+                _ = changed.notified() => true,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            };
             let now = current_generation(&state_dir);
-            if now == generation {
+            if now == generation && !(failed && reconciled) {
                 continue;
             }
             let (cfg, m) = (config.clone(), host.clone());
@@ -219,11 +222,14 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
                     apply_ingest(&mut ingest, &g.ingest, &rt, &shared_snapshot).await;
                     rt.swap(g.loaded);
                     generation = g.number;
+                    failed = false;
                 }
                 Ok(Err(e)) => {
-                    // Try again on the next change; the running sets stay.
+                    // Try again on the next change or reconcile; the
+                    // running sets stay.
                     tracing::error!(error = %format!("{e:#}"), "rules: loading the new rule sets failed; keeping the running ones");
                     generation = now;
+                    failed = true;
                 }
                 Err(_) => return,
             }
