@@ -536,3 +536,42 @@ fn a_damaged_rule_set_or_module_blob_is_fetched_again() {
     f.ok(&["verify"]);
     f.ok(&["audit", "verify"]);
 }
+
+#[test]
+fn a_huge_file_in_place_of_a_managed_one_is_hashed_once_and_not_shown() {
+    let f = applied();
+    // 1 GiB, sparse: read as zeros, stored nowhere.
+    let path = at(&f, "/etc/app/content.conf");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let plan = f.json(&["plan", "--json"]);
+    let step = &plan["steps"][0];
+    assert_eq!(step["reasons"][0]["drift"]["found"]["length"], 1u64 << 30);
+    assert!(step.get("diff").is_none(), "{step:#}");
+    assert!(
+        step["note"].as_str().unwrap().contains("diff not shown"),
+        "{step:#}"
+    );
+    f.ok(&["apply"]);
+    assert_eq!(f.snapshot(), expected(&files()));
+    // It was not copied into the store for undo (bounded), and nothing of
+    // that size is left anywhere in the state.
+    let undo: String = f
+        .db()
+        .query_row(
+            "SELECT undo FROM activations ORDER BY transition DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(undo, r#"{"previous":null}"#);
+    let big = fs::read_dir(f.state.join("store"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().metadata().unwrap().len() >= 1 << 30)
+        .count();
+    assert_eq!(big, 0);
+}

@@ -19,6 +19,9 @@ use crate::fsutil::{Dir, FileMode};
 use crate::store::state::{Db, FileCheck};
 use crate::store::{Store, store_error};
 
+/// The largest drifted file a restore keeps for undo.
+const MAX_DRIFT_BACKUP: u64 = 64 << 20;
+
 #[derive(Debug, Clone)]
 pub struct FileActivator {
     root: PathBuf,
@@ -209,9 +212,22 @@ impl Activator for FileActivator {
             Some(p) => match p.dir.open_file(&p.name) {
                 Ok(None) => None,
                 Err(e) => return Err(ActivateError::new(&what, e.to_string())),
-                Ok(Some((mut f, meta))) => {
+                // What drifted is kept for undo only up to a bound: a file
+                // a local user grew in place of a managed one must not fill
+                // the state partition twice. Beyond it, an undo leaves the
+                // path empty (drift again, restored by the next reconcile).
+                Ok(Some((_, meta)))
+                    if step.drift().next().is_some() && meta.len > MAX_DRIFT_BACKUP =>
+                {
+                    tracing::warn!(resource = %what, bytes = meta.len, "the drifted file is too large to keep for undo");
+                    None
+                }
+                Ok(Some((f, meta))) => {
                     let content = store
-                        .put_stream(&mut f, &format!("previous content of {}", p.dest.display()))
+                        .put_stream(
+                            &mut std::io::Read::take(f, meta.len),
+                            &format!("previous content of {}", p.dest.display()),
+                        )
                         .map_err(|e| ActivateError::new(&what, e))?;
                     Some(Previous {
                         content,
@@ -344,12 +360,13 @@ impl Activator for FileActivator {
         if untouched {
             return Ok(found);
         }
-        // Moved since the last check: read it (constant memory).
-        let Some((mut file, meta)) = p.dir.open_file(&p.name).map_err(|e| fail(e.to_string()))?
-        else {
+        // Moved since the last check: read it (constant memory), no further
+        // than its size when opened (a file that keeps growing does not
+        // keep the check reading).
+        let Some((file, meta)) = p.dir.open_file(&p.name).map_err(|e| fail(e.to_string()))? else {
             return Ok(vec![Drift::Deleted]);
         };
-        let content = crate::store::hash_reader(&mut file)
+        let content = crate::store::hash_reader(&mut std::io::Read::take(file, meta.len))
             .map_err(|e| fail(format!("reading {}: {e}", p.dest.display())))?;
         if content != r.content {
             found.push(Drift::Content {

@@ -158,9 +158,9 @@ impl Engine {
         {
             return Ok(Vec::new());
         }
-        let mut file =
+        let file =
             std::fs::File::open(&path).map_err(|e| EngineError::io("cannot read", &path, e))?;
-        let found = crate::store::hash_reader(&mut file)
+        let found = crate::store::hash_reader(&mut std::io::Read::take(file, meta.len()))
             .map_err(|e| EngineError::io("cannot read", &path, e))?;
         if found != r.content {
             return Ok(vec![Drift::Content {
