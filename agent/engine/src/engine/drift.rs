@@ -42,7 +42,7 @@ pub struct Found {
     pub drift: Vec<Drift>,
     pub policy: DriftPolicy,
     /// False when ferry will not put it back by itself (a directory where
-    /// a file was: it may hold anything).
+    /// a file was: it may hold anything; the boot environment).
     pub restorable: bool,
 }
 
@@ -114,9 +114,14 @@ impl Engine {
                 });
             }
         }
+        // A cache: on read-only state the stale rows just stay.
         let keys: Vec<String> = actual.iter().map(check_key).collect();
-        self.db
-            .prune_file_checks(&keys.iter().map(String::as_str).collect())?;
+        if let Err(e) = self
+            .db
+            .prune_file_checks(&keys.iter().map(String::as_str).collect())
+        {
+            tracing::debug!(error = %e, "cannot prune the drift checks");
+        }
         Ok(out)
     }
 
