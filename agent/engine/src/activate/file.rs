@@ -14,9 +14,9 @@ use ferry_core::{ContentRef, Drift, Kind, Op, Resource, Sha256, Step};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{ActivateError, Activator};
+use super::{ActivateError, Activator, DriftPass};
 use crate::fsutil::{Dir, FileMode};
-use crate::store::state::{Db, FileCheck};
+use crate::store::state::FileCheck;
 use crate::store::{Store, store_error};
 
 /// The largest drifted file a restore keeps for undo.
@@ -313,16 +313,39 @@ impl Activator for FileActivator {
         })
     }
 
-    fn drift(&self, r: &Resource, db: &Db, full: bool) -> Result<Vec<Drift>, ActivateError> {
+    fn drift(
+        &self,
+        r: &Resource,
+        pass: &mut DriftPass,
+        full: bool,
+    ) -> Result<Vec<Drift>, ActivateError> {
         let what = r.id().to_string();
         let fail = |m: String| ActivateError::new(&what, m);
-        let Some(p) = self.parent(&r.name, false)? else {
+        let rel = Self::relative(&r.name)?;
+        let name = rel.file_name().expect("normal last component");
+        let dir_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        if !pass.dirs.contains_key(&dir_rel) {
+            let dir = match Dir::open(&self.root) {
+                Ok(root) => root
+                    .open_beneath(&dir_rel, None)
+                    .map_err(|e| fail(e.to_string()))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(fail(format!(
+                        "opening files.root {}: {e}",
+                        self.root.display()
+                    )));
+                }
+            };
+            pass.dirs.insert(dir_rel.clone(), dir);
+        }
+        let Some(dir) = pass.dirs[&dir_rel].as_ref() else {
             return Ok(vec![Drift::Deleted]);
         };
-        let Some(meta) = p
-            .dir
-            .stat(&p.name)
-            .map_err(|e| fail(format!("stat {}: {e}", p.dest.display())))?
+        let dest = || dir.path().join(name);
+        let Some(meta) = dir
+            .stat(name)
+            .map_err(|e| fail(format!("stat {}: {e}", dest().display())))?
         else {
             return Ok(vec![Drift::Deleted]);
         };
@@ -338,12 +361,10 @@ impl Activator for FileActivator {
                 found: meta.perm(),
             });
         }
-        let known = db.file_check(&r.name).map_err(|e| fail(e.to_string()))?;
+        let known = pass.known.get(&r.name);
         // The owner ferry found when it first checked the file it
         // installed (an install keeps the owner of the file it replaces).
-        let owner = known
-            .as_ref()
-            .map_or((meta.uid, meta.gid), |k| (k.uid, k.gid));
+        let owner = known.map_or((meta.uid, meta.gid), |k| (k.uid, k.gid));
         if owner != (meta.uid, meta.gid) {
             found.push(Drift::Owner {
                 expected: owner,
@@ -352,7 +373,7 @@ impl Activator for FileActivator {
         }
         let expected = r.content.sha256.to_hex();
         let untouched = !full
-            && known.as_ref().is_some_and(|k| {
+            && known.is_some_and(|k| {
                 k.sha256 == expected
                     && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns)
                         == (meta.dev, meta.ino, meta.len, meta.mtime_ns, meta.ctime_ns)
@@ -363,32 +384,31 @@ impl Activator for FileActivator {
         // Moved since the last check: read it (constant memory), no further
         // than its size when opened (a file that keeps growing does not
         // keep the check reading).
-        let Some((file, meta)) = p.dir.open_file(&p.name).map_err(|e| fail(e.to_string()))? else {
+        let Some((file, meta)) = dir.open_file(name).map_err(|e| fail(e.to_string()))? else {
             return Ok(vec![Drift::Deleted]);
         };
         let content = crate::store::hash_reader(&mut std::io::Read::take(file, meta.len))
-            .map_err(|e| fail(format!("reading {}: {e}", p.dest.display())))?;
+            .map_err(|e| fail(format!("reading {}: {e}", dest().display())))?;
         if content != r.content {
             found.push(Drift::Content {
                 expected: r.content,
                 found: content,
             });
         } else {
-            let check = FileCheck {
-                sha256: expected,
-                mode: meta.perm(),
-                uid: owner.0,
-                gid: owner.1,
-                dev: meta.dev,
-                ino: meta.ino,
-                size: meta.len,
-                mtime_ns: meta.mtime_ns,
-                ctime_ns: meta.ctime_ns,
-            };
-            // A cache: on read-only state the next check reads it again.
-            if let Err(e) = db.put_file_check(&r.name, &check) {
-                tracing::debug!(resource = %what, error = %e, "cannot record the drift check");
-            }
+            pass.verified(
+                &r.name,
+                FileCheck {
+                    sha256: expected,
+                    mode: meta.perm(),
+                    uid: owner.0,
+                    gid: owner.1,
+                    dev: meta.dev,
+                    ino: meta.ino,
+                    size: meta.len,
+                    mtime_ns: meta.mtime_ns,
+                    ctime_ns: meta.ctime_ns,
+                },
+            );
         }
         Ok(found)
     }

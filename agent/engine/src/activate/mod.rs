@@ -75,16 +75,36 @@ pub trait Activator: std::fmt::Debug {
         None
     }
     /// How `resource`, installed by this activator for the current
-    /// generation, differs on the device now (nothing: no drift). `db`
-    /// keeps what earlier checks found, so an untouched resource is not
-    /// read again, unless `full` (`ferry verify`).
+    /// generation, differs on the device now (nothing: no drift). `pass`
+    /// holds what earlier checks found, so an untouched resource is not
+    /// read again unless `full` (`ferry verify`), and what this one found.
     fn drift(
         &self,
         _resource: &Resource,
-        _db: &crate::store::state::Db,
+        _pass: &mut DriftPass,
         _full: bool,
     ) -> Result<Vec<ferry_core::Drift>, ActivateError> {
         Ok(Vec::new())
+    }
+}
+
+/// What the drift checks of one pass share: what earlier checks recorded
+/// (read once), what this pass verified (written once, at its end), and the
+/// directories below `files.root` it opened (each once, without following
+/// a symlink).
+#[derive(Debug, Default)]
+pub struct DriftPass {
+    pub known: std::collections::HashMap<String, crate::store::state::FileCheck>,
+    pub record: Vec<(String, crate::store::state::FileCheck)>,
+    pub dirs: std::collections::HashMap<std::path::PathBuf, Option<crate::fsutil::Dir>>,
+}
+
+impl DriftPass {
+    /// Remembers `check` for `key` unless it is what is known already.
+    pub fn verified(&mut self, key: &str, check: crate::store::state::FileCheck) {
+        if self.known.get(key) != Some(&check) {
+            self.record.push((key.to_owned(), check));
+        }
     }
 }
 

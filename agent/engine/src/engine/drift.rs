@@ -10,6 +10,7 @@
 //! status` and the fleet report show it.
 
 use super::*;
+use crate::activate::DriftPass;
 use ferry_core::{Drift, DriftPolicy, Drifted, Resource, ResourceId};
 
 /// Why ferry does not put `d` back by itself, if it does not.
@@ -84,6 +85,10 @@ impl Engine {
         let actual = self.actual()?;
         let default = self.config.agent.drift;
         let mut out = Vec::new();
+        let mut pass = DriftPass {
+            known: self.db.file_checks()?,
+            ..DriftPass::default()
+        };
         for r in actual.iter() {
             let policy_of = desired.and_then(|d| d.get(&r.id())).unwrap_or(r);
             let policy = DriftPolicy::of(policy_of, default);
@@ -92,13 +97,13 @@ impl Engine {
             }
             let drift = match r.kind {
                 // Loaded from their blob in the store by the agent.
-                Kind::Ruleset | Kind::Wasm => self.blob_drift(r, false)?,
+                Kind::Ruleset | Kind::Wasm => self.blob_drift(r, &mut pass, false)?,
                 Kind::Firmware => self.boot_drift(r)?,
                 _ => {
                     let Ok(act) = self.activators.get(r.kind) else {
                         continue;
                     };
-                    act.drift(r, &self.db, false).map_err(|e| {
+                    act.drift(r, &mut pass, false).map_err(|e| {
                         EngineError::Refused(format!("checking {} for drift: {e}", r.id()))
                     })?
                 }
@@ -114,21 +119,34 @@ impl Engine {
                 });
             }
         }
-        // A cache: on read-only state the stale rows just stay.
-        let keys: Vec<String> = actual.iter().map(check_key).collect();
-        if let Err(e) = self
-            .db
-            .prune_file_checks(&keys.iter().map(String::as_str).collect())
-        {
-            tracing::debug!(error = %e, "cannot prune the drift checks");
-        }
+        self.save_checks(&pass, &actual);
         Ok(out)
+    }
+
+    /// Writes what a pass verified and forgets checks of what is no longer
+    /// managed. A cache: on read-only state the next pass reads again.
+    pub(super) fn save_checks(&self, pass: &DriftPass, actual: &ResourceSet) {
+        let keys: BTreeSet<String> = actual.iter().map(check_key).collect();
+        let forget: Vec<&str> = pass
+            .known
+            .keys()
+            .filter(|k| !keys.contains(*k))
+            .map(String::as_str)
+            .collect();
+        if let Err(e) = self.db.update_file_checks(&pass.record, &forget) {
+            tracing::debug!(error = %e, "cannot record the drift checks");
+        }
     }
 
     /// How the store blob a rule set or WASM module is loaded from differs
     /// from its content address (read only when its stat fields moved since
     /// the last check, unless `full`).
-    pub(super) fn blob_drift(&self, r: &Resource, full: bool) -> Result<Vec<Drift>> {
+    pub(super) fn blob_drift(
+        &self,
+        r: &Resource,
+        pass: &mut DriftPass,
+        full: bool,
+    ) -> Result<Vec<Drift>> {
         use std::os::unix::fs::MetadataExt as _;
         let path = self.store.path(&r.content.sha256);
         let meta = match std::fs::symlink_metadata(&path) {
@@ -155,9 +173,8 @@ impl Engine {
             meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         );
-        let known = self.db.file_check(&key)?;
         if !full
-            && known.as_ref().is_some_and(|k| {
+            && pass.known.get(&key).is_some_and(|k| {
                 k.sha256 == expected && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns) == stat
             })
         {
@@ -184,9 +201,7 @@ impl Engine {
             mtime_ns: stat.3,
             ctime_ns: stat.4,
         };
-        if let Err(e) = self.db.put_file_check(&key, &check) {
-            tracing::debug!(resource = %r.id(), error = %e, "cannot record the drift check");
-        }
+        pass.verified(&key, check);
         Ok(Vec::new())
     }
 

@@ -49,13 +49,18 @@ impl Engine {
     /// recorded. `rate`: bytes per second for the large reads.
     pub fn verify(&self, firmware: bool, rate: Option<u64>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
+        let actual = self.actual()?;
+        let mut pass = crate::activate::DriftPass {
+            known: self.db.file_checks()?,
+            ..Default::default()
+        };
         let throttle = |inner: Box<dyn Read>| Throttled {
             inner,
             rate,
             start: Instant::now(),
             read: 0,
         };
-        for r in self.actual()?.iter() {
+        for r in actual.iter() {
             report.checked += 1;
             match r.kind {
                 Kind::File => {
@@ -64,7 +69,7 @@ impl Engine {
                         .get(Kind::File)
                         .map_err(|e| EngineError::Refused(e.to_string()))?;
                     let drift = act
-                        .drift(r, &self.db, true)
+                        .drift(r, &mut pass, true)
                         .map_err(|e| EngineError::Refused(format!("verifying {}: {e}", r.id())))?;
                     if !drift.is_empty() {
                         report.problems.push(json!({
@@ -113,6 +118,7 @@ impl Engine {
                 }
             }
         }
+        self.save_checks(&pass, &actual);
         if firmware {
             self.verify_slots(&mut report, rate)?;
         }

@@ -613,33 +613,55 @@ impl Db {
         Ok(tx.execute("DELETE FROM rejected WHERE revision = ?1", [revision])? > 0)
     }
 
-    /// The last check of the managed file `name`.
-    pub fn file_check(&self, name: &str) -> Result<Option<FileCheck>, StateError> {
-        self.conn
-            .query_row(
-                "SELECT sha256, mode, uid, gid, dev, ino, size, mtime_ns, ctime_ns FROM file_checks WHERE name = ?1",
-                [name],
-                |r| {
-                    Ok(FileCheck {
-                        sha256: r.get(0)?,
-                        mode: r.get(1)?,
-                        uid: r.get(2)?,
-                        gid: r.get(3)?,
-                        dev: r.get::<_, i64>(4)? as u64,
-                        ino: r.get::<_, i64>(5)? as u64,
-                        size: r.get::<_, i64>(6)? as u64,
-                        mtime_ns: r.get(7)?,
-                        ctime_ns: r.get(8)?,
-                    })
-                },
+    /// What the last checks of managed files (and blobs) found, by key.
+    pub fn file_checks(&self) -> Result<std::collections::HashMap<String, FileCheck>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, sha256, mode, uid, gid, dev, ino, size, mtime_ns, ctime_ns FROM file_checks",
             )
-            .optional()
-            .map_err(self.err())
+            .map_err(self.err())?;
+        stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                FileCheck {
+                    sha256: r.get(1)?,
+                    mode: r.get(2)?,
+                    uid: r.get(3)?,
+                    gid: r.get(4)?,
+                    dev: r.get::<_, i64>(5)? as u64,
+                    ino: r.get::<_, i64>(6)? as u64,
+                    size: r.get::<_, i64>(7)? as u64,
+                    mtime_ns: r.get(8)?,
+                    ctime_ns: r.get(9)?,
+                },
+            ))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(self.err())
     }
 
-    /// Records a check of `name` (a cache: outside any transition).
-    pub fn put_file_check(&self, name: &str, c: &FileCheck) -> Result<(), StateError> {
-        Self::record_file_check(&self.conn, name, c).map_err(self.err())
+    /// Records what a pass of checks verified and forgets the keys no
+    /// longer managed, in one transaction (a cache: outside any transition).
+    pub fn update_file_checks(
+        &self,
+        record: &[(String, FileCheck)],
+        forget: &[&str],
+    ) -> Result<(), StateError> {
+        if record.is_empty() && forget.is_empty() {
+            return Ok(());
+        }
+        // `&self`: read-only commands (`plan`, `verify`) keep the cache too;
+        // the connection is not shared between threads.
+        let tx = self.conn.unchecked_transaction().map_err(self.err())?;
+        for (name, c) in record {
+            Self::record_file_check(&tx, name, c).map_err(self.err())?;
+        }
+        for name in forget {
+            tx.execute("DELETE FROM file_checks WHERE name = ?1", [name])
+                .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())
     }
 
     /// Records what an activation installed at `name` (inside its
@@ -662,29 +684,6 @@ impl Db {
                 ],
             )
             .map(drop)
-    }
-
-    /// Forgets the checks of files no longer managed (`keep`: the names
-    /// that are).
-    pub fn prune_file_checks(
-        &self,
-        keep: &std::collections::BTreeSet<&str>,
-    ) -> Result<(), StateError> {
-        let names: Vec<String> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT name FROM file_checks")
-                .map_err(self.err())?;
-            stmt.query_map([], |r| r.get(0))
-                .and_then(|rows| rows.collect::<Result<_, _>>())
-                .map_err(self.err())?
-        };
-        for n in names.iter().filter(|n| !keep.contains(n.as_str())) {
-            self.conn
-                .execute("DELETE FROM file_checks WHERE name = ?1", [n])
-                .map_err(self.err())?;
-        }
-        Ok(())
     }
 
     /// The drift found and left in place.
