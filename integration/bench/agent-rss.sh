@@ -93,6 +93,12 @@ PY
 measure true
 measure false
 
+# The drift-detected entries so far.
+detected() {
+    "$ferry" --config "$work/ferry.toml" audit list --json --event drift-detected 2>/dev/null |
+        { grep -o '"event": *"drift-detected"' || true; } | wc -l
+}
+
 # latency INTERVAL: a managed file edited by hand while the agent polls
 # every INTERVAL (a reconcile process per poll): until drift-detected, and
 # until the file is restored.
@@ -100,15 +106,15 @@ latency() {
     sed -i "s/^poll_interval = .*/poll_interval = \"$1\"/" "$work/ferry.toml"
     "$ferry" --config "$work/ferry.toml" run 2>"$work/agent.log" &
     agent=$!
-    local base
-    base=$(polls_done)
-    wait_polls $((base + 2))
-    local t0 t1 t2
+    # A new agent's metrics count from 0.
+    wait_polls 3
+    local t0 t1 t2 seen
+    seen=$(detected)
     t0=$(date +%s%N)
-    echo "edited by hand" > "$work/root/etc/app/1.conf"
-    until "$ferry" --config "$work/ferry.toml" audit list --json --event drift-detected 2>/dev/null | grep -q app/1.conf; do
-        sleep 0.005
-    done
+    # Atomically, so that no poll sees it half written.
+    echo "edited by hand" > "$work/edit.tmp"
+    mv "$work/edit.tmp" "$work/root/etc/app/1.conf"
+    until [ "$(detected)" -gt "$seen" ]; do sleep 0.005; done
     t1=$(date +%s%N)
     until [ "$(cat "$work/root/etc/app/1.conf")" = "value = 1" ]; do sleep 0.005; done
     t2=$(date +%s%N)
