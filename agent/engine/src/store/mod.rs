@@ -342,29 +342,14 @@ impl Store {
         let mut tmp = dir
             .temp_file(std::ffi::OsStr::new("incoming"))
             .map_err(io_err)?;
-        let mut hasher = sha2::Sha256::new();
-        let mut length = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(StoreError::SourceRead {
-                        what: what.to_owned(),
-                        source,
-                    });
-                }
-            };
-            hasher.update(&buf[..n]);
-            length += n as u64;
-            tmp.file().write_all(&buf[..n]).map_err(io_err)?;
-        }
-        let content = ContentRef {
-            sha256: Sha256::from_bytes(hasher.finalize().into()),
-            length,
-        };
+        let content = hash_chunks(
+            src,
+            |source| StoreError::SourceRead {
+                what: what.to_owned(),
+                source,
+            },
+            |chunk| tmp.file().write_all(chunk).map_err(io_err),
+        )?;
         if self.contains(&content.sha256) {
             return Ok(content);
         }
@@ -435,6 +420,16 @@ impl Store {
 
 /// The sha256 and length of everything `src` yields (constant memory).
 pub fn hash_reader(src: &mut dyn Read) -> io::Result<ContentRef> {
+    hash_chunks(src, |e| e, |_| Ok(()))
+}
+
+/// Reads `src` to its end a chunk at a time (constant memory), hashing it
+/// and handing each chunk to `each`; a read error becomes `read_err`'s.
+fn hash_chunks<E>(
+    src: &mut dyn Read,
+    read_err: impl Fn(io::Error) -> E,
+    mut each: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<ContentRef, E> {
     let mut hasher = sha2::Sha256::new();
     let mut length = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
@@ -443,13 +438,14 @@ pub fn hash_reader(src: &mut dyn Read) -> io::Result<ContentRef> {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(read_err(e)),
         };
         hasher.update(&buf[..n]);
         length += n as u64;
+        each(&buf[..n])?;
     }
     Ok(ContentRef {
-        sha256: ferry_core::Sha256::from_bytes(hasher.finalize().into()),
+        sha256: Sha256::from_bytes(hasher.finalize().into()),
         length,
     })
 }
