@@ -215,10 +215,8 @@ impl Engine {
         else {
             return Ok(Vec::new());
         };
-        for t in self.db.open_transitions()? {
-            if pending_firmware(&self.db, &t)?.is_some() {
-                return Ok(Vec::new());
-            }
+        if self.pending_switch()?.is_some() {
+            return Ok(Vec::new());
         }
         // An unknown booted slot is an error `firmware status` names.
         let Ok(booted) = fw.booted() else {

@@ -35,15 +35,24 @@ impl Engine {
     }
 
     pub(crate) fn refuse_while_reboot_pending(&self) -> Result<()> {
+        match self.pending_switch()? {
+            Some((t, fw)) => Err(EngineError::Refused(format!(
+                "transition {} waits for a reboot into firmware slot {}; reboot first",
+                t.id, fw.target
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The open transition whose firmware switch waits for its reboot, and
+    /// what it wrote.
+    pub(super) fn pending_switch(&self) -> Result<Option<(TransitionRow, FirmwareUndo)>> {
         for t in self.db.open_transitions()? {
             if let Some(fw) = pending_firmware(&self.db, &t)? {
-                return Err(EngineError::Refused(format!(
-                    "transition {} waits for a reboot into firmware slot {}; reboot first",
-                    t.id, fw.target
-                )));
+                return Ok(Some((t, fw)));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// After firmware was written: decides, from the booted slot and the
@@ -156,14 +165,7 @@ impl Engine {
     /// transition and the slot; `None` when nothing waits. Interrupted, the
     /// undo is finished by `recover()`.
     pub fn firmware_cancel(&mut self, actor: &str) -> Result<Option<(i64, String)>> {
-        let Some((mut t, pending)) = self
-            .db
-            .open_transitions()?
-            .into_iter()
-            .map(|t| pending_firmware(&self.db, &t).map(|p| p.map(|p| (t, p))))
-            .find_map(Result::transpose)
-            .transpose()?
-        else {
+        let Some((mut t, pending)) = self.pending_switch()? else {
             return Ok(None);
         };
         let fw = crate::activate::firmware::Firmware::from_config(&self.config.firmware)?

@@ -80,16 +80,7 @@ impl Engine {
             current_link: self.gens.current().ok().flatten(),
             generations: self.db.generations()?.len(),
             last_transition: self.db.last_transition()?,
-            awaiting_reboot: self
-                .db
-                .open_transitions()?
-                .iter()
-                .map(|t| pending_firmware(&self.db, t))
-                .collect::<Result<Vec<_>>>()?
-                .into_iter()
-                .flatten()
-                .map(|fw| fw.target)
-                .next(),
+            awaiting_reboot: self.pending_switch()?.map(|(_, fw)| fw.target),
             open_transitions: self.db.open_transitions()?,
             audit_entries: self.db.audit_head()?.map_or(0, |(s, _)| s),
             rejected: self.db.rejections()?,

@@ -160,11 +160,7 @@ impl Engine {
         };
         // A firmware switch waiting for its reboot: the current generation's
         // image is in the other slot, the booted one runs the previous.
-        let mut pending = false;
-        for t in self.db.open_transitions()? {
-            pending |= pending_firmware(&self.db, &t)?.is_some();
-        }
-        let (current_fw, previous_fw) = if pending {
+        let (current_fw, previous_fw) = if self.pending_switch()?.is_some() {
             (previous_fw, current_fw)
         } else {
             (current_fw, previous_fw)
