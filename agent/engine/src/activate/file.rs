@@ -361,56 +361,25 @@ impl Activator for FileActivator {
                 found: meta.perm(),
             });
         }
-        let known = pass.known.get(&r.name);
-        // The owner ferry found when it first checked the file it
-        // installed (an install keeps the owner of the file it replaces).
-        let owner = known.map_or((meta.uid, meta.gid), |k| (k.uid, k.gid));
+        let owner = pass.checks.owner(&r.name, &meta);
         if owner != (meta.uid, meta.gid) {
             found.push(Drift::Owner {
                 expected: owner,
                 found: (meta.uid, meta.gid),
             });
         }
-        let expected = r.content.sha256.to_hex();
-        let untouched = !full
-            && known.is_some_and(|k| {
-                k.sha256 == expected
-                    && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns)
-                        == (meta.dev, meta.ino, meta.len, meta.mtime_ns, meta.ctime_ns)
-            });
-        if untouched {
-            return Ok(found);
+        match pass
+            .checks
+            .content(dir, name, &meta, &r.name, r.content, full)
+            .map_err(|e| fail(format!("reading {}: {e}", dest().display())))?
+        {
+            Some(Drift::Deleted) => Ok(vec![Drift::Deleted]),
+            Some(d) => {
+                found.push(d);
+                Ok(found)
+            }
+            None => Ok(found),
         }
-        // Moved since the last check: read it (constant memory), no further
-        // than its size when opened (a file that keeps growing does not
-        // keep the check reading).
-        let Some((file, meta)) = dir.open_file(name).map_err(|e| fail(e.to_string()))? else {
-            return Ok(vec![Drift::Deleted]);
-        };
-        let content = crate::store::hash_reader(&mut std::io::Read::take(file, meta.len))
-            .map_err(|e| fail(format!("reading {}: {e}", dest().display())))?;
-        if content != r.content {
-            found.push(Drift::Content {
-                expected: r.content,
-                found: content,
-            });
-        } else {
-            pass.verified(
-                &r.name,
-                FileCheck {
-                    sha256: expected,
-                    mode: meta.perm(),
-                    uid: owner.0,
-                    gid: owner.1,
-                    dev: meta.dev,
-                    ino: meta.ino,
-                    size: meta.len,
-                    mtime_ns: meta.mtime_ns,
-                    ctime_ns: meta.ctime_ns,
-                },
-            );
-        }
-        Ok(found)
     }
 
     fn is_original(&self, undo: &Value) -> bool {

@@ -94,17 +94,75 @@ pub trait Activator: std::fmt::Debug {
 /// a symlink).
 #[derive(Debug, Default)]
 pub struct DriftPass {
-    pub known: std::collections::HashMap<String, crate::store::state::FileCheck>,
-    pub record: Vec<(String, crate::store::state::FileCheck)>,
+    pub checks: FileChecks,
     pub dirs: std::collections::HashMap<std::path::PathBuf, Option<crate::fsutil::Dir>>,
 }
 
-impl DriftPass {
-    /// Remembers `check` for `key` unless it is what is known already.
-    pub fn verified(&mut self, key: &str, check: crate::store::state::FileCheck) {
+/// What earlier checks recorded, by key, and what this pass verified.
+#[derive(Debug, Default)]
+pub struct FileChecks {
+    pub known: std::collections::HashMap<String, crate::store::state::FileCheck>,
+    pub record: Vec<(String, crate::store::state::FileCheck)>,
+}
+
+impl FileChecks {
+    /// The owner ferry found when it first checked what `key` names (an
+    /// install keeps the owner of the file it replaces), else the one it
+    /// has now (`meta`).
+    pub fn owner(&self, key: &str, meta: &crate::fsutil::Meta) -> (u32, u32) {
+        self.known
+            .get(key)
+            .map_or((meta.uid, meta.gid), |k| (k.uid, k.gid))
+    }
+
+    /// How the content of the regular file `name` in `dir` (`meta`: its
+    /// `lstat`) differs from `expected`. It is read only when its inode,
+    /// size, mtime or ctime moved since a check recorded `key` holding
+    /// `expected` (always when `full`), and no further than its size when
+    /// opened (a file that keeps growing does not keep the check reading);
+    /// found as expected, it is remembered with its [`owner`](Self::owner).
+    /// `None`: as expected.
+    pub fn content(
+        &mut self,
+        dir: &crate::fsutil::Dir,
+        name: &std::ffi::OsStr,
+        meta: &crate::fsutil::Meta,
+        key: &str,
+        expected: ferry_core::ContentRef,
+        full: bool,
+    ) -> std::io::Result<Option<ferry_core::Drift>> {
+        let owner = self.owner(key, meta);
+        let sha256 = expected.sha256.to_hex();
+        let stat = |m: &crate::fsutil::Meta| (m.dev, m.ino, m.len, m.mtime_ns, m.ctime_ns);
+        let untouched = !full
+            && self.known.get(key).is_some_and(|k| {
+                k.sha256 == sha256 && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns) == stat(meta)
+            });
+        if untouched {
+            return Ok(None);
+        }
+        let Some((file, meta)) = dir.open_file(name)? else {
+            return Ok(Some(ferry_core::Drift::Deleted));
+        };
+        let found = crate::store::hash_reader(&mut std::io::Read::take(file, meta.len))?;
+        if found != expected {
+            return Ok(Some(ferry_core::Drift::Content { expected, found }));
+        }
+        let check = crate::store::state::FileCheck {
+            sha256,
+            mode: meta.perm(),
+            uid: owner.0,
+            gid: owner.1,
+            dev: meta.dev,
+            ino: meta.ino,
+            size: meta.len,
+            mtime_ns: meta.mtime_ns,
+            ctime_ns: meta.ctime_ns,
+        };
         if self.known.get(key) != Some(&check) {
             self.record.push((key.to_owned(), check));
         }
+        Ok(None)
     }
 }
 

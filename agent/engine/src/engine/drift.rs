@@ -10,7 +10,7 @@
 //! status` and the fleet report show it.
 
 use super::*;
-use crate::activate::DriftPass;
+use crate::activate::{DriftPass, FileChecks};
 use ferry_core::{Drift, DriftPolicy, Drifted, Resource, ResourceId};
 
 /// Why ferry does not put `d` back by itself, if it does not.
@@ -85,10 +85,8 @@ impl Engine {
         let actual = self.actual()?;
         let default = self.config.agent.drift;
         let mut out = Vec::new();
-        let mut pass = DriftPass {
-            known: self.db.file_checks()?,
-            ..DriftPass::default()
-        };
+        let mut pass = DriftPass::default();
+        pass.checks.known = self.db.file_checks()?;
         for r in actual.iter() {
             let policy_of = desired.and_then(|d| d.get(&r.id())).unwrap_or(r);
             let policy = DriftPolicy::of(policy_of, default);
@@ -119,21 +117,21 @@ impl Engine {
                 });
             }
         }
-        self.save_checks(&pass, &actual);
+        self.save_checks(&pass.checks, &actual);
         Ok(out)
     }
 
     /// Writes what a pass verified and forgets checks of what is no longer
     /// managed. A cache: on read-only state the next pass reads again.
-    pub(super) fn save_checks(&self, pass: &DriftPass, actual: &ResourceSet) {
+    pub(super) fn save_checks(&self, checks: &FileChecks, actual: &ResourceSet) {
         let keys: BTreeSet<String> = actual.iter().map(check_key).collect();
-        let forget: Vec<&str> = pass
+        let forget: Vec<&str> = checks
             .known
             .keys()
             .filter(|k| !keys.contains(*k))
             .map(String::as_str)
             .collect();
-        if let Err(e) = self.db.update_file_checks(&pass.record, &forget) {
+        if let Err(e) = self.db.update_file_checks(&checks.record, &forget) {
             tracing::debug!(error = %e, "cannot record the drift checks");
         }
     }
@@ -147,62 +145,23 @@ impl Engine {
         pass: &mut DriftPass,
         full: bool,
     ) -> Result<Vec<Drift>> {
-        use std::os::unix::fs::MetadataExt as _;
         let path = self.store.path(&r.content.sha256);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![Drift::Deleted]),
-            Err(e) => return Err(EngineError::io("cannot stat", &path, e)),
-        };
-        if !meta.is_file() {
-            return Ok(vec![Drift::Replaced {
-                found: if meta.is_dir() {
-                    "directory"
-                } else {
-                    "not a regular file"
-                }
-                .to_owned(),
-            }]);
-        }
-        let key = check_key(r);
-        let expected = r.content.sha256.to_hex();
-        let stat = (
-            meta.dev(),
-            meta.ino(),
-            meta.len(),
-            meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        );
-        if !full
-            && pass.known.get(&key).is_some_and(|k| {
-                k.sha256 == expected && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns) == stat
-            })
-        {
-            return Ok(Vec::new());
-        }
-        let file =
-            std::fs::File::open(&path).map_err(|e| EngineError::io("cannot read", &path, e))?;
-        let found = crate::store::hash_reader(&mut std::io::Read::take(file, meta.len()))
-            .map_err(|e| EngineError::io("cannot read", &path, e))?;
-        if found != r.content {
-            return Ok(vec![Drift::Content {
-                expected: r.content,
-                found,
-            }]);
-        }
-        let check = crate::store::state::FileCheck {
-            sha256: expected,
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            dev: stat.0,
-            ino: stat.1,
-            size: stat.2,
-            mtime_ns: stat.3,
-            ctime_ns: stat.4,
-        };
-        pass.verified(&key, check);
-        Ok(Vec::new())
+        let name = std::ffi::OsString::from(r.content.sha256.to_hex());
+        let checked = crate::fsutil::Dir::open(self.store.dir()).and_then(|dir| {
+            let Some(meta) = dir.stat(&name)? else {
+                return Ok(Some(Drift::Deleted));
+            };
+            if !meta.is_file() {
+                let found = meta.kind().trim_start_matches("a ").to_owned();
+                return Ok(Some(Drift::Replaced { found }));
+            }
+            pass.checks
+                .content(&dir, &name, &meta, &check_key(r), r.content, full)
+        });
+        Ok(checked
+            .map_err(|e| EngineError::io("cannot check", path, e))?
+            .into_iter()
+            .collect())
     }
 
     /// How the boot side of the current generation's firmware `r` differs
@@ -317,13 +276,9 @@ impl Engine {
             let to = step.to.as_ref().expect("restores change a resource");
             // A damaged blob (a rule set's, a module's) is fetched again.
             if matches!(to.kind, Kind::Ruleset | Kind::Wasm) {
-                let path = self.store.path(&to.content.sha256);
-                match self.store.remove(&to.content.sha256) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(EngineError::io("cannot remove", path, e));
-                    }
-                    _ => {}
-                }
+                self.store.remove(&to.content.sha256).map_err(|e| {
+                    EngineError::io("cannot remove", self.store.path(&to.content.sha256), e)
+                })?;
             }
             if !self.store.contains(&to.content.sha256) {
                 self.fetch_content(rev, desired, to)?;

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use super::*;
-use ferry_core::{DriftPolicy, Resource};
+use ferry_core::{ContentRef, DriftPolicy, Resource};
 
 /// What `ferry verify` found.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -41,6 +41,25 @@ impl<R: Read> Read for Throttled<R> {
     }
 }
 
+/// Reads `src` to its end at most `rate` bytes per second, verified against
+/// `content`; the bytes read, or why it does not verify.
+fn read_back(
+    src: impl Read,
+    content: ContentRef,
+    what: &str,
+    rate: Option<u64>,
+) -> std::result::Result<u64, String> {
+    let throttled = Throttled {
+        inner: src,
+        rate,
+        start: Instant::now(),
+        read: 0,
+    };
+    let mut reader = crate::store::VerifyingReader::new(throttled, content, what.to_owned());
+    std::io::copy(&mut reader, &mut std::io::sink())
+        .map_err(|e| crate::store::store_error(what, e).to_string())
+}
+
 impl Engine {
     /// Checks every resource of the current generation in full (files:
     /// content, mode, owner and type, ignoring what earlier checks
@@ -50,16 +69,8 @@ impl Engine {
     pub fn verify(&self, firmware: bool, rate: Option<u64>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let actual = self.actual()?;
-        let mut pass = crate::activate::DriftPass {
-            known: self.db.file_checks()?,
-            ..Default::default()
-        };
-        let throttle = |inner: Box<dyn Read>| Throttled {
-            inner,
-            rate,
-            start: Instant::now(),
-            read: 0,
-        };
+        let mut pass = crate::activate::DriftPass::default();
+        pass.checks.known = self.db.file_checks()?;
         for r in actual.iter() {
             report.checked += 1;
             match r.kind {
@@ -86,14 +97,8 @@ impl Engine {
                     let checked = std::fs::File::open(&path)
                         .map_err(|e| e.to_string())
                         .and_then(|f| {
-                            let mut reader = crate::store::VerifyingReader::new(
-                                throttle(Box::new(f)),
-                                r.content,
-                                format!("{} in the store", r.id()),
-                            );
-                            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| {
-                                crate::store::store_error(&r.id().to_string(), e).to_string()
-                            })
+                            let what = format!("{} in the store", r.id());
+                            read_back(f, r.content, &what, rate)
                         });
                     match checked {
                         Ok(n) => report.bytes += n,
@@ -118,7 +123,7 @@ impl Engine {
                 }
             }
         }
-        self.save_checks(&pass, &actual);
+        self.save_checks(&pass.checks, &actual);
         if firmware {
             self.verify_slots(&mut report, rate)?;
         }
@@ -179,22 +184,11 @@ impl Engine {
                 continue;
             };
             report.checked += 1;
-            let what = format!("slot {} read back", slot.name);
             let checked = std::fs::File::open(&slot.device)
                 .map_err(|e| format!("opening {}: {e}", slot.device.display()))
                 .and_then(|f| {
-                    let mut reader = crate::store::VerifyingReader::new(
-                        Throttled {
-                            inner: f.take(content.length),
-                            rate,
-                            start: Instant::now(),
-                            read: 0,
-                        },
-                        content,
-                        what.clone(),
-                    );
-                    std::io::copy(&mut reader, &mut std::io::sink())
-                        .map_err(|e| crate::store::store_error(&what, e).to_string())
+                    let what = format!("slot {} read back", slot.name);
+                    read_back(f.take(content.length), content, &what, rate)
                 });
             match checked {
                 Ok(n) => report.bytes += n,
