@@ -412,22 +412,13 @@ mod tests {
         }
     }
 
-    fn plain(name: &str, body: &[u8]) -> Resource {
-        Resource {
-            kind: Kind::File,
-            name: name.to_owned(),
-            content: ContentRef::of(body),
-            settings: Default::default(),
-            secret: false,
-        }
-    }
-
     #[test]
     fn drift_of_an_unchanged_resource_is_a_restoring_change() {
-        let set = ResourceSet::from_resources([plain("/a", b"a"), plain("/b", b"b")]).unwrap();
+        let set = ResourceSet::from_resources([file("/a", b"a", "0644"), file("/b", b"b", "0644")])
+            .unwrap();
         let mut drifted = Drifted::new();
         drifted.insert(
-            plain("/b", b"").id(),
+            file("/b", b"", "0644").id(),
             vec![Drift::Content {
                 expected: ContentRef::of(b"b"),
                 found: ContentRef::of(b"x"),
@@ -443,11 +434,13 @@ mod tests {
 
     #[test]
     fn drift_beside_a_change_and_under_a_removal() {
-        let actual = ResourceSet::from_resources([plain("/a", b"a"), plain("/b", b"b")]).unwrap();
-        let desired = ResourceSet::from_resources([plain("/a", b"a2")]).unwrap();
+        let actual =
+            ResourceSet::from_resources([file("/a", b"a", "0644"), file("/b", b"b", "0644")])
+                .unwrap();
+        let desired = ResourceSet::from_resources([file("/a", b"a2", "0644")]).unwrap();
         let mut drifted = Drifted::new();
         for n in ["/a", "/b"] {
-            drifted.insert(plain(n, b"").id(), vec![Drift::Deleted]);
+            drifted.insert(file(n, b"", "0644").id(), vec![Drift::Deleted]);
         }
         let p = plan_with_drift(&desired, &actual, &drifted);
         let ops: Vec<_> = p.steps.iter().map(|s| (s.op, s.reasons.len())).collect();
