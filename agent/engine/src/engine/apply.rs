@@ -23,13 +23,10 @@ impl Engine {
         facts: &Facts,
     ) -> Result<Planned> {
         let (rev, desired) = resolve_source(source, revision, facts)?;
-        let found = self.find_drift(Some(&desired.resources))?;
-        let restore: ferry_core::Drifted = found
-            .iter()
-            .filter(|f| f.restores())
-            .map(|f| (f.id.clone(), f.drift.clone()))
-            .collect();
-        let p = ferry_core::plan_with_drift(&desired.resources, &self.actual()?, &restore);
+        let actual = self.actual()?;
+        let found = self.find_drift(&actual, Some(&desired.resources))?;
+        let restore = super::drift::to_restore(&found);
+        let p = ferry_core::plan_with_drift(&desired.resources, &actual, &restore);
         Ok((rev, desired, p, found))
     }
 
@@ -278,9 +275,10 @@ impl Engine {
         let from = self.db.current_generation()?;
         // The device as it is: what drifted since the current generation
         // was installed is put back (policy `restore`) with the rest.
-        let found = self.find_drift(Some(&desired.resources))?;
+        let actual = self.actual()?;
+        let found = self.find_drift(&actual, Some(&desired.resources))?;
         let restore = self.record_drift(&found, by)?;
-        let p = ferry_core::plan_with_drift(&desired.resources, &self.actual()?, &restore);
+        let p = ferry_core::plan_with_drift(&desired.resources, &actual, &restore);
         if p.only_restores_drift() {
             return self.restore_drift(rev, desired, &p, by);
         }

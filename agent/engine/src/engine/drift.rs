@@ -26,6 +26,15 @@ fn not_restorable(d: &Drift) -> Option<&'static str> {
     }
 }
 
+/// What of `found` a reconcile puts back.
+pub(super) fn to_restore(found: &[Found]) -> Drifted {
+    found
+        .iter()
+        .filter(|f| f.restores())
+        .map(|f| (f.id.clone(), f.drift.clone()))
+        .collect()
+}
+
 /// The `file_checks` key of a resource: a file's path, or `KIND NAME` for
 /// what is checked through its store blob.
 fn check_key(r: &Resource) -> String {
@@ -81,8 +90,12 @@ impl Engine {
     /// Checks the current generation's resources against the device.
     /// `desired`: the resources about to be applied, whose `drift:` policy
     /// decides (a new revision may change it); else the recorded ones'.
-    pub fn find_drift(&self, desired: Option<&ResourceSet>) -> Result<Vec<Found>> {
-        let actual = self.actual()?;
+    /// `actual`: the current generation's resources.
+    pub fn find_drift(
+        &self,
+        actual: &ResourceSet,
+        desired: Option<&ResourceSet>,
+    ) -> Result<Vec<Found>> {
         let default = self.config.agent.drift;
         let mut out = Vec::new();
         let mut pass = DriftPass::default();
@@ -117,7 +130,7 @@ impl Engine {
                 });
             }
         }
-        self.save_checks(&pass.checks, &actual);
+        self.save_checks(&pass.checks, actual);
         Ok(out)
     }
 
@@ -220,10 +233,9 @@ impl Engine {
     /// gone; returns what is to be restored.
     pub(super) fn record_drift(&mut self, found: &[Found], actor: &str) -> Result<Drifted> {
         let known = self.db.drift()?;
-        let mut restore = Drifted::new();
         if found.is_empty() && known.is_empty() {
             // The usual poll: nothing written.
-            return Ok(restore);
+            return Ok(Drifted::new());
         }
         let generation = self.db.current_generation()?;
         self.db.with_tx(|tx| {
@@ -252,10 +264,7 @@ impl Engine {
             }
             Ok(())
         })?;
-        for f in found.iter().filter(|f| f.restores()) {
-            restore.insert(f.id.clone(), f.drift.clone());
-        }
-        Ok(restore)
+        Ok(to_restore(found))
     }
 
     /// Puts back what drifted, within the current generation: a `restore`
