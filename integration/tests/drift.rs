@@ -575,3 +575,60 @@ fn a_huge_file_in_place_of_a_managed_one_is_hashed_once_and_not_shown() {
         .count();
     assert_eq!(big, 0);
 }
+
+#[test]
+fn a_symlink_planted_for_a_managed_directory_is_reported_and_not_followed() {
+    let f = applied();
+    // A copy of the right files elsewhere, and the managed directory
+    // replaced by a symlink to it: a check that followed it would find
+    // everything as installed.
+    let elsewhere = f.dir.path().join("elsewhere");
+    copy_tree(&at(&f, "/etc/app"), &elsewhere);
+    fs::remove_dir_all(at(&f, "/etc/app")).unwrap();
+    symlink(&elsewhere, at(&f, "/etc/app")).unwrap();
+    let human = f.ok(&["plan"]);
+    assert!(
+        human.contains("? file /etc/app/content.conf")
+            && human.contains("not restored: a directory on its path is not a directory"),
+        "{human}"
+    );
+    let out = f.run(&["plan", "--exit-code"]);
+    assert_eq!(out.status.code(), Some(10));
+    assert_schema(&f.json(&["plan", "--json"]));
+    // The reconcile goes on (the rest of the device is checked and kept).
+    fs::write(at(&f, "/etc/os-release.conf"), "edited\n").unwrap();
+    f.ok(&["apply"]);
+    assert_eq!(
+        fs::read_to_string(at(&f, "/etc/os-release.conf")).unwrap(),
+        "managed by ferry\n"
+    );
+    assert_eq!(
+        f.json(&["status", "--json"])["drift"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6,
+        "the six files below the symlink"
+    );
+    assert!(
+        fs::symlink_metadata(at(&f, "/etc/app"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let out = f.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(4));
+}
+
+#[test]
+fn a_bad_drift_policy_in_the_manifest_is_named_by_its_pointer() {
+    let f = Fixture::new();
+    f.publish_raw(
+        "apiVersion: ferry.dev/v1\nresources:\n - {kind: file, path: /etc/a, source: a, drift: sometimes}\n",
+        &[("a".to_owned(), "a\n".to_owned())],
+    );
+    let out = f.run(&["apply"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/resources/0"), "{}", stderr(&out));
+    assert!(f.generation_ids().is_empty());
+}

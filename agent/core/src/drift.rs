@@ -37,6 +37,9 @@ pub enum Drift {
     Replaced { found: String },
     /// Nothing is there.
     Deleted,
+    /// A directory on its path is something else now (a symlink, a file):
+    /// ferry does not follow it.
+    Path { found: String },
     /// The boot side of firmware is not what ferry left: another slot
     /// booted, or the boot environment's order or flags were changed.
     Boot { expected: String, found: String },
@@ -61,6 +64,7 @@ impl Drift {
             ),
             Drift::Replaced { found } => format!("replaced by {found}"),
             Drift::Deleted => "deleted".to_owned(),
+            Drift::Path { found } => format!("not reachable: {found}"),
             Drift::Boot { expected, found } => format!("expected {expected}, found {found}"),
         }
     }

@@ -326,9 +326,18 @@ impl Activator for FileActivator {
         let dir_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         if !pass.dirs.contains_key(&dir_rel) {
             let dir = match Dir::open(&self.root) {
-                Ok(root) => root
-                    .open_beneath(&dir_rel, None)
-                    .map_err(|e| fail(e.to_string()))?,
+                Ok(root) => match root.open_beneath(&dir_rel, None) {
+                    Ok(dir) => dir,
+                    // A symlink or file planted where a directory was: not
+                    // followed, and not an error that would stop every
+                    // reconcile.
+                    Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                        return Ok(vec![Drift::Path {
+                            found: e.to_string(),
+                        }]);
+                    }
+                    Err(e) => return Err(fail(e.to_string())),
+                },
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => {
                     return Err(fail(format!(

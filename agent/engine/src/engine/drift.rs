@@ -19,6 +19,9 @@ fn not_restorable(d: &Drift) -> Option<&'static str> {
         Drift::Replaced { found } if found == "directory" => {
             Some("a directory is there; remove it and reconcile")
         }
+        Drift::Path { .. } => {
+            Some("a directory on its path is not a directory; remove what is there and reconcile")
+        }
         Drift::Boot { .. } => Some(
             "the boot environment is the bootloader's: `ferry firmware status` shows it; a reboot, `ferry firmware mark-good` or a rollback settles it",
         ),
