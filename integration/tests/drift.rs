@@ -632,3 +632,117 @@ fn a_bad_drift_policy_in_the_manifest_is_named_by_its_pointer() {
     assert!(stderr(&out).contains("/resources/0"), "{}", stderr(&out));
     assert!(f.generation_ids().is_empty());
 }
+
+/// `running.json`: what the running agent's rules engine loaded.
+fn running(f: &Fixture) -> serde_json::Value {
+    fs::read(f.state.join("running.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn wait_running(f: &Fixture, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(&running(f)) {
+        assert!(Instant::now() < deadline, "{what}: {:#}", running(f));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn what_the_running_agent_could_not_load_is_drift_until_it_loads() {
+    let f = Fixture::new();
+    let sock = f.dir.path().join("ferry.sock");
+    let event_sock = f.dir.path().join("events.sock");
+    let text = fs::read_to_string(&f.config).unwrap();
+    fs::write(
+        &f.config,
+        format!(
+            "{text}[agent]\npoll_interval = \"1h\"\njitter = \"0s\"\ncontrol_socket = {sock:?}\n\
+             [rules]\nsocket = {event_sock:?}\n"
+        ),
+    )
+    .unwrap();
+    let rules = |limit: u32| {
+        format!("RULE hot ON topic ~ \"plant/+\" and temperature > {limit} THEN publish(\"alerts/{{topic}}\", \"{{temperature}}\")\n")
+    };
+    let publish = |limit: u32| {
+        f.publish_raw(
+            "apiVersion: ferry.dev/v1\nresources:\n- {kind: ruleset, name: hot, source: rules/hot.rules}\n",
+            &[("rules/hot.rules".to_owned(), rules(limit))],
+        )
+    };
+    publish(85);
+    f.ok(&["apply"]);
+    let mut agent = Command::new(FERRY)
+        .arg("--config")
+        .arg(&f.config)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = agent.id().to_string();
+    wait_running(&f, "the agent runs generation 1", |r| r["generation"] == 1);
+    f.ok(&["verify"]);
+    // Generation 2 is switched to while the agent is stopped, and its rule
+    // set's blob damaged before the agent loads it.
+    tool("kill", &["-STOP", &pid]);
+    publish(90);
+    f.ok(&["apply"]);
+    let blob = f
+        .state
+        .join("store")
+        .join(ferry_core::Sha256::of(rules(90).as_bytes()).to_hex());
+    fs::write(&blob, "RULE broken ON\n").unwrap();
+    tool("kill", &["-CONT", &pid]);
+    wait_running(&f, "the load of generation 2 fails", |r| {
+        r["failed"]["generation"] == 2
+    });
+    assert_eq!(running(&f)["generation"], 1, "the old rule set keeps running");
+    let human = f.ok(&["plan"]);
+    assert!(
+        human.contains("! ruleset hot")
+            && human.contains("the agent runs generation 1's; loading generation 2's failed"),
+        "{human}"
+    );
+    let plan = f.json(&["plan", "--json"]);
+    assert_schema(&plan);
+    let kinds: Vec<&str> = plan["drift"][0]["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["drift"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["content", "running"], "{plan:#}");
+    let out = f.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("loading generation 2's failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // apply puts the blob back; the agent loads it at its next retry.
+    let out = f.ok(&["apply"]);
+    assert!(out.contains("restored 1 resource"), "{out}");
+    wait_running(&f, "the agent loads generation 2", |r| {
+        r["generation"] == 2 && r["failed"].is_null()
+    });
+    let out = f.run(&["plan", "--exit-code"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    f.ok(&["verify"]);
+    let detected = events(&f, "drift-detected");
+    assert!(
+        detected.iter().any(|e| e["details"]["resource"] == "hot"
+            && e["details"]["drift"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["drift"] == "running")),
+        "{detected:#?}"
+    );
+    assert_eq!(events(&f, "drift-restored").len(), 1);
+    f.ok(&["audit", "verify"]);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}

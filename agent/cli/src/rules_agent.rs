@@ -142,6 +142,19 @@ async fn apply_ingest(
     *snapshot.lock().unwrap_or_else(|p| p.into_inner()) = ingest.snapshot();
 }
 
+/// The first retry of a failed load, and the longest wait between two.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Records what the event path runs for reconciles in other processes
+/// (drift of kind `running`); a failure to write is logged, not fatal.
+fn record(state_dir: &Path, running: Option<u64>, failed: Option<(Option<u64>, String)>) {
+    let r = ferry_engine::store::running::Running::now(running, failed);
+    if let Err(e) = r.write(state_dir) {
+        tracing::warn!(error = %e, "rules: cannot record what runs");
+    }
+}
+
 /// Starts the rule engine and module host when `[rules]` names an input;
 /// must be called inside the daemon's tokio runtime. `changed` is notified
 /// by the worker after each reconcile.
@@ -170,9 +183,11 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
     let modules = Arc::new(ModuleHost::start(config));
     #[cfg(not(feature = "wasm"))]
     let modules = Arc::new(ModuleHost);
+    let mut first_error = None;
     let first = match load(config, &modules) {
         Ok(l) => l,
         Err(e) => {
+            first_error = Some((current_generation(&config.state_dir), format!("{e:#}")));
             // The agent must keep running (and be able to fix this with the
             // next revision); the engine starts empty, with ferry.toml's
             // sources (checked when the configuration was read).
@@ -184,7 +199,13 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
             }
         }
     };
-    let mut generation = first.number;
+    // The generation last tried, and the one whose sets and modules run.
+    let mut generation = first_error
+        .as_ref()
+        .map_or(first.number, |(attempted, _)| *attempted);
+    let mut running = first.number;
+    let failed_first = first_error.is_some();
+    record(&config.state_dir, running, first_error);
     tracing::info!(sets = first.loaded.sets.len(), modules = module_count(&modules), from = %first.loaded.label, "rules: engine started");
     #[cfg(feature = "wasm")]
     let hook = Some(modules.hook());
@@ -202,17 +223,27 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
     let state_dir: PathBuf = config.state_dir.clone();
     tokio::spawn(async move {
         // A load that failed (a damaged blob) is tried again after the next
-        // reconcile, which may have restored it within the same generation.
-        let mut failed = false;
+        // reconcile, which may have restored it within the same generation,
+        // and at growing intervals (a restore by `ferry apply` is not
+        // notified here).
+        let mut failed = failed_first;
+        let mut retry = RETRY_FIRST;
+        let mut waited = Duration::ZERO;
         loop {
             let reconciled = tokio::select! {
                 _ = changed.notified() => true,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => false,
             };
+            waited += Duration::from_secs(1);
             let now = current_generation(&state_dir);
-            if now == generation && !(failed && reconciled) {
+            let retry_due = failed && (reconciled || waited >= retry);
+            if now == generation && !retry_due {
                 continue;
             }
+            if now != generation {
+                retry = RETRY_FIRST;
+            }
+            waited = Duration::ZERO;
             let (cfg, m) = (config.clone(), host.clone());
             match tokio::task::spawn_blocking(move || load(&cfg, &m)).await {
                 Ok(Ok(g)) => {
@@ -222,14 +253,23 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
                     apply_ingest(&mut ingest, &g.ingest, &rt, &shared_snapshot).await;
                     rt.swap(g.loaded);
                     generation = g.number;
+                    running = g.number;
+                    record(&state_dir, running, None);
                     failed = false;
+                    retry = RETRY_FIRST;
                 }
                 Ok(Err(e)) => {
-                    // Try again on the next change or reconcile; the
+                    // Try again on the next change, reconcile or retry; the
                     // running sets stay.
-                    tracing::error!(error = %format!("{e:#}"), "rules: loading the new rule sets failed; keeping the running ones");
+                    let error = format!("{e:#}");
+                    tracing::error!(error = %error, "rules: loading the new rule sets failed; keeping the running ones");
+                    if !failed || now != generation {
+                        rt.alert("rules", format!("loading generation {}'s rule sets and modules failed: {error}", now.map_or("none".to_owned(), |n| n.to_string())));
+                    }
+                    record(&state_dir, running, Some((now, error)));
                     generation = now;
                     failed = true;
+                    retry = (retry * 2).min(RETRY_MAX);
                 }
                 Err(_) => return,
             }

@@ -43,6 +43,10 @@ pub enum Drift {
     /// The boot side of firmware is not what ferry left: another slot
     /// booted, or the boot environment's order or flags were changed.
     Boot { expected: String, found: String },
+    /// The running agent's rules engine or module host does not run what
+    /// the current generation installed (loading it failed, or it still
+    /// runs an older generation's).
+    Running { expected: String, found: String },
 }
 
 impl Drift {
@@ -65,7 +69,9 @@ impl Drift {
             Drift::Replaced { found } => format!("replaced by {found}"),
             Drift::Deleted => "deleted".to_owned(),
             Drift::Path { found } => format!("not reachable: {found}"),
-            Drift::Boot { expected, found } => format!("expected {expected}, found {found}"),
+            Drift::Boot { expected, found } | Drift::Running { expected, found } => {
+                format!("expected {expected}, found {found}")
+            }
         }
     }
 

@@ -11,7 +11,12 @@
 
 use super::*;
 use crate::activate::{DriftPass, FileChecks};
+use crate::store::running::Running;
 use ferry_core::{Drift, DriftPolicy, Drifted, Resource, ResourceId};
+
+/// How long after a switch made by another process the running agent may
+/// still run the previous generation's rule sets (it looks every second).
+const SWAP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why ferry does not put `d` back by itself, if it does not.
 fn not_restorable(d: &Drift) -> Option<&'static str> {
@@ -24,6 +29,9 @@ fn not_restorable(d: &Drift) -> Option<&'static str> {
         }
         Drift::Boot { .. } => Some(
             "the boot environment is the bootloader's: `ferry firmware status` shows it; a reboot, `ferry firmware mark-good` or a rollback settles it",
+        ),
+        Drift::Running { .. } => Some(
+            "the agent loads the current generation again after each reconcile and at growing intervals up to a minute; its log says why loading failed",
         ),
         _ => None,
     }
@@ -103,6 +111,8 @@ impl Engine {
         let mut out = Vec::new();
         let mut pass = DriftPass::default();
         pass.checks.known = self.db.file_checks()?;
+        // Read once, at the first rule set or module.
+        let mut running: Option<Option<Drift>> = None;
         for r in actual.iter() {
             let policy_of = desired.and_then(|d| d.get(&r.id())).unwrap_or(r);
             let policy = DriftPolicy::of(policy_of, default);
@@ -122,8 +132,18 @@ impl Engine {
                     })?
                 }
             };
+            let mut drift = drift;
+            if matches!(r.kind, Kind::Ruleset | Kind::Wasm) {
+                let running = match &running {
+                    Some(known) => known,
+                    None => running.insert(self.running_drift()?),
+                };
+                drift.extend(running.clone());
+            }
             if !drift.is_empty() {
-                let restorable = drift.iter().all(|d| not_restorable(d).is_none());
+                // What the agent loaded is its own to fix; a damaged blob
+                // beside it is put back.
+                let restorable = drift.iter().any(|d| not_restorable(d).is_none());
                 out.push(Found {
                     id: r.id(),
                     secret: r.secret,
@@ -178,6 +198,44 @@ impl Engine {
             .map_err(|e| EngineError::io("cannot check", path, e))?
             .into_iter()
             .collect())
+    }
+
+    /// How what the running agent's rules engine and module host loaded
+    /// differs from the current generation: loading it failed, or the agent
+    /// still runs an older one well after the switch (it swaps within a
+    /// second of a switch another process made). Nothing without a running
+    /// agent.
+    pub(super) fn running_drift(&self) -> Result<Option<Drift>> {
+        let Some(current) = self.db.current_generation()? else {
+            return Ok(None);
+        };
+        let Some(run) = Running::read(&self.config.state_dir) else {
+            return Ok(None);
+        };
+        if run.generation == Some(current) {
+            return Ok(None);
+        }
+        let expected = format!("generation {current}'s loaded by the running agent");
+        let runs = match run.generation {
+            Some(g) => format!("the agent runs generation {g}'s"),
+            None => "the agent runs no rule sets or modules".to_owned(),
+        };
+        if let Some(f) = run.failed.filter(|f| f.generation == Some(current)) {
+            return Ok(Some(Drift::Running {
+                expected,
+                found: format!("{runs}; loading generation {current}'s failed: {}", f.error),
+            }));
+        }
+        let switched = std::fs::symlink_metadata(self.config.state_dir.join("current"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        Ok(switched
+            .is_some_and(|age| age > SWAP_GRACE)
+            .then_some(Drift::Running {
+                expected,
+                found: runs,
+            }))
     }
 
     /// How the boot side of the current generation's firmware `r` differs

@@ -108,6 +108,14 @@ impl Engine {
                             "problem": format!("its blob {} does not verify: {e}", path.display()),
                         })),
                     }
+                    if let Some(d) = self.running_drift()? {
+                        report.problems.push(json!({
+                            "kind": r.kind.as_str(),
+                            "resource": r.name,
+                            "problem": d.describe(false),
+                            "drift": [d.audit(false)],
+                        }));
+                    }
                 }
                 // The slots are read with --firmware; the boot side always.
                 Kind::Firmware => {

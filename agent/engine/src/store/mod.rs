@@ -8,6 +8,7 @@
 //! fsynced.
 
 pub mod generations;
+pub mod running;
 pub mod state;
 
 use ferry_core::{Classify, ErrorClass};
