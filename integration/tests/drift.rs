@@ -664,7 +664,9 @@ fn what_the_running_agent_could_not_load_is_drift_until_it_loads() {
     )
     .unwrap();
     let rules = |limit: u32| {
-        format!("RULE hot ON topic ~ \"plant/+\" and temperature > {limit} THEN publish(\"alerts/{{topic}}\", \"{{temperature}}\")\n")
+        format!(
+            "RULE hot ON topic ~ \"plant/+\" and temperature > {limit} THEN publish(\"alerts/{{topic}}\", \"{{temperature}}\")\n"
+        )
     };
     let publish = |limit: u32| {
         f.publish_raw(
@@ -699,7 +701,11 @@ fn what_the_running_agent_could_not_load_is_drift_until_it_loads() {
     wait_running(&f, "the load of generation 2 fails", |r| {
         r["failed"]["generation"] == 2
     });
-    assert_eq!(running(&f)["generation"], 1, "the old rule set keeps running");
+    assert_eq!(
+        running(&f)["generation"],
+        1,
+        "the old rule set keeps running"
+    );
     let human = f.ok(&["plan"]);
     assert!(
         human.contains("! ruleset hot")

@@ -798,6 +798,85 @@ fn over_tls_the_shipped_acl_keeps_each_device_to_its_own_topics() {
     );
 }
 
+/// The shipped `images/fleet/mosquitto.conf`, on `port` with `pki`'s files.
+fn shipped_broker_conf(pki: &Pki, port: u16) -> String {
+    let shipped = fs::read_to_string(images_fleet("mosquitto.conf")).unwrap();
+    let mut conf = String::new();
+    for line in shipped.lines() {
+        let key = line.split_whitespace().next().unwrap_or("");
+        let line = match key {
+            "listener" => format!("listener {port} 127.0.0.1"),
+            "cafile" => format!("cafile {}", pki.path("ca.pem")),
+            "certfile" => format!("certfile {}", pki.path("broker.pem")),
+            "keyfile" => format!("keyfile {}", pki.path("broker.key")),
+            "acl_file" => format!("acl_file {}", images_fleet("mosquitto-acl").display()),
+            "persistence" => "persistence false".to_owned(),
+            "autosave_interval" => continue,
+            _ => line.to_owned(),
+        };
+        conf.push_str(&line);
+        conf.push('\n');
+    }
+    conf + "log_dest stderr\nlog_type error\n"
+}
+
+/// A device that connects with another device's client id would have the
+/// broker drop the victim (and publish its last will, "offline"), again
+/// and again; the shipped setup makes the certificate's name the client id.
+#[test]
+fn a_stolen_client_id_is_refused_by_the_shipped_broker_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), &["gw1", "gw2", "fleet-admin"]);
+    let port = free_port();
+    let conf = shipped_broker_conf(&pki, port);
+    let _mq = Mosquitto::launch(dir, port, &conf);
+    let url = format!("mqtts://127.0.0.1:{port}");
+    let fx = Fixture::new();
+    fx.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
+    let (agent_toml, _) = agent_config(
+        fx.dir.path(),
+        &url,
+        &format!(
+            "device_id = \"gw1\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            pki.path("ca.pem"),
+            pki.path("gw1.pem"),
+            pki.path("gw1.key")
+        ),
+    );
+    let text = fs::read_to_string(&fx.config).unwrap();
+    fs::write(&fx.config, format!("{text}{agent_toml}")).unwrap();
+    let _agent = Agent::start(&fx.config);
+    let sub = |who: &str, id: &str, topic: &str, secs: &str| {
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v"])
+            .args(["--cafile", &pki.path("ca.pem")])
+            .args(["--cert", &pki.path(&format!("{who}.pem"))])
+            .args(["--key", &pki.path(&format!("{who}.key"))])
+            .args(["-i", id, "-t", topic, "-W", secs])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let online = "ferry/device/gw1/online";
+    wait_for("gw1 online", Duration::from_secs(30), || {
+        let out = sub("fleet-admin", "admin-probe", online, "1")
+            .wait_with_output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{online} 1"))
+    });
+    // The admin watches gw1's online topic while gw2 connects as "gw1".
+    let watch = sub("fleet-admin", "admin-watch", online, "5");
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = sub("gw2", "gw1", "ferry/nudge/all", "2").wait().unwrap();
+    let seen = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).into_owned();
+    assert!(seen.contains(&format!("{online} 1")), "{seen}");
+    assert!(
+        !seen.contains(&format!("{online} 0")),
+        "gw1 was dropped and marked offline: {seen}"
+    );
+}
+
 #[test]
 fn an_idle_agent_polls_nginx_with_one_small_conditional_request() {
     let d = Device::new(&[]);
@@ -855,4 +934,101 @@ fn an_idle_agent_polls_nginx_with_one_small_conditional_request() {
         0,
         "{text}"
     );
+}
+
+/// A retained status for `device` on `mq`, as a device would publish it.
+fn publish_status(mq: &Mosquitto, device: &str, last_error: &str) {
+    let status = serde_json::json!({
+        "device": device, "agent_version": "0", "last_seen": 0, "health": "failing",
+        "generation": 1, "revision": "r1", "last_error": last_error
+    })
+    .to_string();
+    let topic = format!("ferry/device/{device}/status");
+    let out = mosquitto_pub(mq.port, &["-q", "1", "-r", "-t", &topic, "-m", &status]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Cursor up, erase line, set title, conceal: shown, not obeyed.
+#[test]
+fn escape_sequences_in_device_strings_are_shown_not_obeyed() {
+    let mq = Mosquitto::start();
+    let evil = "boom\u{1b}[1A\u{1b}[2K\u{1b}]0;all good\u{7}\u{1b}[8m\u{9b}2K\u{202e}";
+    publish_status(&mq, "gw-1", evil);
+    let url = mq.url();
+    let out = fleet(&["status", "--mqtt", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("boom\\x1b[1A\\x1b[2K\\x1b]0;all good\\x07\\x1b[8m\\x9b2K\\u{202e}"),
+        "{text}"
+    );
+    // JSON stays exact.
+    let json = fleet_json(&["status", "--mqtt", &url, "--json"]);
+    assert_eq!(json["devices"][0]["last_error"], evil);
+}
+
+/// The collection ends once the retained state is in, however often
+/// devices publish meanwhile.
+#[test]
+fn fleet_status_finishes_while_a_device_keeps_publishing() {
+    let mq = Mosquitto::start();
+    publish_status(&mq, "gw-busy", "first");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chatter = {
+        let (stop, port) = (stop.clone(), mq.port);
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = serde_json::json!({
+                    "device": "gw-busy", "agent_version": "0", "last_seen": n, "health": "ok",
+                    "generation": 1, "revision": "r1"
+                })
+                .to_string();
+                mosquitto_pub(
+                    port,
+                    &[
+                        "-q",
+                        "1",
+                        "-r",
+                        "-t",
+                        "ferry/device/gw-busy/status",
+                        "-m",
+                        &status,
+                    ],
+                );
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let url = mq.url();
+    let mut admin = Command::new(FERRY)
+        .args(["fleet", "status", "--json", "--mqtt", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Liveness, not speed: before the fix this never ended.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = admin.kill();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!("ferry fleet status did not finish while a device kept publishing");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    chatter.join().unwrap();
+    let out = admin.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["devices"][0]["device"], "gw-busy");
 }

@@ -498,7 +498,8 @@ pub struct BrokerArgs {
     /// MQTT client id; default `ferry-admin-<pid>`.
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
-    /// Stop collecting retained messages after this long without one.
+    /// Stop collecting retained messages after this long without one
+    /// (messages devices publish meanwhile are not waited for).
     #[arg(long, value_name = "DURATION", default_value = "500ms")]
     pub quiet: String,
 }
@@ -512,10 +513,16 @@ pub enum FleetAction {
     Status {
         #[command(flatten)]
         broker: BrokerArgs,
-        /// Measure devices against this revision (default: the revision of
-        /// the most recently made generation any device reports).
+        /// Measure devices against this revision: devices on another one
+        /// are lagging. Without it (or --from-source) no device is lagging:
+        /// what devices report never sets the target.
         #[arg(long, value_name = "REVISION")]
         revision: Option<String>,
+        /// Measure devices against the newest revision of the signed
+        /// repository the configuration (--config) names, fetched and
+        /// verified as a device does.
+        #[arg(long, conflicts_with = "revision")]
+        from_source: bool,
         /// A device not heard from for this long is stale.
         #[arg(long, value_name = "DURATION", default_value = "15m")]
         stale: String,

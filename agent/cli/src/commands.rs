@@ -70,7 +70,7 @@ pub fn run(args: Cli) -> Result<Code> {
     if let Command::Fleet { action } = &args.command
         && !matches!(action, crate::cli::FleetAction::Report { .. })
     {
-        return crate::fleet::admin(action);
+        return crate::fleet::admin(action, &args);
     }
     if let Command::GenerateAssets { out } = &args.command {
         crate::assets::generate(out)?;

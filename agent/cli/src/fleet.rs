@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use ferry_fleet::broker::{Broker, TlsFiles};
 
-use crate::cli::{BrokerArgs, FleetAction};
+use crate::cli::{BrokerArgs, Cli, FleetAction};
 use crate::exit::Code;
 use crate::output;
 
@@ -15,8 +15,12 @@ fn duration(flag: &str, v: &str) -> Result<Duration> {
         .with_context(|| format!("{flag} {v:?}: not a duration (e.g. 500ms, 30s, 15m)"))
 }
 
-/// The retained messages on `filter`.
-fn collect(b: &BrokerArgs, filter: &str) -> Result<Vec<(String, Vec<u8>)>> {
+/// The retained messages on `filter`, each handed to `take`.
+fn collect(
+    b: &BrokerArgs,
+    filter: &str,
+    take: &mut ferry_fleet::admin::Take<'_>,
+) -> Result<()> {
     let broker = Broker::parse(&b.mqtt)?;
     ferry_fleet::topics::check_prefix(&b.prefix)?;
     let tls = TlsFiles {
@@ -33,25 +37,49 @@ fn collect(b: &BrokerArgs, filter: &str) -> Result<Vec<(String, Vec<u8>)>> {
         .enable_all()
         .build()?;
     Ok(rt.block_on(ferry_fleet::admin::collect(
-        &broker, &tls, &client_id, filter, quiet,
+        &broker, &tls, &client_id, filter, quiet, take,
     ))?)
 }
 
-pub fn admin(action: &FleetAction) -> Result<Code> {
+/// The revision devices are measured against: `--revision`, else with
+/// `--from-source` the newest revision of the signed repository the
+/// configuration names (fetched and verified as a device would), else none.
+fn target(revision: Option<&str>, from_source: bool, args: &Cli) -> Result<Option<String>> {
+    if let Some(r) = revision {
+        return Ok(Some(r.to_owned()));
+    }
+    if !from_source {
+        return Ok(None);
+    }
+    let config = crate::setup::load_config(args)?;
+    let source = ferry_engine::fetch::source(&config)?;
+    let rev = source
+        .fetch()
+        .context("reading the newest revision from the configured source")?;
+    Ok(Some(rev.id().to_owned()))
+}
+
+pub fn admin(action: &FleetAction, args: &Cli) -> Result<Code> {
     match action {
         FleetAction::Status {
             broker,
             revision,
+            from_source,
             stale,
             out,
         } => {
             let stale = duration("--stale", stale)?;
-            let messages = collect(broker, &ferry_fleet::topics::all_status(&broker.prefix))?;
+            let target = target(revision.as_deref(), *from_source, args)?;
+            let mut statuses = ferry_fleet::admin::StatusCollector::new(&broker.prefix);
+            collect(
+                broker,
+                &ferry_fleet::topics::all_status(&broker.prefix),
+                &mut |t, p| statuses.add(t, p),
+            )?;
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let status =
-                ferry_fleet::admin::fleet_status(messages, revision.as_deref(), stale, now);
+            let status = statuses.finish(target.as_deref(), stale, now);
             output::fleet_status(&status, now, out.json)?;
             Ok(Code::Success)
         }
@@ -61,11 +89,13 @@ pub fn admin(action: &FleetAction) -> Result<Code> {
             out,
         } => {
             ferry_fleet::topics::check_name("device id", device)?;
-            let messages = collect(
+            let mut entries = ferry_fleet::admin::AuditCollector::new(&broker.prefix, device);
+            collect(
                 broker,
                 &ferry_fleet::topics::audit_filter(&broker.prefix, device),
+                &mut |t, p| entries.add(t, p),
             )?;
-            let audit = ferry_fleet::admin::device_audit(&broker.prefix, device, messages)?;
+            let audit = entries.finish();
             output::fleet_audit(&audit, out.json)?;
             Ok(if audit.verified {
                 Code::Success

@@ -749,11 +749,16 @@ pub fn fleet_status(s: &ferry_fleet::admin::FleetStatus, now: u64, as_json: bool
     if as_json {
         return print_json(s);
     }
+    // Every string below comes from a device (or the broker): escaped, so
+    // that control sequences in them are shown rather than obeyed.
+    let t = ferry_core::text::terminal;
     let mut out = io::stdout().lock();
     writeln!(
         out,
         "target revision: {}",
-        s.target.as_deref().unwrap_or("(none reported)")
+        s.target
+            .as_deref()
+            .map_or("(none: --revision or --from-source)".into(), t)
     )?;
     writeln!(
         out,
@@ -766,9 +771,9 @@ pub fn fleet_status(s: &ferry_fleet::admin::FleetStatus, now: u64, as_json: bool
         writeln!(
             out,
             "{:<24} {:<9} {:<20} {:>5}  {:<12} {:<7} {:<10} {:>5}  {}",
-            d.device,
+            t(&d.device),
             standing.as_str().unwrap_or(""),
-            d.revision.as_deref().unwrap_or("-"),
+            t(d.revision.as_deref().unwrap_or("-")),
             d.generation.map_or("-".into(), |g| g.to_string()),
             d.health.as_str(),
             match r.online {
@@ -779,13 +784,16 @@ pub fn fleet_status(s: &ferry_fleet::admin::FleetStatus, now: u64, as_json: bool
             ago(now, d.last_seen),
             // Managed resources changed on the device and left in place.
             d.drifted,
-            d.last_error
+            t(&d.last_error
                 .as_deref()
-                .map_or(String::new(), |e| e.chars().take(60).collect())
+                .map_or(String::new(), |e| e.chars().take(60).collect::<String>()))
         )?;
     }
     for u in &s.unreadable {
-        writeln!(out, "unreadable status on {}: {}", u.topic, u.error)?;
+        writeln!(out, "unreadable status on {}: {}", t(&u.topic), t(&u.error))?;
+    }
+    if s.unreadable_more > 0 {
+        writeln!(out, "and {} more unreadable messages", s.unreadable_more)?;
     }
     writeln!(out, "{} devices", s.devices.len())?;
     Ok(())
@@ -796,6 +804,8 @@ pub fn fleet_audit(a: &ferry_fleet::admin::DeviceAudit, as_json: bool) -> Result
     if as_json {
         return print_json(a);
     }
+    // Device-written strings, escaped as in `fleet_status`.
+    let t = ferry_core::text::terminal;
     let mut out = io::stdout().lock();
     for r in &a.entries {
         let e = &r.entry;
@@ -804,14 +814,14 @@ pub fn fleet_audit(a: &ferry_fleet::admin::DeviceAudit, as_json: bool) -> Result
             "{:>6}  {}  {:<20} {:<18} gen {:<5} {}",
             e.seq,
             time(e.time_ms),
-            e.event,
-            e.actor,
+            t(&e.event),
+            t(&e.actor),
             e.generation.map_or("-".into(), |g| g.to_string()),
-            e.details
+            t(&e.details.to_string())
         )?;
     }
     match (&a.error, a.entries.first(), a.entries.last()) {
-        (Some(err), _, _) => writeln!(out, "chain NOT verified: {err}")?,
+        (Some(err), _, _) => writeln!(out, "chain NOT verified: {}", t(err))?,
         (None, Some(first), Some(last)) => writeln!(
             out,
             "chain verified: {} entries reported by {} (seq {} to {})",

@@ -264,7 +264,13 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
                     let error = format!("{e:#}");
                     tracing::error!(error = %error, "rules: loading the new rule sets failed; keeping the running ones");
                     if !failed || now != generation {
-                        rt.alert("rules", format!("loading generation {}'s rule sets and modules failed: {error}", now.map_or("none".to_owned(), |n| n.to_string())));
+                        rt.alert(
+                            "rules",
+                            format!(
+                                "loading generation {}'s rule sets and modules failed: {error}",
+                                now.map_or("none".to_owned(), |n| n.to_string())
+                            ),
+                        );
                     }
                     record(&state_dir, running, Some((now, error)));
                     generation = now;

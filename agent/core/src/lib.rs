@@ -18,6 +18,7 @@ pub mod path;
 pub mod plan;
 pub mod resource;
 pub mod schedule;
+pub mod text;
 pub mod transition;
 
 pub use digest::{ContentRef, DigestParseError, Sha256};

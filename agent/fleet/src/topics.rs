@@ -124,6 +124,15 @@ pub fn all_status(prefix: &str) -> String {
     format!("{prefix}/device/+/+")
 }
 
+/// The device and the last level of a `P/device/D/LEAF` topic.
+pub fn device_topic<'t>(prefix: &str, topic: &'t str) -> Option<(&'t str, &'t str)> {
+    let (device, leaf) = topic
+        .strip_prefix(prefix)?
+        .strip_prefix("/device/")?
+        .split_once('/')?;
+    (!device.is_empty() && !leaf.contains('/')).then_some((device, leaf))
+}
+
 /// The filter matching one device's reported audit entries.
 pub fn audit_filter(prefix: &str, device: &str) -> String {
     format!("{prefix}/device/{device}/audit/+")

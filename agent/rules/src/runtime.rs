@@ -68,6 +68,14 @@ pub struct MqttTarget {
 
 impl MqttTarget {
     pub fn parse(url: &str) -> Result<MqttTarget, UrlError> {
+        let shown = ferry_core::text::url_without_secrets(url);
+        let url = shown.as_ref();
+        if url.contains('@') {
+            return Err(format!(
+                "{url:?}: no user or password in the URL (the broker is local or reached over a trusted link)"
+            )
+            .into());
+        }
         let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
             format!("{url:?}: only mqtt://host[:port] is supported (no TLS in this build; use a local broker)")
         })?;
@@ -775,6 +783,17 @@ async fn publisher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_in_a_broker_url_is_refused_without_being_echoed() {
+        let e = MqttTarget::parse("mqtt://admin:hunter2@broker:1883")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("hunter2") && e.contains("admin:***@broker"),
+            "{e}"
+        );
+    }
 
     fn publish(bytes: usize) -> Output {
         Output::Publish {

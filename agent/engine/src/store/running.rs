@@ -58,7 +58,11 @@ impl Running {
     pub fn write(&self, state_dir: &Path) -> io::Result<()> {
         let json = serde_json::to_vec(self).map_err(io::Error::other)?;
         Dir::open(state_dir)?
-            .write_atomic(OsStr::new(FILE), FileMode::perm(0o600), &mut json.as_slice())
+            .write_atomic(
+                OsStr::new(FILE),
+                FileMode::perm(0o600),
+                &mut json.as_slice(),
+            )
             .map(drop)
     }
 
