@@ -1032,3 +1032,42 @@ fn fleet_status_finishes_while_a_device_keeps_publishing() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["devices"][0]["device"], "gw-busy");
 }
+
+/// A retained nudge over the agent's packet limit ends every session right
+/// after the subscription: the agent backs off instead of reconnecting
+/// twice a second forever.
+#[test]
+fn an_oversized_retained_nudge_does_not_make_the_agent_reconnect_in_a_loop() {
+    let mq = Mosquitto::start();
+    let big = tempfile::NamedTempFile::new().unwrap();
+    fs::write(big.path(), vec![b'x'; 300 * 1024]).unwrap();
+    let out = mosquitto_pub(
+        mq.port,
+        &[
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "ferry/nudge/device/gw1",
+            "-f",
+            big.path().to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fx = Fixture::new();
+    fx.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
+    let (agent_toml, mport) = agent_config(fx.dir.path(), &mq.url(), "device_id = \"gw1\"\n");
+    let text = fs::read_to_string(&fx.config).unwrap();
+    fs::write(&fx.config, format!("{text}{agent_toml}")).unwrap();
+    let _agent = Agent::start(&fx.config);
+    wait_for("the first session", Duration::from_secs(30), || {
+        metric(&metrics(mport), "ferry_fleet_connections_total", "") >= 1
+    });
+    // Backing off from 0.5 s: sessions at about 0, 0.5, 1.5, 3.5 and 7.5 s.
+    std::thread::sleep(Duration::from_secs(8));
+    let connections = metric(&metrics(mport), "ferry_fleet_connections_total", "");
+    assert!(
+        (2..=6).contains(&connections),
+        "{connections} sessions in 8 s"
+    );
+}

@@ -16,11 +16,7 @@ fn duration(flag: &str, v: &str) -> Result<Duration> {
 }
 
 /// The retained messages on `filter`, each handed to `take`.
-fn collect(
-    b: &BrokerArgs,
-    filter: &str,
-    take: &mut ferry_fleet::admin::Take<'_>,
-) -> Result<()> {
+fn collect(b: &BrokerArgs, filter: &str, take: &mut ferry_fleet::admin::Take<'_>) -> Result<()> {
     let broker = Broker::parse(&b.mqtt)?;
     ferry_fleet::topics::check_prefix(&b.prefix)?;
     let tls = TlsFiles {

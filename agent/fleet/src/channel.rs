@@ -40,6 +40,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Reconnect backoff.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A session that lasted this long was a working connection.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 /// How the channel is set up (`[fleet]` in ferry.toml).
 #[derive(Debug, Clone)]
@@ -211,11 +213,15 @@ impl Task {
         self.limiter = Limiter::new(self.options.nudge_interval);
         let mut backoff = BACKOFF_MIN;
         loop {
-            let connected = self.stats.connections.load(Relaxed);
+            let started = Instant::now();
             let e = self.session().await;
             self.stats.connected.store(false, Relaxed);
             self.stats.connection_failures.fetch_add(1, Relaxed);
-            if self.stats.connections.load(Relaxed) > connected {
+            // Only a session that lasted resets the backoff: one the broker
+            // ends within seconds (a retained message over the size limit
+            // brought at every subscription, a client id taken over) must
+            // not make the device reconnect twice a second forever.
+            if started.elapsed() >= STABLE_SESSION {
                 backoff = BACKOFF_MIN;
             }
             tracing::warn!(
