@@ -318,6 +318,45 @@ fn runaway_renders_are_bounded() {
     );
 }
 
+/// The peak resident memory (KiB) of `ferry ARGS`, and its output.
+fn peak_rss(f: &Fixture, args: &[&str]) -> (u64, std::process::Output) {
+    let script = "import resource, subprocess, sys\n\
+                  p = subprocess.run(sys.argv[1:], capture_output=True)\n\
+                  sys.stderr.buffer.write(p.stderr)\n\
+                  print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+                  sys.exit(p.returncode)\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, common::FERRY, "--config"])
+        .arg(&f.config)
+        .args(args)
+        .output()
+        .unwrap();
+    let kib = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (kib, out)
+}
+
+/// Intermediate strings count against the render's budget: a template
+/// that doubles a string until it passes the output cap is refused after
+/// using about the cap, not 30 times it (a gateway with 512 MiB would
+/// otherwise be killed by the OOM killer instead of refusing the revision).
+#[test]
+fn a_refused_template_costs_about_its_cap_in_memory() {
+    let f = fleet();
+    with_manifest(
+        &f,
+        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
+        &[(
+            "t/x.j2",
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}\n",
+        )],
+    );
+    let facts = facts("gw-a");
+    let (kib, out) = peak_rss(&f, &["--facts", facts.to_str().unwrap(), "plan"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("template t/x.j2"), "{}", stderr(&out));
+    assert!(kib < 160 * 1024, "peak {} MiB", kib / 1024);
+}
+
 #[test]
 fn secrets_never_appear_in_plans_logs_journal_or_audit() {
     let f = fleet();

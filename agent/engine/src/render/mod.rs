@@ -31,8 +31,12 @@ use ferry_source::{SourceError, VerifiedRevision};
 /// Largest template source, and largest rendered output, in bytes.
 pub const MAX_TEMPLATE_BYTES: u64 = 1024 * 1024;
 pub const MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
-/// Instruction budget of one render (about 64 bytes of allocation each).
-pub const FUEL: u64 = 20_000_000;
+/// The work budget of one render. minijinja charges one fuel per
+/// instruction and per 64 bytes of data made (output, captured blocks,
+/// strings from `~`, `*`, filters): 1,000,000 is at most 64 MiB of data,
+/// four times the output cap, so a refused template costs about the cap in
+/// memory; real configuration templates use a few thousand.
+pub const FUEL: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
