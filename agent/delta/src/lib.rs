@@ -37,3 +37,21 @@ pub fn chunk_path(sha256: &ferry_core::Sha256) -> String {
     let hex = sha256.to_hex();
     format!("{}/{hex}.zst", &hex[..4])
 }
+
+/// Opens the regular file at `path` for reading: a symlink planted there is
+/// not followed, a FIFO is not waited on, anything but a regular file is
+/// an error. For files in chunk stores, which others may write.
+pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -172,8 +172,7 @@ fn store_chunk(
     data: &[u8],
 ) -> Result<(u32, bool), PublishError> {
     let path = store.join(crate::chunk_path(sha));
-    if let Ok(existing) = fs::read(&path)
-        && existing.len() as u64 <= u64::from(stored_bound(data.len() as u32))
+    if let Some(existing) = read_existing(&path, u64::from(stored_bound(data.len() as u32)))
         && zstd::bulk::decompress(&existing, data.len())
             .is_ok_and(|plain| Sha256::of(&plain) == *sha)
     {
@@ -186,6 +185,17 @@ fn store_chunk(
     // crash damaged fails the check above on the next run and is rewritten.
     write_new(&path, &packed, false)?;
     Ok((packed.len() as u32, true))
+}
+
+/// What the store holds at `path`, read as a device reads a chunk store
+/// (no symlink followed, no FIFO waited on, regular files only) and no
+/// further than `bound` bytes: `None` when it is absent, something else,
+/// or larger (then it is rewritten).
+fn read_existing(path: &Path, bound: u64) -> Option<Vec<u8>> {
+    let f = crate::open_regular(path).ok()?;
+    let mut buf = Vec::new();
+    f.take(bound + 1).read_to_end(&mut buf).ok()?;
+    (buf.len() as u64 <= bound).then_some(buf)
 }
 
 /// Writes `bytes` to a fresh temp file beside `path` (fsynced if `sync`)
@@ -203,4 +213,63 @@ fn write_new(path: &Path, bytes: &[u8], sync: bool) -> Result<(), PublishError> 
         .and_then(|()| if sync { f.sync_data() } else { Ok(()) })
         .map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Params;
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// What someone planted in the output store where chunks go (a FIFO, a
+    /// symlink to a large file) is neither waited on nor read through: the
+    /// chunks are written there as regular files.
+    #[test]
+    fn planted_fifos_and_symlinks_in_the_store_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("v1.img");
+        fs::write(&image, noise(1 << 20, 7)).unwrap();
+        let out = dir.path().join("pub");
+        let first = chunk_image(&image, &out, &Params::default(), 3).unwrap();
+        let index = fs::read(&first.index_path).unwrap();
+        let index = crate::index::ChunkIndex::parse(&index, "v1").unwrap();
+        let big = dir.path().join("big");
+        fs::File::create(&big).unwrap().set_len(512 << 20).unwrap();
+        let paths: Vec<PathBuf> = index
+            .chunks
+            .iter()
+            .map(|c| out.join("chunks").join(crate::chunk_path(&c.sha256)))
+            .collect();
+        assert!(paths.len() >= 2, "{}", paths.len());
+        fs::remove_file(&paths[0]).unwrap();
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&paths[0])
+                .status()
+                .unwrap()
+                .success()
+        );
+        fs::remove_file(&paths[1]).unwrap();
+        std::os::unix::fs::symlink(&big, &paths[1]).unwrap();
+        let again = chunk_image(&image, &out, &Params::default(), 3).unwrap();
+        assert_eq!(again.new_chunks, 2);
+        for p in &paths[..2] {
+            assert!(
+                fs::symlink_metadata(p).unwrap().is_file(),
+                "{}",
+                p.display()
+            );
+        }
+    }
 }

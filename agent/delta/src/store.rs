@@ -150,15 +150,8 @@ impl Remote {
                     .map_err(|_| Failed::Unavailable("path is not UTF-8".to_owned()))?;
                 // Never follow a planted symlink, never block on a FIFO;
                 // only regular files are chunks.
-                use std::os::unix::fs::OpenOptionsExt;
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(PathBuf::from(&*path))
+                let f = crate::open_regular(&PathBuf::from(&*path))
                     .map_err(|e| Failed::Unavailable(e.to_string()))?;
-                if !f.metadata().is_ok_and(|m| m.is_file()) {
-                    return Err(Failed::Unavailable("not a regular file".to_owned()));
-                }
                 read(Box::new(f), &mut buf)?;
             }
             Some(client) => {
