@@ -49,6 +49,8 @@ pub struct Timeouts {
     pub min_rate: u64,
     /// Attempts per chunk for transport errors (not for mismatches).
     pub attempts: u32,
+    /// Follow redirects to other hosts and ports (else same origin only).
+    pub cross_origin_redirects: bool,
 }
 
 impl Default for Timeouts {
@@ -57,8 +59,33 @@ impl Default for Timeouts {
             stall: Duration::from_secs(30),
             min_rate: 1024,
             attempts: 4,
+            cross_origin_redirects: false,
         }
     }
+}
+
+/// Redirects followed at most.
+const MAX_REDIRECTS: usize = 5;
+
+/// The redirect policy of a store at `base`: at most [`MAX_REDIRECTS`], and
+/// only to the same scheme, host and port unless `any_origin`.
+fn redirects(base: &str, any_origin: bool) -> reqwest::redirect::Policy {
+    let origin = reqwest::Url::parse(base)
+        .ok()
+        .map(|u| u.origin().ascii_serialization());
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        let to = attempt.url().origin().ascii_serialization();
+        if any_origin || origin.as_deref() == Some(to.as_str()) {
+            attempt.follow()
+        } else {
+            attempt.error(format!(
+                "redirect to {to}, another origin than the chunk store's (source.chunk_redirects = \"any\" allows it)"
+            ))
+        }
+    })
 }
 
 /// A chunk store below a base URL (`http://`, `https://` or `file://`).
@@ -79,6 +106,7 @@ impl Remote {
         }
         let client = if base.starts_with("http://") || base.starts_with("https://") {
             let mut b = reqwest::blocking::Client::builder()
+                .redirect(redirects(&base, timeouts.cross_origin_redirects))
                 .connect_timeout(timeouts.stall)
                 .pool_max_idle_per_host(4)
                 .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
@@ -290,4 +318,119 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An HTTP server on 127.0.0.1 answering each GET with `answer(path)`
+    /// (status line and headers, body); counts requests.
+    fn serve(
+        answer: impl Fn(&str) -> (String, Vec<u8>) + Send + 'static,
+    ) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut lines = BufReader::new(conn.try_clone().unwrap()).lines();
+                let request = lines.next().and_then(Result::ok).unwrap_or_default();
+                for line in lines.by_ref() {
+                    if line.map_or(true, |l| l.is_empty()) {
+                        break;
+                    }
+                }
+                let path = request.split(' ').nth(1).unwrap_or("/").to_owned();
+                let (head, body) = answer(&path);
+                let _ = write!(
+                    conn,
+                    "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(&body);
+            }
+        });
+        (port, hits)
+    }
+
+    #[test]
+    fn redirects_stay_on_the_stores_origin_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.path().join("img"), &data).unwrap();
+        let p = crate::chunk_image(
+            &dir.path().join("img"),
+            &dir.path().join("pub"),
+            &crate::index::Params::default(),
+            3,
+        )
+        .unwrap();
+        let index =
+            crate::index::ChunkIndex::parse(&std::fs::read(&p.index_path).unwrap(), "img").unwrap();
+        let chunk = index.chunks[0].clone();
+        let chunks = dir.path().join("pub/chunks");
+        let stored = std::fs::read(chunks.join(crate::chunk_path(&chunk.sha256))).unwrap();
+        let (real, real_hits) = serve(move |path| {
+            match std::fs::read(chunks.join(path.trim_start_matches("/chunks/"))) {
+                Ok(b) => ("HTTP/1.1 200 OK".to_owned(), b),
+                Err(_) => ("HTTP/1.1 404 Not Found".to_owned(), Vec::new()),
+            }
+        });
+        // A store that sends every request to another port.
+        let (elsewhere, _) = serve(move |path| {
+            (
+                format!("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{real}{path}"),
+                Vec::new(),
+            )
+        });
+        let base = format!("http://127.0.0.1:{elsewhere}/chunks/");
+        let e = Remote::new(&base, Timeouts::default())
+            .unwrap()
+            .fetch_stored(&chunk)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another origin"), "{e}");
+        assert_eq!(real_hits.load(Ordering::SeqCst), 0, "never reached");
+        let allowed = Timeouts {
+            cross_origin_redirects: true,
+            ..Timeouts::default()
+        };
+        let got = Remote::new(&base, allowed)
+            .unwrap()
+            .fetch_stored(&chunk)
+            .unwrap();
+        assert_eq!(got, stored);
+        assert!(real_hits.load(Ordering::SeqCst) >= 1);
+        // A redirect within the store's origin is followed.
+        let (same, _) = serve(move |path| match path.strip_prefix("/old") {
+            Some(rest) => (
+                format!("HTTP/1.1 301 Moved\r\nLocation: {rest}"),
+                Vec::new(),
+            ),
+            None => (
+                format!("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{real}{path}"),
+                Vec::new(),
+            ),
+        });
+        let e = Remote::new(
+            &format!("http://127.0.0.1:{same}/old/chunks/"),
+            Timeouts::default(),
+        )
+        .unwrap()
+        .fetch_stored(&chunk)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("another origin"),
+            "followed /old → /chunks, then refused: {e}"
+        );
+    }
 }

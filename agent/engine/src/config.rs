@@ -608,6 +608,11 @@ impl Default for FirmwareConfig {
 pub struct SourceConfig {
     /// `tuf` or `git` (signed, for devices) or `dir` (development only).
     pub kind: Option<String>,
+    /// Where a chunk store may redirect a fetch: `same-origin` (default:
+    /// the store's scheme, host and port) or `any` (a CDN on another host;
+    /// chunks are verified either way, but a store could otherwise steer
+    /// the device at internal addresses).
+    pub chunk_redirects: Option<String>,
     pub dir: DirSourceConfig,
     pub tuf: TufSourceConfig,
     pub git: GitSourceConfig,
@@ -977,6 +982,14 @@ impl Config {
                     });
                 }
             }
+        }
+        if let Some(r) = self.source.chunk_redirects.as_deref()
+            && !matches!(r, "same-origin" | "any")
+        {
+            return Err(ConfigError::Invalid {
+                key: "source.chunk_redirects",
+                message: format!("{r:?}: expected \"same-origin\" or \"any\""),
+            });
         }
         match self.source.kind.as_deref() {
             None => {}

@@ -20,6 +20,7 @@ pub fn chunk_timeouts(config: &Config) -> ferry_delta::store::Timeouts {
         stall: std::time::Duration::from_secs(tuf.stall_timeout_secs),
         min_rate: tuf.min_rate_bytes_per_sec,
         attempts: 4,
+        cross_origin_redirects: config.source.chunk_redirects.as_deref() == Some("any"),
     }
 }
 
