@@ -390,6 +390,12 @@ fn idle_and_oversized_local_clients_do_not_block_or_grow_the_agent() {
         out
     };
     assert!(scrape().contains("ferry_reconciles_total"));
+    // More idle clients than the endpoint keeps waiting: the oldest make
+    // room, a scrape is still answered.
+    let _idle_many: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    assert!(scrape().contains("ferry_reconciles_total"));
     let st = d.fx.json(&["status", "--json"]);
     assert!(st["agent"]["pid"].is_u64(), "{st:#}");
     // 8 MiB without a newline: refused after 64 KiB, the agent stays small.

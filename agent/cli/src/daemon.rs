@@ -393,32 +393,49 @@ pub fn run(args: &Cli) -> Result<Code> {
             let fleet = fleet.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                // One task per scrape, bounded in time and number: an idle
-                // connection no longer blocks every other scraper.
-                let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+                // One task per scrape, bounded in time and number. A
+                // connection that has not sent its request holds a place
+                // among the waiting ones; when they are all taken, the
+                // oldest is dropped for the new one, so idle clients cannot
+                // keep a scraper out (its request comes at once).
+                let waiting: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, tokio::task::AbortHandle)>>> =
+                    Arc::default();
+                let mut next_id = 0u64;
                 while let Ok((mut conn, _)) = listener.accept().await {
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        continue;
-                    };
+                    let id = next_id;
+                    next_id += 1;
                     let (shared, rules, fleet) = (shared.clone(), rules.clone(), fleet.clone());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let serve = async {
-                            let mut buf = [0u8; 1024];
-                            let _ = conn.read(&mut buf).await;
-                            let body = {
-                                let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                                crate::metrics::text(&s, rules.as_ref(), fleet.as_ref())
-                            };
-                            let resp = format!(
-                                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                                crate::metrics::CONTENT_TYPE,
-                                body.len()
-                            );
-                            let _ = conn.write_all(resp.as_bytes()).await;
+                    let queue = waiting.clone();
+                    // Held until the task is listed: its own removal below
+                    // comes after.
+                    let mut q = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    let task = tokio::spawn(async move {
+                        let mut buf = [0u8; 1024];
+                        let read = tokio::time::timeout(METRICS_TIMEOUT, conn.read(&mut buf)).await;
+                        queue
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .retain(|(i, _)| *i != id);
+                        if !matches!(read, Ok(Ok(n)) if n > 0) {
+                            return;
+                        }
+                        let body = {
+                            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                            crate::metrics::text(&s, rules.as_ref(), fleet.as_ref())
                         };
-                        let _ = tokio::time::timeout(METRICS_TIMEOUT, serve).await;
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            crate::metrics::CONTENT_TYPE,
+                            body.len()
+                        );
+                        let _ = tokio::time::timeout(METRICS_TIMEOUT, conn.write_all(resp.as_bytes())).await;
                     });
+                    q.push_back((id, task.abort_handle()));
+                    while q.len() > METRICS_CONNECTIONS {
+                        if let Some((_, oldest)) = q.pop_front() {
+                            oldest.abort();
+                        }
+                    }
                 }
             });
         }
@@ -469,8 +486,10 @@ pub fn run(args: &Cli) -> Result<Code> {
     Ok(Code::Success)
 }
 
-/// Scrapes served at once, and how long one may take.
-const METRICS_CONNECTIONS: usize = 16;
+/// Metrics connections waiting for their request at most (the oldest is
+/// dropped for a new one), and how long reading the request or writing the
+/// answer may take.
+const METRICS_CONNECTIONS: usize = 64;
 const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default of `agent.reconcile_timeout` when the configuration cannot say.
