@@ -180,7 +180,7 @@ impl Handler {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let reply = self.reply(&packet, answer);
+        let reply = self.reply(&packet, answer, datagram.len());
         self.remember(peer, id, reply.clone(), now);
         reply
     }
@@ -356,7 +356,15 @@ impl Handler {
         }
     }
 
-    fn reply(&mut self, request: &Packet, answer: Answer) -> Option<Vec<u8>> {
+    /// The answer to `request` (`len` bytes), never larger than the request:
+    /// the peer is not authenticated and its address may be spoofed, so
+    /// ferry must not amplify. A non-confirmable request's answer carries
+    /// no diagnostic text; a confirmable one's is cut to fit. An answer
+    /// that does not fit even so is not sent.
+    fn reply(&mut self, request: &Packet, mut answer: Answer, len: usize) -> Option<Vec<u8>> {
+        if request.header.get_type() != MessageType::Confirmable {
+            answer.diagnostic.clear();
+        }
         let mut p = Packet::new();
         match request.header.get_type() {
             MessageType::Confirmable => {
@@ -380,8 +388,19 @@ impl Handler {
         if let Some(s) = answer.size1 {
             p.add_option(CoapOption::Size1, minimal(s as u64));
         }
-        p.payload = answer.diagnostic.into_bytes();
-        p.to_bytes().ok()
+        let bare = p.to_bytes().ok()?;
+        if bare.len() > len {
+            return None;
+        }
+        // The payload marker (one byte) and as much of the text as fits.
+        let room = len - bare.len();
+        if room > 1 && !answer.diagnostic.is_empty() {
+            let mut d = answer.diagnostic;
+            d.truncate(d.floor_char_boundary(room - 1));
+            p.payload = d.into_bytes();
+            return p.to_bytes().ok();
+        }
+        Some(bare)
     }
 
     fn remember(&mut self, peer: SocketAddr, id: u16, reply: Option<Vec<u8>>, now: Instant) {
@@ -626,6 +645,47 @@ mod tests {
         }
         assert_eq!(h.stats.events.load(Ordering::Relaxed), 0);
         assert_eq!(h.stats.rejected.load(Ordering::Relaxed), 8);
+    }
+
+    /// The peer is unauthenticated and may be spoofed: no answer is larger
+    /// than its request, and a non-confirmable request's carries no text.
+    #[test]
+    fn error_answers_never_outweigh_the_request() {
+        let (mut h, _rx) = handler(8, 64);
+        let now = Instant::now();
+        // 6 bytes: a NON GET of /a, no token.
+        let tiny = [0x50, 0x01, 0x00, 0x09, 0xb1, b'a'];
+        let reply = h.handle(peer(), &tiny, now).unwrap();
+        assert!(reply.len() <= tiny.len(), "{} bytes out", reply.len());
+        assert_eq!(code(&reply), ResponseType::MethodNotAllowed);
+        assert!(Packet::from_bytes(&reply).unwrap().payload.is_empty());
+        let mut id = 100;
+        for kind in [MessageType::NonConfirmable, MessageType::Confirmable] {
+            for (path, format, body) in [
+                (&["a"][..], Some(JSON), &b"{"[..]),
+                (&[][..], None, &b"x"[..]),
+                (&["a+b"][..], None, &b"x"[..]),
+                (&["a"][..], Some(11050), &b"x"[..]),
+            ] {
+                id += 1;
+                let mut p = post(id, path, format, body);
+                p.header.set_type(kind);
+                p.set_token(Vec::new());
+                let bytes = p.to_bytes().unwrap();
+                if let Some(reply) = h.handle(peer(), &bytes, now) {
+                    assert!(
+                        reply.len() <= bytes.len(),
+                        "{kind:?} {path:?}: {} bytes in, {} out",
+                        bytes.len(),
+                        reply.len()
+                    );
+                    let answer = Packet::from_bytes(&reply).unwrap();
+                    if kind == MessageType::NonConfirmable {
+                        assert!(answer.payload.is_empty(), "{kind:?} {path:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
