@@ -244,7 +244,7 @@ fn ingest_metrics(registry: &mut Registry, sources: &ferry_ingest::Snapshot) {
         return;
     }
     type Get = fn(&ferry_ingest::modbus::DeviceStats) -> u64;
-    let families: [(&str, &str, Get); 5] = [
+    let families: [(&str, &str, Get); 6] = [
         ("ferry_modbus_reads", "Register blocks read.", |s| {
             s.reads.load(Relaxed)
         }),
@@ -260,6 +260,11 @@ fn ingest_metrics(registry: &mut Registry, sources: &ferry_ingest::Snapshot) {
             "ferry_modbus_write_errors",
             "Register writes that failed.",
             |s| s.write_errors.load(Relaxed),
+        ),
+        (
+            "ferry_modbus_bad_answers",
+            "Answers that were not what the request asked for (another function, too few items, a wrong echo).",
+            |s| s.bad_answers.load(Relaxed),
         ),
         (
             "ferry_modbus_outages",

@@ -375,7 +375,7 @@ mod tests {
         .unwrap();
         let index =
             crate::index::ChunkIndex::parse(&std::fs::read(&p.index_path).unwrap(), "img").unwrap();
-        let chunk = index.chunks[0].clone();
+        let chunk = index.chunks[0];
         let chunks = dir.path().join("pub/chunks");
         let stored = std::fs::read(chunks.join(crate::chunk_path(&chunk.sha256))).unwrap();
         let (real, real_hits) = serve(move |path| {

@@ -17,7 +17,8 @@ use ferry_rules::runtime::{EventSink, WriteDone};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
-use tokio_modbus::client::{Client, Context, Reader, Writer};
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::{Request, Response};
 use tokio_modbus::{Slave, client::tcp};
 
 use crate::config::{BlockPlan, DevicePlan, FieldSpec, FieldType, PayloadForm, Table, WordOrder};
@@ -36,6 +37,9 @@ pub struct DeviceStats {
     pub failures: AtomicU64,
     pub writes: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Answers that were not what the request asked for (another function,
+    /// too few items, a wrong echo): each also counts as a failure.
+    pub bad_answers: AtomicU64,
     /// Times the device went down (each raised one alert).
     pub outages: AtomicU64,
     pub up: AtomicBool,
@@ -233,20 +237,16 @@ impl Poller {
     async fn read(&self, ctx: &mut Context, block: &BlockPlan) -> Result<Data, Failure> {
         let t = self.plan.timeout;
         let (start, count) = (block.start, block.count);
-        let result = match block.table {
-            Table::Holding => timeout(t, ctx.read_holding_registers(start, count))
-                .await
-                .map(|r| r.map(|r| r.map(Data::Words))),
-            Table::Input => timeout(t, ctx.read_input_registers(start, count))
-                .await
-                .map(|r| r.map(|r| r.map(Data::Words))),
-            Table::Coils => timeout(t, ctx.read_coils(start, count))
-                .await
-                .map(|r| r.map(|r| r.map(Data::Bits))),
-            Table::Discrete => timeout(t, ctx.read_discrete_inputs(start, count))
-                .await
-                .map(|r| r.map(|r| r.map(Data::Bits))),
+        let request = match block.table {
+            Table::Holding => Request::ReadHoldingRegisters(start, count),
+            Table::Input => Request::ReadInputRegisters(start, count),
+            Table::Coils => Request::ReadCoils(start, count),
+            Table::Discrete => Request::ReadDiscreteInputs(start, count),
         };
+        // Through `call`, checked here: the typed readers only assert the
+        // answer's length in debug builds (a wrong answer would end the
+        // poll task) and pass a short one on in release builds.
+        let result = timeout(t, ctx.call(request)).await;
         let what = format!("reading {} ({:?} {start}+{count})", block.name, block.table);
         match result {
             Err(_) => Err(Failure {
@@ -261,11 +261,13 @@ impl Poller {
                 message: format!("{what}: the device answered {exception}"),
                 reconnect: false,
             }),
-            Ok(Ok(Ok(Data::Words(w)))) if w.len() != usize::from(count) => Err(Failure {
-                message: format!("{what}: {} registers came back", w.len()),
-                reconnect: true,
+            Ok(Ok(Ok(response))) => read_answer(block.table, count, response).map_err(|why| {
+                self.stats.bad_answers.fetch_add(1, Ordering::Relaxed);
+                Failure {
+                    message: format!("{what}: {why}"),
+                    reconnect: true,
+                }
             }),
-            Ok(Ok(Ok(data))) => Ok(data),
         }
     }
 
@@ -277,11 +279,24 @@ impl Poller {
         );
         let (result, failure) = match timeout(
             self.plan.timeout,
-            ctx.write_single_register(w.register, w.value),
+            ctx.call(Request::WriteSingleRegister(w.register, w.value)),
         )
         .await
         {
-            Ok(Ok(Ok(()))) => (Ok(()), None),
+            Ok(Ok(Ok(response))) => match write_echo(w.register, w.value, &response) {
+                Ok(()) => (Ok(()), None),
+                Err(why) => {
+                    self.stats.bad_answers.fetch_add(1, Ordering::Relaxed);
+                    let m = format!("{what}: {why}");
+                    (
+                        Err(m.clone()),
+                        Some(Failure {
+                            message: m,
+                            reconnect: true,
+                        }),
+                    )
+                }
+            },
             Ok(Ok(Err(exception))) => (
                 Err(format!("{what}: the device answered {exception}")),
                 None,
@@ -314,6 +329,51 @@ impl Poller {
         }
         (w.done)(result);
         failure
+    }
+}
+
+/// The data of a device's `response` to reading `count` items of `table`,
+/// checked: the function the request asked for, and at least `count` coils
+/// or inputs (their answer is padded to whole bytes) or exactly `count`
+/// registers.
+pub fn read_answer(table: Table, count: u16, response: Response) -> Result<Data, String> {
+    let count = usize::from(count);
+    let (bits, words) = match (table, response) {
+        (Table::Coils, Response::ReadCoils(b)) => (Some(b), None),
+        (Table::Discrete, Response::ReadDiscreteInputs(b)) => (Some(b), None),
+        (Table::Holding, Response::ReadHoldingRegisters(w)) => (None, Some(w)),
+        (Table::Input, Response::ReadInputRegisters(w)) => (None, Some(w)),
+        (_, other) => {
+            return Err(format!(
+                "the device answered another function ({:?})",
+                other.function_code()
+            ));
+        }
+    };
+    match (bits, words) {
+        (Some(mut b), _) if b.len() >= count => {
+            b.truncate(count);
+            Ok(Data::Bits(b))
+        }
+        (Some(b), _) => Err(format!("{} of {count} bits came back", b.len())),
+        (_, Some(w)) if w.len() == count => Ok(Data::Words(w)),
+        (_, Some(w)) => Err(format!("{} of {count} registers came back", w.len())),
+        (None, None) => unreachable!("one of the two is set above"),
+    }
+}
+
+/// Checks a device's `response` to writing `value` to `register`: a
+/// single-register write is answered by its echo.
+pub fn write_echo(register: u16, value: u16, response: &Response) -> Result<(), String> {
+    match response {
+        Response::WriteSingleRegister(r, v) if (*r, *v) == (register, value) => Ok(()),
+        Response::WriteSingleRegister(r, v) => Err(format!(
+            "the device echoed {v} to register {r}, not {value} to {register}: the write is not confirmed"
+        )),
+        other => Err(format!(
+            "the device answered another function ({:?})",
+            other.function_code()
+        )),
     }
 }
 
@@ -409,6 +469,129 @@ pub fn frame(unit: u8, function: u8, data: &Data) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Modbus TCP device that answers wrongly: 8 coils when asked for 16,
+    /// and a write's echo with another value.
+    async fn lying_device() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut mbap = [0u8; 7];
+                    while conn.read_exact(&mut mbap).await.is_ok() {
+                        let len = usize::from(u16::from_be_bytes([mbap[4], mbap[5]]));
+                        let mut pdu = vec![0u8; len.saturating_sub(1)];
+                        if conn.read_exact(&mut pdu).await.is_err() {
+                            return;
+                        }
+                        let answer = match pdu[0] {
+                            0x01 => vec![0x01, 0x01, 0xaa],
+                            0x06 => vec![0x06, pdu[1], pdu[2], pdu[3], pdu[4] ^ 1],
+                            fc => vec![fc | 0x80, 0x01],
+                        };
+                        let mut frame = mbap[..4].to_vec();
+                        frame.extend_from_slice(&(answer.len() as u16 + 1).to_be_bytes());
+                        frame.push(mbap[6]);
+                        frame.extend_from_slice(&answer);
+                        if conn.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_answers_and_wrong_echoes_are_failures_not_events() {
+        let address = lying_device().await;
+        let plan = DevicePlan {
+            name: "liar".into(),
+            address,
+            unit: 1,
+            timeout: Duration::from_millis(500),
+            retries: 2,
+            writable: [7].into(),
+            blocks: vec![BlockPlan {
+                name: "coils".into(),
+                table: Table::Coils,
+                start: 0,
+                count: 16,
+                period: Duration::from_millis(50),
+                topic: "plant/liar".into(),
+                payload: PayloadForm::Json,
+                fields: Vec::new(),
+            }],
+        };
+        let (sink, mut events) = EventSink::channel(16);
+        let alerts = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = alerts.clone();
+        let alert: AlertFn = Arc::new(move |_, m| seen.lock().unwrap().push(m));
+        let writer_plan = DevicePlan {
+            name: "liar-w".into(),
+            blocks: Vec::new(),
+            ..plan.clone()
+        };
+        let device = Device::start(plan, sink.clone(), alert.clone());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while alerts.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "no alert");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let first = alerts.lock().unwrap()[0].clone();
+        assert!(first.contains("8 of 16 bits came back"), "{first}");
+        assert!(device.stats.bad_answers.load(Ordering::Relaxed) >= 2);
+        assert_eq!(device.stats.reads.load(Ordering::Relaxed), 0);
+        assert!(
+            events.try_recv().is_none(),
+            "a short answer became an event"
+        );
+        // A device polled for nothing: connected, waiting for writes.
+        let writer = Device::start(writer_plan, sink, alert);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        writer
+            .writes
+            .send(WriteRequest {
+                register: 7,
+                value: 100,
+                done: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            })
+            .await
+            .unwrap();
+        let e = rx.await.unwrap().unwrap_err();
+        assert!(e.contains("echoed 101 to register 7, not 100"), "{e}");
+        assert_eq!(writer.stats.bad_answers.load(Ordering::Relaxed), 1);
+        // The poll tasks live on.
+        assert!(!device.task.is_finished() && !writer.task.is_finished());
+    }
+
+    #[test]
+    fn answers_of_another_function_are_refused() {
+        assert!(read_answer(Table::Holding, 2, Response::ReadInputRegisters(vec![1, 2])).is_err());
+        assert!(
+            read_answer(
+                Table::Holding,
+                2,
+                Response::ReadHoldingRegisters(vec![1, 2, 3])
+            )
+            .is_err()
+        );
+        assert_eq!(
+            read_answer(Table::Coils, 3, Response::ReadCoils(vec![true; 8])),
+            Ok(Data::Bits(vec![true; 3]))
+        );
+        assert!(write_echo(1, 2, &Response::WriteSingleCoil(1, true)).is_err());
+        assert_eq!(
+            write_echo(1, 2, &Response::WriteSingleRegister(1, 2)),
+            Ok(())
+        );
+    }
 
     fn field(ty: FieldType, order: WordOrder, offset: u16, scale: f64) -> FieldSpec {
         FieldSpec {
