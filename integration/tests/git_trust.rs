@@ -135,6 +135,49 @@ fn a_mode_only_change_out_of_scope_is_refused() {
 /// Regression: key validity (SSH valid-before, OpenPGP expiry) was judged
 /// at the committer time, which the signer writes: an expired key could
 /// sign today with last year's date.
+/// With no `time_floor` configured the floor starts at the binary's build
+/// time, not at zero: a key that expired before ferry was built cannot sign
+/// a commit backdated into its validity.
+#[test]
+fn without_a_configured_floor_an_expired_key_cannot_backdate() {
+    let s = Setup::new("");
+    let expired = {
+        let p = s.keys.dir.join("keys/until2025");
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "until2025"])
+            .arg("-f")
+            .arg(&p));
+        Key::Ssh(p)
+    };
+    let signers = s.keys.trust_dir().join("allowed_signers");
+    let mut text = fs::read_to_string(&signers).unwrap();
+    text.push_str(&format!(
+        "until2025@example valid-before=\"20250101Z\" {}\n",
+        expired.ssh_public()
+    ));
+    fs::write(&signers, text).unwrap();
+    s.start();
+    let policy = fs::read_to_string(s.repo.work.join("ferry/signers.toml")).unwrap();
+    s.repo.write(
+        "ferry/signers.toml",
+        &policy.replacen(
+            "keys = [",
+            &format!("keys = [{:?}, ", expired.policy_id()),
+            1,
+        ),
+    );
+    let c = s.repo.commit("trust the old key", Some(&s.keys.admin));
+    s.repo.push(&c);
+    s.fx.ok(&["apply"]);
+    s.repo.write("sites/plant-7/site.conf", "threshold = 99\n");
+    let backdated = s
+        .repo
+        .commit_dated("backdated", Some(&expired), Some("2024-06-01T12:00:00Z"));
+    s.repo.push(&backdated);
+    let err = s.refused("valid before 2025-01-01");
+    assert!(err.contains("secure time floor"), "{err}");
+}
+
 #[test]
 fn an_expired_key_cannot_backdate_past_the_secure_time_floor() {
     let s = Setup::new("");

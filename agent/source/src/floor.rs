@@ -55,8 +55,34 @@ impl ferry_core::Classify for FloorError {
 /// Largest floor file read (a decimal Unix time and a newline).
 const MAX_FLOOR_BYTES: u64 = 64;
 
+/// When this binary was built (Unix seconds; 0 when the build could not
+/// tell): no clock reading before it is true, so the floor never starts
+/// below it.
+pub const BUILD_TIME: i64 = parse_epoch(env!("FERRY_BUILD_EPOCH"));
+
+const fn parse_epoch(s: &str) -> i64 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut n: i64 = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            return 0;
+        }
+        n = n * 10 + (b[i] - b'0') as i64;
+        i += 1;
+    }
+    n
+}
+
 impl TimeFloor {
+    /// The floor kept at `path`, never below `baked` (the image's
+    /// `time_floor`) nor below [`BUILD_TIME`].
     pub fn new(path: PathBuf, baked: Option<i64>) -> Self {
+        let baked = match (baked, BUILD_TIME) {
+            (b, 0) => b,
+            (Some(b), built) => Some(b.max(built)),
+            (None, built) => Some(built),
+        };
         TimeFloor { path, baked }
     }
 
@@ -64,7 +90,8 @@ impl TimeFloor {
         &self.path
     }
 
-    /// The image's floor from configuration (`time_floor`).
+    /// The image's floor: the later of `time_floor` from configuration and
+    /// the binary's build time.
     pub fn baked(&self) -> Option<i64> {
         self.baked
     }
@@ -111,7 +138,10 @@ impl TimeFloor {
     /// durable write each time; the floor then lags the clock by at most
     /// that step.
     pub fn raise(&self, current: i64, t: i64) -> std::io::Result<()> {
-        if t <= current || (current > 0 && t - current < FLOOR_STEP_SECS) {
+        // The first floor a device verifies is stored, even within a step
+        // of the image's: the device then keeps its own.
+        let first = matches!(self.stored(), Ok(None));
+        if t <= current || (!first && current > 0 && t - current < FLOOR_STEP_SECS) {
             return Ok(());
         }
         self.write(t)
