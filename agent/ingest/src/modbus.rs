@@ -17,8 +17,9 @@ use ferry_rules::runtime::{EventSink, WriteDone};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_modbus::Request;
+pub use tokio_modbus::Response;
 use tokio_modbus::client::{Client, Context};
-use tokio_modbus::{Request, Response};
 use tokio_modbus::{Slave, client::tcp};
 
 use crate::config::{BlockPlan, DevicePlan, FieldSpec, FieldType, PayloadForm, Table, WordOrder};
@@ -360,6 +361,12 @@ pub fn read_answer(table: Table, count: u16, response: Response) -> Result<Data,
         (_, Some(w)) => Err(format!("{} of {count} registers came back", w.len())),
         (None, None) => unreachable!("one of the two is set above"),
     }
+}
+
+/// A response PDU as tokio-modbus decodes it off the wire (`None`: it does
+/// not decode).
+pub fn decode_response(pdu: &[u8]) -> Option<Response> {
+    Response::try_from(tokio_modbus::bytes::Bytes::copy_from_slice(pdu)).ok()
 }
 
 /// Checks a device's `response` to writing `value` to `register`: a

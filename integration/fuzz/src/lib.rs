@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("chunk", chunk),
     ("fleet", fleet),
     ("coap", coap),
+    ("modbus", modbus),
     ("cbor", cbor),
     ("ingest_config", ingest_config),
 ];
@@ -202,24 +203,74 @@ pub fn fleet(data: &[u8]) {
     let Some((pick, rest)) = data.split_first() else {
         return;
     };
-    let messages: Vec<(String, Vec<u8>)> = rest
-        .split(|b| *b == 0x1e)
-        .enumerate()
-        .map(|(i, m)| (format!("ferry/device/gw/audit/{}", i + 1), m.to_vec()))
-        .collect();
+    let messages = rest.split(|b| *b == 0x1e);
     if pick % 2 == 0 {
-        let messages = messages
-            .into_iter()
-            .map(|(_, m)| ("ferry/device/gw/status".to_owned(), m))
-            .collect();
-        let _ = ferry_fleet::admin::fleet_status(
-            messages,
-            None,
-            std::time::Duration::from_secs(900),
-            1,
-        );
+        // Each message's first byte picks the device and topic it came on.
+        let mut c = ferry_fleet::admin::StatusCollector::new("ferry");
+        for m in messages {
+            let Some((&at, payload)) = m.split_first() else {
+                continue;
+            };
+            let leaf = ["status", "online", "junk"][usize::from(at % 3)];
+            let topic = format!("ferry/device/gw{}/{leaf}", at / 3 % 4);
+            if c.add(&topic, payload).is_err() {
+                return;
+            }
+        }
+        let status = c.finish(None, std::time::Duration::from_secs(900), 1);
+        for r in &status.devices {
+            // Listed under the device its topic names.
+            assert!(r.status.device.starts_with("gw"));
+            for s in [
+                &r.status.device,
+                r.status.last_error.as_deref().unwrap_or(""),
+            ] {
+                let shown = ferry_core::text::terminal(s);
+                assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            }
+        }
+        assert!(status.unreadable.len() <= ferry_fleet::admin::MAX_UNREADABLE);
     } else {
+        let messages: Vec<(String, Vec<u8>)> = messages
+            .enumerate()
+            .map(|(i, m)| (format!("ferry/device/gw/audit/{}", i + 1), m.to_vec()))
+            .collect();
         let _ = ferry_fleet::admin::device_audit("ferry", "gw", messages);
+    }
+}
+
+/// A Modbus device's answer (a response PDU) to a read or a register
+/// write: the first byte picks the table (or a write), the next two the
+/// count (or the value written). What passes the checks is what was asked
+/// for.
+pub fn modbus(data: &[u8]) {
+    let [pick, a, b, pdu @ ..] = data else {
+        return;
+    };
+    let n = u16::from_be_bytes([*a, *b]);
+    let Some(response) = ferry_ingest::modbus::decode_response(pdu) else {
+        return;
+    };
+    use ferry_ingest::config::Table;
+    let table = match pick % 5 {
+        0 => Table::Coils,
+        1 => Table::Discrete,
+        2 => Table::Holding,
+        3 => Table::Input,
+        _ => {
+            if ferry_ingest::modbus::write_echo(7, n, &response).is_ok() {
+                assert_eq!(
+                    response,
+                    ferry_ingest::modbus::Response::WriteSingleRegister(7, n)
+                );
+            }
+            return;
+        }
+    };
+    match ferry_ingest::modbus::read_answer(table, n, response) {
+        Ok(ferry_ingest::modbus::Data::Bits(b)) => assert_eq!(b.len(), usize::from(n)),
+        Ok(ferry_ingest::modbus::Data::Words(w)) => assert_eq!(w.len(), usize::from(n)),
+        Err(_) => {}
     }
 }
 

@@ -141,7 +141,12 @@ pub fn encode(env: &BootEnv, size: usize, flag: Option<u8>) -> Result<Vec<u8>, F
     let h = header_len(flag.is_some());
     let mut data = Vec::with_capacity(size - h);
     for (n, v) in env.sorted() {
-        check_name(n)?;
+        // An empty name is not one ferry sets, but `fw_setenv` accepts it
+        // and it may be there: written back as it was read, not a reason
+        // to refuse the whole environment.
+        if !n.is_empty() {
+            check_name(n)?;
+        }
         if v.contains('\0') {
             return Err(format!("value of {n} contains NUL").into());
         }
@@ -289,6 +294,29 @@ mod tests {
             bytes[40] ^= 1;
             assert_eq!(decode(&bytes, flag.is_some()).env.unwrap_err().0, "bad CRC");
         }
+    }
+
+    /// `fw_setenv` accepts a variable with an empty name; ferry keeps it
+    /// and still writes its own variables (`mark-good` used to refuse).
+    #[test]
+    fn an_empty_variable_name_is_kept_not_refused() {
+        let h = header_len(false);
+        let mut data = b"=from fw_setenv\0bootcmd=run a\0\0".to_vec();
+        data.resize(256 - h, 0);
+        let mut bytes = crc32fast::hash(&data).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&data);
+        let mut env = decode(&bytes, false).env.unwrap();
+        assert_eq!(env.get(""), Some("from fw_setenv"));
+        env.set("BOOT_A_LEFT", "3");
+        let written = encode(&env, 256, None).unwrap();
+        let back = decode(&written, false).env.unwrap();
+        assert_eq!(back.get(""), Some("from fw_setenv"));
+        assert_eq!(back.get("bootcmd"), Some("run a"));
+        assert_eq!(back.get("BOOT_A_LEFT"), Some("3"));
+        // ferry itself still never writes an invalid name.
+        let mut bad = BootEnv::new();
+        bad.set("A=B", "x");
+        assert!(encode(&bad, 256, None).is_err());
     }
 
     #[test]
