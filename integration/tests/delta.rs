@@ -396,6 +396,51 @@ fn an_index_that_is_not_signed_is_refused() {
     assert_eq!(g.get("B_OK").as_deref(), Some("0"));
 }
 
+/// A signed index far larger than its image needs is refused before it is
+/// read, and the full image is fetched: what an index may cost in memory
+/// follows the image it describes, not what its signer claims.
+#[test]
+fn an_oversized_index_is_refused_before_it_is_read() {
+    let g = Gateway::new();
+    g.publish("2.0", &v2(), true);
+    // Re-published with the same chunks, as plain JSON padded to 4 MiB
+    // (a ~7 MiB image needs at most ~1.8 MiB).
+    let targets = g.d.repo.dir.join("targets");
+    let src = g.d.fx.dir.path().join(".bloated");
+    fs::create_dir_all(src.join("images")).unwrap();
+    fs::create_dir_all(src.join("ferry")).unwrap();
+    fs::write(src.join("images/os.img"), v2()).unwrap();
+    let published = g.d.fx.dir.path().join("published.chunks");
+    let img = g.d.fx.dir.path().join("v2.img");
+    fs::write(&img, v2()).unwrap();
+    g.d.fx.ok(&[
+        "chunk",
+        img.to_str().unwrap(),
+        "--out",
+        targets.to_str().unwrap(),
+    ]);
+    fs::rename(targets.join("v2.img.chunks"), &published).unwrap();
+    let index =
+        ferry_delta::index::ChunkIndex::parse(&fs::read(&published).unwrap(), "index").unwrap();
+    let mut json = serde_json::to_vec(&index).unwrap();
+    json.resize(4 << 20, b' ');
+    fs::write(src.join("images/os.img.chunks"), &json).unwrap();
+    fs::write(
+        src.join("ferry/manifest.yaml"),
+        "apiVersion: ferry.dev/v1\nresources:\n  - {kind: firmware, name: gateway-os, version: \"2.0\", source: images/os.img, chunks: {index: images/os.img.chunks}}\n",
+    )
+    .unwrap();
+    g.d.repo.run("tree", &[src.to_str().unwrap()]);
+    g.d.fx.ok(&["apply", "--no-reboot"]);
+    assert!(g.full_image_fetched());
+    assert_eq!(g.slot("B"), v2());
+    let entries = g.audit("delta");
+    let reason = entries[0]["details"]["fallback"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("more than an index of a"), "{entries:#?}");
+}
+
 #[test]
 fn a_dropping_server_is_retried_and_a_dead_store_falls_back() {
     let g = Gateway::new();

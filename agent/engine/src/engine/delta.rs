@@ -52,8 +52,8 @@ pub fn estimate_deltas(
             continue;
         };
         download.delta = match r.kind {
-            ferry_core::Kind::Firmware => delta_estimate(config, engine, rev, delta),
-            _ => blob_estimate(engine, rev, step.from.as_ref(), delta),
+            ferry_core::Kind::Firmware => delta_estimate(config, engine, rev, delta, r),
+            _ => blob_estimate(engine, rev, step.from.as_ref(), delta, r),
         };
     }
 }
@@ -65,11 +65,12 @@ fn delta_estimate(
     engine: Option<&Engine>,
     rev: &dyn VerifiedRevision,
     delta: &DeltaRef,
+    r: &Resource,
 ) -> Option<u64> {
     let fw = crate::activate::firmware::Firmware::from_config(&config.firmware)
         .ok()
         .flatten()?;
-    let (index, bytes, _) = delta_index(rev, delta).ok()?;
+    let (index, bytes, _) = delta_index(rev, delta, r.content.length).ok()?;
     let booted = fw.booted().ok()?;
     let slot = crate::activate::firmware::slot::find(&fw.slots, &booted)?;
     let installs = engine
@@ -100,8 +101,9 @@ fn blob_estimate(
     rev: &dyn VerifiedRevision,
     from: Option<&Resource>,
     delta: &DeltaRef,
+    r: &Resource,
 ) -> Option<u64> {
-    let (index, bytes, _) = delta_index(rev, delta).ok()?;
+    let (index, bytes, _) = delta_index(rev, delta, r.content.length).ok()?;
     let have: std::collections::HashSet<ferry_core::Sha256> = match (engine, from) {
         (Some(e), Some(f)) if e.store.contains(&f.content.sha256) => {
             let file = File::open(e.store.path(&f.content.sha256)).ok()?;
@@ -179,7 +181,7 @@ impl Engine {
         from: Option<&Resource>,
         delta: &DeltaRef,
     ) -> Result<DeltaOutcome> {
-        let (index, index_bytes, store_url) = match delta_index(rev, delta) {
+        let (index, index_bytes, store_url) = match delta_index(rev, delta, r.content.length) {
             Ok(x) => x,
             Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
         };
@@ -279,7 +281,7 @@ impl Engine {
                 json!({"slot": slot.name, "in_place": true}),
             ));
         }
-        let (index, index_bytes, store_url) = match delta_index(rev, delta) {
+        let (index, index_bytes, store_url) = match delta_index(rev, delta, r.content.length) {
             Ok(x) => x,
             Err(reason) => return Ok(DeltaOutcome::Fallback(reason)),
         };

@@ -24,13 +24,31 @@ pub fn chunk_timeouts(config: &Config) -> ferry_delta::store::Timeouts {
     }
 }
 
-/// The verified chunk index of `delta`, its bytes, and the store URL.
+/// The largest index of an image of `image_length` bytes: its chunks are
+/// at least 1 KiB (the chunker's smallest minimum), each at most 256 bytes
+/// of JSON, indented or not. An index is then read and held in memory only
+/// in proportion to the image it describes (an honest one, with 64 KiB
+/// chunks, is about 0.2% of it), whatever the signer claims.
+pub fn index_limit(image_length: u64) -> u64 {
+    (4096 + (image_length / 1024 + 1).saturating_mul(256)).min(MAX_INDEX_FILE)
+}
+
+/// The verified chunk index of `delta` for an image of `image_length`
+/// bytes (the signed length of the resource), its bytes, and the store URL.
 pub fn delta_index(
     rev: &dyn VerifiedRevision,
     delta: &DeltaRef,
+    image_length: u64,
 ) -> std::result::Result<(ChunkIndex, Vec<u8>, String), String> {
+    let limit = index_limit(image_length);
+    if delta.index.length > limit {
+        return Err(format!(
+            "{}: {} bytes, more than an index of a {image_length}-byte image needs ({limit})",
+            delta.index_path, delta.index.length
+        ));
+    }
     let bytes = rev
-        .read_small(&delta.index_path, MAX_INDEX_FILE)
+        .read_small(&delta.index_path, limit)
         .map_err(|e| e.to_string())?;
     let got = ContentRef::of(&bytes);
     if got != delta.index {
@@ -39,7 +57,14 @@ pub fn delta_index(
             delta.index_path, delta.index
         ));
     }
-    let index = ChunkIndex::parse(&bytes, delta.index_path.as_str()).map_err(|e| e.to_string())?;
+    let index = ChunkIndex::parse_limited(&bytes, delta.index_path.as_str(), limit)
+        .map_err(|e| e.to_string())?;
+    if index.image.length != image_length {
+        return Err(format!(
+            "{}: indexes an image of {} bytes, the resource is {image_length}",
+            delta.index_path, index.image.length
+        ));
+    }
     let store = if delta.store.contains("://") {
         delta.store.clone()
     } else {

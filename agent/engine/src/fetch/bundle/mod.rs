@@ -366,7 +366,9 @@ fn export_chunks(
                     delta.store
                 )));
             }
-            let (index, _, url) = super::delta::delta_index(&**rev, delta).map_err(invalid)?;
+            let length = desired.resources.get(id).map_or(0, |r| r.content.length);
+            let (index, _, url) =
+                super::delta::delta_index(&**rev, delta, length).map_err(invalid)?;
             if let Some(Content::Source(p)) = desired.contents.get(id) {
                 names.remove(p.as_str());
             }
