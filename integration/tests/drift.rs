@@ -405,14 +405,7 @@ fn the_agent_restores_drift_by_itself() {
     .unwrap();
     f.publish(&files()[..2]);
     f.ok(&["apply"]);
-    let mut agent = Command::new(FERRY)
-        .arg("--config")
-        .arg(&f.config)
-        .arg("run")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut agent = start_agent(&f);
     fs::write(at(&f, "/etc/app/content.conf"), "edited while running\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while fs::read_to_string(at(&f, "/etc/app/content.conf")).unwrap() != "content v1\n" {
@@ -429,6 +422,18 @@ fn the_agent_restores_drift_by_itself() {
     assert_eq!(restored[0]["details"]["resource"], "/etc/app/content.conf");
     assert_eq!(events(&f, "drift-detected")[0]["actor"], "agent");
     f.ok(&["audit", "verify"]);
+}
+
+/// `ferry run` on `f`'s configuration, quiet.
+fn start_agent(f: &Fixture) -> std::process::Child {
+    Command::new(FERRY)
+        .arg("--config")
+        .arg(&f.config)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -676,14 +681,7 @@ fn what_the_running_agent_could_not_load_is_drift_until_it_loads() {
     };
     publish(85);
     f.ok(&["apply"]);
-    let mut agent = Command::new(FERRY)
-        .arg("--config")
-        .arg(&f.config)
-        .arg("run")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut agent = start_agent(&f);
     let pid = agent.id().to_string();
     wait_running(&f, "the agent runs generation 1", |r| r["generation"] == 1);
     f.ok(&["verify"]);

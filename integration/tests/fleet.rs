@@ -639,6 +639,28 @@ impl Pki {
     }
 }
 
+/// A real agent, device `id`, reporting to the `mqtts://` broker `url` with
+/// its client certificate from `pki`; returns its fixture, the running
+/// agent and its metrics port.
+fn tls_device(pki: &Pki, url: &str, id: &str) -> (Fixture, Agent, u16) {
+    let fx = Fixture::new();
+    fx.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
+    let (agent_toml, mport) = agent_config(
+        fx.dir.path(),
+        url,
+        &format!(
+            "device_id = {id:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            pki.path("ca.pem"),
+            pki.path(&format!("{id}.pem")),
+            pki.path(&format!("{id}.key"))
+        ),
+    );
+    let text = fs::read_to_string(&fx.config).unwrap();
+    fs::write(&fx.config, format!("{text}{agent_toml}")).unwrap();
+    let agent = Agent::start(&fx.config);
+    (fx, agent, mport)
+}
+
 #[test]
 fn over_tls_the_shipped_acl_keeps_each_device_to_its_own_topics() {
     let dir = tempfile::tempdir().unwrap();
@@ -657,21 +679,7 @@ fn over_tls_the_shipped_acl_keeps_each_device_to_its_own_topics() {
     let url = format!("mqtts://127.0.0.1:{port}");
 
     // A real device over mqtts with its client certificate.
-    let fx = Fixture::new();
-    fx.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
-    let (agent_toml, mport) = agent_config(
-        fx.dir.path(),
-        &url,
-        &format!(
-            "device_id = \"gw1\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-            pki.path("ca.pem"),
-            pki.path("gw1.pem"),
-            pki.path("gw1.key")
-        ),
-    );
-    let text = fs::read_to_string(&fx.config).unwrap();
-    fs::write(&fx.config, format!("{text}{agent_toml}")).unwrap();
-    let _agent = Agent::start(&fx.config);
+    let (_fx, _agent, mport) = tls_device(&pki, &url, "gw1");
     wait_for("the device's report", Duration::from_secs(30), || {
         metric(&metrics(mport), "ferry_fleet_statuses_total", "") >= 1
     });
@@ -831,21 +839,7 @@ fn a_stolen_client_id_is_refused_by_the_shipped_broker_setup() {
     let conf = shipped_broker_conf(&pki, port);
     let _mq = Mosquitto::launch(dir, port, &conf);
     let url = format!("mqtts://127.0.0.1:{port}");
-    let fx = Fixture::new();
-    fx.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
-    let (agent_toml, _) = agent_config(
-        fx.dir.path(),
-        &url,
-        &format!(
-            "device_id = \"gw1\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-            pki.path("ca.pem"),
-            pki.path("gw1.pem"),
-            pki.path("gw1.key")
-        ),
-    );
-    let text = fs::read_to_string(&fx.config).unwrap();
-    fs::write(&fx.config, format!("{text}{agent_toml}")).unwrap();
-    let _agent = Agent::start(&fx.config);
+    let (_fx, _agent, _) = tls_device(&pki, &url, "gw1");
     let sub = |who: &str, id: &str, topic: &str, secs: &str| {
         Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-v"])

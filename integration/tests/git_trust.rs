@@ -135,27 +135,32 @@ fn a_mode_only_change_out_of_scope_is_refused() {
 /// Regression: key validity (SSH valid-before, OpenPGP expiry) was judged
 /// at the committer time, which the signer writes: an expired key could
 /// sign today with last year's date.
+/// A new SSH key `name`, trusted on the device until `date`
+/// (`valid-before` in `allowed_signers`).
+fn ssh_key_valid_before(s: &Setup, name: &str, date: &str) -> Key {
+    let p = s.keys.dir.join("keys").join(name);
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name])
+        .arg("-f")
+        .arg(&p));
+    let key = Key::Ssh(p);
+    let signers = s.keys.trust_dir().join("allowed_signers");
+    let mut text = fs::read_to_string(&signers).unwrap();
+    text.push_str(&format!(
+        "{name}@example valid-before=\"{date}\" {}\n",
+        key.ssh_public()
+    ));
+    fs::write(&signers, text).unwrap();
+    key
+}
+
 /// With no `time_floor` configured the floor starts at the binary's build
 /// time, not at zero: a key that expired before ferry was built cannot sign
 /// a commit backdated into its validity.
 #[test]
 fn without_a_configured_floor_an_expired_key_cannot_backdate() {
     let s = Setup::new("");
-    let expired = {
-        let p = s.keys.dir.join("keys/until2025");
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "until2025"])
-            .arg("-f")
-            .arg(&p));
-        Key::Ssh(p)
-    };
-    let signers = s.keys.trust_dir().join("allowed_signers");
-    let mut text = fs::read_to_string(&signers).unwrap();
-    text.push_str(&format!(
-        "until2025@example valid-before=\"20250101Z\" {}\n",
-        expired.ssh_public()
-    ));
-    fs::write(&signers, text).unwrap();
+    let expired = ssh_key_valid_before(&s, "until2025", "20250101Z");
     s.start();
     let policy = fs::read_to_string(s.repo.work.join("ferry/signers.toml")).unwrap();
     s.repo.write(
@@ -182,21 +187,7 @@ fn without_a_configured_floor_an_expired_key_cannot_backdate() {
 fn an_expired_key_cannot_backdate_past_the_secure_time_floor() {
     let s = Setup::new("");
     // A key valid until 2030 and an OpenPGP key that expires in a day.
-    let soon = {
-        let p = s.keys.dir.join("keys/until2030");
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "until2030"])
-            .arg("-f")
-            .arg(&p));
-        Key::Ssh(p)
-    };
-    let signers = s.keys.trust_dir().join("allowed_signers");
-    let mut text = fs::read_to_string(&signers).unwrap();
-    text.push_str(&format!(
-        "until2030@example valid-before=\"20300101Z\" {}\n",
-        soon.ssh_public()
-    ));
-    fs::write(&signers, text).unwrap();
+    let soon = ssh_key_valid_before(&s, "until2030", "20300101Z");
     let gpg = |args: &[&str]| {
         run(Command::new("gpg")
             .env("GNUPGHOME", &s.keys.gnupg)

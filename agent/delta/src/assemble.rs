@@ -246,19 +246,8 @@ fn read_matching(file: &File, offset: u64, buf: &mut [u8], chunk: &Chunk) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::noise;
     use crate::store::{Remote, Timeouts};
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     struct Setup {
         dir: tempfile::TempDir,

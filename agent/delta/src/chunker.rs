@@ -85,18 +85,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     fn cuts(data: &[u8], params: &Params) -> Vec<(u64, usize)> {
         let mut out = Vec::new();
         for_each_chunk::<()>(data, params, u64::MAX, |o, c| {
@@ -109,7 +97,7 @@ mod tests {
 
     #[test]
     fn agrees_with_fastcdc_over_the_whole_slice() {
-        let data = pseudo_random(11 << 20, 7);
+        let data = crate::noise(11 << 20, 7);
         let p = Params::default();
         let ours = cuts(&data, &p);
         let theirs: Vec<(u64, usize)> =
@@ -121,7 +109,7 @@ mod tests {
 
     #[test]
     fn an_insertion_shifts_only_nearby_cuts() {
-        let v1 = pseudo_random(4 << 20, 9);
+        let v1 = crate::noise(4 << 20, 9);
         let mut v2 = v1.clone();
         v2.splice(1000..1000, [0xAAu8; 4096]);
         let p = Params::default();
@@ -162,7 +150,7 @@ mod tests {
                     Ok(n)
                 }
             }
-            let data = pseudo_random(len, seed);
+            let data = crate::noise(len, seed);
             let p = Params::default();
             let whole = cuts(&data, &p);
             let mut dribbled = Vec::new();

@@ -55,3 +55,18 @@ pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::F
     }
     Ok(f)
 }
+
+/// `len` pseudo-random bytes (xorshift from `seed`): test images that do
+/// not compress and chunk like real ones.
+#[cfg(test)]
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -219,18 +219,7 @@ fn write_new(path: &Path, bytes: &[u8], sync: bool) -> Result<(), PublishError> 
 mod tests {
     use super::*;
     use crate::index::Params;
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::noise;
 
     /// What someone planted in the output store where chunks go (a FIFO, a
     /// symlink to a large file) is neither waited on nor read through: the
