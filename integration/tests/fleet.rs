@@ -1065,3 +1065,71 @@ fn an_oversized_retained_nudge_does_not_make_the_agent_reconnect_in_a_loop() {
         "{connections} sessions in 8 s"
     );
 }
+
+/// The target revision comes from the admin or the signed source, never
+/// from what devices report: one device reporting a newer generation time
+/// does not make the others lag.
+#[test]
+fn the_target_revision_comes_from_the_source_not_from_reports() {
+    let mq = Mosquitto::start();
+    let fx = Fixture::new();
+    fx.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
+    fx.ok(&["apply"]);
+    let newest = fx.json(&["status", "--json"])["current"]["revision"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (device, revision, made) in [
+        ("gw-current", newest.as_str(), 1_000),
+        ("gw-old", "r-old", 500),
+        ("gw-rogue", "r-rogue", i64::MAX),
+    ] {
+        let status = serde_json::json!({
+            "device": device, "agent_version": "0", "last_seen": 4_000_000_000u64,
+            "health": "ok", "generation": 1, "revision": revision,
+            "generation_time_ms": made
+        })
+        .to_string();
+        let topic = format!("ferry/device/{device}/status");
+        let out = mosquitto_pub(mq.port, &["-q", "1", "-r", "-t", &topic, "-m", &status]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let url = mq.url();
+    let standing = |s: &serde_json::Value| -> Vec<(String, String)> {
+        s["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["device"].as_str().unwrap().to_owned(),
+                    d["standing"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    // Without a target nobody lags, whatever gw-rogue claims.
+    let s = fleet_json(&["status", "--mqtt", &url, "--json"]);
+    assert_eq!(s["target"], serde_json::Value::Null);
+    assert!(standing(&s).iter().all(|(_, st)| st == "ok"), "{s:#}");
+    // From the signed source the configuration names.
+    let out = Command::new(FERRY)
+        .arg("--config")
+        .arg(&fx.config)
+        .args(["fleet", "status", "--from-source", "--json", "--mqtt", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["target"], newest.as_str());
+    let mut got = standing(&s);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("gw-current".to_owned(), "ok".to_owned()),
+            ("gw-old".to_owned(), "lagging".to_owned()),
+            ("gw-rogue".to_owned(), "lagging".to_owned()),
+        ]
+    );
+}
