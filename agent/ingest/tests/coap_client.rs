@@ -124,8 +124,10 @@ async fn a_real_client_posts_json_cbor_and_blocks_and_meets_every_limit() {
     }
 
     // Bad requests: 4.xx, nothing queued.
+    // The diagnostic is cut to the request's size: the server never sends
+    // more than it received (the peer's address may be spoofed).
     let out = post_json(&format!("{base}/a"), "{nope").await;
-    assert!(out.starts_with("4.00 payload is not JSON"), "{out}");
+    assert!(out.starts_with("4.00 payload is"), "{out}");
     let out = client(&[
         "-m",
         "post",
@@ -136,7 +138,7 @@ async fn a_real_client_posts_json_cbor_and_blocks_and_meets_every_limit() {
         &format!("{base}/a"),
     ])
     .await;
-    assert!(out.starts_with("4.00 CBOR"), "{out}");
+    assert!(out.starts_with("4.00 CB"), "{out}");
     let out = client(&["-m", "get", &format!("{base}/a")]).await;
     assert!(out.starts_with("4.05"), "{out}");
     let out = client(&[
