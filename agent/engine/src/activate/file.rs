@@ -319,8 +319,9 @@ impl Activator for FileActivator {
         pass: &mut DriftPass,
         full: bool,
     ) -> Result<Vec<Drift>, ActivateError> {
-        let what = r.id().to_string();
-        let fail = |m: String| ActivateError::new(&what, m);
+        // Named only when something fails (this runs for every managed
+        // file at every reconcile).
+        let fail = |m: String| ActivateError::new(r.id(), m);
         let rel = Self::relative(&r.name)?;
         let name = rel.file_name().expect("normal last component");
         let dir_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();

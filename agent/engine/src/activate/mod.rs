@@ -131,20 +131,27 @@ impl FileChecks {
         expected: ferry_core::ContentRef,
         full: bool,
     ) -> std::io::Result<Option<ferry_core::Drift>> {
-        let owner = self.owner(key, meta);
-        let sha256 = expected.sha256.to_hex();
         let stat = |m: &crate::fsutil::Meta| (m.dev, m.ino, m.len, m.mtime_ns, m.ctime_ns);
+        // Compared as hex without allocating: this runs for every managed
+        // file at every reconcile.
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(expected.sha256.as_bytes(), &mut hex)
+            .expect("64 hex digits hold 32 bytes");
         let untouched = !full
             && self.known.get(key).is_some_and(|k| {
-                k.sha256 == sha256 && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns) == stat(meta)
+                k.sha256.as_bytes() == hex
+                    && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns) == stat(meta)
             });
         if untouched {
             return Ok(None);
         }
+        let owner = self.owner(key, meta);
+        let sha256 = expected.sha256.to_hex();
         let Some((file, meta)) = dir.open_file(name)? else {
             return Ok(Some(ferry_core::Drift::Deleted));
         };
-        let found = crate::store::hash_reader(&mut std::io::Read::take(file, meta.len))?;
+        let found =
+            crate::store::hash_reader_sized(&mut std::io::Read::take(file, meta.len), meta.len)?;
         if found != expected {
             return Ok(Some(ferry_core::Drift::Content { expected, found }));
         }

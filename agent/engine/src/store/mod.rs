@@ -424,16 +424,39 @@ pub fn hash_reader(src: &mut dyn Read) -> io::Result<ContentRef> {
     hash_chunks(src, |e| e, |_| Ok(()))
 }
 
+/// [`hash_reader`] of something about `size` bytes long: the read buffer is
+/// no larger than it needs (checking 10,000 small files must not zero 64 KiB
+/// for each).
+pub fn hash_reader_sized(src: &mut dyn Read, size: u64) -> io::Result<ContentRef> {
+    let cap = usize::try_from(size.saturating_add(1))
+        .unwrap_or(CHUNK)
+        .min(CHUNK);
+    hash_chunks_with(src, cap, |e| e, |_| Ok(()))
+}
+
+/// Bytes read at a time when hashing.
+const CHUNK: usize = 64 * 1024;
+
 /// Reads `src` to its end a chunk at a time (constant memory), hashing it
 /// and handing each chunk to `each`; a read error becomes `read_err`'s.
 fn hash_chunks<E>(
     src: &mut dyn Read,
     read_err: impl Fn(io::Error) -> E,
+    each: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<ContentRef, E> {
+    hash_chunks_with(src, CHUNK, read_err, each)
+}
+
+/// [`hash_chunks`] with a read buffer of `cap` bytes.
+fn hash_chunks_with<E>(
+    src: &mut dyn Read,
+    cap: usize,
+    read_err: impl Fn(io::Error) -> E,
     mut each: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<ContentRef, E> {
     let mut hasher = sha2::Sha256::new();
     let mut length = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; cap.max(1)];
     loop {
         let n = match src.read(&mut buf) {
             Ok(0) => break,
