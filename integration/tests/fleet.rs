@@ -1133,3 +1133,37 @@ fn the_target_revision_comes_from_the_source_not_from_reports() {
         ]
     );
 }
+
+/// A status larger than any ferry sends (a broker without the shipped
+/// `max_packet_size` lets a device retain it) is listed as unreadable; the
+/// rest of the fleet is still shown.
+#[test]
+fn an_oversized_status_is_unreadable_not_the_end_of_the_view() {
+    let mq = Mosquitto::start();
+    publish_status(&mq, "gw-ok", "");
+    let big = tempfile::NamedTempFile::new().unwrap();
+    fs::write(big.path(), vec![b'x'; 300 * 1024]).unwrap();
+    let out = mosquitto_pub(
+        mq.port,
+        &[
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "ferry/device/gw-big/status",
+            "-f",
+            big.path().to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = fleet_json(&["status", "--mqtt", &mq.url(), "--json"]);
+    assert_eq!(s["devices"][0]["device"], "gw-ok", "{s:#}");
+    assert_eq!(s["unreadable"][0]["topic"], "ferry/device/gw-big/status");
+    assert!(
+        s["unreadable"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("307200 bytes"),
+        "{s:#}"
+    );
+}

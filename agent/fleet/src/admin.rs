@@ -23,6 +23,9 @@ pub const MAX_MESSAGES: usize = 1_000_000;
 /// The largest status or audit entry read (a status is well under 1 KiB,
 /// an audit entry a few KiB); a larger one is listed as unreadable.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The largest packet the admin tool reads (one at a time; what it keeps
+/// of it is bounded by [`MAX_MESSAGE_BYTES`]).
+pub const MAX_INCOMING_PACKET: usize = 16 << 20;
 /// What one collection keeps, in payload bytes, at most.
 pub const MAX_KEPT_BYTES: usize = 256 << 20;
 /// Unreadable messages listed at most (the rest are counted).
@@ -46,7 +49,11 @@ pub async fn collect(
         broker: broker.url(),
         message,
     };
-    let opts = broker::options(broker, tls, client_id)?;
+    let mut opts = broker::options(broker, tls, client_id)?;
+    // A device can retain a message larger than any ferry sends (if its
+    // broker allows it): read it and list it as unreadable rather than let
+    // it end the whole collection.
+    opts.set_max_packet_size(MAX_INCOMING_PACKET, broker::MAX_PACKET);
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     eventloop.set_network_options(broker::network_options());
     let mut count = 0usize;
