@@ -930,6 +930,22 @@ fn an_idle_agent_polls_nginx_with_one_small_conditional_request() {
     );
 }
 
+/// Retains `message` on `topic` of the broker at `port` (QoS 1).
+fn retain(port: u16, topic: &str, message: &str) {
+    let out = mosquitto_pub(port, &["-q", "1", "-r", "-t", topic, "-m", message]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Retains 300 KiB of junk on `topic`: more than ferry ever sends in one
+/// message, and over the devices' packet limit.
+fn retain_oversized(port: u16, topic: &str) {
+    let big = tempfile::NamedTempFile::new().unwrap();
+    fs::write(big.path(), vec![b'x'; 300 * 1024]).unwrap();
+    let file = big.path().to_str().unwrap();
+    let out = mosquitto_pub(port, &["-q", "1", "-r", "-t", topic, "-f", file]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// A retained status for `device` on `mq`, as a device would publish it.
 fn publish_status(mq: &Mosquitto, device: &str, last_error: &str) {
     let status = serde_json::json!({
@@ -937,9 +953,7 @@ fn publish_status(mq: &Mosquitto, device: &str, last_error: &str) {
         "generation": 1, "revision": "r1", "last_error": last_error
     })
     .to_string();
-    let topic = format!("ferry/device/{device}/status");
-    let out = mosquitto_pub(mq.port, &["-q", "1", "-r", "-t", &topic, "-m", &status]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    retain(mq.port, &format!("ferry/device/{device}/status"), &status);
 }
 
 /// Cursor up, erase line, set title, conceal: shown, not obeyed.
@@ -1033,21 +1047,7 @@ fn fleet_status_finishes_while_a_device_keeps_publishing() {
 #[test]
 fn an_oversized_retained_nudge_does_not_make_the_agent_reconnect_in_a_loop() {
     let mq = Mosquitto::start();
-    let big = tempfile::NamedTempFile::new().unwrap();
-    fs::write(big.path(), vec![b'x'; 300 * 1024]).unwrap();
-    let out = mosquitto_pub(
-        mq.port,
-        &[
-            "-q",
-            "1",
-            "-r",
-            "-t",
-            "ferry/nudge/device/gw1",
-            "-f",
-            big.path().to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    retain_oversized(mq.port, "ferry/nudge/device/gw1");
     let fx = Fixture::new();
     fx.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
     let (agent_toml, mport) = agent_config(fx.dir.path(), &mq.url(), "device_id = \"gw1\"\n");
@@ -1090,9 +1090,7 @@ fn the_target_revision_comes_from_the_source_not_from_reports() {
             "generation_time_ms": made
         })
         .to_string();
-        let topic = format!("ferry/device/{device}/status");
-        let out = mosquitto_pub(mq.port, &["-q", "1", "-r", "-t", &topic, "-m", &status]);
-        assert!(out.status.success(), "{}", stderr(&out));
+        retain(mq.port, &format!("ferry/device/{device}/status"), &status);
     }
     let url = mq.url();
     let standing = |s: &serde_json::Value| -> Vec<(String, String)> {
@@ -1141,21 +1139,7 @@ fn the_target_revision_comes_from_the_source_not_from_reports() {
 fn an_oversized_status_is_unreadable_not_the_end_of_the_view() {
     let mq = Mosquitto::start();
     publish_status(&mq, "gw-ok", "");
-    let big = tempfile::NamedTempFile::new().unwrap();
-    fs::write(big.path(), vec![b'x'; 300 * 1024]).unwrap();
-    let out = mosquitto_pub(
-        mq.port,
-        &[
-            "-q",
-            "1",
-            "-r",
-            "-t",
-            "ferry/device/gw-big/status",
-            "-f",
-            big.path().to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    retain_oversized(mq.port, "ferry/device/gw-big/status");
     let s = fleet_json(&["status", "--mqtt", &mq.url(), "--json"]);
     assert_eq!(s["devices"][0]["device"], "gw-ok", "{s:#}");
     assert_eq!(s["unreadable"][0]["topic"], "ferry/device/gw-big/status");

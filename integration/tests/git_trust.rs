@@ -154,6 +154,20 @@ fn ssh_key_valid_before(s: &Setup, name: &str, date: &str) -> Key {
     key
 }
 
+/// Adds `ids` to the repository's signers policy in a commit by the admin,
+/// and applies it.
+fn trust_keys(s: &Setup, ids: &[String]) {
+    let policy = fs::read_to_string(s.repo.work.join("ferry/signers.toml")).unwrap();
+    let listed: String = ids.iter().map(|id| format!("{id:?}, ")).collect();
+    s.repo.write(
+        "ferry/signers.toml",
+        &policy.replacen("keys = [", &format!("keys = [{listed}"), 1),
+    );
+    let c = s.repo.commit("trust the new keys", Some(&s.keys.admin));
+    s.repo.push(&c);
+    s.fx.ok(&["apply"]);
+}
+
 /// With no `time_floor` configured the floor starts at the binary's build
 /// time, not at zero: a key that expired before ferry was built cannot sign
 /// a commit backdated into its validity.
@@ -162,18 +176,7 @@ fn without_a_configured_floor_an_expired_key_cannot_backdate() {
     let s = Setup::new("");
     let expired = ssh_key_valid_before(&s, "until2025", "20250101Z");
     s.start();
-    let policy = fs::read_to_string(s.repo.work.join("ferry/signers.toml")).unwrap();
-    s.repo.write(
-        "ferry/signers.toml",
-        &policy.replacen(
-            "keys = [",
-            &format!("keys = [{:?}, ", expired.policy_id()),
-            1,
-        ),
-    );
-    let c = s.repo.commit("trust the old key", Some(&s.keys.admin));
-    s.repo.push(&c);
-    s.fx.ok(&["apply"]);
+    trust_keys(&s, &[expired.policy_id()]);
     s.repo.write("sites/plant-7/site.conf", "threshold = 99\n");
     let backdated = s
         .repo
@@ -213,18 +216,7 @@ fn an_expired_key_cannot_backdate_past_the_secure_time_floor() {
     let armored = gpg(&["--armor", "--export", &s.keys.pgp_ed.policy_id(), &fpr]).stdout;
     fs::write(s.keys.trust_dir().join("keyring.asc"), armored).unwrap();
     s.start();
-    let policy = fs::read_to_string(s.repo.work.join("ferry/signers.toml")).unwrap();
-    s.repo.write(
-        "ferry/signers.toml",
-        &policy.replacen(
-            "keys = [",
-            &format!("keys = [{:?}, {:?}, ", soon.policy_id(), fpr),
-            1,
-        ),
-    );
-    let c = s.repo.commit("trust the new keys", Some(&s.keys.admin));
-    s.repo.push(&c);
-    s.fx.ok(&["apply"]);
+    trust_keys(&s, &[soon.policy_id(), fpr]);
     // Accepted while the keys are valid (the floor is the image's, 2026).
     s.configure("", "time_floor = \"2026-01-01T00:00:00Z\"");
     s.repo.write("sites/plant-7/site.conf", "threshold = 81\n");

@@ -177,14 +177,19 @@ fn refused(f: &Fixture, needles: &[&str]) {
 
 const HEAD: &str = "apiVersion: ferry.dev/v1\nresources:\n";
 
+/// A manifest of one file, /etc/x, rendered from the template `text`.
+fn with_template(f: &Fixture, text: &str) {
+    with_manifest(
+        f,
+        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
+        &[("t/x.j2", text)],
+    );
+}
+
 #[test]
 fn template_syntax_error_names_template_line_and_column() {
     let f = fleet();
-    with_manifest(
-        &f,
-        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
-        &[("t/x.j2", "line one\nvalue = {{ device.hostname }\n")],
-    );
+    with_template(&f, "line one\nvalue = {{ device.hostname }\n");
     refused(
         &f,
         &[
@@ -211,11 +216,7 @@ fn template_syntax_error_names_template_line_and_column() {
 #[test]
 fn undefined_variable_is_an_error() {
     let f = fleet();
-    with_manifest(
-        &f,
-        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
-        &[("t/x.j2", "ok\nport = {{ vars.no_such_var }}\n")],
-    );
+    with_template(&f, "ok\nport = {{ vars.no_such_var }}\n");
     refused(&f, &["template t/x.j2: line 2", "undefined"]);
     with_manifest(
         &f,
@@ -280,38 +281,22 @@ fn duplicates_unknown_kinds_and_missing_files_in_rendered_manifests() {
 fn templates_cannot_read_outside_the_revision() {
     let f = fleet();
     fs::write(f.dir.path().join("outside.j2"), "stolen").unwrap();
-    with_manifest(
-        &f,
-        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
-        &[("t/x.j2", "{% include \"../outside.j2\" %}\n")],
-    );
+    with_template(&f, "{% include \"../outside.j2\" %}\n");
     refused(&f, &["template", "outside the revision"]);
-    with_manifest(
-        &f,
-        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
-        &[("t/x.j2", "{% include \"/etc/passwd\" %}\n")],
-    );
+    with_template(&f, "{% include \"/etc/passwd\" %}\n");
     refused(&f, &["outside the revision"]);
 }
 
 #[test]
 fn runaway_renders_are_bounded() {
     let f = fleet();
-    with_manifest(
+    with_template(
         &f,
-        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
-        &[(
-            "t/x.j2",
-            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}\n",
-        )],
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}\n",
     );
     refused(&f, &["template t/x.j2", "work limit"]);
     // Cheap to compute, too large to keep.
-    with_manifest(
-        &f,
-        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
-        &[("t/x.j2", "{{ 'x' * 20000000 }}\n")],
-    );
+    with_template(&f, "{{ 'x' * 20000000 }}\n");
     refused(
         &f,
         &["template t/x.j2", "output is larger than 16777216 bytes"],
@@ -342,13 +327,9 @@ fn peak_rss(f: &Fixture, args: &[&str]) -> (u64, std::process::Output) {
 #[test]
 fn a_refused_template_costs_about_its_cap_in_memory() {
     let f = fleet();
-    with_manifest(
+    with_template(
         &f,
-        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
-        &[(
-            "t/x.j2",
-            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}\n",
-        )],
+        "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}\n",
     );
     let facts = facts("gw-a");
     let (kib, out) = peak_rss(&f, &["--facts", facts.to_str().unwrap(), "plan"]);
@@ -464,11 +445,7 @@ fn a_failed_render_that_read_secrets_is_redacted() {
     }
     // A render that did not read secrets keeps its details.
     let f = fleet();
-    with_manifest(
-        &f,
-        &format!("{HEAD}  - {{kind: file, path: /etc/x, template: t/x.j2}}\n"),
-        &[("t/x.j2", "{% include 'missing.j2' %}\n")],
-    );
+    with_template(&f, "{% include 'missing.j2' %}\n");
     refused(&f, &["template t/x.j2", "missing.j2"]);
 }
 

@@ -339,27 +339,26 @@ impl Poller {
 /// registers.
 pub fn read_answer(table: Table, count: u16, response: Response) -> Result<Data, String> {
     let count = usize::from(count);
-    let (bits, words) = match (table, response) {
-        (Table::Coils, Response::ReadCoils(b)) => (Some(b), None),
-        (Table::Discrete, Response::ReadDiscreteInputs(b)) => (Some(b), None),
-        (Table::Holding, Response::ReadHoldingRegisters(w)) => (None, Some(w)),
-        (Table::Input, Response::ReadInputRegisters(w)) => (None, Some(w)),
-        (_, other) => {
-            return Err(format!(
-                "the device answered another function ({:?})",
-                other.function_code()
-            ));
-        }
-    };
-    match (bits, words) {
-        (Some(mut b), _) if b.len() >= count => {
+    match (table, response) {
+        (Table::Coils, Response::ReadCoils(mut b))
+        | (Table::Discrete, Response::ReadDiscreteInputs(mut b)) => {
+            if b.len() < count {
+                return Err(format!("{} of {count} bits came back", b.len()));
+            }
             b.truncate(count);
             Ok(Data::Bits(b))
         }
-        (Some(b), _) => Err(format!("{} of {count} bits came back", b.len())),
-        (_, Some(w)) if w.len() == count => Ok(Data::Words(w)),
-        (_, Some(w)) => Err(format!("{} of {count} registers came back", w.len())),
-        (None, None) => unreachable!("one of the two is set above"),
+        (Table::Holding, Response::ReadHoldingRegisters(w))
+        | (Table::Input, Response::ReadInputRegisters(w)) => {
+            if w.len() != count {
+                return Err(format!("{} of {count} registers came back", w.len()));
+            }
+            Ok(Data::Words(w))
+        }
+        (_, other) => Err(format!(
+            "the device answered another function ({:?})",
+            other.function_code()
+        )),
     }
 }
 

@@ -111,8 +111,7 @@ impl Engine {
         let mut out = Vec::new();
         let mut pass = DriftPass::default();
         pass.checks.known = self.db.file_checks()?;
-        // Read once, at the first rule set or module.
-        let mut running: Option<Option<Drift>> = None;
+        let running = self.running_drift(actual)?;
         for r in actual.iter() {
             let policy_of = desired.and_then(|d| d.get(&r.id())).unwrap_or(r);
             let policy = DriftPolicy::of(policy_of, default);
@@ -121,7 +120,11 @@ impl Engine {
             }
             let drift = match r.kind {
                 // Loaded from their blob in the store by the agent.
-                Kind::Ruleset | Kind::Wasm => self.blob_drift(r, &mut pass, false)?,
+                Kind::Ruleset | Kind::Wasm => {
+                    let mut drift = self.blob_drift(r, &mut pass, false)?;
+                    drift.extend(running.clone());
+                    drift
+                }
                 Kind::Firmware => self.boot_drift(r)?,
                 _ => {
                     let Ok(act) = self.activators.get(r.kind) else {
@@ -132,14 +135,6 @@ impl Engine {
                     })?
                 }
             };
-            let mut drift = drift;
-            if matches!(r.kind, Kind::Ruleset | Kind::Wasm) {
-                let running = match &running {
-                    Some(known) => known,
-                    None => running.insert(self.running_drift()?),
-                };
-                drift.extend(running.clone());
-            }
             if !drift.is_empty() {
                 // What the agent loaded is its own to fix; a damaged blob
                 // beside it is put back.
@@ -204,8 +199,15 @@ impl Engine {
     /// differs from the current generation: loading it failed, or the agent
     /// still runs an older one well after the switch (it swaps within a
     /// second of a switch another process made). Nothing without a running
-    /// agent.
-    pub(super) fn running_drift(&self) -> Result<Option<Drift>> {
+    /// agent, or when `actual` (the current generation's resources) has no
+    /// rule set or module. One read per pass, for all of them.
+    pub(super) fn running_drift(&self, actual: &ResourceSet) -> Result<Option<Drift>> {
+        if !actual
+            .iter()
+            .any(|r| matches!(r.kind, Kind::Ruleset | Kind::Wasm))
+        {
+            return Ok(None);
+        }
         let Some(current) = self.db.current_generation()? else {
             return Ok(None);
         };

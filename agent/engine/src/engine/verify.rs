@@ -71,6 +71,7 @@ impl Engine {
         let actual = self.actual()?;
         let mut pass = crate::activate::DriftPass::default();
         pass.checks.known = self.db.file_checks()?;
+        let running = self.running_drift(&actual)?;
         for r in actual.iter() {
             report.checked += 1;
             match r.kind {
@@ -108,7 +109,7 @@ impl Engine {
                             "problem": format!("its blob {} does not verify: {e}", path.display()),
                         })),
                     }
-                    if let Some(d) = self.running_drift()? {
+                    if let Some(d) = &running {
                         report.problems.push(json!({
                             "kind": r.kind.as_str(),
                             "resource": r.name,
