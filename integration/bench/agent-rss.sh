@@ -11,7 +11,9 @@
 #
 # Drift detection is on (the default) in both; after the second run, the
 # latency from a hand edit of a managed file to its `drift-detected` entry
-# (and its restore) with polls back to back and `poll_interval = "1s"`.
+# (and its restore): with the agent's inotify watch and polls an hour apart
+# (the watch starts the reconcile), and without it (`agent.drift_watch =
+# false`) with polls back to back and `poll_interval = "1s"`.
 #
 # Goals: idle RSS <= 6 MiB and <= 2 ms CPU per no-change poll; no growth.
 set -euo pipefail
@@ -63,6 +65,7 @@ poll_interval = "1ms"
 jitter = "0s"
 control_socket = "$work/ferry.sock"
 conditional_poll = $1
+drift_watch = true
 [metrics]
 listen = "127.0.0.1:$mport"
 TOML
@@ -99,15 +102,16 @@ detected() {
         { grep -o '"event": *"drift-detected"' || true; } | wc -l
 }
 
-# latency INTERVAL: a managed file edited by hand while the agent polls
-# every INTERVAL (a reconcile process per poll): until drift-detected, and
-# until the file is restored.
+# latency INTERVAL WATCH: a managed file edited by hand while the agent
+# polls every INTERVAL (a reconcile process per poll), with the drift watch
+# on or off: until drift-detected, and until the file is restored.
 latency() {
-    sed -i "s/^poll_interval = .*/poll_interval = \"$1\"/" "$work/ferry.toml"
+    sed -i "s/^poll_interval = .*/poll_interval = \"$1\"/; s/^drift_watch = .*/drift_watch = $2/" "$work/ferry.toml"
     "$ferry" --config "$work/ferry.toml" run 2>"$work/agent.log" &
     agent=$!
-    # A new agent's metrics count from 0.
-    wait_polls 3
+    # A new agent's metrics count from 0; its watch is armed by its first
+    # reconcile.
+    wait_polls 1
     local t0 t1 t2 seen
     seen=$(detected)
     t0=$(date +%s%N)
@@ -119,7 +123,8 @@ latency() {
     until [ "$(cat "$work/root/etc/app/1.conf")" = "value = 1" ]; do sleep 0.005; done
     t2=$(date +%s%N)
     kill "$agent"; wait "$agent" 2>/dev/null || true
-    echo "drift with poll_interval = $1: detected after $(( (t1 - t0) / 1000000 )) ms, restored after $(( (t2 - t0) / 1000000 )) ms"
+    echo "drift with poll_interval = $1, drift_watch = $2: detected after $(( (t1 - t0) / 1000000 )) ms, restored after $(( (t2 - t0) / 1000000 )) ms"
 }
-latency 1ms
-latency 1s
+latency 1h true
+latency 1ms false
+latency 1s false

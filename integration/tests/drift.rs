@@ -750,3 +750,141 @@ fn what_the_running_agent_could_not_load_is_drift_until_it_loads() {
     agent.kill().unwrap();
     agent.wait().unwrap();
 }
+
+/// `ferry run --once` as the agent starts it, told `watch` by the agent's
+/// drift watch (this test process stands in for the agent).
+fn once_told(f: &Fixture, watch: &str) -> serde_json::Value {
+    let out = f
+        .cmd(&["run", "--once", "--json"])
+        .env("FERRY_AGENT_PID", std::process::id().to_string())
+        .env("FERRY_DRIFT_WATCH", watch)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn a_quiet_watch_skips_the_file_pass_but_not_what_drifted_before() {
+    let f = policy_manifest(None);
+    // The agent asks for the paths to watch: every checked file, with
+    // whether a change is put back.
+    once_told(&f, "list");
+    let list: serde_json::Value =
+        serde_json::from_slice(&fs::read(f.state.join("watch.json")).unwrap()).unwrap();
+    let mut paths: Vec<(String, bool)> = list["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let path = p["path"].as_str().unwrap();
+            (
+                path.strip_prefix(f.root.to_str().unwrap())
+                    .unwrap()
+                    .to_owned(),
+                p["restore"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            ("/etc/report.conf".to_owned(), false),
+            ("/etc/restore.conf".to_owned(), true)
+        ],
+        "{list:#}"
+    );
+    assert_eq!(
+        list["generation"],
+        f.json(&["status", "--json"])["current"]["id"]
+    );
+    // Reported drift is remembered…
+    fs::write(f.root.join("etc/report.conf"), "rewritten by the app\n").unwrap();
+    once_told(&f, "quiet");
+    assert_eq!(
+        events(&f, "drift-detected").len(),
+        0,
+        "quiet: not looked at"
+    );
+    f.ok(&["run", "--once"]);
+    assert_eq!(events(&f, "drift-detected").len(), 1);
+    // …and looked at again by a quiet poll: it stays reported, and when the
+    // app puts the content back it is gone.
+    once_told(&f, "quiet");
+    assert_eq!(
+        f.json(&["status", "--json"])["drift"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    fs::write(f.root.join("etc/report.conf"), "as shipped\n").unwrap();
+    once_told(&f, "quiet");
+    assert_eq!(
+        f.json(&["status", "--json"])["drift"],
+        serde_json::json!([])
+    );
+    // Told by anyone but its parent agent, a process ignores the hint.
+    fs::write(f.root.join("etc/restore.conf"), "edited\n").unwrap();
+    f.cmd(&["run", "--once"])
+        .env("FERRY_DRIFT_WATCH", "quiet")
+        .output()
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(f.root.join("etc/restore.conf")).unwrap(),
+        "as shipped\n"
+    );
+    f.ok(&["audit", "verify"]);
+}
+
+#[test]
+fn the_agent_restores_a_hand_edit_at_once_without_waiting_for_its_poll() {
+    let f = Fixture::new();
+    let sock = f.dir.path().join("ferry.sock");
+    let text = fs::read_to_string(&f.config).unwrap();
+    fs::write(
+        &f.config,
+        format!(
+            "{text}[agent]\npoll_interval = \"1h\"\njitter = \"0s\"\ndrift_interval = \"1h\"\ncontrol_socket = {sock:?}\n"
+        ),
+    )
+    .unwrap();
+    f.publish(&files()[..2]);
+    f.ok(&["apply"]);
+    let mut agent = start_agent(&f);
+    // Armed after the agent's first reconcile.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = f.json(&["status", "--json"]);
+        let watch = status["agent"]["drift_watch"].as_str().unwrap_or_default();
+        if watch.starts_with("2 paths in 3 directories") {
+            assert!(f.ok(&["status"]).contains("drift watch: 2 paths"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "not armed: {status:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An unmanaged neighbour starts nothing.
+    fs::write(at(&f, "/etc/app/unmanaged"), "x\n").unwrap();
+    fs::write(at(&f, "/etc/app/content.conf"), "edited while running\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs::read_to_string(at(&f, "/etc/app/content.conf")).unwrap() != "content v1\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not restore the file before its next poll (in an hour)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let restored = events(&f, "drift-restored");
+    assert_eq!(restored.len(), 1);
+    assert_eq!(events(&f, "drift-detected")[0]["actor"], "agent");
+    f.ok(&["audit", "verify"]);
+}

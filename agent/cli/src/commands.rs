@@ -99,7 +99,7 @@ pub fn run(args: Cli) -> Result<Code> {
                 })
                 .flatten()
                 .and_then(|r| match r.body {
-                    ferry_core::control::Body::Status { agent } => Some(agent),
+                    ferry_core::control::Body::Status { agent } => Some(*agent),
                     _ => None,
                 })
                 .and_then(|agent| {

@@ -62,6 +62,8 @@ struct Worker {
     fleet: Option<ferry_fleet::channel::Channel>,
     /// The conditional poll (TUF over HTTP(S)).
     probe: Option<crate::probe::Probe>,
+    /// The inotify watch on the managed paths.
+    watch: Arc<crate::drift_watch::DriftWatch>,
 }
 
 /// Writes the configuration the agent accepted where its reconcile
@@ -98,6 +100,8 @@ impl Worker {
                     Ok(path) => {
                         tracing::info!("configuration reloaded");
                         self.probe = crate::probe::Probe::for_config(&c);
+                        // Paths and policies may have moved.
+                        self.watch.reset(c.agent.drift_watch);
                         self.config = c;
                         self.config_file = path;
                         self.shared
@@ -152,8 +156,21 @@ impl Worker {
     /// for status and metrics.
     fn reconcile(&mut self) -> Report {
         let timeout = self.reconcile_timeout();
-        let out =
-            crate::child::run_with_deadline(self.child(&["run", "--once", "--json"]), timeout);
+        let generation = self
+            .shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .agent
+            .generation;
+        let mode = self
+            .watch
+            .next_mode(generation, self.times().drift_interval);
+        let mut cmd = self.child(&["run", "--once", "--json"]);
+        if let Some(v) = mode.env() {
+            cmd.env(crate::drift_watch::ENV, v);
+        }
+        self.watch.begin(mode);
+        let out = crate::child::run_with_deadline(cmd, timeout);
         let report = match out {
             Ok((_, _, true)) => Report::failed(format!(
                 "the reconcile took longer than agent.reconcile_timeout ({} s) and was killed; recovery finishes or undoes what it started",
@@ -173,7 +190,14 @@ impl Worker {
                 self.exe.display()
             )),
         };
+        self.watch.end(
+            mode,
+            report.result != ReconcileResult::Failed,
+            report.generation,
+            &self.config.state_dir,
+        );
         let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.agent.drift_watch = Some(self.watch.describe());
         if report.generation.is_some() || report.result != ReconcileResult::Failed {
             s.agent.generation = report.generation;
             s.agent.revision = report.revision.clone();
@@ -217,6 +241,13 @@ impl Worker {
             .map_or(DEFAULT_RECONCILE_TIMEOUT, |t| t.reconcile_timeout)
     }
 
+    fn times(&self) -> ferry_engine::config::AgentTimes {
+        self.config.agent.times().unwrap_or_else(|_| {
+            // Validated at load; a reload never installs a bad config.
+            Config::default().agent.times().expect("defaults are valid")
+        })
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut failures = 0u32;
         let mut delay = Duration::ZERO;
@@ -232,7 +263,7 @@ impl Worker {
                     self.reload();
                     true
                 }
-                Ok(Msg::Now) => true,
+                Ok(Msg::Now | Msg::Drift) => true,
                 Ok(Msg::Nudge) | Err(mpsc::RecvTimeoutError::Timeout) => false,
             };
             {
@@ -284,10 +315,7 @@ impl Worker {
                 _ => tracing::info!(result = result.as_str(), "{text}"),
             }
             notify::status(&text);
-            let times = self.config.agent.times().unwrap_or_else(|_| {
-                // Validated at load; a reload never installs a bad config.
-                Config::default().agent.times().expect("defaults are valid")
-            });
+            let times = self.times();
             delay = schedule::poll_delay(
                 times.poll_interval,
                 times.jitter,
@@ -343,6 +371,9 @@ pub fn run(args: &Cli) -> Result<Code> {
         reconciled: reconciled.clone(),
         fleet: None,
         probe: crate::probe::Probe::for_config(&config),
+        watch: Arc::new(crate::drift_watch::DriftWatch::new(
+            config.agent.drift_watch,
+        )),
     };
     // Finish or undo an interrupted transition before anything else.
     let recovered = worker
@@ -353,6 +384,11 @@ pub fn run(args: &Cli) -> Result<Code> {
     if !recovered.success() {
         anyhow::bail!("recovering before start failed ({recovered})");
     }
+    worker
+        .watch
+        .clone()
+        .spawn(tx.clone())
+        .context("starting the drift watch")?;
     let mut handle = None;
     rt.block_on(async {
 

@@ -12,6 +12,7 @@ mod daemon;
 mod demo;
 #[cfg(feature = "tuf")]
 mod demo_repo;
+mod drift_watch;
 mod exit;
 mod fleet;
 mod fleet_agent;

@@ -79,6 +79,9 @@ pub fn status(
             if let Some(e) = a["last_error"].as_str() {
                 writeln!(out, "last error:  {e}")?;
             }
+            if let Some(w) = a["drift_watch"].as_str() {
+                writeln!(out, "drift watch: {w}")?;
+            }
             if let Some(e) = a["config_error"].as_str() {
                 writeln!(
                     out,

@@ -144,10 +144,31 @@ fn fetched_bytes() -> u64 {
     0
 }
 
+/// Writes the paths the agent's drift watch is to cover for the current
+/// generation (`state_dir/watch.json`); the agent checks in full at every
+/// poll while it cannot.
+fn write_watch_list(engine: &Engine, config: &Config) {
+    let path = config.state_dir.join(crate::drift_watch::FILE);
+    let written = engine
+        .watch_list()
+        .map_err(anyhow::Error::from)
+        .and_then(|list| Ok(serde_json::to_vec(&list.unwrap_or_default())?))
+        .and_then(|text| {
+            ferry_engine::fsutil::write_atomic(&path, 0o600, &mut text.as_slice())
+                .with_context(|| format!("writing {}", path.display()))
+        });
+    if let Err(e) = written {
+        tracing::warn!(error = %format!("{e:#}"), "the drift watch cannot be armed");
+    }
+}
+
 /// `ferry run --once`: one reconcile as the agent does it. With `--json`,
 /// one [`Report`] line on stdout (also on failure, with the exit code of
 /// the error).
 pub fn run_once(args: &Cli, as_json: bool) -> Result<Code> {
+    // What the agent's drift watch says (only a process the agent started
+    // listens to it).
+    let mut watch = None;
     if let Some(agent) = std::env::var(AGENT_PID_ENV)
         .ok()
         .and_then(|p| p.parse::<i32>().ok())
@@ -160,14 +181,21 @@ pub fn run_once(args: &Cli, as_json: bool) -> Result<Code> {
         if nix::unistd::getppid().as_raw() != agent {
             anyhow::bail!("the agent (pid {agent}) is gone");
         }
+        watch = std::env::var(crate::drift_watch::ENV).ok();
     }
     let mut status = None;
     let mut reboot = None;
     let result = (|| {
         let config = load_config(args)?;
         let mut engine = Engine::open(config.clone())?;
+        if watch.as_deref() == Some("quiet") {
+            engine.assume_files_unchanged();
+        }
         let src = ferry_engine::fetch::source(&config)?;
         let r = reconcile(&config, args.facts.as_deref(), &mut engine, &*src);
+        if watch.as_deref() == Some("list") && r.is_ok() {
+            write_watch_list(&engine, &config);
+        }
         status = engine.status().ok();
         if r.as_ref().is_ok_and(|r| r.reboot.is_some()) {
             reboot = Some(engine);

@@ -10,6 +10,8 @@ pub(crate) enum Msg {
     Now,
     /// A fleet nudge: poll now (a conditional poll may end it early).
     Nudge,
+    /// The drift watch saw a managed file change: a full reconcile.
+    Drift,
     /// Reload the configuration, then reconcile (SIGHUP).
     Reload,
     /// Finish and exit (SIGTERM, SIGINT).

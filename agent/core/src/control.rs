@@ -46,6 +46,9 @@ pub struct AgentStatus {
     pub revision: Option<String>,
     pub generation: Option<u64>,
     pub consecutive_failures: u32,
+    /// What the agent's drift watch covers (`ferry status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_watch: Option<String>,
 }
 
 /// The answer to one request.
@@ -64,7 +67,7 @@ pub struct Response {
 #[serde(untagged)]
 pub enum Body {
     /// The answer to [`Request::Status`].
-    Status { agent: AgentStatus },
+    Status { agent: Box<AgentStatus> },
     /// The answer to [`Request::Apply`].
     Message { message: String },
     /// The request was refused.
@@ -76,7 +79,9 @@ impl Response {
         Response {
             v: VERSION,
             ok: true,
-            body: Body::Status { agent },
+            body: Body::Status {
+                agent: Box::new(agent),
+            },
         }
     }
 

@@ -209,3 +209,25 @@ mod tests {
         assert_eq!(serde_json::from_value::<Drift>(v).unwrap(), m);
     }
 }
+
+/// What the running agent watches for changes between full drift checks
+/// (`state_dir/watch.json`, written by a reconcile the agent asked for it):
+/// every path a drift check reads, for the current generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchList {
+    /// The generation whose resources these are.
+    pub generation: u64,
+    /// Where nothing is watched above (`files.root`, the store): the
+    /// directories between it and each path are watched too.
+    pub roots: Vec<std::path::PathBuf>,
+    pub paths: Vec<WatchPath>,
+}
+
+/// One watched path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchPath {
+    pub path: std::path::PathBuf,
+    /// Whether a change is put back (policy `restore`): the agent then
+    /// reconciles at once rather than at its next poll.
+    pub restore: bool,
+}

@@ -1,10 +1,17 @@
 //! Drift checks of 10,000 managed files (goal: the fast check ≤ 10 ms per
 //! poll; the full check ≤ the time to hash the bytes once):
 //!
-//! - `fast`: what every reconcile does (`Engine::find_drift`): `lstat`
-//!   each file and compare with what the last check recorded;
+//! - `fast`: what a reconcile does without the agent's watch
+//!   (`Engine::find_drift`): `lstat` each file and compare with what the
+//!   last check recorded;
+//! - `watched`: what a reconcile does when the running agent's inotify
+//!   watch saw no change since the last full check (every poll of an idle
+//!   agent between full checks);
 //! - `full`: `ferry verify` (every file read and hashed);
 //! - `hash once`: the baseline, reading and hashing the same bytes.
+//!
+//! Reading the generation's resources (`Engine::actual`, which a reconcile
+//! does anyway) is measured on its own.
 //!
 //!     cargo bench -p ferry-engine --bench drift
 
@@ -55,13 +62,25 @@ fn bench(c: &mut Criterion) {
     let actual = engine.actual().expect("actual");
     assert!(engine.find_drift(&actual, None).expect("check").is_empty());
 
+    let mut watched = Engine::open_read_only(config.clone())
+        .expect("open")
+        .expect("state");
+    watched.assume_files_unchanged();
+
     let mut group = c.benchmark_group("drift, 10,000 files");
     group.sample_size(10);
-    group.bench_function("fast check (every poll)", |b| {
+    group.bench_function("reading the generation's resources", |b| {
+        b.iter(|| std::hint::black_box(engine.actual().expect("actual")))
+    });
+    group.bench_function("fast check (stat pass)", |b| {
         b.iter(|| {
-            // With the generation's resources read, as a reconcile does.
-            let actual = engine.actual().expect("actual");
             let found = engine.find_drift(&actual, None).expect("check");
+            assert!(found.is_empty());
+        })
+    });
+    group.bench_function("watched check (the agent's watch quiet)", |b| {
+        b.iter(|| {
+            let found = watched.find_drift(&actual, None).expect("check");
             assert!(found.is_empty());
         })
     });

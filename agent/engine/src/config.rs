@@ -344,6 +344,11 @@ pub struct AgentConfig {
     /// reconcile runs at least this often for it (unless `drift` is
     /// `ignore`).
     pub drift_interval: String,
+    /// `ferry run` watches the managed paths with inotify: a poll that saw
+    /// no change skips the per-file check, and a change to a file whose
+    /// drift policy is `restore` is put back at once. A full check still
+    /// runs every `drift_interval`.
+    pub drift_watch: bool,
 }
 
 impl Default for AgentConfig {
@@ -364,6 +369,7 @@ impl Default for AgentConfig {
             full_poll_interval: "1h".into(),
             drift: ferry_core::DriftPolicy::Restore,
             drift_interval: "15m".into(),
+            drift_watch: true,
         }
     }
 }

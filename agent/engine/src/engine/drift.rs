@@ -110,7 +110,16 @@ impl Engine {
         let default = self.config.agent.drift;
         let mut out = Vec::new();
         let mut pass = DriftPass::default();
-        pass.checks.known = self.db.file_checks()?;
+        // With the agent's watch quiet, only what drifted before is looked
+        // at again among the paths it watches.
+        let skip: Option<BTreeSet<(String, String)>> = self
+            .files_unchanged
+            .then(|| self.db.drift())
+            .transpose()?
+            .map(|rows| rows.into_iter().map(|r| (r.kind, r.name)).collect());
+        if skip.as_ref().is_none_or(|known| !known.is_empty()) {
+            pass.checks.known = self.db.file_checks()?;
+        }
         let running = self.running_drift(actual)?;
         for r in actual.iter() {
             let policy_of = desired.and_then(|d| d.get(&r.id())).unwrap_or(r);
@@ -118,10 +127,20 @@ impl Engine {
             if policy == DriftPolicy::Ignore {
                 continue;
             }
+            // Watched (the recorded policy is not `ignore`) and not drifted.
+            let unchanged = skip.as_ref().is_some_and(|known| {
+                DriftPolicy::of(r, default) != DriftPolicy::Ignore
+                    && !known.contains(&(r.kind.as_str().to_owned(), r.name.clone()))
+            });
             let drift = match r.kind {
+                Kind::File if unchanged => continue,
                 // Loaded from their blob in the store by the agent.
                 Kind::Ruleset | Kind::Wasm => {
-                    let mut drift = self.blob_drift(r, &mut pass, false)?;
+                    let mut drift = if unchanged {
+                        Vec::new()
+                    } else {
+                        self.blob_drift(r, &mut pass, false)?
+                    };
                     drift.extend(running.clone());
                     drift
                 }
@@ -148,8 +167,48 @@ impl Engine {
                 });
             }
         }
-        self.save_checks(&pass.checks, actual);
+        if skip.is_none() {
+            self.save_checks(&pass.checks, actual);
+        }
         Ok(out)
+    }
+
+    /// Told by the running agent: its inotify watch on every path
+    /// [`Engine::watch_list`] names saw no change since before the last
+    /// full check, so a drift check looks again only at what drifted then
+    /// (and at the boot side and what the agent loaded, which it does not
+    /// watch).
+    pub fn assume_files_unchanged(&mut self) {
+        self.files_unchanged = true;
+    }
+
+    /// Every path a drift check of the current generation reads: managed
+    /// files under `files.root`, rule sets' and modules' store blobs
+    /// (policy `ignore` left out).
+    pub fn watch_list(&self) -> Result<Option<ferry_core::drift::WatchList>> {
+        let Some(generation) = self.db.current_generation()? else {
+            return Ok(None);
+        };
+        let root = &self.config.files.root;
+        let mut paths = Vec::new();
+        for r in self.actual()?.iter() {
+            let policy = DriftPolicy::of(r, self.config.agent.drift);
+            let path = match r.kind {
+                Kind::Firmware => continue,
+                _ if policy == DriftPolicy::Ignore => continue,
+                Kind::File => root.join(r.name.trim_start_matches('/')),
+                Kind::Ruleset | Kind::Wasm => self.store.path(&r.content.sha256),
+            };
+            paths.push(ferry_core::drift::WatchPath {
+                path,
+                restore: policy == DriftPolicy::Restore,
+            });
+        }
+        Ok(Some(ferry_core::drift::WatchList {
+            generation,
+            roots: vec![root.clone(), self.store.dir().to_path_buf()],
+            paths,
+        }))
     }
 
     /// Writes what a pass verified and forgets checks of what is no longer

@@ -144,6 +144,9 @@ pub struct Engine {
     _lock: Option<File>,
     /// Opened at early boot: leave firmware confirmation for later.
     early: bool,
+    /// The running agent's watch saw no change to the managed paths since
+    /// before the last full drift check ([`Engine::assume_files_unchanged`]).
+    files_unchanged: bool,
 }
 
 impl Engine {
@@ -228,6 +231,7 @@ impl Engine {
             gens,
             _lock: Some(lock),
             early: false,
+            files_unchanged: false,
         };
         engine.early = early;
         engine.recover()?;
@@ -256,6 +260,7 @@ impl Engine {
             gens,
             _lock: None,
             early: false,
+            files_unchanged: false,
         }))
     }
 
