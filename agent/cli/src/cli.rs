@@ -173,7 +173,10 @@ pub enum Command {
     },
     /// Run the agent: poll, apply, health-gate, roll back, gc (for systemd).
     /// Each reconcile runs in a short-lived `ferry run --once` process, so
-    /// the long-running agent stays small.
+    /// the long-running agent stays small. The agent watches the managed
+    /// paths with inotify (agent.drift_watch): a hand edit of a managed
+    /// file is put back within seconds, and idle polls skip the per-file
+    /// drift check.
     Run {
         /// One reconcile as the agent does it (update policy, apply, health
         /// gate, roll back; gc once settled unless `agent.gc = false`), in
