@@ -9,6 +9,8 @@ rustPlatform.buildRustPackage {
   cargoBuildFlags = [ "-p" "ferry" "--bin" "ferry" ];
   # aws-lc-sys builds C with cmake; rusqlite bundles SQLite.
   nativeBuildInputs = [ pkg-config cmake perl installShellFiles ];
+  # `ferry --version` names the commit (the build sees no .git).
+  FERRY_COMMIT = if src ? rev then builtins.substring 0 12 src.rev else "unknown";
   # The test suite needs root, loop devices and Debian tools (integration/run-tests).
   doCheck = false;
 

@@ -205,6 +205,43 @@ fn help_documents_commands_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[test]
+fn version_names_the_commit_the_target_and_the_features() {
+    let out = std::process::Command::new(FERRY)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key:?} line in --version:\n{text}"))
+            .to_owned()
+    };
+    // The checkout the binary was built from.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(head.status.success());
+    assert_eq!(line("commit"), String::from_utf8_lossy(&head.stdout).trim());
+    let arch = std::env::consts::ARCH;
+    assert!(
+        line("target").starts_with(&format!("{arch}-")) && line("target").contains("linux"),
+        "{text}"
+    );
+    let features = line("features");
+    assert!(features.contains("tuf"), "{text}");
+    for (feature, on) in [
+        ("git", cfg!(feature = "git")),
+        ("wasm", cfg!(feature = "wasm")),
+    ] {
+        assert_eq!(features.contains(feature), on, "{text}");
+    }
+}
+
 /// Every command path `ferry --help` lists (`audit list`, `generations pin`
 /// …), found by walking the help of each.
 fn command_paths() -> Vec<Vec<String>> {
@@ -662,4 +699,76 @@ fn a_pre_existing_open_state_dir_is_made_owner_only() {
     f.ok(&["gc"]);
     assert_eq!(mode(&f.state), 0o700);
     assert_eq!(mode(&f.state.join("state.db")), 0o600);
+}
+
+/// `images/init.d/ferry`, the init script for systems without systemd:
+/// `early` recovers, `start` runs the firmware check then the agent in the
+/// background, `reload` and `stop` reach it, `status` tells.
+#[test]
+fn the_init_script_starts_reloads_and_stops_the_agent() {
+    let f = Fixture::new();
+    let sock = f.dir.path().join("ferry.sock");
+    let text = fs::read_to_string(&f.config).unwrap();
+    fs::write(
+        &f.config,
+        format!("{text}[agent]\npoll_interval = \"1h\"\ncontrol_socket = {sock:?}\n"),
+    )
+    .unwrap();
+    f.publish(&[file("/etc/app.conf", "from the init script\n", "0644")]);
+    let pidfile = f.dir.path().join("run/ferry.pid");
+    let log = f.dir.path().join("ferry.log");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/init.d/ferry");
+    let init = |action: &str| {
+        std::process::Command::new("sh")
+            .arg(&script)
+            .arg(action)
+            .env("FERRY", FERRY)
+            .env("FERRY_CONFIG", &f.config)
+            .env("FERRY_PIDFILE", &pidfile)
+            .env("FERRY_LOG", &log)
+            .env("FERRY_FIRMWARE_WAIT", "5")
+            .env_remove("FERRY_STATE_DIR")
+            .output()
+            .unwrap()
+    };
+    assert!(init("early").status.success());
+    assert_eq!(init("status").status.code(), Some(3), "not running yet");
+    assert!(init("start").status.success());
+    // The agent's first reconcile applies the source.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fs::read_to_string(f.root.join("etc/app.conf"))
+        .ok()
+        .as_deref()
+        != Some("from the init script\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not start: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid: u32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = f.json(&["status", "--json"]);
+    assert_eq!(status["agent"]["pid"], pid, "{status:#}");
+    let out = init("status");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("running (pid {pid})")));
+    assert!(init("reload").status.success());
+    assert!(init("stop").status.success());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the agent is gone"
+    );
+    assert!(!pidfile.exists());
+    assert!(
+        fs::read_to_string(&log)
+            .unwrap()
+            .contains("configuration reloaded"),
+        "SIGHUP reached the agent"
+    );
+    assert_eq!(init("status").status.code(), Some(3));
 }

@@ -38,9 +38,24 @@ fn long_version() -> &'static str {
         if cfg!(feature = "wasm") {
             kinds.push("wasm");
         }
+        let features: Vec<&str> = [
+            ("tuf", cfg!(feature = "tuf")),
+            ("git", cfg!(feature = "git")),
+            ("wasm", cfg!(feature = "wasm")),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
         format!(
-            "{}\nsources: {}\nresource kinds: {}",
+            "{}\ncommit: {}\ntarget: {}\nfeatures: {}\nsources: {}\nresource kinds: {}",
             env!("CARGO_PKG_VERSION"),
+            env!("FERRY_COMMIT"),
+            env!("FERRY_TARGET"),
+            if features.is_empty() {
+                "none".to_owned()
+            } else {
+                features.join(", ")
+            },
             sources.join(", "),
             kinds.join(", ")
         )
