@@ -772,3 +772,31 @@ fn the_init_script_starts_reloads_and_stops_the_agent() {
     );
     assert_eq!(init("status").status.code(), Some(3));
 }
+
+/// A configuration that needs a subsystem this build leaves out is refused
+/// at load, naming the feature; with it built in, the same configuration
+/// loads. (The TUF-only build runs this test too.)
+#[test]
+fn a_config_needing_a_feature_this_build_lacks_is_refused_naming_it() {
+    let f = Fixture::new();
+    let text = fs::read_to_string(&f.config).unwrap();
+    fs::write(
+        &f.config,
+        format!(
+            "{text}[[sigstore.require]]\nkind = \"firmware\"\nidentity = \"release@example.com\"\nissuer = \"https://accounts.example.com\"\n"
+        ),
+    )
+    .unwrap();
+    f.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
+    let out = f.run(&["plan"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "sigstore") {
+        assert!(out.status.success(), "{stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("sigstore.require") && stderr.contains("cargo feature `sigstore`"),
+            "{stderr}"
+        );
+    }
+}

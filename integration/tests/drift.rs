@@ -391,30 +391,41 @@ fn secret_drift_never_shows_its_content() {
     );
 }
 
-#[test]
-fn the_agent_restores_drift_by_itself() {
+/// Two of `files()` applied, and an `[agent]` section with `agent` (its
+/// own control socket added).
+fn agent_fixture(agent: &str) -> Fixture {
     let f = Fixture::new();
     let sock = f.dir.path().join("ferry.sock");
     let text = fs::read_to_string(&f.config).unwrap();
     fs::write(
         &f.config,
-        format!(
-            "{text}[agent]\npoll_interval = \"1s\"\njitter = \"0s\"\ncontrol_socket = {sock:?}\n"
-        ),
+        format!("{text}[agent]\n{agent}jitter = \"0s\"\ncontrol_socket = {sock:?}\n"),
     )
     .unwrap();
     f.publish(&files()[..2]);
     f.ok(&["apply"]);
-    let mut agent = start_agent(&f);
-    fs::write(at(&f, "/etc/app/content.conf"), "edited while running\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fs::read_to_string(at(&f, "/etc/app/content.conf")).unwrap() != "content v1\n" {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not restore the file"
-        );
+    f
+}
+
+/// Waits until the agent put content.conf back (`why`: what failed).
+fn wait_restored(f: &Fixture, within: Duration, why: &str) {
+    let deadline = Instant::now() + within;
+    while fs::read_to_string(at(f, "/etc/app/content.conf")).unwrap() != "content v1\n" {
+        assert!(Instant::now() < deadline, "{why}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn the_agent_restores_drift_by_itself() {
+    let f = agent_fixture("poll_interval = \"1s\"\n");
+    let mut agent = start_agent(&f);
+    fs::write(at(&f, "/etc/app/content.conf"), "edited while running\n").unwrap();
+    wait_restored(
+        &f,
+        Duration::from_secs(30),
+        "the agent did not restore the file",
+    );
     agent.kill().unwrap();
     agent.wait().unwrap();
     let restored = events(&f, "drift-restored");
@@ -845,18 +856,7 @@ fn a_quiet_watch_skips_the_file_pass_but_not_what_drifted_before() {
 
 #[test]
 fn the_agent_restores_a_hand_edit_at_once_without_waiting_for_its_poll() {
-    let f = Fixture::new();
-    let sock = f.dir.path().join("ferry.sock");
-    let text = fs::read_to_string(&f.config).unwrap();
-    fs::write(
-        &f.config,
-        format!(
-            "{text}[agent]\npoll_interval = \"1h\"\njitter = \"0s\"\ndrift_interval = \"1h\"\ncontrol_socket = {sock:?}\n"
-        ),
-    )
-    .unwrap();
-    f.publish(&files()[..2]);
-    f.ok(&["apply"]);
+    let f = agent_fixture("poll_interval = \"1h\"\ndrift_interval = \"1h\"\n");
     let mut agent = start_agent(&f);
     // Armed after the agent's first reconcile.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -873,14 +873,11 @@ fn the_agent_restores_a_hand_edit_at_once_without_waiting_for_its_poll() {
     // An unmanaged neighbour starts nothing.
     fs::write(at(&f, "/etc/app/unmanaged"), "x\n").unwrap();
     fs::write(at(&f, "/etc/app/content.conf"), "edited while running\n").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while fs::read_to_string(at(&f, "/etc/app/content.conf")).unwrap() != "content v1\n" {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not restore the file before its next poll (in an hour)"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_restored(
+        &f,
+        Duration::from_secs(20),
+        "the agent did not restore the file before its next poll (in an hour)",
+    );
     agent.kill().unwrap();
     agent.wait().unwrap();
     let restored = events(&f, "drift-restored");

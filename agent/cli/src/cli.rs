@@ -42,6 +42,7 @@ fn long_version() -> &'static str {
             ("tuf", cfg!(feature = "tuf")),
             ("git", cfg!(feature = "git")),
             ("wasm", cfg!(feature = "wasm")),
+            ("sigstore", cfg!(feature = "sigstore")),
         ]
         .into_iter()
         .filter_map(|(name, on)| on.then_some(name))

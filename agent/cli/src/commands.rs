@@ -43,8 +43,13 @@ pub fn run(args: Cli) -> Result<Code> {
     if let Command::Rules { action } = args.command {
         return crate::rules::run(action);
     }
+    #[cfg(feature = "sigstore")]
     if let Command::Sigstore { action } = args.command {
         return crate::sigstore::run(action);
+    }
+    #[cfg(not(feature = "sigstore"))]
+    if let Command::Sigstore { .. } = &args.command {
+        anyhow::bail!(not_built_in("`ferry sigstore`", "sigstore"));
     }
     if let Command::Chunk {
         image,

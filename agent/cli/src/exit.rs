@@ -74,15 +74,18 @@ fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
         engine::render::manifest::ManifestError,
         engine::fetch::policy::PolicyError,
         engine::fetch::bundle::BundleError,
-        engine::fetch::sigstore::CheckError,
         engine::store::state::StateError,
         engine::store::StoreError,
         engine::activate::firmware::FirmwareError,
         engine::activate::ActivateError,
         ferry_source::SourceError,
         ferry_source::FloorError,
-        ferry_sigstore::SigstoreError,
         ferry_fleet::FleetError,
+    );
+    #[cfg(feature = "sigstore")]
+    classes!(
+        engine::fetch::sigstore::CheckError,
+        ferry_sigstore::SigstoreError
     );
     None
 }

@@ -28,6 +28,7 @@ mod rules;
 mod rules_agent;
 mod setup;
 mod shared;
+#[cfg(feature = "sigstore")]
 mod sigstore;
 #[cfg(feature = "wasm")]
 mod wasm;

@@ -102,9 +102,29 @@ impl Engine {
         }
     }
 
+    /// Without Sigstore built in, `[[sigstore.require]]` is refused (at
+    /// load already; here too, so that no revision passes unchecked).
+    #[cfg(not(feature = "sigstore"))]
+    pub(super) fn check_sigstore(
+        &mut self,
+        _rev: &dyn VerifiedRevision,
+        _desired: &ResolvedManifest,
+    ) -> Result<()> {
+        if self.config.sigstore.require.is_empty() {
+            return Ok(());
+        }
+        Err(crate::config::ConfigError::Invalid {
+            key: "sigstore.require",
+            message: "this ferry is built without Sigstore verification (cargo feature `sigstore`)"
+                .to_owned(),
+        }
+        .into())
+    }
+
     /// Verifies the Sigstore bundles `[[sigstore.require]]` asks for; a
     /// refusal is audited like any refused revision, naming the resource,
     /// the bundle and the failed check.
+    #[cfg(feature = "sigstore")]
     pub(super) fn check_sigstore(
         &mut self,
         rev: &dyn VerifiedRevision,

@@ -18,6 +18,7 @@ use crate::config::{Config, ConfigError};
 pub mod bundle;
 pub mod delta;
 pub mod policy;
+#[cfg(feature = "sigstore")]
 pub mod sigstore;
 
 /// Builds the source named by the configuration.
@@ -65,6 +66,14 @@ pub fn source(config: &Config) -> Result<Box<dyn Source>, ConfigError> {
 /// device's git signers policy parses, …): every error a source would
 /// raise at its first fetch, raised at load instead.
 pub fn check(config: &Config) -> Result<(), ConfigError> {
+    #[cfg(not(feature = "sigstore"))]
+    if !config.sigstore.require.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "sigstore.require",
+            message: "this ferry is built without Sigstore verification (cargo feature `sigstore`; `ferry --version` lists what is built in)".to_owned(),
+        });
+    }
+    #[cfg(feature = "sigstore")]
     for (i, rule) in config.sigstore.require.iter().enumerate() {
         if let Some(r) = &rule.identity_regex {
             ferry_sigstore::IdentityMatch::regex(r).map_err(|e| ConfigError::Invalid {
