@@ -237,6 +237,8 @@ fn version_names_the_commit_the_target_and_the_features() {
     for (feature, on) in [
         ("git", cfg!(feature = "git")),
         ("wasm", cfg!(feature = "wasm")),
+        ("sigstore", cfg!(feature = "sigstore")),
+        ("fleet", cfg!(feature = "fleet")),
     ] {
         assert_eq!(features.contains(feature), on, "{text}");
     }
@@ -778,25 +780,46 @@ fn the_init_script_starts_reloads_and_stops_the_agent() {
 /// loads. (The TUF-only build runs this test too.)
 #[test]
 fn a_config_needing_a_feature_this_build_lacks_is_refused_naming_it() {
-    let f = Fixture::new();
-    let text = fs::read_to_string(&f.config).unwrap();
-    fs::write(
-        &f.config,
-        format!(
-            "{text}[[sigstore.require]]\nkind = \"firmware\"\nidentity = \"release@example.com\"\nissuer = \"https://accounts.example.com\"\n"
+    let cases = [
+        (
+            "sigstore",
+            cfg!(feature = "sigstore"),
+            "sigstore.require",
+            "[[sigstore.require]]\nkind = \"firmware\"\nidentity = \"release@example.com\"\nissuer = \"https://accounts.example.com\"\n",
         ),
-    )
-    .unwrap();
-    f.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
-    let out = f.run(&["plan"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if cfg!(feature = "sigstore") {
-        assert!(out.status.success(), "{stderr}");
-    } else {
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        (
+            "fleet",
+            cfg!(feature = "fleet"),
+            "fleet.broker",
+            "[fleet]\nbroker = \"mqtt://127.0.0.1:1883\"\n",
+        ),
+    ];
+    for (feature, built_in, key, section) in cases {
+        let f = Fixture::new();
+        let text = fs::read_to_string(&f.config).unwrap();
+        fs::write(&f.config, format!("{text}{section}")).unwrap();
+        f.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
+        let out = f.run(&["plan"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if built_in {
+            assert!(out.status.success(), "{feature}: {stderr}");
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{feature}: {stderr}");
+            assert!(
+                stderr.contains(key) && stderr.contains(&format!("cargo feature `{feature}`")),
+                "{feature}: {stderr}"
+            );
+        }
+    }
+    // Its commands say so too.
+    if !cfg!(feature = "fleet") {
+        let f = Fixture::new();
+        let out = f.run(&["fleet", "report"]);
+        assert!(!out.status.success());
         assert!(
-            stderr.contains("sigstore.require") && stderr.contains("cargo feature `sigstore`"),
-            "{stderr}"
+            String::from_utf8_lossy(&out.stderr).contains("`fleet` feature"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }

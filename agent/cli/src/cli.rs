@@ -43,6 +43,7 @@ fn long_version() -> &'static str {
             ("git", cfg!(feature = "git")),
             ("wasm", cfg!(feature = "wasm")),
             ("sigstore", cfg!(feature = "sigstore")),
+            ("fleet", cfg!(feature = "fleet")),
         ]
         .into_iter()
         .filter_map(|(name, on)| on.then_some(name))

@@ -72,10 +72,15 @@ pub fn run(args: Cli) -> Result<Code> {
         output::chunked(&published, json.json)?;
         return Ok(Code::Success);
     }
+    #[cfg(feature = "fleet")]
     if let Command::Fleet { action } = &args.command
         && !matches!(action, crate::cli::FleetAction::Report { .. })
     {
         return crate::fleet::admin(action, &args);
+    }
+    #[cfg(not(feature = "fleet"))]
+    if let Command::Fleet { .. } = &args.command {
+        anyhow::bail!(not_built_in("`ferry fleet`", "fleet"));
     }
     if let Command::GenerateAssets { out } = &args.command {
         crate::assets::generate(out)?;
@@ -431,6 +436,9 @@ pub fn run(args: Cli) -> Result<Code> {
                 }
             }
         }
+        #[cfg(not(feature = "fleet"))]
+        Command::Fleet { .. } => unreachable!("refused above"),
+        #[cfg(feature = "fleet")]
         Command::Fleet { action } => {
             let crate::cli::FleetAction::Report { after, limit } = action else {
                 unreachable!("handled above")

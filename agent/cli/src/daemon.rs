@@ -59,7 +59,7 @@ struct Worker {
     /// Told after every reconcile, so the rule engine picks up new sets.
     reconciled: Arc<tokio::sync::Notify>,
     /// Told after every reconcile, so the fleet channel reports.
-    fleet: Option<ferry_fleet::channel::Channel>,
+    fleet: Option<crate::fleet_agent::Channel>,
     /// The conditional poll (TUF over HTTP(S)).
     probe: Option<crate::probe::Probe>,
     /// The inotify watch on the managed paths.
@@ -359,6 +359,7 @@ pub fn run(args: &Cli) -> Result<Code> {
     })?;
     let (tx, rx) = mpsc::channel();
     let reconciled = Arc::new(tokio::sync::Notify::new());
+    #[cfg_attr(not(feature = "fleet"), allow(unused_mut))]
     let mut worker = Worker {
         args_config: args.config.clone(),
         state_dir: config_state_override(args),
@@ -396,6 +397,7 @@ pub fn run(args: &Cli) -> Result<Code> {
             .await
             .with_context(|| format!("control socket {}", config.agent.control_socket.display()))?;
         let rules = crate::rules_agent::start(&config, reconciled.clone()).await?;
+        #[cfg(feature = "fleet")]
         if config.fleet.broker.is_some() {
             let facts = crate::setup::load_facts(args.facts.as_deref(), &config)?;
             let (exe, config_file, state_dir, log_level) = (

@@ -80,8 +80,9 @@ fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
         engine::activate::ActivateError,
         ferry_source::SourceError,
         ferry_source::FloorError,
-        ferry_fleet::FleetError,
     );
+    #[cfg(feature = "fleet")]
+    classes!(ferry_fleet::FleetError);
     #[cfg(feature = "sigstore")]
     classes!(
         engine::fetch::sigstore::CheckError,

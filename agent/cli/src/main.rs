@@ -14,6 +14,7 @@ mod demo;
 mod demo_repo;
 mod drift_watch;
 mod exit;
+#[cfg(feature = "fleet")]
 mod fleet;
 mod fleet_agent;
 mod import;

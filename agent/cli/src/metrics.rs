@@ -33,7 +33,7 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, v: u64) {
 pub fn text(
     s: &Shared,
     events: Option<&EventPath>,
-    fleet: Option<&ferry_fleet::channel::Channel>,
+    fleet: Option<&crate::fleet_agent::Channel>,
 ) -> String {
     let mut registry = Registry::default();
     let reconciles = Family::<Vec<(String, String)>, Counter>::default();
@@ -152,6 +152,9 @@ pub fn text(
         let sources = ep.ingest.lock().unwrap_or_else(|p| p.into_inner()).clone();
         ingest_metrics(&mut registry, &sources);
     }
+    #[cfg(not(feature = "fleet"))]
+    let _ = fleet;
+    #[cfg(feature = "fleet")]
     if let Some(f) = fleet {
         let st = f.stats();
         gauge(

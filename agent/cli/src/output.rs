@@ -729,6 +729,7 @@ pub fn chunked(p: &ferry_delta::Published, as_json: bool) -> Result<()> {
 }
 
 /// One JSON line on stdout (what another ferry process reads).
+#[cfg(feature = "fleet")]
 pub fn json_line(v: &impl Serialize) -> Result<()> {
     let mut out = io::stdout().lock();
     serde_json::to_writer(&mut out, v)?;
@@ -737,6 +738,7 @@ pub fn json_line(v: &impl Serialize) -> Result<()> {
 }
 
 /// How long ago `then` (unix seconds) was, for people.
+#[cfg(feature = "fleet")]
 fn ago(now: u64, then: u64) -> String {
     let s = now.saturating_sub(then);
     match s {
@@ -748,6 +750,7 @@ fn ago(now: u64, then: u64) -> String {
 }
 
 /// `ferry fleet status`.
+#[cfg(feature = "fleet")]
 pub fn fleet_status(s: &ferry_fleet::admin::FleetStatus, now: u64, as_json: bool) -> Result<()> {
     if as_json {
         return print_json(s);
@@ -803,6 +806,7 @@ pub fn fleet_status(s: &ferry_fleet::admin::FleetStatus, now: u64, as_json: bool
 }
 
 /// `ferry fleet audit`.
+#[cfg(feature = "fleet")]
 pub fn fleet_audit(a: &ferry_fleet::admin::DeviceAudit, as_json: bool) -> Result<()> {
     if as_json {
         return print_json(a);

@@ -9,6 +9,7 @@ pub(crate) enum Msg {
     /// Reconcile now (`ferry apply --now`): a full reconcile.
     Now,
     /// A fleet nudge: poll now (a conditional poll may end it early).
+    #[cfg_attr(not(feature = "fleet"), allow(dead_code))]
     Nudge,
     /// The drift watch saw a managed file change: a full reconcile.
     Drift,

@@ -150,6 +150,18 @@ impl FleetConfig {
         })
     }
 
+    #[cfg(not(feature = "fleet"))]
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.broker.is_none() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            key: "fleet.broker",
+            message: "this ferry is built without the fleet channel (cargo feature `fleet`; `ferry --version` lists what is built in)".into(),
+        })
+    }
+
+    #[cfg(feature = "fleet")]
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, e: ferry_fleet::FleetError| ConfigError::Invalid {
             key,

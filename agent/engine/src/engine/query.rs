@@ -155,6 +155,7 @@ impl Engine {
     /// more when a single entry is larger).
     pub const FLEET_PAGE_BYTES: usize = 512 * 1024;
 
+    #[cfg(feature = "fleet")]
     /// What the fleet channel reports: the current generation, the
     /// firmware slots, and at most `limit` audit entries after `after`,
     /// each with its chain hash and its predecessor's.
