@@ -16,6 +16,7 @@ mod drift_watch;
 mod exit;
 #[cfg(feature = "fleet")]
 mod fleet;
+#[cfg(feature = "fleet")]
 mod fleet_agent;
 mod import;
 mod logging;

@@ -33,7 +33,7 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, v: u64) {
 pub fn text(
     s: &Shared,
     events: Option<&EventPath>,
-    fleet: Option<&crate::fleet_agent::Channel>,
+    fleet: Option<&crate::shared::FleetChannel>,
 ) -> String {
     let mut registry = Registry::default();
     let reconciles = Family::<Vec<(String, String)>, Counter>::default();

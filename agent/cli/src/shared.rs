@@ -19,6 +19,23 @@ pub(crate) enum Msg {
     Stop,
 }
 
+/// The fleet channel's handle in the agent.
+#[cfg(feature = "fleet")]
+pub type FleetChannel = ferry_fleet::channel::Channel;
+
+/// Without the `fleet` feature there is no channel: an `Option` of it is
+/// always `None` (a `[fleet]` broker is refused at load).
+#[cfg(not(feature = "fleet"))]
+#[derive(Clone, Debug)]
+pub enum FleetChannel {}
+
+#[cfg(not(feature = "fleet"))]
+impl FleetChannel {
+    pub fn changed(&self) {
+        match *self {}
+    }
+}
+
 /// What the daemon tells `ferry status` ([`Shared::status`]) and the
 /// metrics endpoint.
 #[derive(Debug, Default, Clone)]
