@@ -31,6 +31,19 @@ pub enum ConfigError {
     Ingest(#[from] ferry_ingest::ConfigError),
 }
 
+impl ConfigError {
+    /// `key` asks for `what`, which this build leaves out (cargo feature
+    /// `feature`).
+    pub fn not_built_in(key: &'static str, what: &str, feature: &str) -> ConfigError {
+        ConfigError::Invalid {
+            key,
+            message: format!(
+                "this ferry is built without {what} (cargo feature `{feature}`; `ferry --version` lists what is built in)"
+            ),
+        }
+    }
+}
+
 impl Classify for ConfigError {
     fn class(&self) -> ErrorClass {
         ErrorClass::Config
@@ -155,10 +168,11 @@ impl FleetConfig {
         if self.broker.is_none() {
             return Ok(());
         }
-        Err(ConfigError::Invalid {
-            key: "fleet.broker",
-            message: "this ferry is built without the fleet channel (cargo feature `fleet`; `ferry --version` lists what is built in)".into(),
-        })
+        Err(ConfigError::not_built_in(
+            "fleet.broker",
+            "the fleet channel",
+            "fleet",
+        ))
     }
 
     #[cfg(feature = "fleet")]

@@ -113,11 +113,11 @@ impl Engine {
         if self.config.sigstore.require.is_empty() {
             return Ok(());
         }
-        Err(crate::config::ConfigError::Invalid {
-            key: "sigstore.require",
-            message: "this ferry is built without Sigstore verification (cargo feature `sigstore`)"
-                .to_owned(),
-        }
+        Err(crate::config::ConfigError::not_built_in(
+            "sigstore.require",
+            "Sigstore verification",
+            "sigstore",
+        )
         .into())
     }
 

@@ -45,12 +45,11 @@ pub fn source(config: &Config) -> Result<Box<dyn Source>, ConfigError> {
         }
         // Reached only in a build without one of them.
         #[allow(unreachable_patterns)]
-        Some(kind @ ("tuf" | "git")) => Err(ConfigError::Invalid {
-            key: "source.kind",
-            message: format!(
-                "this ferry is built without the {kind} source (cargo feature `{kind}`; `ferry --version` lists what is built in)"
-            ),
-        }),
+        Some(kind @ ("tuf" | "git")) => Err(ConfigError::not_built_in(
+            "source.kind",
+            &format!("the {kind} source"),
+            kind,
+        )),
         Some(other) => Err(ConfigError::Invalid {
             key: "source.kind",
             message: format!("unknown source kind {other:?} (known: tuf, git, dir)"),
@@ -68,10 +67,11 @@ pub fn source(config: &Config) -> Result<Box<dyn Source>, ConfigError> {
 pub fn check(config: &Config) -> Result<(), ConfigError> {
     #[cfg(not(feature = "sigstore"))]
     if !config.sigstore.require.is_empty() {
-        return Err(ConfigError::Invalid {
-            key: "sigstore.require",
-            message: "this ferry is built without Sigstore verification (cargo feature `sigstore`; `ferry --version` lists what is built in)".to_owned(),
-        });
+        return Err(ConfigError::not_built_in(
+            "sigstore.require",
+            "Sigstore verification",
+            "sigstore",
+        ));
     }
     #[cfg(feature = "sigstore")]
     for (i, rule) in config.sigstore.require.iter().enumerate() {
