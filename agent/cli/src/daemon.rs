@@ -59,7 +59,7 @@ struct Worker {
     /// Told after every reconcile, so the rule engine picks up new sets.
     reconciled: Arc<tokio::sync::Notify>,
     /// Told after every reconcile, so the fleet channel reports.
-    fleet: Option<crate::fleet_agent::Channel>,
+    fleet: Option<crate::shared::FleetChannel>,
     /// The conditional poll (TUF over HTTP(S)).
     probe: Option<crate::probe::Probe>,
     /// The inotify watch on the managed paths.
@@ -194,7 +194,6 @@ impl Worker {
             mode,
             report.result != ReconcileResult::Failed,
             report.generation,
-            &self.config.state_dir,
         );
         let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         s.agent.drift_watch = Some(self.watch.describe());
@@ -374,6 +373,7 @@ pub fn run(args: &Cli) -> Result<Code> {
         probe: crate::probe::Probe::for_config(&config),
         watch: Arc::new(crate::drift_watch::DriftWatch::new(
             config.agent.drift_watch,
+            config.state_dir.clone(),
         )),
     };
     // Finish or undo an interrupted transition before anything else.

@@ -87,10 +87,9 @@ struct Armed {
     dirs: HashMap<WatchDescriptor, HashMap<OsString, Entry>>,
     generation: u64,
     paths: usize,
-    /// `state_dir/current` and where it pointed when armed: a change that
-    /// came with a switch another process made (`ferry import`,
-    /// `rollback`) is that switch, not a hand edit to put back.
-    current_link: PathBuf,
+    /// `state_dir/current` as it was when armed: a change that came with a
+    /// switch another process made (`ferry import`, `rollback`) is that
+    /// switch, not a hand edit to put back.
     current: Option<LinkId>,
 }
 
@@ -106,8 +105,8 @@ fn link_id(path: &Path) -> Option<LinkId> {
 }
 
 impl Armed {
-    fn switched(&self) -> bool {
-        link_id(&self.current_link) != self.current
+    fn switched(&self, state_dir: &Path) -> bool {
+        link_id(&state_dir.join("current")) != self.current
     }
 }
 
@@ -144,14 +143,14 @@ struct State {
     /// A reconcile is running (its own writes start no other).
     busy: bool,
     last_check: Option<Instant>,
-    /// Where the state directory is (known once armed).
-    state_dir: Option<PathBuf>,
     /// The generation arming failed for (not tried again for it) and why.
     failed: Option<(u64, String)>,
 }
 
 /// See the module documentation.
 pub struct DriftWatch {
+    /// The agent's state directory (it cannot change while it runs).
+    state_dir: PathBuf,
     state: Mutex<State>,
 }
 
@@ -195,8 +194,7 @@ fn tree(list: &WatchList) -> Result<Tree, String> {
 
 fn arm(list: &WatchList, state_dir: &Path) -> Result<Armed, String> {
     let tree = tree(list)?;
-    let current_link = state_dir.join("current");
-    let current = link_id(&current_link);
+    let current = link_id(&state_dir.join("current"));
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
         .map_err(|e| format!("inotify_init: {e}"))?;
     let mask = AddWatchFlags::IN_MODIFY
@@ -239,7 +237,6 @@ fn arm(list: &WatchList, state_dir: &Path) -> Result<Armed, String> {
         dirs,
         generation: list.generation,
         paths: list.paths.len(),
-        current_link,
         current,
     })
 }
@@ -261,9 +258,11 @@ fn read_list(state_dir: &Path) -> Result<WatchList, String> {
 }
 
 impl DriftWatch {
-    /// A watch; `enabled` false: every reconcile checks in full.
-    pub fn new(enabled: bool) -> DriftWatch {
+    /// A watch for the agent with `state_dir`; `enabled` false: every
+    /// reconcile checks in full.
+    pub fn new(enabled: bool, state_dir: PathBuf) -> DriftWatch {
         DriftWatch {
+            state_dir,
             state: Mutex::new(State {
                 enabled,
                 ..State::default()
@@ -283,7 +282,7 @@ impl DriftWatch {
             return Mode::Check;
         }
         let armed_for = s.armed.as_ref().map(|a| a.generation);
-        if s.failed.is_some() && s.failed.as_ref().map(|f| f.0) == generation {
+        if s.failed.as_ref().is_some_and(|f| Some(f.0) == generation) {
             return Mode::Check;
         }
         // Unknown (the agent's first reconcile): whatever it leaves.
@@ -311,7 +310,8 @@ impl DriftWatch {
     /// The reconcile ended (`ok`: it checked; the agent is now at
     /// `generation`). After [`Mode::List`] the watch is armed from
     /// `state_dir/watch.json`.
-    pub fn end(&self, mode: Mode, ok: bool, generation: Option<u64>, state_dir: &Path) {
+    pub fn end(&self, mode: Mode, ok: bool, generation: Option<u64>) {
+        let state_dir = &self.state_dir;
         // Everything the reconcile changed is queued by now: what it wrote
         // itself starts no other reconcile (but is looked at by the next).
         let armed = self.lock().armed.as_ref().map(|a| a.inotify.clone());
@@ -342,7 +342,6 @@ impl DriftWatch {
                 });
                 match armed {
                     Ok(a) => {
-                        s.state_dir = Some(state_dir.to_path_buf());
                         tracing::debug!(
                             paths = a.paths,
                             directories = a.dirs.len(),
@@ -486,14 +485,16 @@ impl DriftWatch {
                         std::thread::sleep(wait);
                     }
                     // Another ferry process at work: see what it did first.
-                    let state_dir = self.lock().state_dir.clone();
                     let since = Instant::now();
-                    while state_dir.as_deref().is_some_and(locked) && since.elapsed() < LOCK_WAIT {
+                    while locked(&self.state_dir) && since.elapsed() < LOCK_WAIT {
                         std::thread::sleep(Duration::from_millis(200));
                     }
                     let send = {
                         let mut s = self.lock();
-                        let switched = s.armed.as_ref().is_some_and(Armed::switched);
+                        let switched = s
+                            .armed
+                            .as_ref()
+                            .is_some_and(|a| a.switched(&self.state_dir));
                         // Listed again by the next poll.
                         s.broken |= switched;
                         let send = s.trigger && !s.busy && !switched;
@@ -550,20 +551,20 @@ mod tests {
             ],
         };
         std::fs::write(state.join(FILE), serde_json::to_vec(&list).expect("json")).expect("list");
-        let watch = DriftWatch::new(true);
+        let watch = DriftWatch::new(true, state.clone());
         assert_eq!(
             watch.next_mode(Some(1), Duration::from_secs(60)),
             Mode::List
         );
         watch.begin(Mode::List);
-        watch.end(Mode::List, true, Some(1), &state);
+        watch.end(Mode::List, true, Some(1));
         // The first check after arming makes it trusted.
         assert_eq!(
             watch.next_mode(Some(1), Duration::from_secs(60)),
             Mode::Check
         );
         watch.begin(Mode::Check);
-        watch.end(Mode::Check, true, Some(1), &state);
+        watch.end(Mode::Check, true, Some(1));
         assert_eq!(
             watch.next_mode(Some(1), Duration::from_secs(60)),
             Mode::Quiet
@@ -600,7 +601,7 @@ mod tests {
         assert_eq!(mode(&f), Mode::Check);
         // The check that follows makes it quiet again.
         f.watch.begin(Mode::Check);
-        f.watch.end(Mode::Check, true, Some(1), &f.state);
+        f.watch.end(Mode::Check, true, Some(1));
         assert_eq!(mode(&f), Mode::Quiet);
     }
 
@@ -629,7 +630,7 @@ mod tests {
         std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o666)).expect("chmod");
         assert!(drained(&f));
         f.watch.begin(Mode::Check);
-        f.watch.end(Mode::Check, true, Some(1), &f.state);
+        f.watch.end(Mode::Check, true, Some(1));
         std::fs::remove_file(&a).expect("rm");
         assert!(drained(&f));
         assert_eq!(mode(&f), Mode::Check);
@@ -651,7 +652,7 @@ mod tests {
         f.watch.begin(Mode::Quiet);
         std::fs::write(f.root.join("etc/app/a.conf"), "tampered").expect("write");
         drained(&f);
-        f.watch.end(Mode::Quiet, true, Some(1), &f.state);
+        f.watch.end(Mode::Quiet, true, Some(1));
         assert!(!f.watch.lock().trigger);
         assert_eq!(mode(&f), Mode::Check);
     }
@@ -659,7 +660,10 @@ mod tests {
     #[test]
     fn a_switch_another_process_made_starts_no_reconcile() {
         let f = armed();
-        let switched = || f.watch.lock().armed.as_ref().is_some_and(Armed::switched);
+        let switched = || {
+            let s = f.watch.lock();
+            s.armed.as_ref().is_some_and(|a| a.switched(&f.state))
+        };
         assert!(!switched());
         std::os::unix::fs::symlink("generations/2", f.state.join("current")).expect("link");
         assert!(switched());
@@ -686,7 +690,7 @@ mod tests {
         );
         // A failed reconcile proves nothing.
         f.watch.begin(Mode::Check);
-        f.watch.end(Mode::Check, false, Some(1), &f.state);
+        f.watch.end(Mode::Check, false, Some(1));
         assert_eq!(mode(&f), Mode::Check);
     }
 
@@ -695,7 +699,7 @@ mod tests {
         let f = armed();
         // Describes generation 1; the agent is at 2.
         f.watch.begin(Mode::List);
-        f.watch.end(Mode::List, true, Some(2), &f.state);
+        f.watch.end(Mode::List, true, Some(2));
         assert!(
             f.watch.describe().contains("not the current one"),
             "{}",
@@ -707,7 +711,7 @@ mod tests {
         );
         std::fs::write(f.state.join(FILE), "{not json").expect("write");
         f.watch.begin(Mode::List);
-        f.watch.end(Mode::List, true, Some(3), &f.state);
+        f.watch.end(Mode::List, true, Some(3));
         assert!(f.watch.describe().contains(FILE), "{}", f.watch.describe());
         // A path outside every root is refused, not watched.
         let list = WatchList {
