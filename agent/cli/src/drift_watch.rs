@@ -47,6 +47,8 @@ const MAX_READS: usize = 256;
 const SETTLE: Duration = Duration::from_millis(500);
 /// The least time between two reconciles a change started.
 const MIN_GAP: Duration = Duration::from_secs(10);
+/// Lines of `/proc/locks` read at most for one look.
+const MAX_LOCK_LINES: usize = 100_000;
 /// How long a change waits for another ferry process to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(600);
 
@@ -123,8 +125,18 @@ fn locked(state_dir: &Path) -> bool {
     let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
     let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
     let id = format!("{major:02x}:{minor:02x}:{}", meta.ino());
-    std::fs::read_to_string("/proc/locks")
-        .is_ok_and(|t| t.lines().any(|l| l.split_whitespace().any(|f| f == id)))
+    std::fs::File::open("/proc/locks").is_ok_and(|f| lists_lock(std::io::BufReader::new(f), &id))
+}
+
+/// Whether `/proc/locks` text lists a lock on `id` (`MAJOR:MINOR:INODE`),
+/// read a line at a time and no further than [`MAX_LOCK_LINES`]: any local
+/// user can take byte-range locks by the million. Past that: not known to
+/// be locked (a reconcile started then fails as locked, harmlessly).
+fn lists_lock(text: impl std::io::BufRead, id: &str) -> bool {
+    text.lines()
+        .take(MAX_LOCK_LINES)
+        .map_while(Result::ok)
+        .any(|l| l.split_whitespace().any(|f| f == id))
 }
 
 #[derive(Default)]
@@ -678,6 +690,23 @@ mod tests {
         assert!(locked(&f.state));
         drop(held);
         assert!(!locked(&f.state));
+    }
+
+    #[test]
+    fn a_flood_of_other_locks_is_read_no_further_than_the_bound() {
+        let line = "1: POSIX  ADVISORY  WRITE 4242 00:2a:99 0 0\n";
+        let target = "2: FLOCK  ADVISORY  WRITE 4243 08:01:1234 0 EOF\n";
+        let text = |before: usize| {
+            let mut t = line.repeat(before);
+            t.push_str(target);
+            t
+        };
+        assert!(lists_lock(text(10).as_bytes(), "08:01:1234"));
+        assert!(!lists_lock(text(10).as_bytes(), "08:01:123"));
+        assert!(!lists_lock(text(MAX_LOCK_LINES).as_bytes(), "08:01:1234"));
+        // An endless source ends too.
+        let endless = std::io::BufReader::new(std::io::repeat(b'\n'));
+        assert!(!lists_lock(endless, "08:01:1234"));
     }
 
     #[test]
