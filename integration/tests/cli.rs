@@ -710,12 +710,9 @@ fn a_pre_existing_open_state_dir_is_made_owner_only() {
 fn the_init_script_starts_reloads_and_stops_the_agent() {
     let f = Fixture::new();
     let sock = f.dir.path().join("ferry.sock");
-    let text = fs::read_to_string(&f.config).unwrap();
-    fs::write(
-        &f.config,
-        format!("{text}[agent]\npoll_interval = \"1h\"\ncontrol_socket = {sock:?}\n"),
-    )
-    .unwrap();
+    f.append_config(&format!(
+        "[agent]\npoll_interval = \"1h\"\ncontrol_socket = {sock:?}\n"
+    ));
     f.publish(&[file("/etc/app.conf", "from the init script\n", "0644")]);
     let pidfile = f.dir.path().join("run/ferry.pid");
     let log = f.dir.path().join("ferry.log");
@@ -796,8 +793,7 @@ fn a_config_needing_a_feature_this_build_lacks_is_refused_naming_it() {
     ];
     for (feature, built_in, key, section) in cases {
         let f = Fixture::new();
-        let text = fs::read_to_string(&f.config).unwrap();
-        fs::write(&f.config, format!("{text}{section}")).unwrap();
+        f.append_config(section);
         f.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
         let out = f.run(&["plan"]);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -396,12 +396,9 @@ fn secret_drift_never_shows_its_content() {
 fn agent_fixture(agent: &str) -> Fixture {
     let f = Fixture::new();
     let sock = f.dir.path().join("ferry.sock");
-    let text = fs::read_to_string(&f.config).unwrap();
-    fs::write(
-        &f.config,
-        format!("{text}[agent]\n{agent}jitter = \"0s\"\ncontrol_socket = {sock:?}\n"),
-    )
-    .unwrap();
+    f.append_config(&format!(
+        "[agent]\n{agent}jitter = \"0s\"\ncontrol_socket = {sock:?}\n"
+    ));
     f.publish(&files()[..2]);
     f.ok(&["apply"]);
     f

@@ -106,12 +106,18 @@ impl Fixture {
         .unwrap();
     }
 
+    /// Adds `more` (TOML sections) at the end of the configuration.
+    pub fn append_config(&self, more: &str) {
+        let text = fs::read_to_string(&self.config).unwrap();
+        fs::write(&self.config, format!("{text}{more}")).unwrap();
+    }
+
     /// Turns off the gc that follows every settled reconcile (`apply`
     /// included), for tests that go back to old generations.
     pub fn keep_generations(&self) {
         let text = fs::read_to_string(&self.config).unwrap();
         assert!(!text.contains("[agent]"), "{text}");
-        fs::write(&self.config, format!("{text}[agent]\ngc = false\n")).unwrap();
+        self.append_config("[agent]\ngc = false\n");
     }
 
     /// Replaces the repository with a copy of `src` (a directory tree).
