@@ -1,5 +1,5 @@
 # ferry built from this checkout with the committed Cargo.lock.
-{ lib, rustPlatform, pkg-config, cmake, perl, installShellFiles, src }:
+{ lib, stdenv, rustPlatform, pkg-config, cmake, perl, installShellFiles, src }:
 
 rustPlatform.buildRustPackage {
   pname = "ferry";
@@ -14,8 +14,12 @@ rustPlatform.buildRustPackage {
   # The test suite needs root, loop devices and Debian tools (integration/run-tests).
   doCheck = false;
 
+  # Man pages and completions come from ferry-assets, built for and run on
+  # the build platform (so a cross build never runs the target's binary),
+  # describing this build's target.
   postInstall = ''
-    $out/bin/ferry generate-assets --out assets
+    FERRY_TARGET=${stdenv.hostPlatform.rust.rustcTarget} \
+      cargo run --offline -p ferry-assets --target ${stdenv.buildPlatform.rust.rustcTarget} -- --out assets
     installManPage assets/man/*.1
     installShellCompletion --bash --name ferry assets/completions/ferry.bash \
       --zsh assets/completions/_ferry --fish assets/completions/ferry.fish

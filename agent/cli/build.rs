@@ -1,6 +1,7 @@
 //! What `ferry --version` says about the build: the commit (`FERRY_COMMIT`
 //! when the build sets it, as packaging from a tarball does; else the git
-//! checkout's) and the target triple.
+//! checkout's) and the target triple (`FERRY_TARGET` when ferry-assets
+//! describes a binary built for another target).
 
 use std::process::Command;
 
@@ -32,6 +33,13 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=FERRY_COMMIT={commit}");
-    let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".to_owned());
+    // FERRY_TARGET: the triple ferry-assets describes when the pages are
+    // made on another host than the binary's target (cross packaging).
+    println!("cargo:rerun-if-env-changed=FERRY_TARGET");
+    let target = std::env::var("FERRY_TARGET")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| std::env::var("TARGET").ok())
+        .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=FERRY_TARGET={target}");
 }

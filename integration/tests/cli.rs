@@ -25,9 +25,6 @@ fn demo_runs_offline_without_root_and_ends_with_status() {
         "no changes (generation 1)",
         "switched generation 1 → generation 2",
         "switched generation 2 → generation 1",
-        // A rule set and a WASM module switched with the files.
-        "activated   add ruleset overheat",
-        "activated   change ruleset overheat",
         // Firmware into slot B, booted by the (played) bootloader, confirmed.
         "firmware written to slot B (generation 3",
         "activated   add firmware gateway-os",
@@ -46,12 +43,21 @@ fn demo_runs_offline_without_root_and_ends_with_status() {
             "{needle:?} missing from demo output:\n{text}"
         );
     }
-    // A binary built without WASM leaves the module out of the demo.
-    assert_eq!(
-        text.contains("activated   add wasm modbus-decoder"),
-        cfg!(feature = "wasm"),
-        "{text}"
-    );
+    // A rule set and a WASM module switch with the files; a binary built
+    // without them leaves them out of the demo.
+    for (needle, built_in) in [
+        ("activated   add ruleset overheat", cfg!(feature = "rules")),
+        (
+            "activated   change ruleset overheat",
+            cfg!(feature = "rules"),
+        ),
+        (
+            "activated   add wasm modbus-decoder",
+            cfg!(feature = "wasm"),
+        ),
+    ] {
+        assert_eq!(text.contains(needle), built_in, "{needle:?}:\n{text}");
+    }
     // The device trusted the repository through its root, and kept the
     // verified metadata byte for byte.
     assert_eq!(
@@ -790,6 +796,18 @@ fn a_config_needing_a_feature_this_build_lacks_is_refused_naming_it() {
             "fleet.broker",
             "[fleet]\nbroker = \"mqtt://127.0.0.1:1883\"\n",
         ),
+        (
+            "rules",
+            cfg!(feature = "rules"),
+            "rules.socket",
+            "[rules]\nsocket = \"/run/ferry-events.sock\"\n",
+        ),
+        (
+            "ingest",
+            cfg!(feature = "ingest"),
+            "rules.coap",
+            "[rules.coap]\nbind = \"127.0.0.1:5683\"\n",
+        ),
     ];
     for (feature, built_in, key, section) in cases {
         let f = Fixture::new();
@@ -807,7 +825,71 @@ fn a_config_needing_a_feature_this_build_lacks_is_refused_naming_it() {
             );
         }
     }
+    // So is a manifest asking for a kind the build cannot run, at its JSON
+    // pointer, and the generation in place stays.
+    let f = Fixture::new();
+    f.publish(&[file("/etc/app.conf", "v1\n", "0644")]);
+    f.ok(&["apply"]);
+    // Without the runtime a rule set's kind is refused before its sources.
+    let (ingest_pointer, ingest_feature) = if cfg!(feature = "rules") {
+        ("/resources/1/ingest", "ingest")
+    } else {
+        ("/resources/1/kind", "rules")
+    };
+    let kinds = [
+        (
+            "rules",
+            cfg!(feature = "rules"),
+            "/resources/1/kind",
+            "  - {kind: ruleset, name: hot, source: files/hot.rules}\n",
+        ),
+        (
+            ingest_feature,
+            cfg!(feature = "ingest"),
+            ingest_pointer,
+            "  - kind: ruleset\n    name: hot\n    source: files/hot.rules\n    ingest: {coap: {bind: \"127.0.0.1:5683\"}}\n",
+        ),
+    ];
+    for (feature, built_in, pointer, resource) in kinds {
+        f.publish_raw(
+            &format!(
+                "apiVersion: ferry.dev/v1\nresources:\n  - {{kind: file, path: /etc/app.conf, source: files/app.conf}}\n{resource}"
+            ),
+            &[
+                ("files/app.conf".into(), "v1\n".into()),
+                ("files/hot.rules".into(), "ON t > 1 THEN alert(\"hot\")\n".into()),
+            ],
+        );
+        let out = f.run(&["plan"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if built_in {
+            assert!(out.status.success(), "{feature}: {stderr}");
+        } else {
+            assert_eq!(out.status.code(), Some(3), "{feature}: {stderr}");
+            assert!(
+                stderr.contains(pointer) && stderr.contains(&format!("cargo feature `{feature}`")),
+                "{feature}: {stderr}"
+            );
+        }
+    }
+    assert_eq!(f.current_link(), Some(1));
     // Its commands say so too.
+    if !cfg!(feature = "delta") {
+        let out = f.run(&["chunk", "/nonexistent.img", "--out", "/nonexistent"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("`delta` feature"), "{}", stderr(&out));
+    }
+    if !cfg!(feature = "rules") {
+        let out = f.run(&[
+            "rules",
+            "run",
+            "/nonexistent.rules",
+            "--socket",
+            "/nonexistent.sock",
+        ]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("`rules` feature"), "{}", stderr(&out));
+    }
     if !cfg!(feature = "fleet") {
         let f = Fixture::new();
         let out = f.run(&["fleet", "report"]);

@@ -28,7 +28,10 @@ fn long_version() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
         let mut sources = vec!["dir"];
-        let mut kinds = vec!["file", "ruleset", "firmware"];
+        let mut kinds = vec!["file", "firmware"];
+        if cfg!(feature = "rules") {
+            kinds.push("ruleset");
+        }
         if cfg!(feature = "tuf") {
             sources.push("tuf");
         }
@@ -44,6 +47,9 @@ fn long_version() -> &'static str {
             ("wasm", cfg!(feature = "wasm")),
             ("sigstore", cfg!(feature = "sigstore")),
             ("fleet", cfg!(feature = "fleet")),
+            ("delta", cfg!(feature = "delta")),
+            ("rules", cfg!(feature = "rules")),
+            ("ingest", cfg!(feature = "ingest")),
         ]
         .into_iter()
         .filter_map(|(name, on)| on.then_some(name))
@@ -317,13 +323,6 @@ pub enum Command {
     Sigstore {
         #[command(subcommand)]
         action: SigstoreAction,
-    },
-    /// Write the man pages and shell completions (for packaging).
-    #[command(hide = true)]
-    GenerateAssets {
-        /// Directory to write `man/` and `completions/` into.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
     },
     /// Cut a firmware image into content-defined chunks for delta updates
     /// (publisher side): each chunk not yet in OUT/chunks/ is written there
@@ -684,4 +683,13 @@ pub enum RulesAction {
         #[arg(long)]
         print: bool,
     },
+}
+
+/// The error for a part this build leaves out (used only by builds that
+/// leave one out).
+#[allow(dead_code)]
+pub(crate) fn not_built_in(what: &str, feature: &str) -> String {
+    format!(
+        "{what} needs ferry's `{feature}` feature, which this build leaves out (`ferry --version` lists what is built in)"
+    )
 }

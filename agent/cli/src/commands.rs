@@ -1,12 +1,14 @@
 //! Carries out one command.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ferry_core::agent::Overrides;
 use ferry_engine::Engine;
 use ferry_engine::engine::LOCAL_OPERATOR;
 use ferry_engine::reconcile::{Goal, Request};
 use ferry_engine::render::report::report;
 
+#[allow(unused_imports)] // only builds that leave a feature out use it
+use crate::cli::not_built_in;
 use crate::cli::{
     AuditAction, AuditFilter, BundleAction, Cli, Command, FirmwareAction, GenerationsAction,
     TimeFloorAction,
@@ -14,14 +16,6 @@ use crate::cli::{
 use crate::exit::Code;
 use crate::output;
 use crate::setup::{load_config, load_facts};
-
-/// The error for a part this build leaves out.
-#[allow(dead_code)]
-fn not_built_in(what: &str, feature: &str) -> String {
-    format!(
-        "{what} needs ferry's `{feature}` feature, which this build leaves out (`ferry --version` lists what is built in)"
-    )
-}
 
 pub fn run(args: Cli) -> Result<Code> {
     if let Command::Demo { dir, publish } = &args.command {
@@ -51,6 +45,11 @@ pub fn run(args: Cli) -> Result<Code> {
     if let Command::Sigstore { .. } = &args.command {
         anyhow::bail!(not_built_in("`ferry sigstore`", "sigstore"));
     }
+    #[cfg(not(feature = "delta"))]
+    if let Command::Chunk { .. } = &args.command {
+        anyhow::bail!(not_built_in("`ferry chunk`", "delta"));
+    }
+    #[cfg(feature = "delta")]
     if let Command::Chunk {
         image,
         out,
@@ -67,6 +66,7 @@ pub fn run(args: Cli) -> Result<Code> {
             max: *max,
             ..Default::default()
         };
+        use anyhow::Context as _;
         let published = ferry_delta::chunk_image(image, out, &params, *level)
             .with_context(|| format!("chunking {}", image.display()))?;
         output::chunked(&published, json.json)?;
@@ -81,10 +81,6 @@ pub fn run(args: Cli) -> Result<Code> {
     #[cfg(not(feature = "fleet"))]
     if let Command::Fleet { .. } = &args.command {
         anyhow::bail!(not_built_in("`ferry fleet`", "fleet"));
-    }
-    if let Command::GenerateAssets { out } = &args.command {
-        crate::assets::generate(out)?;
-        return Ok(Code::Success);
     }
     let config = load_config(&args)?;
     let facts_file = args.facts.clone();
@@ -473,7 +469,6 @@ pub fn run(args: Cli) -> Result<Code> {
         | Command::Chunk { .. }
         | Command::Rules { .. }
         | Command::Sigstore { .. }
-        | Command::GenerateAssets { .. }
         | Command::Wasm { .. } => {
             unreachable!("handled above")
         }

@@ -396,7 +396,10 @@ pub fn run(args: &Cli) -> Result<Code> {
         let _socket = crate::control::serve(&config.agent.control_socket, shared.clone(), tx.clone())
             .await
             .with_context(|| format!("control socket {}", config.agent.control_socket.display()))?;
+        #[cfg(feature = "rules")]
         let rules = crate::rules_agent::start(&config, reconciled.clone()).await?;
+        #[cfg(not(feature = "rules"))]
+        let rules: Option<crate::shared::EventPath> = None;
         #[cfg(feature = "fleet")]
         if config.fleet.broker.is_some() {
             let facts = crate::setup::load_facts(args.facts.as_deref(), &config)?;

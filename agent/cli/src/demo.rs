@@ -58,6 +58,7 @@ const REV2: &[(&str, &str)] = files!("rev2":
 );
 
 /// Resources appended to a revision's manifest.
+#[cfg(feature = "rules")]
 const RULESET: &str = include_str!("../demo/parts/ruleset.yaml");
 #[cfg(feature = "wasm")]
 const WASM: &str = include_str!("../demo/parts/wasm.yaml");
@@ -85,13 +86,15 @@ fn firmware_image(version: &str) -> Vec<u8> {
 }
 
 /// A revision's files as published: the embedded files, the manifest with
-/// the rule set (and, when built in, the WASM module) appended, and extra
+/// the rule set and the WASM module appended (those built in), and extra
 /// resources.
 fn revision(
     files: &[(&str, &str)],
     extra: &[(&str, &str, Vec<u8>)],
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut manifest_tail = String::from(RULESET);
+    let mut manifest_tail = String::new();
+    #[cfg(feature = "rules")]
+    manifest_tail.push_str(RULESET);
     let mut added: Vec<(String, Vec<u8>)> = Vec::new();
     #[cfg(feature = "wasm")]
     {

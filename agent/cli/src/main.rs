@@ -2,7 +2,6 @@
 // `deny`, not `forbid`: memory.rs has the one audited `unsafe` call.
 #![deny(unsafe_code)]
 
-mod assets;
 mod child;
 mod cli;
 mod commands;
@@ -27,6 +26,7 @@ mod output;
 mod probe;
 mod reconcile;
 mod rules;
+#[cfg(feature = "rules")]
 mod rules_agent;
 mod setup;
 mod shared;

@@ -1,6 +1,7 @@
 //! The agent's metrics (`[metrics] listen`), encoded by `prometheus-client`
 //! in the OpenMetrics text format from a snapshot of the agent's state.
 
+#[cfg_attr(not(any(feature = "rules", feature = "fleet")), allow(unused_imports))]
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use ferry_core::agent::ReconcileResult;
@@ -10,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::rules_agent::EventPath;
+use crate::shared::EventPath;
 use crate::shared::Shared;
 
 /// The `Content-Type` of [`text`].
@@ -80,6 +81,9 @@ pub fn text(
         "Reconciles that failed in an activator.",
         s.metrics.activation_errors,
     );
+    #[cfg(not(feature = "rules"))]
+    let _ = events;
+    #[cfg(feature = "rules")]
     if let Some(ep) = events {
         let st = ep.rules.stats();
         #[cfg(feature = "wasm")]
@@ -149,8 +153,11 @@ pub fn text(
         for (name, help, v) in stats {
             counter(&mut registry, name, help, v.load(Relaxed));
         }
-        let sources = ep.ingest.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        ingest_metrics(&mut registry, &sources);
+        #[cfg(feature = "ingest")]
+        {
+            let sources = ep.ingest.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            ingest_metrics(&mut registry, &sources);
+        }
     }
     #[cfg(not(feature = "fleet"))]
     let _ = fleet;
@@ -222,6 +229,7 @@ pub fn text(
 }
 
 /// The field sources' counters: CoAP by outcome, Modbus per device.
+#[cfg(feature = "ingest")]
 fn ingest_metrics(registry: &mut Registry, sources: &ferry_ingest::Snapshot) {
     if let Some(c) = &sources.coap {
         let requests = Family::<Vec<(String, String)>, Counter>::default();

@@ -699,6 +699,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// `ferry chunk`.
+#[cfg(feature = "delta")]
 pub fn chunked(p: &ferry_delta::Published, as_json: bool) -> Result<()> {
     if as_json {
         return print_json(p);

@@ -3,11 +3,14 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+#[cfg(feature = "rules")]
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use ferry_ingest::Ingest;
-use ferry_ingest::config::{CoapConfig, IngestConfig, ModbusDevice};
+#[cfg(feature = "rules")]
+use ferry_ingest::config::CoapConfig;
+use ferry_ingest::config::{IngestConfig, ModbusDevice};
+#[cfg(feature = "rules")]
 use ferry_rules::runtime::{Loaded, MqttTarget, Options, Runtime};
 use ferry_rules::{Compiled, Envelope, Output};
 use serde_json::json;
@@ -24,6 +27,11 @@ pub fn run(action: RulesAction) -> Result<Code> {
             modbus,
         } => check(&file, out.json, print, modbus.as_deref()),
         RulesAction::Test { file, events, out } => test(&file, &events, out.json),
+        #[cfg(not(feature = "rules"))]
+        RulesAction::Run { .. } => {
+            bail!(crate::cli::not_built_in("`ferry rules run`", "rules"))
+        }
+        #[cfg(feature = "rules")]
         RulesAction::Run {
             files,
             mqtt,
@@ -97,8 +105,7 @@ pub fn run(action: RulesAction) -> Result<Code> {
                     sets,
                 };
                 let engine = Runtime::start(options, loaded, None)?;
-                let mut ingest = Ingest::new(engine.sink(), crate::rules_agent::alerter(&engine));
-                engine.set_write_hook(ingest.writer());
+                let mut ingest = crate::rules_agent::sources(&engine);
                 ingest.apply(&plan).await.with_context(|| {
                     format!(
                         "--coap {}",

@@ -9,9 +9,15 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ferry_engine::{Config, Engine};
-use ferry_ingest::Ingest;
 use ferry_rules::runtime::{Loaded, MqttTarget, Options, Runtime};
 use tokio::sync::Notify;
+
+/// The field sources that feed the rule engine (CoAP, Modbus), when built
+/// in (feature `ingest`).
+#[cfg(feature = "ingest")]
+pub use ferry_ingest::{Ingest as Sources, Snapshot as SourceStats};
+#[cfg(not(feature = "ingest"))]
+pub use no_ingest::{SourceStats, Sources};
 
 #[cfg(feature = "wasm")]
 use crate::wasm_agent::ModuleHost;
@@ -116,16 +122,17 @@ pub struct EventPath {
     #[cfg(feature = "wasm")]
     pub modules: Arc<ModuleHost>,
     /// The field sources' counters, as of the last swap.
-    pub ingest: Arc<std::sync::Mutex<ferry_ingest::Snapshot>>,
+    #[cfg_attr(not(feature = "ingest"), allow(dead_code))]
+    pub ingest: Arc<std::sync::Mutex<SourceStats>>,
 }
 
 /// Makes `plan` the running field sources; a CoAP address that cannot be
 /// bound is logged and alerted, and the rest runs.
 async fn apply_ingest(
-    ingest: &mut Ingest,
+    ingest: &mut Sources,
     plan: &ferry_ingest::Plan,
     rules: &Runtime,
-    snapshot: &std::sync::Mutex<ferry_ingest::Snapshot>,
+    snapshot: &std::sync::Mutex<SourceStats>,
 ) {
     if let Err(e) = ingest.apply(plan).await {
         let bind = plan
@@ -212,9 +219,8 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
     #[cfg(not(feature = "wasm"))]
     let hook = None;
     let runtime = Runtime::start(options, first.loaded, hook)?;
-    let mut ingest = Ingest::new(runtime.sink(), alerter(&runtime));
-    runtime.set_write_hook(ingest.writer());
-    let snapshot = Arc::new(std::sync::Mutex::new(ferry_ingest::Snapshot::default()));
+    let mut ingest = sources(&runtime);
+    let snapshot = Arc::new(std::sync::Mutex::new(SourceStats::default()));
     apply_ingest(&mut ingest, &first.ingest, &runtime, &snapshot).await;
     let rt = runtime.clone();
     let shared_snapshot = snapshot.clone();
@@ -289,8 +295,51 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
     }))
 }
 
-/// Source alerts go where rule alerts go (journal, alert topic).
-pub fn alerter(rt: &Runtime) -> ferry_ingest::modbus::AlertFn {
-    let rt = rt.clone();
-    Arc::new(move |source: &str, message: String| rt.alert(source, message))
+/// Field sources feeding `runtime`: its `modbus_write` actions go to them,
+/// and their alerts go where rule alerts go (journal, alert topic).
+pub fn sources(runtime: &Runtime) -> Sources {
+    #[cfg(feature = "ingest")]
+    {
+        let rt = runtime.clone();
+        let alert: ferry_ingest::modbus::AlertFn =
+            Arc::new(move |source: &str, message: String| rt.alert(source, message));
+        let sources = Sources::new(runtime.sink(), alert);
+        runtime.set_write_hook(sources.writer());
+        sources
+    }
+    #[cfg(not(feature = "ingest"))]
+    {
+        let _ = runtime;
+        Sources
+    }
+}
+
+/// A build without field sources: a configuration or rule set that names
+/// one is refused when it is read, so there is never one to start.
+#[cfg(not(feature = "ingest"))]
+mod no_ingest {
+    #[derive(Debug)]
+    pub struct Sources;
+
+    #[derive(Debug, Clone, Default)]
+    pub struct SourceStats;
+
+    impl Sources {
+        pub async fn apply(&mut self, plan: &ferry_ingest::Plan) -> std::io::Result<()> {
+            if plan.coap.is_some() || !plan.devices.is_empty() {
+                return Err(std::io::Error::other(
+                    "this ferry is built without field event sources (cargo feature `ingest`)",
+                ));
+            }
+            Ok(())
+        }
+
+        pub fn coap_addr(&self) -> Option<std::net::SocketAddr> {
+            None
+        }
+
+        pub fn snapshot(&self) -> SourceStats {
+            SourceStats
+        }
+    }
 }

@@ -36,6 +36,16 @@ impl FleetChannel {
     }
 }
 
+/// The agent's event path (rule engine, module host, field sources).
+#[cfg(feature = "rules")]
+pub type EventPath = crate::rules_agent::EventPath;
+
+/// Without the `rules` feature there is no event path (a `[rules]` input or
+/// a `ruleset` resource is refused when read).
+#[cfg(not(feature = "rules"))]
+#[derive(Clone, Debug)]
+pub enum EventPath {}
+
 /// What the daemon tells `ferry status` ([`Shared::status`]) and the
 /// metrics endpoint.
 #[derive(Debug, Default, Clone)]

@@ -514,6 +514,32 @@ impl RulesConfig {
         .plan("rules")?)
     }
 
+    /// A build without the rules runtime (or its field sources) refuses
+    /// the settings that would start it, naming the first.
+    fn built_in(&self) -> Result<(), ConfigError> {
+        let set = [
+            ("rules.mqtt", self.mqtt.is_some(), "rules"),
+            ("rules.socket", self.socket.is_some(), "rules"),
+            ("rules.coap", self.coap.is_some(), "ingest"),
+            ("rules.modbus", !self.modbus.is_empty(), "ingest"),
+        ];
+        let built = |feature| match feature {
+            "rules" => cfg!(feature = "rules"),
+            _ => cfg!(feature = "ingest"),
+        };
+        match set.into_iter().find(|&(_, on, f)| on && !built(f)) {
+            Some((key, _, "rules")) => {
+                Err(ConfigError::not_built_in(key, "the rules runtime", "rules"))
+            }
+            Some((key, _, f)) => Err(ConfigError::not_built_in(
+                key,
+                "field event sources (CoAP, Modbus)",
+                f,
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Whether `ferry run` starts the rule engine.
     pub fn has_inputs(&self) -> bool {
         self.mqtt.is_some()
@@ -919,7 +945,7 @@ impl Config {
         }
         self.fleet.validate()?;
         if let Some(url) = &self.rules.mqtt {
-            ferry_rules::runtime::MqttTarget::parse(url).map_err(|message| {
+            ferry_rules::target::MqttTarget::parse(url).map_err(|message| {
                 ConfigError::Invalid {
                     key: "rules.mqtt",
                     message: message.to_string(),
@@ -927,6 +953,7 @@ impl Config {
             })?;
         }
         self.rules.ingest()?;
+        self.rules.built_in()?;
         if self.rules.queue > 1 << 20 {
             return Err(ConfigError::Invalid {
                 key: "rules.queue",

@@ -4,9 +4,10 @@
 //! ([`parse`]), checked and compiled ([`compile`]) into a [`Compiled`] set
 //! whose fields are slots and whose tests are pre-resolved operations, and
 //! evaluated event by event ([`Compiled::eval`]) with time passed in, so
-//! windows and rate limits are tested without clocks. [`runtime`] feeds it
-//! from MQTT and a local JSON-lines socket and swaps sets without losing an
-//! event. The language is described in `docs/rules.md`; the grammar is
+//! windows and rate limits are tested without clocks. `runtime` (cargo
+//! feature `runtime`, on by default) feeds it from MQTT and a local
+//! JSON-lines socket and swaps sets without losing an event; without it the
+//! crate is the language alone, with no MQTT client or async runtime. The language is described in `docs/rules.md`; the grammar is
 //! `src/rules.pest`.
 #![forbid(unsafe_code)]
 
@@ -17,7 +18,9 @@ pub mod error;
 mod eval;
 pub mod filter;
 pub mod parse;
+#[cfg(feature = "runtime")]
 pub mod runtime;
+pub mod target;
 pub mod value;
 
 pub use compile::{Compiled, RegisterWrite, compile, compile_source};

@@ -21,6 +21,7 @@ use ferry_core::{ContentRef, Resource};
 use crate::config::Config;
 use ferry_delta::{AssembleError, ChunkIndex, Report, Seed};
 
+use super::firmware::running_image;
 use super::*;
 use crate::fetch::delta::{chunk_timeouts, delta_index};
 use crate::render::manifest::DeltaRef;
@@ -131,18 +132,6 @@ fn running_image_length(
         .map(|c| c.length)
         .or_else(|| slot.capacity().ok())
         .unwrap_or(u64::MAX)
-}
-
-/// The image ferry last wrote into `slot`, from the firmware activations.
-pub(super) fn running_image(installs: &[(Phase, Value, Value)], slot: &str) -> Option<ContentRef> {
-    let image = super::firmware::firmware_image(installs, slot)?;
-    let sha256 = image.sha256.parse().ok()?;
-    let length = installs
-        .iter()
-        .rev()
-        .find(|(_, _, undo)| undo["target"] == slot)
-        .and_then(|(_, step, _)| step["to"]["content"]["length"].as_u64())?;
-    Some(ContentRef { sha256, length })
 }
 
 /// The cached index of the image in `slot` (kept from when ferry wrote or

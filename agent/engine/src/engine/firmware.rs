@@ -235,6 +235,21 @@ impl Engine {
     }
 }
 
+/// The image ferry last wrote into `slot`, from the firmware activations.
+pub(super) fn running_image(
+    installs: &[(Phase, Value, Value)],
+    slot: &str,
+) -> Option<ferry_core::ContentRef> {
+    let image = firmware_image(installs, slot)?;
+    let sha256 = image.sha256.parse().ok()?;
+    let length = installs
+        .iter()
+        .rev()
+        .find(|(_, _, undo)| undo["target"] == slot)
+        .and_then(|(_, step, _)| step["to"]["content"]["length"].as_u64())?;
+    Some(ferry_core::ContentRef { sha256, length })
+}
+
 /// The latest image written into `slot`, from the firmware activations.
 pub(super) fn firmware_image(
     installs: &[(Phase, Value, Value)],

@@ -8,6 +8,11 @@
 //! decision for each phase is the pure `Phase::recovery` in ferry-core.
 
 mod apply;
+#[cfg(feature = "delta")]
+mod delta;
+/// Without delta updates every image is fetched whole.
+#[cfg(not(feature = "delta"))]
+#[path = "no_delta.rs"]
 mod delta;
 mod drift;
 pub use delta::estimate_deltas;

@@ -181,7 +181,7 @@ impl Engine {
         };
         for slot in &fw.slots {
             let is_booted = booted.as_deref() == Some(slot.name.as_str());
-            let recorded = super::delta::running_image(&installs, &slot.name)
+            let recorded = super::firmware::running_image(&installs, &slot.name)
                 .map(|c| (format!("image {}…", &c.sha256.to_hex()[..12]), c));
             let expected = match (&current_fw, &previous_fw) {
                 (Some(r), _) if is_booted => Some((label(r), r.content)),

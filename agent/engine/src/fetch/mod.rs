@@ -8,6 +8,7 @@
 //! (a `git` or `tuf` feature left out) still reads every configuration.
 
 use std::path::Path;
+#[cfg(feature = "tuf")]
 use std::time::Duration;
 
 use ferry_core::RepoPath;
@@ -16,6 +17,7 @@ use ferry_source::{Source, TimeFloor};
 use crate::config::{Config, ConfigError};
 
 pub mod bundle;
+#[cfg(feature = "delta")]
 pub mod delta;
 pub mod policy;
 #[cfg(feature = "sigstore")]

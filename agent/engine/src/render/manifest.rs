@@ -352,10 +352,24 @@ fn resolve(
                 (path.to_owned(), settings)
             }
             Kind::Ruleset => {
+                if !cfg!(feature = "rules") {
+                    return Err(invalid(
+                        "kind",
+                        "this ferry is built without the rules runtime (cargo feature `rules`)"
+                            .to_owned(),
+                    ));
+                }
                 // Field sources the set brings (docs/ingest.md), checked
                 // here so a bad one names its JSON pointer.
                 let mut settings = BTreeMap::new();
                 if let Some(ingest) = item.get("ingest") {
+                    if !cfg!(feature = "ingest") {
+                        return Err(invalid(
+                            "ingest",
+                            "this ferry is built without field event sources (cargo feature `ingest`)"
+                                .to_owned(),
+                        ));
+                    }
                     ferry_ingest::IngestConfig::from_json(ingest)
                         .and_then(|c| c.plan(""))
                         .map_err(|e| {

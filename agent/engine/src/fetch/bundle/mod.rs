@@ -21,21 +21,26 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use ferry_core::{ContentRef, RepoPath};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 use crate::render::facts::Facts;
-use crate::render::manifest::{self, Content, ManifestError};
+use crate::render::manifest::{self, ManifestError};
 use crate::{Config, ErrorClass};
 use ferry_core::Classify;
 #[cfg(feature = "git")]
 use ferry_git::GitSource;
-use ferry_source::{Source, SourceError, VerifiedRevision};
+use ferry_source::{Source, SourceError};
+// What only a TUF export needs: the files a device will read, recorded.
 #[cfg(feature = "tuf")]
-use ferry_tuf::TufSource;
+use {
+    crate::render::manifest::Content,
+    ferry_core::{ContentRef, RepoPath},
+    ferry_source::VerifiedRevision,
+    ferry_tuf::TufSource,
+    std::sync::{Arc, Mutex},
+};
 
 pub mod fat;
 
@@ -179,6 +184,13 @@ pub fn export(
             reason: "--delta-from needs a TUF source and --for-device (the bundle carries what those devices' firmware lacks)".into(),
         });
     }
+    #[cfg(not(feature = "delta"))]
+    if let Some(path) = delta_from {
+        return Err(BundleError::Invalid {
+            path: path.to_owned(),
+            reason: "this ferry is built without delta updates (cargo feature `delta`)".into(),
+        });
+    }
     prepare_out(out)?;
     let (revision, paths) = match config.source.kind.as_deref() {
         #[cfg(feature = "tuf")]
@@ -253,6 +265,7 @@ fn export_tuf(
 ) -> Result<(String, Vec<String>), BundleError> {
     let src = TufSource::new(super::tuf_options(config, &work.join("export"))?);
     let rev = src.fetch_tuf()?;
+    #[cfg_attr(not(feature = "delta"), allow(unused_mut))]
     let mut names: BTreeSet<String> = if facts.is_empty() {
         rev.all_target_names()?.into_iter().collect()
     } else {
@@ -263,6 +276,9 @@ fn export_tuf(
         }
         names
     };
+    #[cfg(not(feature = "delta"))]
+    let _ = delta_from;
+    #[cfg(feature = "delta")]
     if let Some(old) = delta_from {
         let dynrev: Arc<dyn VerifiedRevision> = rev.clone();
         export_chunks(
@@ -337,6 +353,7 @@ fn export_git(
 /// by its index (in `names`) and writes the chunks `old` (the index of the
 /// image the devices run) lacks into the bundle's chunk store
 /// (`tuf/targets/chunks/`, the default store of a bundle), each verified.
+#[cfg(feature = "delta")]
 fn export_chunks(
     config: &Config,
     rev: &Arc<dyn VerifiedRevision>,
@@ -393,6 +410,7 @@ fn export_chunks(
 
 /// The files of `rev` that rendering for `facts` reads or the resulting
 /// resources install.
+#[cfg(feature = "tuf")]
 fn needed_paths(
     rev: &Arc<dyn VerifiedRevision>,
     manifest_path: &RepoPath,
@@ -417,6 +435,7 @@ fn needed_paths(
     Ok(seen)
 }
 
+#[cfg(feature = "tuf")]
 fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), BundleError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -441,11 +460,13 @@ fn collect_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), 
 }
 
 /// A revision that remembers which paths were asked for.
+#[cfg(feature = "tuf")]
 struct Recording {
     inner: Arc<dyn VerifiedRevision>,
     seen: Mutex<BTreeSet<String>>,
 }
 
+#[cfg(feature = "tuf")]
 impl Recording {
     fn note(&self, path: &RepoPath) {
         self.seen
@@ -455,6 +476,7 @@ impl Recording {
     }
 }
 
+#[cfg(feature = "tuf")]
 impl VerifiedRevision for Recording {
     fn id(&self) -> &str {
         self.inner.id()
@@ -686,13 +708,12 @@ pub fn check_device(opened: &Opened, config: &Config, facts: &Facts) -> Result<(
 /// The device's configured source reading the bundle instead of the
 /// network, with the same trust and rollback state (see the module docs).
 pub fn source(config: &Config, opened: &Opened) -> Result<Box<dyn Source>, BundleError> {
-    let name = format!("usb:{}", opened.label);
     Ok(match opened.marker.kind.as_str() {
         #[cfg(feature = "tuf")]
         "tuf" => Box::new(TufSource::for_bundle(
             super::tuf_options(config, &config.state_dir)?,
             &opened.root.join("tuf"),
-            name,
+            format!("usb:{}", opened.label),
         )),
         #[cfg(feature = "git")]
         "git" => {

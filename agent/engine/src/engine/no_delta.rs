@@ -1,0 +1,55 @@
+//! A build without delta updates (cargo feature `delta` left out): a
+//! resource that offers a chunk index (`chunks:`) is fetched whole, and the
+//! audit says why, so a fleet can serve lean and full devices from one
+//! repository.
+
+use ferry_core::Resource;
+use ferry_source::VerifiedRevision;
+
+use super::{Engine, Result};
+use crate::config::Config;
+use crate::render::manifest::{DeltaRef, ResolvedManifest};
+
+const NOT_BUILT_IN: &str = "this ferry is built without delta updates (cargo feature `delta`)";
+
+/// What a delta stage did.
+#[derive(Debug)]
+pub(super) enum DeltaOutcome {
+    /// Never made by this build; matched by the apply path all the same.
+    #[allow(dead_code)]
+    Done(serde_json::Value),
+    /// Not delivered by delta; fetch the full image. The reason, for the audit.
+    Fallback(String),
+}
+
+/// Without delta updates a plan shows no delta download.
+pub fn estimate_deltas(
+    _: &Config,
+    _: Option<&Engine>,
+    _: &mut crate::render::report::PlanReport,
+    _: &ferry_core::Plan,
+    _: &dyn VerifiedRevision,
+    _: &ResolvedManifest,
+) {
+}
+
+impl Engine {
+    pub(super) fn stage_blob_delta(
+        &mut self,
+        _: &dyn VerifiedRevision,
+        _: &Resource,
+        _: Option<&Resource>,
+        _: &DeltaRef,
+    ) -> Result<DeltaOutcome> {
+        Ok(DeltaOutcome::Fallback(NOT_BUILT_IN.to_owned()))
+    }
+
+    pub(super) fn stage_firmware_delta(
+        &mut self,
+        _: &dyn VerifiedRevision,
+        _: &Resource,
+        _: &DeltaRef,
+    ) -> Result<DeltaOutcome> {
+        Ok(DeltaOutcome::Fallback(NOT_BUILT_IN.to_owned()))
+    }
+}
