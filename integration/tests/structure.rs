@@ -23,6 +23,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ferry-rules", &["ferry-core"]),
     ("ferry-ingest", &["ferry-core", "ferry-rules"]),
     ("ferry-wasm", &["ferry-core", "ferry-fs"]),
+    // Built and run on the packaging host: it shares only the CLI's
+    // definitions (by path), no ferry crate.
+    ("ferry-assets", &[]),
     (
         "ferry-engine",
         &[
@@ -33,7 +36,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "ferry-git",
             "ferry-sigstore",
             "ferry-delta",
-            "ferry-fleet",
+            // Not ferry-fleet: the fleet channel reads the engine's state
+            // through its read API and owns its `[fleet]` settings.
             "ferry-rules",
             "ferry-ingest",
             "ferry-wasm",

@@ -440,7 +440,7 @@ pub fn run(args: Cli) -> Result<Code> {
                 unreachable!("handled above")
             };
             let page = match Engine::open_read_only(config.clone())? {
-                Some(e) => e.fleet_report(after, limit.min(ferry_fleet::channel::MAX_PAGE))?,
+                Some(e) => crate::fleet::report_page(&e, after, limit)?,
                 None => ferry_fleet::message::ReportPage::default(),
             };
             output::json_line(&page)?;

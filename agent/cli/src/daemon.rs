@@ -86,14 +86,12 @@ fn write_agent_config(config: &Config, text: &str) -> Result<PathBuf> {
 
 impl Worker {
     fn reload(&mut self) {
-        let loaded = ferry_engine::fetch::load_config_with_text(self.args_config.as_deref()).map(
-            |(mut c, text)| {
-                if let Some(d) = &self.state_dir {
-                    c.state_dir = d.clone();
-                }
-                (c, text)
-            },
-        );
+        let loaded = crate::setup::read_config(self.args_config.as_deref()).map(|(mut c, text)| {
+            if let Some(d) = &self.state_dir {
+                c.state_dir = d.clone();
+            }
+            (c, text)
+        });
         match loaded {
             Ok((c, text)) if c.state_dir == self.config.state_dir => {
                 match write_agent_config(&c, &text) {
@@ -329,7 +327,7 @@ impl Worker {
 }
 
 pub fn run(args: &Cli) -> Result<Code> {
-    let (mut config, text) = ferry_engine::fetch::load_config_with_text(args.config.as_deref())?;
+    let (mut config, text) = crate::setup::read_config(args.config.as_deref())?;
     let times = config.agent.times()?;
     if let Some(d) = config_state_override(args) {
         config.state_dir = d;
@@ -401,7 +399,7 @@ pub fn run(args: &Cli) -> Result<Code> {
         #[cfg(not(feature = "rules"))]
         let rules: Option<crate::shared::EventPath> = None;
         #[cfg(feature = "fleet")]
-        if config.fleet.broker.is_some() {
+        if crate::setup::fleet_settings(&config)?.broker.is_some() {
             let facts = crate::setup::load_facts(args.facts.as_deref(), &config)?;
             let (exe, config_file, state_dir, log_level) = (
                 worker.exe.clone(),

@@ -1,5 +1,6 @@
 //! `ferry fleet status|audit`: the admin's view of what devices report
-//! over the fleet channel (the retained messages on the broker).
+//! over the fleet channel (the retained messages on the broker); and
+//! `ferry fleet report`, what the agent publishes.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +10,28 @@ use ferry_fleet::broker::{Broker, TlsFiles};
 use crate::cli::{BrokerArgs, Cli, FleetAction};
 use crate::exit::Code;
 use crate::output;
+
+/// `ferry fleet report`: the device's state and the audit entries after
+/// `after`, as ferry-fleet pages them, read through the engine's read API.
+pub fn report_page(
+    engine: &ferry_engine::Engine,
+    after: u64,
+    limit: usize,
+) -> Result<ferry_fleet::message::ReportPage> {
+    use ferry_fleet::message::{MAX_REJECTED, ReportPage, StateView};
+    let s = engine.report_state(MAX_REJECTED)?;
+    let state = StateView {
+        generation: s.generation,
+        revision: s.revision,
+        generation_time_ms: s.generation_time_ms,
+        firmware: s.firmware,
+        audit_head: s.audit_head,
+        rejected: s.rejected,
+        drifted: s.drifted,
+    };
+    let (rows, prev) = engine.audit_after(after, limit.min(ferry_fleet::channel::MAX_PAGE))?;
+    Ok(ReportPage::assemble(state, rows, prev))
+}
 
 fn duration(flag: &str, v: &str) -> Result<Duration> {
     ferry_core::duration::parse(v)

@@ -122,7 +122,7 @@ pub fn start(
     tx: mpsc::Sender<Msg>,
     report: Box<dyn Fn() -> std::process::Command + Send + Sync>,
 ) -> Result<Option<Channel>> {
-    let f = &config.fleet;
+    let f = crate::setup::fleet_settings(config)?;
     let Some(url) = &f.broker else {
         return Ok(None);
     };

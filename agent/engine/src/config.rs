@@ -71,159 +71,9 @@ pub struct Config {
     pub rules: RulesConfig,
     pub wasm: WasmConfig,
     pub sigstore: SigstoreConfig,
-    pub fleet: FleetConfig,
-}
-
-/// `[fleet]`: the fleet channel over MQTT (docs/fleet.md): nudges that
-/// schedule a poll, the retained device status and the audit journal
-/// reported in order. Off unless `broker` is set. Content is still pulled
-/// from the source and verified.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FleetConfig {
-    /// `mqtts://host[:port]` (TLS, port 8883 by default) or
-    /// `mqtt://host[:port]` (plain TCP: a broker on the gateway or a
-    /// trusted link).
-    pub broker: Option<String>,
-    /// CA certificates (PEM) the broker's certificate must chain to
-    /// (required with `mqtts://`).
-    pub ca: Option<PathBuf>,
-    /// This device's client certificate chain and key (PEM); brokers map
-    /// the certificate to the device id for their ACLs.
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// The device id in topics and the MQTT client id; default: the
-    /// device's hostname (facts).
-    pub device_id: Option<String>,
-    /// Nudge group and site; default: the facts labels `group` and `site`.
-    pub group: Option<String>,
-    pub site: Option<String>,
-    /// The first topic levels (`ferry/nudge/…`, `ferry/device/…`).
-    pub topic_prefix: String,
-    /// At most one nudged poll per this interval (more nudges are
-    /// coalesced into one poll at its end).
-    pub nudge_interval: String,
-    /// The status is published at least this often (and after every
-    /// reconcile); new audit entries (a USB import, a rollback by hand)
-    /// are found as often.
-    pub report_interval: String,
-    /// Audit entries sent per page (1–200).
-    pub audit_page: usize,
-}
-
-impl Default for FleetConfig {
-    fn default() -> Self {
-        FleetConfig {
-            broker: None,
-            ca: None,
-            cert: None,
-            key: None,
-            device_id: None,
-            group: None,
-            site: None,
-            topic_prefix: "ferry".into(),
-            nudge_interval: "10s".into(),
-            report_interval: "1m".into(),
-            audit_page: 100,
-        }
-    }
-}
-
-/// The fleet channel's durations, parsed.
-#[derive(Debug, Clone, Copy)]
-pub struct FleetTimes {
-    pub nudge_interval: std::time::Duration,
-    pub report_interval: std::time::Duration,
-}
-
-impl FleetConfig {
-    pub fn times(&self) -> Result<FleetTimes, ConfigError> {
-        let d = |key: &'static str, v: &str, min: std::time::Duration| {
-            ferry_core::duration::parse(v)
-                .filter(|d| *d >= min)
-                .ok_or_else(|| ConfigError::Invalid {
-                    key,
-                    message: format!(
-                        "{v:?} is not a duration of at least {} ms (e.g. 10s, 1m)",
-                        min.as_millis()
-                    ),
-                })
-        };
-        Ok(FleetTimes {
-            nudge_interval: d(
-                "fleet.nudge_interval",
-                &self.nudge_interval,
-                std::time::Duration::ZERO,
-            )?,
-            report_interval: d(
-                "fleet.report_interval",
-                &self.report_interval,
-                std::time::Duration::from_secs(1),
-            )?,
-        })
-    }
-
-    #[cfg(not(feature = "fleet"))]
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.broker.is_none() {
-            return Ok(());
-        }
-        Err(ConfigError::not_built_in(
-            "fleet.broker",
-            "the fleet channel",
-            "fleet",
-        ))
-    }
-
-    #[cfg(feature = "fleet")]
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, e: ferry_fleet::FleetError| ConfigError::Invalid {
-            key,
-            message: e.to_string(),
-        };
-        let Some(url) = &self.broker else {
-            return Ok(());
-        };
-        let broker =
-            ferry_fleet::broker::Broker::parse(url).map_err(|e| invalid("fleet.broker", e))?;
-        self.times()?;
-        if broker.tls && self.ca.is_none() {
-            return Err(ConfigError::Invalid {
-                key: "fleet.ca",
-                message: "an mqtts:// broker needs the CA file its certificate chains to".into(),
-            });
-        }
-        if self.cert.is_some() != self.key.is_some() {
-            return Err(ConfigError::Invalid {
-                key: "fleet.cert",
-                message: "fleet.cert and fleet.key go together".into(),
-            });
-        }
-        if !broker.tls && self.cert.is_some() {
-            return Err(ConfigError::Invalid {
-                key: "fleet.cert",
-                message: "a client certificate needs an mqtts:// broker".into(),
-            });
-        }
-        ferry_fleet::topics::check_prefix(&self.topic_prefix)
-            .map_err(|e| invalid("fleet.topic_prefix", e))?;
-        for (key, v) in [
-            ("fleet.device_id", &self.device_id),
-            ("fleet.group", &self.group),
-            ("fleet.site", &self.site),
-        ] {
-            if let Some(v) = v {
-                ferry_fleet::topics::check_name("name", v).map_err(|e| invalid(key, e))?;
-            }
-        }
-        if !(1..=ferry_fleet::channel::MAX_PAGE).contains(&self.audit_page) {
-            return Err(ConfigError::Invalid {
-                key: "fleet.audit_page",
-                message: format!("{}: 1 to 200 entries", self.audit_page),
-            });
-        }
-        Ok(())
-    }
+    /// `[fleet]` as written: read and checked by ferry-fleet
+    /// (`ferry_fleet::settings`), which owns it.
+    pub fleet: toml::Table,
 }
 
 /// `[sigstore]`: resources that must also carry a Sigstore bundle
@@ -795,7 +645,7 @@ impl Default for Config {
             rules: RulesConfig::default(),
             wasm: WasmConfig::default(),
             sigstore: SigstoreConfig::default(),
-            fleet: FleetConfig::default(),
+            fleet: toml::Table::new(),
         }
     }
 }
@@ -943,7 +793,6 @@ impl Config {
                 });
             }
         }
-        self.fleet.validate()?;
         if let Some(url) = &self.rules.mqtt {
             ferry_rules::target::MqttTarget::parse(url).map_err(|message| {
                 ConfigError::Invalid {

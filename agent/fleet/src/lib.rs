@@ -13,7 +13,8 @@
 //!   table, and a device's reported entries with their chain verified
 //!   ([`message::verify_reported`]).
 //!
-//! Topics are in [`topics`]; the broker connection (plain TCP for a local
+//! `[fleet]` of ferry.toml is read and checked here ([`settings`]); the
+//! engine only keeps it. Topics are in [`topics`]; the broker connection (plain TCP for a local
 //! broker, TLS with client certificates otherwise) in [`broker`].
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod channel;
 pub mod limiter;
 pub mod message;
+pub mod settings;
 pub mod topics;
 
 use ferry_core::{Classify, ErrorClass};

@@ -111,6 +111,44 @@ pub struct ReportPage {
     pub entries: Vec<ReportedEntry>,
 }
 
+/// The most bytes of audit entries in one report page (one entry more when
+/// a single entry is larger): far below the 1 MiB the agent reads of a
+/// report.
+pub const PAGE_BYTES: usize = 512 * 1024;
+
+impl ReportPage {
+    /// A page from what the device's state says: `rows` are the audit
+    /// entries after the last one reported, oldest first, each with its
+    /// chain hash; `prev` is the hash of the entry before the first (none:
+    /// the chain starts there). Entries past [`PAGE_BYTES`] wait for the
+    /// next page.
+    pub fn assemble(
+        state: StateView,
+        rows: Vec<(AuditEntry, String)>,
+        prev: Option<String>,
+    ) -> ReportPage {
+        let mut prev = prev.unwrap_or_else(|| Sha256::ZERO.to_hex());
+        let mut bytes = 0usize;
+        let entries = rows
+            .into_iter()
+            .map(|(entry, hash)| {
+                let prev_hash = std::mem::replace(&mut prev, hash.clone());
+                ReportedEntry {
+                    entry,
+                    hash,
+                    prev_hash,
+                }
+            })
+            .take_while(|e| {
+                let first = bytes == 0;
+                bytes += serde_json::to_vec(e).map_or(0, |v| v.len()).max(1);
+                first || bytes <= PAGE_BYTES
+            })
+            .collect();
+        ReportPage { state, entries }
+    }
+}
+
 /// Why a reported chain does not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportedChainError {

@@ -23,6 +23,7 @@ mod query;
 mod recover;
 mod rollback;
 mod verify;
+pub use query::{HashedEntries, ReportState};
 pub use verify::VerifyReport;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,27 @@
 
 use super::*;
 
+/// Audit entries, oldest first, each with its chain hash (hex).
+pub type HashedEntries = Vec<(AuditEntry, String)>;
+
+/// What the device's state says of itself, for reports that leave the
+/// device (the fleet status): read from `state.db` and the boot
+/// environment, nothing else.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportState {
+    pub generation: Option<u64>,
+    pub revision: Option<String>,
+    pub generation_time_ms: Option<i64>,
+    /// The firmware slots as `ferry status --json` shows them, or
+    /// `{"error": …}`.
+    pub firmware: Option<serde_json::Value>,
+    pub audit_head: u64,
+    /// Rejected revisions, newest first.
+    pub rejected: Vec<String>,
+    /// Managed resources changed on the device and not restored.
+    pub drifted: u64,
+}
+
 impl Engine {
     /// The current generation's number and its rule sets, compiled, in
     /// name order (what the rule engine runs).
@@ -151,68 +172,45 @@ impl Engine {
         Ok(t)
     }
 
-    /// The most bytes of audit entries in one fleet report page (one entry
-    /// more when a single entry is larger).
-    pub const FLEET_PAGE_BYTES: usize = 512 * 1024;
-
-    #[cfg(feature = "fleet")]
-    /// What the fleet channel reports: the current generation, the
-    /// firmware slots, and at most `limit` audit entries after `after`,
-    /// each with its chain hash and its predecessor's.
-    pub fn fleet_report(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<ferry_fleet::message::ReportPage> {
-        use ferry_fleet::message::{ReportPage, ReportedEntry, StateView};
+    /// What the device's state says for a fleet status: the current
+    /// generation, the firmware slots (a boot environment that cannot be
+    /// read as its error), the audit head, the rejected revisions (newest
+    /// first, at most `max_rejected`) and the drift count.
+    pub fn report_state(&self, max_rejected: usize) -> Result<ReportState> {
         let current = match self.db.current_generation()? {
             Some(n) => self.db.generation(n)?,
             None => None,
         };
-        // A boot environment that cannot be read is reported as its error.
         let firmware = match self.firmware_status() {
             Ok(fw) => fw.and_then(|f| serde_json::to_value(f).ok()),
             Err(e) => Some(json!({"error": e.to_string()})),
         };
-        let (rows, prev) = self.db.audit_after(after, limit)?;
-        let mut prev = prev.unwrap_or_else(|| Sha256::ZERO.to_hex());
-        // A page stays far below what the agent reads of a report (1 MiB):
-        // entries past FLEET_PAGE_BYTES wait for the next page.
-        let mut bytes = 0usize;
-        let entries = rows
-            .into_iter()
-            .map(|(entry, hash)| {
-                let prev_hash = std::mem::replace(&mut prev, hash.clone());
-                ReportedEntry {
-                    entry,
-                    hash,
-                    prev_hash,
-                }
-            })
-            .take_while(|e| {
-                let first = bytes == 0;
-                bytes += serde_json::to_vec(e).map_or(0, |v| v.len()).max(1);
-                first || bytes <= Self::FLEET_PAGE_BYTES
-            })
-            .collect();
-        Ok(ReportPage {
-            state: StateView {
-                generation: current.as_ref().map(|g| g.id),
-                revision: current.as_ref().map(|g| g.revision.clone()),
-                generation_time_ms: current.as_ref().map(|g| g.created_ms),
-                firmware,
-                audit_head: self.db.audit_head()?.map_or(0, |(s, _)| s),
-                rejected: self
-                    .db
-                    .rejections()?
-                    .into_iter()
-                    .take(ferry_fleet::message::MAX_REJECTED)
-                    .map(|r| r.revision)
-                    .collect(),
-                drifted: self.db.drift()?.len() as u64,
-            },
-            entries,
+        Ok(ReportState {
+            generation: current.as_ref().map(|g| g.id),
+            revision: current.as_ref().map(|g| g.revision.clone()),
+            generation_time_ms: current.as_ref().map(|g| g.created_ms),
+            firmware,
+            audit_head: self.db.audit_head()?.map_or(0, |(s, _)| s),
+            rejected: self
+                .db
+                .rejections()?
+                .into_iter()
+                .take(max_rejected)
+                .map(|r| r.revision)
+                .collect(),
+            drifted: self.db.drift()?.len() as u64,
         })
+    }
+
+    /// At most `limit` audit entries after seq `after`, oldest first, each
+    /// with its chain hash (hex), and the hash of the entry before the
+    /// first (none when the chain starts there).
+    pub fn audit_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(HashedEntries, Option<String>)> {
+        Ok(self.db.audit_after(after, limit)?)
     }
 
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>> {
