@@ -405,11 +405,11 @@ impl Engine {
                 && let Some(delta) = desired.deltas.get(&r.id())
             {
                 match self.stage_blob_delta(rev, r, from, delta)? {
-                    super::delta::DeltaOutcome::Done(report) => {
+                    DeltaOutcome::Done(report) => {
                         deltas.push(report);
                         continue;
                     }
-                    super::delta::DeltaOutcome::Fallback(reason) => {
+                    DeltaOutcome::Fallback(reason) => {
                         deltas.push(json!({"resource": r.id().to_string(), "fallback": reason}));
                     }
                 }
@@ -418,11 +418,11 @@ impl Engine {
                 && let Some(delta) = desired.deltas.get(&r.id())
             {
                 match self.stage_firmware_delta(rev, r, delta)? {
-                    super::delta::DeltaOutcome::Done(report) => {
+                    DeltaOutcome::Done(report) => {
                         deltas.push(report);
                         continue;
                     }
-                    super::delta::DeltaOutcome::Fallback(reason) => {
+                    DeltaOutcome::Fallback(reason) => {
                         deltas.push(json!({"resource": r.id().to_string(), "fallback": reason}));
                     }
                 }
@@ -704,4 +704,14 @@ impl Engine {
     }
 
     // ---- firmware ------------------------------------------------------------------
+}
+
+/// What a delta stage did.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "delta"), allow(dead_code))]
+pub(super) enum DeltaOutcome {
+    /// Staged by delta (what the audit records of it).
+    Done(serde_json::Value),
+    /// Not delivered by delta; fetch the full image. The reason, for the audit.
+    Fallback(String),
 }

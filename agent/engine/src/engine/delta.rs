@@ -21,19 +21,11 @@ use ferry_core::{ContentRef, Resource};
 use crate::config::Config;
 use ferry_delta::{AssembleError, ChunkIndex, Report, Seed};
 
+use super::apply::DeltaOutcome;
 use super::firmware::running_image;
 use super::*;
 use crate::fetch::delta::{chunk_timeouts, delta_index};
 use crate::render::manifest::DeltaRef;
-
-/// What a delta stage did.
-#[derive(Debug)]
-pub(super) enum DeltaOutcome {
-    /// The inactive slot holds the image.
-    Done(serde_json::Value),
-    /// Not delivered by delta; fetch the full image. The reason, for the audit.
-    Fallback(String),
-}
 
 /// Fills in the delta download of each plan step that has a chunk index.
 /// `engine`: the device's state (absent before the first apply).

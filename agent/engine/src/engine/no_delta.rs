@@ -6,21 +6,12 @@
 use ferry_core::Resource;
 use ferry_source::VerifiedRevision;
 
+use super::apply::DeltaOutcome;
 use super::{Engine, Result};
 use crate::config::Config;
 use crate::render::manifest::{DeltaRef, ResolvedManifest};
 
 const NOT_BUILT_IN: &str = "this ferry is built without delta updates (cargo feature `delta`)";
-
-/// What a delta stage did.
-#[derive(Debug)]
-pub(super) enum DeltaOutcome {
-    /// Never made by this build; matched by the apply path all the same.
-    #[allow(dead_code)]
-    Done(serde_json::Value),
-    /// Not delivered by delta; fetch the full image. The reason, for the audit.
-    Fallback(String),
-}
 
 /// Without delta updates a plan shows no delta download.
 pub fn estimate_deltas(

@@ -205,11 +205,7 @@ impl Engine {
     /// At most `limit` audit entries after seq `after`, oldest first, each
     /// with its chain hash (hex), and the hash of the entry before the
     /// first (none when the chain starts there).
-    pub fn audit_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<(HashedEntries, Option<String>)> {
+    pub fn audit_after(&self, after: u64, limit: usize) -> Result<(HashedEntries, Option<String>)> {
         Ok(self.db.audit_after(after, limit)?)
     }
 
