@@ -18,6 +18,8 @@ use common::{FERRY, Fixture, file, stderr};
 /// closed port; it trusts `root` (TUF).
 fn offline_tuf(root: &Path, extra: &str) -> Fixture {
     let fx = Fixture::new();
+    // `stall_timeout_secs`: the deprecated spelling of `stall_timeout =
+    // "2s"`, still read.
     fs::write(
         &fx.config,
         format!(

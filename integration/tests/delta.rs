@@ -75,8 +75,8 @@ impl Gateway {
         d.configure(&d.repo.root_v1());
         // Chunks of ~64 KiB must arrive within 2 s + 1 s (a drip fails fast).
         let text = fs::read_to_string(&d.fx.config).unwrap().replace(
-            "stall_timeout_secs = 2\n",
-            "stall_timeout_secs = 2\nmin_rate_bytes_per_sec = 65536\n",
+            "stall_timeout = \"2s\"\n",
+            "stall_timeout = \"2s\"\nmin_rate_bytes_per_sec = 65536\n",
         );
         fs::write(&d.fx.config, text).unwrap();
         let g = grubenv.to_str().unwrap();

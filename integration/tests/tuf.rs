@@ -350,8 +350,8 @@ fn a_target_dripped_slower_than_the_minimum_rate_is_cut_off() {
     fs::write(
         &d.fx.config,
         conf.replace(
-            "stall_timeout_secs = 2\n",
-            "stall_timeout_secs = 2\nmin_rate_bytes_per_sec = 500\n",
+            "stall_timeout = \"2s\"\n",
+            "stall_timeout = \"2s\"\nmin_rate_bytes_per_sec = 500\n",
         ),
     )
     .unwrap();
@@ -522,8 +522,25 @@ fn configured_time_floor_and_bad_tuf_configuration() {
             "source.tuf.time_floor",
         ),
         (
-            text.replace("stall_timeout_secs = 2", "stall_timeout_secs = 0"),
-            "source.tuf.stall_timeout_secs",
+            text.replace("stall_timeout = \"2s\"", "stall_timeout = \"0s\""),
+            "source.tuf.stall_timeout: must be longer than zero",
+        ),
+        (
+            text.replace("metadata_timeout = \"3s\"", "metadata_timeout = \"soon\""),
+            "source.tuf.metadata_timeout: \"soon\" is not a duration",
+        ),
+        // The deprecated spelling in whole seconds (still read; tests/bundle.rs
+        // uses it), and not both.
+        (
+            text.replace("stall_timeout = \"2s\"", "stall_timeout_secs = 0"),
+            "source.tuf.stall_timeout_secs: must be longer than zero",
+        ),
+        (
+            text.replace(
+                "stall_timeout = \"2s\"",
+                "stall_timeout = \"2s\"\nstall_timeout_secs = 2",
+            ),
+            "set source.tuf.stall_timeout or its deprecated spelling source.tuf.stall_timeout_secs, not both",
         ),
     ] {
         fs::write(&d.fx.config, &bad).unwrap();

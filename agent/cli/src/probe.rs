@@ -49,7 +49,7 @@ impl Probe {
             return None;
         }
         let times = config.agent.times().ok()?;
-        let stall = Duration::from_secs(config.source.tuf.stall_timeout_secs.max(1));
+        let stall = config.source.tuf.stall_timeout();
         let mut builder = reqwest::blocking::Client::builder()
             .connect_timeout(stall)
             .timeout(stall)

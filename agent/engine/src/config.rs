@@ -446,13 +446,57 @@ pub struct HealthCheck {
     /// A local HTTP URL that must answer 2xx.
     #[serde(default)]
     pub url: Option<String>,
-    /// Seconds before the check counts as failed.
-    #[serde(default = "default_health_timeout")]
-    pub timeout_secs: u64,
+    /// How long before the check counts as failed (`"60s"`, the default).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Deprecated: `timeout` in whole seconds.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
-fn default_health_timeout() -> u64 {
-    60
+impl HealthCheck {
+    /// `timeout` (or its deprecated `timeout_secs`), checked at load.
+    pub fn timeout(&self) -> std::time::Duration {
+        let default = std::time::Duration::from_secs(60);
+        timeout_setting(
+            ("health.check.timeout", &self.timeout),
+            ("health.check.timeout_secs", self.timeout_secs),
+            default,
+        )
+        .unwrap_or(default)
+    }
+}
+
+/// A timeout written as a duration (`stall_timeout = "30s"`) or, in the
+/// deprecated spelling, in whole seconds under its old name
+/// (`stall_timeout_secs = 30`); at most one of them, and never zero.
+fn timeout_setting(
+    (key, text): (&'static str, &Option<String>),
+    (old_key, secs): (&'static str, Option<u64>),
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    let d = match (text, secs) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid {
+                key,
+                message: format!("set {key} or its deprecated spelling {old_key}, not both"),
+            });
+        }
+        (Some(t), None) => ferry_core::duration::parse(t).ok_or_else(|| ConfigError::Invalid {
+            key,
+            message: format!("{t:?} is not a duration (e.g. 500ms, 30s, 2m)"),
+        })?,
+        (None, Some(s)) => std::time::Duration::from_secs(s),
+        (None, None) => default,
+    };
+    if d.is_zero() {
+        let key = if text.is_some() { key } else { old_key };
+        return Err(ConfigError::Invalid {
+            key,
+            message: "must be longer than zero".into(),
+        });
+    }
+    Ok(d)
 }
 
 /// One `[[firmware.slots]]` entry.
@@ -585,16 +629,53 @@ pub struct TufSourceConfig {
     pub root: PathBuf,
     /// The target holding the desired-state manifest.
     pub manifest: String,
-    /// Seconds of silence after which a fetch gives up (stalled server).
-    pub stall_timeout_secs: u64,
-    /// Seconds a whole metadata file may take (slow-drip server).
-    pub metadata_timeout_secs: u64,
+    /// Silence after which a fetch gives up (stalled server); `"30s"`.
+    pub stall_timeout: Option<String>,
+    /// Deprecated: `stall_timeout` in whole seconds.
+    pub stall_timeout_secs: Option<u64>,
+    /// How long a whole metadata file may take (slow-drip server); `"60s"`.
+    pub metadata_timeout: Option<String>,
+    /// Deprecated: `metadata_timeout` in whole seconds.
+    pub metadata_timeout_secs: Option<u64>,
     /// Slowest average a target may arrive at (bytes/s): a target of n
-    /// bytes must arrive within stall_timeout_secs + n / this.
+    /// bytes must arrive within the stall timeout + n / this.
     pub min_rate_bytes_per_sec: u64,
     /// A time the device knows has passed (RFC 3339, e.g. the image build
     /// time): the secure time floor starts here.
     pub time_floor: Option<String>,
+}
+
+impl TufSourceConfig {
+    /// The stall and metadata timeouts, from either spelling.
+    fn timeouts(&self) -> Result<(std::time::Duration, std::time::Duration), ConfigError> {
+        Ok((
+            timeout_setting(
+                ("source.tuf.stall_timeout", &self.stall_timeout),
+                ("source.tuf.stall_timeout_secs", self.stall_timeout_secs),
+                std::time::Duration::from_secs(30),
+            )?,
+            timeout_setting(
+                ("source.tuf.metadata_timeout", &self.metadata_timeout),
+                (
+                    "source.tuf.metadata_timeout_secs",
+                    self.metadata_timeout_secs,
+                ),
+                std::time::Duration::from_secs(60),
+            )?,
+        ))
+    }
+
+    /// Silence after which a fetch gives up (checked at load).
+    pub fn stall_timeout(&self) -> std::time::Duration {
+        self.timeouts()
+            .map_or(std::time::Duration::from_secs(30), |t| t.0)
+    }
+
+    /// How long a whole metadata file may take (checked at load).
+    pub fn metadata_timeout(&self) -> std::time::Duration {
+        self.timeouts()
+            .map_or(std::time::Duration::from_secs(60), |t| t.1)
+    }
 }
 
 impl Default for TufSourceConfig {
@@ -604,8 +685,10 @@ impl Default for TufSourceConfig {
             targets_url: None,
             root: PathBuf::from("/etc/ferry/trust/root.json"),
             manifest: "ferry/manifest.yaml".to_owned(),
-            stall_timeout_secs: 30,
-            metadata_timeout_secs: 60,
+            stall_timeout: None,
+            stall_timeout_secs: None,
+            metadata_timeout: None,
+            metadata_timeout_secs: None,
             min_rate_bytes_per_sec: 1024,
             time_floor: None,
         }
@@ -856,6 +939,11 @@ impl Config {
                     message: "each check needs exactly one of command, unit, url".to_owned(),
                 });
             }
+            timeout_setting(
+                ("health.check.timeout", &c.timeout),
+                ("health.check.timeout_secs", c.timeout_secs),
+                std::time::Duration::from_secs(60),
+            )?;
             if let Some(u) = &c.url
                 && !(u.starts_with("http://127.0.0.1")
                     || u.starts_with("http://localhost")
@@ -949,12 +1037,7 @@ impl Config {
                         message: "must be at least 1".to_owned(),
                     });
                 }
-                if tuf.stall_timeout_secs == 0 || tuf.metadata_timeout_secs == 0 {
-                    return Err(ConfigError::Invalid {
-                        key: "source.tuf.stall_timeout_secs",
-                        message: "timeouts must be at least 1 second".to_owned(),
-                    });
-                }
+                tuf.timeouts()?;
                 if let Some(t) = &tuf.time_floor
                     && t.parse::<jiff::Timestamp>().is_err()
                 {
@@ -1032,6 +1115,7 @@ fn merge(into: &mut toml::Table, layer: toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn defaults_and_dir_source() {
@@ -1043,6 +1127,53 @@ mod tests {
         assert_eq!(c.state_dir, Path::new("/tmp/s"));
         assert_eq!(c.source.dir.manifest, "ferry.yaml");
         assert_eq!(c.files.root, Path::new("/"));
+    }
+
+    #[test]
+    fn timeouts_are_durations_and_the_old_seconds_still_read() {
+        let load = |section: &str| {
+            Config::from_toml(
+                Path::new("t.toml"),
+                &format!("state_dir = \"/tmp/s\"\n{section}"),
+            )
+        };
+        let check = |t: &str| format!("[[health.check]]\ncommand = [\"true\"]\n{t}");
+        let c = load(&check("timeout = \"1500ms\"")).unwrap();
+        assert_eq!(c.health.check[0].timeout(), Duration::from_millis(1500));
+        let c = load(&check("timeout_secs = 7")).unwrap();
+        assert_eq!(c.health.check[0].timeout(), Duration::from_secs(7));
+        assert_eq!(
+            load(&check("")).unwrap().health.check[0].timeout(),
+            Duration::from_secs(60)
+        );
+        let c = load("[source.tuf]\nstall_timeout = \"5s\"\nmetadata_timeout_secs = 9\n").unwrap();
+        assert_eq!(c.source.tuf.stall_timeout(), Duration::from_secs(5));
+        assert_eq!(c.source.tuf.metadata_timeout(), Duration::from_secs(9));
+        assert_eq!(
+            Config::default().source.tuf.stall_timeout(),
+            Duration::from_secs(30)
+        );
+        for (section, says) in [
+            (
+                check("timeout = \"0s\""),
+                "health.check.timeout: must be longer than zero",
+            ),
+            (
+                check("timeout_secs = 0"),
+                "health.check.timeout_secs: must be longer than zero",
+            ),
+            (
+                check("timeout = \"a while\""),
+                "health.check.timeout: \"a while\" is not a duration",
+            ),
+            (
+                check("timeout = \"5s\"\ntimeout_secs = 5"),
+                "set health.check.timeout or its deprecated spelling health.check.timeout_secs, not both",
+            ),
+        ] {
+            let e = load(&section).unwrap_err().to_string();
+            assert!(e.contains(says), "{section}: {e}");
+        }
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl Device {
             format!(
                 "state_dir = {state:?}\n[source]\nkind = \"tuf\"\n[source.tuf]\n\
                  metadata_url = \"{url}/metadata\"\ntargets_url = \"{url}/targets\"\n\
-                 root = {root:?}\nstall_timeout_secs = 2\nmetadata_timeout_secs = 3\n\
+                 root = {root:?}\nstall_timeout = \"2s\"\nmetadata_timeout = \"3s\"\n\
                  [files]\nroot = {files:?}\n{}",
                 self.extra.borrow()
             ),

@@ -48,7 +48,7 @@ fn check_url(url: &str, timeout: Duration) -> Result<(), Unhealthy> {
 pub fn run(config: &HealthConfig) -> Result<(), Unhealthy> {
     for check in &config.check {
         if let Some(url) = &check.url {
-            check_url(url, Duration::from_secs(check.timeout_secs))?;
+            check_url(url, check.timeout())?;
             continue;
         }
         let command: Vec<String> = match &check.unit {
@@ -68,16 +68,14 @@ pub fn run(config: &HealthConfig) -> Result<(), Unhealthy> {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("{label}: {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(check.timeout_secs);
+        let deadline = Instant::now() + check.timeout();
         let status = loop {
             match child.try_wait().map_err(|e| format!("{label}: {e}"))? {
                 Some(status) => break status,
                 None if Instant::now() >= deadline => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(
-                        format!("{label}: no answer within {} s", check.timeout_secs).into(),
-                    );
+                    return Err(format!("{label}: no answer within {:?}", check.timeout()).into());
                 }
                 None => std::thread::sleep(Duration::from_millis(50)),
             }

@@ -17,7 +17,7 @@ const MAX_INDEX_FILE: u64 = 64 << 20;
 pub fn chunk_timeouts(config: &Config) -> ferry_delta::store::Timeouts {
     let tuf = &config.source.tuf;
     ferry_delta::store::Timeouts {
-        stall: std::time::Duration::from_secs(tuf.stall_timeout_secs),
+        stall: tuf.stall_timeout(),
         min_rate: tuf.min_rate_bytes_per_sec,
         attempts: 4,
         cross_origin_redirects: config.source.chunk_redirects.as_deref() == Some("any"),

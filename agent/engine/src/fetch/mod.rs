@@ -8,8 +8,6 @@
 //! (a `git` or `tuf` feature left out) still reads every configuration.
 
 use std::path::Path;
-#[cfg(feature = "tuf")]
-use std::time::Duration;
 
 use ferry_core::RepoPath;
 use ferry_source::{Source, TimeFloor};
@@ -152,8 +150,8 @@ pub fn tuf_options(
         dir: state_dir.join("tuf"),
         floor: time_floor(config, state_dir)?,
         timeouts: ferry_tuf::Timeouts {
-            stall: Duration::from_secs(cfg.stall_timeout_secs),
-            metadata: Duration::from_secs(cfg.metadata_timeout_secs),
+            stall: cfg.stall_timeout(),
+            metadata: cfg.metadata_timeout(),
             min_rate: cfg.min_rate_bytes_per_sec,
         },
     })
