@@ -327,9 +327,10 @@ mod no_ingest {
     impl Sources {
         pub async fn apply(&mut self, plan: &ferry_ingest::Plan) -> std::io::Result<()> {
             if plan.coap.is_some() || !plan.devices.is_empty() {
-                return Err(std::io::Error::other(
-                    "this ferry is built without field event sources (cargo feature `ingest`)",
-                ));
+                return Err(std::io::Error::other(ferry_engine::config::built_without(
+                    ferry_engine::config::FIELD_SOURCES,
+                    "ingest",
+                )));
             }
             Ok(())
         }

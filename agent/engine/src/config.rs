@@ -31,15 +31,21 @@ pub enum ConfigError {
     Ingest(#[from] ferry_ingest::ConfigError),
 }
 
+/// What every refusal of a part this build leaves out says: `what`, and the
+/// cargo feature that brings it.
+pub fn built_without(what: &str, feature: &str) -> String {
+    format!(
+        "this ferry is built without {what} (cargo feature `{feature}`; `ferry --version` lists what is built in)"
+    )
+}
+
 impl ConfigError {
     /// `key` asks for `what`, which this build leaves out (cargo feature
     /// `feature`).
     pub fn not_built_in(key: &'static str, what: &str, feature: &str) -> ConfigError {
         ConfigError::Invalid {
             key,
-            message: format!(
-                "this ferry is built without {what} (cargo feature `{feature}`; `ferry --version` lists what is built in)"
-            ),
+            message: built_without(what, feature),
         }
     }
 }
@@ -328,6 +334,11 @@ impl Default for StateConfig {
     }
 }
 
+/// What the `rules`, `ingest` and `delta` features bring, in refusals.
+pub const RULES_RUNTIME: &str = "the rules runtime";
+pub const FIELD_SOURCES: &str = "field event sources (CoAP, Modbus)";
+pub const DELTA_UPDATES: &str = "delta updates";
+
 /// `[rules]`: where the rule engine in `ferry run` takes events from and
 /// sends actions to. The engine runs when `mqtt`, `socket`, `coap` or a
 /// `modbus` device is set; it evaluates the `ruleset` resources of the
@@ -367,27 +378,19 @@ impl RulesConfig {
     /// A build without the rules runtime (or its field sources) refuses
     /// the settings that would start it, naming the first.
     fn built_in(&self) -> Result<(), ConfigError> {
-        let set = [
-            ("rules.mqtt", self.mqtt.is_some(), "rules"),
-            ("rules.socket", self.socket.is_some(), "rules"),
-            ("rules.coap", self.coap.is_some(), "ingest"),
-            ("rules.modbus", !self.modbus.is_empty(), "ingest"),
-        ];
-        let built = |feature| match feature {
-            "rules" => cfg!(feature = "rules"),
-            _ => cfg!(feature = "ingest"),
-        };
-        match set.into_iter().find(|&(_, on, f)| on && !built(f)) {
-            Some((key, _, "rules")) => {
-                Err(ConfigError::not_built_in(key, "the rules runtime", "rules"))
+        let runtime = (cfg!(feature = "rules"), RULES_RUNTIME, "rules");
+        let sources = (cfg!(feature = "ingest"), FIELD_SOURCES, "ingest");
+        for (key, set, (built, what, feature)) in [
+            ("rules.mqtt", self.mqtt.is_some(), runtime),
+            ("rules.socket", self.socket.is_some(), runtime),
+            ("rules.coap", self.coap.is_some(), sources),
+            ("rules.modbus", !self.modbus.is_empty(), sources),
+        ] {
+            if set && !built {
+                return Err(ConfigError::not_built_in(key, what, feature));
             }
-            Some((key, _, f)) => Err(ConfigError::not_built_in(
-                key,
-                "field event sources (CoAP, Modbus)",
-                f,
-            )),
-            None => Ok(()),
         }
+        Ok(())
     }
 
     /// Whether `ferry run` starts the rule engine.
@@ -455,15 +458,20 @@ pub struct HealthCheck {
 }
 
 impl HealthCheck {
-    /// `timeout` (or its deprecated `timeout_secs`), checked at load.
-    pub fn timeout(&self) -> std::time::Duration {
-        let default = std::time::Duration::from_secs(60);
+    const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// `timeout` or its deprecated `timeout_secs`, checked.
+    fn checked_timeout(&self) -> Result<std::time::Duration, ConfigError> {
         timeout_setting(
             ("health.check.timeout", &self.timeout),
             ("health.check.timeout_secs", self.timeout_secs),
-            default,
+            Self::DEFAULT_TIMEOUT,
         )
-        .unwrap_or(default)
+    }
+
+    /// How long the check may take (checked at load).
+    pub fn timeout(&self) -> std::time::Duration {
+        self.checked_timeout().unwrap_or(Self::DEFAULT_TIMEOUT)
     }
 }
 
@@ -646,35 +654,37 @@ pub struct TufSourceConfig {
 }
 
 impl TufSourceConfig {
-    /// The stall and metadata timeouts, from either spelling.
-    fn timeouts(&self) -> Result<(std::time::Duration, std::time::Duration), ConfigError> {
-        Ok((
-            timeout_setting(
-                ("source.tuf.stall_timeout", &self.stall_timeout),
-                ("source.tuf.stall_timeout_secs", self.stall_timeout_secs),
-                std::time::Duration::from_secs(30),
-            )?,
-            timeout_setting(
-                ("source.tuf.metadata_timeout", &self.metadata_timeout),
-                (
-                    "source.tuf.metadata_timeout_secs",
-                    self.metadata_timeout_secs,
-                ),
-                std::time::Duration::from_secs(60),
-            )?,
-        ))
+    const DEFAULT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+    const DEFAULT_METADATA: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn checked_stall_timeout(&self) -> Result<std::time::Duration, ConfigError> {
+        timeout_setting(
+            ("source.tuf.stall_timeout", &self.stall_timeout),
+            ("source.tuf.stall_timeout_secs", self.stall_timeout_secs),
+            Self::DEFAULT_STALL,
+        )
+    }
+
+    fn checked_metadata_timeout(&self) -> Result<std::time::Duration, ConfigError> {
+        timeout_setting(
+            ("source.tuf.metadata_timeout", &self.metadata_timeout),
+            (
+                "source.tuf.metadata_timeout_secs",
+                self.metadata_timeout_secs,
+            ),
+            Self::DEFAULT_METADATA,
+        )
     }
 
     /// Silence after which a fetch gives up (checked at load).
     pub fn stall_timeout(&self) -> std::time::Duration {
-        self.timeouts()
-            .map_or(std::time::Duration::from_secs(30), |t| t.0)
+        self.checked_stall_timeout().unwrap_or(Self::DEFAULT_STALL)
     }
 
     /// How long a whole metadata file may take (checked at load).
     pub fn metadata_timeout(&self) -> std::time::Duration {
-        self.timeouts()
-            .map_or(std::time::Duration::from_secs(60), |t| t.1)
+        self.checked_metadata_timeout()
+            .unwrap_or(Self::DEFAULT_METADATA)
     }
 }
 
@@ -939,11 +949,7 @@ impl Config {
                     message: "each check needs exactly one of command, unit, url".to_owned(),
                 });
             }
-            timeout_setting(
-                ("health.check.timeout", &c.timeout),
-                ("health.check.timeout_secs", c.timeout_secs),
-                std::time::Duration::from_secs(60),
-            )?;
+            c.checked_timeout()?;
             if let Some(u) = &c.url
                 && !(u.starts_with("http://127.0.0.1")
                     || u.starts_with("http://localhost")
@@ -1037,7 +1043,8 @@ impl Config {
                         message: "must be at least 1".to_owned(),
                     });
                 }
-                tuf.timeouts()?;
+                tuf.checked_stall_timeout()?;
+                tuf.checked_metadata_timeout()?;
                 if let Some(t) = &tuf.time_floor
                     && t.parse::<jiff::Timestamp>().is_err()
                 {

@@ -11,7 +11,13 @@ use super::{Engine, Result};
 use crate::config::Config;
 use crate::render::manifest::{DeltaRef, ResolvedManifest};
 
-const NOT_BUILT_IN: &str = "this ferry is built without delta updates (cargo feature `delta`)";
+/// Why a chunk index was not used, for the audit.
+fn not_built_in() -> DeltaOutcome {
+    DeltaOutcome::Fallback(crate::config::built_without(
+        crate::config::DELTA_UPDATES,
+        "delta",
+    ))
+}
 
 /// Without delta updates a plan shows no delta download.
 pub fn estimate_deltas(
@@ -32,7 +38,7 @@ impl Engine {
         _: Option<&Resource>,
         _: &DeltaRef,
     ) -> Result<DeltaOutcome> {
-        Ok(DeltaOutcome::Fallback(NOT_BUILT_IN.to_owned()))
+        Ok(not_built_in())
     }
 
     pub(super) fn stage_firmware_delta(
@@ -41,6 +47,6 @@ impl Engine {
         _: &Resource,
         _: &DeltaRef,
     ) -> Result<DeltaOutcome> {
-        Ok(DeltaOutcome::Fallback(NOT_BUILT_IN.to_owned()))
+        Ok(not_built_in())
     }
 }

@@ -355,8 +355,7 @@ fn resolve(
                 if !cfg!(feature = "rules") {
                     return Err(invalid(
                         "kind",
-                        "this ferry is built without the rules runtime (cargo feature `rules`)"
-                            .to_owned(),
+                        crate::config::built_without(crate::config::RULES_RUNTIME, "rules"),
                     ));
                 }
                 // Field sources the set brings (docs/ingest.md), checked
@@ -366,8 +365,7 @@ fn resolve(
                     if !cfg!(feature = "ingest") {
                         return Err(invalid(
                             "ingest",
-                            "this ferry is built without field event sources (cargo feature `ingest`)"
-                                .to_owned(),
+                            crate::config::built_without(crate::config::FIELD_SOURCES, "ingest"),
                         ));
                     }
                     ferry_ingest::IngestConfig::from_json(ingest)
@@ -625,7 +623,7 @@ fn check_module_settings(settings: &BTreeMap<String, Value>) -> Result<(), (Stri
 fn check_module_settings(_: &BTreeMap<String, Value>) -> Result<(), (String, String)> {
     Err((
         "kind".to_owned(),
-        "this ferry is built without WASM modules (cargo feature `wasm`)".to_owned(),
+        crate::config::built_without("WASM modules", "wasm"),
     ))
 }
 

@@ -188,7 +188,7 @@ pub fn export(
     if let Some(path) = delta_from {
         return Err(BundleError::Invalid {
             path: path.to_owned(),
-            reason: "this ferry is built without delta updates (cargo feature `delta`)".into(),
+            reason: crate::config::built_without(crate::config::DELTA_UPDATES, "delta"),
         });
     }
     prepare_out(out)?;
