@@ -399,7 +399,9 @@ pub fn run(args: &Cli) -> Result<Code> {
         #[cfg(not(feature = "rules"))]
         let rules: Option<crate::shared::EventPath> = None;
         #[cfg(feature = "fleet")]
-        if crate::setup::fleet_settings(&config)?.broker.is_some() {
+        let fleet_settings = crate::setup::fleet_settings(&config)?;
+        #[cfg(feature = "fleet")]
+        if fleet_settings.broker.is_some() {
             let facts = crate::setup::load_facts(args.facts.as_deref(), &config)?;
             let (exe, config_file, state_dir, log_level) = (
                 worker.exe.clone(),
@@ -419,8 +421,14 @@ pub fn run(args: &Cli) -> Result<Code> {
                 cmd.env_remove("NOTIFY_SOCKET").stdin(std::process::Stdio::null());
                 cmd
             });
-            worker.fleet =
-                crate::fleet_agent::start(&config, &facts, shared.clone(), tx.clone(), report)?;
+            worker.fleet = crate::fleet_agent::start(
+                &config,
+                &fleet_settings,
+                &facts,
+                shared.clone(),
+                tx.clone(),
+                report,
+            )?;
         }
         let fleet = worker.fleet.clone();
         if let Some(listen) = &config.metrics.listen {

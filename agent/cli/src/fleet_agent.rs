@@ -14,6 +14,7 @@ use ferry_engine::Config;
 use ferry_fleet::broker::{Broker, TlsFiles};
 use ferry_fleet::channel::{AgentView, Channel, Host, Options};
 use ferry_fleet::message::{Health, ReportPage};
+use ferry_fleet::settings::FleetSettings;
 use ferry_fleet::topics::Topics;
 
 use crate::shared::{Msg, Shared};
@@ -112,17 +113,18 @@ pub fn cursor_file(config: &Config) -> PathBuf {
     config.state_dir.join("fleet-reported")
 }
 
-/// Starts the channel when `[fleet] broker` is set. `facts` gives the
-/// hostname and labels the device id, group and site default to;
-/// `report` makes a `ferry` command with the agent's configuration.
+/// Starts the channel when `[fleet] broker` is set. `f` is `[fleet]` as
+/// checked at load; `facts` gives the hostname and labels the device id,
+/// group and site default to; `report` makes a `ferry` command with the
+/// agent's configuration.
 pub fn start(
     config: &Config,
+    f: &FleetSettings,
     facts: &ferry_engine::render::facts::Facts,
     shared: Arc<Mutex<Shared>>,
     tx: mpsc::Sender<Msg>,
     report: Box<dyn Fn() -> std::process::Command + Send + Sync>,
 ) -> Result<Option<Channel>> {
-    let f = crate::setup::fleet_settings(config)?;
     let Some(url) = &f.broker else {
         return Ok(None);
     };

@@ -18,22 +18,6 @@ pub struct SettingsError {
     pub message: String,
 }
 
-impl FleetSettings {
-    /// Reads the `[fleet]` table (empty when the configuration has none)
-    /// and checks it.
-    pub fn from_table(table: &toml::Table) -> Result<FleetSettings, SettingsError> {
-        let settings: FleetSettings =
-            toml::Value::Table(table.clone())
-                .try_into()
-                .map_err(|e: toml::de::Error| SettingsError {
-                    key: "fleet",
-                    message: e.message().trim_end().to_owned(),
-                })?;
-        settings.validate()?;
-        Ok(settings)
-    }
-}
-
 /// `[fleet]`: the fleet channel over MQTT (docs/fleet.md): nudges that
 /// schedule a poll, the retained device status and the audit journal
 /// reported in order. Off unless `broker` is set. Content is still pulled
@@ -97,6 +81,21 @@ pub struct FleetTimes {
 }
 
 impl FleetSettings {
+    /// Reads the `[fleet]` table (empty when the configuration has none)
+    /// and checks it.
+    pub fn from_table(table: &toml::Table) -> Result<FleetSettings, SettingsError> {
+        let settings: FleetSettings =
+            toml::Value::Table(table.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| SettingsError {
+                    key: "fleet",
+                    message: e.message().trim_end().to_owned(),
+                })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The nudge and report intervals, parsed.
     pub fn times(&self) -> Result<FleetTimes, SettingsError> {
         let d = |key: &'static str, v: &str, min: std::time::Duration| {
             ferry_core::duration::parse(v)
