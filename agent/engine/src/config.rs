@@ -477,7 +477,10 @@ impl HealthCheck {
 
 /// A timeout written as a duration (`stall_timeout = "30s"`) or, in the
 /// deprecated spelling, in whole seconds under its old name
-/// (`stall_timeout_secs = 30`); at most one of them, and never zero.
+/// (`stall_timeout_secs = 30`); at most one of them, never zero, and at
+/// most a day (a deadline is `now + timeout`, which must not overflow).
+const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 fn timeout_setting(
     (key, text): (&'static str, &Option<String>),
     (old_key, secs): (&'static str, Option<u64>),
@@ -497,11 +500,17 @@ fn timeout_setting(
         (None, Some(s)) => std::time::Duration::from_secs(s),
         (None, None) => default,
     };
+    let key = if text.is_some() { key } else { old_key };
     if d.is_zero() {
-        let key = if text.is_some() { key } else { old_key };
         return Err(ConfigError::Invalid {
             key,
             message: "must be longer than zero".into(),
+        });
+    }
+    if d > MAX_TIMEOUT {
+        return Err(ConfigError::Invalid {
+            key,
+            message: "must be at most 1d".into(),
         });
     }
     Ok(d)
@@ -1168,6 +1177,14 @@ mod tests {
             (
                 check("timeout_secs = 0"),
                 "health.check.timeout_secs: must be longer than zero",
+            ),
+            (
+                check("timeout_secs = 9223372036854775807"),
+                "health.check.timeout_secs: must be at most 1d",
+            ),
+            (
+                check("timeout = \"2000w\""),
+                "health.check.timeout: must be at most 1d",
             ),
             (
                 check("timeout = \"a while\""),
