@@ -17,6 +17,7 @@ leaves a consistent, signed repository behind unless told otherwise.
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
@@ -152,6 +153,17 @@ def cmd_init(a) -> None:
     )
 
 
+def copy_target(src: str, out_dir: str, names: list) -> None:
+    """SRC copied under OUT_DIR by each name, holes kept: a slot image is
+    mostly empty, and a full copy of each doubled a firmware repository.
+    (Copies, not links: tests rewrite one name to tamper with it.)"""
+    for name in names:
+        path = os.path.join(out_dir, name)
+        if os.path.lexists(path):
+            os.unlink(path)
+        subprocess.run(["cp", "--sparse=always", "--reflink=auto", src, path], check=True)
+
+
 def cmd_target(a) -> None:
     r = Repo(a.dir)
     tf = TargetFile.from_file(a.name, a.file, ["sha256"])
@@ -162,8 +174,7 @@ def cmd_target(a) -> None:
     dirname, _, base = a.name.rpartition("/")
     out_dir = os.path.join(r.targets_dir, dirname)
     os.makedirs(out_dir, exist_ok=True)
-    for name in (base, f"{tf.hashes['sha256']}.{base}"):
-        shutil.copyfile(a.file, os.path.join(out_dir, name))
+    copy_target(a.file, out_dir, [base, f"{tf.hashes['sha256']}.{base}"])
     r.publish()
 
 
