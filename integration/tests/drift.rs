@@ -662,6 +662,24 @@ fn wait_running(f: &Fixture, what: &str, done: impl Fn(&serde_json::Value) -> bo
     }
 }
 
+/// `ferry apply`, once the agent's reconcile that may still be running
+/// (its first poll) has released the state directory.
+fn apply_when_free(f: &Fixture) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = f.run(&["apply"]);
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("in use by another ferry process") && Instant::now() < deadline,
+            "ferry apply: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn what_the_running_agent_could_not_load_is_drift_until_it_loads() {
     let f = Fixture::new();
@@ -697,7 +715,7 @@ fn what_the_running_agent_could_not_load_is_drift_until_it_loads() {
     // set's blob damaged before the agent loads it.
     tool("kill", &["-STOP", &pid]);
     publish(90);
-    f.ok(&["apply"]);
+    apply_when_free(&f);
     let blob = f
         .state
         .join("store")

@@ -483,3 +483,96 @@ fn pinned_and_shallow_fresh_devices() {
     s.fx.ok(&["apply"]);
     assert_eq!(s.site_conf(), "threshold = 85\n");
 }
+
+/// What the debug line `git: revision reads` of a run says: blobs read,
+/// blobs hashed for their content address, addresses from the blob map.
+fn revision_reads(out: &Output) -> (u64, u64, u64) {
+    let err = stderr(out);
+    let line = err
+        .lines()
+        .rfind(|l| l.contains("git: revision reads"))
+        .unwrap_or_else(|| panic!("no `git: revision reads` line: {err}"));
+    let field = |name: &str| -> u64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{name} in {line}"));
+        line[at + name.len() + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (
+        field("blobs_read"),
+        field("blobs_hashed"),
+        field("from_map"),
+    )
+}
+
+/// A no-change poll of a git device reads no file of the tree: the content
+/// addresses come from the blob map the first apply wrote (only the
+/// manifest is read, to render it); a changed file is read and hashed
+/// once; a bad map is set aside and rebuilt, with the same result.
+#[test]
+fn a_no_change_poll_reads_no_file_blob() {
+    let s = Setup::new();
+    let mut manifest = String::from("apiVersion: ferry.dev/v1\nresources:\n");
+    for i in 0..20 {
+        manifest.push_str(&format!(
+            "  - kind: file\n    path: /etc/app/{i}.conf\n    source: files/{i}.conf\n"
+        ));
+        s.repo
+            .write(&format!("files/{i}.conf"), &format!("{i}\n").repeat(10_000));
+    }
+    s.repo.write("ferry.yaml", &manifest);
+    let c1 = s.repo.commit("twenty files", Some(&s.keys.admin));
+    s.repo.push(&c1);
+    let debug = |s: &Setup| {
+        let out = s.fx.run(&["--log-level", "debug", "apply"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+
+    // First apply: every file read and hashed once (and read again into
+    // the store), the manifest read.
+    let (read, hashed, mapped) = revision_reads(&debug(&s));
+    assert_eq!((hashed, mapped), (20, 0));
+    assert!(read >= 21, "{read}");
+    let map = fs::read_to_string(s.fx.state.join("git/blob-sha256")).unwrap();
+    assert_eq!(map.lines().count(), 20, "{map}");
+
+    // No change: no file blob read or hashed.
+    let (read, hashed, mapped) = revision_reads(&debug(&s));
+    assert_eq!(
+        (read, hashed, mapped),
+        (1, 0, 20),
+        "only the manifest is read"
+    );
+    assert_eq!(s.fx.current_link(), Some(1));
+
+    // One file changes: it alone is hashed.
+    s.repo.write("files/7.conf", "seven\n");
+    let c2 = s.repo.commit("seven", Some(&s.keys.admin));
+    s.repo.push(&c2);
+    let (_, hashed, mapped) = revision_reads(&debug(&s));
+    assert_eq!((hashed, mapped), (1, 19));
+    assert_eq!(
+        fs::read_to_string(s.fx.root.join("etc/app/7.conf")).unwrap(),
+        "seven\n"
+    );
+
+    // A map that does not parse is not used: the poll hashes again, nothing
+    // else changes, and the map is written anew.
+    fs::write(s.fx.state.join("git/blob-sha256"), "not a map\n").unwrap();
+    let out = debug(&s);
+    assert!(
+        stderr(&out).contains("the blob map is unreadable"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(revision_reads(&out), (21, 20, 0));
+    assert_eq!(s.fx.current_link(), Some(2));
+    let (read, hashed, _) = revision_reads(&debug(&s));
+    assert_eq!((read, hashed), (1, 0));
+}

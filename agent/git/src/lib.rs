@@ -13,7 +13,9 @@
 //!
 //! Files are then read from the accepted commit's tree in the object
 //! database, never from a work tree: a path is resolved entry by entry,
-//! symlinks and submodules are refused, sizes are bounded.
+//! symlinks and submodules are refused, sizes are bounded. A file's sha256
+//! is computed once per blob and kept in a map ([`blobmap`]), so a poll of
+//! an unchanged tree reads no file.
 
 #![forbid(unsafe_code)]
 
@@ -21,8 +23,8 @@ use std::collections::BTreeSet;
 use std::io::{Cursor, Read};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use ferry_core::{ContentRef, RepoPath};
 use gix::ObjectId;
@@ -30,8 +32,11 @@ use gix::bstr::ByteSlice as _;
 
 use ferry_source::{Source, SourceError, TimeFloor, VerifiedRevision};
 
+mod blobmap;
 pub mod policy;
 pub mod sig;
+
+pub use blobmap::ReadStats;
 
 use policy::Policy;
 use sig::{Signer, Trust};
@@ -534,6 +539,7 @@ impl GitSource {
             actor,
             max_file_bytes: self.opts.max_file_bytes,
             pending,
+            blobs: Mutex::new(blobmap::BlobMap::load(self.opts.dir.join("blob-sha256"))),
         }))
     }
 }
@@ -1131,6 +1137,25 @@ fn read_blob_at(
     path: &RepoPath,
     limit: u64,
 ) -> Result<Option<Vec<u8>>, String> {
+    match blob_at(repo, tree, path, limit)? {
+        Some(oid) => read_blob(repo, oid).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn read_blob(repo: &gix::Repository, oid: ObjectId) -> Result<Vec<u8>, String> {
+    let blob = repo.find_blob(oid).map_err(|e| e.to_string())?;
+    Ok(blob.data.clone())
+}
+
+/// The id of the blob at `path` in `tree` (see [`read_blob_at`]), read
+/// from trees and the blob's header only.
+fn blob_at(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    path: &RepoPath,
+    limit: u64,
+) -> Result<Option<ObjectId>, String> {
     let comps: Vec<&str> = path.as_str().split('/').collect();
     let mut current = tree;
     for (i, comp) in comps.iter().enumerate() {
@@ -1161,8 +1186,7 @@ fn read_blob_at(
                 if header.size() > limit {
                     return Err(format!("{} bytes; the limit is {limit}", header.size()));
                 }
-                let blob = repo.find_blob(oid).map_err(|e| e.to_string())?;
-                return Ok(Some(blob.data.clone()));
+                return Ok(Some(oid));
             }
         }
     }
@@ -1178,6 +1202,66 @@ pub struct GitRevision {
     max_file_bytes: u64,
     /// The move of the accepted commit this revision makes, once audited.
     pending: Option<Pending>,
+    /// Blob ids to content addresses (persisted when the revision is
+    /// dropped), and what this revision read.
+    blobs: Mutex<blobmap::BlobMap>,
+}
+
+impl GitRevision {
+    /// What this revision has read from the object database so far.
+    pub fn read_stats(&self) -> ReadStats {
+        self.blobs.lock().map(|b| b.stats).unwrap_or_default()
+    }
+
+    fn path_error(path: &RepoPath, reason: String) -> SourceError {
+        SourceError::Refused {
+            source_name: SOURCE_NAME.to_owned(),
+            path: path.to_string(),
+            reason,
+        }
+    }
+
+    fn not_found(path: &RepoPath) -> SourceError {
+        SourceError::NotFound {
+            source_name: SOURCE_NAME.to_owned(),
+            path: path.clone(),
+        }
+    }
+
+    /// Reads blob `oid` of `path`, counted.
+    fn read_counted(
+        &self,
+        repo: &gix::Repository,
+        path: &RepoPath,
+        oid: ObjectId,
+    ) -> Result<Vec<u8>, SourceError> {
+        let bytes = read_blob(repo, oid).map_err(|e| Self::path_error(path, e))?;
+        if let Ok(mut b) = self.blobs.lock() {
+            b.stats.blobs_read += 1;
+            b.stats.bytes_read += bytes.len() as u64;
+        }
+        Ok(bytes)
+    }
+}
+
+impl Drop for GitRevision {
+    /// Keeps the content addresses this revision computed, for the next
+    /// poll; says what it read.
+    fn drop(&mut self) {
+        let Ok(b) = self.blobs.get_mut() else { return };
+        if let Err(e) = b.persist() {
+            tracing::warn!(error = %e, "git: the blob map was not saved; the next poll hashes again");
+        }
+        let s = b.stats;
+        tracing::debug!(
+            commit = %self.id,
+            blobs_read = s.blobs_read,
+            bytes_read = s.bytes_read,
+            blobs_hashed = s.blobs_hashed,
+            from_map = s.from_map,
+            "git: revision reads"
+        );
+    }
 }
 
 /// A move of the accepted commit, waiting for its audit entry.
@@ -1235,26 +1319,36 @@ impl VerifiedRevision for GitRevision {
         &self.actor
     }
 
-    fn signed_target(&self, _path: &RepoPath) -> Result<Option<ContentRef>, SourceError> {
-        // Content is bound to the signed commit through its tree; the
-        // engine hashes what it reads.
-        Ok(None)
+    /// The sha256 of the blob the signed tree names at `path`: from the
+    /// blob map, or read and hashed once and added to it.
+    fn signed_target(&self, path: &RepoPath) -> Result<Option<ContentRef>, SourceError> {
+        let repo = self.repo.to_thread_local();
+        let oid = blob_at(&repo, self.tree, path, self.max_file_bytes)
+            .map_err(|e| Self::path_error(path, e))?
+            .ok_or_else(|| Self::not_found(path))?;
+        if let Some(c) = self.blobs.lock().ok().and_then(|mut b| b.get(&oid)) {
+            return Ok(Some(c));
+        }
+        let c = ContentRef::of(&self.read_counted(&repo, path, oid)?);
+        if let Ok(mut b) = self.blobs.lock() {
+            b.insert(oid, c);
+        }
+        Ok(Some(c))
     }
 
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError> {
         let repo = self.repo.to_thread_local();
-        match read_blob_at(&repo, self.tree, path, self.max_file_bytes) {
-            Ok(Some(bytes)) => Ok(Box::new(Cursor::new(bytes))),
-            Ok(None) => Err(SourceError::NotFound {
-                source_name: SOURCE_NAME.to_owned(),
-                path: path.clone(),
-            }),
-            Err(reason) => Err(SourceError::Refused {
-                source_name: SOURCE_NAME.to_owned(),
-                path: path.to_string(),
-                reason,
-            }),
-        }
+        let oid = blob_at(&repo, self.tree, path, self.max_file_bytes)
+            .map_err(|e| Self::path_error(path, e))?
+            .ok_or_else(|| Self::not_found(path))?;
+        Ok(Box::new(Cursor::new(self.read_counted(&repo, path, oid)?)))
+    }
+
+    fn exists(&self, path: &RepoPath) -> Result<bool, SourceError> {
+        let repo = self.repo.to_thread_local();
+        blob_at(&repo, self.tree, path, self.max_file_bytes)
+            .map(|o| o.is_some())
+            .map_err(|e| Self::path_error(path, e))
     }
 }
 
