@@ -15,6 +15,7 @@ use common::gateway::{Device, Gateway, SLOT_SIZE, image_bytes};
 use common::*;
 use ferry_engine::activate::firmware::env::{BootEnv, BootEnvStore};
 use ferry_engine::activate::firmware::grub::{self, GrubEnv};
+use ferry_engine::activate::firmware::slot::Slot as _;
 use ferry_engine::activate::firmware::uboot::{self, UbootEnv};
 
 fn tricky() -> Vec<(&'static str, &'static str)> {
@@ -920,7 +921,7 @@ fn block_device_slots_take_their_capacity_from_the_device() {
     )
     .unwrap();
     let config = ferry_engine::config::FirmwareConfig {
-        bootenv: Some("file".into()),
+        bootenv: Some(ferry_engine::config::BootEnvKind::File),
         envfile: dir.path().join("env"),
         cmdline: dir.path().join("cmdline"),
         boot_id: dir.path().join("boot_id"),

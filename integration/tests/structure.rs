@@ -23,12 +23,19 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("ferry-rules", &["ferry-core"]),
     ("ferry-ingest", &["ferry-core", "ferry-rules"]),
     ("ferry-wasm", &["ferry-core", "ferry-fs"]),
+    // `ferry.toml`: the sections of the rules runtime and field sources
+    // are those crates' types, checked by them.
+    (
+        "ferry-config",
+        &["ferry-core", "ferry-rules", "ferry-ingest"],
+    ),
     // Built and run on the packaging host: it shares only the CLI's
     // definitions (by path), no ferry crate.
     ("ferry-assets", &[]),
     (
         "ferry-engine",
         &[
+            "ferry-config",
             "ferry-core",
             "ferry-fs",
             "ferry-source",

@@ -41,7 +41,9 @@ impl Probe {
     /// A probe for `config`'s source: TUF with an http(s) metadata URL and
     /// `agent.conditional_poll` on; otherwise `None` (every poll is full).
     pub fn for_config(config: &Config) -> Option<Probe> {
-        if !config.agent.conditional_poll || config.source.kind.as_deref() != Some("tuf") {
+        if !config.agent.conditional_poll
+            || config.source.kind != Some(ferry_engine::config::SourceKind::Tuf)
+        {
             return None;
         }
         let base = config.source.tuf.metadata_url.as_deref()?;

@@ -15,12 +15,13 @@
 //!   time, one file per operation;
 //! - [`reconcile`]: one reconcile for every entry point (the agent, apply,
 //!   rollback, import), driven by the pure `decide()` of ferry-core;
-//! - [`config`]: `ferry.toml`, parsed and validated (a leaf: it knows no
-//!   other module).
+//! - [`config`]: `ferry.toml`, parsed and validated, re-exported from the
+//!   ferry-config crate (which the fleet channel and the CLI read too).
 #![forbid(unsafe_code)]
 
 pub mod activate;
-pub mod config;
+/// `ferry.toml` (the ferry-config crate).
+pub use ferry_config as config;
 pub mod engine;
 pub mod error;
 pub mod failpoints;

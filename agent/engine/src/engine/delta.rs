@@ -13,6 +13,7 @@
 //! What cannot be delivered by delta (no index reachable, a chunk store
 //! that is down or serves bad chunks) falls back to the full download.
 
+use crate::activate::firmware::slot::Slot as _;
 use std::fs::{self, File, OpenOptions};
 use std::path::PathBuf;
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use ferry_core::RepoPath;
 use ferry_source::{Source, TimeFloor};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SourceKind, SourceSpec};
 
 pub mod bundle;
 #[cfg(feature = "delta")]
@@ -23,37 +23,36 @@ pub mod sigstore;
 
 /// Builds the source named by the configuration.
 pub fn source(config: &Config) -> Result<Box<dyn Source>, ConfigError> {
-    match config.source.kind.as_deref() {
-        Some("dir") => {
-            let path = config.source.dir.path.clone().ok_or(ConfigError::Invalid {
+    match config.source.spec() {
+        Some(SourceSpec::Dir(dir)) => {
+            let path = dir.path.clone().ok_or(ConfigError::Invalid {
                 key: "source.dir.path",
                 message: "required when source.kind = \"dir\"".to_owned(),
             })?;
-            let manifest = repo_path("source.dir.manifest", &config.source.dir.manifest)?;
+            let manifest = repo_path("source.dir.manifest", &dir.manifest)?;
             Ok(Box::new(ferry_source::dir::DirSource::new(path, manifest)))
         }
         #[cfg(feature = "tuf")]
-        Some("tuf") => Ok(Box::new(ferry_tuf::TufSource::new(tuf_options(
+        Some(SourceSpec::Tuf(_)) => Ok(Box::new(ferry_tuf::TufSource::new(tuf_options(
             config,
             &config.state_dir,
         )?))),
         #[cfg(feature = "git")]
-        Some("git") => {
+        Some(SourceSpec::Git(_)) => {
             let mut opts = git_options(config, &config.state_dir)?;
             opts.time_floor = Some(time_floor(config, &config.state_dir)?);
             Ok(Box::new(ferry_git::GitSource::new(opts)))
         }
         // Reached only in a build without one of them.
         #[allow(unreachable_patterns)]
-        Some(kind @ ("tuf" | "git")) => Err(ConfigError::not_built_in(
-            "source.kind",
-            &format!("the {kind} source"),
-            kind,
-        )),
-        Some(other) => Err(ConfigError::Invalid {
-            key: "source.kind",
-            message: format!("unknown source kind {other:?} (known: tuf, git, dir)"),
-        }),
+        Some(SourceSpec::Tuf(_) | SourceSpec::Git(_)) => {
+            let kind = config.source.kind.map_or("", SourceKind::as_str);
+            Err(ConfigError::not_built_in(
+                "source.kind",
+                &format!("the {kind} source"),
+                kind,
+            ))
+        }
         None => Err(ConfigError::Invalid {
             key: "source.kind",
             message: "no source configured; set [source] kind in ferry.toml".to_owned(),
@@ -82,7 +81,7 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
             })?;
         }
     }
-    match config.source.kind.as_deref() {
+    match config.source.kind {
         Some(_) => source(config).map(drop),
         None => Ok(()),
     }

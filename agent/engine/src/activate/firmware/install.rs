@@ -20,6 +20,7 @@
 //! bootloader keeps booting the running slot) or a complete, verified image
 //! marked for one try.
 
+use crate::activate::firmware::slot::Slot as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 

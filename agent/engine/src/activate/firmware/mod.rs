@@ -19,6 +19,8 @@ pub mod scheme;
 pub mod slot;
 pub mod uboot;
 
+use crate::activate::firmware::slot::Slot as _;
+use crate::config::{BootEnvKind, BootScheme};
 use ferry_core::{Classify, ErrorClass};
 use std::path::PathBuf;
 
@@ -103,29 +105,24 @@ impl Firmware {
     pub fn from_config(
         c: &crate::config::FirmwareConfig,
     ) -> Result<Option<Firmware>, FirmwareError> {
-        let Some(kind) = c.bootenv.as_deref() else {
+        let (Some(kind), Some(scheme)) = (c.bootenv, c.scheme()) else {
             return Ok(None);
         };
         let env: Box<dyn BootEnvStore> = match kind {
-            "grub" => Box::new(grub::GrubEnv {
+            BootEnvKind::Grub => Box::new(grub::GrubEnv {
                 path: c.grubenv.clone(),
             }),
-            "uboot" => Box::new(uboot::parse_config(&c.uboot_config)?),
-            _ => Box::new(plain::PlainEnv {
+            BootEnvKind::Uboot => Box::new(uboot::parse_config(&c.uboot_config)?),
+            BootEnvKind::File => Box::new(plain::PlainEnv {
                 path: c.envfile.clone(),
             }),
         };
-        let scheme =
-            match c
-                .scheme
-                .as_deref()
-                .unwrap_or(if kind == "grub" { "grub" } else { "uboot" })
-            {
-                "grub" => scheme::Scheme::Grub,
-                _ => scheme::Scheme::Uboot {
-                    attempts: c.attempts,
-                },
-            };
+        let scheme = match scheme {
+            BootScheme::Grub => scheme::Scheme::Grub,
+            BootScheme::Uboot => scheme::Scheme::Uboot {
+                attempts: c.attempts,
+            },
+        };
         Ok(Some(Firmware {
             env,
             scheme,

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, SourceKind};
 use crate::render::facts::Facts;
 use crate::render::manifest::{self, ManifestError};
 use crate::{Config, ErrorClass};
@@ -177,7 +177,7 @@ pub fn export(
     delta_from: Option<&Path>,
 ) -> Result<Exported, BundleError> {
     if let Some(path) = delta_from
-        && (facts.is_empty() || config.source.kind.as_deref() != Some("tuf"))
+        && (facts.is_empty() || config.source.kind != Some(SourceKind::Tuf))
     {
         return Err(BundleError::Invalid {
             path: path.to_owned(),
@@ -192,17 +192,17 @@ pub fn export(
         });
     }
     prepare_out(out)?;
-    let (revision, paths) = match config.source.kind.as_deref() {
+    let (revision, paths) = match config.source.kind {
         #[cfg(feature = "tuf")]
-        Some("tuf") => export_tuf(config, facts, out, work, delta_from)?,
+        Some(SourceKind::Tuf) => export_tuf(config, facts, out, work, delta_from)?,
         #[cfg(feature = "git")]
-        Some("git") => export_git(config, facts, out, work)?,
+        Some(SourceKind::Git) => export_git(config, facts, out, work)?,
         other => {
             return Err(ConfigError::Invalid {
                 key: "source.kind",
                 message: format!(
                     "bundles are made from a tuf or git source, not {}",
-                    other.unwrap_or("none")
+                    other.map_or("none", SourceKind::as_str)
                 ),
             }
             .into());
@@ -216,7 +216,11 @@ pub fn export(
     }
     let marker = Marker {
         format: FORMAT,
-        kind: config.source.kind.clone().unwrap_or_default(),
+        kind: config
+            .source
+            .kind
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
         created: jiff::Timestamp::now().to_string(),
         revision,
         devices: facts
@@ -675,7 +679,7 @@ pub(crate) fn read_marker(root: &Path, shown: &Path) -> Result<Marker, BundleErr
 /// or exported for other device models only. (The marker is unsigned; this
 /// is a courtesy, verification decides.)
 pub fn check_device(opened: &Opened, config: &Config, facts: &Facts) -> Result<(), BundleError> {
-    let device = config.source.kind.as_deref().unwrap_or("none");
+    let device = config.source.kind.map_or("none", SourceKind::as_str);
     let not_for = |reason: String| BundleError::NotForThisDevice {
         path: opened.root.clone(),
         reason,

@@ -15,6 +15,48 @@ pub const SYSTEM_CONFIG: &str = "/etc/ferry/ferry.toml";
 /// The default device facts file.
 pub const FACTS_FILE: &str = "/etc/ferry/facts.toml";
 
+/// A setting that is one of a few names: `as_str`, `Display`, `FromStr`
+/// and `Deserialize`, whose error names what it is and the names known
+/// (`unknown source kind "svn" (known: tuf, git, dir)`).
+macro_rules! named_enum {
+    ($ty:ident, $what:literal, { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(format!(
+                        concat!("unknown ", $what, " {:?} (known: {})"),
+                        s,
+                        [$($name),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -529,18 +571,53 @@ pub struct SlotConfig {
     pub size: Option<u64>,
 }
 
+/// Where the boot environment lives (`firmware.bootenv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootEnvKind {
+    /// GRUB's environment block (`firmware.grubenv`).
+    Grub,
+    /// U-Boot's environment, as `fw_env.config` describes it.
+    Uboot,
+    /// A plain file (`firmware.envfile`), for tests and other loaders.
+    File,
+}
+
+/// How a new slot is tried (`firmware.scheme`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootScheme {
+    /// Try once: the new slot boots once; unconfirmed, the old one is next.
+    Grub,
+    /// Boot counting: `firmware.attempts` tries, then the old slot.
+    Uboot,
+}
+
+named_enum!(BootEnvKind, "boot environment", { Grub = "grub", Uboot = "uboot", File = "file" });
+named_enum!(BootScheme, "boot scheme", { Grub = "grub", Uboot = "uboot" });
+
+impl FirmwareConfig {
+    /// The scheme in force: configured, else the one that goes with the
+    /// boot environment (GRUB: try once; otherwise boot counting).
+    pub fn scheme(&self) -> Option<BootScheme> {
+        let env = self.bootenv?;
+        Some(self.scheme.unwrap_or(match env {
+            BootEnvKind::Grub => BootScheme::Grub,
+            BootEnvKind::Uboot | BootEnvKind::File => BootScheme::Uboot,
+        }))
+    }
+}
+
 /// `[firmware]`: A/B slots and the boot environment (docs/configuration.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FirmwareConfig {
     /// `grub`, `uboot` or `file`; none: no firmware management.
-    pub bootenv: Option<String>,
+    pub bootenv: Option<BootEnvKind>,
     pub grubenv: PathBuf,
     pub uboot_config: PathBuf,
     /// The `file` backend's path.
     pub envfile: PathBuf,
     /// `grub` (try once) or `uboot` (boot counting); default follows `bootenv`.
-    pub scheme: Option<String>,
+    pub scheme: Option<BootScheme>,
     /// Boot attempts for the `uboot` scheme.
     pub attempts: u32,
     /// Where the kernel command line is read from.
@@ -572,11 +649,44 @@ impl Default for FirmwareConfig {
     }
 }
 
+/// Which source a device pulls from (`source.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A TUF repository (`[source.tuf]`).
+    Tuf,
+    /// Signed commits of a git branch (`[source.git]`).
+    Git,
+    /// An unsigned directory, for development (`[source.dir]`).
+    Dir,
+}
+
+named_enum!(SourceKind, "source kind", { Tuf = "tuf", Git = "git", Dir = "dir" });
+
+/// The configured source with its section.
+#[derive(Debug, Clone, Copy)]
+pub enum SourceSpec<'a> {
+    Tuf(&'a TufSourceConfig),
+    Git(&'a GitSourceConfig),
+    Dir(&'a DirSourceConfig),
+}
+
+impl SourceConfig {
+    /// The source `kind` names, with its section; `None` when no source is
+    /// configured.
+    pub fn spec(&self) -> Option<SourceSpec<'_>> {
+        Some(match self.kind? {
+            SourceKind::Tuf => SourceSpec::Tuf(&self.tuf),
+            SourceKind::Git => SourceSpec::Git(&self.git),
+            SourceKind::Dir => SourceSpec::Dir(&self.dir),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
     /// `tuf` or `git` (signed, for devices) or `dir` (development only).
-    pub kind: Option<String>,
+    pub kind: Option<SourceKind>,
     /// Where a chunk store may redirect a fetch: `same-origin` (default:
     /// the store's scheme, host and port) or `any` (a CDN on another host;
     /// chunks are verified either way, but a store could otherwise steer
@@ -859,24 +969,6 @@ impl Config {
             });
         }
         let fw = &self.firmware;
-        if !matches!(
-            fw.bootenv.as_deref(),
-            None | Some("grub" | "uboot" | "file")
-        ) {
-            return Err(ConfigError::Invalid {
-                key: "firmware.bootenv",
-                message: format!(
-                    "unknown boot environment {:?} (known: grub, uboot, file)",
-                    fw.bootenv
-                ),
-            });
-        }
-        if !matches!(fw.scheme.as_deref(), None | Some("grub" | "uboot")) {
-            return Err(ConfigError::Invalid {
-                key: "firmware.scheme",
-                message: format!("unknown scheme {:?} (known: grub, uboot)", fw.scheme),
-            });
-        }
         if fw.bootenv.is_some() {
             let names: Vec<&str> = fw.slots.iter().map(|s| s.name.as_str()).collect();
             let valid = |n: &&str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric());
@@ -1002,10 +1094,10 @@ impl Config {
                 message: format!("{r:?}: expected \"same-origin\" or \"any\""),
             });
         }
-        match self.source.kind.as_deref() {
+        match self.source.spec() {
             None => {}
-            Some("dir") => {
-                if !self.source.dir.insecure {
+            Some(SourceSpec::Dir(dir)) => {
+                if !dir.insecure {
                     return Err(ConfigError::Invalid {
                         key: "source.dir.insecure",
                         message: "the dir source is unsigned and for development only; \
@@ -1013,15 +1105,14 @@ impl Config {
                             .to_owned(),
                     });
                 }
-                if self.source.dir.path.is_none() {
+                if dir.path.is_none() {
                     return Err(ConfigError::Invalid {
                         key: "source.dir.path",
                         message: "required when source.kind = \"dir\"".to_owned(),
                     });
                 }
             }
-            Some("tuf") => {
-                let tuf = &self.source.tuf;
+            Some(SourceSpec::Tuf(tuf)) => {
                 for (key, url) in [
                     ("source.tuf.metadata_url", &tuf.metadata_url),
                     ("source.tuf.targets_url", &tuf.targets_url),
@@ -1063,8 +1154,7 @@ impl Config {
                     });
                 }
             }
-            Some("git") => {
-                let git = &self.source.git;
+            Some(SourceSpec::Git(git)) => {
                 for (key, v) in [
                     ("source.git.url", git.url.is_some()),
                     ("source.git.trust_dir", git.trust_dir.is_some()),
@@ -1076,7 +1166,7 @@ impl Config {
                         });
                     }
                 }
-                if let Some(d) = &self.source.git.trust_dir
+                if let Some(d) = &git.trust_dir
                     && !d.is_absolute()
                 {
                     return Err(ConfigError::Invalid {
@@ -1084,12 +1174,6 @@ impl Config {
                         message: format!("must be an absolute path, not {d:?}"),
                     });
                 }
-            }
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    key: "source.kind",
-                    message: format!("unknown source kind {other:?} (known: tuf, git, dir)"),
-                });
             }
         }
         Ok(())
@@ -1110,11 +1194,40 @@ fn parse_layer(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
 fn describe(text: &str, e: &toml::de::Error) -> String {
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {}", e.message())
+            let at = span.start.min(text.len());
+            let line = text[..at].matches('\n').count() + 1;
+            match key_at(text, at) {
+                Some(key) if !e.message().contains(&key) => {
+                    format!("line {line}: {key}: {}", e.message())
+                }
+                _ => format!("line {line}: {}", e.message()),
+            }
         }
         None => e.message().to_owned(),
     }
+}
+
+/// The dotted key whose value starts on the line of byte `at` (`key =` on
+/// that line under the nearest `[table]` header), for errors that toml
+/// reports by position only.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with(['[', '#']) || key.contains(char::is_whitespace) {
+        return None;
+    }
+    let header = text[..start]
+        .lines()
+        .rev()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_matches(['[', ']']).trim().to_owned());
+    Some(match header {
+        Some(h) if !h.is_empty() => format!("{h}.{key}"),
+        _ => key.to_owned(),
+    })
 }
 
 fn merge(into: &mut toml::Table, layer: toml::Table) {
@@ -1132,6 +1245,51 @@ fn merge(into: &mut toml::Table, layer: toml::Table) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn named_settings_are_typed_and_unknown_names_are_listed() {
+        let load = |text: &str| Config::from_toml(Path::new("t.toml"), text);
+        let c = load(
+            "[source]\nkind = \"git\"\n[source.git]\nurl = \"file:///r\"\ntrust_dir = \"/t\"\n",
+        )
+        .unwrap();
+        assert!(matches!(c.source.spec(), Some(SourceSpec::Git(g)) if g.branch == "main"));
+        let c = load("[firmware]\nbootenv = \"grub\"\nslots = [{name = \"A\", device = \"/a\"}, {name = \"B\", device = \"/b\"}]\n").unwrap();
+        assert_eq!(
+            c.firmware.scheme(),
+            Some(BootScheme::Grub),
+            "GRUB tries once"
+        );
+        let c = load("[firmware]\nbootenv = \"file\"\nslots = [{name = \"A\", device = \"/a\"}, {name = \"B\", device = \"/b\"}]\n").unwrap();
+        assert_eq!(
+            c.firmware.scheme(),
+            Some(BootScheme::Uboot),
+            "others count boots"
+        );
+        assert_eq!(Config::default().firmware.scheme(), None);
+        for (text, want) in [
+            (
+                "[source]\nkind = \"svn\"\n",
+                "line 2: source.kind: unknown source kind \"svn\" (known: tuf, git, dir)",
+            ),
+            (
+                "[firmware] # A/B\n\nbootenv = \"lilo\"\n",
+                "line 3: firmware.bootenv: unknown boot environment \"lilo\" (known: grub, uboot, file)",
+            ),
+            (
+                "[firmware]\nscheme = 3\n",
+                "line 2: firmware.scheme: invalid type: integer `3`, expected a string",
+            ),
+            ("state_dir = 3\n", "line 1: state_dir: invalid type"),
+            (
+                "[[sigstore.require]]\nkind = 3\n",
+                "line 2: sigstore.require.kind: invalid type",
+            ),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
 
     #[test]
     fn defaults_and_dir_source() {
