@@ -5,7 +5,9 @@
 # and its reconcile processes). Twice: with the conditional poll (the
 # default: one If-Modified-Since request for timestamp.json, 304, no
 # process) and with `agent.conditional_poll = false` (a reconcile process
-# per poll).
+# per poll). Then a git device (the same 20 files in SSH-signed commits
+# over file://, a reconcile process per poll: fetch, verify, render; the
+# files' content addresses come from the blob map, so no file is read).
 #
 #   integration/bench/agent-rss.sh [POLLS]        (default 10000)
 #
@@ -47,24 +49,54 @@ wait_polls() {
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$agent/status"; }
 cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$agent/stat"; }
 
-# measure CONDITIONAL: one agent run of $polls polls.
+# The same 20 files as SSH-signed commits in a bare repository.
+git_repo() {
+    ssh-keygen -q -t ed25519 -N '' -C admin@example -f "$work/admin"
+    mkdir -p "$work/trust"
+    echo "admin@example $(cat "$work/admin.pub")" > "$work/trust/allowed_signers"
+    git init -q -b main "$work/gitwork"
+    git init -q --bare -b main "$work/fleet.git"
+    mkdir -p "$work/gitwork/files"
+    cp "$work/files/"* "$work/gitwork/files/"
+    cp "$work/manifest.yaml" "$work/gitwork/ferry.yaml"
+    (
+        cd "$work/gitwork"
+        export HOME=$work GIT_CONFIG_NOSYSTEM=1
+        git config user.name admin; git config user.email admin@example
+        git config gpg.format ssh; git config user.signingkey "$work/admin"
+        git add -A; git commit -q -S -m "20 files"
+        git push -q "$work/fleet.git" main
+    )
+}
+
+# measure CONDITIONAL|git: one agent run of $polls polls.
 measure() {
     rm -rf "$work/state" "$work/root" && mkdir -p "$work/root"
+    local source conditional=$1
+    if [ "$1" = git ]; then
+        conditional=false
+        source="kind = \"git\"
+[source.git]
+url = \"file://$work/fleet.git\"
+trust_dir = \"$work/trust\""
+    else
+        source="kind = \"tuf\"
+[source.tuf]
+metadata_url = \"http://127.0.0.1:$port/metadata\"
+targets_url = \"http://127.0.0.1:$port/targets\"
+root = \"$work/tuf/metadata/1.root.json\""
+    fi
     cat > "$work/ferry.toml" <<TOML
 state_dir = "$work/state"
 [source]
-kind = "tuf"
-[source.tuf]
-metadata_url = "http://127.0.0.1:$port/metadata"
-targets_url = "http://127.0.0.1:$port/targets"
-root = "$work/tuf/metadata/1.root.json"
+$source
 [files]
 root = "$work/root"
 [agent]
 poll_interval = "1ms"
 jitter = "0s"
 control_socket = "$work/ferry.sock"
-conditional_poll = $1
+conditional_poll = $conditional
 drift_watch = true
 [metrics]
 listen = "127.0.0.1:$mport"
@@ -84,8 +116,10 @@ TOML
 import sys
 mode = sys.argv[1]
 r100, rN, c100, cN, n100, nN, hz, failed, unchanged = map(float, sys.argv[2:])
-what = "conditional poll (304, no process)" if mode == "true" else "a reconcile process per poll"
-print(f"ferry run, TUF repository on loopback, 20 resources, polls back to back: {what}")
+what = {"true": "TUF over HTTP, conditional poll (304, no process)",
+        "false": "TUF over HTTP, a reconcile process per poll",
+        "git": "signed git over file://, a reconcile process per poll"}[mode]
+print(f"ferry run, 20 resources, polls back to back: {what}")
 print(f"  RSS after {n100:.0f} polls     : {r100 / 1024:6.1f} MiB   (goal <= 6 MiB)")
 print(f"  RSS after {nN:.0f} polls   : {rN / 1024:6.1f} MiB   (growth {(rN - r100) / 1024:+.1f} MiB; goal: none)")
 print(f"  CPU per no-change poll : {(cN - c100) / hz / (nN - n100) * 1000:6.2f} ms   (goal <= 2 ms)")
@@ -128,3 +162,7 @@ latency() {
 latency 1h true
 latency 1ms false
 latency 1s false
+
+# A git device: a reconcile process per poll (no conditional request).
+git_repo
+measure git

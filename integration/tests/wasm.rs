@@ -180,7 +180,7 @@ fn bad_modules_are_refused_faults_contained_and_tampering_audited() {
     site.fx.ok(&["apply"]);
     let (_alerts, pings) = subscribe(&site.broker, "plant/alerts");
     let (_out, rx) = subscribe(&site.broker, "modbus/decoded");
-    let _agent = site.start();
+    let agent = site.start();
     site.until_running(&pings, "v1");
     let mqtt = Mqtt::connect(&site);
     let mut seq = 0;
@@ -284,6 +284,19 @@ fn bad_modules_are_refused_faults_contained_and_tampering_audited() {
         assert!(Instant::now() < deadline, "no wasm-fault audit entry");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The entry came through the audit spool: the agent never opened the
+    // state database, and nothing waits in the spool.
+    let fds = fs::read_dir(format!("/proc/{}/fd", agent.0.id())).unwrap();
+    for fd in fds {
+        let target = fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        assert!(
+            !target.to_string_lossy().contains("state.db"),
+            "the agent holds {}",
+            target.display()
+        );
+    }
+    let spool = site.fx.state.join("audit-spool");
+    assert_eq!(fs::read_dir(&spool).unwrap().count(), 0, "{spool:?}");
     still_serving("after a runtime fault");
 
     // Native code in the cache tampered with: detected, recompiled, audited

@@ -3,6 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+/// Makes a `ferry` command as the agent runs its children.
+#[cfg(any(feature = "fleet", feature = "rules"))]
+pub type CommandFactory = Box<dyn Fn() -> std::process::Command + Send + Sync>;
+
 /// Most bytes of a child's stdout read (its report: one JSON line).
 const MAX_OUTPUT_BYTES: u64 = 1 << 20;
 

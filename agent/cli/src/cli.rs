@@ -494,6 +494,10 @@ pub enum AuditAction {
     },
     /// Recompute the hash chain; name the first broken entry.
     Verify(JsonFlag),
+    /// Append the entries the agent's WASM module host left in the audit
+    /// spool (state_dir/audit-spool) to the journal. The agent runs it after
+    /// each such entry and every reconcile does it; prints how many.
+    Flush(JsonFlag),
 }
 
 /// How the admin reaches the broker.

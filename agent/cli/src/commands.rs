@@ -393,6 +393,16 @@ pub fn run(args: Cli) -> Result<Code> {
                 None => return Err(no_firmware().into()),
             },
         },
+        Command::Audit {
+            action: AuditAction::Flush(out),
+        } => {
+            let n = Engine::open(config)?.drain_audit_spool();
+            if out.json {
+                println!("{}", serde_json::json!({ "appended": n }));
+            } else {
+                println!("appended {n} spooled audit entries");
+            }
+        }
         Command::Audit { action } => {
             let engine = Engine::open_read_only(config.clone())?;
             match action {
@@ -430,6 +440,7 @@ pub fn run(args: Cli) -> Result<Code> {
                     };
                     output::audit_ok(n, out.json)?;
                 }
+                AuditAction::Flush(_) => unreachable!("handled above"),
             }
         }
         #[cfg(not(feature = "fleet"))]

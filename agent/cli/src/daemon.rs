@@ -127,6 +127,32 @@ impl Worker {
         }
     }
 
+    /// Makes `ferry` commands with the agent's configuration, state
+    /// directory and log level, for threads that outlive a borrow of the
+    /// worker (the fleet channel's reports, the audit spool's flush).
+    #[cfg(any(feature = "fleet", feature = "rules"))]
+    fn command_factory(&self) -> crate::child::CommandFactory {
+        let (exe, config_file, state_dir, log_level) = (
+            self.exe.clone(),
+            self.config_file.clone(),
+            self.state_dir.clone(),
+            self.log_level.clone(),
+        );
+        Box::new(move || {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.arg("--config").arg(&config_file);
+            if let Some(level) = &log_level {
+                cmd.arg("--log-level").arg(level);
+            }
+            if let Some(d) = &state_dir {
+                cmd.arg("--state-dir").arg(d);
+            }
+            cmd.env_remove("NOTIFY_SOCKET")
+                .stdin(std::process::Stdio::null());
+            cmd
+        })
+    }
+
     /// `ferry ARGS…` with the accepted configuration, dying with the agent.
     fn child(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.exe);
@@ -395,7 +421,9 @@ pub fn run(args: &Cli) -> Result<Code> {
             .await
             .with_context(|| format!("control socket {}", config.agent.control_socket.display()))?;
         #[cfg(feature = "rules")]
-        let rules = crate::rules_agent::start(&config, reconciled.clone()).await?;
+        let rules =
+            crate::rules_agent::start(&config, reconciled.clone(), worker.command_factory())
+                .await?;
         #[cfg(not(feature = "rules"))]
         let rules: Option<crate::shared::EventPath> = None;
         #[cfg(feature = "fleet")]
@@ -403,24 +431,7 @@ pub fn run(args: &Cli) -> Result<Code> {
         #[cfg(feature = "fleet")]
         if fleet_settings.broker.is_some() {
             let facts = crate::setup::load_facts(args.facts.as_deref(), &config)?;
-            let (exe, config_file, state_dir, log_level) = (
-                worker.exe.clone(),
-                worker.config_file.clone(),
-                worker.state_dir.clone(),
-                worker.log_level.clone(),
-            );
-            let report = Box::new(move || {
-                let mut cmd = std::process::Command::new(&exe);
-                cmd.arg("--config").arg(&config_file);
-                if let Some(level) = &log_level {
-                    cmd.arg("--log-level").arg(level);
-                }
-                if let Some(d) = &state_dir {
-                    cmd.arg("--state-dir").arg(d);
-                }
-                cmd.env_remove("NOTIFY_SOCKET").stdin(std::process::Stdio::null());
-                cmd
-            });
+            let report = worker.command_factory();
             worker.fleet = crate::fleet_agent::start(
                 &config,
                 &fleet_settings,

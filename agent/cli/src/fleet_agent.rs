@@ -26,7 +26,7 @@ struct AgentHost {
     tx: Mutex<mpsc::Sender<Msg>>,
     shared: Arc<Mutex<Shared>>,
     /// `ferry --config … fleet report` (the rest of the arguments added per call).
-    report: Box<dyn Fn() -> std::process::Command + Send + Sync>,
+    report: crate::child::CommandFactory,
     state_dir: PathBuf,
     /// The last report and what it was read from: while the state
     /// database is unchanged, the same question has the same answer and no
@@ -123,7 +123,7 @@ pub fn start(
     facts: &ferry_engine::render::facts::Facts,
     shared: Arc<Mutex<Shared>>,
     tx: mpsc::Sender<Msg>,
-    report: Box<dyn Fn() -> std::process::Command + Send + Sync>,
+    report: crate::child::CommandFactory,
 ) -> Result<Option<Channel>> {
     let Some(url) = &f.broker else {
         return Ok(None);

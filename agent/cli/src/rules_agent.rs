@@ -165,7 +165,11 @@ fn record(state_dir: &Path, running: Option<u64>, failed: Option<(Option<u64>, S
 /// Starts the rule engine and module host when `[rules]` names an input;
 /// must be called inside the daemon's tokio runtime. `changed` is notified
 /// by the worker after each reconcile.
-pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<EventPath>> {
+pub async fn start(
+    config: &Config,
+    changed: Arc<Notify>,
+    commands: crate::child::CommandFactory,
+) -> Result<Option<EventPath>> {
     let rc = &config.rules;
     if !rc.has_inputs() {
         return Ok(None);
@@ -187,9 +191,12 @@ pub async fn start(config: &Config, changed: Arc<Notify>) -> Result<Option<Event
         queue: rc.queue,
     };
     #[cfg(feature = "wasm")]
-    let modules = Arc::new(ModuleHost::start(config));
+    let modules = Arc::new(ModuleHost::start(config, commands));
     #[cfg(not(feature = "wasm"))]
-    let modules = Arc::new(ModuleHost);
+    let modules = {
+        drop(commands);
+        Arc::new(ModuleHost)
+    };
     let mut first_error = None;
     let first = match load(config, &modules) {
         Ok(l) => l,

@@ -3,13 +3,12 @@
 //! swaps them when the generation changes, and audits faults.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use ferry_engine::activate::wasm as activate;
-use ferry_engine::store::state::{AuditEvent, Db};
+use ferry_engine::store::spool::AuditSpool;
 use ferry_engine::{Config, Engine};
 use ferry_rules::runtime::{CallDone, CallHook};
 use ferry_wasm::{Host, Modules, Service, WasmError};
@@ -26,32 +25,37 @@ pub struct ModuleHost {
     auditor: Arc<Auditor>,
 }
 
-/// Appends the module host's audit entries to the state database (one
-/// connection, opened on first use and again after an error).
+/// Leaves the module host's audit entries in the audit spool for the
+/// engine, the one writer of the state database (the agent never opens it;
+/// a reconcile may hold it), and asks for them to be appended at once
+/// (`ferry audit flush`, in a thread; when a reconcile holds the state
+/// directory, it appends them as it ends).
 struct Auditor {
-    path: PathBuf,
-    db: Mutex<Option<Db>>,
+    spool: AuditSpool,
+    flush: crate::child::CommandFactory,
 }
 
 impl Auditor {
     fn write(&self, event: &str, details: serde_json::Value) {
-        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if db.is_none() {
-            *db = Db::open(&self.path, false)
-                .inspect_err(|e| tracing::error!(error = %e, event, "wasm: cannot open the state database to audit"))
-                .ok();
+        if let Err(e) = self.spool.push(event, "agent", details) {
+            tracing::error!(error = %e, event, "wasm: spooling an audit entry failed");
+            return;
         }
-        let Some(conn) = db.as_mut() else { return };
-        let generation = conn.current_generation().ok().flatten();
-        let written = conn.append_audit_now(&AuditEvent {
-            generation,
-            event,
-            actor: "agent",
-            details,
-        });
-        if let Err(e) = written {
-            tracing::error!(error = %e, event, "wasm: writing an audit entry failed");
-            *db = None;
+        let mut cmd = (self.flush)();
+        cmd.args(["audit", "flush"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let flushed = std::thread::Builder::new()
+            .name("audit-flush".into())
+            .spawn(move || match cmd.status() {
+                Ok(s) if s.success() => {}
+                Ok(s) => {
+                    tracing::debug!(status = %s, "ferry audit flush: left for the next reconcile")
+                }
+                Err(e) => tracing::warn!(error = %e, "ferry audit flush could not run"),
+            });
+        if let Err(e) = flushed {
+            tracing::warn!(error = %e, "ferry audit flush could not start");
         }
     }
 }
@@ -65,10 +69,10 @@ impl std::fmt::Debug for ModuleHost {
 }
 
 impl ModuleHost {
-    pub fn start(config: &Config) -> ModuleHost {
+    pub fn start(config: &Config, flush: crate::child::CommandFactory) -> ModuleHost {
         let auditor = Arc::new(Auditor {
-            path: config.state_dir.join("state.db"),
-            db: Mutex::new(None),
+            spool: AuditSpool::new(&config.state_dir),
+            flush,
         });
         let service = Service::start(Modules::new(), Some(fault_auditor(auditor.clone())));
         ModuleHost {

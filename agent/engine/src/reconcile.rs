@@ -217,6 +217,9 @@ pub fn reconcile(engine: &mut Engine, req: &Request<'_>) -> Result<Reconciled> {
             }
             Action::Done(outcome) => {
                 done.outcome = outcome;
+                // What the agent audited while this reconcile held the
+                // state directory.
+                engine.drain_audit_spool();
                 return Ok(done);
             }
         }

@@ -244,6 +244,24 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Appends the entries the agent left in the audit spool
+    /// ([`crate::store::spool`]); a failure is logged, never fatal (they
+    /// wait for the next drain). Returns how many were appended.
+    pub fn drain_audit_spool(&mut self) -> usize {
+        match crate::store::spool::drain(&mut self.db, &self.state_dir) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::debug!(entries = n, "audit spool drained");
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit spool was not drained");
+                0
+            }
+        }
+    }
+
     /// Opens the state directory for reading only (no lock, no recovery).
     /// `None` when nothing was ever applied there.
     pub fn open_read_only(config: Config) -> Result<Option<Engine>> {

@@ -9,6 +9,7 @@
 
 pub mod generations;
 pub mod running;
+pub mod spool;
 pub mod state;
 
 use ferry_core::{Classify, ErrorClass};
