@@ -332,6 +332,26 @@ impl Dir {
         Ok(Some((File::from(fd), meta)))
     }
 
+    /// Reads the regular file `name` whole (as [`Dir::open_file`]), refusing
+    /// more than `limit` bytes while reading; `None` when absent.
+    pub fn read_bounded(&self, name: &OsStr, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some((file, _)) = self.open_file(name)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > limit {
+            return Err(err(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is larger than {limit} bytes",
+                    self.path.join(name).display()
+                ),
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
     /// Creates a new temp file for `name` (mode 0600), exclusively.
     fn create_temp(&self, name: &OsStr) -> io::Result<(OsString, File)> {
         let flags =

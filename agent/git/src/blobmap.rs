@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use ferry_core::{ContentRef, Sha256};
@@ -132,20 +131,13 @@ fn read(path: &Path) -> Result<HashMap<ObjectId, ContentRef>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
         Err(e) => return Err(e.to_string()),
     };
-    let Some((file, meta)) = dir.open_file(name).map_err(|e| e.to_string())? else {
+    let Some(bytes) = dir
+        .read_bounded(name, MAX_FILE_BYTES)
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(HashMap::new());
     };
-    if !meta.is_file() {
-        return Err(format!("a {}, not a file", meta.kind()));
-    }
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| e.to_string())?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
-    }
-    parse(&text)
+    parse(std::str::from_utf8(&bytes).map_err(|e| e.to_string())?)
 }
 
 fn parse(text: &str) -> Result<HashMap<ObjectId, ContentRef>, String> {
