@@ -1215,7 +1215,10 @@ fn key_at(text: &str, at: usize) -> Option<String> {
     let line = text[start..].lines().next().unwrap_or("");
     let (key, _) = line.split_once('=')?;
     let key = key.trim().trim_matches('"');
-    if key.is_empty() || key.starts_with(['[', '#']) || key.contains(char::is_whitespace) {
+    // A bare or quoted dotted key only (not `{name` of an inline table on
+    // a continuation line of a multi-line array).
+    let bare = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if key.is_empty() || !key.chars().all(bare) {
         return None;
     }
     let header = text[..start]
@@ -1281,6 +1284,10 @@ mod tests {
                 "line 2: firmware.scheme: invalid type: integer `3`, expected a string",
             ),
             ("state_dir = 3\n", "line 1: state_dir: invalid type"),
+            (
+                "[firmware]\nslots = [\n  {name = 3, device = \"/a\"},\n]\n",
+                "line 3: invalid type",
+            ),
             (
                 "[[sigstore.require]]\nkind = 3\n",
                 "line 2: sigstore.require.kind: invalid type",

@@ -31,7 +31,7 @@ const MAX_FILE_BYTES: u64 = (MAX_ENTRIES * MAX_LINE) as u64;
 /// tests: blobs read (and their bytes), of which hashed to find a content
 /// address, and content addresses found in the map.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReadStats {
+pub(crate) struct ReadStats {
     pub blobs_read: u64,
     pub bytes_read: u64,
     pub blobs_hashed: u64,

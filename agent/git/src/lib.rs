@@ -36,8 +36,6 @@ mod blobmap;
 pub mod policy;
 pub mod sig;
 
-pub use blobmap::ReadStats;
-
 use policy::Policy;
 use sig::{Signer, Trust};
 
@@ -1208,11 +1206,6 @@ pub struct GitRevision {
 }
 
 impl GitRevision {
-    /// What this revision has read from the object database so far.
-    pub fn read_stats(&self) -> ReadStats {
-        self.blobs.lock().map(|b| b.stats).unwrap_or_default()
-    }
-
     fn path_error(path: &RepoPath, reason: String) -> SourceError {
         SourceError::Refused {
             source_name: SOURCE_NAME.to_owned(),
@@ -1221,11 +1214,15 @@ impl GitRevision {
         }
     }
 
-    fn not_found(path: &RepoPath) -> SourceError {
-        SourceError::NotFound {
-            source_name: SOURCE_NAME.to_owned(),
-            path: path.clone(),
-        }
+    /// The blob the tree names at `path` (refused: a symlink, a
+    /// submodule, over the size limit; an error when missing).
+    fn blob(&self, repo: &gix::Repository, path: &RepoPath) -> Result<ObjectId, SourceError> {
+        blob_at(repo, self.tree, path, self.max_file_bytes)
+            .map_err(|e| Self::path_error(path, e))?
+            .ok_or_else(|| SourceError::NotFound {
+                source_name: SOURCE_NAME.to_owned(),
+                path: path.clone(),
+            })
     }
 
     /// Reads blob `oid` of `path`, counted.
@@ -1323,9 +1320,7 @@ impl VerifiedRevision for GitRevision {
     /// blob map, or read and hashed once and added to it.
     fn signed_target(&self, path: &RepoPath) -> Result<Option<ContentRef>, SourceError> {
         let repo = self.repo.to_thread_local();
-        let oid = blob_at(&repo, self.tree, path, self.max_file_bytes)
-            .map_err(|e| Self::path_error(path, e))?
-            .ok_or_else(|| Self::not_found(path))?;
+        let oid = self.blob(&repo, path)?;
         if let Some(c) = self.blobs.lock().ok().and_then(|mut b| b.get(&oid)) {
             return Ok(Some(c));
         }
@@ -1338,9 +1333,7 @@ impl VerifiedRevision for GitRevision {
 
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError> {
         let repo = self.repo.to_thread_local();
-        let oid = blob_at(&repo, self.tree, path, self.max_file_bytes)
-            .map_err(|e| Self::path_error(path, e))?
-            .ok_or_else(|| Self::not_found(path))?;
+        let oid = self.blob(&repo, path)?;
         Ok(Box::new(Cursor::new(self.read_counted(&repo, path, oid)?)))
     }
 

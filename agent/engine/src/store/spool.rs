@@ -136,40 +136,50 @@ pub fn drain(db: &mut Db, state_dir: &Path) -> Result<usize, StateError> {
     names.sort_unstable();
     names.truncate(MAX_FILES);
     let generation = db.current_generation()?;
-    let mut items = Vec::with_capacity(names.len());
-    for name in &names {
-        let event = match read(&dir, name) {
-            Ok(s) => {
-                let mut details = s.details;
-                if let Value::Object(m) = &mut details {
+    let mut entries: Vec<Spooled> = names
+        .iter()
+        .map(|name| match read(&dir, name) {
+            Ok(mut s) => {
+                if let Value::Object(m) = &mut s.details {
                     m.insert("spooled_ms".into(), s.time_ms.into());
                 }
-                (s.event, s.actor, details)
+                s
             }
             Err(reason) => {
                 tracing::warn!(file = %name, %reason, "audit spool: not an entry; removed and audited");
-                (
-                    "audit-spool-rejected".to_owned(),
-                    "ferry".to_owned(),
-                    serde_json::json!({"file": name, "reason": reason}),
-                )
+                Spooled {
+                    event: "audit-spool-rejected".to_owned(),
+                    actor: "ferry".to_owned(),
+                    time_ms: now_ms(),
+                    details: serde_json::json!({"file": name, "reason": reason}),
+                }
             }
-        };
-        items.push((name.clone(), event));
-    }
-    let events: Vec<(&str, AuditEvent<'_>)> = items
+        })
+        .collect();
+    let events: Vec<(&str, AuditEvent<'_>)> = names
         .iter()
-        .map(|(name, (event, actor, details))| {
-            (
-                name.as_str(),
-                AuditEvent {
-                    generation,
+        .zip(&mut entries)
+        .map(
+            |(
+                name,
+                Spooled {
                     event,
                     actor,
-                    details: details.clone(),
+                    details,
+                    ..
                 },
-            )
-        })
+            )| {
+                (
+                    name.as_str(),
+                    AuditEvent {
+                        generation,
+                        event,
+                        actor,
+                        details: std::mem::take(details),
+                    },
+                )
+            },
+        )
         .collect();
     let appended = db.append_spooled(&events)?;
     for name in &names {

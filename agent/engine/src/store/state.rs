@@ -529,23 +529,6 @@ impl Db {
         Ok(out)
     }
 
-    /// Appends one audit entry in its own IMMEDIATE transaction (it waits
-    /// for another process's write instead of failing on the upgrade), for
-    /// writers outside the engine such as the module host's fault reports.
-    pub fn append_audit_now(&mut self, ev: &AuditEvent<'_>) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let err = |source| StateError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        Db::append_audit(&tx, ev).map_err(err)?;
-        tx.commit().map_err(err)
-    }
-
     /// Appends entries from the audit spool (`spool::drain`), each named by
     /// its spool file: names at or before the last one appended (recorded
     /// in the same transaction) are skipped, so a drain cut short after
@@ -554,40 +537,31 @@ impl Db {
         &mut self,
         items: &[(&str, AuditEvent<'_>)],
     ) -> Result<usize, StateError> {
-        let path = self.path.clone();
-        let err = |source| StateError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let last: Option<String> = tx
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'audit_spool_last'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(err)?;
-        let mut appended = 0;
-        let mut newest = last.clone();
-        for (name, ev) in items {
-            if last.as_deref().is_some_and(|l| *name <= l) {
-                continue;
+        self.with_tx(|tx| {
+            let last: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'audit_spool_last'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut appended = 0;
+            let mut newest = last.clone();
+            for (name, ev) in items {
+                if last.as_deref().is_some_and(|l| *name <= l) {
+                    continue;
+                }
+                Db::append_audit(tx, ev)?;
+                appended += 1;
+                if newest.as_deref().is_none_or(|n| *name > n) {
+                    newest = Some((*name).to_owned());
+                }
             }
-            Db::append_audit(&tx, ev).map_err(err)?;
-            appended += 1;
-            if newest.as_deref().is_none_or(|n| *name > n) {
-                newest = Some((*name).to_owned());
+            if let Some(n) = &newest {
+                meta_set(tx, "audit_spool_last", n)?;
             }
-        }
-        if let Some(n) = &newest {
-            meta_set(&tx, "audit_spool_last", n).map_err(err)?;
-        }
-        tx.commit().map_err(err)?;
-        Ok(appended)
+            Ok(appended)
+        })
     }
 
     // ---- meta ---------------------------------------------------------------
