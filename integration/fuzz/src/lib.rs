@@ -1,8 +1,8 @@
 //! Fuzz targets: one function per parser of untrusted input, each taking
 //! arbitrary bytes. A target may return errors, never panic, hang or
-//! allocate without bound; `main` of each binary in `src/bin/` feeds it
-//! stdin (the AFL++ protocol) and aborts on a panic so the fuzzer sees a
-//! crash.
+//! allocate without bound; the `ferry-fuzz TARGET` binary (`src/main.rs`)
+//! feeds one of them stdin (the AFL++ protocol) and aborts on a panic so the
+//! fuzzer sees a crash.
 //!
 //! `integration/fuzz/afl` runs them under AFL++; `tests/replay.rs` runs
 //! every corpus file and every regression (a crash found once, kept under
