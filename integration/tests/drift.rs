@@ -218,6 +218,48 @@ fn every_kind_of_drift_is_planned_restored_and_audited() {
     );
 }
 
+/// `ferry verify` finds each kind of drift once, whether the files are read
+/// on one thread (`--rate`, the default) or split over the cores
+/// (`--rate 0`), and passes again after the restore.
+#[test]
+fn verify_finds_every_kind_of_drift_on_one_core_or_several() {
+    assert!(is_root(), "chown needs root (CI runs as root)");
+    let f = applied();
+    f.ok(&["verify", "--rate", "0"]);
+    tamper(&f);
+    let problems = |args: &[&str]| -> Vec<(String, String)> {
+        let out = f.run(args);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut found: Vec<(String, String)> = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["resource"].as_str().unwrap().to_owned(),
+                    p["problem"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let one = problems(&["verify", "--json"]);
+    let several = problems(&["verify", "--json", "--rate", "0"]);
+    assert_eq!(one, several);
+    let mut names: Vec<String> = files().iter().map(|f| f.path.to_owned()).collect();
+    names.sort();
+    assert_eq!(
+        one.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        names,
+        "{one:?}"
+    );
+    f.ok(&["apply"]);
+    f.ok(&["verify", "--rate", "0"]);
+    f.ok(&["verify"]);
+}
+
 #[test]
 fn a_directory_where_a_file_was_is_reported_not_removed() {
     let f = applied();

@@ -281,7 +281,8 @@ pub enum Command {
         #[arg(long)]
         firmware: bool,
         /// Read store blobs and slots at most this fast, in MiB per second, so
-        /// the gateway keeps serving (0: unbounded).
+        /// the gateway keeps serving (0: unbounded, and the managed files are
+        /// read on up to four cores at once).
         #[arg(long, value_name = "MIB", default_value_t = 32)]
         rate: u64,
     },

@@ -41,12 +41,39 @@ impl FromStr for Sha256 {
     type Err = DigestParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // Only lowercase: one digest has exactly one spelling, so it can be
-        // used as a file name and compared as a string.
-        if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        // used as a file name and compared as a string. One pass, no
+        // allocation: every resource and file check read from state.db
+        // parses one.
+        const INVALID: u8 = 0xff;
+        const NIBBLE: [u8; 256] = {
+            let mut t = [INVALID; 256];
+            let mut i = 0;
+            while i < 10 {
+                t[b'0' as usize + i] = i as u8;
+                i += 1;
+            }
+            let mut i = 0;
+            while i < 6 {
+                t[b'a' as usize + i] = 10 + i as u8;
+                i += 1;
+            }
+            t
+        };
+        let bytes = s.as_bytes();
+        if bytes.len() != 64 {
             return Err(DigestParseError(s.to_owned()));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| DigestParseError(s.to_owned()))?;
+        let mut bad = 0u8;
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            // 0xff marks a non-digit; its high bit survives the OR.
+            bad |= hi | lo;
+            *o = hi << 4 | (lo & 0x0f);
+        }
+        if bad & 0x80 != 0 {
+            return Err(DigestParseError(s.to_owned()));
+        }
         Ok(Sha256(out))
     }
 }
@@ -92,6 +119,27 @@ impl ContentRef {
             length: data.len() as u64,
         }
     }
+
+    /// The address of what `src` yields to its end, read 64 KiB at a time.
+    pub fn of_reader(src: &mut dyn std::io::Read) -> std::io::Result<Self> {
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut length = 0u64;
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            length += n as u64;
+        }
+        Ok(ContentRef {
+            sha256: Sha256(hasher.finalize().into()),
+            length,
+        })
+    }
 }
 
 impl fmt::Display for ContentRef {
@@ -112,6 +160,11 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(d.to_hex().parse::<Sha256>().unwrap(), d);
+        let big = vec![7u8; 200_000];
+        assert_eq!(
+            ContentRef::of_reader(&mut &big[..]).unwrap(),
+            ContentRef::of(&big)
+        );
     }
 
     #[test]
@@ -124,5 +177,20 @@ mod tests {
         ] {
             assert!(bad.parse::<Sha256>().is_err(), "{bad}");
         }
+        // Every ASCII byte at the first and the last place: only 0-9 a-f.
+        let good = Sha256::of(b"abc").to_hex();
+        for b in 0u8..128 {
+            for at in [0, 63] {
+                let mut s = good.clone().into_bytes();
+                s[at] = b;
+                let s = String::from_utf8(s).unwrap();
+                let ok = b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+                assert_eq!(s.parse::<Sha256>().is_ok(), ok, "{s}");
+                if ok {
+                    assert_eq!(s.parse::<Sha256>().unwrap().to_hex(), s);
+                }
+            }
+        }
+        assert!(format!("é{}", &good[2..]).parse::<Sha256>().is_err());
     }
 }

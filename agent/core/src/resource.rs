@@ -127,12 +127,16 @@ impl ResourceSet {
     }
 
     pub fn insert(&mut self, r: Resource) -> Result<(), DuplicateResource> {
-        let id = r.id();
-        if self.items.contains_key(&id) {
-            return Err(DuplicateResource(id));
+        // One search: a generation's 10,000 resources are inserted so.
+        match self.items.entry(r.id()) {
+            std::collections::btree_map::Entry::Occupied(e) => {
+                Err(DuplicateResource(e.key().clone()))
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(r);
+                Ok(())
+            }
         }
-        self.items.insert(id, r);
-        Ok(())
     }
 
     /// Inserts or replaces.

@@ -7,7 +7,8 @@
 //! - `watched`: what a reconcile does when the running agent's inotify
 //!   watch saw no change since the last full check (every poll of an idle
 //!   agent between full checks);
-//! - `full`: `ferry verify` (every file read and hashed);
+//! - `full`: `ferry verify` (every file read and hashed), with the files
+//!   split over the cores (`--rate 0`) and on one thread (a `--rate`);
 //! - `hash once`: the baseline, reading and hashing the same bytes.
 //!
 //! Reading the generation's resources (`Engine::actual`, which a reconcile
@@ -84,12 +85,24 @@ fn bench(c: &mut Criterion) {
             assert!(found.is_empty());
         })
     });
-    group.bench_function("full check (ferry verify)", |b| {
-        b.iter(|| {
-            let r = engine.verify(false, None).expect("verify");
-            assert!(r.problems.is_empty());
-        })
-    });
+    group.bench_function(
+        "full check (ferry verify --rate 0: files on every core)",
+        |b| {
+            b.iter(|| {
+                let r = engine.verify(false, None).expect("verify");
+                assert!(r.problems.is_empty());
+            })
+        },
+    );
+    group.bench_function(
+        "full check on one thread (ferry verify with a --rate)",
+        |b| {
+            b.iter(|| {
+                let r = engine.verify(false, Some(u64::MAX)).expect("verify");
+                assert!(r.problems.is_empty());
+            })
+        },
+    );
     group.bench_function("hash once (baseline)", |b| {
         b.iter(|| {
             let mut buf = Vec::new();

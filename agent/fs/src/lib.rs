@@ -291,41 +291,43 @@ impl Dir {
 
     /// Opens the regular file `name` for reading; `None` when absent. A
     /// symlink, FIFO, device or directory there is an error naming it (a
-    /// FIFO is never waited on).
+    /// FIFO is never waited on, a device never opened).
     pub fn open_file(&self, name: &OsStr) -> io::Result<Option<(File, Meta)>> {
-        let flags =
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         let Some(before) = self.stat(name)? else {
             return Ok(None);
         };
-        let path = self.path.join(name);
-        if !before.is_file() {
-            return Err(err(
+        self.open_file_after(name, &before)
+    }
+
+    /// [`Dir::open_file`] for a caller that has just `lstat`ed `name`
+    /// (`before`, from [`Dir::stat`]): one `lstat` less per file where every
+    /// managed file is read. The file opened is checked again by `fstat`.
+    pub fn open_file_after(&self, name: &OsStr, before: &Meta) -> io::Result<Option<(File, Meta)>> {
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let not_regular = |what: &str| {
+            err(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "{} is {}, not a regular file",
-                    path.display(),
-                    before.kind()
+                    "{} is {what}, not a regular file",
+                    self.path.join(name).display()
                 ),
-            ));
+            )
+        };
+        // Never opened unless it was a regular file: opening a device can
+        // act (a watchdog starts, a tape rewinds).
+        if !before.is_file() {
+            return Err(not_regular(before.kind()));
         }
         let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
-            Err(Errno::LOOP) => {
-                return Err(err(
-                    io::ErrorKind::InvalidInput,
-                    format!("{} is a symlink, not a regular file", path.display()),
-                ));
-            }
+            Err(Errno::LOOP) => return Err(not_regular("a symlink")),
             Err(e) => return Err(e.into()),
         };
         let meta = Meta::of(&rustix::fs::fstat(&fd)?);
         if !meta.is_file() {
-            return Err(err(
-                io::ErrorKind::InvalidInput,
-                format!("{} is {}, not a regular file", path.display(), meta.kind()),
-            ));
+            return Err(not_regular(meta.kind()));
         }
         // Reads block from here on, as for any regular file.
         rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;

@@ -299,7 +299,7 @@ impl Activator for FileActivator {
             (
                 step.id.name.clone(),
                 FileCheck {
-                    sha256: to.content.sha256.to_hex(),
+                    sha256: to.content.sha256,
                     mode: meta.perm(),
                     uid: meta.uid,
                     gid: meta.gid,

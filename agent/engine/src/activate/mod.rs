@@ -42,7 +42,7 @@ impl ActivateError {
     }
 }
 
-pub trait Activator: std::fmt::Debug {
+pub trait Activator: std::fmt::Debug + Send + Sync {
     fn kind(&self) -> Kind;
     /// Saves what undoing `step` needs (e.g. the present content, into the
     /// store) and returns it as a record the engine persists before `apply`.
@@ -101,7 +101,8 @@ pub struct DriftPass {
 /// What earlier checks recorded, by key, and what this pass verified.
 #[derive(Debug, Default)]
 pub struct FileChecks {
-    pub known: std::collections::HashMap<String, crate::store::state::FileCheck>,
+    /// Shared by the threads of a full check (`ferry verify`).
+    pub known: std::sync::Arc<std::collections::HashMap<String, crate::store::state::FileCheck>>,
     pub record: Vec<(String, crate::store::state::FileCheck)>,
 }
 
@@ -132,22 +133,18 @@ impl FileChecks {
         full: bool,
     ) -> std::io::Result<Option<ferry_core::Drift>> {
         let stat = |m: &crate::fsutil::Meta| (m.dev, m.ino, m.len, m.mtime_ns, m.ctime_ns);
-        // Compared as hex without allocating: this runs for every managed
-        // file at every reconcile.
-        let mut hex = [0u8; 64];
-        hex::encode_to_slice(expected.sha256.as_bytes(), &mut hex)
-            .expect("64 hex digits hold 32 bytes");
+        // One lookup per file: this runs for every managed file.
+        let known = self.known.get(key);
         let untouched = !full
-            && self.known.get(key).is_some_and(|k| {
-                k.sha256.as_bytes() == hex
+            && known.is_some_and(|k| {
+                k.sha256 == expected.sha256
                     && (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns) == stat(meta)
             });
         if untouched {
             return Ok(None);
         }
-        let owner = self.owner(key, meta);
-        let sha256 = expected.sha256.to_hex();
-        let Some((file, meta)) = dir.open_file(name)? else {
+        let owner = known.map_or((meta.uid, meta.gid), |k| (k.uid, k.gid));
+        let Some((file, meta)) = dir.open_file_after(name, meta)? else {
             return Ok(Some(ferry_core::Drift::Deleted));
         };
         let found =
@@ -156,7 +153,7 @@ impl FileChecks {
             return Ok(Some(ferry_core::Drift::Content { expected, found }));
         }
         let check = crate::store::state::FileCheck {
-            sha256,
+            sha256: expected.sha256,
             mode: meta.perm(),
             uid: owner.0,
             gid: owner.1,
@@ -166,7 +163,7 @@ impl FileChecks {
             mtime_ns: meta.mtime_ns,
             ctime_ns: meta.ctime_ns,
         };
-        if self.known.get(key) != Some(&check) {
+        if known != Some(&check) {
             self.record.push((key.to_owned(), check));
         }
         Ok(None)

@@ -118,7 +118,7 @@ impl Engine {
             .transpose()?
             .map(|rows| rows.into_iter().map(|r| (r.kind, r.name)).collect());
         if skip.as_ref().is_none_or(|known| !known.is_empty()) {
-            pass.checks.known = self.db.file_checks()?;
+            pass.checks.known = Arc::new(self.db.file_checks()?);
         }
         let running = self.running_drift(actual)?;
         for r in actual.iter() {
@@ -214,12 +214,23 @@ impl Engine {
     /// Writes what a pass verified and forgets checks of what is no longer
     /// managed. A cache: on read-only state the next pass reads again.
     pub(super) fn save_checks(&self, checks: &FileChecks, actual: &ResourceSet) {
-        let keys: BTreeSet<String> = actual.iter().map(check_key).collect();
+        // Files by their path as it is (no copy of 10,000 names), the few
+        // blob-checked resources by their composed key.
+        let files: std::collections::HashSet<&str> = actual
+            .iter()
+            .filter(|r| r.kind == Kind::File)
+            .map(|r| r.name.as_str())
+            .collect();
+        let others: BTreeSet<String> = actual
+            .iter()
+            .filter(|r| r.kind != Kind::File)
+            .map(check_key)
+            .collect();
         let forget: Vec<&str> = checks
             .known
             .keys()
-            .filter(|k| !keys.contains(*k))
             .map(String::as_str)
+            .filter(|k| !files.contains(k) && !others.contains(*k))
             .collect();
         if let Err(e) = self.db.update_file_checks(&checks.record, &forget) {
             tracing::debug!(error = %e, "cannot record the drift checks");

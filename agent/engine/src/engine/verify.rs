@@ -2,7 +2,9 @@
 //! ferry installed, and with `--firmware` a read-back of each slot that
 //! holds an image ferry recorded, rate-bounded so a gateway keeps serving.
 
+use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -17,6 +19,14 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// One entry per mismatch: what, where and how (never secret content).
     pub problems: Vec<Value>,
+}
+
+/// What the full check of the managed files found: drift by path, and
+/// what it verified (for the checks cache).
+#[derive(Default)]
+struct FilesChecked {
+    drift: HashMap<String, Vec<ferry_core::Drift>>,
+    record: Vec<(String, crate::store::state::FileCheck)>,
 }
 
 /// Reads at most `rate` bytes per second (none: unbounded).
@@ -70,19 +80,14 @@ impl Engine {
         let mut report = VerifyReport::default();
         let actual = self.actual()?;
         let mut pass = crate::activate::DriftPass::default();
-        pass.checks.known = self.db.file_checks()?;
+        pass.checks.known = Arc::new(self.db.file_checks()?);
         let running = self.running_drift(&actual)?;
+        let mut files = self.verify_files(&actual, &pass.checks.known, rate)?;
         for r in actual.iter() {
             report.checked += 1;
             match r.kind {
                 Kind::File => {
-                    let act = self
-                        .activators
-                        .get(Kind::File)
-                        .map_err(|e| EngineError::Refused(e.to_string()))?;
-                    let drift = act
-                        .drift(r, &mut pass, true)
-                        .map_err(|e| EngineError::Refused(format!("verifying {}: {e}", r.id())))?;
+                    let drift = files.drift.remove(&r.name).unwrap_or_default();
                     if !drift.is_empty() {
                         report.problems.push(json!({
                             "kind": r.kind.as_str(),
@@ -132,11 +137,73 @@ impl Engine {
                 }
             }
         }
+        pass.checks.record.append(&mut files.record);
         self.save_checks(&pass.checks, &actual);
         if firmware {
             self.verify_slots(&mut report, rate)?;
         }
         Ok(report)
+    }
+
+    /// Reads and hashes every managed file of `actual`, split over the
+    /// machine's cores (at most four) unless `rate` bounds the reads, in
+    /// which case one thread does it: a full check costs about what hashing
+    /// the bytes once on one core does (integration/bench/README.md).
+    fn verify_files(
+        &self,
+        actual: &ResourceSet,
+        known: &Arc<HashMap<String, crate::store::state::FileCheck>>,
+        rate: Option<u64>,
+    ) -> Result<FilesChecked> {
+        let files: Vec<&Resource> = actual.iter().filter(|r| r.kind == Kind::File).collect();
+        let mut out = FilesChecked::default();
+        if files.is_empty() {
+            return Ok(out);
+        }
+        let act = self
+            .activators
+            .get(Kind::File)
+            .map_err(|e| EngineError::Refused(e.to_string()))?;
+        let threads = match rate {
+            Some(_) => 1,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        };
+        // Contiguous parts: files of one directory (sorted by path) mostly
+        // land in one part, which opens that directory once.
+        let part = files.len().div_ceil(threads);
+        let check = |part: &[&Resource]| {
+            let mut pass = crate::activate::DriftPass::default();
+            pass.checks.known = Arc::clone(known);
+            let mut found = Vec::new();
+            for r in part {
+                let drift = act
+                    .drift(r, &mut pass, true)
+                    .map_err(|e| EngineError::Refused(format!("verifying {}: {e}", r.id())))?;
+                if !drift.is_empty() {
+                    found.push((r.name.clone(), drift));
+                }
+            }
+            Ok::<_, EngineError>((found, pass.checks.record))
+        };
+        let parts: Vec<Result<_>> = std::thread::scope(|s| {
+            let handles: Vec<_> = files
+                .chunks(part)
+                .map(|p| s.spawn(move || check(p)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        for p in parts {
+            let (found, mut record) = p?;
+            out.drift.extend(found);
+            out.record.append(&mut record);
+        }
+        Ok(out)
     }
 
     /// Reads back each slot that holds an image ferry recorded (the one it

@@ -170,7 +170,7 @@ CREATE TABLE drift (
 /// was read at (and the owner ferry installed it with).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileCheck {
-    pub sha256: String,
+    pub sha256: Sha256,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
@@ -643,7 +643,14 @@ impl Db {
             Ok((
                 r.get::<_, String>(0)?,
                 FileCheck {
-                    sha256: r.get(1)?,
+                    // Parsed in place: read for every managed file.
+                    sha256: r.get_ref(1)?.as_str()?.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            1,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?,
                     mode: r.get(2)?,
                     uid: r.get(3)?,
                     gid: r.get(4)?,
@@ -690,7 +697,7 @@ impl Db {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     name,
-                    c.sha256,
+                    c.sha256.to_hex(),
                     c.mode,
                     c.uid,
                     c.gid,
@@ -878,35 +885,23 @@ impl Db {
                  WHERE generation = ?1 ORDER BY kind, name",
             )
             .map_err(self.err())?;
-        type Row = (String, String, String, i64, String, i64);
-        let rows: Vec<Row> = stmt
-            .query_map([generation as i64], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(self.err())?;
-        let invalid = |message: String| StateError::Invalid {
-            path: self.path.clone(),
-            message,
-        };
-        let mut set = ResourceSet::new();
-        for (kind, name, sha, length, settings, secret) in rows {
-            let kind: Kind = kind
-                .parse()
-                .map_err(|e| invalid(format!("generation {generation}: {e}")))?;
-            let sha256: Sha256 = sha
-                .parse()
-                .map_err(|e| invalid(format!("generation {generation}: {e}")))?;
-            let settings = serde_json::from_str(&settings)
-                .map_err(|e| invalid(format!("generation {generation} {name}: settings: {e}")))?;
-            set.insert(Resource {
+        // Parsed from the row in place (only the name is copied): every
+        // reconcile, drift check and `verify` reads the whole generation.
+        let parse = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Result<Resource, String>> {
+            let (kind, sha, settings) = (
+                r.get_ref(0)?.as_str()?,
+                r.get_ref(2)?.as_str()?,
+                r.get_ref(4)?.as_str()?,
+            );
+            let (name, length, secret): (String, i64, i64) = (r.get(1)?, r.get(3)?, r.get(5)?);
+            let parsed = (|| -> Result<_, String> {
+                let kind: Kind = kind.parse().map_err(|e| format!("{e}"))?;
+                let sha256: Sha256 = sha.parse().map_err(|e| format!("{e}"))?;
+                let settings =
+                    serde_json::from_str(settings).map_err(|e| format!("{name}: settings: {e}"))?;
+                Ok((kind, sha256, settings))
+            })();
+            Ok(parsed.map(|(kind, sha256, settings)| Resource {
                 kind,
                 name,
                 content: ContentRef {
@@ -915,8 +910,20 @@ impl Db {
                 },
                 settings,
                 secret: secret != 0,
-            })
-            .map_err(|e| invalid(e.to_string()))?;
+            }))
+        };
+        let rows = stmt
+            .query_map([generation as i64], parse)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(self.err())?;
+        let invalid = |message: String| StateError::Invalid {
+            path: self.path.clone(),
+            message,
+        };
+        let mut set = ResourceSet::new();
+        for row in rows {
+            let r = row.map_err(|e| invalid(format!("generation {generation}: {e}")))?;
+            set.insert(r).map_err(|e| invalid(e.to_string()))?;
         }
         Ok(set)
     }
@@ -1049,6 +1056,12 @@ impl Db {
         }
         if t.phase == Phase::Planned {
             details["plan"] = t.details.clone();
+        }
+        // What staging fetched from the source (bytes, blobs).
+        if t.phase == Phase::Staged
+            && let Some(fetched) = t.details.get("fetched")
+        {
+            details["fetched"] = fetched.clone();
         }
         // Who started it (the agent, an operator, a stick), beside the
         // signer that `actor` names.

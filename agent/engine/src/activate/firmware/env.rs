@@ -64,7 +64,7 @@ impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for BootEnv {
 }
 
 /// Where a boot environment lives.
-pub trait BootEnvStore: std::fmt::Debug {
+pub trait BootEnvStore: std::fmt::Debug + Send + Sync {
     fn load(&self) -> Result<BootEnv, FirmwareError>;
     /// Stores `env` so that a power cut leaves the old or the new one.
     fn store(&self, env: &BootEnv) -> Result<(), FirmwareError>;
