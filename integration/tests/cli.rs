@@ -901,3 +901,26 @@ fn a_config_needing_a_feature_this_build_lacks_is_refused_naming_it() {
         );
     }
 }
+
+/// Staging reads what changed through the revision's verified readers (the
+/// dir source's addresses come from the one hashing of its tree), and the
+/// `staged` audit entry counts the bytes and blobs it fetched.
+#[test]
+fn staging_counts_the_bytes_it_fetches() {
+    let f = Fixture::new();
+    f.publish(&[
+        file("/etc/a.conf", "aaaa\n", "0644"),
+        file("/etc/b.conf", "bb\n", "0644"),
+    ]);
+    f.ok(&["apply"]);
+    assert_eq!(f.last_fetched(), (5 + 3, 2));
+    f.publish(&[
+        file("/etc/a.conf", "aaaa\n", "0644"),
+        file("/etc/b.conf", "bbbbbbb\n", "0644"),
+    ]);
+    f.ok(&["apply"]);
+    assert_eq!(f.last_fetched(), (8, 1), "only the changed file");
+    let audit = f.audit_len();
+    assert!(f.ok(&["apply"]).contains("no changes"));
+    assert_eq!(f.audit_len(), audit, "a no-change apply stages nothing");
+}

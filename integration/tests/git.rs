@@ -535,12 +535,14 @@ fn a_no_change_poll_reads_no_file_blob() {
     };
 
     // First apply: every file read and hashed once (and read again into
-    // the store), the manifest read.
+    // the store, its address taken again, from the map), the manifest read.
     let (read, hashed, mapped) = revision_reads(&debug(&s));
-    assert_eq!((hashed, mapped), (20, 0));
+    assert_eq!((hashed, mapped), (20, 20));
     assert!(read >= 21, "{read}");
     let map = fs::read_to_string(s.fx.state.join("git/blob-sha256")).unwrap();
     assert_eq!(map.lines().count(), 20, "{map}");
+    let bytes: usize = (0..20).map(|i| format!("{i}\n").len() * 10_000).sum();
+    assert_eq!(s.fx.last_fetched(), (bytes as u64, 20));
 
     // No change: no file blob read or hashed.
     let (read, hashed, mapped) = revision_reads(&debug(&s));
@@ -556,7 +558,12 @@ fn a_no_change_poll_reads_no_file_blob() {
     let c2 = s.repo.commit("seven", Some(&s.keys.admin));
     s.repo.push(&c2);
     let (_, hashed, mapped) = revision_reads(&debug(&s));
-    assert_eq!((hashed, mapped), (1, 19));
+    assert_eq!(
+        (hashed, mapped),
+        (1, 20),
+        "19 unchanged, and the fetch of the new one"
+    );
+    assert_eq!(s.fx.last_fetched(), (6, 1), "only the changed file");
     assert_eq!(
         fs::read_to_string(s.fx.root.join("etc/app/7.conf")).unwrap(),
         "seven\n"

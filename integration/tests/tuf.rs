@@ -19,6 +19,7 @@ fn device_applies_a_signed_revision_and_a_no_change_poll_fetches_only_timestamp(
     d.publish(&files);
     d.fx.ok(&["apply", "--no-reboot"]);
     assert_eq!(d.fx.snapshot(), common::expected(&files));
+    assert_eq!(d.fx.last_fetched(), (6, 1), "the one target's bytes");
     let audit = d.fx.json(&["audit", "list", "--json"]);
     let switched = audit
         .as_array()
@@ -44,10 +45,14 @@ fn device_applies_a_signed_revision_and_a_no_change_poll_fetches_only_timestamp(
     );
 
     // A new revision: only what changed is downloaded.
-    let files2 = [file("/etc/app.conf", "a = 2\n", "0644")];
+    let files2 = [
+        file("/etc/app.conf", "a = 2\n", "0644"),
+        file("/etc/b", "bb\n", "0644"),
+    ];
     d.publish(&files2);
     d.fx.ok(&["apply", "--no-reboot"]);
     assert_eq!(d.fx.snapshot(), common::expected(&files2));
+    assert_eq!(d.fx.last_fetched(), (6 + 3, 2));
 }
 
 #[test]

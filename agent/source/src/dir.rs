@@ -5,11 +5,12 @@
 //! symlink is followed, so a link inside the tree cannot expose a file
 //! outside it.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ferry_core::{ContentRef, RepoPath, Sha256};
 use sha2::Digest as _;
@@ -46,25 +47,36 @@ impl DirSource {
     }
 
     /// The revision id: sha256 over the sorted (path, file digest) list of
-    /// the tree, skipping dot-directories such as `.git`.
-    fn tree_id(&self) -> Result<String, SourceError> {
+    /// the tree, skipping dot-directories such as `.git`; and the address of
+    /// each regular file, hashed on the way (a fetch reuses it).
+    fn tree_id(&self) -> Result<(String, HashMap<RepoPath, ContentRef>), SourceError> {
         let mut entries = Vec::new();
         self.walk(&self.root, String::new(), &mut entries)?;
         entries.sort();
         let mut h = sha2::Sha256::new();
-        for (path, digest) in &entries {
+        let mut hashed = HashMap::new();
+        for (path, digest, length) in &entries {
             h.update(path.as_bytes());
             h.update([0]);
             h.update(digest.as_bytes());
+            if let (Some(length), Ok(p)) = (length, RepoPath::new(path)) {
+                hashed.insert(
+                    p,
+                    ContentRef {
+                        sha256: *digest,
+                        length: *length,
+                    },
+                );
+            }
         }
-        Ok(format!("dir-{}", hex::encode(&h.finalize()[..10])))
+        Ok((format!("dir-{}", hex::encode(&h.finalize()[..10])), hashed))
     }
 
     fn walk(
         &self,
         dir: &Path,
         prefix: String,
-        out: &mut Vec<(String, Sha256)>,
+        out: &mut Vec<(String, Sha256, Option<u64>)>,
     ) -> Result<(), SourceError> {
         let read =
             fs::read_dir(dir).map_err(|e| self.io(format!("listing {}", dir.display()), e))?;
@@ -93,13 +105,13 @@ impl DirSource {
                 }
                 let mut f =
                     File::open(entry.path()).map_err(|e| self.io(format!("opening {rel}"), e))?;
-                let mut h = sha2::Sha256::new();
-                io::copy(&mut f, &mut h).map_err(|e| self.io(format!("reading {rel}"), e))?;
-                out.push((rel, Sha256::from_bytes(h.finalize().into())));
+                let c = ContentRef::of_reader(&mut f)
+                    .map_err(|e| self.io(format!("reading {rel}"), e))?;
+                out.push((rel, c.sha256, Some(c.length)));
             } else if ft.is_symlink() {
                 let target = fs::read_link(entry.path())
                     .map_err(|e| self.io(format!("readlink {rel}"), e))?;
-                out.push((rel, Sha256::of(target.as_os_str().as_encoded_bytes())));
+                out.push((rel, Sha256::of(target.as_os_str().as_encoded_bytes()), None));
             }
         }
         Ok(())
@@ -144,13 +156,15 @@ impl Source for DirSource {
                 io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
             ));
         }
+        let (id, hashed) = self.tree_id()?;
         Ok(Arc::new(DirRevision {
-            id: self.tree_id()?,
+            id,
             source: DirSource {
                 root: self.root.clone(),
                 manifest: self.manifest.clone(),
                 name: self.name.clone(),
             },
+            hashed: Mutex::new(hashed),
         }))
     }
 
@@ -168,6 +182,8 @@ impl Source for DirSource {
 struct DirRevision {
     id: String,
     source: DirSource,
+    /// Each file's address, from hashing it once (render, then fetch).
+    hashed: Mutex<HashMap<RepoPath, ContentRef>>,
 }
 
 impl VerifiedRevision for DirRevision {
@@ -185,6 +201,30 @@ impl VerifiedRevision for DirRevision {
 
     fn signed_target(&self, _path: &RepoPath) -> Result<Option<ContentRef>, SourceError> {
         Ok(None)
+    }
+
+    /// Unsigned: the file's hash, computed once per revision (the walk for
+    /// the revision id hashes every file; another is hashed here). The store
+    /// still checks every byte it fetches against it, so a file changed
+    /// between render and fetch is refused, not installed.
+    fn content(&self, path: &RepoPath) -> Result<ContentRef, SourceError> {
+        let cached = self
+            .hashed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+            .copied();
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let mut f = self.open_file(path)?;
+        let c = ContentRef::of_reader(&mut f)
+            .map_err(|e| self.source.io(format!("reading {path}"), e))?;
+        self.hashed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(path.clone(), c);
+        Ok(c)
     }
 
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError> {
@@ -276,5 +316,37 @@ mod tests {
         ));
         let e = rev.read_small(&rp("files/a"), 0).unwrap_err();
         assert!(matches!(e, SourceError::TooLarge { .. }));
+    }
+
+    #[test]
+    fn a_fetch_carries_the_address_hashed_with_the_tree_and_counts_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        fs::create_dir_all(root.join("files")).unwrap();
+        fs::write(root.join("ferry.yaml"), "x").unwrap();
+        fs::write(root.join("files/a"), "hello\n").unwrap();
+        let rev = DirSource::new(&root, rp("ferry.yaml")).fetch().unwrap();
+        let want = ContentRef::of(b"hello\n");
+        assert_eq!(rev.content(&rp("files/a")).unwrap(), want);
+        // Changed after the revision was read: the address stays the one
+        // the plan took from it, so the store refuses the new bytes.
+        fs::write(root.join("files/a"), "changed\n").unwrap();
+        assert_eq!(rev.content(&rp("files/a")).unwrap(), want, "hashed once");
+        let mut f = rev.fetch(&rp("files/a"), 0, want).unwrap();
+        assert_eq!(f.content(), want);
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).unwrap();
+        assert_eq!((f.bytes_read(), f.offset()), (8, 0));
+        assert_ne!(ContentRef::of(&bytes), f.content());
+        // From an offset (a resumed fetch).
+        let mut f = rev.fetch(&rp("files/a"), 3, want).unwrap();
+        bytes.clear();
+        f.read_to_end(&mut bytes).unwrap();
+        assert_eq!((bytes.as_slice(), f.offset()), (&b"nged\n"[..], 3));
+        // No address for what the revision does not hold.
+        assert!(matches!(
+            rev.fetch(&rp("files/none"), 0, want).unwrap_err(),
+            SourceError::NotFound { .. }
+        ));
     }
 }

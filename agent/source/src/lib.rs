@@ -162,7 +162,57 @@ pub trait VerifiedRevision: Send + Sync {
     fn accept(&self) -> Result<(), SourceError> {
         Ok(())
     }
-    /// Streams the bytes of `path`. Callers enforce the content address.
+    /// The content address of `path`: from signed metadata, or for a source
+    /// without any (the dir source) from hashing the file once. Refused when
+    /// the revision has no address for it.
+    fn content(&self, path: &RepoPath) -> Result<ContentRef, SourceError> {
+        self.signed_target(path)?
+            .ok_or_else(|| SourceError::Refused {
+                source_name: self.source_name().to_owned(),
+                path: path.to_string(),
+                reason: "no signed content address for it".to_owned(),
+            })
+    }
+    /// The bytes of `path` from byte `offset` on, with the address they
+    /// must have: what the store takes. Signed metadata decides it; a
+    /// source without any for `path` (the dir source) holds the bytes to
+    /// `unsigned`, the plan's address (the manifest's pin, or what
+    /// [`VerifiedRevision::content`] hashed at render).
+    fn fetch(
+        &self,
+        path: &RepoPath,
+        offset: u64,
+        unsigned: ContentRef,
+    ) -> Result<Verified<'_>, SourceError> {
+        let content = self.signed_target(path)?.unwrap_or(unsigned);
+        let reader = if offset == 0 {
+            self.open(path)?
+        } else {
+            self.open_at(path, offset)?
+        };
+        Ok(Verified {
+            reader,
+            content,
+            offset,
+            read: 0,
+        })
+    }
+    /// Bytes of `path` obtained another way (assembled by delta from
+    /// chunks), to be held to the revision's address of `path`.
+    fn verified_from<'a>(
+        &self,
+        path: &RepoPath,
+        reader: Box<dyn Read + 'a>,
+    ) -> Result<Verified<'a>, SourceError> {
+        Ok(Verified {
+            reader,
+            content: self.content(path)?,
+            offset: 0,
+            read: 0,
+        })
+    }
+    /// Streams the bytes of `path`, unchecked: the store takes only
+    /// [`VerifiedRevision::fetch`]'s readers, which carry the address.
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError>;
     /// Streams the bytes of `path` from byte `offset` on (to resume an
     /// interrupted fetch). Sources that can seek or send ranges override it.
@@ -214,6 +264,66 @@ pub trait VerifiedRevision: Send + Sync {
             });
         }
         Ok(buf)
+    }
+}
+
+/// The bytes of one file with the content address they must have: from the
+/// revision's signed metadata (TUF targets; git's signed tree, through the
+/// blob map), from hashing the file once (the unsigned dir source), or for
+/// content rendered on the device from verified inputs, its own hash. Only
+/// a [`VerifiedRevision`] (or [`Verified::rendered`]) makes one, so the
+/// store, which takes nothing else, never holds bytes to an address that
+/// came from anywhere else. It counts the bytes read through it.
+pub struct Verified<'a> {
+    reader: Box<dyn Read + 'a>,
+    content: ContentRef,
+    offset: u64,
+    read: u64,
+}
+
+impl<'a> Verified<'a> {
+    /// Content rendered on this device (a template's output): its address
+    /// is its hash.
+    pub fn rendered(bytes: &'a [u8]) -> Verified<'a> {
+        Verified {
+            content: ContentRef::of(bytes),
+            reader: Box::new(bytes),
+            offset: 0,
+            read: 0,
+        }
+    }
+
+    /// The address the bytes must have, whole.
+    pub fn content(&self) -> ContentRef {
+        self.content
+    }
+
+    /// The first byte this reader yields (a resumed fetch starts past 0).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes read through it so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}
+
+impl Read for Verified<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::fmt::Debug for Verified<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("content", &self.content)
+            .field("offset", &self.offset)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
     }
 }
 

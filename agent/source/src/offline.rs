@@ -146,6 +146,10 @@ impl VerifiedRevision for OfflineRevision {
         self.inner.signed_target(path)
     }
 
+    fn content(&self, path: &RepoPath) -> Result<ContentRef, SourceError> {
+        self.inner.content(path)
+    }
+
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError> {
         let r = self.inner.open(path)?;
         Ok(self.observed(path, 0, r))

@@ -190,6 +190,21 @@ impl Fixture {
             .collect()
     }
 
+    /// What the last `staged` audit entry says staging fetched from the
+    /// source through its verified readers: (bytes, blobs).
+    pub fn last_fetched(&self) -> (u64, u64) {
+        let audit = self.json(&["audit", "list", "--json"]);
+        let staged = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "staged")
+            .expect("a staged entry");
+        let f = &staged["details"]["fetched"];
+        (f["bytes"].as_u64().unwrap(), f["blobs"].as_u64().unwrap())
+    }
+
     /// Number of audit entries `ferry audit list --json` prints.
     pub fn audit_len(&self) -> usize {
         self.json(&["audit", "list", "--json"])

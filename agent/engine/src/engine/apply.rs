@@ -334,43 +334,60 @@ impl Engine {
     }
 
     /// Puts the content of `r` into the store from the revision (resuming
-    /// what an interrupted fetch left) or from its rendering.
+    /// what an interrupted fetch left) or from its rendering; the bytes
+    /// fetched from the source.
     pub(super) fn fetch_content(
         &self,
         rev: &dyn VerifiedRevision,
         desired: &ResolvedManifest,
         r: &ferry_core::Resource,
-    ) -> Result<()> {
+    ) -> Result<u64> {
+        // The plan's address must be the one the revision's signed
+        // metadata gives (the renderer took it from there).
+        let same = |src: &Verified<'_>, what: &str| {
+            if src.content() == r.content {
+                Ok(())
+            } else {
+                Err(EngineError::Refused(format!(
+                    "{what}: the revision's address is {}, the plan's {}",
+                    src.content(),
+                    r.content
+                )))
+            }
+        };
         match desired.contents.get(&r.id()) {
             Some(Content::Source(path)) => {
                 let what = format!("{path} ({})", r.id());
                 // Resume what an interrupted fetch left; a partial that
                 // fails verification is dropped and fetched again.
                 let offset = self.store.partial_len(&r.content);
-                let mut reader = rev.open_at(path, offset)?;
-                match self.store.put_at(&mut reader, offset, r.content, &what) {
+                let mut src = rev.fetch(path, offset, r.content)?;
+                same(&src, &what)?;
+                match self.store.put(&mut src, &what) {
                     Err(e) if offset > 0 && e.is_verification() => {
                         tracing::warn!(blob = %r.content.sha256, error = %e, "resumed blob failed verification; fetching it again");
-                        let mut reader = rev.open(path)?;
-                        self.store.put(&mut reader, r.content, &what)?;
+                        let mut again = rev.fetch(path, 0, r.content)?;
+                        self.store.put(&mut again, &what)?;
+                        Ok(src.bytes_read() + again.bytes_read())
                     }
                     other => {
                         other?;
+                        Ok(src.bytes_read())
                     }
                 }
             }
             Some(Content::Rendered(bytes)) => {
-                self.store
-                    .put(&mut &bytes[..], r.content, &format!("rendered {}", r.id()))?;
+                let what = format!("rendered {}", r.id());
+                let mut src = Verified::rendered(bytes);
+                same(&src, &what)?;
+                self.store.put(&mut src, &what)?;
+                Ok(0)
             }
-            None => {
-                return Err(EngineError::Refused(format!(
-                    "{}: the revision does not provide its content",
-                    r.id()
-                )));
-            }
+            None => Err(EngineError::Refused(format!(
+                "{}: the revision does not provide its content",
+                r.id()
+            ))),
         }
-        Ok(())
     }
 
     pub(super) fn stage(
@@ -384,6 +401,7 @@ impl Engine {
         // Only what the plan installs: unchanged resources are in place (and
         // a firmware image that gc dropped is not fetched again).
         let mut deltas = Vec::new();
+        let mut fetched = Fetched::default();
         for (r, from) in p
             .steps
             .iter()
@@ -403,8 +421,9 @@ impl Engine {
             }
             if r.kind == ferry_core::Kind::Wasm
                 && let Some(delta) = desired.deltas.get(&r.id())
+                && let Some(Content::Source(path)) = desired.contents.get(&r.id())
             {
-                match self.stage_blob_delta(rev, r, from, delta)? {
+                match self.stage_blob_delta(rev, path, r, from, delta)? {
                     DeltaOutcome::Done(report) => {
                         deltas.push(report);
                         continue;
@@ -427,8 +446,20 @@ impl Engine {
                     }
                 }
             }
-            self.fetch_content(rev, desired, r)?;
+            fetched.bytes += self.fetch_content(rev, desired, r)?;
+            fetched.blobs += 1;
         }
+        if fetched.blobs > 0 {
+            tracing::info!(
+                bytes = fetched.bytes,
+                blobs = fetched.blobs,
+                source = rev.source_name(),
+                "fetched {} bytes in {} blobs",
+                fetched.bytes,
+                fetched.blobs
+            );
+        }
+        t.details["fetched"] = json!(fetched);
         let to = t.to_gen.expect("apply transitions have a target");
         let manifest = GenerationManifest {
             generation: to,
@@ -714,4 +745,13 @@ pub(super) enum DeltaOutcome {
     Done(serde_json::Value),
     /// Not delivered by delta; fetch the full image. The reason, for the audit.
     Fallback(String),
+}
+
+/// What staging read from the source into the store (the audit's `staged`
+/// entry carries it): bytes through the revision's verified readers, and
+/// blobs fetched or rendered. Deltas report their own bytes.
+#[derive(Debug, Default, Serialize)]
+struct Fetched {
+    bytes: u64,
+    blobs: u64,
 }

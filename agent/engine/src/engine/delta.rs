@@ -159,6 +159,7 @@ impl Engine {
     pub(super) fn stage_blob_delta(
         &mut self,
         rev: &dyn VerifiedRevision,
+        path: &ferry_core::RepoPath,
         r: &Resource,
         from: Option<&Resource>,
         delta: &DeltaRef,
@@ -231,9 +232,18 @@ impl Engine {
         out.set_len(r.content.length)
             .map_err(|e| EngineError::io("cannot truncate", &scratch, e))?;
         drop(out);
-        let mut assembled =
+        let assembled =
             File::open(&scratch).map_err(|e| EngineError::io("cannot read", &scratch, e))?;
-        self.store.put(&mut assembled, r.content, &what)?;
+        // Held to the address the revision signed for the module's path.
+        let mut src = rev.verified_from(path, Box::new(assembled))?;
+        if src.content() != r.content {
+            return Err(EngineError::Refused(format!(
+                "{what}: the revision's address is {}, the plan's {}",
+                src.content(),
+                r.content
+            )));
+        }
+        self.store.put(&mut src, &what)?;
         let _ = fs::remove_file(&scratch);
         let mut details = audit_details(r, delta, &store_url, &report, index_bytes.len(), resume);
         details["resource"] = json!(r.id().to_string());

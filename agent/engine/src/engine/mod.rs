@@ -54,7 +54,7 @@ use crate::store::generations::{GenerationManifest, Generations};
 use crate::store::state::{
     AuditEvent, Check, Db, GenerationRow, NewGeneration, Rejection, TransitionRow,
 };
-use ferry_source::{Source, VerifiedRevision};
+use ferry_source::{Source, Verified, VerifiedRevision};
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
 

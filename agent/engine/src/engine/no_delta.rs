@@ -34,6 +34,7 @@ impl Engine {
     pub(super) fn stage_blob_delta(
         &mut self,
         _: &dyn VerifiedRevision,
+        _: &ferry_core::RepoPath,
         _: &Resource,
         _: Option<&Resource>,
         _: &DeltaRef,

@@ -11,12 +11,10 @@
 
 use ferry_core::{Classify, ErrorClass};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::sync::{Arc, OnceLock};
 
 use ferry_core::{ContentRef, Kind, RepoPath, Resource, ResourceId, ResourceSet, Sha256};
 use serde_json::Value;
-use sha2::Digest as _;
 
 use crate::render::facts::{Facts, glob_match};
 use crate::render::{RenderError, Renderer};
@@ -556,7 +554,8 @@ fn content_of(
         Some(c) => c,
         None => match (pin_sha, pin_len) {
             (Some(sha256), Some(length)) => return Ok(ContentRef { sha256, length }),
-            _ => hash_stream(rev, source)?,
+            // Unsigned (the dir source): hashed once, by the revision.
+            _ => rev.content(source).map_err(Resolve::Source)?,
         },
     };
     if let Some(sha) = pin_sha
@@ -576,31 +575,6 @@ fn content_of(
         ));
     }
     Ok(content)
-}
-
-fn hash_stream(rev: &dyn VerifiedRevision, path: &RepoPath) -> Result<ContentRef, Resolve> {
-    let mut reader = rev.open(path).map_err(Resolve::Source)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut length = 0u64;
-    loop {
-        let n = reader.read(&mut buf).map_err(|source| {
-            Resolve::Source(SourceError::Io {
-                source_name: rev.source_name().to_owned(),
-                what: format!("reading {path}"),
-                source,
-            })
-        })?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        length += n as u64;
-    }
-    Ok(ContentRef {
-        sha256: Sha256::from_bytes(h.finalize().into()),
-        length,
-    })
 }
 
 /// A `wasm` resource's settings must make a module spec: the offending

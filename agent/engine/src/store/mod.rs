@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use fail::fail_point;
 use ferry_core::{ContentRef, Sha256};
+use ferry_source::Verified;
 use sha2::Digest as _;
 
 #[cfg_attr(not(feature = "failpoints"), allow(unused_imports))]
@@ -205,16 +206,21 @@ impl Store {
         self.path(sha256).is_file()
     }
 
-    /// Streams `src` into the store as the blob `expected`. `what` names the
-    /// content in errors. A blob already present is not read again.
-    pub fn put(
-        &self,
-        src: &mut dyn Read,
-        expected: ContentRef,
-        what: &str,
-    ) -> Result<PathBuf, StoreError> {
-        self.discard_partial(&expected.sha256);
-        self.put_at(src, 0, expected, what)
+    /// Streams `src` into the store as the blob its address names, checked
+    /// while read; `what` names the content in errors. A blob already
+    /// present is not read again. From byte 0 whatever an earlier attempt
+    /// left is dropped; from further on (`partial_len`, a resumed fetch)
+    /// the bytes already there are hashed first, so the whole blob is
+    /// still verified. If reading `src` fails (a dropped connection), what
+    /// arrived is kept for the next attempt; any other failure removes it.
+    /// The store takes only [`Verified`] readers: the address comes from
+    /// the revision (signed metadata), never from the caller.
+    pub fn put(&self, src: &mut Verified<'_>, what: &str) -> Result<PathBuf, StoreError> {
+        let (expected, offset) = (src.content(), src.offset());
+        if offset == 0 {
+            self.discard_partial(&expected.sha256);
+        }
+        self.put_reader_at(src, offset, expected, what)
     }
 
     /// Bytes of `expected` already fetched by an interrupted `put_at`: the
@@ -236,12 +242,20 @@ impl Store {
         self.dir.join(format!(".tmp-{sha256}"))
     }
 
-    /// Like `put`, but `src` yields the content from byte `offset` on, which
-    /// must be what `partial_len` said; the bytes already there are hashed
-    /// first, so the whole blob is still verified. If reading `src` fails
-    /// (a dropped connection), what arrived is kept for the next attempt;
-    /// any other failure removes it.
-    pub fn put_at(
+    /// [`Store::put`] of any reader from byte 0, for the store's own tests.
+    #[cfg(test)]
+    fn put_reader_at_0(
+        &self,
+        src: &mut dyn Read,
+        expected: ContentRef,
+        what: &str,
+    ) -> Result<PathBuf, StoreError> {
+        self.discard_partial(&expected.sha256);
+        self.put_reader_at(src, 0, expected, what)
+    }
+
+    /// [`Store::put`] of a reader yielding `expected` from byte `offset` on.
+    fn put_reader_at(
         &self,
         src: &mut dyn Read,
         offset: u64,
@@ -365,9 +379,9 @@ impl Store {
 
     /// Puts an in-memory byte string.
     pub fn put_bytes(&self, data: &[u8], what: &str) -> Result<ContentRef, StoreError> {
-        let content = ContentRef::of(data);
-        self.put(&mut &data[..], content, what)?;
-        Ok(content)
+        let mut src = Verified::rendered(data);
+        self.put(&mut src, what)?;
+        Ok(src.content())
     }
 
     /// Opens a blob for reading, re-verified while read (catches bit rot).
@@ -490,7 +504,7 @@ mod tests {
         let (_d, s) = store();
         let data = b"hello world";
         let c = ContentRef::of(data);
-        let p = s.put(&mut &data[..], c, "t").unwrap();
+        let p = s.put_reader_at_0(&mut &data[..], c, "t").unwrap();
         assert_eq!(fs::read(&p).unwrap(), data);
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
@@ -511,7 +525,9 @@ mod tests {
             (b"hello, and then some", "longer than"),
         ];
         for (data, want) in cases {
-            let e = s.put(&mut &data[..], good, "files/x").unwrap_err();
+            let e = s
+                .put_reader_at_0(&mut &data[..], good, "files/x")
+                .unwrap_err();
             assert!(e.is_verification());
             assert!(e.to_string().contains(want), "{e}");
             assert!(e.to_string().contains("files/x"), "{e}");
@@ -526,7 +542,9 @@ mod tests {
         let expected = ContentRef::of(b"abc");
         // An endless stream must be cut off after the declared length.
         let mut endless = io::repeat(b'a');
-        let e = s.put(&mut endless, expected, "endless").unwrap_err();
+        let e = s
+            .put_reader_at_0(&mut endless, expected, "endless")
+            .unwrap_err();
         assert!(matches!(e, StoreError::TooLong { .. }), "{e}");
     }
 
@@ -555,12 +573,13 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let c = ContentRef::of(&data);
         let e = s
-            .put_at(&mut Flaky(&data, 200_000), 0, c, "img")
+            .put_reader_at(&mut Flaky(&data, 200_000), 0, c, "img")
             .unwrap_err();
         assert!(matches!(e, StoreError::SourceRead { .. }), "{e}");
         assert_eq!(s.partial_len(&c), 200_000);
         // The rest only; the whole is verified.
-        s.put_at(&mut &data[200_000..], 200_000, c, "img").unwrap();
+        s.put_reader_at(&mut &data[200_000..], 200_000, c, "img")
+            .unwrap();
         assert_eq!(fs::read(s.path(&c.sha256)).unwrap(), data);
         assert_eq!(s.partial_len(&c), 0);
     }
@@ -570,18 +589,18 @@ mod tests {
         let (_d, s) = store();
         let data = vec![5u8; 100_000];
         let c = ContentRef::of(&data);
-        s.put_at(&mut Flaky(&data, 50_000), 0, c, "img")
+        s.put_reader_at(&mut Flaky(&data, 50_000), 0, c, "img")
             .unwrap_err();
         let p = s.dir().join(format!(".tmp-{}", c.sha256));
         let mut bytes = fs::read(&p).unwrap();
         bytes[10] = 6;
         fs::write(&p, bytes).unwrap();
         let e = s
-            .put_at(&mut &data[50_000..], 50_000, c, "img")
+            .put_reader_at(&mut &data[50_000..], 50_000, c, "img")
             .unwrap_err();
         assert!(e.is_verification(), "{e}");
         assert_eq!(s.partial_len(&c), 0, "dropped");
-        s.put_at(&mut &data[..], 0, c, "img").unwrap();
+        s.put_reader_at(&mut &data[..], 0, c, "img").unwrap();
     }
 
     #[test]

@@ -496,6 +496,11 @@ impl VerifiedRevision for Recording {
         self.note(path);
         Ok(r)
     }
+    fn content(&self, path: &RepoPath) -> Result<ContentRef, SourceError> {
+        let r = self.inner.content(path)?;
+        self.note(path);
+        Ok(r)
+    }
     fn open(&self, path: &RepoPath) -> Result<Box<dyn Read + '_>, SourceError> {
         let r = self.inner.open(path)?;
         self.note(path);
