@@ -198,15 +198,16 @@ pub trait VerifiedRevision: Send + Sync {
         })
     }
     /// Bytes of `path` obtained another way (assembled by delta from
-    /// chunks), to be held to the revision's address of `path`.
+    /// chunks), held to the address [`VerifiedRevision::fetch`] would give.
     fn verified_from<'a>(
         &self,
         path: &RepoPath,
         reader: Box<dyn Read + 'a>,
+        unsigned: ContentRef,
     ) -> Result<Verified<'a>, SourceError> {
         Ok(Verified {
             reader,
-            content: self.content(path)?,
+            content: self.signed_target(path)?.unwrap_or(unsigned),
             offset: 0,
             read: 0,
         })

@@ -342,19 +342,6 @@ impl Engine {
         desired: &ResolvedManifest,
         r: &ferry_core::Resource,
     ) -> Result<u64> {
-        // The plan's address must be the one the revision's signed
-        // metadata gives (the renderer took it from there).
-        let same = |src: &Verified<'_>, what: &str| {
-            if src.content() == r.content {
-                Ok(())
-            } else {
-                Err(EngineError::Refused(format!(
-                    "{what}: the revision's address is {}, the plan's {}",
-                    src.content(),
-                    r.content
-                )))
-            }
-        };
         match desired.contents.get(&r.id()) {
             Some(Content::Source(path)) => {
                 let what = format!("{path} ({})", r.id());
@@ -362,7 +349,7 @@ impl Engine {
                 // fails verification is dropped and fetched again.
                 let offset = self.store.partial_len(&r.content);
                 let mut src = rev.fetch(path, offset, r.content)?;
-                same(&src, &what)?;
+                as_planned(&src, r, &what)?;
                 match self.store.put(&mut src, &what) {
                     Err(e) if offset > 0 && e.is_verification() => {
                         tracing::warn!(blob = %r.content.sha256, error = %e, "resumed blob failed verification; fetching it again");
@@ -379,7 +366,7 @@ impl Engine {
             Some(Content::Rendered(bytes)) => {
                 let what = format!("rendered {}", r.id());
                 let mut src = Verified::rendered(bytes);
-                same(&src, &what)?;
+                as_planned(&src, r, &what)?;
                 self.store.put(&mut src, &what)?;
                 Ok(0)
             }
@@ -754,4 +741,18 @@ pub(super) enum DeltaOutcome {
 struct Fetched {
     bytes: u64,
     blobs: u64,
+}
+
+/// The plan's address of `r` must be the one the revision gives for its
+/// bytes (from signed metadata, as the renderer took it).
+pub(super) fn as_planned(src: &Verified<'_>, r: &ferry_core::Resource, what: &str) -> Result<()> {
+    if src.content() == r.content {
+        Ok(())
+    } else {
+        Err(EngineError::Refused(format!(
+            "{what}: the revision's address is {}, the plan's {}",
+            src.content(),
+            r.content
+        )))
+    }
 }

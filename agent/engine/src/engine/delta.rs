@@ -235,14 +235,8 @@ impl Engine {
         let assembled =
             File::open(&scratch).map_err(|e| EngineError::io("cannot read", &scratch, e))?;
         // Held to the address the revision signed for the module's path.
-        let mut src = rev.verified_from(path, Box::new(assembled))?;
-        if src.content() != r.content {
-            return Err(EngineError::Refused(format!(
-                "{what}: the revision's address is {}, the plan's {}",
-                src.content(),
-                r.content
-            )));
-        }
+        let mut src = rev.verified_from(path, Box::new(assembled), r.content)?;
+        super::apply::as_planned(&src, r, &what)?;
         self.store.put(&mut src, &what)?;
         let _ = fs::remove_file(&scratch);
         let mut details = audit_details(r, delta, &store_url, &report, index_bytes.len(), resume);

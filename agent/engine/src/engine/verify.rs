@@ -79,10 +79,9 @@ impl Engine {
     pub fn verify(&self, firmware: bool, rate: Option<u64>) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let actual = self.actual()?;
-        let mut pass = crate::activate::DriftPass::default();
-        pass.checks.known = Arc::new(self.db.file_checks()?);
+        let known = Arc::new(self.db.file_checks()?);
         let running = self.running_drift(&actual)?;
-        let mut files = self.verify_files(&actual, &pass.checks.known, rate)?;
+        let mut files = self.verify_files(&actual, &known, rate)?;
         for r in actual.iter() {
             report.checked += 1;
             match r.kind {
@@ -137,8 +136,11 @@ impl Engine {
                 }
             }
         }
-        pass.checks.record.append(&mut files.record);
-        self.save_checks(&pass.checks, &actual);
+        let checks = crate::activate::FileChecks {
+            known,
+            record: files.record,
+        };
+        self.save_checks(&checks, &actual);
         if firmware {
             self.verify_slots(&mut report, rate)?;
         }

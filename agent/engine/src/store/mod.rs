@@ -434,14 +434,9 @@ impl Store {
     }
 }
 
-/// The sha256 and length of everything `src` yields (constant memory).
-pub fn hash_reader(src: &mut dyn Read) -> io::Result<ContentRef> {
-    hash_chunks(src, |e| e, |_| Ok(()))
-}
-
-/// [`hash_reader`] of something about `size` bytes long: the read buffer is
-/// no larger than it needs (checking 10,000 small files must not zero 64 KiB
-/// for each).
+/// The sha256 and length of everything `src` yields, for something about
+/// `size` bytes long: the read buffer is no larger than it needs (checking
+/// 10,000 small files must not zero 64 KiB for each).
 pub fn hash_reader_sized(src: &mut dyn Read, size: u64) -> io::Result<ContentRef> {
     let cap = usize::try_from(size.saturating_add(1))
         .unwrap_or(CHUNK)
